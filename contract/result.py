@@ -1,0 +1,106 @@
+"""The result document a job resolves to, and its published JSON Schema.
+
+Only references and metadata: image bytes never enter the result backend.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["succeeded", "partial", "failed"]
+ErrorKind = Literal["transient_exhausted", "permanent", "blocked", "storage", "timeout"]
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "result.schema.json"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Usage(_Record):
+    """Token counts as the provider reports them (absent when it reports none)."""
+
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    thoughts_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(**{name: getattr(self, name) + getattr(other, name) for name in Usage.model_fields})
+
+
+class SizeMismatch(_Record):
+    requested: str
+    returned: str
+
+
+class GenerationMetadata(_Record):
+    """What the provider said about one image, beyond the pixels."""
+
+    provider: str
+    model_version: str | None = None
+    response_id: str | None = None
+    text: str | None = Field(None, description="The model's own words, trimmed")
+    usage: Usage | None = None
+    size_mismatch: SizeMismatch | None = None
+
+
+class ImageRecord(_Record):
+    index: int
+    url: str = Field(description="What the next node fetches: signed, public or file URL")
+    url_expires_at: datetime | None = Field(None, description="When a signed url stops working")
+    uri: str = Field(description="Durable object address (file://, s3://, https blob URL, gs://)")
+    mime_type: str = Field(description="From the bytes' magic number, not the provider's label")
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+    seed: int | None = None
+    attempts: int
+    duration_ms: int
+    estimated_cost_usd: float | None = None
+    metadata: GenerationMetadata
+
+
+class ErrorRecord(_Record):
+    index: int
+    kind: ErrorKind
+    message: str = Field(description="Why no image; never contains secrets")
+    reason: str | None = Field(None, description="Provider reason code, e.g. IMAGE_SAFETY")
+    attempts: int
+    duration_ms: int
+
+
+class JobResult(_Record):
+    job_id: str
+    name: str
+    status: JobStatus
+    model: str = Field(description="The node's model name")
+    model_id: str = Field(description="The provider's model id from the catalog")
+    provider: str
+    size: str
+    variations: int
+    images: list[ImageRecord]
+    errors: list[ErrorRecord]
+    submitted_at: datetime
+    started_at: datetime
+    finished_at: datetime
+    duration_ms: int = Field(description="submitted_at to finished_at")
+    usage: Usage | None = None
+    estimated_cost_usd: float | None = Field(None, description="Sum over images from the catalog; null when unpriced")
+
+
+def result_json_schema() -> dict[str, object]:
+    schema = JobResult.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://imagegen.local/schemas/result.schema.json"
+    return schema
+
+
+def write_result_schema(path: Path = SCHEMA_FILE) -> None:
+    path.write_text(json.dumps(result_json_schema(), indent=2) + "\n")

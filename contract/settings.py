@@ -1,0 +1,99 @@
+"""One typed ``Settings`` for producer and worker, read from the environment.
+
+Our own settings carry the ``IMAGEGEN_`` prefix; settings that the ecosystem
+already names (``REDIS_URL``, ``GEMINI_API_KEY``, ...) keep those names.
+Outside development, unsafe defaults are refused at start-up.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+
+    # --- queue and results -------------------------------------------------
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    queue: str = "imagegen"
+    result_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+
+    # --- the node contract ---------------------------------------------------
+    model_catalog_file: str | None = None
+    model_catalog_replace: bool = False
+    max_variations: int = Field(8, ge=1, le=64)
+    max_prompt_chars: int = Field(8000, ge=1)
+
+    # --- retries, time limits (seconds) --------------------------------------
+    retry_max_retries: int = Field(5, ge=0)
+    retry_base_delay_s: float = Field(2.0, ge=0)
+    retry_max_delay_s: float = Field(60.0, ge=0)
+    retry_max_total_s: float = Field(600.0, ge=0)
+    task_soft_time_limit_s: int = Field(300, ge=1)
+    task_time_limit_s: int = Field(330, ge=1)
+    visibility_timeout_s: int = 3600
+
+    # --- worker pool ----------------------------------------------------------
+    worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
+    worker_concurrency: int = Field(16, ge=1)
+
+    # --- storage --------------------------------------------------------------
+    storage_url: str = "./var/images"
+    storage_public_base_url: str | None = None
+    signed_url_ttl_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
+
+    # --- offline preview model (tests, demo, benchmarks) ----------------------
+    offline_latency_s: float = Field(0.0, ge=0)
+    offline_failures: str = ""
+
+    # --- Gemini (google-genai's own variable names) ---------------------------
+    gemini_api_key: SecretStr | None = Field(None, validation_alias="GEMINI_API_KEY")
+    google_api_key: SecretStr | None = Field(None, validation_alias="GOOGLE_API_KEY")
+    gemini_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("GOOGLE_GEMINI_BASE_URL", "IMAGEGEN_GEMINI_BASE_URL")
+    )
+    gemini_use_vertexai: bool = Field(False, validation_alias="GOOGLE_GENAI_USE_VERTEXAI")
+    google_cloud_project: str | None = Field(None, validation_alias="GOOGLE_CLOUD_PROJECT")
+    google_cloud_location: str | None = Field(None, validation_alias="GOOGLE_CLOUD_LOCATION")
+    gemini_api_version: str = "v1beta"
+    gemini_timeout_s: float = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError("IMAGEGEN_TASK_SOFT_TIME_LIMIT_S must be below IMAGEGEN_TASK_TIME_LIMIT_S")
+        # An unacked message older than the visibility timeout is redelivered:
+        # it must outlive the longest run plus the longest retry countdown.
+        floor = self.task_time_limit_s + self.retry_max_delay_s
+        if self.visibility_timeout_s <= floor:
+            raise ValueError(
+                f"IMAGEGEN_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must exceed "
+                f"task time limit + longest retry delay ({floor:g} s), or tasks run twice"
+            )
+        if self.environment != "development":
+            self._refuse_unsafe_defaults()
+        return self
+
+    def _refuse_unsafe_defaults(self) -> None:
+        problems = []
+        if "://" not in self.storage_url or self.storage_url.startswith("file://"):
+            problems.append(
+                "IMAGEGEN_STORAGE_URL is a local directory: other pods and the next node "
+                "cannot read it; use s3://, az:// or gs://"
+            )
+        if self.offline_latency_s or self.offline_failures:
+            problems.append("IMAGEGEN_OFFLINE_LATENCY_S / IMAGEGEN_OFFLINE_FAILURES are test knobs")
+        if problems:
+            raise ValueError(f"unsafe for environment={self.environment}: " + "; ".join(problems))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once; tests build their own)."""
+    return Settings()

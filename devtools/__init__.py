@@ -1,0 +1,1 @@
+"""Development and test tools: embedded servers, worker processes, the demo."""

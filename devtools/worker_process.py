@@ -1,0 +1,66 @@
+"""Start and stop a real ``celery -A worker worker`` process (tests, demo,
+benchmarks), with its own environment and a log file to read back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], pool: str = "threads", concurrency: int = 8, log_dir: str | None = None):
+        self.name = f"imagegen-{uuid.uuid4().hex[:8]}@%h"
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.pool = pool
+        self.concurrency = concurrency
+        self.log_path = Path(log_dir or tempfile.mkdtemp(prefix="imagegen-worker-")) / "worker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> WorkerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, ready_timeout: float = 60.0) -> None:
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO",
+             f"--pool={self.pool}", f"--concurrency={self.concurrency}", f"--hostname={self.name}",
+             "--without-mingle", "--without-gossip"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + ready_timeout
+        while b" ready." not in self.log_path.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"celery worker did not start; log:\n{self.log()[-4000:]}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Warm shutdown (SIGTERM), as Kubernetes does; SIGKILL if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")

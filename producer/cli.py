@@ -1,0 +1,129 @@
+"""``imagegen``: validate, submit and follow image_generation jobs.
+
+Exit codes: 0 succeeded, 1 job failed, 2 invalid node or usage, 3 job
+partial, 4 timed out or not found, 5 service unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from contract.node import NodeValidationError, validate_node
+from contract.result import JobResult
+from contract.settings import get_settings
+from producer.client import ImageGenClient, JobNotFound, JobTimeout
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL, EXIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
+_STATUS_EXIT = {"succeeded": EXIT_OK, "partial": EXIT_PARTIAL, "failed": EXIT_FAILED}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except NodeValidationError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    except (JobNotFound, JobTimeout) as exc:
+        print(f"imagegen: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except (redis.ConnectionError, ConnectionError, OSError) as exc:
+        url = _redacted(get_settings().redis_url)
+        print(f"imagegen: cannot reach the queue at {url} (REDIS_URL): {exc.__class__.__name__}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagegen", description="Image Generation node jobs")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    validate = sub.add_parser("validate", help="check a node JSON file; nothing is enqueued")
+    validate.add_argument("file", help="node JSON file, or - for standard input")
+    validate.set_defaults(run=_validate)
+
+    submit = sub.add_parser("submit", help="validate and enqueue a node; print the job id")
+    submit.add_argument("file", help="node JSON file, or - for standard input")
+    submit.add_argument("--job-id", help="your own id; submitting it again enqueues nothing")
+    submit.add_argument("--wait", action="store_true", help="wait and print the result document")
+    submit.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+    submit.set_defaults(run=_submit)
+
+    status = sub.add_parser("status", help="a job's state and progress")
+    status.add_argument("job_id")
+    status.set_defaults(run=_status)
+
+    result = sub.add_parser("result", help="a job's result document")
+    result.add_argument("job_id")
+    result.add_argument("--wait", action="store_true", help="wait until it is ready")
+    result.add_argument("--timeout", type=float, default=600.0)
+    result.set_defaults(run=_result)
+    return parser
+
+
+def _read(path: str) -> str:
+    return sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+
+
+def _validate(args: argparse.Namespace) -> int:
+    node = validate_node(_read(args.file))
+    print(f"valid: {node.inputs.variations} x {node.inputs.model} at {node.inputs.size}")
+    return EXIT_OK
+
+
+def _submit(args: argparse.Namespace) -> int:
+    text = _read(args.file)
+    validate_node(text)  # before touching the network
+    client = ImageGenClient()
+    handle = client.submit(text, job_id=args.job_id)
+    if not handle.created:
+        print(f"imagegen: job {handle.job_id} was submitted before; not enqueued again", file=sys.stderr)
+    if not args.wait:
+        print(handle.job_id)
+        return EXIT_OK
+    return _print_result(handle.wait(timeout=args.timeout))
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = ImageGenClient().status(args.job_id)
+    _print_json({**status.__dict__, "finished": status.finished})
+    return EXIT_OK
+
+
+def _result(args: argparse.Namespace) -> int:
+    client = ImageGenClient()
+    if args.wait:
+        return _print_result(client.wait(args.job_id, timeout=args.timeout))
+    document = client.result(args.job_id)
+    if document is None:
+        status = client.status(args.job_id)
+        print(f"imagegen: job {args.job_id} is {status.state} ({status.done}/{status.variations} done)", file=sys.stderr)
+        return EXIT_TIMEOUT
+    return _print_result(document)
+
+
+def _print_result(result: JobResult) -> int:
+    _print_json(result.model_dump(mode="json"))
+    return _STATUS_EXIT[result.status]
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, default=str))
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

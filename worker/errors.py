@@ -1,0 +1,37 @@
+"""Outcomes a provider or a store reports, named for what the task does next.
+
+The variation task maps each one to a Celery retry (``TransientError``) or to
+an error record in the result (everything else); it never lets one escape,
+so the chord always fires.
+"""
+
+from __future__ import annotations
+
+
+class GenerationError(Exception):
+    """Base: ``str(exc)`` must be safe to show users (no secrets)."""
+
+
+class TransientError(GenerationError):
+    """Worth retrying later: 408/429/5xx, connection drops, read timeouts."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, timed_out: bool = False):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # the server's own delay hint, if any
+        self.timed_out = timed_out
+
+
+class PermanentError(GenerationError):
+    """Retrying cannot help: 400/401/403/404, a retired model id."""
+
+
+class BlockedError(GenerationError):
+    """The provider refused or returned no image (safety, policy, text only)."""
+
+    def __init__(self, message: str, *, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class StorageError(GenerationError):
+    """The image was made but could not be stored (after storage retries)."""

@@ -1,0 +1,115 @@
+"""One variation: generate one image, store it, return a small record.
+
+Transient failures retry as Celery retries with a countdown (the worker slot
+is freed while waiting). Every final outcome is RETURNED, never raised, so
+the chord body always runs and can report partial success.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from contract.catalog import load_catalog
+from contract.node import ImageGenerationNode
+from contract.queue import GENERATE_VARIATION
+from contract.result import ErrorKind, ErrorRecord, ImageRecord, SizeMismatch
+from contract.settings import get_settings
+from worker.celery_app import app
+from worker.errors import BlockedError, PermanentError, StorageError, TransientError
+from worker.imaging import inspect_image
+from worker.providers import GenerationRequest, provider_for
+from worker.retry import RetryPolicy
+from worker.state import job_records
+from worker.storage import object_key, store_for
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name=GENERATE_VARIATION, bind=True, max_retries=None)
+def generate_variation(
+    self: Task, job_id: str, node: dict[str, Any], index: int, first_attempt_at: float | None = None
+) -> dict[str, Any]:
+    first_attempt_at = first_attempt_at or time.time()
+    attempt = self.request.retries + 1
+    try:
+        record: ImageRecord | ErrorRecord = _make_image(job_id, node, index, attempt, first_attempt_at)
+    except TransientError as exc:
+        policy = RetryPolicy.from_settings(get_settings())
+        countdown = policy.countdown(self.request.retries, exc.retry_after_s)
+        if policy.allows(self.request.retries, countdown, time.time() - first_attempt_at):
+            log.info("job %s variation %d attempt %d: %s; retrying in %.1f s", job_id, index, attempt, exc, countdown)
+            raise self.retry(
+                countdown=countdown,
+                args=(job_id, node, index),
+                kwargs={"first_attempt_at": first_attempt_at},
+            ) from None
+        kind: ErrorKind = "timeout" if exc.timed_out else "transient_exhausted"
+        record = _error(index, kind, f"gave up after {attempt} attempt(s): {exc}", attempt, first_attempt_at)
+    except SoftTimeLimitExceeded:
+        record = _error(index, "timeout", "the variation exceeded its time limit", attempt, first_attempt_at)
+    except BlockedError as exc:
+        record = _error(index, "blocked", str(exc), attempt, first_attempt_at, reason=exc.reason)
+    except StorageError as exc:
+        record = _error(index, "storage", str(exc), attempt, first_attempt_at)
+    except PermanentError as exc:
+        record = _error(index, "permanent", str(exc), attempt, first_attempt_at)
+    except Exception:
+        # A bug, not a provider outcome: log it for operators, keep the chord alive.
+        log.exception("job %s variation %d: unexpected error", job_id, index)
+        record = _error(index, "permanent", "internal error in the worker (logged)", attempt, first_attempt_at)
+
+    job_records().count_done(job_id)
+    if isinstance(record, ErrorRecord):
+        log.warning("job %s variation %d failed: %s (%s)", job_id, index, record.kind, record.message)
+    return {"kind": "image" if isinstance(record, ImageRecord) else "error", "record": record.model_dump(mode="json")}
+
+
+def _make_image(job_id: str, node: dict[str, Any], index: int, attempt: int, first_attempt_at: float) -> ImageRecord:
+    settings = get_settings()
+    inputs = ImageGenerationNode.model_validate(node).inputs  # validated by the producer
+    entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).models[inputs.model]
+    seed = None if inputs.seed is None else inputs.seed + index  # distinct, reproducible per variation
+    request = GenerationRequest(inputs.user_query, inputs.model, entry, inputs.size, index, seed, attempt)
+
+    image = provider_for(entry.provider, settings).generate(request)
+    facts = inspect_image(image.data)
+    store, prefix = store_for(inputs, settings)
+    stored = store.put(
+        object_key(prefix, job_id, index, facts.extension),
+        image.data,
+        facts.mime_type,
+        {"job_id": job_id, "model": inputs.model, "model_id": entry.model_id, "variation": str(index)},
+    )
+    metadata = image.metadata
+    if facts.size != inputs.size:
+        metadata = metadata.model_copy(update={"size_mismatch": SizeMismatch(requested=inputs.size, returned=facts.size)})
+    return ImageRecord(
+        index=index,
+        url=stored.url,
+        url_expires_at=stored.url_expires_at,
+        uri=stored.uri,
+        mime_type=facts.mime_type,
+        width=facts.width,
+        height=facts.height,
+        bytes=facts.size_bytes,
+        sha256=facts.sha256,
+        seed=seed,
+        attempts=attempt,
+        duration_ms=_ms_since(first_attempt_at),
+        estimated_cost_usd=entry.price_for(inputs.size),
+        metadata=metadata,
+    )
+
+
+def _error(index: int, kind: ErrorKind, message: str, attempts: int, first_attempt_at: float, reason: str | None = None) -> ErrorRecord:
+    return ErrorRecord(index=index, kind=kind, message=message, reason=reason,
+                       attempts=attempts, duration_ms=_ms_since(first_attempt_at))
+
+
+def _ms_since(start: float) -> int:
+    return int((time.time() - start) * 1000)
