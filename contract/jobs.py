@@ -57,8 +57,13 @@ class JobRecords:
 
     def claim(self, job_id: str, *, model: str, variations: int, submitted_at: datetime) -> bool:
         """Create the record as ``queued``; False when the job id exists already."""
-        fields = {"state": "queued", "model": model, "variations": variations,
-                  "done": 0, "submitted_at": submitted_at.isoformat()}
+        fields = {
+            "state": "queued",
+            "model": model,
+            "variations": variations,
+            "done": 0,
+            "submitted_at": submitted_at.isoformat(),
+        }
         flat = [str(item) for pair in fields.items() for item in pair]
         return bool(self._claim(keys=[job_key(job_id)], args=[self.ttl_s, *flat]))
 

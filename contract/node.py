@@ -42,9 +42,17 @@ _REDACTED = "<not shown>"
 
 # Names authors reach for first, for the did-you-mean hint.
 _SYNONYMS = {
-    "prompt": "user_query", "query": "user_query", "text": "user_query",
-    "n": "variations", "count": "variations", "num_images": "variations", "number_of_images": "variations",
-    "resolution": "size", "dimensions": "size", "provider": "cloud_provider", "cloud": "use_cloud",
+    "prompt": "user_query",
+    "query": "user_query",
+    "text": "user_query",
+    "n": "variations",
+    "count": "variations",
+    "num_images": "variations",
+    "number_of_images": "variations",
+    "resolution": "size",
+    "dimensions": "size",
+    "provider": "cloud_provider",
+    "cloud": "use_cloud",
 }
 
 
@@ -101,7 +109,7 @@ class NodeInputs(BaseModel):
     def _variations_integer(cls, value: Any) -> Any:
         # Workflow UIs send "1"; a bool or "1.5" is a mistake, not a count.
         if isinstance(value, bool) or (isinstance(value, str) and not value.strip().isdigit()):
-            raise _fail("must be a whole number such as 1 or \"1\"")
+            raise _fail('must be a whole number such as 1 or "1"')
         return value
 
     @field_validator("variations")
@@ -140,7 +148,9 @@ class NodeInputs(BaseModel):
     @classmethod
     def _no_sas_in_url(cls, value: str | None) -> str | None:
         if value is not None and "?" in value:
-            raise _fail("must be the account URL without a query string (a SAS token is a secret; use azure_connection_string with a reference)")
+            raise _fail(
+                "must be the account URL without a query string (a SAS token is a secret; use azure_connection_string with a reference)"
+            )
         return value
 
 
@@ -267,7 +277,9 @@ def _cloud_problems(inputs: Mapping[str, Any], already: list[str]) -> list[Probl
         return []
     provider = inputs.get("cloud_provider")
     if provider is None:
-        return [Problem("inputs.cloud_provider", _MISSING, "is required when use_cloud is true; allowed: aws, azure, gcp")]
+        return [
+            Problem("inputs.cloud_provider", _MISSING, "is required when use_cloud is true; allowed: aws, azure, gcp")
+        ]
     if provider not in REQUIRED_CLOUD_FIELDS:
         return []  # already reported as a bad value
     problems = []

@@ -34,10 +34,24 @@ class WorkerProcess:
     def start(self, ready_timeout: float = 60.0) -> None:
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO",
-             f"--pool={self.pool}", f"--concurrency={self.concurrency}", f"--hostname={self.name}",
-             "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "--loglevel=INFO",
+                f"--pool={self.pool}",
+                f"--concurrency={self.concurrency}",
+                f"--hostname={self.name}",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + ready_timeout
         while b" ready." not in self.log_path.read_bytes():

@@ -103,7 +103,9 @@ def _result(args: argparse.Namespace) -> int:
     document = client.result(args.job_id)
     if document is None:
         status = client.status(args.job_id)
-        print(f"imagegen: job {args.job_id} is {status.state} ({status.done}/{status.variations} done)", file=sys.stderr)
+        print(
+            f"imagegen: job {args.job_id} is {status.state} ({status.done}/{status.variations} done)", file=sys.stderr
+        )
         return EXIT_TIMEOUT
     return _print_result(document)
 

@@ -22,8 +22,12 @@ class RetryPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(settings.retry_max_retries, settings.retry_base_delay_s,
-                   settings.retry_max_delay_s, settings.retry_max_total_s)
+        return cls(
+            settings.retry_max_retries,
+            settings.retry_base_delay_s,
+            settings.retry_max_delay_s,
+            settings.retry_max_total_s,
+        )
 
     def countdown(self, retries_done: int, server_delay_s: float | None = None) -> float:
         """Seconds to wait before retry number ``retries_done + 1``."""

@@ -30,6 +30,8 @@ def provider_for(name: str, settings: Settings) -> ImageProvider:
         if name not in _instances:
             factory = FACTORIES.get(name)
             if factory is None:
-                raise PermanentError(f"provider {name!r} named in the model catalog is not available; known: {sorted(FACTORIES)}")
+                raise PermanentError(
+                    f"provider {name!r} named in the model catalog is not available; known: {sorted(FACTORIES)}"
+                )
             _instances[name] = factory(settings)
         return _instances[name]

@@ -43,7 +43,9 @@ def parse_failures(spec: str) -> tuple[InjectedFailure, ...]:
         index, _, rest = item.partition(":")
         kind, _, times = rest.partition("*")
         if not index.isdigit() or kind not in FAILURE_KINDS or (times and not times.isdigit()):
-            raise ValueError(f"bad IMAGEGEN_OFFLINE_FAILURES item {item!r}; form INDEX:KIND[*TIMES], KIND in {FAILURE_KINDS}")
+            raise ValueError(
+                f"bad IMAGEGEN_OFFLINE_FAILURES item {item!r}; form INDEX:KIND[*TIMES], KIND in {FAILURE_KINDS}"
+            )
         failures.append(InjectedFailure(int(index), kind, int(times or 0)))
     return tuple(failures)
 

@@ -62,11 +62,19 @@ def invalid_job_result(job_id: str, node: dict[str, Any], submitted_at: str, mes
     now = utcnow()
     inputs = node.get("inputs", {}) if isinstance(node.get("inputs"), dict) else {}
     result = JobResult(
-        job_id=job_id, name=str(node.get("name", "")), status="failed",
-        model=str(inputs.get("model", "")), model_id="", provider="", size=str(inputs.get("size", "")),
-        variations=0, images=[],
+        job_id=job_id,
+        name=str(node.get("name", "")),
+        status="failed",
+        model=str(inputs.get("model", "")),
+        model_id="",
+        provider="",
+        size=str(inputs.get("size", "")),
+        variations=0,
+        images=[],
         errors=[ErrorRecord(index=0, kind="permanent", message=message, attempts=0, duration_ms=0)],
-        submitted_at=datetime.fromisoformat(submitted_at), started_at=now, finished_at=now,
+        submitted_at=datetime.fromisoformat(submitted_at),
+        started_at=now,
+        finished_at=now,
         duration_ms=int((now - datetime.fromisoformat(submitted_at)).total_seconds() * 1000),
     )
     job_records().mark_finished(job_id, "failed", now)

@@ -42,8 +42,7 @@ def run_job(self: Task, node: dict[str, Any], submitted_at: str) -> Any:
     records.mark_running(job_id, started_at)
     payload = parsed.to_task_payload()
     header = [
-        app.signature(GENERATE_VARIATION, args=(job_id, payload, index))
-        for index in range(parsed.inputs.variations)
+        app.signature(GENERATE_VARIATION, args=(job_id, payload, index)) for index in range(parsed.inputs.variations)
     ]
     body = app.signature(FINALIZE, args=(job_id, payload, submitted_at, started_at.isoformat()))
     log.info("job %s: %d variation(s) of %s at %s", job_id, len(header), parsed.inputs.model, parsed.inputs.size)

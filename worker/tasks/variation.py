@@ -87,7 +87,9 @@ def _make_image(job_id: str, node: dict[str, Any], index: int, attempt: int, fir
     )
     metadata = image.metadata
     if facts.size != inputs.size:
-        metadata = metadata.model_copy(update={"size_mismatch": SizeMismatch(requested=inputs.size, returned=facts.size)})
+        metadata = metadata.model_copy(
+            update={"size_mismatch": SizeMismatch(requested=inputs.size, returned=facts.size)}
+        )
     return ImageRecord(
         index=index,
         url=stored.url,
@@ -106,9 +108,17 @@ def _make_image(job_id: str, node: dict[str, Any], index: int, attempt: int, fir
     )
 
 
-def _error(index: int, kind: ErrorKind, message: str, attempts: int, first_attempt_at: float, reason: str | None = None) -> ErrorRecord:
-    return ErrorRecord(index=index, kind=kind, message=message, reason=reason,
-                       attempts=attempts, duration_ms=_ms_since(first_attempt_at))
+def _error(
+    index: int, kind: ErrorKind, message: str, attempts: int, first_attempt_at: float, reason: str | None = None
+) -> ErrorRecord:
+    return ErrorRecord(
+        index=index,
+        kind=kind,
+        message=message,
+        reason=reason,
+        attempts=attempts,
+        duration_ms=_ms_since(first_attempt_at),
+    )
 
 
 def _ms_since(start: float) -> int:

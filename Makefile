@@ -1,0 +1,33 @@
+# Two commands set everything up on a fresh machine: `make demo`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python -m devtools.demo
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy contract worker producer devtools
+
+bench: install
+	$(BIN)/python -m benchmarks.parallel_variations
+	$(BIN)/python -m benchmarks.pools
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,83 @@
+"""Shared fixtures: a real Redis the suite owns, real worker processes, and a
+producer client, each test on its own queue and storage directory."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contract.settings import Settings
+from devtools.redis_server import start_redis
+from devtools.worker_process import WorkerProcess
+from producer.client import ImageGenClient
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED_NODE = ROOT / "examples" / "seed-node.json"
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A private redis-server on a free port: the suite may scan every key."""
+    server = start_redis()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def seed_node() -> dict[str, Any]:
+    return dict(json.loads(SEED_NODE.read_text()))
+
+
+@pytest.fixture
+def offline_node(seed_node: dict[str, Any]) -> dict[str, Any]:
+    seed_node["inputs"]["model"] = "offline_preview"
+    return seed_node
+
+
+@pytest.fixture
+def job_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment shared by the producer and the workers of one test."""
+    return {
+        "REDIS_URL": redis_url,
+        "IMAGEGEN_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
+        "IMAGEGEN_STORAGE_URL": str(tmp_path / "images"),
+        "IMAGEGEN_RETRY_BASE_DELAY_S": "0.2",
+        "IMAGEGEN_RETRY_MAX_DELAY_S": "2",
+    }
+
+
+@pytest.fixture
+def start_worker(job_env: dict[str, str], tmp_path: Path) -> Iterator[StartWorker]:
+    """Start real ``celery -A worker worker`` processes; stopped after the test."""
+    workers: list[WorkerProcess] = []
+
+    def start(env: dict[str, str] | None = None, pool: str = "threads", concurrency: int = 8) -> WorkerProcess:
+        worker = WorkerProcess({**job_env, **(env or {})}, pool=pool, concurrency=concurrency, log_dir=str(tmp_path))
+        workers.append(worker)
+        worker.start()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def settings(job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name, value in job_env.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[ImageGenClient]:
+    producer = ImageGenClient(settings)
+    yield producer
+    producer.close()
