@@ -30,6 +30,8 @@ CloudProvider = Literal["aws", "azure", "gcp"]
 
 # Fields whose values are credentials (references only) and never echoed.
 CREDENTIAL_FIELDS = frozenset({"aws_credentials", "azure_connection_string", "gcp_credentials"})
+# A rejected account URL may carry a SAS token: not echoed either.
+_NEVER_ECHOED = CREDENTIAL_FIELDS | {"azure_account_url"}
 
 # What each provider needs when use_cloud is true; "a|b" means one of them.
 REQUIRED_CLOUD_FIELDS: dict[str, tuple[str, ...]] = {
@@ -259,7 +261,7 @@ def _problem_from(err: Any, data: Mapping[str, Any]) -> Problem:
         hint = difflib.get_close_matches(leaf.lower(), [*allowed, *_SYNONYMS], n=1)
         guess = f"did you mean '{_SYNONYMS.get(hint[0], hint[0])}'? " if hint else ""
         return Problem(field, _MISSING, f"is not a known input field; {guess}allowed: {', '.join(allowed)}")
-    value = _REDACTED if leaf in CREDENTIAL_FIELDS else err.get("input", _MISSING)
+    value = _REDACTED if leaf in _NEVER_ECHOED else err.get("input", _MISSING)
     message = err["msg"]
     if kind == "literal_error" and leaf == "type":
         message = "must be 'image_generation'"

@@ -34,10 +34,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "visibility_timeout": settings.visibility_timeout_s,
         "health_check_interval": 10,
     }
+    redelivery = {"unacked_restore_interval": settings.redelivery_sweep_s, "unacked_restore_throttle": 1}
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,
-        "broker_transport_options": transport,
+        "broker_transport_options": {**transport, **redelivery},
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "redis_backend_health_check_interval": 10,

@@ -38,15 +38,40 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = Field(300, ge=1)
     task_time_limit_s: int = Field(330, ge=1)
     visibility_timeout_s: int = 3600
+    # How often a worker looks for messages whose consumer died (kombu's
+    # default is ~100 s: a 10 s timer that scans every 10th tick).
+    redelivery_sweep_s: int = Field(30, ge=1)
 
     # --- worker pool ----------------------------------------------------------
     worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
-    worker_concurrency: int = Field(16, ge=1)
+    worker_concurrency: int = Field(32, ge=1)  # threads; see docs/pools.md for the measurement
 
     # --- storage --------------------------------------------------------------
     storage_url: str = "./var/images"
     storage_public_base_url: str | None = None
     signed_url_ttl_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
+
+    # --- cloud storage and secret references (worker only) ----------------------
+    # Uploads: a few quick retries of throttling/5xx/dropped connections, then a
+    # "storage" error record; each SDK's own retries are off so this is the one policy.
+    storage_retry_attempts: int = Field(4, ge=1, le=10)
+    storage_retry_max_delay_s: float = Field(2.0, ge=0)
+    storage_timeout_s: float = Field(30.0, gt=0)
+    # Platform az:// storage: AZURE_STORAGE_CONNECTION_STRING (read as the secret
+    # reference env:AZURE_STORAGE_CONNECTION_STRING) wins; else this URL with the
+    # default Azure credential chain (managed / workload identity).
+    azure_storage_account_url: str | None = Field(None, validation_alias="AZURE_STORAGE_ACCOUNT_URL")
+    # vault:<path>#<key> references: standard Vault variables keep their names.
+    vault_addr: str | None = Field(None, validation_alias="VAULT_ADDR")
+    vault_token: SecretStr | None = Field(None, validation_alias="VAULT_TOKEN")
+    vault_namespace: str | None = Field(None, validation_alias="VAULT_NAMESPACE")
+    vault_k8s_role: str | None = Field(None, validation_alias="VAULT_K8S_ROLE")  # set: Kubernetes auth, not a token
+    vault_k8s_mount: str = "kubernetes"
+    vault_k8s_token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    vault_mount: str = "secret"  # the KV v2 mount; "vault:secret/a#k" and "vault:a#k" both read a
+    # Resolved secrets and the storage clients built from them live this long in a
+    # worker process, so a rotated credential is picked up without a restart.
+    secret_cache_ttl_s: float = Field(300.0, ge=0)
 
     # --- offline preview model (tests, demo, benchmarks) ----------------------
     offline_latency_s: float = Field(0.0, ge=0)

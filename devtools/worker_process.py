@@ -18,9 +18,15 @@ ROOT = Path(__file__).resolve().parent.parent
 class WorkerProcess:
     def __init__(self, env: dict[str, str], pool: str = "threads", concurrency: int = 8, log_dir: str | None = None):
         self.name = f"imagegen-{uuid.uuid4().hex[:8]}@%h"
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        self.pool = pool
-        self.concurrency = concurrency
+        # Pool and concurrency go through Settings, as in a pod: Celery lets
+        # app.conf.worker_pool win over the --pool flag.
+        self.env = {
+            **os.environ,
+            **env,
+            "IMAGEGEN_WORKER_POOL": pool,
+            "IMAGEGEN_WORKER_CONCURRENCY": str(concurrency),
+            "PYTHONUNBUFFERED": "1",
+        }
         self.log_path = Path(log_dir or tempfile.mkdtemp(prefix="imagegen-worker-")) / "worker.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -42,8 +48,8 @@ class WorkerProcess:
                 "worker",
                 "worker",
                 "--loglevel=INFO",
-                f"--pool={self.pool}",
-                f"--concurrency={self.concurrency}",
+                # Also on the command line: gevent must monkey-patch before imports.
+                f"--pool={self.env['IMAGEGEN_WORKER_POOL']}",
                 f"--hostname={self.name}",
                 "--without-mingle",
                 "--without-gossip",

@@ -13,7 +13,7 @@ import io
 import time
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from contract.catalog import parse_size
 from contract.result import GenerationMetadata
@@ -99,7 +99,9 @@ def render_pattern(prompt: str, index: int, seed: int | None, width: int, height
         draw.line((x, 0, x, height), fill=(255, 255, 255), width=1)
     for y in range(0, height, step):
         draw.line((0, y, width, y), fill=(255, 255, 255), width=1)
-    draw.text((width // 3 + 8, 8), f"OFFLINE PREVIEW - NOT AI\n{width}x{height} #{index}", fill=(255, 255, 255))
+    font = ImageFont.load_default(size=max(10, min(width, height) // 28))
+    label = f"OFFLINE PREVIEW - NOT AI\n{width}x{height}  variation {index}\n{prompt[:40]}"
+    draw.multiline_text((width // 3 + 12, 12), label, fill=(255, 255, 255), font=font)
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=False, compress_level=6)
     return out.getvalue()

@@ -1,0 +1,174 @@
+"""Node validation: every problem at once, each naming field, value and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from contract.catalog import load_catalog
+from contract.node import NodeValidationError, validate_node
+from contract.settings import Settings
+
+
+def problems(node: Any, settings: Settings | None = None) -> dict[str, str]:
+    with pytest.raises(NodeValidationError) as caught:
+        validate_node(node, settings or Settings())
+    return {p.field: str(p) for p in caught.value.problems}
+
+
+def with_inputs(node: dict[str, Any], **inputs: Any) -> dict[str, Any]:
+    changed = copy.deepcopy(node)
+    changed["inputs"].update(inputs)
+    return changed
+
+
+def test_seed_json_is_accepted_verbatim(seed_node: dict[str, Any]) -> None:
+    node = validate_node(json.dumps(seed_node), Settings())
+    assert node.name == "Test Image Generation"
+    assert node.inputs.variations == 1  # the seed's string "1"
+    assert node.inputs.use_cloud is False
+    assert node.inputs.model == "gemini_3_image"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("1", 1), (3, 3), (" 2 ", 2)])
+def test_variations_accept_strings_and_integers(seed_node: dict[str, Any], raw: Any, expected: int) -> None:
+    assert validate_node(with_inputs(seed_node, variations=raw), Settings()).inputs.variations == expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("false", False), (True, True), ("False", False)])
+def test_use_cloud_accepts_booleans_and_ui_strings(seed_node: dict[str, Any], raw: Any, expected: bool) -> None:
+    node = with_inputs(seed_node, use_cloud=raw, aws_bucket="bucket")
+    assert validate_node(node, Settings()).inputs.use_cloud is expected
+
+
+def test_every_problem_is_reported_at_once(seed_node: dict[str, Any]) -> None:
+    node = with_inputs(seed_node, user_query="  ", model="gemini_9", variations="0", size="big", promt="x")
+    node["type"] = "image_gen"
+    found = problems(node)
+    assert set(found) == {
+        "type",
+        "inputs.user_query",
+        "inputs.model",
+        "inputs.variations",
+        "inputs.size",
+        "inputs.promt",
+    }
+    assert found["type"] == "type = \"image_gen\": must be 'image_generation'"
+    assert "must be a non-empty prompt" in found["inputs.user_query"]
+    assert '"gemini_9"' in found["inputs.model"] and "gemini_2_5_image, " in found["inputs.model"]
+    assert found["inputs.variations"] == 'inputs.variations = "0": must be from 1 to 8'
+    assert '"big"' in found["inputs.size"] and "WIDTHxHEIGHT" in found["inputs.size"]
+    assert "did you mean 'user_query'?" in found["inputs.promt"]
+
+
+def test_size_unsupported_by_model_lists_that_models_sizes(seed_node: dict[str, Any]) -> None:
+    found = problems(with_inputs(seed_node, model="gemini_2_5_image", size="1000x1000"))
+    message = found["inputs.size"]
+    assert '"1000x1000"' in message and "gemini_2_5_image" in message
+    allowed = load_catalog().models["gemini_2_5_image"].sizes
+    assert all(size in message for size in allowed)
+    assert "2048x2048" not in message  # another model's size is not offered
+
+
+@pytest.mark.parametrize("model", load_catalog().names())
+def test_every_catalog_size_validates_for_its_model(seed_node: dict[str, Any], model: str) -> None:
+    for size in load_catalog().models[model].sizes:
+        assert validate_node(with_inputs(seed_node, model=model, size=size), Settings()).inputs.size == size
+
+
+def test_sizes_differ_per_model(seed_node: dict[str, Any]) -> None:
+    assert validate_node(with_inputs(seed_node, model="gemini_3_image", size="4096x4096"), Settings())
+    assert "inputs.size" in problems(with_inputs(seed_node, model="gemini_2_5_image", size="4096x4096"))
+    assert "inputs.size" in problems(with_inputs(seed_node, model="gemini_3_image", size="832x1248"))
+
+
+def test_variations_maximum_is_configurable(seed_node: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "inputs.variations" in problems(with_inputs(seed_node, variations=9))
+    monkeypatch.setenv("IMAGEGEN_MAX_VARIATIONS", "12")
+    assert validate_node(with_inputs(seed_node, variations=12), Settings()).inputs.variations == 12
+
+
+@pytest.mark.parametrize("bad", [True, "1.5", 2.5, "two", None])
+def test_variations_must_be_whole_numbers(seed_node: dict[str, Any], bad: Any) -> None:
+    assert "inputs.variations" in problems(with_inputs(seed_node, variations=bad))
+
+
+def test_prompt_length_is_capped(seed_node: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEGEN_MAX_PROMPT_CHARS", "10")
+    found = problems(with_inputs(seed_node, user_query="x" * 11), Settings())
+    assert "is 11 characters; at most 10 are allowed" in found["inputs.user_query"]
+
+
+def test_missing_inputs_and_required_fields(seed_node: dict[str, Any]) -> None:
+    assert problems({"type": "image_generation"}) == {"inputs": "inputs: is required"}
+    node = copy.deepcopy(seed_node)
+    del node["inputs"]["user_query"], node["inputs"]["model"]
+    assert set(problems(node)) == {"inputs.user_query", "inputs.model"}
+
+
+@pytest.mark.parametrize("document", ["{not json", "[1, 2]", "42"])
+def test_documents_that_are_not_objects(document: str) -> None:
+    assert "(document)" in problems(document)
+
+
+def test_unknown_top_level_keys_from_canvases_are_ignored(seed_node: dict[str, Any]) -> None:
+    seed_node.update(id="node-7", position={"x": 1, "y": 2})
+    assert validate_node(seed_node, Settings()).name == "Test Image Generation"
+
+
+@pytest.mark.parametrize(
+    ("field", "hint"),
+    [("prompt", "user_query"), ("num_images", "variations"), ("resolution", "size"), ("modle", "model")],
+)
+def test_did_you_mean_hints(seed_node: dict[str, Any], field: str, hint: str) -> None:
+    assert f"did you mean '{hint}'?" in problems(with_inputs(seed_node, **{field: "x"}))[f"inputs.{field}"]
+
+
+def test_cloud_provider_fields_required_when_use_cloud(seed_node: dict[str, Any]) -> None:
+    found = problems(with_inputs(seed_node, use_cloud=True, cloud_provider="azure"))
+    assert set(found) == {"inputs.azure_container", "inputs.azure_account_url"}
+    assert "or give azure_connection_string" in found["inputs.azure_account_url"]
+    node = with_inputs(seed_node, use_cloud="true")
+    del node["inputs"]["cloud_provider"]
+    assert "allowed: aws, azure, gcp" in problems(node)["inputs.cloud_provider"]
+    assert "inputs.cloud_provider" in problems(with_inputs(seed_node, cloud_provider="gcs"))
+
+
+def test_raw_secret_is_refused_and_never_echoed(seed_node: dict[str, Any]) -> None:
+    canary = "AKIA-CANARY-9f3c2e"
+    with pytest.raises(NodeValidationError) as caught:
+        validate_node(with_inputs(seed_node, aws_credentials=canary, aws_bucket="b"), Settings())
+    text = str(caught.value) + json.dumps(caught.value.as_dicts())
+    assert canary not in text
+    assert "vault:<path>#<key>" in text and "inputs.aws_credentials" in text
+
+
+def test_unknown_field_values_are_not_echoed(seed_node: dict[str, Any]) -> None:
+    canary = "sk-CANARY-unknown-field"
+    with pytest.raises(NodeValidationError) as caught:
+        validate_node(with_inputs(seed_node, aws_secret_access_key=canary), Settings())
+    assert canary not in str(caught.value)
+
+
+@pytest.mark.parametrize("ref", ["vault:secret/imagegen/aws#credentials", "env:AWS_CREDS", "file:/var/run/secrets/x"])
+def test_secret_references_are_accepted(seed_node: dict[str, Any], ref: str) -> None:
+    node = validate_node(with_inputs(seed_node, use_cloud=True, aws_bucket="b", aws_credentials=ref), Settings())
+    assert node.inputs.aws_credentials == ref
+
+
+def test_sas_token_in_account_url_is_refused(seed_node: dict[str, Any]) -> None:
+    url = "https://acct.blob.core.windows.net/?sv=2024&sig=CANARYSIG"
+    found = problems(
+        with_inputs(seed_node, use_cloud=True, cloud_provider="azure", azure_container="c", azure_account_url=url)
+    )
+    assert "SAS token" in found["inputs.azure_account_url"]
+    assert "CANARYSIG" not in found["inputs.azure_account_url"]
+
+
+def test_payload_for_the_worker_is_json_safe(seed_node: dict[str, Any]) -> None:
+    payload = validate_node(seed_node, Settings()).to_task_payload()
+    assert json.loads(json.dumps(payload)) == payload
+    assert payload["inputs"]["variations"] == 1

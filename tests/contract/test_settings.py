@@ -1,0 +1,47 @@
+"""Settings come from the environment and refuse unsafe combinations."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from contract.queue import celery_config
+from contract.settings import Settings
+
+
+def test_standard_variable_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6380/2")
+    monkeypatch.setenv("GEMINI_API_KEY", "k-123")
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "http://127.0.0.1:9/")
+    settings = Settings()
+    assert settings.redis_url == "redis://cache:6380/2"
+    assert settings.gemini_api_key is not None and settings.gemini_api_key.get_secret_value() == "k-123"
+    assert "k-123" not in repr(settings)  # a SecretStr never prints
+    assert settings.gemini_base_url == "http://127.0.0.1:9/"
+
+
+def test_visibility_timeout_must_outlive_time_limit_and_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEGEN_VISIBILITY_TIMEOUT_S", "300")
+    with pytest.raises(ValidationError, match="tasks run twice"):
+        Settings()
+
+
+def test_production_refuses_local_storage_and_test_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEGEN_ENVIRONMENT", "production")
+    monkeypatch.setenv("IMAGEGEN_OFFLINE_FAILURES", "0:permanent")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert "IMAGEGEN_STORAGE_URL is a local directory" in str(caught.value)
+    assert "test knobs" in str(caught.value)
+    monkeypatch.delenv("IMAGEGEN_OFFLINE_FAILURES")
+    monkeypatch.setenv("IMAGEGEN_STORAGE_URL", "s3://images/prod")
+    assert Settings().environment == "production"
+
+
+def test_celery_reliability_settings() -> None:
+    config = celery_config(Settings())
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["broker_transport_options"]["visibility_timeout"] > config["task_time_limit"]
+    assert config["worker_send_task_events"] and config["task_send_sent_event"]
+    assert config["result_expires"] == Settings().result_ttl_s

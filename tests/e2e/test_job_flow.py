@@ -1,0 +1,169 @@
+"""The whole job through the real path: producer -> Redis -> real worker
+processes -> chord -> stored images -> result document in Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from contract.queue import RUN_JOB
+from producer.client import ImageGenClient
+from tests.conftest import StartWorker
+from tests.e2e.helpers import (
+    all_redis_entries,
+    assert_images_on_disk,
+    assert_matches_published_schema,
+)
+
+
+def test_seed_example_succeeds_with_result_under_job_id(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], redis_url: str
+) -> None:
+    start_worker()
+    handle = client.submit(offline_node, job_id="seed-example-1")
+    result = handle.wait(timeout=60)
+
+    assert result.status == "succeeded" and result.job_id == "seed-example-1"
+    assert (result.name, result.model, result.model_id, result.size) == (
+        "Test Image Generation",
+        "offline_preview",
+        "offline-preview-1",
+        "1024x1024",
+    )
+    [image] = result.images
+    assert (image.width, image.height, image.mime_type, image.attempts) == (1024, 1024, "image/png", 1)
+    assert result.errors == [] and result.estimated_cost_usd == 0.0
+    assert result.submitted_at <= result.started_at <= result.finished_at
+    assert_images_on_disk(result)
+    assert_matches_published_schema(result)
+
+    # The document is stored in the Redis result backend under the job id, with a TTL.
+    raw = redis.Redis.from_url(redis_url)
+    stored = json.loads(raw.get("celery-task-meta-seed-example-1") or b"{}")
+    assert stored["status"] == "SUCCESS" and stored["result"] == result.model_dump(mode="json")
+    assert 0 < raw.ttl("celery-task-meta-seed-example-1") <= client.settings.result_ttl_s
+    status = client.status("seed-example-1")
+    assert (status.state, status.done, status.variations) == ("succeeded", 1, 1)
+
+
+def test_one_permanent_failure_gives_partial(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    start_worker({"IMAGEGEN_OFFLINE_FAILURES": "1:permanent"})
+    offline_node["inputs"]["variations"] = 4
+    result = client.submit(offline_node).wait(timeout=60)
+
+    assert result.status == "partial"
+    assert [i.index for i in result.images] == [0, 2, 3]
+    [error] = result.errors
+    assert (error.index, error.kind, error.attempts) == (1, "permanent", 1)
+    assert "injected permanent failure" in error.message
+    assert_images_on_disk(result)
+    assert_matches_published_schema(result)
+
+
+def test_transient_failures_are_retried_then_succeed(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    worker = start_worker({"IMAGEGEN_OFFLINE_FAILURES": "0:transient*2"})
+    offline_node["inputs"]["variations"] = 2
+    result = client.submit(offline_node).wait(timeout=60)
+
+    assert result.status == "succeeded"
+    attempts = {i.index: i.attempts for i in result.images}
+    assert attempts == {0: 3, 1: 1}
+    assert worker.log().count("retrying in") == 2  # Celery retries with a countdown, not sleeps
+
+
+def test_exhausted_retries_blocked_and_timeouts_are_error_records(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    start_worker({"IMAGEGEN_OFFLINE_FAILURES": "0:transient,1:blocked,2:timeout", "IMAGEGEN_RETRY_MAX_RETRIES": "2"})
+    offline_node["inputs"]["variations"] = 3
+    result = client.submit(offline_node).wait(timeout=60)
+
+    assert result.status == "failed" and result.images == []
+    errors = {e.index: e for e in result.errors}
+    assert (errors[0].kind, errors[0].attempts) == ("transient_exhausted", 3)
+    assert (errors[1].kind, errors[1].attempts, errors[1].reason) == ("blocked", 1, "IMAGE_SAFETY")  # never retried
+    assert (errors[2].kind, errors[2].attempts) == ("timeout", 3)
+    assert_matches_published_schema(result)
+
+
+def test_no_image_bytes_in_redis(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], redis_url: str
+) -> None:
+    start_worker()
+    offline_node["inputs"].update(variations=4, size="2048x2048")
+    result = client.submit(offline_node).wait(timeout=60)
+    assert result.status == "succeeded" and min(i.bytes for i in result.images) > 20_000
+
+    entries = all_redis_entries(redis_url)
+    assert entries, "the scan must see the job's keys"
+    biggest = max(len(value) for value in entries.values())
+    assert biggest < 16_000, f"a Redis value of {biggest} bytes: image bytes leaked?"
+    for key, value in entries.items():
+        assert b"\x89PNG" not in value and b"iVBORw0KGgo" not in value, key  # raw or base64 PNG
+        assert len(key) < 200
+
+
+def test_same_job_id_enqueues_once(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    worker = start_worker()
+    offline_node["inputs"]["variations"] = 2
+    first = client.submit(offline_node, job_id="idempotent-1")
+    second = client.submit(offline_node, job_id="idempotent-1")
+    assert first.created and not second.created
+    assert first.wait(timeout=60).status == "succeeded"
+    time.sleep(1)  # a duplicate, if any, would have run by now
+    assert worker.log().count("imagegen.run_job[idempotent-1] received") == 1
+    assert worker.log().count("imagegen.generate_variation[") // 2 == 2  # "received" + "succeeded" per task
+
+
+def test_redelivered_job_task_does_not_start_a_second_chord(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    worker = start_worker()
+    handle = client.submit(offline_node, job_id="redelivered-1")
+    assert handle.wait(timeout=60).status == "succeeded"
+    payload = client.validate(offline_node).to_task_payload()
+    # What acks_late redelivery looks like: the same job task id arrives again.
+    client.celery.send_task(RUN_JOB, args=(payload, "2026-01-01T00:00:00+00:00"), task_id="redelivered-1")
+    deadline = time.monotonic() + 20
+    while "already dispatched; ignoring the redelivery" not in worker.log():
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.2)
+    assert worker.log().count("imagegen.generate_variation[") // 2 == 1
+    assert client.wait("redelivered-1", timeout=5).status == "succeeded"  # the document is intact
+
+
+def test_job_survives_a_killed_worker(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    # A short visibility timeout (allowed because the time limits are short too)
+    # so the redelivery after SIGKILL happens within the test.
+    env = {
+        "IMAGEGEN_OFFLINE_LATENCY_S": "3",
+        "IMAGEGEN_TASK_SOFT_TIME_LIMIT_S": "5",
+        "IMAGEGEN_TASK_TIME_LIMIT_S": "6",
+        "IMAGEGEN_RETRY_MAX_DELAY_S": "1",
+        "IMAGEGEN_VISIBILITY_TIMEOUT_S": "8",
+        "IMAGEGEN_REDELIVERY_SWEEP_S": "2",
+    }
+    doomed = start_worker(env)
+    handle = client.submit(offline_node)
+    deadline = time.monotonic() + 20
+    while "imagegen.generate_variation[" not in doomed.log():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    doomed.kill()  # SIGKILL mid-generation: the variation was never acked
+    assert handle.status().state == "running"
+
+    start_worker(env)
+    result = handle.wait(timeout=60)
+    assert result.status == "succeeded"
+    assert_images_on_disk(result)

@@ -1,0 +1,60 @@
+"""The offline preview model: deterministic, exact size, injectable failures."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from contract.catalog import load_catalog
+from worker.errors import BlockedError, PermanentError, TransientError
+from worker.providers.base import GenerationRequest
+from worker.providers.offline import OfflineProvider, parse_failures, render_pattern
+
+ENTRY = load_catalog().models["offline_preview"]
+
+
+def request(index: int = 0, attempt: int = 1, size: str = "1024x1024", seed: int | None = None) -> GenerationRequest:
+    return GenerationRequest("a red car", "offline_preview", ENTRY, size, index, seed, attempt)
+
+
+@pytest.mark.parametrize("size", ["1024x1024", "1376x768", "512x512", "848x1264"])
+def test_image_has_exactly_the_requested_size(size: str) -> None:
+    image = OfflineProvider().generate(request(size=size))
+    with Image.open(io.BytesIO(image.data)) as decoded:
+        assert f"{decoded.width}x{decoded.height}" == size and decoded.format == "PNG"
+
+
+def test_same_inputs_same_bytes_and_different_inputs_differ() -> None:
+    assert render_pattern("p", 0, 7, 256, 256) == render_pattern("p", 0, 7, 256, 256)
+    assert render_pattern("p", 0, 7, 256, 256) != render_pattern("p", 1, 7, 256, 256)
+    assert render_pattern("p", 0, 7, 256, 256) != render_pattern("p", 0, 8, 256, 256)
+    assert render_pattern("p", 0, 7, 256, 256) != render_pattern("q", 0, 7, 256, 256)
+
+
+def test_metadata_says_it_is_not_ai() -> None:
+    image = OfflineProvider().generate(request())
+    assert image.metadata.provider == "offline" and "not AI" in (image.metadata.text or "")
+
+
+def test_injected_failures_follow_the_pattern() -> None:
+    provider = OfflineProvider(failures="1:permanent,2:transient*2,3:blocked,4:timeout")
+    provider.generate(request(index=0))
+    with pytest.raises(PermanentError):
+        provider.generate(request(index=1, attempt=5))
+    with pytest.raises(TransientError):
+        provider.generate(request(index=2, attempt=2))
+    provider.generate(request(index=2, attempt=3))  # third attempt succeeds
+    with pytest.raises(BlockedError) as blocked:
+        provider.generate(request(index=3))
+    assert blocked.value.reason == "IMAGE_SAFETY"
+    with pytest.raises(TransientError) as timed_out:
+        provider.generate(request(index=4))
+    assert timed_out.value.timed_out
+
+
+@pytest.mark.parametrize("spec", ["x:permanent", "1:exploded", "1:transient*two", "1"])
+def test_bad_failure_specs_are_refused(spec: str) -> None:
+    with pytest.raises(ValueError, match="IMAGEGEN_OFFLINE_FAILURES"):
+        parse_failures(spec)
