@@ -44,6 +44,7 @@ class Settings(BaseSettings):
 
     # --- worker pool ----------------------------------------------------------
     worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
+    heartbeat_file: str = "/tmp/imagegen-worker-heartbeat"  # liveness probe checks its age
     worker_concurrency: int = Field(32, ge=1)  # threads; see docs/pools.md for the measurement
 
     # --- storage --------------------------------------------------------------

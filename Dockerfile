@@ -1,0 +1,15 @@
+# Worker and producer image. Celery runs as PID 1 so SIGTERM from Kubernetes
+# reaches it and triggers a warm shutdown (running tasks finish).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY contract ./contract
+COPY worker ./worker
+COPY producer ./producer
+COPY devtools ./devtools
+RUN pip install . && useradd --system --uid 10001 imagegen
+USER 10001
+
+CMD ["celery", "-A", "worker", "worker", "--loglevel=INFO"]

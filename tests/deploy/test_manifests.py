@@ -1,0 +1,61 @@
+"""Deployment files are checked by real validators, and agree with Settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import compose
+import yaml
+
+from tests.conftest import ROOT
+
+K8S = ROOT / "deploy" / "k8s"
+CORE_MANIFESTS = ["configmap.yaml", "worker-deployment.yaml", "flower.yaml"]  # KEDA's CRD has no bundled schema
+
+
+def test_kubernetes_manifests_validate_strictly() -> None:
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("kubernetes-validate")),
+            "--strict",
+            *(str(K8S / m) for m in CORE_MANIFESTS),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_compose_file_validates() -> None:
+    binary = Path(compose.__file__).with_name("docker-compose")  # the wrapper script exits 0 on errors
+    run = subprocess.run(
+        [str(binary), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert run.returncode == 0, run.stderr
+
+
+def test_configmap_is_a_valid_production_configuration() -> None:
+    data = yaml.safe_load((K8S / "configmap.yaml").read_text())["data"]
+    env = {key: str(value) for key, value in data.items()}
+    # Settings reads the environment; validate the ConfigMap exactly as a pod would see it.
+    proc = subprocess.run(
+        [sys.executable, "-c", "from contract.settings import Settings; s = Settings(); print(s.environment)"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "production", proc.stderr
+
+
+def test_grace_period_outlives_the_hard_time_limit() -> None:
+    deployment = next(yaml.safe_load_all((K8S / "worker-deployment.yaml").read_text()))
+    data = yaml.safe_load((K8S / "configmap.yaml").read_text())["data"]
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > int(
+        data["IMAGEGEN_TASK_TIME_LIMIT_S"]
+    )

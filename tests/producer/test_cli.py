@@ -1,0 +1,103 @@
+"""``imagegen`` as a user runs it: a real process, real Redis, real worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import ROOT, StartWorker
+
+
+def imagegen(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "producer.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def bad_size_node(tmp_path: Path, seed_node: dict[str, Any]) -> Path:
+    seed_node["inputs"].update(model="gemini_2_5_image", size="1000x1000")
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(seed_node))
+    return path
+
+
+def test_validate_reports_size_and_allowed_sizes(job_env: dict[str, str], bad_size_node: Path) -> None:
+    run = imagegen(job_env, "validate", str(bad_size_node))
+    assert run.returncode == 2
+    assert 'inputs.size = "1000x1000"' in run.stderr and "1024x1024, 832x1248" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_submit_of_an_invalid_node_enqueues_nothing(
+    job_env: dict[str, str], bad_size_node: Path, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    before = set(client.keys("*"))
+    run = imagegen(job_env, "submit", str(bad_size_node), "--wait")
+    assert run.returncode == 2 and "inputs.size" in run.stderr and "allowed sizes" in run.stderr
+    assert run.stdout == ""
+    assert set(client.keys("*")) == before  # no job record, no queue entry
+    assert client.llen(job_env["IMAGEGEN_QUEUE"]) == 0
+
+
+def test_validate_accepts_the_seed_from_stdin(job_env: dict[str, str]) -> None:
+    run = imagegen(job_env, "validate", "-", stdin=(ROOT / "examples" / "seed-node.json").read_text())
+    assert run.returncode == 0 and "1 x gemini_3_image at 1024x1024" in run.stdout
+
+
+def test_submit_wait_status_and_result(
+    job_env: dict[str, str], start_worker: StartWorker, tmp_path: Path, offline_node: dict[str, Any]
+) -> None:
+    start_worker()
+    node_file = tmp_path / "node.json"
+    node_file.write_text(json.dumps(offline_node))
+
+    waited = imagegen(job_env, "submit", str(node_file), "--wait", "--timeout", "60", "--job-id", "cli-1")
+    assert waited.returncode == 0, waited.stderr
+    document = json.loads(waited.stdout)
+    assert document["status"] == "succeeded" and document["job_id"] == "cli-1"
+
+    again = imagegen(job_env, "submit", str(node_file), "--job-id", "cli-1")
+    assert again.returncode == 0 and again.stdout.strip() == "cli-1"
+    assert "submitted before; not enqueued again" in again.stderr
+
+    status = json.loads(imagegen(job_env, "status", "cli-1").stdout)
+    assert (status["state"], status["done"], status["variations"], status["finished"]) == ("succeeded", 1, 1, True)
+    assert json.loads(imagegen(job_env, "result", "cli-1").stdout) == document
+
+
+def test_failed_and_partial_jobs_exit_non_zero(
+    job_env: dict[str, str], start_worker: StartWorker, tmp_path: Path, offline_node: dict[str, Any]
+) -> None:
+    start_worker({"IMAGEGEN_OFFLINE_FAILURES": "0:permanent"})
+    offline_node["inputs"]["variations"] = 2
+    node_file = tmp_path / "node.json"
+    node_file.write_text(json.dumps(offline_node))
+    partial = imagegen(job_env, "submit", str(node_file), "--wait", "--timeout", "60")
+    assert partial.returncode == 3 and json.loads(partial.stdout)["status"] == "partial"
+    offline_node["inputs"]["variations"] = 1
+    node_file.write_text(json.dumps(offline_node))
+    failed = imagegen(job_env, "submit", str(node_file), "--wait", "--timeout", "60")
+    assert failed.returncode == 1 and json.loads(failed.stdout)["status"] == "failed"
+
+
+def test_unknown_job_and_unreachable_queue_are_clear_errors(job_env: dict[str, str]) -> None:
+    unknown = imagegen(job_env, "status", "no-such-job")
+    assert unknown.returncode == 4 and "no job 'no-such-job'" in unknown.stderr
+    down = imagegen({**job_env, "REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"}, "status", "x")
+    assert down.returncode == 5 and "cannot reach the queue" in down.stderr
+    assert "hunter2" not in down.stderr and "Traceback" not in down.stderr
