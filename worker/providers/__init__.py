@@ -21,7 +21,14 @@ def _offline(settings: Settings) -> ImageProvider:
     return OfflineProvider(settings.offline_latency_s, settings.offline_failures)
 
 
-FACTORIES: dict[str, Callable[[Settings], ImageProvider]] = {"offline": _offline}
+def _gemini(settings: Settings) -> ImageProvider:
+    # Imported on first use: google-genai is heavy and offline-only workers never need it.
+    from worker.providers.gemini import GeminiProvider
+
+    return GeminiProvider(settings)
+
+
+FACTORIES: dict[str, Callable[[Settings], ImageProvider]] = {"offline": _offline, "gemini": _gemini}
 
 
 def provider_for(name: str, settings: Settings) -> ImageProvider:

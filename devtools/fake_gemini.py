@@ -1,0 +1,453 @@
+"""A small Gemini-compatible server for tests and benchmarks (stdlib + Pillow).
+
+It speaks the REST wire format the real google-genai SDK uses
+(``POST /{version}/models/{model}:generateContent``), so tests exercise the
+SDK's own request building, response parsing and error raising instead of
+mocking it. Pixel sizes come from the model catalog, as on the real API.
+
+In-process::
+
+    with FakeGemini(api_key="k", latency_s=0.1) as fake:
+        fake.script(Behaviour("error", code=429, retry_delay_s=1), Behaviour("ok"))
+        ... point GOOGLE_GEMINI_BASE_URL at fake.base_url ...
+        fake.requests  # what the server saw
+
+From another process: ``python -m devtools.fake_gemini --port N --api-key K``,
+driven with ``FakeGeminiControl(base_url)`` (``POST /_fake/script``,
+``GET /_fake/requests``, ``POST /_fake/reset``, ``POST /_fake/config``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import re
+import signal
+import threading
+import time
+import urllib.request
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from PIL import Image
+
+from contract.catalog import ModelCatalog, load_catalog
+
+KINDS = (
+    "ok",
+    "error",
+    "safety_block",
+    "prompt_block",
+    "thoughts",  # a thought text and two thought draft images before the final image
+    "two_images",  # an unflagged draft, then the final image: the last one is the answer
+    "mislabelled_mime",
+    "text_only",
+    "wrong_size",
+)
+
+# google.rpc status names the real API pairs with each HTTP code.
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+DEFAULT_MESSAGES = {
+    429: "Resource has been exhausted (e.g. check quota).",
+    500: "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
+    503: "The model is overloaded. Please try again later.",
+}
+_PATH = re.compile(r"^/(?P<version>[^/]+)/(?:.*/)?models/(?P<model>[^/:]+):generateContent$")
+DRAFT_SIZE = (64, 64)  # thought drafts are small so tests can tell them from the final image
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """What the server does with one request (see ``KINDS``)."""
+
+    kind: str = "ok"
+    code: int = 0  # HTTP status for kind="error"
+    message: str | None = None  # error message, or the model's words for text_only
+    reason: str | None = None  # finishReason (safety_block) or blockReason (prompt_block)
+    retry_delay_s: float | None = None  # google.rpc.RetryInfo detail on an error
+    retry_after_header_s: int | None = None  # Retry-After header on an error
+    latency_s: float | None = None  # overrides the server's default latency for this request
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown behaviour {self.kind!r}; known: {KINDS}")
+        if self.kind == "error" and not 400 <= self.code < 600:
+            raise ValueError("an error behaviour needs an HTTP code from 400 to 599")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | str) -> Behaviour:
+        return cls(kind=data) if isinstance(data, str) else cls(**data)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    path: str
+    api_version: str
+    model: str
+    headers: dict[str, str]  # lower-case names; the API key header is left out
+    api_key_ok: bool
+    body: Any
+    timestamp: float  # time.time() on arrival, before any latency
+    behaviour: str
+
+
+@dataclass
+class _State:
+    """Everything handler threads share, behind one lock."""
+
+    api_key: str | None
+    latency_s: float
+    sizes: dict[tuple[str, str, str], tuple[int, int]]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    script: deque[Behaviour] = field(default_factory=deque)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def next_behaviour(self) -> Behaviour:
+        with self.lock:
+            return self.script.popleft() if self.script else Behaviour()
+
+
+def pixel_sizes(catalog: ModelCatalog) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """(model id, aspect ratio, tier) -> pixels, from the catalog's size keys."""
+    table: dict[tuple[str, str, str], tuple[int, int]] = {}
+    for entry in catalog.models.values():
+        for size, option in entry.sizes.items():
+            width, height = (int(n) for n in size.split("x"))
+            table[(entry.model_id, option.aspect_ratio, option.tier)] = (width, height)
+    return table
+
+
+class FakeGemini:
+    """The server, run on a background thread; a context manager."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_s: float = 0.0,
+        catalog: ModelCatalog | None = None,
+    ):
+        self._state = _State(api_key, latency_s, pixel_sizes(catalog or load_catalog()))
+        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server.daemon_threads = True  # a request sleeping in its latency must not block stop()
+        self._server.fake_state = self._state  # type: ignore[attr-defined]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def latency_s(self) -> float:
+        return self._state.latency_s
+
+    @latency_s.setter
+    def latency_s(self, value: float) -> None:
+        with self._state.lock:
+            self._state.latency_s = value
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._state.lock:
+            return list(self._state.requests)
+
+    def script(self, *behaviours: Behaviour | str) -> None:
+        """Queue behaviours for the next requests, in arrival order."""
+        items = [Behaviour(b) if isinstance(b, str) else b for b in behaviours]
+        with self._state.lock:
+            self._state.script.extend(items)
+
+    def reset(self) -> None:
+        with self._state.lock:
+            self._state.script.clear()
+            self._state.requests.clear()
+
+    def start(self) -> FakeGemini:
+        self._state.stopping.clear()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-gemini", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._state.stopping.set()  # wakes requests sleeping in their latency
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> FakeGemini:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "FakeGemini/1"
+    # HTTP/1.0: one request per connection, so stop() leaves no kept-alive
+    # connection still being served by an old handler thread.
+    protocol_version = "HTTP/1.0"
+
+    @property
+    def state(self) -> _State:
+        return self.server.fake_state  # type: ignore[attr-defined, no-any-return]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: tests and benchmarks read the recorded requests instead."""
+
+    def handle_one_request(self) -> None:
+        # The client gave up (its read timeout): normal in timeout tests.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            super().handle_one_request()
+
+    def do_GET(self) -> None:
+        if self.path == "/_fake/requests":
+            self._send_json(200, [asdict(r) for r in _copy(self.state)])
+        else:
+            self._send_error(404, f"no route for GET {self.path}")
+
+    def do_POST(self) -> None:
+        body = self._read_json()
+        if self.path.startswith("/_fake/"):
+            self._control(body)
+            return
+        match = _PATH.match(self.path.split("?")[0])
+        if match is None:
+            self._send_error(404, f"no route for POST {self.path}")
+            return
+        self._generate(match["version"], match["model"], body)
+
+    def _control(self, body: Any) -> None:
+        state = self.state
+        if self.path == "/_fake/script":
+            items = [Behaviour.from_json(b) for b in body.get("behaviours", [])]
+            with state.lock:
+                state.script.extend(items)
+        elif self.path == "/_fake/reset":
+            with state.lock:
+                state.script.clear()
+                state.requests.clear()
+        elif self.path == "/_fake/config":
+            with state.lock:
+                state.latency_s = float(body.get("latency_s", state.latency_s))
+        else:
+            self._send_error(404, f"no control endpoint {self.path}")
+            return
+        self._send_json(200, {"ok": True})
+
+    def _generate(self, version: str, model: str, body: Any) -> None:
+        state = self.state
+        arrived = time.time()
+        sent_key = self.headers.get("x-goog-api-key")
+        key_ok = state.api_key is None or sent_key == state.api_key
+        behaviour = state.next_behaviour()
+        headers = {
+            k.lower(): v for k, v in self.headers.items() if k.lower() not in ("x-goog-api-key", "authorization")
+        }
+        with state.lock:
+            state.requests.append(
+                RecordedRequest(self.path, version, model, headers, key_ok, body, arrived, behaviour.kind)
+            )
+            latency = state.latency_s if behaviour.latency_s is None else behaviour.latency_s
+        if latency and state.stopping.wait(latency):
+            return  # shutting down: drop the request as a dying server would
+        if state.api_key is not None and not sent_key:
+            self._send_error(401, "Method doesn't allow unregistered callers. Please use an API key.")
+        elif not key_ok:
+            self._send_error(403, "API key not valid. Please pass a valid API key.")
+        elif behaviour.kind == "error":
+            self._send_error(
+                behaviour.code,
+                behaviour.message or DEFAULT_MESSAGES.get(behaviour.code, f"fake error {behaviour.code}"),
+                behaviour.retry_delay_s,
+                behaviour.retry_after_header_s,
+            )
+        elif not any(m == model for m, _, _ in state.sizes):
+            self._send_error(404, f"models/{model} is not found for API version {version}, or is not supported.")
+        else:
+            self._answer(model, body if isinstance(body, dict) else {}, behaviour)
+
+    def _answer(self, model: str, body: dict[str, Any], behaviour: Behaviour) -> None:
+        config = _get(body, "generationConfig") or {}
+        image_config = _get(config, "imageConfig") or {}
+        ratio = _get(image_config, "aspectRatio") or "1:1"
+        tier = _get(image_config, "imageSize") or "1K"
+        size = self.state.sizes.get((model, ratio, tier))
+        if size is None:
+            self._send_error(400, f"aspect ratio {ratio!r} with image size {tier!r} is not supported by {model}.")
+            return
+        modalities = [str(m).upper() for m in (_get(config, "responseModalities") or ["TEXT", "IMAGE"])]
+        kind = "text_only" if "IMAGE" not in modalities else behaviour.kind
+        seed = _get(config, "seed")
+        self._send_json(200, _response(model, kind, behaviour, size, seed))
+
+    def _read_json(self) -> Any:
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError:
+            return {"_unparsed": raw.decode(errors="replace")}
+
+    def _send_json(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(
+        self, code: int, message: str, retry_delay_s: float | None = None, retry_after_s: int | None = None
+    ) -> None:
+        """The Google error shape: {"error": {"code", "message", "status", "details"}}."""
+        details: list[dict[str, Any]] = []
+        if code == 429:
+            details.append(
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_requests_per_model"}],
+                }
+            )
+        if retry_delay_s is not None:
+            details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_delay_s:g}s"})
+        status = STATUS_NAMES.get(code, HTTPStatus(code).phrase.upper().replace(" ", "_"))
+        error = {"error": {"code": code, "message": message, "status": status, "details": details}}
+        extra = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+        self._send_json(code, error, extra)
+
+
+def _copy(state: _State) -> list[RecordedRequest]:
+    with state.lock:
+        return list(state.requests)
+
+
+def _get(mapping: Any, camel: str) -> Any:
+    """A config value under its camelCase or snake_case name (the SDK sends both)."""
+    if not isinstance(mapping, dict):
+        return None
+    if camel in mapping:
+        return mapping[camel]
+    return mapping.get(re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower())
+
+
+def _response(model: str, kind: str, behaviour: Behaviour, size: tuple[int, int], seed: object) -> dict[str, Any]:
+    """A generateContent response body for one behaviour."""
+    usage = {"promptTokenCount": 12, "candidatesTokenCount": 1300, "totalTokenCount": 1312}
+    base: dict[str, Any] = {"modelVersion": model, "responseId": uuid.uuid4().hex[:22], "usageMetadata": usage}
+    if kind == "prompt_block":
+        usage.update(candidatesTokenCount=0, totalTokenCount=12)
+        return {**base, "promptFeedback": {"blockReason": behaviour.reason or "SAFETY"}}
+    if kind == "safety_block":
+        usage.update(candidatesTokenCount=0, totalTokenCount=12)
+        candidate = {"finishReason": behaviour.reason or "IMAGE_SAFETY", "index": 0}
+        return {**base, "candidates": [candidate]}
+    parts: list[dict[str, Any]] = []
+    if kind == "text_only":
+        parts.append({"text": behaviour.message or "I can describe it in words, but I did not draw it."})
+    else:
+        if kind == "thoughts":
+            parts.append({"text": "Planning the composition first.", "thought": True})
+            parts.append({**_image_part(DRAFT_SIZE, seed, "PNG"), "thought": True})
+            parts.append({**_image_part(DRAFT_SIZE, seed, "PNG"), "thought": True})
+            usage.update(thoughtsTokenCount=300, totalTokenCount=1612)
+        if kind == "two_images":
+            parts.append(_image_part(DRAFT_SIZE, seed, "PNG"))
+        if kind == "wrong_size":
+            size = (size[0] // 2, size[1] // 2)
+        fmt = "JPEG" if kind == "mislabelled_mime" else "PNG"
+        parts.append({"text": "Here is your image."})
+        parts.append(_image_part(size, seed, fmt))
+    content = {"role": "model", "parts": parts}
+    return {**base, "candidates": [{"content": content, "finishReason": "STOP", "index": 0}]}
+
+
+def _image_part(size: tuple[int, int], seed: object, fmt: str) -> dict[str, Any]:
+    # Always labelled PNG: for JPEG bytes that is the reported mislabelling.
+    return {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(render(size, seed, fmt)).decode()}}
+
+
+def render(size: tuple[int, int], seed: object, fmt: str = "PNG") -> bytes:
+    """A solid image (cheap to encode even at 4K) whose colour follows the seed."""
+    colour = tuple(hashlib.sha256(repr(seed).encode()).digest()[:3])
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format=fmt)
+    return out.getvalue()
+
+
+class FakeGeminiControl:
+    """Drive a FakeGemini running in another process over HTTP."""
+
+    def __init__(self, base_url: str, timeout_s: float = 5.0):
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def script(self, *behaviours: Behaviour | str) -> None:
+        items = [asdict(Behaviour(b) if isinstance(b, str) else b) for b in behaviours]
+        self._call("POST", "/_fake/script", {"behaviours": items})
+
+    def set_latency(self, latency_s: float) -> None:
+        self._call("POST", "/_fake/config", {"latency_s": latency_s})
+
+    def reset(self) -> None:
+        self._call("POST", "/_fake/reset", {})
+
+    def requests(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/_fake/requests", None)
+        return result
+
+    def _call(self, method: str, path: str, payload: Any) -> Any:
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            return json.loads(response.read())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--api-key", default=None, help="required x-goog-api-key (default: accept any key)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with FakeGemini(args.api_key, host=args.host, port=args.port, latency_s=args.latency) as fake:
+        print(f"fake Gemini listening on {fake.base_url}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The fake Gemini server speaks the wire format the provider tests rely on."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from devtools.fake_gemini import Behaviour, FakeGemini, FakeGeminiControl
+from devtools.redis_server import free_port
+from devtools.worker_process import ROOT
+
+KEY = "fake-key-123"
+MODEL_PATH = "/v1beta/models/gemini-3-pro-image:generateContent"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGemini]:
+    with FakeGemini(api_key=KEY) as server:
+        yield server
+
+
+def post(base_url: str, path: str, body: Any, key: str | None = KEY) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/json", **({"x-goog-api-key": key} if key else {})}
+    req = urllib.request.Request(base_url + path, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def image_size(answer: dict[str, Any]) -> tuple[int, int]:
+    part = answer["candidates"][0]["content"]["parts"][-1]["inlineData"]
+    with Image.open(io.BytesIO(base64.b64decode(part["data"]))) as image:
+        return image.size
+
+
+def prompt(config: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": "a red square"}]}]}
+    return body if config is None else {**body, "generationConfig": config}
+
+
+def test_default_is_1k_square_and_snake_case_is_accepted(fake: FakeGemini) -> None:
+    assert image_size(post(fake.base_url, MODEL_PATH, prompt())[1]) == (1024, 1024)
+    snake = {"response_modalities": ["IMAGE"], "image_config": {"aspect_ratio": "16:9", "image_size": "4K"}}
+    status, answer = post(fake.base_url, MODEL_PATH, prompt(snake))
+    assert status == 200 and image_size(answer) == (5504, 3072)
+    assert answer["modelVersion"] == "gemini-3-pro-image" and answer["usageMetadata"]["totalTokenCount"]
+
+
+@pytest.mark.parametrize(
+    ("key", "code", "status"), [(None, 401, "UNAUTHENTICATED"), ("wrong", 403, "PERMISSION_DENIED")]
+)
+def test_bad_key_gets_the_google_error_shape(fake: FakeGemini, key: str | None, code: int, status: str) -> None:
+    got, answer = post(fake.base_url, MODEL_PATH, prompt(), key=key)
+    assert got == code
+    assert set(answer["error"]) == {"code", "message", "status", "details"}
+    assert (answer["error"]["code"], answer["error"]["status"]) == (code, status)
+
+
+def test_unknown_model_is_404_and_ratio_outside_the_catalog_is_400(fake: FakeGemini) -> None:
+    assert post(fake.base_url, "/v1beta/models/imagen-4.0-generate:generateContent", prompt())[0] == 404
+    config = {"imageConfig": {"aspectRatio": "1:8", "imageSize": "1K"}}
+    assert post(fake.base_url, MODEL_PATH, prompt(config))[0] == 400
+
+
+def test_script_is_fifo_and_requests_are_recorded_without_the_key(fake: FakeGemini) -> None:
+    fake.script(Behaviour("error", code=429, retry_delay_s=2), "prompt_block")
+    first = post(fake.base_url, MODEL_PATH, prompt())
+    second = post(fake.base_url, MODEL_PATH, prompt())
+    third = post(fake.base_url, MODEL_PATH, prompt())
+
+    assert first[0] == 429
+    assert {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2s"} in first[1]["error"]["details"]
+    assert second[1]["promptFeedback"]["blockReason"] == "SAFETY"
+    assert third[1]["candidates"][0]["finishReason"] == "STOP"
+    seen = fake.requests
+    assert [r.behaviour for r in seen] == ["error", "prompt_block", "ok"]
+    assert all(r.model == "gemini-3-pro-image" and r.api_key_ok for r in seen)
+    assert KEY not in json.dumps([r.headers for r in seen])
+
+
+def test_http_control_endpoints_drive_the_server(fake: FakeGemini) -> None:
+    control = FakeGeminiControl(fake.base_url)
+    control.script(Behaviour("safety_block", reason="IMAGE_PROHIBITED_CONTENT"))
+    control.set_latency(0.01)
+    answer = post(fake.base_url, MODEL_PATH, prompt())[1]
+
+    assert answer["candidates"][0] == {"finishReason": "IMAGE_PROHIBITED_CONTENT", "index": 0}
+    assert fake.latency_s == 0.01
+    [seen] = control.requests()
+    assert seen["model"] == "gemini-3-pro-image" and seen["body"]["contents"][0]["parts"][0]["text"] == "a red square"
+    control.reset()
+    assert control.requests() == []
+
+
+def test_bad_behaviour_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown behaviour"):
+        Behaviour("explode")
+
+
+def test_command_line_server_starts_answers_and_stops() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devtools.fake_gemini", "--port", str(port), "--api-key", KEY],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert f"127.0.0.1:{port}" in process.stdout.readline()
+        assert post(f"http://127.0.0.1:{port}", MODEL_PATH, prompt())[0] == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0

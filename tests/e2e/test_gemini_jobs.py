@@ -1,0 +1,147 @@
+"""Gemini jobs end to end: producer -> Redis -> real worker processes -> the
+real google-genai SDK -> FakeGemini, and back as a result document."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import pytest
+import redis
+
+from devtools.fake_gemini import Behaviour, FakeGemini
+from producer.client import ImageGenClient
+from tests.conftest import StartWorker
+
+CANARY = "AIzaCANARY-e2e-5b7d1f9a3c"  # distinctive: searched for everywhere afterwards
+WAIT_S = 30
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGemini]:
+    with FakeGemini(api_key=CANARY) as server:
+        yield server
+
+
+@pytest.fixture
+def gemini_worker(start_worker: StartWorker, fake: FakeGemini) -> Any:
+    return start_worker(
+        env={
+            "GOOGLE_GEMINI_BASE_URL": fake.base_url,
+            "GEMINI_API_KEY": CANARY,
+            "GOOGLE_API_KEY": "",  # the machine's own key would win over ours
+            "GOOGLE_GENAI_USE_VERTEXAI": "false",
+            "IMAGEGEN_GEMINI_TIMEOUT_S": "10",
+            "IMAGEGEN_RETRY_BASE_DELAY_S": "0.1",
+        }
+    )
+
+
+def with_variations(node: dict[str, Any], count: int) -> dict[str, Any]:
+    node["inputs"]["variations"] = str(count)
+    return node
+
+
+def stored_path(uri: str) -> Path:
+    return Path(unquote(urlparse(uri).path))
+
+
+def test_seed_node_succeeds_with_the_gemini_3_model(
+    gemini_worker: Any, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
+) -> None:
+    result = client.submit(seed_node).wait(timeout=WAIT_S)
+
+    assert result.status == "succeeded", result.errors
+    assert (result.model, result.model_id, result.provider) == ("gemini_3_image", "gemini-3-pro-image", "gemini")
+    [image] = result.images
+    assert (image.width, image.height, image.mime_type) == (1024, 1024, "image/png")
+    assert stored_path(image.uri).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.metadata.provider == "gemini" and image.metadata.usage is not None
+    [seen] = fake.requests
+    assert seen.model == "gemini-3-pro-image" and seen.api_key_ok
+    assert seen.body["generationConfig"]["imageConfig"] == {"aspectRatio": "1:1", "imageSize": "1K"}
+
+
+def test_one_safety_block_out_of_four_is_partial(
+    gemini_worker: Any, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
+) -> None:
+    fake.script("safety_block")  # whichever variation asks first is refused
+    result = client.submit(with_variations(seed_node, 4)).wait(timeout=WAIT_S)
+
+    assert result.status == "partial"
+    [error] = result.errors
+    assert (error.kind, error.reason, error.attempts) == ("blocked", "IMAGE_SAFETY", 1)
+    assert len(result.images) == 3
+    assert {i.index for i in result.images} | {error.index} == {0, 1, 2, 3}
+    assert all(stored_path(i.uri).is_file() for i in result.images)
+    assert len(fake.requests) == 4  # a safety block is not retried
+
+
+def test_429_is_retried_no_sooner_than_the_servers_delay(
+    gemini_worker: Any, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
+) -> None:
+    fake.script(Behaviour("error", code=429, retry_delay_s=1))
+    result = client.submit(seed_node).wait(timeout=WAIT_S)
+
+    assert result.status == "succeeded", result.errors
+    assert result.images[0].attempts == 2
+    first, second = fake.requests
+    assert second.timestamp - first.timestamp >= 1.0  # base delay is 0.1 s: only RetryInfo explains this
+
+
+def test_403_is_not_retried(
+    gemini_worker: Any, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
+) -> None:
+    fake.script(Behaviour("error", code=403, message="Permission denied on resource project demo."))
+    result = client.submit(seed_node).wait(timeout=WAIT_S)
+
+    assert result.status == "failed"
+    [error] = result.errors
+    assert (error.kind, error.attempts) == ("permanent", 1)
+    assert "403" in error.message and "Permission denied" in error.message
+    assert len(fake.requests) == 1
+
+
+def test_api_key_appears_nowhere(
+    gemini_worker: Any,
+    client: ImageGenClient,
+    seed_node: dict[str, Any],
+    fake: FakeGemini,
+    redis_url: str,
+) -> None:
+    # A leaky upstream echoing the key: through the retry log line, an error
+    # record and a success, the key must still reach no log, key or document.
+    fake.script(
+        Behaviour("error", code=429, retry_delay_s=0.2, message=f"quota for key {CANARY} exhausted"),
+        Behaviour("error", code=400, message=f"API key {CANARY} cannot be used here"),
+    )
+    result = client.submit(with_variations(seed_node, 2)).wait(timeout=WAIT_S)
+
+    assert result.status == "partial", result
+    assert len(fake.requests) == 3 and all(r.api_key_ok for r in fake.requests)  # the key was really used
+    assert "<redacted>" in result.errors[0].message
+    assert CANARY not in result.model_dump_json()
+    assert "retrying in" in gemini_worker.log()  # the 429 message went through the log
+    assert CANARY not in gemini_worker.log()
+    assert CANARY.encode() not in b"\n".join(redis_dump(redis.Redis.from_url(redis_url)))
+
+
+def redis_dump(db: redis.Redis) -> Iterator[bytes]:
+    """Every key and value in the private Redis, read by type (DUMP compresses)."""
+    for key in db.scan_iter(count=1000):
+        yield key
+        kind = db.type(key)
+        if kind == b"string":
+            yield db.get(key) or b""
+        elif kind == b"hash":
+            yield from (item for pair in db.hgetall(key).items() for item in pair)
+        elif kind == b"list":
+            yield from db.lrange(key, 0, -1)
+        elif kind == b"set":
+            yield from db.smembers(key)
+        elif kind == b"zset":
+            yield from db.zrange(key, 0, -1)
+        elif kind == b"stream":
+            yield repr(db.xrange(key)).encode()

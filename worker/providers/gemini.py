@@ -1,0 +1,228 @@
+"""Gemini image models through the real google-genai SDK.
+
+One ``genai.Client`` per provider instance (the registry keeps one per worker
+process), shared by the pool's threads. The SDK's own retries stay off: a
+retry inside the call would hold the worker slot while it sleeps, whereas a
+``TransientError`` becomes a Celery retry with a countdown that frees it.
+
+Every outcome leaves as a ``worker.errors`` type whose message is safe to
+show: the API key is scrubbed from anything built from SDK or HTTP errors.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from google import genai
+from google.genai import errors, types
+
+from contract.result import GenerationMetadata, Usage
+from contract.settings import Settings
+from worker.errors import BlockedError, GenerationError, PermanentError, TransientError
+from worker.providers.base import GeneratedImage, GenerationRequest
+
+# finishReason values that mean "no image, by policy or by choice": not retried
+# (the same prompt gets the same answer, at the same cost).
+BLOCKING_FINISH_REASONS = frozenset(
+    {
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "SAFETY",
+        "PROHIBITED_CONTENT",
+        "BLOCKLIST",
+        "SPII",
+        "IMAGE_RECITATION",
+        "RECITATION",
+        "IMAGE_OTHER",
+        "NO_IMAGE",
+        "OTHER",
+    }
+)
+TRANSIENT_CODES = frozenset({408, 429, 500, 502, 503, 504})
+TIMEOUT_CODES = frozenset({408, 504})
+TEXT_LIMIT = 500  # the model's words kept in the result; they can run long
+
+# httpx / httpx2 class names (matched through the MRO, whichever module the
+# SDK version imports) for failures worth retrying later.
+_TIMEOUT_CLASSES = frozenset({"TimeoutException"})
+_NETWORK_CLASSES = frozenset({"NetworkError", "RemoteProtocolError", "ProxyError"})
+_RETRY_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+class GeminiProvider:
+    name = "gemini"
+
+    def __init__(self, settings: Settings):
+        self._secrets = _secrets(settings)
+        try:
+            self._client = genai.Client(**_client_options(settings))
+        except ValueError as exc:  # the SDK's "missing key / project" complaints
+            raise PermanentError(self._scrub(f"cannot set up the Gemini client: {exc}")) from None
+
+    def generate(self, request: GenerationRequest) -> GeneratedImage:
+        option = request.model.sizes[request.size]
+        config = types.GenerateContentConfig(
+            response_modalities=["TEXT", "IMAGE"],
+            image_config=types.ImageConfig(aspect_ratio=option.aspect_ratio, image_size=option.tier),
+            seed=request.seed,  # None is left out of the request by the SDK
+        )
+        try:
+            response = self._client.models.generate_content(
+                model=request.model.model_id, contents=request.prompt, config=config
+            )
+        except errors.APIError as exc:
+            raise self._api_error(exc, request.model.model_id) from None
+        except Exception as exc:
+            outcome = self._transport_error(exc)
+            if outcome is None:
+                raise
+            raise outcome from None
+        return _image_from(response)
+
+    def _api_error(self, exc: errors.APIError, model_id: str) -> GenerationError:
+        code = int(exc.code or 0)
+        what = self._scrub(f"Gemini answered {code} {exc.status or ''}: {exc.message or 'no message'}")
+        if code in TRANSIENT_CODES:
+            return TransientError(what, retry_after_s=retry_after_s(exc), timed_out=code in TIMEOUT_CODES)
+        if code == 404:
+            return PermanentError(
+                f"model id {model_id!r} is not served; update the model catalog (IMAGEGEN_MODEL_CATALOG_FILE). {what}"
+            )
+        if code in (401, 403):
+            return PermanentError(f"Gemini refused the credentials (check GEMINI_API_KEY / GOOGLE_API_KEY). {what}")
+        return PermanentError(what)
+
+    def _transport_error(self, exc: BaseException) -> GenerationError | None:
+        """Network failures surface as the SDK's HTTP library exceptions."""
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        what = self._scrub(f"cannot reach Gemini: {type(exc).__name__}: {exc}")
+        if names & _TIMEOUT_CLASSES or isinstance(exc, TimeoutError):
+            return TransientError(what, timed_out=True)
+        if names & _NETWORK_CLASSES or isinstance(exc, ConnectionError):
+            return TransientError(what)
+        return None
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "<redacted>")
+        return text
+
+
+def _secrets(settings: Settings) -> tuple[str, ...]:
+    """The configured API keys, GOOGLE_API_KEY first; empty values count as unset."""
+    values = (settings.google_api_key, settings.gemini_api_key)
+    return tuple(v.get_secret_value() for v in values if v is not None and v.get_secret_value())
+
+
+def _client_options(settings: Settings) -> dict[str, Any]:
+    timeout_ms = int(settings.gemini_timeout_s * 1000)
+    if settings.gemini_use_vertexai:
+        if not (settings.google_cloud_project and settings.google_cloud_location):
+            raise PermanentError(
+                "GOOGLE_GENAI_USE_VERTEXAI is set: GOOGLE_CLOUD_PROJECT and GOOGLE_CLOUD_LOCATION are required"
+            )
+        # "v1beta" is the Developer API default; Vertex has its own versions,
+        # so only an explicitly different setting is passed on.
+        version = None if settings.gemini_api_version == "v1beta" else settings.gemini_api_version
+        http = types.HttpOptions(base_url=settings.gemini_base_url or None, api_version=version, timeout=timeout_ms)
+        return {
+            "vertexai": True,
+            "project": settings.google_cloud_project,
+            "location": settings.google_cloud_location,
+            "http_options": http,
+        }
+    keys = _secrets(settings)  # GOOGLE_API_KEY first: it wins over GEMINI_API_KEY, as in the SDK
+    if not keys:
+        raise PermanentError("no Gemini API key: set GEMINI_API_KEY or GOOGLE_API_KEY in the worker's environment")
+    http = types.HttpOptions(
+        base_url=settings.gemini_base_url or None, api_version=settings.gemini_api_version, timeout=timeout_ms
+    )
+    return {"vertexai": False, "api_key": keys[0], "http_options": http}
+
+
+def _image_from(response: types.GenerateContentResponse) -> GeneratedImage:
+    feedback = response.prompt_feedback
+    if feedback is not None and feedback.block_reason is not None:
+        reason = _name(feedback.block_reason)
+        detail = f": {feedback.block_reason_message}" if feedback.block_reason_message else ""
+        raise BlockedError(f"Gemini blocked the prompt ({reason}){detail}", reason=reason)
+    if not response.candidates:
+        raise BlockedError("Gemini returned no candidate and no image", reason="NO_IMAGE")
+    candidate = response.candidates[0]  # one candidate per request for image models
+    parts = (candidate.content.parts if candidate.content else None) or []
+    answer = [p for p in parts if not p.thought]  # drafts and reasoning are not the answer
+    text = " ".join(p.text.strip() for p in answer if p.text).strip()[:TEXT_LIMIT] or None
+    images = [p.inline_data for p in answer if p.inline_data is not None and p.inline_data.data]
+    finish = _name(candidate.finish_reason) if candidate.finish_reason is not None else None
+    if finish in BLOCKING_FINISH_REASONS:
+        detail = f": {candidate.finish_message}" if candidate.finish_message else ""
+        raise BlockedError(f"Gemini returned no image (finishReason {finish}){detail}", reason=finish)
+    if not images:
+        said = f": {text!r}" if text else ""
+        raise BlockedError(f"Gemini answered without an image{said}", reason="NO_IMAGE")
+    image = images[-1]  # the final image comes last
+    metadata = GenerationMetadata(
+        provider=GeminiProvider.name,
+        model_version=response.model_version,
+        response_id=response.response_id,
+        text=text,
+        usage=_usage(response.usage_metadata),
+    )
+    assert image.data is not None  # filtered above; narrows the type
+    return GeneratedImage(data=image.data, metadata=metadata, mime_type_label=image.mime_type)
+
+
+def _usage(usage: types.GenerateContentResponseUsageMetadata | None) -> Usage | None:
+    if usage is None:
+        return None
+    return Usage(
+        prompt_tokens=usage.prompt_token_count or 0,
+        output_tokens=usage.candidates_token_count or 0,
+        thoughts_tokens=usage.thoughts_token_count or 0,
+        total_tokens=usage.total_token_count or 0,
+    )
+
+
+def _name(value: object) -> str:
+    """An SDK enum's name; unknown values arrive as plain strings or ad-hoc members."""
+    return str(getattr(value, "value", value)).upper()
+
+
+def retry_after_s(exc: errors.APIError) -> float | None:
+    """The server's delay hint: the larger of a google.rpc.RetryInfo
+    ``retryDelay`` and a ``Retry-After`` header, or None."""
+    hints = [d for d in (_retry_info(exc.details), _retry_after_header(exc)) if d is not None]
+    return max(hints) if hints else None
+
+
+def _retry_info(body: Any) -> float | None:
+    error = body.get("error", body) if isinstance(body, dict) else None
+    details: Iterable[Any] = (error.get("details") or []) if isinstance(error, dict) else []
+    for detail in details:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = detail.get("retryDelay")
+            if isinstance(delay, dict):  # the protobuf JSON object form
+                return float(delay.get("seconds", 0)) + float(delay.get("nanos", 0)) / 1e9
+            match = _RETRY_DELAY.match(str(delay))
+            if match:
+                return float(match[1])
+    return None
+
+
+def _retry_after_header(exc: errors.APIError) -> float | None:
+    headers = getattr(exc.response, "headers", None)
+    value = headers.get("retry-after") if headers is not None else None
+    if not value:
+        return None
+    value = str(value).strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
