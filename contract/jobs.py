@@ -8,9 +8,10 @@ caller-given job id idempotent.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 
@@ -83,7 +84,7 @@ class JobRecords:
         raw = self.client.hgetall(job_key(job_id))
         if not raw:
             return None
-        data = {k.decode(): v.decode() for k, v in raw.items()}
+        data = {_text(k): _text(v) for k, v in raw.items()}
         variations = int(data.get("variations", 0))
         return JobStatus(
             job_id=job_id,
@@ -96,8 +97,12 @@ class JobRecords:
             finished_at=data.get("finished_at"),
         )
 
-    def _update(self, job_id: str, fields: dict[str, str]) -> None:
+    def _update(self, job_id: str, fields: Mapping[Any, Any]) -> None:
         pipe = self.client.pipeline()
         pipe.hset(job_key(job_id), mapping=fields)
         pipe.expire(job_key(job_id), self.ttl_s)
         pipe.execute()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -151,7 +151,8 @@ class NodeInputs(BaseModel):
     def _no_sas_in_url(cls, value: str | None) -> str | None:
         if value is not None and "?" in value:
             raise _fail(
-                "must be the account URL without a query string (a SAS token is a secret; use azure_connection_string with a reference)"
+                "must be the account URL without a query string "
+                "(a SAS token is a secret; use azure_connection_string with a reference)"
             )
         return value
 

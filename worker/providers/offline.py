@@ -87,13 +87,13 @@ def render_pattern(prompt: str, index: int, seed: int | None, width: int, height
     """Deterministic PNG: colour bands and a grid derived from a digest."""
     digest = hashlib.sha256(f"{prompt}\x00{index}\x00{seed}".encode()).digest()
     background = tuple(digest[0:3])
-    image = Image.new("RGB", (width, height), background)  # type: ignore[arg-type]
+    image = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(image)
     bands = 4 + digest[3] % 5
     for band in range(bands):
         colour = tuple(digest[(4 + 3 * band) % 29 : (4 + 3 * band) % 29 + 3])
         top = height * band // bands
-        draw.rectangle((0, top, width // 3, top + height // bands), fill=colour)  # type: ignore[arg-type]
+        draw.rectangle((0, top, width // 3, top + height // bands), fill=colour)
     step = max(16, min(width, height) // 8)
     for x in range(0, width, step):
         draw.line((x, 0, x, height), fill=(255, 255, 255), width=1)
