@@ -35,6 +35,17 @@ class RetryPolicy:
         jittered = random.uniform(ceiling / 2, ceiling)  # "equal jitter": spread, but never near zero
         return max(jittered, server_delay_s or 0.0)
 
-    def allows(self, retries_done: int, countdown_s: float, elapsed_s: float) -> bool:
-        """False once retries or the total time budget would be exceeded."""
-        return retries_done < self.max_retries and elapsed_s + countdown_s <= self.max_total_s
+    def refusal(self, retries_done: int, countdown_s: float, elapsed_s: float) -> str | None:
+        """Why another retry is not allowed, or None when it is.
+
+        A server asking for a longer wait than ``max_delay_s`` is refused too:
+        a waiting retry is an unacked message, and one held past the
+        visibility timeout (checked against ``max_delay_s``) runs twice.
+        """
+        if retries_done >= self.max_retries:
+            return f"{self.max_retries} retries used"
+        if countdown_s > self.max_delay_s:
+            return f"the server asked to wait {countdown_s:.0f} s, more than IMAGEGEN_RETRY_MAX_DELAY_S"
+        if elapsed_s + countdown_s > self.max_total_s:
+            return f"the {self.max_total_s:.0f} s retry budget would be exceeded"
+        return None

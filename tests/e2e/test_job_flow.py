@@ -167,3 +167,16 @@ def test_job_survives_a_killed_worker(
     result = handle.wait(timeout=60)
     assert result.status == "succeeded"
     assert_images_on_disk(result)
+
+
+def test_a_node_the_worker_rejects_ends_failed_not_lost(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    # E.g. the operator's catalog dropped a model between submit and run.
+    start_worker()
+    offline_node["inputs"]["model"] = "retired_model"
+    client.celery.send_task(RUN_JOB, args=(offline_node, "2026-01-01T00:00:00+00:00"), task_id="rejected-1")
+    result = client.celery.AsyncResult("rejected-1").get(timeout=30)
+    assert result["status"] == "failed"
+    [error] = result["errors"]
+    assert error["kind"] == "permanent" and 'inputs.model = "retired_model"' in error["message"]

@@ -21,6 +21,13 @@ def test_server_delay_is_a_floor() -> None:
 
 
 def test_budget_limits_retries_and_total_time() -> None:
-    assert POLICY.allows(retries_done=0, countdown_s=2, elapsed_s=0)
-    assert not POLICY.allows(retries_done=5, countdown_s=2, elapsed_s=0)
-    assert not POLICY.allows(retries_done=1, countdown_s=120, elapsed_s=500)
+    assert POLICY.refusal(retries_done=0, countdown_s=2, elapsed_s=0) is None
+    assert POLICY.refusal(retries_done=5, countdown_s=2, elapsed_s=0) == "5 retries used"
+    assert "retry budget" in str(POLICY.refusal(retries_done=1, countdown_s=50, elapsed_s=560))
+
+
+def test_a_server_delay_beyond_the_ceiling_ends_the_retries() -> None:
+    # e.g. a daily-quota 429 asking for hours: give up now rather than hold a
+    # message past the visibility timeout.
+    assert POLICY.refusal(retries_done=0, countdown_s=60, elapsed_s=0) is None
+    assert "asked to wait 61 s" in str(POLICY.refusal(retries_done=0, countdown_s=61, elapsed_s=0))

@@ -60,7 +60,8 @@ def finalize(
 def invalid_job_result(job_id: str, node: dict[str, Any], submitted_at: str, message: str) -> dict[str, Any]:
     """A ``failed`` document for a job the worker could not even start."""
     now = utcnow()
-    inputs = node.get("inputs", {}) if isinstance(node.get("inputs"), dict) else {}
+    node = node if isinstance(node, dict) else {}
+    inputs = node.get("inputs") if isinstance(node.get("inputs"), dict) else {}
     result = JobResult(
         job_id=job_id,
         name=str(node.get("name", "")),

@@ -41,7 +41,8 @@ def generate_variation(
     except TransientError as exc:
         policy = RetryPolicy.from_settings(get_settings())
         countdown = policy.countdown(self.request.retries, exc.retry_after_s)
-        if policy.allows(self.request.retries, countdown, time.time() - first_attempt_at):
+        refusal = policy.refusal(self.request.retries, countdown, time.time() - first_attempt_at)
+        if refusal is None:
             log.info("job %s variation %d attempt %d: %s; retrying in %.1f s", job_id, index, attempt, exc, countdown)
             raise self.retry(
                 countdown=countdown,
@@ -49,7 +50,8 @@ def generate_variation(
                 kwargs={"first_attempt_at": first_attempt_at},
             ) from None
         kind: ErrorKind = "timeout" if exc.timed_out else "transient_exhausted"
-        record = _error(index, kind, f"gave up after {attempt} attempt(s): {exc}", attempt, first_attempt_at)
+        message = f"gave up after {attempt} attempt(s) ({refusal}): {exc}"
+        record = _error(index, kind, message, attempt, first_attempt_at)
     except SoftTimeLimitExceeded:
         record = _error(index, "timeout", "the variation exceeded its time limit", attempt, first_attempt_at)
     except BlockedError as exc:
