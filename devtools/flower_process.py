@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import requests
 
 from devtools.redis_server import free_port
-from devtools.worker_process import ROOT
+from devtools.worker_process import spawn_celery
 
 
 class FlowerProcess:
@@ -24,22 +23,10 @@ class FlowerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> FlowerProcess:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "flower",
-                "--address=127.0.0.1",
-                f"--port={self.port}",
-                f"--basic-auth={self.auth[0]}:{self.auth[1]}",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log_path.open("wb"),
-            stderr=subprocess.STDOUT,
+        self.process = spawn_celery(
+            ["flower", "--address=127.0.0.1", f"--port={self.port}", f"--basic-auth={self.auth[0]}:{self.auth[1]}"],
+            self.env,
+            self.log_path,
         )
         deadline = time.monotonic() + 30
         while True:

@@ -15,6 +15,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def spawn_celery(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``celery -A worker <args>`` from the repo root, output to ``log_path``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
 class WorkerProcess:
     def __init__(self, env: dict[str, str], pool: str = "threads", concurrency: int = 8, log_dir: str | None = None):
         self.name = f"imagegen-{uuid.uuid4().hex[:8]}@%h"
@@ -38,14 +49,8 @@ class WorkerProcess:
         self.stop()
 
     def start(self, ready_timeout: float = 60.0) -> None:
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
+        self.process = spawn_celery(
             [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
                 "worker",
                 "--loglevel=INFO",
                 # Also on the command line: gevent must monkey-patch before imports.
@@ -54,10 +59,8 @@ class WorkerProcess:
                 "--without-mingle",
                 "--without-gossip",
             ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            self.env,
+            self.log_path,
         )
         deadline = time.monotonic() + ready_timeout
         while b" ready." not in self.log_path.read_bytes():
