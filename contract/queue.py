@@ -13,6 +13,7 @@ from contract.settings import Settings
 RUN_JOB = "imagegen.run_job"
 GENERATE_VARIATION = "imagegen.generate_variation"
 FINALIZE = "imagegen.finalize"
+SIGN_URL = "imagegen.sign_url"  # a fresh signed URL for a stored image (signed URLs expire)
 
 KEY_PREFIX = "imagegen"
 

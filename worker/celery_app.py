@@ -9,4 +9,10 @@ from contract.settings import get_settings
 
 app = Celery("imagegen")
 app.conf.update(celery_config(get_settings()))
-app.conf.include = ["worker.health", "worker.tasks.run_job", "worker.tasks.variation", "worker.tasks.finalize"]
+app.conf.include = [
+    "worker.health",
+    "worker.tasks.run_job",
+    "worker.tasks.variation",
+    "worker.tasks.finalize",
+    "worker.tasks.sign",
+]

@@ -1,0 +1,164 @@
+"""Azure Blob Storage: a connection string, or an account URL with the default
+Azure credential chain (managed identity, workload identity, az login)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import BlobSasPermissions, BlobServiceClient, ContentSettings, generate_blob_sas
+
+from worker.errors import StorageError
+from worker.storage.base import StoredObject
+from worker.storage.common import ErrorPolicy, StoreOptions, with_retries
+
+# It logs every request and response at INFO; ours say what matters.
+logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+
+_MEANING = {
+    "ContainerNotFound": "the container does not exist",
+    "AuthenticationFailed": "the account key or token was refused",
+    "AuthorizationFailure": "access denied",
+    "AuthorizationPermissionMismatch": "access denied",
+    "InvalidAuthenticationInfo": "the credential is not valid",
+}
+_CLOCK_SKEW = timedelta(minutes=5)  # SAS start time slightly in the past: clocks differ
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return True  # refused, reset, timed out
+    if isinstance(exc, HttpResponseError) and not isinstance(exc, ClientAuthenticationError):
+        status = exc.status_code or 0
+        return status in (408, 429) or status >= 500
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, HttpResponseError) and exc.status_code:
+        raw = getattr(exc, "error_code", None)  # set by the storage SDK from the x-ms-error-code header
+        code = getattr(raw, "value", raw) or exc.reason or "?"
+        default = "access denied" if exc.status_code == 403 else "request failed"
+        return f"{_MEANING.get(str(code), default)} ({code}, HTTP {exc.status_code})"
+    if isinstance(exc, ClientAuthenticationError):
+        return "no Azure credential could be obtained from the default chain (managed/workload identity, env, az login)"
+    return type(exc).__name__  # no str(exc): it can quote request details
+
+
+_POLICY = ErrorPolicy((AzureError,), _is_transient, _describe)
+
+
+def _default_credential() -> Any:
+    try:
+        from azure.identity import DefaultAzureCredential
+    except ImportError:
+        raise StorageError(
+            "azure_account_url without a connection string uses the default Azure credential chain, "
+            "which needs the azure-identity package in the worker image"
+        ) from None
+    return DefaultAzureCredential()
+
+
+class AzureBlobStore:
+    def __init__(
+        self,
+        container: str,
+        *,
+        connection_string: str | None = None,
+        account_url: str | None = None,
+        options: StoreOptions | None = None,
+    ):
+        self.options = options or StoreOptions()
+        self.container_name = container
+        self.where = f"Azure container {container!r}"
+        # The SDK's own retries are off: tenacity is the one retry policy.
+        kwargs: dict[str, Any] = {
+            "retry_total": 0,
+            "connection_timeout": self.options.timeout_s,
+            "read_timeout": self.options.timeout_s,
+        }
+        if connection_string:
+            try:
+                service = BlobServiceClient.from_connection_string(connection_string, **kwargs)
+            except ValueError:
+                raise ValueError("is not a valid Azure Storage connection string") from None
+        elif account_url:
+            service = BlobServiceClient(account_url, credential=_default_credential(), **kwargs)
+        else:
+            raise ValueError("needs a connection string or an account URL")
+        self.service = service
+        self.container = service.get_container_client(container)
+        # Account-key credentials sign SAS locally; otherwise a user-delegation key is fetched.
+        self.account_key: str | None = getattr(service.credential, "account_key", None)
+        self._delegation: tuple[datetime, Any] | None = None
+        self._lock = threading.Lock()
+        # The blob URL without a query: a SAS connection string would otherwise put its token in it.
+        self.base_url = _without_query(self.container.url).rstrip("/")
+
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
+        blob = self.container.get_blob_client(key)
+        with_retries(
+            self.options,
+            _POLICY,
+            self.where,
+            lambda: blob.upload_blob(
+                data, overwrite=True, content_settings=ContentSettings(content_type=content_type), metadata=metadata
+            ),
+        )
+        return self._object(key)
+
+    def url_for(self, uri: str) -> StoredObject:
+        plain = _without_query(uri)
+        if not plain.startswith(self.base_url + "/") or len(plain) <= len(self.base_url) + 1:
+            raise StorageError(f"{plain} is not a blob in {self.where} ({self.base_url})")
+        return self._object(unquote(plain[len(self.base_url) + 1 :]))
+
+    def _object(self, name: str) -> StoredObject:
+        uri = _without_query(self.container.get_blob_client(name).url)
+        public = self.options.public_url(name)
+        if public:
+            return StoredObject(uri=uri, url=public)
+        expires_at = self.options.expiry()
+        sas = with_retries(self.options, _POLICY, self.where, lambda: self._sas(name, expires_at))
+        return StoredObject(uri=uri, url=f"{uri}?{sas}", url_expires_at=expires_at)
+
+    def _sas(self, name: str, expires_at: datetime) -> str:
+        start = datetime.now(UTC) - _CLOCK_SKEW
+        common: dict[str, Any] = {
+            "account_name": self.service.account_name,
+            "container_name": self.container_name,
+            "blob_name": name,
+            "permission": BlobSasPermissions(read=True),
+            "expiry": expires_at,
+            "start": start,
+        }
+        if self.account_key:
+            return str(generate_blob_sas(account_key=self.account_key, **common))
+        if self.service.credential is None or not hasattr(self.service.credential, "get_token"):
+            raise StorageError(
+                f"{self.where}: cannot sign a URL: the connection string has no AccountKey and there is no "
+                "Azure AD credential for a user-delegation SAS"
+            )
+        return str(generate_blob_sas(user_delegation_key=self._delegation_key(start, expires_at), **common))
+
+    def _delegation_key(self, start: datetime, expires_at: datetime) -> Any:
+        """A user-delegation key (Azure AD credentials), reused while it outlives the URL."""
+        with self._lock:
+            if self._delegation is None or self._delegation[0] < expires_at:
+                until = min(start + timedelta(days=7), expires_at + timedelta(days=1))  # Azure allows 7 days
+                self._delegation = (until, self.service.get_user_delegation_key(start, until))
+            return self._delegation[1]
+
+
+def _without_query(url: str) -> str:
+    return urlsplit(url)._replace(query="", fragment="").geturl()

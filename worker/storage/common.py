@@ -1,0 +1,84 @@
+"""What the cloud backends share: their options, bounded upload retries and
+the mapping of SDK errors to a ``StorageError`` that is safe to show users."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+from urllib.parse import quote
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from contract.settings import Settings
+from worker.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Per-store knobs from Settings (hashable: part of the store cache key)."""
+
+    signed_url_ttl_s: int = 3600
+    public_base_url: str | None = None  # a CDN in front of the bucket: url = base + key, unsigned
+    retry_attempts: int = 4
+    retry_max_delay_s: float = 2.0
+    timeout_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, platform: bool) -> StoreOptions:
+        return cls(
+            signed_url_ttl_s=settings.signed_url_ttl_s,
+            # The operator's CDN fronts the platform bucket only, never a node's own bucket.
+            public_base_url=settings.storage_public_base_url if platform else None,
+            retry_attempts=settings.storage_retry_attempts,
+            retry_max_delay_s=settings.storage_retry_max_delay_s,
+            timeout_s=settings.storage_timeout_s,
+        )
+
+    def expiry(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.signed_url_ttl_s)
+
+    def public_url(self, key: str) -> str | None:
+        return f"{self.public_base_url.rstrip('/')}/{quote(key)}" if self.public_base_url else None
+
+
+@dataclass(frozen=True)
+class ErrorPolicy:
+    """How one SDK's exceptions read: which are worth a retry, and a safe cause text."""
+
+    sdk_errors: tuple[type[BaseException], ...]  # anything else is a bug and propagates as is
+    is_transient: Callable[[BaseException], bool]
+    describe: Callable[[BaseException], str]  # never the request headers or credentials
+
+
+def with_retries(options: StoreOptions, policy: ErrorPolicy, where: str, call: Callable[[], T]) -> T:
+    """Run ``call``; retry transient failures briefly; raise StorageError naming ``where``."""
+
+    def note(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        cause = policy.describe(exc) if exc else "?"
+        log.info(
+            "%s: transient error (%s) on attempt %d; retrying in %.2f s", where, cause, state.attempt_number, delay
+        )
+
+    retrying = Retrying(
+        stop=stop_after_attempt(options.retry_attempts),
+        wait=wait_exponential_jitter(initial=0.2, max=options.retry_max_delay_s),
+        retry=retry_if_exception(lambda exc: isinstance(exc, policy.sdk_errors) and policy.is_transient(exc)),
+        before_sleep=note,
+        reraise=True,
+    )
+    try:
+        return retrying(call)
+    except policy.sdk_errors as exc:
+        if policy.is_transient(exc):
+            attempts = options.retry_attempts
+            raise StorageError(f"{where}: gave up after {attempts} attempt(s): {policy.describe(exc)}") from None
+        raise StorageError(f"{where}: {policy.describe(exc)}") from None

@@ -1,0 +1,165 @@
+"""Google Cloud Storage (google-cloud-storage honours ``STORAGE_EMULATOR_HOST``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import google.auth
+import google.auth.credentials
+import google.auth.exceptions
+import google.auth.transport.requests
+import requests
+from google.api_core.exceptions import GoogleAPICallError
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.oauth2 import service_account
+
+from worker.errors import StorageError
+from worker.storage.base import StoredObject
+from worker.storage.common import ErrorPolicy, StoreOptions, with_retries
+
+_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
+_MEANING = {404: "the bucket does not exist", 403: "access denied", 401: "the credentials were refused"}
+
+
+def service_account_info(text: str) -> dict[str, Any]:
+    """The service-account key JSON a ``gcp_credentials`` reference points at."""
+    try:
+        info = _json(text)
+        service_account.Credentials.from_service_account_info(info)  # type: ignore[no-untyped-call]  # validates the fields and the key
+    except ValueError:
+        raise ValueError("must be a service-account key JSON (type, client_email, private_key, ...)") from None
+    return info
+
+
+def _json(text: str) -> dict[str, Any]:
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("not an object")
+    return data
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, GoogleAPICallError):
+        code = int(exc.code or 0)
+        return code in (408, 429) or code >= 500
+    return isinstance(
+        exc,
+        requests.ConnectionError
+        | requests.Timeout
+        | requests.exceptions.ChunkedEncodingError
+        | google.auth.exceptions.TransportError,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, GoogleAPICallError):
+        code = int(exc.code or 0)
+        return f"{_MEANING.get(code, 'request failed')} ({type(exc).__name__}, HTTP {code})"
+    if isinstance(exc, google.auth.exceptions.RefreshError):
+        return "the service-account credentials were refused (RefreshError)"
+    if isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
+        return "no GCP credentials: give gcp_credentials or configure Application Default Credentials"
+    return type(exc).__name__  # no str(exc): it can quote request details
+
+
+_POLICY = ErrorPolicy(
+    (GoogleAPICallError, google.auth.exceptions.GoogleAuthError, requests.RequestException), _is_transient, _describe
+)
+
+
+class GCSStore:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        project: str | None = None,
+        info: dict[str, Any] | None = None,
+        options: StoreOptions | None = None,
+    ):
+        self.bucket_name = bucket
+        self.options = options or StoreOptions()
+        self.where = f"GCS bucket {bucket!r}"
+        emulator = bool(os.environ.get("STORAGE_EMULATOR_HOST"))
+        # Credentials that can sign URLs (and, outside the emulator, authorize uploads).
+        self.signer: google.auth.credentials.Credentials | None
+        if info:
+            self.signer = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+                info, scopes=_SCOPES
+            )
+            project = project or info.get("project_id")
+        else:
+            self.signer = self._default_credentials(required=not emulator)
+        # The emulator takes no auth (and no token endpoint is reachable): the key only signs there.
+        anonymous = emulator or self.signer is None
+        client_credentials = AnonymousCredentials() if anonymous else self.signer  # type: ignore[no-untyped-call]
+        self.client = storage.Client(project=project, credentials=client_credentials)
+        self.bucket = self.client.bucket(bucket)
+        self._lock = threading.Lock()
+
+    def _default_credentials(self, *, required: bool) -> google.auth.credentials.Credentials | None:
+        try:
+            credentials, _ = google.auth.default(scopes=_SCOPES)
+        except google.auth.exceptions.DefaultCredentialsError:
+            if required:
+                raise StorageError(
+                    f"{self.where}: no GCP credentials: give gcp_credentials or configure "
+                    "Application Default Credentials"
+                ) from None
+            return None
+        return credentials
+
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
+        def upload() -> None:
+            blob = self.bucket.blob(key)  # a fresh Blob per attempt: Blob objects carry request state
+            blob.metadata = metadata
+            # retry=None: the library's default retries for up to 120 s; tenacity is the one policy.
+            blob.upload_from_string(data, content_type=content_type, retry=None, timeout=self.options.timeout_s)
+
+        with_retries(self.options, _POLICY, self.where, upload)
+        return self._object(key)
+
+    def url_for(self, uri: str) -> StoredObject:
+        parts = urlsplit(uri)
+        if parts.scheme != "gs" or parts.netloc != self.bucket_name or not parts.path.strip("/"):
+            raise StorageError(f"{uri} is not an object in {self.where}")
+        return self._object(parts.path.lstrip("/"))
+
+    def _object(self, key: str) -> StoredObject:
+        uri = f"gs://{self.bucket_name}/{key}"
+        public = self.options.public_url(key)
+        if public:
+            return StoredObject(uri=uri, url=public)
+        expires_at = self.options.expiry()
+        url = with_retries(self.options, _POLICY, self.where, lambda: self._sign(key))
+        return StoredObject(uri=uri, url=url, url_expires_at=expires_at)
+
+    def _sign(self, key: str) -> str:
+        if self.signer is None:
+            raise StorageError(
+                f"{self.where}: cannot sign a URL without service-account credentials "
+                "(give gcp_credentials, or set IMAGEGEN_STORAGE_PUBLIC_BASE_URL)"
+            )
+        extra: dict[str, Any] = {}
+        if not isinstance(self.signer, google.auth.credentials.Signing):
+            # Compute Engine / workload identity hold no key: sign through the IAM signBlob API.
+            with self._lock:
+                if not self.signer.valid:
+                    self.signer.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
+                extra = {"service_account_email": getattr(self.signer, "service_account_email", None)}
+                extra["access_token"] = self.signer.token
+        blob = self.bucket.blob(key)
+        return str(
+            blob.generate_signed_url(
+                version="v4",
+                expiration=timedelta(seconds=self.options.signed_url_ttl_s),
+                method="GET",
+                credentials=self.signer,
+                **extra,
+            )
+        )

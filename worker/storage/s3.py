@@ -1,0 +1,132 @@
+"""AWS S3, or any S3-compatible endpoint (boto3 reads ``AWS_ENDPOINT_URL_S3``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    ParamValidationError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from worker.errors import StorageError
+from worker.storage.base import StoredObject
+from worker.storage.common import ErrorPolicy, StoreOptions, with_retries
+
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+)
+_MEANING = {
+    "NoSuchBucket": "the bucket does not exist",
+    "AccessDenied": "access denied",
+    "AllAccessDisabled": "access denied",
+    "InvalidAccessKeyId": "the access key id is not known",
+    "SignatureDoesNotMatch": "the secret key does not match the access key id",
+    "ExpiredToken": "the session token has expired",
+    "InvalidToken": "the session token is not valid",
+    "403": "access denied",
+    "404": "not found",
+}
+
+
+def aws_keys(text: str) -> dict[str, str]:
+    """``{"aws_access_key_id", "aws_secret_access_key", "aws_session_token"?}`` from the secret's JSON."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in _REQUIRED_KEYS):
+        raise ValueError('must be JSON {"aws_access_key_id": ..., "aws_secret_access_key": ..., "aws_session_token"?}')
+    return {k: str(data[k]) for k in (*_REQUIRED_KEYS, "aws_session_token") if data.get(k)}
+
+
+_REQUIRED_KEYS = ("aws_access_key_id", "aws_secret_access_key")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, BotoConnectionError | HTTPClientError):
+        return True  # refused, reset, closed mid-response, read timeout
+    if isinstance(exc, ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return status in (408, 429) or status >= 500 or exc.response.get("Error", {}).get("Code") in _TRANSIENT_CODES
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code") or "?")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+        return f"{_MEANING.get(code, 'request failed')} ({code}, HTTP {status})"
+    if isinstance(exc, NoCredentialsError):
+        return "no AWS credentials: give aws_credentials or configure the worker's default AWS credential chain"
+    if isinstance(exc, ParamValidationError):
+        return f"invalid request ({exc})"  # names the parameter (e.g. a bad bucket name), no credentials
+    return type(exc).__name__
+
+
+_POLICY = ErrorPolicy((ClientError, BotoCoreError), _is_transient, _describe)
+
+
+class S3Store:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        region: str | None = None,
+        keys: dict[str, str] | None = None,
+        options: StoreOptions | None = None,
+    ):
+        self.bucket = bucket
+        self.options = options or StoreOptions()
+        self.where = f"S3 bucket {bucket!r}"
+        # No keys: boto3's default chain (env, profile, IRSA / instance role). boto3 sessions are not
+        # thread-safe but clients are, so the client is made once here and shared.
+        session = boto3.session.Session(region_name=region, **(keys or {}))
+        config = Config(
+            signature_version="s3v4",
+            retries={"total_max_attempts": 1},  # tenacity is the one retry policy
+            connect_timeout=self.options.timeout_s,
+            read_timeout=self.options.timeout_s,
+        )
+        self.client: Any = session.client("s3", config=config)
+
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
+        with_retries(
+            self.options,
+            _POLICY,
+            self.where,
+            lambda: self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata
+            ),
+        )
+        return self._object(key)
+
+    def url_for(self, uri: str) -> StoredObject:
+        parts = urlsplit(uri)
+        if parts.scheme != "s3" or parts.netloc != self.bucket or not parts.path.strip("/"):
+            raise StorageError(f"{uri} is not an object in {self.where}")
+        return self._object(parts.path.lstrip("/"))
+
+    def _object(self, key: str) -> StoredObject:
+        uri = f"s3://{self.bucket}/{key}"
+        public = self.options.public_url(key)
+        if public:
+            return StoredObject(uri=uri, url=public)
+        expires_at = self.options.expiry()
+        url = with_retries(
+            self.options,
+            _POLICY,
+            self.where,
+            lambda: self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.options.signed_url_ttl_s
+            ),
+        )
+        return StoredObject(uri=uri, url=str(url), url_expires_at=expires_at)
