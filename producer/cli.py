@@ -18,7 +18,7 @@ import redis
 from contract.node import NodeValidationError, validate_node
 from contract.result import JobResult
 from contract.settings import get_settings
-from producer.client import ImageGenClient, JobNotFound, JobTimeout
+from producer.client import ImageGenClient, JobCrashed, JobNotFound, JobTimeout, SignError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL, EXIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
 _STATUS_EXIT = {"succeeded": EXIT_OK, "partial": EXIT_PARTIAL, "failed": EXIT_FAILED}
@@ -34,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (JobNotFound, JobTimeout) as exc:
         print(f"imagegen: {exc}", file=sys.stderr)
         return EXIT_TIMEOUT
+    except JobCrashed as exc:
+        print(f"imagegen: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except (redis.ConnectionError, ConnectionError, OSError) as exc:
         url = _redacted(get_settings().redis_url)
         print(f"imagegen: cannot reach the queue at {url} (REDIS_URL): {exc.__class__.__name__}", file=sys.stderr)
@@ -64,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     result.add_argument("--wait", action="store_true", help="wait until it is ready")
     result.add_argument("--timeout", type=float, default=600.0)
     result.set_defaults(run=_result)
+
+    sign = sub.add_parser("sign", help="a fresh signed URL for a stored image (signed by a worker)")
+    sign.add_argument("uri", help="the image's durable uri from the result (s3://, gs://, https blob URL, file://)")
+    sign.add_argument("--node", help="the job's node JSON file, when the image is in the node's own cloud")
+    sign.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a worker (default 30)")
+    sign.set_defaults(run=_sign)
     return parser
 
 
@@ -108,6 +117,19 @@ def _result(args: argparse.Namespace) -> int:
         )
         return EXIT_TIMEOUT
     return _print_result(document)
+
+
+def _sign(args: argparse.Namespace) -> int:
+    node = _read(args.node) if args.node else None
+    if node is not None:
+        validate_node(node)  # before touching the network
+    try:
+        signed = ImageGenClient().sign(args.uri, node, timeout=args.timeout)
+    except SignError as exc:
+        print(f"imagegen: cannot sign {args.uri}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _print_json({"uri": signed.uri, "url": signed.url, "url_expires_at": signed.url_expires_at})
+    return EXIT_OK
 
 
 def _print_result(result: JobResult) -> int:

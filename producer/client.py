@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -20,7 +21,7 @@ from celery.result import AsyncResult
 
 from contract.jobs import JobRecords, JobStatus, utcnow
 from contract.node import ImageGenerationNode, validate_node
-from contract.queue import RUN_JOB, celery_config
+from contract.queue import RUN_JOB, SIGN_URL, celery_config
 from contract.result import JobResult
 from contract.settings import Settings, get_settings
 
@@ -31,6 +32,11 @@ class JobNotFound(LookupError):
 
 class JobTimeout(TimeoutError):
     pass
+
+
+class JobCrashed(RuntimeError):
+    """The job task itself raised (a worker bug or lost infrastructure), so
+    there is no result document; variation failures never end up here."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +99,50 @@ class ImageGenClient:
             document = AsyncResult(job_id, app=self.celery).get(timeout=timeout, propagate=True)
         except CeleryTimeout:
             raise JobTimeout(f"job {job_id} did not finish within {timeout} s") from None
+        except Exception as exc:  # re-raised from the worker's stored FAILURE
+            raise JobCrashed(f"job {job_id} crashed in the worker: {type(exc).__name__}: {exc}") from None
         return JobResult.model_validate(document)
+
+    def sign(self, uri: str, node: dict[str, Any] | str | bytes | None = None, timeout: float = 30) -> SignedUrl:
+        """A fresh URL for a stored image (``uri`` from the result), signed by a worker: the
+        credentials stay there. Give the job's node when the image is in the node's own cloud."""
+        storage = storage_fields(self.validate(node)) if node is not None else {}
+        outcome = self.celery.send_task(SIGN_URL, args=(uri, storage))
+        try:
+            document = outcome.get(timeout=timeout, propagate=True)
+        except CeleryTimeout:
+            raise JobTimeout(f"no worker signed {uri} within {timeout} s") from None
+        finally:
+            outcome.forget()  # the signed URL is a bearer credential: do not leave it in the backend
+        if "error" in document:
+            raise SignError(document["error"]["message"], kind=document["error"]["kind"])
+        expires = document.get("url_expires_at")
+        return SignedUrl(document["uri"], document["url"], datetime.fromisoformat(expires) if expires else None)
 
     def close(self) -> None:
         self.records.client.close()
         self.celery.close()
+
+
+@dataclass(frozen=True)
+class SignedUrl:
+    uri: str
+    url: str
+    url_expires_at: datetime | None  # None: a public (CDN) or file URL that does not expire
+
+
+class SignError(RuntimeError):
+    """The worker could not sign the URI; ``kind`` is storage, permanent or transient."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def storage_fields(node: ImageGenerationNode) -> dict[str, Any]:
+    """The node fields that locate its storage (credential fields are references only)."""
+    inputs = node.inputs.model_dump(mode="json", exclude_none=True)
+    return {k: v for k, v in inputs.items() if k in ("use_cloud", "cloud_provider") or k.startswith(_STORAGE_PREFIXES)}
+
+
+_STORAGE_PREFIXES = ("aws_", "azure_", "gcp_")
