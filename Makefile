@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install tools demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Azurite (the Azure Blob emulator) for tests/cloud, project-local; 3.36+ needs Node >= 21.
+AZURITE := .tools/node_modules/.bin/azurite-blob
+$(AZURITE):
+	npm install --prefix .tools --no-audit --no-fund --silent azurite@3.35
+tools: $(AZURITE)
+
 demo: install
 	$(BIN)/python -m devtools.demo
 
-test: install
+test: install tools
 	$(BIN)/python -m pytest
 
 lint: install

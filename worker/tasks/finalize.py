@@ -61,7 +61,8 @@ def invalid_job_result(job_id: str, node: dict[str, Any], submitted_at: str, mes
     """A ``failed`` document for a job the worker could not even start."""
     now = utcnow()
     node = node if isinstance(node, dict) else {}
-    inputs = node.get("inputs") if isinstance(node.get("inputs"), dict) else {}
+    raw_inputs = node.get("inputs")
+    inputs: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
     result = JobResult(
         job_id=job_id,
         name=str(node.get("name", "")),

@@ -1,0 +1,124 @@
+"""Test helpers for the cloud tests: a fault-injecting HTTP proxy, a whole-Redis
+dump, and a throwaway GCP service-account key."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+
+class FlakyProxy:
+    """Forwards HTTP to ``upstream``, but answers the first ``failures`` requests
+    whose "METHOD /path" starts with ``only`` itself: with ``status`` (e.g. 503),
+    or by dropping the connection (status 0). ``requests`` lists those requests."""
+
+    def __init__(self, upstream: str, failures: int = 0, status: int = 503, only: str = ""):
+        self.upstream = urlsplit(upstream)
+        self.failures = failures
+        self.status = status
+        self.only = only
+        self.requests: list[str] = []
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                line = f"{self.command} {self.path}"
+                with proxy._lock:
+                    counted = line.startswith(proxy.only)
+                    if counted:
+                        proxy.requests.append(line)
+                    fail = counted and len(proxy.requests) <= proxy.failures
+                if fail and proxy.status == 0:
+                    self.close_connection = True
+                    self.connection.close()  # a broken connection, no response at all
+                    return
+                if fail:
+                    self.send_response(proxy.status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+                response = upstream.getresponse()
+                data = response.read()
+                self.send_response(response.status, response.reason)
+                for name, value in response.getheaders():
+                    if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+        return Handler
+
+
+def redis_dump(url: str) -> bytes:
+    """Every key and value in every database of the Redis at ``url``, as one blob."""
+    base = redis.Redis.from_url(url)
+    chunks: list[bytes] = []
+    for db in [int(name.removeprefix("db")) for name in base.info("keyspace")]:
+        client = redis.Redis.from_url(url, db=db)
+        for key in client.scan_iter(count=1000):
+            kind = client.type(key)
+            chunks.append(key)
+            if kind == b"string":
+                chunks.append(client.get(key) or b"")
+            elif kind == b"hash":
+                chunks += [b for pair in client.hgetall(key).items() for b in pair]
+            elif kind == b"list":
+                chunks += client.lrange(key, 0, -1)
+            elif kind == b"set":
+                chunks += list(client.smembers(key))
+            elif kind == b"zset":
+                chunks += [member for member, _ in client.zrange(key, 0, -1, withscores=True)]
+            elif kind == b"stream":
+                chunks += [repr(entry).encode() for entry in client.xrange(key)]
+            else:
+                raise AssertionError(f"unexpected Redis type {kind!r} for {key!r}")
+    return b"\n".join(chunks)
+
+
+def service_account_json(project: str = "imagegen-test") -> str:
+    """A throwaway service-account key: real RSA, never known to Google."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return json.dumps(
+        {
+            "type": "service_account",
+            "project_id": project,
+            "private_key_id": "test-key-1",
+            "private_key": pem,
+            "client_email": f"imagegen-worker@{project}.iam.gserviceaccount.com",
+            "client_id": "1",
+            "token_uri": "https://oauth2.googleapis.com/token",
+        }
+    )

@@ -1,0 +1,160 @@
+"""The Azure Blob store against a real Azurite (which enforces SAS and shared
+keys): bytes, type, metadata, SAS URLs, denial, retries, platform az://."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+
+from contract.settings import Settings
+from devtools.emulators import Emulator, azurite_connection_string
+from tests.cloud.conftest import PutSecret
+from tests.cloud.helpers import FlakyProxy
+from worker.errors import PermanentError, StorageError
+from worker.storage import object_key, store_for_fields
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+META = {"job_id": "job-1", "model": "offline_preview", "model_id": "offline-preview-1", "variation": "0"}
+
+
+def azure_node(container: str, connection_ref: str | None, **extra: Any) -> dict[str, Any]:
+    fields = {"use_cloud": True, "cloud_provider": "azure", "azure_container": container, **extra}
+    return {**fields, "azure_connection_string": connection_ref} if connection_ref else fields
+
+
+@pytest.fixture
+def conn_ref(put_secret: PutSecret, azurite: Emulator) -> str:
+    return put_secret({"connection_string": azurite.extra["connection_string"]})["connection_string"]
+
+
+def test_put_stores_bytes_type_metadata_and_a_working_sas(
+    cloud_settings: Settings, azure_admin: BlobServiceClient, azure_container: str, azurite: Emulator, conn_ref: str
+) -> None:
+    store, prefix = store_for_fields(azure_node(azure_container, conn_ref, azure_prefix="renders"), cloud_settings)
+    key = object_key(prefix, "job-1", 0, "png")
+    stored = store.put(key, PNG, "image/png", META)
+
+    account = azurite.extra["account"]
+    assert stored.uri == f"{azurite.url}/{account}/{azure_container}/renders/job-1/variation-0.png"
+    blob = azure_admin.get_blob_client(azure_container, key)
+    props = blob.get_blob_properties()
+    assert props.content_settings.content_type == "image/png" and props.metadata == META
+    assert blob.download_blob().readall() == PNG
+
+    assert stored.url.startswith(stored.uri + "?") and "sig=" in stored.url
+    download = requests.get(stored.url, timeout=10)
+    assert download.status_code == 200 and download.content == PNG
+    assert download.headers["Content-Type"] == "image/png"
+    assert stored.url_expires_at is not None
+    expected = datetime.now(UTC) + timedelta(seconds=cloud_settings.signed_url_ttl_s)
+    assert abs((stored.url_expires_at - expected).total_seconds()) < 5
+
+    # Azurite checks the signature: a tampered or missing SAS is refused.
+    assert requests.get(_tampered(stored.url), timeout=10).status_code == 403
+    assert requests.get(stored.uri, timeout=10).status_code in (403, 404)  # private container
+
+
+def _tampered(url: str) -> str:
+    head, _, sig = url.partition("sig=")
+    value, _, rest = sig.partition("&")
+    raw = bytearray(base64.b64decode(requests.utils.unquote(value)))
+    raw[0] ^= 0xFF
+    return f"{head}sig={requests.utils.quote(base64.b64encode(bytes(raw)).decode(), safe='')}" + (
+        f"&{rest}" if rest else ""
+    )
+
+
+def test_url_for_re_signs_only_blobs_of_its_container(
+    cloud_settings: Settings, azure_container: str, conn_ref: str
+) -> None:
+    store, _ = store_for_fields(azure_node(azure_container, conn_ref), cloud_settings)
+    first = store.put("a/b c.png", PNG, "image/png", META)
+    assert "b%20c.png" in first.uri
+    again = store.url_for(first.uri)
+    assert again.uri == first.uri and requests.get(again.url, timeout=10).content == PNG
+    with pytest.raises(StorageError, match="is not a blob in Azure container"):
+        store.url_for(first.uri.replace(azure_container, "other-container"))
+
+
+def test_missing_container_is_a_clear_permanent_error(cloud_settings: Settings, conn_ref: str) -> None:
+    store, _ = store_for_fields(azure_node("imagegen-no-such-container", conn_ref), cloud_settings)
+    with pytest.raises(StorageError) as caught:
+        store.put("k.png", PNG, "image/png", META)
+    assert str(caught.value) == (
+        "Azure container 'imagegen-no-such-container': the container does not exist (ContainerNotFound, HTTP 404)"
+    )
+
+
+def test_wrong_account_key_from_vault_is_denied_once_and_not_echoed(
+    cloud_settings: Settings, azurite: Emulator, azure_container: str, put_secret: PutSecret, monkeypatch: Any
+) -> None:
+    wrong_key = base64.b64encode(b"canary-wrong-key" * 4).decode()
+    proxy = FlakyProxy(azurite.url)  # counts requests
+    try:
+        bad = azurite_connection_string(proxy.url, azurite.extra["account"], wrong_key)
+        ref = put_secret({"connection_string": bad})["connection_string"]
+        store, _ = store_for_fields(azure_node(azure_container, ref), cloud_settings)
+        with pytest.raises(StorageError) as caught:
+            store.put("k.png", PNG, "image/png", META)
+    finally:
+        proxy.close()
+    assert str(caught.value) == f"Azure container '{azure_container}': access denied (AuthorizationFailure, HTTP 403)"
+    assert wrong_key not in str(caught.value)
+    assert len(proxy.requests) == 1
+
+
+def test_transient_errors_are_retried_then_succeed(
+    cloud_settings: Settings,
+    azurite: Emulator,
+    azure_admin: BlobServiceClient,
+    azure_container: str,
+    put_secret: PutSecret,
+) -> None:
+    proxy = FlakyProxy(azurite.url, failures=2, status=503)
+    try:
+        via_proxy = azurite_connection_string(proxy.url, azurite.extra["account"], azurite.extra["key"])
+        ref = put_secret({"connection_string": via_proxy})["connection_string"]
+        store, _ = store_for_fields(azure_node(azure_container, ref), cloud_settings)
+        store.put("k.png", PNG, "image/png", META)
+    finally:
+        proxy.close()
+    assert len(proxy.requests) == 3
+    assert azure_admin.get_blob_client(azure_container, "k.png").download_blob().readall() == PNG
+
+
+def test_platform_az_url_reads_the_connection_string_from_the_environment(
+    cloud_settings: Settings, azurite: Emulator, azure_container: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = cloud_settings.model_copy(update={"storage_url": f"az://{azure_container}/platform"})
+    with pytest.raises(PermanentError, match="set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_URL"):
+        store_for_fields({"use_cloud": False}, settings)
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.extra["connection_string"])
+    store, prefix = store_for_fields({"use_cloud": False}, settings)
+    stored = store.put(object_key(prefix, "j", 0, "png"), PNG, "image/png", META)
+    assert stored.uri.endswith(f"/{azure_container}/platform/j/variation-0.png")
+    assert requests.get(stored.url, timeout=10).content == PNG
+
+
+def test_sas_connection_string_never_leaks_its_token_and_cannot_sign(
+    cloud_settings: Settings, azurite: Emulator, azure_admin: BlobServiceClient, azure_container: str, put_secret: Any
+) -> None:
+    token = generate_container_sas(
+        azurite.extra["account"],
+        azure_container,
+        account_key=azurite.extra["key"],
+        permission=ContainerSasPermissions(read=True, write=True, create=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    sas_only = f"BlobEndpoint={azurite.url}/{azurite.extra['account']};SharedAccessSignature={token}"
+    ref = put_secret({"connection_string": sas_only})["connection_string"]
+    store, _ = store_for_fields(azure_node(azure_container, ref), cloud_settings)
+    with pytest.raises(StorageError, match="cannot sign a URL: the connection string has no AccountKey") as caught:
+        store.put("k.png", PNG, "image/png", META)
+    assert "sig=" not in str(caught.value)
+    assert azure_admin.get_blob_client(azure_container, "k.png").download_blob().readall() == PNG
