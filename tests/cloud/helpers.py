@@ -1,5 +1,5 @@
-"""Test helpers for the cloud tests: a fault-injecting HTTP proxy, a whole-Redis
-dump, and a throwaway GCP service-account key."""
+"""Test helpers for the cloud tests: a fault-injecting HTTP proxy and a
+throwaway GCP service-account key."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -77,32 +76,6 @@ class FlakyProxy:
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
 
         return Handler
-
-
-def redis_dump(url: str) -> bytes:
-    """Every key and value in every database of the Redis at ``url``, as one blob."""
-    base = redis.Redis.from_url(url)
-    chunks: list[bytes] = []
-    for db in [int(name.removeprefix("db")) for name in base.info("keyspace")]:
-        client = redis.Redis.from_url(url, db=db)
-        for key in client.scan_iter(count=1000):
-            kind = client.type(key)
-            chunks.append(key)
-            if kind == b"string":
-                chunks.append(client.get(key) or b"")
-            elif kind == b"hash":
-                chunks += [b for pair in client.hgetall(key).items() for b in pair]
-            elif kind == b"list":
-                chunks += client.lrange(key, 0, -1)
-            elif kind == b"set":
-                chunks += list(client.smembers(key))
-            elif kind == b"zset":
-                chunks += [member for member, _ in client.zrange(key, 0, -1, withscores=True)]
-            elif kind == b"stream":
-                chunks += [repr(entry).encode() for entry in client.xrange(key)]
-            else:
-                raise AssertionError(f"unexpected Redis type {kind!r} for {key!r}")
-    return b"\n".join(chunks)
 
 
 def service_account_json(project: str = "imagegen-test") -> str:

@@ -27,8 +27,8 @@ from contract.result import ImageRecord, JobResult
 from devtools.emulators import Emulator, azurite_connection_string
 from producer.client import ImageGenClient, SignError
 from tests.cloud.conftest import PutSecret
-from tests.cloud.helpers import redis_dump
 from tests.conftest import ROOT, StartWorker
+from tests.redis_scan import redis_dump
 
 Read = Callable[[str], tuple[bytes, str, dict[str, str]]]  # uri -> bytes, content type, metadata
 

@@ -29,7 +29,7 @@ from devtools.redis_server import free_port
 from producer.cli import main as cli_main
 from producer.client import ImageGenClient
 from tests.cloud.conftest import PutSecret
-from tests.cloud.helpers import redis_dump
+from tests.redis_scan import redis_dump
 from worker.errors import TransientError
 from worker.secrets import SecretError, clear_cache, resolve_secret
 

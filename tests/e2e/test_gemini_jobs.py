@@ -13,7 +13,7 @@ import pytest
 from devtools.fake_gemini import Behaviour, FakeGemini
 from producer.client import ImageGenClient
 from tests.conftest import StartWorker
-from tests.e2e.helpers import all_redis_entries
+from tests.redis_scan import all_redis_entries
 
 CANARY = "AIzaCANARY-e2e-5b7d1f9a3c"  # distinctive: searched for everywhere afterwards
 WAIT_S = 30

@@ -12,11 +12,8 @@ import redis
 from contract.queue import RUN_JOB
 from producer.client import ImageGenClient
 from tests.conftest import StartWorker
-from tests.e2e.helpers import (
-    all_redis_entries,
-    assert_images_on_disk,
-    assert_matches_published_schema,
-)
+from tests.e2e.helpers import assert_images_on_disk, assert_matches_published_schema
+from tests.redis_scan import all_redis_entries
 
 
 def test_seed_example_succeeds_with_result_under_job_id(

@@ -1,0 +1,39 @@
+"""Read back everything in the suite's private Redis, to prove what is NOT there
+(image bytes, secrets): every database, every key, every value by type."""
+
+from __future__ import annotations
+
+import redis
+
+
+def all_redis_entries(url: str) -> dict[bytes, bytes]:
+    """``b"<db>:<key>"`` -> the value flattened to bytes, for every key in every database."""
+    entries: dict[bytes, bytes] = {}
+    databases = [int(name.removeprefix("db")) for name in redis.Redis.from_url(url).info("keyspace")]
+    for db in databases:
+        client = redis.Redis.from_url(url, db=db)
+        for key in client.scan_iter(count=1000):
+            entries[f"{db}:".encode() + key] = _value(client, key)
+    return entries
+
+
+def redis_dump(url: str) -> bytes:
+    """All keys and values as one blob, for substring searches."""
+    return b"\n".join(key + b"\n" + value for key, value in all_redis_entries(url).items())
+
+
+def _value(client: redis.Redis, key: bytes) -> bytes:
+    kind = client.type(key)
+    if kind == b"string":
+        return client.get(key) or b""
+    if kind == b"hash":
+        return b"\n".join(k + b"=" + v for k, v in client.hgetall(key).items())
+    if kind == b"list":
+        return b"\n".join(client.lrange(key, 0, -1))
+    if kind == b"set":
+        return b"\n".join(client.smembers(key))
+    if kind == b"zset":
+        return b"\n".join(member for member, _ in client.zrange(key, 0, -1, withscores=True))
+    if kind == b"stream":
+        return repr(client.xrange(key)).encode()
+    raise AssertionError(f"unexpected Redis type {kind!r} for {key!r}")
