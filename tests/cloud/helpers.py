@@ -1,17 +1,35 @@
-"""Test helpers for the cloud tests: a fault-injecting HTTP proxy and a
-throwaway GCP service-account key."""
+"""Test helpers for the cloud tests: node storage fields per provider, a
+fault-injecting HTTP proxy and a throwaway GCP service-account key."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import threading
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+META = {"job_id": "job-1", "model": "offline_preview", "model_id": "offline-preview-1", "variation": "0"}
+
+_BUCKET_FIELD = {"aws": "aws_bucket", "azure": "azure_container", "gcp": "gcp_bucket"}
+_CREDENTIAL_FIELD = {"aws": "aws_credentials", "azure": "azure_connection_string", "gcp": "gcp_credentials"}
+
+
+def storage_fields(provider: str, bucket: str, credentials: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A node's storage inputs for ``provider`` (credentials: a secret reference)."""
+    fields = {"use_cloud": True, "cloud_provider": provider, _BUCKET_FIELD[provider]: bucket, **extra}
+    return {**fields, _CREDENTIAL_FIELD[provider]: credentials} if credentials else fields
+
+
+aws_node = partial(storage_fields, "aws")
+azure_node = partial(storage_fields, "azure")
+gcp_node = partial(storage_fields, "gcp")
 
 
 class FlakyProxy:

@@ -14,17 +14,9 @@ from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, gener
 from contract.settings import Settings
 from devtools.emulators import Emulator, azurite_connection_string
 from tests.cloud.conftest import PutSecret
-from tests.cloud.helpers import FlakyProxy
+from tests.cloud.helpers import META, PNG, FlakyProxy, azure_node
 from worker.errors import PermanentError, StorageError
 from worker.storage import object_key, store_for_fields
-
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-META = {"job_id": "job-1", "model": "offline_preview", "model_id": "offline-preview-1", "variation": "0"}
-
-
-def azure_node(container: str, connection_ref: str | None, **extra: Any) -> dict[str, Any]:
-    fields = {"use_cloud": True, "cloud_provider": "azure", "azure_container": container, **extra}
-    return {**fields, "azure_connection_string": connection_ref} if connection_ref else fields
 
 
 @pytest.fixture

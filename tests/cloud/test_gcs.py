@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -19,17 +18,9 @@ from google.cloud import storage
 from contract.settings import Settings
 from devtools.emulators import Emulator
 from tests.cloud.conftest import PutSecret
-from tests.cloud.helpers import FlakyProxy
+from tests.cloud.helpers import META, PNG, FlakyProxy, gcp_node
 from worker.errors import StorageError
 from worker.storage import object_key, store_for_fields
-
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-META = {"job_id": "job-1", "model": "offline_preview", "model_id": "offline-preview-1", "variation": "0"}
-
-
-def gcp_node(bucket: str, credentials: str | None, **extra: Any) -> dict[str, Any]:
-    fields = {"use_cloud": True, "cloud_provider": "gcp", "gcp_bucket": bucket, **extra}
-    return {**fields, "gcp_credentials": credentials} if credentials else fields
 
 
 @pytest.fixture

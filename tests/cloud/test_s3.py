@@ -14,17 +14,9 @@ import requests
 from contract.settings import Settings
 from devtools.emulators import Emulator
 from tests.cloud.conftest import PutSecret
-from tests.cloud.helpers import FlakyProxy
+from tests.cloud.helpers import META, PNG, FlakyProxy, aws_node
 from worker.errors import StorageError
 from worker.storage import object_key, platform_store, store_for_fields
-
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-META = {"job_id": "job-1", "model": "offline_preview", "model_id": "offline-preview-1", "variation": "0"}
-
-
-def aws_node(bucket: str, credentials: str | None = None, **extra: Any) -> dict[str, Any]:
-    fields = {"use_cloud": True, "cloud_provider": "aws", "aws_bucket": bucket, **extra}
-    return {**fields, "aws_credentials": credentials} if credentials else fields
 
 
 @pytest.fixture
