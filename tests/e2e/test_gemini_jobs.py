@@ -59,9 +59,29 @@ def test_seed_node_succeeds_with_the_gemini_3_model(
     assert (image.width, image.height, image.mime_type) == (1024, 1024, "image/png")
     assert stored_path(image.uri).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert image.metadata.provider == "gemini" and image.metadata.usage is not None
+    assert image.estimated_cost_usd == result.estimated_cost_usd == 0.134  # catalog price, 1K tier
+    assert result.usage is not None and result.usage.total_tokens > 0
     [seen] = fake.requests
     assert seen.model == "gemini-3-pro-image" and seen.api_key_ok
     assert seen.body["generationConfig"]["imageConfig"] == {"aspectRatio": "1:1", "imageSize": "1K"}
+
+
+def test_mislabelled_and_wrong_size_images_are_reported_as_they_are(
+    gemini_worker: Any, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
+) -> None:
+    seed_node["inputs"]["size"] = "2048x2048"
+    fake.script("mislabelled_mime", "wrong_size")
+    result = client.submit(with_variations(seed_node, 2)).wait(timeout=WAIT_S)
+
+    assert result.status == "succeeded", result.errors
+    kinds = sorted((i.mime_type, i.width, i.metadata.size_mismatch is not None) for i in result.images)
+    assert kinds == [("image/jpeg", 2048, False), ("image/png", 1024, True)]
+    [odd] = [i for i in result.images if i.metadata.size_mismatch]
+    assert odd.metadata.size_mismatch is not None
+    assert (odd.metadata.size_mismatch.requested, odd.metadata.size_mismatch.returned) == ("2048x2048", "1024x1024")
+    jpeg = next(i for i in result.images if i.mime_type == "image/jpeg")
+    assert jpeg.uri.endswith(".jpg") and stored_path(jpeg.uri).read_bytes()[:3] == b"\xff\xd8\xff"
+    assert result.estimated_cost_usd == 2 * 0.134
 
 
 def test_one_safety_block_out_of_four_is_partial(
