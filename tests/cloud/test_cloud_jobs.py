@@ -25,6 +25,7 @@ from google.cloud import storage
 
 from contract.result import ImageRecord, JobResult
 from devtools.emulators import Emulator, azurite_connection_string
+from devtools.flower_process import FlowerProcess
 from producer.client import ImageGenClient, SignError
 from tests.cloud.conftest import PutSecret
 from tests.conftest import ROOT, StartWorker
@@ -208,16 +209,21 @@ def test_secret_values_never_reach_redis_logs_or_results(
     aws_keys_json: str,
     azurite: Emulator,
     sa_json: str,
+    job_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     aws, azure, gcp = targets("aws"), targets("azure"), targets("gcp")
     worker = start_worker(env=cloud_env)
-    results = [
-        client.submit(cloud_node(offline_node, t.provider, t.fields)).wait(timeout=60) for t in (aws, azure, gcp)
-    ]
-    missing = {**aws.fields, "aws_bucket": "imagegen-canary-missing"}
-    results.append(client.submit(cloud_node(offline_node, "aws", missing)).wait(timeout=60))
-    assert [r.status for r in results] == ["succeeded", "succeeded", "succeeded", "failed"]
-    signed = client.sign(results[1].images[0].uri, cloud_node(offline_node, "azure", azure.fields))
+    with FlowerProcess(job_env, ("ops", "flower-pw"), tmp_path) as flower:
+        time.sleep(1)  # subscribed to events before the jobs run
+        results = [
+            client.submit(cloud_node(offline_node, t.provider, t.fields)).wait(timeout=60) for t in (aws, azure, gcp)
+        ]
+        missing = {**aws.fields, "aws_bucket": "imagegen-canary-missing"}
+        results.append(client.submit(cloud_node(offline_node, "aws", missing)).wait(timeout=60))
+        assert [r.status for r in results] == ["succeeded", "succeeded", "succeeded", "failed"]
+        signed = client.sign(results[1].images[0].uri, cloud_node(offline_node, "azure", azure.fields))
+        flower_tasks = requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).text
 
     canaries = {
         "aws secret key": json.loads(aws_keys_json)["aws_secret_access_key"],
@@ -229,8 +235,10 @@ def test_secret_values_never_reach_redis_logs_or_results(
         "redis": redis_dump(redis_url).decode(errors="replace"),
         "worker log": worker.log(),
         "results": json.dumps([r.model_dump(mode="json") for r in results]) + signed.url,
+        "flower": flower_tasks,
     }
     assert "succeeded" in places["worker log"]  # the log is the real one
+    assert "vault:" in flower_tasks and "imagegen.generate_variation" in flower_tasks  # Flower saw the references
     leaks = [(name, where) for name, value in canaries.items() for where, text in places.items() if value in text]
     assert leaks == []
 
