@@ -24,12 +24,19 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL, EXIT_TIMEOUT, EXIT_UNREACHABLE
 _STATUS_EXIT = {"succeeded": EXIT_OK, "partial": EXIT_PARTIAL, "failed": EXIT_FAILED}
 
 
+class UsageError(Exception):
+    """A mistake on the command line (e.g. an unreadable file): exit 2, no traceback."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.run(args))
     except NodeValidationError as exc:
         print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    except UsageError as exc:
+        print(f"imagegen: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except (JobNotFound, JobTimeout) as exc:
         print(f"imagegen: {exc}", file=sys.stderr)
@@ -77,7 +84,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read(path: str) -> str:
-    return sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _validate(args: argparse.Namespace) -> int:

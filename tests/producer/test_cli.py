@@ -54,6 +54,12 @@ def test_submit_of_an_invalid_node_enqueues_nothing(
     assert client.llen(job_env["IMAGEGEN_QUEUE"]) == 0
 
 
+def test_an_unreadable_file_is_a_usage_error(job_env: dict[str, str], tmp_path: Path) -> None:
+    run = imagegen(job_env, "submit", str(tmp_path / "missing.json"))
+    assert run.returncode == 2 and "cannot read" in run.stderr and "missing.json" in run.stderr
+    assert "queue" not in run.stderr and "Traceback" not in run.stderr
+
+
 def test_validate_accepts_the_seed_from_stdin(job_env: dict[str, str]) -> None:
     run = imagegen(job_env, "validate", "-", stdin=(ROOT / "examples" / "seed-node.json").read_text())
     assert run.returncode == 0 and "1 x gemini_3_image at 1024x1024" in run.stdout
