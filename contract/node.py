@@ -23,7 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from contract.catalog import ModelCatalog, load_catalog, parse_size
-from contract.secret_refs import HOW_TO, parse_secret_ref
+from contract.secret_refs import HOW_TO, check_allowed, parse_secret_ref
 from contract.settings import Settings, get_settings
 
 CloudProvider = Literal["aws", "azure", "gcp"]
@@ -138,12 +138,17 @@ class NodeInputs(BaseModel):
 
     @field_validator("aws_credentials", "azure_connection_string", "gcp_credentials")
     @classmethod
-    def _reference_not_secret(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                parse_secret_ref(value)
-            except ValueError:
-                raise _fail(f"holds a raw secret, which is refused and was not sent anywhere; {HOW_TO}") from None
+    def _reference_not_secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        try:
+            reference = parse_secret_ref(value)
+        except ValueError:
+            raise _fail(f"holds a raw secret, which is refused and was not sent anywhere; {HOW_TO}") from None
+        try:
+            check_allowed(reference, _ctx(info).secret_ref_prefixes)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
         return value
 
     @field_validator("azure_account_url")
@@ -209,6 +214,7 @@ class _Context:
     catalog: ModelCatalog
     max_variations: int
     max_prompt_chars: int
+    secret_ref_prefixes: tuple[str, ...]
 
 
 def _ctx(info: ValidationInfo) -> _Context:
@@ -221,6 +227,7 @@ def _context_from(settings: Settings) -> _Context:
         catalog=load_catalog(settings.model_catalog_file, settings.model_catalog_replace),
         max_variations=settings.max_variations,
         max_prompt_chars=settings.max_prompt_chars,
+        secret_ref_prefixes=settings.secret_ref_prefixes,
     )
 
 

@@ -42,3 +42,12 @@ def parse_secret_ref(text: str) -> SecretRef:
     if m := _FILE.match(text):
         return SecretRef("file", m["path"])
     raise ValueError(f"is not a secret reference; {HOW_TO}")
+
+
+def check_allowed(reference: SecretRef, prefixes: tuple[str, ...]) -> None:
+    """ValueError unless ``reference`` starts with one of the operator's allowed
+    prefixes (none configured: any). Without this, a node author could point a
+    credential field at any secret the worker can read (``env:`` of the
+    platform's own keys, any mounted file)."""
+    if prefixes and not str(reference).startswith(prefixes):
+        raise ValueError(f"names {reference}, which is outside the allowed references: {', '.join(prefixes)}")

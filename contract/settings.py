@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # Resolved secrets and the storage clients built from them live this long in a
     # worker process, so a rotated credential is picked up without a restart.
     secret_cache_ttl_s: float = Field(300.0, ge=0)
+    # Comma-separated prefixes a node's secret reference must start with, e.g.
+    # "vault:secret/imagegen/tenants/"; empty allows any (development only).
+    allowed_secret_refs: str = ""
 
     # --- offline preview model (tests, demo, benchmarks) ----------------------
     offline_latency_s: float = Field(0.0, ge=0)
@@ -113,10 +116,16 @@ class Settings(BaseSettings):
                 "IMAGEGEN_STORAGE_URL is a local directory: other pods and the next node "
                 "cannot read it; use s3://, az:// or gs://"
             )
+        if not self.secret_ref_prefixes:
+            problems.append("IMAGEGEN_ALLOWED_SECRET_REFS is empty: nodes could name any secret the workers can read")
         if self.offline_latency_s or self.offline_failures:
             problems.append("IMAGEGEN_OFFLINE_LATENCY_S / IMAGEGEN_OFFLINE_FAILURES are test knobs")
         if problems:
             raise ValueError(f"unsafe for environment={self.environment}: " + "; ".join(problems))
+
+    @property
+    def secret_ref_prefixes(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.allowed_secret_refs.split(",") if p.strip())
 
 
 @lru_cache(maxsize=1)

@@ -20,7 +20,7 @@ import hvac
 import hvac.exceptions
 import requests
 
-from contract.secret_refs import SecretRef, parse_secret_ref
+from contract.secret_refs import SecretRef, check_allowed, parse_secret_ref
 from contract.settings import Settings
 from worker.errors import PermanentError, TransientError
 
@@ -45,6 +45,10 @@ _vault: dict[str, hvac.Client] = {}  # one logged-in client per (address, auth) 
 def resolve_secret(reference: str | SecretRef, settings: Settings) -> str:
     """The secret's value; SecretError (permanent) or TransientError (Vault unreachable)."""
     ref = reference if isinstance(reference, SecretRef) else _parse(reference)
+    try:
+        check_allowed(ref, settings.secret_ref_prefixes)  # again here: a task may bypass the producer
+    except ValueError as exc:
+        raise SecretError(f"a credential field {exc}") from None
     name = str(ref)
     now = time.monotonic()
     with _lock:

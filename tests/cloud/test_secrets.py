@@ -243,6 +243,20 @@ def test_env_and_file_references(cloud_settings: Settings, tmp_path: Path, monke
         resolve_secret(f"file:{tmp_path}/absent", cloud_settings)
 
 
+def test_the_worker_enforces_the_allow_list_too(
+    cloud_settings: Settings, put_secret: PutSecret, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task sent straight to the broker skips the producer's validation.
+    ref = put_secret({"k": "v"})["k"]
+    monkeypatch.setenv("IMAGEGEN_PLATFORM_SECRET", "platform-canary")
+    monkeypatch.setenv("IMAGEGEN_ALLOWED_SECRET_REFS", ref.split("#")[0])
+    settings = Settings()
+    assert resolve_secret(ref, settings) == "v"
+    with pytest.raises(SecretError, match="outside the allowed references") as caught:
+        resolve_secret("env:IMAGEGEN_PLATFORM_SECRET", settings)
+    assert "platform-canary" not in str(caught.value)
+
+
 def test_a_raw_value_is_not_resolved_nor_echoed(cloud_settings: Settings) -> None:
     with pytest.raises(SecretError) as caught:
         resolve_secret("AccountKey=canary-raw-value", cloud_settings)

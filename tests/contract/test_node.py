@@ -159,6 +159,22 @@ def test_secret_references_are_accepted(seed_node: dict[str, Any], ref: str) -> 
     assert node.inputs.aws_credentials == ref
 
 
+def test_secret_references_outside_the_allow_list_are_refused(
+    seed_node: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "IMAGEGEN_ALLOWED_SECRET_REFS", "vault:secret/imagegen/tenants/acme/, file:/var/run/secrets/acme/"
+    )
+    settings = Settings()
+    allowed = with_inputs(
+        seed_node, use_cloud=True, aws_bucket="b", aws_credentials="vault:secret/imagegen/tenants/acme/aws#keys"
+    )
+    assert validate_node(allowed, settings).inputs.aws_credentials
+    for ref in ("env:AWS_SECRET_ACCESS_KEY", "vault:secret/imagegen/tenants/other/aws#keys", "file:/etc/shadow"):
+        found = problems(with_inputs(seed_node, use_cloud=True, aws_bucket="b", aws_credentials=ref), settings)
+        assert "outside the allowed references: vault:secret/imagegen/tenants/acme/" in found["inputs.aws_credentials"]
+
+
 def test_sas_token_in_account_url_is_refused(seed_node: dict[str, Any]) -> None:
     url = "https://acct.blob.core.windows.net/?sv=2024&sig=CANARYSIG"
     found = problems(

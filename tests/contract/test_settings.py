@@ -32,9 +32,11 @@ def test_production_refuses_local_storage_and_test_knobs(monkeypatch: pytest.Mon
     with pytest.raises(ValidationError) as caught:
         Settings()
     assert "IMAGEGEN_STORAGE_URL is a local directory" in str(caught.value)
+    assert "IMAGEGEN_ALLOWED_SECRET_REFS is empty" in str(caught.value)
     assert "test knobs" in str(caught.value)
     monkeypatch.delenv("IMAGEGEN_OFFLINE_FAILURES")
     monkeypatch.setenv("IMAGEGEN_STORAGE_URL", "s3://images/prod")
+    monkeypatch.setenv("IMAGEGEN_ALLOWED_SECRET_REFS", "vault:secret/imagegen/")
     assert Settings().environment == "production"
 
 
