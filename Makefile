@@ -34,6 +34,7 @@ lint: install
 bench: install
 	$(BIN)/python -m benchmarks.parallel_variations
 	$(BIN)/python -m benchmarks.pools
+	$(BIN)/python -m benchmarks.gemini_provider
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
