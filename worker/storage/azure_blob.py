@@ -20,7 +20,7 @@ from azure.storage.blob import BlobSasPermissions, BlobServiceClient, ContentSet
 
 from worker.errors import StorageError
 from worker.storage.base import StoredObject
-from worker.storage.common import ErrorPolicy, StoreOptions, with_retries
+from worker.storage.common import ErrorPolicy, StoreOptions, signed_or_public, with_retries
 
 # It logs every request and response at INFO; ours say what matters.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
@@ -125,12 +125,9 @@ class AzureBlobStore:
 
     def _object(self, name: str) -> StoredObject:
         uri = _without_query(self.container.get_blob_client(name).url)
-        public = self.options.public_url(name)
-        if public:
-            return StoredObject(uri=uri, url=public)
-        expires_at = self.options.expiry()
-        sas = with_retries(self.options, _POLICY, self.where, lambda: self._sas(name, expires_at))
-        return StoredObject(uri=uri, url=f"{uri}?{sas}", url_expires_at=expires_at)
+        return signed_or_public(
+            self.options, _POLICY, self.where, uri, name, lambda expires_at: f"{uri}?{self._sas(name, expires_at)}"
+        )
 
     def _sas(self, name: str, expires_at: datetime) -> str:
         start = datetime.now(UTC) - _CLOCK_SKEW

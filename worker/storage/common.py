@@ -14,6 +14,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from contract.settings import Settings
 from worker.errors import StorageError
+from worker.storage.base import StoredObject
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +83,15 @@ def with_retries(options: StoreOptions, policy: ErrorPolicy, where: str, call: C
             attempts = options.retry_attempts
             raise StorageError(f"{where}: gave up after {attempts} attempt(s): {policy.describe(exc)}") from None
         raise StorageError(f"{where}: {policy.describe(exc)}") from None
+
+
+def signed_or_public(
+    options: StoreOptions, policy: ErrorPolicy, where: str, uri: str, key: str, sign: Callable[[datetime], str]
+) -> StoredObject:
+    """The operator's public (CDN) URL when configured, else ``sign(expires_at)``'s URL with its expiry."""
+    public = options.public_url(key)
+    if public:
+        return StoredObject(uri=uri, url=public)
+    expires_at = options.expiry()
+    url = with_retries(options, policy, where, lambda: sign(expires_at))
+    return StoredObject(uri=uri, url=url, url_expires_at=expires_at)

@@ -21,7 +21,7 @@ from google.oauth2 import service_account
 
 from worker.errors import StorageError
 from worker.storage.base import StoredObject
-from worker.storage.common import ErrorPolicy, StoreOptions, with_retries
+from worker.storage.common import ErrorPolicy, StoreOptions, signed_or_public, with_retries
 
 _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 _MEANING = {404: "the bucket does not exist", 403: "access denied", 401: "the credentials were refused"}
@@ -132,12 +132,7 @@ class GCSStore:
 
     def _object(self, key: str) -> StoredObject:
         uri = f"gs://{self.bucket_name}/{key}"
-        public = self.options.public_url(key)
-        if public:
-            return StoredObject(uri=uri, url=public)
-        expires_at = self.options.expiry()
-        url = with_retries(self.options, _POLICY, self.where, lambda: self._sign(key))
-        return StoredObject(uri=uri, url=url, url_expires_at=expires_at)
+        return signed_or_public(self.options, _POLICY, self.where, uri, key, lambda _expires_at: self._sign(key))
 
     def _sign(self, key: str) -> str:
         if self.signer is None:

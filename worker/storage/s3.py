@@ -19,7 +19,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from worker.errors import StorageError
 from worker.storage.base import StoredObject
-from worker.storage.common import ErrorPolicy, StoreOptions, with_retries
+from worker.storage.common import ErrorPolicy, StoreOptions, signed_or_public, with_retries
 
 _TRANSIENT_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
@@ -116,17 +116,15 @@ class S3Store:
         return self._object(parts.path.lstrip("/"))
 
     def _object(self, key: str) -> StoredObject:
-        uri = f"s3://{self.bucket}/{key}"
-        public = self.options.public_url(key)
-        if public:
-            return StoredObject(uri=uri, url=public)
-        expires_at = self.options.expiry()
-        url = with_retries(
+        return signed_or_public(
             self.options,
             _POLICY,
             self.where,
-            lambda: self.client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.options.signed_url_ttl_s
+            f"s3://{self.bucket}/{key}",
+            key,
+            lambda _expires_at: str(
+                self.client.generate_presigned_url(
+                    "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.options.signed_url_ttl_s
+                )
             ),
         )
-        return StoredObject(uri=uri, url=str(url), url_expires_at=expires_at)
