@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.rate_limits import RateLimit, parse_rate_limits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", extra="ignore")
@@ -41,6 +43,9 @@ class Settings(BaseSettings):
     # How often a worker looks for messages whose consumer died (kombu's
     # default is ~100 s: a 10 s timer that scans every 10th tick).
     redelivery_sweep_s: int = Field(30, ge=1)
+
+    # API model id = calls per minute[:burst], shared by all workers (contract/rate_limits.py).
+    rate_limits: str = ""
 
     # --- worker pool ----------------------------------------------------------
     worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
@@ -105,6 +110,7 @@ class Settings(BaseSettings):
                 f"IMAGEGEN_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must exceed "
                 f"task time limit + longest retry delay ({floor:g} s), or tasks run twice"
             )
+        parse_rate_limits(self.rate_limits)  # a typo fails at start-up, not at the first job
         if self.environment != "development":
             self._refuse_unsafe_defaults()
         return self
@@ -122,6 +128,10 @@ class Settings(BaseSettings):
             problems.append("IMAGEGEN_OFFLINE_LATENCY_S / IMAGEGEN_OFFLINE_FAILURES are test knobs")
         if problems:
             raise ValueError(f"unsafe for environment={self.environment}: " + "; ".join(problems))
+
+    @property
+    def rate_limit_table(self) -> dict[str, RateLimit]:
+        return parse_rate_limits(self.rate_limits)
 
     @property
     def secret_ref_prefixes(self) -> tuple[str, ...]:

@@ -177,3 +177,19 @@ def test_a_node_the_worker_rejects_ends_failed_not_lost(
     assert result["status"] == "failed"
     [error] = result["errors"]
     assert error["kind"] == "permanent" and 'inputs.model = "retired_model"' in error["message"]
+
+
+def test_a_quota_shared_by_two_workers_spaces_the_calls(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    # 120 calls a minute, no burst: six calls need at least 2.5 s whatever the
+    # number of workers; waiting for a slot is not a failed attempt.
+    env = {"IMAGEGEN_RATE_LIMITS": "offline-preview-1=120:1"}
+    workers = [start_worker(env), start_worker(env)]
+    offline_node["inputs"]["variations"] = 6
+    result = client.submit(offline_node).wait(timeout=60)
+
+    assert result.status == "succeeded"
+    assert [i.attempts for i in result.images] == [1] * 6
+    assert (result.finished_at - result.started_at).total_seconds() >= 2.5
+    assert any("provider quota busy" in w.log() for w in workers)

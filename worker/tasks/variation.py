@@ -18,13 +18,13 @@ from contract.catalog import load_catalog
 from contract.node import ImageGenerationNode
 from contract.queue import GENERATE_VARIATION
 from contract.result import ErrorKind, ErrorRecord, ImageRecord, SizeMismatch
-from contract.settings import get_settings
+from contract.settings import Settings, get_settings
 from worker.celery_app import app
 from worker.errors import BlockedError, PermanentError, StorageError, TransientError
 from worker.imaging import inspect_image
 from worker.providers import GenerationRequest, provider_for
 from worker.retry import RetryPolicy
-from worker.state import job_records
+from worker.state import job_records, rate_limiter
 from worker.storage import object_key, store_for
 
 log = logging.getLogger(__name__)
@@ -32,22 +32,43 @@ log = logging.getLogger(__name__)
 
 @app.task(name=GENERATE_VARIATION, bind=True, max_retries=None)
 def generate_variation(
-    self: Task, job_id: str, node: dict[str, Any], index: int, first_attempt_at: float | None = None
+    self: Task,
+    job_id: str,
+    node: dict[str, Any],
+    index: int,
+    first_attempt_at: float | None = None,
+    throttled: int = 0,
+    slot_booked: bool = False,
 ) -> dict[str, Any]:
+    settings = get_settings()
+    retry_args = (job_id, node, index)
+    if not slot_booked:
+        slot = rate_limiter().book(_model_id(node, settings))
+        if not slot.booked or slot.wait_s > 0:
+            # Waiting for the shared quota is not a failure: it uses no retry.
+            countdown = slot.wait_s if slot.booked else settings.retry_max_delay_s
+            log.info("job %s variation %d: provider quota busy; next slot in %.1f s", job_id, index, countdown)
+            raise self.retry(
+                countdown=countdown,
+                args=retry_args,
+                kwargs={"first_attempt_at": first_attempt_at, "throttled": throttled + 1, "slot_booked": slot.booked},
+            )
+
     first_attempt_at = first_attempt_at or time.time()
-    attempt = self.request.retries + 1
+    retries = self.request.retries - throttled  # retries after real failures
+    attempt = retries + 1
     try:
         record: ImageRecord | ErrorRecord = _make_image(job_id, node, index, attempt, first_attempt_at)
     except TransientError as exc:
-        policy = RetryPolicy.from_settings(get_settings())
-        countdown = policy.countdown(self.request.retries, exc.retry_after_s)
-        refusal = policy.refusal(self.request.retries, countdown, time.time() - first_attempt_at)
+        policy = RetryPolicy.from_settings(settings)
+        countdown = policy.countdown(retries, exc.retry_after_s)
+        refusal = policy.refusal(retries, countdown, time.time() - first_attempt_at)
         if refusal is None:
             log.info("job %s variation %d attempt %d: %s; retrying in %.1f s", job_id, index, attempt, exc, countdown)
             raise self.retry(
                 countdown=countdown,
-                args=(job_id, node, index),
-                kwargs={"first_attempt_at": first_attempt_at},
+                args=retry_args,
+                kwargs={"first_attempt_at": first_attempt_at, "throttled": throttled},
             ) from None
         kind: ErrorKind = "timeout" if exc.timed_out else "transient_exhausted"
         message = f"gave up after {attempt} attempt(s) ({refusal}): {exc}"
@@ -69,6 +90,13 @@ def generate_variation(
     if isinstance(record, ErrorRecord):
         log.warning("job %s variation %d failed: %s (%s)", job_id, index, record.kind, record.message)
     return {"kind": "image" if isinstance(record, ImageRecord) else "error", "record": record.model_dump(mode="json")}
+
+
+def _model_id(node: dict[str, Any], settings: Settings) -> str:
+    """The API model id whose quota this call uses (the payload was validated)."""
+    catalog = load_catalog(settings.model_catalog_file, settings.model_catalog_replace)
+    entry = catalog.get(str(node.get("inputs", {}).get("model")))
+    return entry.model_id if entry else ""
 
 
 def _make_image(job_id: str, node: dict[str, Any], index: int, attempt: int, first_attempt_at: float) -> ImageRecord:
