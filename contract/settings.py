@@ -44,13 +44,13 @@ class Settings(BaseSettings):
     # default is ~100 s: a 10 s timer that scans every 10th tick).
     redelivery_sweep_s: int = Field(30, ge=1)
 
-    # API model id = calls per minute[:burst], shared by all workers (contract/rate_limits.py).
-    rate_limits: str = ""
+    # --- provider quota, shared by all workers (contract/rate_limits.py) -------
+    rate_limits: str = ""  # API model id = calls per minute[:burst], comma-separated
 
     # --- worker pool ----------------------------------------------------------
     worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
-    heartbeat_file: str = "/tmp/imagegen-worker-heartbeat"  # liveness probe checks its age
     worker_concurrency: int = Field(32, ge=1)  # threads; see docs/pools.md for the measurement
+    heartbeat_file: str = "/tmp/imagegen-worker-heartbeat"  # liveness probe checks its age
 
     # --- storage --------------------------------------------------------------
     storage_url: str = "./var/images"
