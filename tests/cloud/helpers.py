@@ -48,6 +48,12 @@ class FlakyProxy:
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def __enter__(self) -> FlakyProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()

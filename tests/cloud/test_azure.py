@@ -86,15 +86,12 @@ def test_wrong_account_key_from_vault_is_denied_once_and_not_echoed(
     cloud_settings: Settings, azurite: Emulator, azure_container: str, put_secret: PutSecret, monkeypatch: Any
 ) -> None:
     wrong_key = base64.b64encode(b"canary-wrong-key" * 4).decode()
-    proxy = FlakyProxy(azurite.url)  # counts requests
-    try:
+    with FlakyProxy(azurite.url) as proxy:  # counts requests
         bad = azurite_connection_string(proxy.url, azurite.extra["account"], wrong_key)
         ref = put_secret({"connection_string": bad})["connection_string"]
         store, _ = store_for_fields(azure_node(azure_container, ref), cloud_settings)
         with pytest.raises(StorageError) as caught:
             store.put("k.png", PNG, "image/png", META)
-    finally:
-        proxy.close()
     assert str(caught.value) == f"Azure container '{azure_container}': access denied (AuthorizationFailure, HTTP 403)"
     assert wrong_key not in str(caught.value)
     assert len(proxy.requests) == 1
@@ -107,14 +104,11 @@ def test_transient_errors_are_retried_then_succeed(
     azure_container: str,
     put_secret: PutSecret,
 ) -> None:
-    proxy = FlakyProxy(azurite.url, failures=2, status=503)
-    try:
+    with FlakyProxy(azurite.url, failures=2, status=503) as proxy:
         via_proxy = azurite_connection_string(proxy.url, azurite.extra["account"], azurite.extra["key"])
         ref = put_secret({"connection_string": via_proxy})["connection_string"]
         store, _ = store_for_fields(azure_node(azure_container, ref), cloud_settings)
         store.put("k.png", PNG, "image/png", META)
-    finally:
-        proxy.close()
     assert len(proxy.requests) == 3
     assert azure_admin.get_blob_client(azure_container, "k.png").download_blob().readall() == PNG
 

@@ -77,13 +77,10 @@ def test_transient_errors_are_retried_then_succeed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Only uploads: the library also fetches bucket metadata in a background thread.
-    proxy = FlakyProxy(gcs_emulator.url, failures=2, status=503, only="POST /upload/")
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-    try:
+    with FlakyProxy(gcs_emulator.url, failures=2, status=503, only="POST /upload/") as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         store, _ = store_for_fields(gcp_node(gcs_bucket, sa_ref), cloud_settings)
         store.put("k.png", PNG, "image/png", META)
-    finally:
-        proxy.close()
     assert len(proxy.requests) == 3
     assert gcs_admin.bucket(gcs_bucket).blob("k.png").download_as_bytes() == PNG
 

@@ -73,14 +73,11 @@ def test_bucket_policy_denial_is_permanent_and_not_retried(
         ],
     }
     s3_admin.put_bucket_policy(Bucket=s3_bucket, Policy=json.dumps(deny))
-    proxy = FlakyProxy(moto.url)  # only counts requests here
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
-    try:
+    with FlakyProxy(moto.url) as proxy:  # only counts requests here
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
         store, _ = store_for_fields(aws_node(s3_bucket, aws_ref), cloud_settings)
         with pytest.raises(StorageError, match=rf"^S3 bucket '{s3_bucket}': access denied \(403, HTTP 403\)$"):
             store.put("k.png", PNG, "image/png", META)
-    finally:
-        proxy.close()
     assert len(proxy.requests) == 1  # a denial is not retried
     assert "Contents" not in s3_admin.list_objects_v2(Bucket=s3_bucket)
 
@@ -96,13 +93,10 @@ def test_transient_errors_are_retried_then_succeed(
     failures: int,
     status: int,
 ) -> None:
-    proxy = FlakyProxy(moto.url, failures=failures, status=status)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
-    try:
+    with FlakyProxy(moto.url, failures=failures, status=status) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
         store, _ = store_for_fields(aws_node(s3_bucket, aws_ref), cloud_settings)
         store.put("k.png", PNG, "image/png", META)
-    finally:
-        proxy.close()
     assert len(proxy.requests) == failures + 1
     assert s3_admin.get_object(Bucket=s3_bucket, Key="k.png")["Body"].read() == PNG
 
@@ -110,14 +104,11 @@ def test_transient_errors_are_retried_then_succeed(
 def test_persistent_5xx_gives_up_after_the_bounded_attempts(
     cloud_settings: Settings, moto: Emulator, s3_bucket: str, aws_ref: str, monkeypatch: Any
 ) -> None:
-    proxy = FlakyProxy(moto.url, failures=100, status=503)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
-    try:
+    with FlakyProxy(moto.url, failures=100, status=503) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
         store, _ = store_for_fields(aws_node(s3_bucket, aws_ref), cloud_settings)
         with pytest.raises(StorageError, match=r"gave up after 4 attempt\(s\): request failed \(503, HTTP 503\)"):
             store.put("k.png", PNG, "image/png", META)
-    finally:
-        proxy.close()
     assert len(proxy.requests) == cloud_settings.storage_retry_attempts == 4
 
 
