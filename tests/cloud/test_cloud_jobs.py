@@ -7,9 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +24,9 @@ from contract.result import ImageRecord, JobResult
 from devtools.emulators import Emulator, azurite_connection_string
 from devtools.flower_process import FlowerProcess
 from producer.client import ImageGenClient, SignError
+from tests.cli import imagegen
 from tests.cloud.conftest import PutSecret
-from tests.conftest import ROOT, StartWorker
+from tests.conftest import StartWorker
 from tests.redis_scan import redis_dump
 
 Read = Callable[[str], tuple[bytes, str, dict[str, str]]]  # uri -> bytes, content type, metadata
@@ -275,14 +273,7 @@ def test_sign_returns_a_fresh_working_url(
     [s3_image] = client.submit(aws_node).wait(timeout=60).images
     node_file = tmp_path / "node.json"
     node_file.write_text(json.dumps(aws_node))
-    run = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "sign", s3_image.uri, "--node", str(node_file)],
-        cwd=ROOT,
-        env={**os.environ, **job_env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = imagegen(job_env, "sign", s3_image.uri, "--node", str(node_file), timeout=60)
     assert run.returncode == 0, run.stderr
     printed = json.loads(run.stdout)
     assert printed["uri"] == s3_image.uri and printed["url_expires_at"]
