@@ -14,7 +14,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from contract.catalog import load_catalog
+from contract.catalog import ModelEntry, load_catalog
 from contract.node import ImageGenerationNode
 from contract.queue import GENERATE_VARIATION
 from contract.result import ErrorKind, ErrorRecord, ImageRecord, SizeMismatch
@@ -41,9 +41,10 @@ def generate_variation(
     slot_booked: bool = False,
 ) -> dict[str, Any]:
     settings = get_settings()
+    entry = _catalog_entry(node, settings)
     retry_args = (job_id, node, index)
-    if not slot_booked:
-        slot = rate_limiter().book(_model_id(node, settings))
+    if not slot_booked and entry is not None:
+        slot = rate_limiter().book(entry.model_id)
         if not slot.booked or slot.wait_s > 0:
             # Waiting for the shared quota is not a failure: it uses no retry.
             countdown = slot.wait_s if slot.booked else settings.retry_max_delay_s
@@ -58,7 +59,7 @@ def generate_variation(
     retries = self.request.retries - throttled  # retries after real failures
     attempt = retries + 1
     try:
-        record: ImageRecord | ErrorRecord = _make_image(job_id, node, index, attempt, first_attempt_at)
+        record: ImageRecord | ErrorRecord = _make_image(job_id, node, index, attempt, first_attempt_at, entry)
     except TransientError as exc:
         policy = RetryPolicy.from_settings(settings)
         countdown = policy.countdown(retries, exc.retry_after_s)
@@ -92,17 +93,19 @@ def generate_variation(
     return {"kind": "image" if isinstance(record, ImageRecord) else "error", "record": record.model_dump(mode="json")}
 
 
-def _model_id(node: dict[str, Any], settings: Settings) -> str:
-    """The API model id whose quota this call uses (the payload was validated)."""
+def _catalog_entry(node: dict[str, Any], settings: Settings) -> ModelEntry | None:
+    """The node model's catalog entry (None if the catalog dropped it since submit)."""
     catalog = load_catalog(settings.model_catalog_file, settings.model_catalog_replace)
-    entry = catalog.get(str(node.get("inputs", {}).get("model")))
-    return entry.model_id if entry else ""
+    return catalog.get(str(node.get("inputs", {}).get("model")))
 
 
-def _make_image(job_id: str, node: dict[str, Any], index: int, attempt: int, first_attempt_at: float) -> ImageRecord:
+def _make_image(
+    job_id: str, node: dict[str, Any], index: int, attempt: int, first_attempt_at: float, entry: ModelEntry | None
+) -> ImageRecord:
+    if entry is None:
+        raise PermanentError(f"model {node['inputs'].get('model')!r} is no longer in the model catalog")
     settings = get_settings()
     inputs = ImageGenerationNode.model_validate(node).inputs  # validated by the producer
-    entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).models[inputs.model]
     seed = None if inputs.seed is None else inputs.seed + index  # distinct, reproducible per variation
     request = GenerationRequest(inputs.user_query, inputs.model, entry, inputs.size, index, seed, attempt)
 
