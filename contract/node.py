@@ -8,7 +8,7 @@ fixes a node in one round and nothing invalid is ever enqueued.
 from __future__ import annotations
 
 import difflib
-import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,22 +23,20 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from contract.catalog import ModelCatalog, load_catalog, parse_size
+from contract.clouds import SPECS, TargetPolicy, storage_problems
+from contract.documents import load_document
+from contract.errors import MISSING, excerpt, field_part
+from contract.errors import NodeValidationError as NodeValidationError  # re-exported: contract.node's API
+from contract.errors import Problem as Problem
 from contract.secret_refs import HOW_TO, check_allowed, parse_secret_ref
 from contract.settings import Settings, get_settings
 
-CloudProvider = Literal["aws", "azure", "gcp"]
+CloudProvider = Literal["aws", "azure", "gcp"]  # the keys of contract.clouds.SPECS
 
 # Fields whose values are credentials (references only) and never echoed.
 CREDENTIAL_FIELDS = frozenset({"aws_credentials", "azure_connection_string", "gcp_credentials"})
 # A rejected account URL may carry a SAS token: not echoed either.
 _NEVER_ECHOED = CREDENTIAL_FIELDS | {"azure_account_url"}
-
-# What each provider needs when use_cloud is true; "a|b" means one of them.
-REQUIRED_CLOUD_FIELDS: dict[str, tuple[str, ...]] = {
-    "aws": ("aws_bucket",),
-    "azure": ("azure_container", "azure_account_url|azure_connection_string"),
-    "gcp": ("gcp_bucket",),
-}
 
 _REDACTED = "<not shown>"
 
@@ -58,8 +56,32 @@ _SYNONYMS = {
 }
 
 
+# Caps on the generic fields: what a node's name and notes need, nothing a tenant can abuse.
+MAX_NAME_CHARS = 200
+MAX_DESCRIPTION_CHARS = 2000
+MAX_OUTPUT_TYPE_CHARS = 32
+# Gemini's seed is an int32 and variation i uses seed + i: seed + max_variations must fit.
+SEED_LIMIT = 2**31 - 1
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+_CONTROL_BUT_TAB_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def _fail(message: str) -> PydanticCustomError:
     return PydanticCustomError("node", message)
+
+
+def _bounded_text(value: str, limit: int, *, multiline: bool) -> str:
+    """At most ``limit`` characters; no control characters (tab and newline only when ``multiline``)."""
+    if len(value) > limit:
+        raise _fail(f"is {len(value)} characters; at most {limit} are allowed")
+    control = (_CONTROL_BUT_TAB_NEWLINE if multiline else _CONTROL).search(value)
+    if control is not None:
+        allowed = "; only tab and newline are allowed" if multiline else ""
+        raise _fail(
+            f"contains the control character U+{ord(control.group()):04X} at position {control.start()}{allowed}"
+        )
+    return value
 
 
 class NodeInputs(BaseModel):
@@ -94,9 +116,7 @@ class NodeInputs(BaseModel):
         limit = _ctx(info).max_prompt_chars
         if not value:
             raise _fail("must be a non-empty prompt describing the image")
-        if len(value) > limit:
-            raise _fail(f"is {len(value)} characters; at most {limit} are allowed")
-        return value
+        return _bounded_text(value, limit, multiline=True)
 
     @field_validator("model")
     @classmethod
@@ -120,6 +140,24 @@ class NodeInputs(BaseModel):
         limit = _ctx(info).max_variations
         if not 1 <= value <= limit:
             raise _fail(f"must be from 1 to {limit}")
+        return value
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_integer(cls, value: Any) -> Any:
+        # As for variations: 7 and "7" are seeds; true, "7.5" or a 30-digit string are not.
+        if isinstance(value, bool) or (
+            isinstance(value, str) and not (value.strip().isascii() and value.strip().isdigit() and len(value) <= 32)
+        ):
+            raise _fail('must be a whole number such as 7 or "7"')
+        return value
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, value: int | None, info: ValidationInfo) -> int | None:
+        top = SEED_LIMIT - _ctx(info).max_variations
+        if value is not None and not 0 <= value <= top:
+            raise _fail(f"must be from 0 to {top} (variation i uses seed + i, a 32-bit integer)")
         return value
 
     @field_validator("size")
@@ -174,39 +212,27 @@ class ImageGenerationNode(BaseModel):
     output_type: str | None = "json"
     inputs: NodeInputs
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _bounded_text(value, MAX_NAME_CHARS, multiline=False)
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, value: str | None) -> str | None:
+        return None if value is None else _bounded_text(value, MAX_DESCRIPTION_CHARS, multiline=True)
+
+    @field_validator("output_type")
+    @classmethod
+    def _output_type(cls, value: str | None) -> str | None:
+        return None if value is None else _bounded_text(value, MAX_OUTPUT_TYPE_CHARS, multiline=False)
+
     def to_task_payload(self) -> dict[str, Any]:
-        """JSON-safe form sent to the worker: references only, no secrets."""
-        return self.model_dump(mode="json", exclude_none=True)
+        """JSON-safe form sent to the worker: what the job runs (no description), references only."""
+        return self.model_dump(mode="json", exclude_none=True, include={"name", "type", "inputs"})
 
 
-@dataclass(frozen=True)
-class Problem:
-    field: str
-    value: Any
-    message: str
-
-    def __str__(self) -> str:
-        if self.value is _MISSING:
-            return f"{self.field}: {self.message}"
-        return f"{self.field} = {json.dumps(self.value, default=str)}: {self.message}"
-
-
-_MISSING: Any = object()
-
-
-class NodeValidationError(ValueError):
-    """Every problem with a node, each naming field, value and what is allowed."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid image_generation node ({len(problems)} problem(s)):\n{lines}")
-
-    def as_dicts(self) -> list[dict[str, Any]]:
-        return [
-            {"field": p.field, "value": None if p.value is _MISSING else p.value, "message": p.message}
-            for p in self.problems
-        ]
+_MISSING: Any = MISSING  # the old name (Problem, MISSING, NodeValidationError live in contract.errors)
 
 
 @dataclass(frozen=True)
@@ -215,6 +241,7 @@ class _Context:
     max_variations: int
     max_prompt_chars: int
     secret_ref_prefixes: tuple[str, ...]
+    target_policy: TargetPolicy
 
 
 def _ctx(info: ValidationInfo) -> _Context:
@@ -228,48 +255,50 @@ def _context_from(settings: Settings) -> _Context:
         max_variations=settings.max_variations,
         max_prompt_chars=settings.max_prompt_chars,
         secret_ref_prefixes=settings.secret_ref_prefixes,
+        target_policy=settings.target_policy,
     )
 
 
 def validate_node(data: Mapping[str, Any] | str | bytes, settings: Settings | None = None) -> ImageGenerationNode:
-    """Parse node JSON (text or dict); raise NodeValidationError listing every problem."""
-    if isinstance(data, str | bytes):
-        try:
-            data = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise NodeValidationError([Problem("(document)", _MISSING, f"is not valid JSON: {exc}")]) from None
-    if not isinstance(data, Mapping):
-        raise NodeValidationError([Problem("(document)", _MISSING, "must be a JSON object")])
+    """Parse node JSON (text, bytes or dict); raise NodeValidationError listing every problem.
 
-    context = _context_from(settings or get_settings())
+    Whatever ``data`` is (any object, text or bytes), nothing but NodeValidationError
+    is raised: the document's size, encoding, nesting, numbers and keys are checked
+    first (contract/documents.py), then every field.
+    """
+    settings = settings or get_settings()
+    data = load_document(data, settings.max_node_bytes)  # plain JSON data from here on
+    context = _context_from(settings)
     problems: list[Problem] = []
     node: ImageGenerationNode | None = None
     try:
         node = ImageGenerationNode.model_validate(data, context=context)
     except ValidationError as exc:
-        problems = [_problem_from(err, data) for err in exc.errors()]
+        # did-you-mean hints for the first few only: a node with thousands of unknown keys costs no more
+        problems = [_problem_from(err, data, hint=n < 20) for n, err in enumerate(exc.errors())]
     inputs = data.get("inputs")
     if isinstance(inputs, Mapping):
-        problems += _cloud_problems(inputs, already=[p.field for p in problems])
+        problems += _cloud_problems(inputs, [p.field for p in problems], context.target_policy)
     if problems:
         raise NodeValidationError(problems)
     assert node is not None
     return node
 
 
-def _problem_from(err: Any, data: Mapping[str, Any]) -> Problem:
+def _problem_from(err: Any, data: Mapping[str, Any], hint: bool = True) -> Problem:
     loc = [str(part) for part in err["loc"]]
-    field = ".".join(loc)
+    field = ".".join(field_part(part) for part in loc)  # a hostile key is shown as a short, inert excerpt
     leaf = loc[-1] if loc else ""
     kind = err["type"]
     if kind == "missing":
         return Problem(field, _MISSING, "is required")
     if kind == "extra_forbidden":
         allowed = list(NodeInputs.model_fields)
-        hint = difflib.get_close_matches(leaf.lower(), [*allowed, *_SYNONYMS], n=1)
-        guess = f"did you mean '{_SYNONYMS.get(hint[0], hint[0])}'? " if hint else ""
+        near = leaf.lower() if hint and len(leaf) <= 64 else ""  # difflib's cost grows with the key
+        close = difflib.get_close_matches(near, [*allowed, *_SYNONYMS], n=1) if near else []
+        guess = f"did you mean '{_SYNONYMS.get(close[0], close[0])}'? " if close else ""
         return Problem(field, _MISSING, f"is not a known input field; {guess}allowed: {', '.join(allowed)}")
-    value = _REDACTED if leaf in _NEVER_ECHOED else err.get("input", _MISSING)
+    value = _REDACTED if leaf in _NEVER_ECHOED else excerpt(err.get("input", _MISSING))
     message = err["msg"]
     if kind == "literal_error" and leaf == "type":
         message = "must be 'image_generation'"
@@ -278,8 +307,8 @@ def _problem_from(err: Any, data: Mapping[str, Any]) -> Problem:
     return Problem(field, value, message[0].lower() + message[1:] if message else message)
 
 
-def _cloud_problems(inputs: Mapping[str, Any], already: list[str]) -> list[Problem]:
-    """Cross-field rules for use_cloud; run even when single fields failed."""
+def _cloud_problems(inputs: Mapping[str, Any], already: list[str], policy: TargetPolicy) -> list[Problem]:
+    """The cloud's own rules (contract/clouds) for use_cloud; run even when single fields failed."""
     use_cloud = inputs.get("use_cloud", False)
     if isinstance(use_cloud, str):
         use_cloud = use_cloud.strip().lower() in ("true", "1", "yes", "on")
@@ -287,21 +316,14 @@ def _cloud_problems(inputs: Mapping[str, Any], already: list[str]) -> list[Probl
         return []
     provider = inputs.get("cloud_provider")
     if provider is None:
-        return [
-            Problem("inputs.cloud_provider", _MISSING, "is required when use_cloud is true; allowed: aws, azure, gcp")
-        ]
-    if provider not in REQUIRED_CLOUD_FIELDS:
-        return []  # already reported as a bad value
+        allowed = ", ".join(SPECS)
+        return [Problem("inputs.cloud_provider", _MISSING, f"is required when use_cloud is true; allowed: {allowed}")]
     problems = []
-    for need in REQUIRED_CLOUD_FIELDS[provider]:
-        options = need.split("|")
-        if not any(inputs.get(name) for name in options):
-            problems.append(
-                Problem(
-                    f"inputs.{options[0]}",
-                    _MISSING,
-                    f"is required when use_cloud is true and cloud_provider is {provider}"
-                    + (f" (or give {', '.join(options[1:])})" if len(options) > 1 else ""),
-                )
-            )
+    for name, message in storage_problems(inputs, policy).items():
+        field = f"inputs.{name}"
+        if field in already:
+            continue
+        value = inputs.get(name, _MISSING)
+        shown = _REDACTED if name in _NEVER_ECHOED and value is not _MISSING else value
+        problems.append(Problem(field, shown, message))
     return problems

@@ -15,17 +15,25 @@ GENERATE_VARIATION = "imagegen.generate_variation"
 FINALIZE = "imagegen.finalize"
 SIGN_URL = "imagegen.sign_url"  # a fresh signed URL for a stored image (signed URLs expire)
 
+# Every key kind has its own prefix, and job ids (contract/job_ids.py) contain
+# no ":" and no "@": no job id can name another kind's key or another job's.
 KEY_PREFIX = "imagegen"
 
 
 def job_key(job_id: str) -> str:
-    """Hash with the job's state, counts and timestamps (no prompt, no secrets)."""
+    """Hash with the job's state, counts, run number and node fingerprint (no prompt, no secrets)."""
     return f"{KEY_PREFIX}:job:{job_id}"
 
 
-def dispatch_key(job_id: str) -> str:
-    """SET NX guard: a redelivered job task must not start a second chord."""
-    return f"{KEY_PREFIX}:job:{job_id}:dispatched"
+def dispatch_key(job_id: str, run: int) -> str:
+    """SET NX guard: a redelivered job task must not start a second chord for the same run."""
+    return f"{KEY_PREFIX}:dispatch:{job_id}@{run}"
+
+
+def job_task_id(job_id: str, run: int) -> str:
+    """The Celery task id of one run of a job; its result document lives under this id.
+    "@" never occurs in job ids nor in Celery's own uuids, so these ids are the jobs'."""
+    return f"{job_id}@{run}"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -45,7 +53,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redis_backend_health_check_interval": 10,
         "result_backend_always_retry": True,
         "result_expires": settings.result_ttl_s,
-        "result_extended": True,
+        # Off: extended results copy every task's arguments into the backend (the prompt
+        # once per variation) and nothing reads them; Flower reads events, not the backend.
+        "result_extended": False,
         "result_backend_thread_safe": True,
         "task_serializer": "json",
         "result_serializer": "json",

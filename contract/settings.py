@@ -7,12 +7,13 @@ Outside development, unsafe defaults are refused at start-up.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.clouds import TargetPolicy, parse_allowed_targets
 from contract.rate_limits import RateLimit, parse_rate_limits
 
 
@@ -31,6 +32,9 @@ class Settings(BaseSettings):
     model_catalog_replace: bool = False
     max_variations: int = Field(8, ge=1, le=64)
     max_prompt_chars: int = Field(8000, ge=1)
+    # A whole node document (text, bytes, or a dict's compact JSON) is at most this
+    # many bytes, measured before it is parsed (contract/documents.py).
+    max_node_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
 
     # --- retries, time limits (seconds) --------------------------------------
     retry_max_retries: int = Field(5, ge=0)
@@ -56,6 +60,13 @@ class Settings(BaseSettings):
     storage_url: str = "./var/images"
     storage_public_base_url: str | None = None
     signed_url_ttl_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    # Who may write where (contract/clouds): a node without its own credential reference may
+    # target only these (comma-separated s3://bucket[/prefix], gs://bucket[/prefix],
+    # az://account-host/container[/prefix]); the worker's identity serves nothing else.
+    allowed_targets: str = ""
+    # Endpoint hosts a node or a referenced secret may name beyond the clouds' public ones
+    # ("host" exactly, ".suffix" for any name under it); production accepts nothing else.
+    allowed_endpoint_hosts: str = ""
 
     # --- cloud storage and secret references (worker only) ----------------------
     # Uploads: a few quick retries of throttling/5xx/dropped connections, then a
@@ -78,9 +89,20 @@ class Settings(BaseSettings):
     # Resolved secrets and the storage clients built from them live this long in a
     # worker process, so a rotated credential is picked up without a restart.
     secret_cache_ttl_s: float = Field(300.0, ge=0)
-    # Comma-separated prefixes a node's secret reference must start with, e.g.
-    # "vault:secret/imagegen/tenants/"; empty allows any (development only).
+    # Comma-separated reference prefixes, matched by whole path segments (not as
+    # strings), e.g. "vault:secret/imagegen/tenants"; empty allows any
+    # (development only). Rules: contract/secret_refs.py.
     allowed_secret_refs: str = ""
+
+    @model_validator(mode="after")
+    def _allowed_secret_refs_parse(self) -> Settings:
+        from contract.secret_refs import parse_allow_list  # here: keeps the module graph one-way
+
+        try:
+            parse_allow_list(self.allowed_secret_refs, self.vault_mount)
+        except ValueError as exc:
+            raise ValueError(f"IMAGEGEN_ALLOWED_SECRET_REFS: {exc}") from None
+        return self
 
     # --- offline preview model (tests, demo, benchmarks) ----------------------
     offline_latency_s: float = Field(0.0, ge=0)
@@ -111,6 +133,7 @@ class Settings(BaseSettings):
                 f"task time limit + longest retry delay ({floor:g} s), or tasks run twice"
             )
         parse_rate_limits(self.rate_limits)  # a typo fails at start-up, not at the first job
+        self.target_policy  # noqa: B018  # a bad IMAGEGEN_ALLOWED_TARGETS entry fails at start-up
         if self.environment != "development":
             self._refuse_unsafe_defaults()
         return self
@@ -132,6 +155,15 @@ class Settings(BaseSettings):
     @property
     def rate_limit_table(self) -> dict[str, RateLimit]:
         return parse_rate_limits(self.rate_limits)
+
+    @cached_property
+    def target_policy(self) -> TargetPolicy:
+        hosts = tuple(h.strip().lower() for h in self.allowed_endpoint_hosts.split(",") if h.strip())
+        return TargetPolicy(
+            production=self.environment != "development",
+            allowed_targets=parse_allowed_targets(self.allowed_targets),
+            allowed_endpoint_hosts=hosts,
+        )
 
     @property
     def secret_ref_prefixes(self) -> tuple[str, ...]:

@@ -1,7 +1,8 @@
 """``imagegen``: validate, submit and follow image_generation jobs.
 
 Exit codes: 0 succeeded, 1 job failed, 2 invalid node or usage, 3 job
-partial, 4 timed out or not found, 5 service unreachable.
+partial, 4 timed out or not found, 5 service unreachable, 6 job id conflict
+(the id was used for a different node, or the job cannot be rerun now).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from contract.documents import too_large
+from contract.job_ids import check_job_id
 from contract.node import NodeValidationError, validate_node
 from contract.result import JobResult
 from contract.settings import get_settings
-from producer.client import ImageGenClient, JobCrashed, JobNotFound, JobTimeout, SignError
+from producer.client import ImageGenClient, JobConflict, JobCrashed, JobNotFound, JobTimeout, SignError
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL, EXIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_CONFLICT = 0, 1, 2, 3, 4, 5, 6
 _STATUS_EXIT = {"succeeded": EXIT_OK, "partial": EXIT_PARTIAL, "failed": EXIT_FAILED}
 
 
@@ -38,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"imagegen: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except JobConflict as exc:
+        print(f"imagegen: {exc}", file=sys.stderr)
+        return EXIT_CONFLICT
     except (JobNotFound, JobTimeout) as exc:
         print(f"imagegen: {exc}", file=sys.stderr)
         return EXIT_TIMEOUT
@@ -60,7 +66,10 @@ def _parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="validate and enqueue a node; print the job id")
     submit.add_argument("file", help="node JSON file, or - for standard input")
-    submit.add_argument("--job-id", help="your own id; submitting it again enqueues nothing")
+    submit.add_argument(
+        "--job-id", help="your own id (1-128 of A-Z a-z 0-9 . _ - and '/'); the same node again enqueues nothing"
+    )
+    submit.add_argument("--rerun", action="store_true", help="run a failed or partial job again under --job-id")
     submit.add_argument("--wait", action="store_true", help="wait and print the result document")
     submit.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
     submit.set_defaults(run=_submit)
@@ -83,14 +92,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
+def _read(path: str) -> bytes | str:
+    """The node document's bytes, reading at most IMAGEGEN_MAX_NODE_BYTES + 1 of them:
+    a larger file (or stream) is refused without being loaded; validate_node checks the rest."""
+    limit = get_settings().max_node_bytes
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        if path == "-":
+            data: bytes | str = getattr(sys.stdin, "buffer", sys.stdin).read(limit + 1)
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read(limit + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > limit:
+        raise too_large(limit)
+    return data
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -100,12 +116,16 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    if args.job_id is not None:
+        check_job_id(args.job_id)  # exit 2 before reading or connecting
     text = _read(args.file)
     validate_node(text)  # before touching the network
     client = ImageGenClient()
-    handle = client.submit(text, job_id=args.job_id)
+    if args.rerun and args.job_id is None:
+        raise UsageError("--rerun needs --job-id")
+    handle = client.submit(text, job_id=args.job_id, rerun=args.rerun)
     if not handle.created:
-        print(f"imagegen: job {handle.job_id} was submitted before; not enqueued again", file=sys.stderr)
+        print(f"imagegen: job {handle.job_id} was submitted before with this node; not enqueued again", file=sys.stderr)
     if not args.wait:
         print(handle.job_id)
         return EXIT_OK
@@ -113,12 +133,14 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    check_job_id(args.job_id)
     status = ImageGenClient().status(args.job_id)
     _print_json({**status.__dict__, "finished": status.finished})
     return EXIT_OK
 
 
 def _result(args: argparse.Namespace) -> int:
+    check_job_id(args.job_id)
     client = ImageGenClient()
     if args.wait:
         return _print_result(client.wait(args.job_id, timeout=args.timeout))

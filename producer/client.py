@@ -19,22 +19,28 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
-from contract.jobs import JobRecords, JobStatus, utcnow
+from contract.clouds import node_target
+from contract.errors import ImageGenError
+from contract.job_ids import check_job_id
+from contract.jobs import JobConflict, JobRecords, JobStatus, fingerprint, utcnow
 from contract.node import ImageGenerationNode, validate_node
-from contract.queue import RUN_JOB, SIGN_URL, celery_config
+from contract.queue import RUN_JOB, SIGN_URL, celery_config, job_task_id
 from contract.result import JobResult
 from contract.settings import Settings, get_settings
+from contract.work import JobOrder, SignRequest
+
+__all__ = ["ImageGenClient", "JobConflict", "JobCrashed", "JobHandle", "JobNotFound", "JobTimeout", "SignError"]
 
 
-class JobNotFound(LookupError):
+class JobNotFound(ImageGenError, LookupError):
     pass
 
 
-class JobTimeout(TimeoutError):
+class JobTimeout(ImageGenError, TimeoutError):
     pass
 
 
-class JobCrashed(RuntimeError):
+class JobCrashed(ImageGenError, RuntimeError):
     """The job task itself raised (a worker bug or lost infrastructure), so
     there is no result document; variation failures never end up here."""
 
@@ -43,7 +49,8 @@ class JobCrashed(RuntimeError):
 class JobHandle:
     job_id: str
     client: ImageGenClient
-    created: bool  # False when this id was submitted before (nothing enqueued)
+    created: bool  # False when this id was submitted before with the same node (nothing enqueued)
+    run: int = 1  # 2, 3, ... for reruns
 
     def status(self) -> JobStatus:
         return self.client.status(self.job_id)
@@ -63,40 +70,61 @@ class ImageGenClient:
         """Raise NodeValidationError listing every problem; nothing is sent."""
         return validate_node(node, self.settings)
 
-    def submit(self, node: dict[str, Any] | str | bytes, job_id: str | None = None) -> JobHandle:
+    def submit(
+        self, node: dict[str, Any] | str | bytes, job_id: str | None = None, *, rerun: bool = False
+    ) -> JobHandle:
+        """Validate and enqueue. The same ``job_id`` with the same node enqueues nothing (idempotent);
+        with a different node it raises ``JobConflict``. ``rerun=True`` runs a failed or partial job
+        again under its id; its previous result stays readable until the new one replaces it."""
         parsed = self.validate(node)
-        job_id = job_id or str(uuid.uuid4())
+        job_id = str(uuid.uuid4()) if job_id is None else check_job_id(job_id)
+        payload = parsed.to_task_payload()
         submitted_at = utcnow()
-        created = self.records.claim(
-            job_id, model=parsed.inputs.model, variations=parsed.inputs.variations, submitted_at=submitted_at
+        claim = self.records.claim(
+            job_id,
+            node_fingerprint=fingerprint(payload),
+            model=parsed.inputs.model,
+            variations=parsed.inputs.variations,
+            submitted_at=submitted_at,
+            rerun=rerun,
         )
-        if created:
+        if claim.outcome == "conflict":
+            raise JobConflict(job_id, "was submitted before with a different node; use a new job id")
+        if claim.outcome == "not_rerunnable":
+            raise JobConflict(job_id, f"is {claim.previous_state}; only a failed or partial job can be rerun")
+        if claim.enqueue:
+            order = JobOrder(job_id=job_id, run=claim.run, node=payload, submitted_at=submitted_at)
             try:
                 self.celery.send_task(
-                    RUN_JOB, args=(parsed.to_task_payload(), submitted_at.isoformat()), task_id=job_id
+                    RUN_JOB, args=(order.model_dump(mode="json"),), task_id=job_task_id(job_id, claim.run)
                 )
             except Exception:
-                self.records.forget(job_id)  # let the caller retry with the same id
+                if claim.outcome == "created":
+                    self.records.forget(job_id)  # let the caller retry with the same id
                 raise
-        return JobHandle(job_id, self, created)
+        return JobHandle(job_id, self, claim.enqueue, claim.run)
 
     def status(self, job_id: str) -> JobStatus:
-        status = self.records.read(job_id)
+        status = self.records.read(check_job_id(job_id))
         if status is None:
             raise JobNotFound(f"no job {job_id!r} (never submitted, or its record expired)")
         return status
 
     def result(self, job_id: str) -> JobResult | None:
-        """The result document if the job has finished, else None."""
-        outcome = AsyncResult(job_id, app=self.celery)
+        """The job's current result document (during a rerun: the previous run's), else None."""
+        status = self.status(job_id)
+        if status.result_run is None:
+            return None
+        outcome = AsyncResult(job_task_id(status.job_id, status.result_run), app=self.celery)
         if not outcome.successful():
             return None
         return JobResult.model_validate(outcome.result)
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobResult:
-        self.status(job_id)  # fail fast on an unknown id instead of waiting forever
+        """The result document of the job's current run, once it has finished."""
+        status = self.status(job_id)  # fail fast on an unknown id instead of waiting forever
         try:
-            document = AsyncResult(job_id, app=self.celery).get(timeout=timeout, propagate=True)
+            document = AsyncResult(status.task_id, app=self.celery).get(timeout=timeout, propagate=True)
         except CeleryTimeout:
             raise JobTimeout(f"job {job_id} did not finish within {timeout} s") from None
         except Exception as exc:  # re-raised from the worker's stored FAILURE
@@ -105,9 +133,15 @@ class ImageGenClient:
 
     def sign(self, uri: str, node: dict[str, Any] | str | bytes | None = None, timeout: float = 30) -> SignedUrl:
         """A fresh URL for a stored image (``uri`` from the result), signed by a worker: the
-        credentials stay there. Give the job's node when the image is in the node's own cloud."""
-        storage = storage_fields(self.validate(node)) if node is not None else {}
-        outcome = self.celery.send_task(SIGN_URL, args=(uri, storage))
+        credentials stay there. Give the job's node when the image is in the node's own cloud;
+        only images this service stored under that node's target (or the platform's) are signed."""
+        target = None
+        if node is not None:
+            parsed = self.validate(node)
+            if parsed.inputs.use_cloud:
+                target = node_target(parsed.inputs.model_dump(), self.settings.target_policy)
+        request = SignRequest(uri=uri, target=target)
+        outcome = self.celery.send_task(SIGN_URL, args=(request.model_dump(mode="json"),))
         try:
             document = outcome.get(timeout=timeout, propagate=True)
         except CeleryTimeout:
@@ -131,18 +165,9 @@ class SignedUrl:
     url_expires_at: datetime | None  # None: a public (CDN) or file URL that does not expire
 
 
-class SignError(RuntimeError):
+class SignError(ImageGenError, RuntimeError):
     """The worker could not sign the URI; ``kind`` is storage, permanent or transient."""
 
     def __init__(self, message: str, kind: str):
         super().__init__(message)
         self.kind = kind
-
-
-def storage_fields(node: ImageGenerationNode) -> dict[str, Any]:
-    """The node fields that locate its storage (credential fields are references only)."""
-    inputs = node.inputs.model_dump(mode="json", exclude_none=True)
-    return {k: v for k, v in inputs.items() if k in ("use_cloud", "cloud_provider") or k.startswith(_STORAGE_PREFIXES)}
-
-
-_STORAGE_PREFIXES = ("aws_", "azure_", "gcp_")

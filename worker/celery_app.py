@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, Task
 
 from contract.queue import celery_config
 from contract.settings import get_settings
+from worker.redaction import install_log_redaction
 
-app = Celery("imagegen")
+
+class ImageGenTask(Task):  # type: ignore[misc]  # Celery ships no type hints
+    """Base of every task here: its task events never carry the return value (signed URLs)."""
+
+    Request = "worker.redaction:RedactedRequest"
+
+
+app = Celery("imagegen", task_cls=ImageGenTask)
 app.conf.update(celery_config(get_settings()))
 app.conf.include = [
     "worker.health",
@@ -16,3 +24,4 @@ app.conf.include = [
     "worker.tasks.finalize",
     "worker.tasks.sign",
 ]
+install_log_redaction()

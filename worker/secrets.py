@@ -4,6 +4,13 @@ Only workers hold credentials: the node carries a reference, this module turns
 it into the value just before a storage client is built. Every error names the
 reference and never the value; values are kept in a short per-process cache so
 a rotated secret is picked up within ``IMAGEGEN_SECRET_CACHE_TTL_S``.
+
+Everything is checked again here (a task may be sent straight to the broker,
+bypassing the producer): the reference is canonicalised, matched against the
+allow-list by structure (contract/secret_refs.py), and a ``file:`` reference
+is read only if its real path (symbolic links resolved) lies inside an allowed
+directory's real path, it is a regular file of at most ``MAX_FILE_BYTES``, and
+the final component is opened with ``O_NOFOLLOW``.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -20,7 +28,14 @@ import hvac
 import hvac.exceptions
 import requests
 
-from contract.secret_refs import SecretRef, check_allowed, parse_secret_ref
+from contract.secret_refs import (
+    AllowedRef,
+    SecretRef,
+    check_allowed,
+    parse_allow_list,
+    parse_secret_ref,
+    vault_kv_path,
+)
 from contract.settings import Settings
 from worker.errors import PermanentError, TransientError
 
@@ -37,6 +52,8 @@ _VAULT_TRANSIENT = (
     hvac.exceptions.RateLimitExceeded,
 )
 
+MAX_FILE_BYTES = 64 * 1024  # a mounted credential is small; bigger is a mistake or an attack
+
 _lock = threading.Lock()
 _cache: dict[str, tuple[float, str]] = {}
 _vault: dict[str, hvac.Client] = {}  # one logged-in client per (address, auth) per process
@@ -44,12 +61,19 @@ _vault: dict[str, hvac.Client] = {}  # one logged-in client per (address, auth) 
 
 def resolve_secret(reference: str | SecretRef, settings: Settings) -> str:
     """The secret's value; SecretError (permanent) or TransientError (Vault unreachable)."""
-    ref = reference if isinstance(reference, SecretRef) else _parse(reference)
+    ref = _parse(str(reference))  # canonical, even for a SecretRef built by hand
     try:
-        check_allowed(ref, settings.secret_ref_prefixes)  # again here: a task may bypass the producer
+        allowed = parse_allow_list(settings.allowed_secret_refs, settings.vault_mount)
+    except ValueError as exc:
+        raise SecretError(f"IMAGEGEN_ALLOWED_SECRET_REFS is invalid: {exc}") from None
+    try:
+        check_allowed(ref, allowed, settings.vault_mount)  # again here: a task may bypass the producer
     except ValueError as exc:
         raise SecretError(f"a credential field {exc}") from None
-    name = str(ref)
+    # Keyed by what decides access too, so a value read under one allow-list or
+    # Vault identity is never handed out under another.
+    vault_identity = _client_key(settings) if ref.scheme == "vault" else ""
+    name = f"{ref}|{settings.allowed_secret_refs}|{settings.vault_mount}|{vault_identity}"
     now = time.monotonic()
     with _lock:
         hit = _cache.get(name)
@@ -58,7 +82,7 @@ def resolve_secret(reference: str | SecretRef, settings: Settings) -> str:
     if ref.scheme == "env":
         value = _from_env(ref)
     elif ref.scheme == "file":
-        value = _from_file(ref)
+        value = _from_file(ref, allowed)
     else:
         value = _from_vault(ref, settings)
     if settings.secret_cache_ttl_s > 0:
@@ -88,21 +112,83 @@ def _from_env(ref: SecretRef) -> str:
     return value
 
 
-def _from_file(ref: SecretRef) -> str:
+def _inside(path: str, directories: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in directories)
+
+
+def _from_file(ref: SecretRef, allowed: tuple[AllowedRef, ...]) -> str:
+    # No allow-list (development): any file, but the reference is canonical (no "..").
+    directories = [os.path.realpath(entry.path) for entry in allowed if entry.scheme == "file"]
+    real = os.path.realpath(ref.target)
+    if allowed and not _inside(real, directories):
+        # The real path is not shown: it describes the worker's filesystem.
+        raise SecretError(f"{ref}: resolves through a symbolic link outside the allowed directories; not read")
     try:
-        # Mounted secrets often end with a newline that is not part of the value.
-        value = Path(ref.target).read_text(encoding="utf-8").rstrip("\r\n")
+        before = os.stat(real, follow_symlinks=False)
     except OSError as exc:
         raise SecretError(f"{ref}: cannot read the file ({exc.strerror})") from None
+    _check_regular(ref, before)
+    # O_NONBLOCK: a FIFO swapped in after the stat must not block the open.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(real, flags)
+    except OSError as exc:
+        raise SecretError(f"{ref}: cannot read the file ({exc.strerror})") from None
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
+            raise SecretError(f"{ref}: the file changed while being opened; not read")
+        _check_regular(ref, opened)
+        if allowed and not _inside(_opened_path(fd, real), directories):
+            raise SecretError(f"{ref}: resolves through a symbolic link outside the allowed directories; not read")
+        data = _read_bounded(ref, fd)
+    finally:
+        os.close(fd)
+    try:
+        # Mounted secrets often end with a newline that is not part of the value.
+        value = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise SecretError(f"{ref}: the file is not UTF-8 text") from None
     if not value:
         raise SecretError(f"{ref}: the file is empty")
     return value
 
 
+def _check_regular(ref: SecretRef, info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise SecretError(f"{ref}: is not a regular file (a FIFO, device, directory or socket); not read")
+    if info.st_size > MAX_FILE_BYTES:
+        raise SecretError(f"{ref}: the file is larger than {MAX_FILE_BYTES} bytes; not read")
+
+
+def _opened_path(fd: int, fallback: str) -> str:
+    """Where the open descriptor really points (Linux): closes the window between realpath and open."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return fallback
+
+
+def _read_bounded(ref: SecretRef, fd: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_FILE_BYTES:
+        try:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+        except OSError as exc:
+            raise SecretError(f"{ref}: cannot read the file ({exc.strerror})") from None
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    raise SecretError(f"{ref}: the file is larger than {MAX_FILE_BYTES} bytes; not read")
+
+
 def _from_vault(ref: SecretRef, settings: Settings) -> str:
     mount = settings.vault_mount.strip("/")
-    # Accept the CLI form (vault kv get secret/imagegen/aws) and the path inside the mount.
-    path = ref.target.strip("/").removeprefix(f"{mount}/")
+    # The CLI form (vault kv get secret/imagegen/aws) and the path inside the mount
+    # read the same secret; the allow-list compared this very path.
+    path = vault_kv_path(ref, settings.vault_mount)
     data = _read_kv(ref, settings, mount, path)
     if ref.key not in data:
         raise SecretError(f"{ref}: the Vault secret has no key {ref.key!r}")

@@ -14,6 +14,10 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from contract.clouds import node_target
+from contract.settings import Settings
+from worker.storage import ImageStore, location_for
+
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 META = {"job_id": "job-1", "model": "offline_preview", "model_id": "offline-preview-1", "variation": "0"}
 
@@ -119,3 +123,10 @@ def service_account_json(project: str = "imagegen-test") -> str:
             "token_uri": "https://oauth2.googleapis.com/token",
         }
     )
+
+
+def store_for_fields(fields: dict[str, Any], settings: Settings) -> tuple[ImageStore, str]:
+    """The store (and key prefix) a job with these node storage fields writes to, as the worker opens it."""
+    target = node_target(fields, settings.target_policy) if fields.get("use_cloud") else None
+    location = location_for(target, settings)
+    return location.store, location.prefix

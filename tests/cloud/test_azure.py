@@ -14,9 +14,9 @@ from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, gener
 from contract.settings import Settings
 from devtools.emulators import Emulator, azurite_connection_string
 from tests.cloud.conftest import PutSecret
-from tests.cloud.helpers import META, PNG, FlakyProxy, azure_node
+from tests.cloud.helpers import META, PNG, FlakyProxy, azure_node, store_for_fields
 from worker.errors import PermanentError, StorageError
-from worker.storage import object_key, store_for_fields
+from worker.storage import object_key
 
 
 @pytest.fixture
@@ -65,12 +65,15 @@ def test_url_for_re_signs_only_blobs_of_its_container(
     cloud_settings: Settings, azure_container: str, conn_ref: str
 ) -> None:
     store, _ = store_for_fields(azure_node(azure_container, conn_ref), cloud_settings)
-    first = store.put("a/b c.png", PNG, "image/png", META)
-    assert "b%20c.png" in first.uri
+    first = store.put("a/b_c.png", PNG, "image/png", META)
     again = store.url_for(first.uri)
     assert again.uri == first.uri and requests.get(again.url, timeout=10).content == PNG
     with pytest.raises(StorageError, match="is not a blob in Azure container"):
         store.url_for(first.uri.replace(azure_container, "other-container"))
+    # A blob path that climbs out of the container (the HTTP client would normalise it) is refused.
+    for escape in ("/../other-container/x.png", "/a/%2e%2e/%2e%2e/other/x.png", "/a//b.png", "/a/b%20c.png"):
+        with pytest.raises(StorageError, match="canonical form"):
+            store.url_for(first.uri.rsplit("/a/", 1)[0] + escape)
 
 
 def test_missing_container_is_a_clear_permanent_error(cloud_settings: Settings, conn_ref: str) -> None:

@@ -239,6 +239,11 @@ def test_secret_values_never_reach_redis_logs_or_results(
     assert "vault:" in flower_tasks and "imagegen.generate_variation" in flower_tasks  # Flower saw the references
     leaks = [(name, where) for name, value in canaries.items() for where, text in places.items() if value in text]
     assert leaks == []
+    # Signed URLs are bearer credentials too: in the results, never in the worker's log or Flower.
+    signatures = ("X-Amz-Signature=", "sig=", "X-Goog-Signature=")
+    assert all(mark in places["results"] for mark in signatures)
+    exposed = [(mark, where) for mark in signatures for where in ("worker log", "flower") if mark in places[where]]
+    assert exposed == []
 
 
 def test_sign_returns_a_fresh_working_url(

@@ -18,9 +18,9 @@ from google.cloud import storage
 from contract.settings import Settings
 from devtools.emulators import Emulator
 from tests.cloud.conftest import PutSecret
-from tests.cloud.helpers import META, PNG, FlakyProxy, gcp_node
+from tests.cloud.helpers import META, PNG, FlakyProxy, gcp_node, store_for_fields
 from worker.errors import StorageError
-from worker.storage import object_key, store_for_fields
+from worker.storage import object_key
 
 
 @pytest.fixture
@@ -86,7 +86,9 @@ def test_transient_errors_are_retried_then_succeed(
 
 
 def test_without_signing_credentials_the_error_says_what_to_give(cloud_settings: Settings, gcs_bucket: str) -> None:
-    store, _ = store_for_fields(gcp_node(gcs_bucket, None), cloud_settings)
+    # The worker's own identity writes here only because the operator listed the bucket.
+    allowed = Settings(allowed_targets=f"gs://{gcs_bucket}")
+    store, _ = store_for_fields(gcp_node(gcs_bucket, None), allowed)
     with pytest.raises(StorageError, match="cannot sign a URL without service-account credentials"):
         store.put("k.png", PNG, "image/png", META)
 

@@ -14,9 +14,9 @@ import requests
 from contract.settings import Settings
 from devtools.emulators import Emulator
 from tests.cloud.conftest import PutSecret
-from tests.cloud.helpers import META, PNG, FlakyProxy, aws_node
+from tests.cloud.helpers import META, PNG, FlakyProxy, aws_node, store_for_fields
 from worker.errors import StorageError
-from worker.storage import object_key, platform_store, store_for_fields
+from worker.storage import object_key
 
 
 @pytest.fixture
@@ -143,7 +143,7 @@ def test_public_base_url_serves_platform_objects_unsigned_but_not_node_buckets(
     settings = cloud_settings.model_copy(
         update={"storage_url": f"s3://{s3_bucket}/p", "storage_public_base_url": "https://cdn.example.test/img/"}
     )
-    platform, prefix = platform_store(settings)
+    platform, prefix = store_for_fields({"use_cloud": False}, settings)
     stored = platform.put(object_key(prefix, "j", 0, "png"), PNG, "image/png", META)
     assert (stored.url, stored.url_expires_at) == ("https://cdn.example.test/img/p/j/variation-0.png", None)
 

@@ -40,7 +40,7 @@ def test_variations_accept_strings_and_integers(seed_node: dict[str, Any], raw: 
 
 @pytest.mark.parametrize(("raw", "expected"), [("true", True), ("false", False), (True, True), ("False", False)])
 def test_use_cloud_accepts_booleans_and_ui_strings(seed_node: dict[str, Any], raw: Any, expected: bool) -> None:
-    node = with_inputs(seed_node, use_cloud=raw, aws_bucket="bucket")
+    node = with_inputs(seed_node, use_cloud=raw, aws_bucket="bucket", aws_credentials="env:TENANT_AWS")
     assert validate_node(node, Settings()).inputs.use_cloud is expected
 
 
@@ -155,7 +155,9 @@ def test_unknown_field_values_are_not_echoed(seed_node: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("ref", ["vault:secret/imagegen/aws#credentials", "env:AWS_CREDS", "file:/var/run/secrets/x"])
 def test_secret_references_are_accepted(seed_node: dict[str, Any], ref: str) -> None:
-    node = validate_node(with_inputs(seed_node, use_cloud=True, aws_bucket="b", aws_credentials=ref), Settings())
+    node = validate_node(
+        with_inputs(seed_node, use_cloud=True, aws_bucket="imagegen-bucket", aws_credentials=ref), Settings()
+    )
     assert node.inputs.aws_credentials == ref
 
 
@@ -167,11 +169,16 @@ def test_secret_references_outside_the_allow_list_are_refused(
     )
     settings = Settings()
     allowed = with_inputs(
-        seed_node, use_cloud=True, aws_bucket="b", aws_credentials="vault:secret/imagegen/tenants/acme/aws#keys"
+        seed_node,
+        use_cloud=True,
+        aws_bucket="imagegen-bucket",
+        aws_credentials="vault:secret/imagegen/tenants/acme/aws#keys",
     )
     assert validate_node(allowed, settings).inputs.aws_credentials
     for ref in ("env:AWS_SECRET_ACCESS_KEY", "vault:secret/imagegen/tenants/other/aws#keys", "file:/etc/shadow"):
-        found = problems(with_inputs(seed_node, use_cloud=True, aws_bucket="b", aws_credentials=ref), settings)
+        found = problems(
+            with_inputs(seed_node, use_cloud=True, aws_bucket="imagegen-bucket", aws_credentials=ref), settings
+        )
         assert "outside the allowed references: vault:secret/imagegen/tenants/acme/" in found["inputs.aws_credentials"]
 
 

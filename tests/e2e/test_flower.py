@@ -30,13 +30,15 @@ def test_flower_shows_the_jobs_tasks(
         assert requests.get(f"{flower.url}/api/tasks", timeout=5).status_code == 401
         deadline = time.monotonic() + 20
         while True:
-            tasks = requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).json()
+            response = requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5)
+            assert response.status_code == 200, response.text[:2000]
+            tasks = response.json()
             names = sorted(t["name"] for t in tasks.values() if t.get("name"))
             if names.count("imagegen.generate_variation") == 2 and "imagegen.finalize" in names:
                 break
             assert time.monotonic() < deadline, names
             time.sleep(0.5)
-        info = requests.get(f"{flower.url}/api/task/info/{job_id}", auth=flower.auth, timeout=5).json()
+        info = requests.get(f"{flower.url}/api/task/info/{job_id}@1", auth=flower.auth, timeout=5).json()
         assert info["name"] == "imagegen.finalize" and info["state"] == "SUCCESS"
         metrics = requests.get(f"{flower.url}/metrics", timeout=5).text
         assert 'flower_events_total{task="imagegen.generate_variation",type="task-succeeded"' in metrics

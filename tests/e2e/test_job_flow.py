@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from contract.queue import RUN_JOB
+from contract.work import JobOrder
 from producer.client import ImageGenClient
 from tests.conftest import StartWorker
 from tests.e2e.helpers import assert_images_on_disk, assert_matches_published_schema
@@ -37,11 +39,11 @@ def test_seed_example_succeeds_with_result_under_job_id(
     assert_images_on_disk(result)
     assert_matches_published_schema(result)
 
-    # The document is stored in the Redis result backend under the job id, with a TTL.
+    # The document is stored in the Redis result backend under the run's task id (job id @ run), with a TTL.
     raw = redis.Redis.from_url(redis_url)
-    stored = json.loads(raw.get("celery-task-meta-seed-example-1") or b"{}")
+    stored = json.loads(raw.get("celery-task-meta-seed-example-1@1") or b"{}")
     assert stored["status"] == "SUCCESS" and stored["result"] == result.model_dump(mode="json")
-    assert 0 < raw.ttl("celery-task-meta-seed-example-1") <= client.settings.result_ttl_s
+    assert 0 < raw.ttl("celery-task-meta-seed-example-1@1") <= client.settings.result_ttl_s
     status = client.status("seed-example-1")
     assert (status.state, status.done, status.variations) == ("succeeded", 1, 1)
 
@@ -117,7 +119,7 @@ def test_same_job_id_enqueues_once(
     assert first.created and not second.created
     assert first.wait(timeout=60).status == "succeeded"
     time.sleep(1)  # a duplicate, if any, would have run by now
-    assert worker.log().count("imagegen.run_job[idempotent-1] received") == 1
+    assert worker.log().count("imagegen.run_job[idempotent-1@1] received") == 1
     assert worker.log().count("imagegen.generate_variation[") // 2 == 2  # "received" + "succeeded" per task
 
 
@@ -127,9 +129,11 @@ def test_redelivered_job_task_does_not_start_a_second_chord(
     worker = start_worker()
     handle = client.submit(offline_node, job_id="redelivered-1")
     assert handle.wait(timeout=60).status == "succeeded"
-    payload = client.validate(offline_node).to_task_payload()
+    order = JobOrder(
+        job_id="redelivered-1", node=client.validate(offline_node).to_task_payload(), submitted_at=datetime.now(UTC)
+    )
     # What acks_late redelivery looks like: the same job task id arrives again.
-    client.celery.send_task(RUN_JOB, args=(payload, "2026-01-01T00:00:00+00:00"), task_id="redelivered-1")
+    client.celery.send_task(RUN_JOB, args=(order.model_dump(mode="json"),), task_id="redelivered-1@1")
     deadline = time.monotonic() + 20
     while "already dispatched; ignoring the redelivery" not in worker.log():
         assert time.monotonic() < deadline, worker.log()[-3000:]
@@ -172,8 +176,9 @@ def test_a_node_the_worker_rejects_ends_failed_not_lost(
     # E.g. the operator's catalog dropped a model between submit and run.
     start_worker()
     offline_node["inputs"]["model"] = "retired_model"
-    client.celery.send_task(RUN_JOB, args=(offline_node, "2026-01-01T00:00:00+00:00"), task_id="rejected-1")
-    result = client.celery.AsyncResult("rejected-1").get(timeout=30)
+    order = JobOrder(job_id="rejected-1", node=offline_node, submitted_at=datetime.now(UTC))
+    client.celery.send_task(RUN_JOB, args=(order.model_dump(mode="json"),), task_id="rejected-1@1")
+    result = client.celery.AsyncResult("rejected-1@1").get(timeout=30)
     assert result["status"] == "failed"
     [error] = result["errors"]
     assert error["kind"] == "permanent" and 'inputs.model = "retired_model"' in error["message"]

@@ -65,7 +65,7 @@ def test_submit_wait_status_and_result(
 
     again = imagegen(job_env, "submit", str(node_file), "--job-id", "cli-1")
     assert again.returncode == 0 and again.stdout.strip() == "cli-1"
-    assert "submitted before; not enqueued again" in again.stderr
+    assert "submitted before with this node; not enqueued again" in again.stderr
 
     status = json.loads(imagegen(job_env, "status", "cli-1").stdout)
     assert (status["state"], status["done"], status["variations"], status["finished"]) == ("succeeded", 1, 1, True)

@@ -23,6 +23,6 @@ def test_a_job_nobody_runs_times_out(client: ImageGenClient, offline_node: dict[
 
 def test_a_crashed_job_task_is_reported_not_raised_raw(client: ImageGenClient, offline_node: dict[str, object]) -> None:
     handle = client.submit(offline_node, job_id="crashed-1")
-    client.celery.backend.mark_as_failure("crashed-1", ConnectionError("redis went away"))
+    client.celery.backend.mark_as_failure("crashed-1@1", ConnectionError("redis went away"))
     with pytest.raises(JobCrashed, match="crashed in the worker: ConnectionError: redis went away"):
         handle.wait(timeout=5)

@@ -18,8 +18,10 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, ContentSettings, generate_blob_sas
 
+from contract.clouds import Target, TargetError, TargetPolicy
+from contract.clouds.azure import AzureBlobSpec
 from worker.errors import StorageError
-from worker.storage.base import StoredObject
+from worker.storage.base import ImageStore, StoredObject
 from worker.storage.common import ErrorPolicy, StoreOptions, signed_or_public, with_retries
 
 # It logs every request and response at INFO; ours say what matters.
@@ -69,7 +71,23 @@ def _default_credential() -> Any:
     return DefaultAzureCredential()
 
 
-class AzureBlobStore:
+class AzureBlobStore(ImageStore):
+    @classmethod
+    def open(cls, target: Target, secret: str | None, options: StoreOptions, policy: TargetPolicy) -> AzureBlobStore:
+        """The store for ``target``: the resolved connection string, else the account URL with the
+        worker's Azure identity. Every endpoint (the account URL, the connection string's blob
+        endpoint) obeys the endpoint rules before any request, so no token or key leaves for
+        another host."""
+        if target.account_url and not target.platform:
+            policy.check_endpoint(target.account_url, AzureBlobSpec.public_suffixes, "the account URL")
+        store = cls(target.bucket, connection_string=secret, account_url=target.account_url, options=options)
+        if secret and not target.platform:
+            try:
+                policy.check_endpoint(_without_query(store.service.url), AzureBlobSpec.public_suffixes, "blob endpoint")
+            except TargetError as exc:
+                raise ValueError(f"its {exc}") from None
+        return store
+
     def __init__(
         self,
         container: str,
@@ -105,7 +123,7 @@ class AzureBlobStore:
         # The blob URL without a query: a SAS connection string would otherwise put its token in it.
         self.base_url = _without_query(self.container.url).rstrip("/")
 
-    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
+    def _put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
         blob = self.container.get_blob_client(key)
         with_retries(
             self.options,
@@ -117,11 +135,11 @@ class AzureBlobStore:
         )
         return self._object(key)
 
-    def url_for(self, uri: str) -> StoredObject:
+    def key_of(self, uri: str) -> str:
         plain = _without_query(uri)
-        if not plain.startswith(self.base_url + "/") or len(plain) <= len(self.base_url) + 1:
+        if not plain.startswith(self.base_url + "/"):
             raise StorageError(f"{plain} is not a blob in {self.where} ({self.base_url})")
-        return self._object(unquote(plain[len(self.base_url) + 1 :]))
+        return unquote(plain[len(self.base_url) + 1 :])
 
     def _object(self, name: str) -> StoredObject:
         uri = _without_query(self.container.get_blob_client(name).url)

@@ -1,10 +1,19 @@
-"""The one small interface every storage backend implements."""
+"""The one small interface every storage backend implements, and the checks
+every backend makes before it touches its bucket: a key is canonical (no
+``..``, no empty or dot segments, a safe alphabet) so no write or signed URL can
+leave the store's root or container, whatever a job id or prefix said."""
 
 from __future__ import annotations
 
+import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+
+from worker.errors import StorageError
+
+KEY_MAX_CHARS = 1024
+_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 @dataclass(frozen=True)
@@ -14,11 +23,39 @@ class StoredObject:
     url_expires_at: datetime | None = None
 
 
-class ImageStore(Protocol):
+def check_key(key: str) -> str:
+    """``key`` if it is canonical; StorageError otherwise (checked by every store, on every call)."""
+    segments = key.split("/")
+    if (
+        not key
+        or len(key) > KEY_MAX_CHARS
+        or any(segment in ("", ".", "..") or not _SEGMENT.match(segment) for segment in segments)
+    ):
+        raise StorageError(
+            "refused an object key outside the store's canonical form (no '..', '.', '//' or unsafe characters)"
+        )
+    return key
+
+
+class ImageStore(ABC):
     """Writes objects under deterministic keys (a rewrite overwrites)."""
 
-    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject: ...
+    where: str  # "S3 bucket 'x'", for messages
+
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
+        return self._put(check_key(key), data, content_type, metadata)
 
     def url_for(self, uri: str) -> StoredObject:
         """A fresh ``url`` for an object this store holds (re-signing)."""
-        ...
+        return self._object(check_key(self.key_of(uri)))
+
+    @abstractmethod
+    def key_of(self, uri: str) -> str:
+        """The key of ``uri`` in this store; StorageError when the uri is not in it."""
+
+    @abstractmethod
+    def _put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject: ...
+
+    @abstractmethod
+    def _object(self, key: str) -> StoredObject:
+        """The uri and (signed, public or file) url of the object at ``key``."""

@@ -19,8 +19,10 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.oauth2 import service_account
 
+from contract.clouds import Target, TargetError, TargetPolicy
+from contract.clouds.gcp import GCSSpec
 from worker.errors import StorageError
-from worker.storage.base import StoredObject
+from worker.storage.base import ImageStore, StoredObject
 from worker.storage.common import ErrorPolicy, StoreOptions, signed_or_public, with_retries
 
 _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
@@ -73,7 +75,19 @@ _POLICY = ErrorPolicy(
 )
 
 
-class GCSStore:
+class GCSStore(ImageStore):
+    @classmethod
+    def open(cls, target: Target, secret: str | None, options: StoreOptions, policy: TargetPolicy) -> GCSStore:
+        """The store for ``target``: the service-account key from the resolved secret, else ADC.
+        A node's key may only send the worker to Google's token endpoints (or allow-listed hosts)."""
+        info = service_account_info(secret) if secret else None
+        if info is not None and not target.platform:
+            try:
+                policy.check_endpoint(str(info.get("token_uri")), GCSSpec.public_suffixes, "token_uri", any_path=True)
+            except TargetError as exc:
+                raise ValueError(f"its {exc}") from None
+        return cls(target.bucket, project=target.project, info=info, options=options)
+
     def __init__(
         self,
         bucket: str,
@@ -114,7 +128,7 @@ class GCSStore:
             return None
         return credentials
 
-    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
+    def _put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
         def upload() -> None:
             blob = self.bucket.blob(key)  # a fresh Blob per attempt: Blob objects carry request state
             blob.metadata = metadata
@@ -124,11 +138,11 @@ class GCSStore:
         with_retries(self.options, _POLICY, self.where, upload)
         return self._object(key)
 
-    def url_for(self, uri: str) -> StoredObject:
+    def key_of(self, uri: str) -> str:
         parts = urlsplit(uri)
-        if parts.scheme != "gs" or parts.netloc != self.bucket_name or not parts.path.strip("/"):
+        if parts.scheme != "gs" or parts.netloc != self.bucket_name or parts.query or parts.fragment:
             raise StorageError(f"{uri} is not an object in {self.where}")
-        return self._object(parts.path.lstrip("/"))
+        return parts.path.removeprefix("/")
 
     def _object(self, key: str) -> StoredObject:
         uri = f"gs://{self.bucket_name}/{key}"

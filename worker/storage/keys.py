@@ -1,9 +1,36 @@
-"""Deterministic object keys: the same job and variation always land on the
-same key, so a redelivered or retried task overwrites and never duplicates."""
+"""Deterministic object keys: the same job, run and variation always land on
+the same key, so a redelivered or retried task overwrites and never duplicates.
+
+``<prefix>/<job id>/variation-<i>.<ext>`` (a rerun adds ``.run<n>`` before the
+extension). The job id grammar (contract/job_ids.py) has no ``..`` and the file
+name is always the last segment, so for one prefix the mapping is one-to-one:
+no job id can produce another job's key.
+"""
 
 from __future__ import annotations
 
+import re
 
-def object_key(prefix: str | None, job_id: str, index: int, extension: str) -> str:
-    parts = [p for p in (prefix or "").strip("/").split("/") if p]
-    return "/".join([*parts, job_id, f"variation-{index}.{extension}"])
+from worker.errors import StorageError
+from worker.storage.base import check_key
+
+_FILE = re.compile(r"^variation-(?P<index>\d{1,3})(\.run(?P<run>\d{1,6}))?\.(?P<ext>[a-z0-9]{2,5})$")
+
+
+def object_key(prefix: str | None, job_id: str, index: int, extension: str, run: int = 1) -> str:
+    parts = [p for p in (prefix or "").split("/") if p]
+    suffix = "" if run == 1 else f".run{run}"
+    return check_key("/".join([*parts, job_id, f"variation-{index}{suffix}.{extension}"]))
+
+
+def check_image_key(key: str, prefix: str | None) -> str:
+    """``key`` if it names an image this service wrote under ``prefix``; StorageError otherwise.
+    Signing is limited to these, so ``sign`` cannot hand out URLs for other objects."""
+    base = "/".join(p for p in (prefix or "").split("/") if p)
+    check_key(key)
+    head, _, name = key.rpartition("/")
+    job_part = head.removeprefix(f"{base}/") if base else head
+    if (base and not head.startswith(f"{base}/")) or not job_part or not _FILE.match(name):
+        where = f"under the prefix {base!r}" if base else "in this store"
+        raise StorageError(f"refused to sign {key!r}: it is not an image this service stored {where}")
+    return key

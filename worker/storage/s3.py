@@ -17,8 +17,9 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from contract.clouds import Target, TargetPolicy
 from worker.errors import StorageError
-from worker.storage.base import StoredObject
+from worker.storage.base import ImageStore, StoredObject
 from worker.storage.common import ErrorPolicy, StoreOptions, signed_or_public, with_retries
 
 _TRANSIENT_CODES = frozenset(
@@ -75,7 +76,13 @@ def _describe(exc: BaseException) -> str:
 _POLICY = ErrorPolicy((ClientError, BotoCoreError), _is_transient, _describe)
 
 
-class S3Store:
+class S3Store(ImageStore):
+    @classmethod
+    def open(cls, target: Target, secret: str | None, options: StoreOptions, policy: TargetPolicy) -> S3Store:
+        """The store for ``target``: its keys from the resolved secret (JSON), else the default chain.
+        The endpoint is the region's or the operator's AWS_ENDPOINT_URL_S3; the secret cannot name one."""
+        return cls(target.bucket, region=target.region, keys=aws_keys(secret) if secret else None, options=options)
+
     def __init__(
         self,
         bucket: str,
@@ -98,7 +105,7 @@ class S3Store:
         )
         self.client: Any = session.client("s3", config=config)
 
-    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
+    def _put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
         with_retries(
             self.options,
             _POLICY,
@@ -109,11 +116,11 @@ class S3Store:
         )
         return self._object(key)
 
-    def url_for(self, uri: str) -> StoredObject:
+    def key_of(self, uri: str) -> str:
         parts = urlsplit(uri)
-        if parts.scheme != "s3" or parts.netloc != self.bucket or not parts.path.strip("/"):
+        if parts.scheme != "s3" or parts.netloc != self.bucket or parts.query or parts.fragment:
             raise StorageError(f"{uri} is not an object in {self.where}")
-        return self._object(parts.path.lstrip("/"))
+        return parts.path.removeprefix("/")
 
     def _object(self, key: str) -> StoredObject:
         return signed_or_public(

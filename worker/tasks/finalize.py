@@ -4,28 +4,26 @@ stored in the Redis result backend under the job id."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Any
 
 from contract.catalog import load_catalog
+from contract.errors import NodeValidationError
+from contract.job_ids import check_job_id
 from contract.jobs import JobState, utcnow
-from contract.node import ImageGenerationNode
 from contract.queue import FINALIZE
 from contract.result import ErrorRecord, ImageRecord, JobResult, Usage
 from contract.settings import get_settings
+from contract.work import JobOrder, JobSummary
 from worker.celery_app import app
 from worker.state import job_records
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name=FINALIZE)
-def finalize(
-    outcomes: list[dict[str, Any]], job_id: str, node: dict[str, Any], submitted_at: str, started_at: str
-) -> dict[str, Any]:
+@app.task(name=FINALIZE, pydantic=True)
+def finalize(outcomes: list[dict[str, Any]], summary: JobSummary) -> dict[str, Any]:
     settings = get_settings()
-    parsed = ImageGenerationNode.model_validate(node)
-    entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).models[parsed.inputs.model]
+    entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get(summary.model)
     images = sorted(
         (ImageRecord.model_validate(o["record"]) for o in outcomes if o["kind"] == "image"), key=lambda r: r.index
     )
@@ -33,54 +31,61 @@ def finalize(
         (ErrorRecord.model_validate(o["record"]) for o in outcomes if o["kind"] == "error"), key=lambda r: r.index
     )
     finished_at = utcnow()
-    submitted = datetime.fromisoformat(submitted_at)
     result = JobResult(
-        job_id=job_id,
-        name=parsed.name,
+        job_id=summary.job_id,
+        name=summary.name,
         status=_status(len(images), len(errors)),
-        model=parsed.inputs.model,
-        model_id=entry.model_id,
-        provider=entry.provider,
-        size=parsed.inputs.size,
-        variations=parsed.inputs.variations,
+        model=summary.model,
+        model_id=entry.model_id if entry else "",
+        provider=entry.provider if entry else "",
+        size=summary.size,
+        variations=summary.variations,
         images=images,
         errors=errors,
-        submitted_at=submitted,
-        started_at=datetime.fromisoformat(started_at),
+        submitted_at=summary.submitted_at,
+        started_at=summary.started_at,
         finished_at=finished_at,
-        duration_ms=int((finished_at - submitted).total_seconds() * 1000),
+        duration_ms=int((finished_at - summary.submitted_at).total_seconds() * 1000),
         usage=_total_usage(images),
         estimated_cost_usd=_total_cost(images),
     )
-    job_records().mark_finished(job_id, result.status, finished_at)
-    log.info("job %s %s: %d image(s), %d error(s)", job_id, result.status, len(images), len(errors))
+    job_records().mark_finished(summary.job_id, summary.run, result.status, finished_at)
+    log.info("job %s %s: %d image(s), %d error(s)", summary.job_id, result.status, len(images), len(errors))
     return result.model_dump(mode="json")
 
 
-def invalid_job_result(job_id: str, node: dict[str, Any], submitted_at: str, message: str) -> dict[str, Any]:
+def invalid_job_result(order: JobOrder, message: str) -> dict[str, Any]:
     """A ``failed`` document for a job the worker could not even start."""
     now = utcnow()
-    node = node if isinstance(node, dict) else {}
-    raw_inputs = node.get("inputs")
+    raw_inputs = order.node.get("inputs")
     inputs: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
     result = JobResult(
-        job_id=job_id,
-        name=str(node.get("name", "")),
+        job_id=order.job_id[:200],
+        name=str(order.node.get("name", ""))[:200],
         status="failed",
-        model=str(inputs.get("model", "")),
+        model=str(inputs.get("model", ""))[:200],
         model_id="",
         provider="",
-        size=str(inputs.get("size", "")),
+        size=str(inputs.get("size", ""))[:32],
         variations=0,
         images=[],
         errors=[ErrorRecord(index=0, kind="permanent", message=message, attempts=0, duration_ms=0)],
-        submitted_at=datetime.fromisoformat(submitted_at),
+        submitted_at=order.submitted_at,
         started_at=now,
         finished_at=now,
-        duration_ms=int((now - datetime.fromisoformat(submitted_at)).total_seconds() * 1000),
+        duration_ms=int((now - order.submitted_at).total_seconds() * 1000),
     )
-    job_records().mark_finished(job_id, "failed", now)
+    if _is_valid_id(order.job_id):
+        job_records().mark_finished(order.job_id, order.run, "failed", now)
     return result.model_dump(mode="json")
+
+
+def _is_valid_id(job_id: str) -> bool:
+    try:
+        check_job_id(job_id)
+    except NodeValidationError:
+        return False
+    return True
 
 
 def _status(images: int, errors: int) -> JobState:

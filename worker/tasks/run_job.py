@@ -1,5 +1,6 @@
-"""The job task: replaces itself with the chord, so the job id resolves to
-the chord body's result document."""
+"""The job task: parses the node once, then replaces itself with the chord
+``generate_variation x N -> finalize``, so the run's task id resolves to the
+chord body's result document."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from typing import Any
 from celery import Task, chord
 from celery.exceptions import Ignore
 
+from contract.clouds import TargetError, node_target
+from contract.errors import NodeValidationError
+from contract.job_ids import check_job_id
 from contract.jobs import utcnow
-from contract.node import NodeValidationError, validate_node
+from contract.node import validate_node
 from contract.queue import FINALIZE, GENERATE_VARIATION, RUN_JOB, dispatch_key
 from contract.settings import get_settings
+from contract.work import JobOrder, JobSummary, VariationWork
 from worker.celery_app import app
 from worker.state import job_records
 from worker.tasks.finalize import invalid_job_result
@@ -20,30 +25,56 @@ from worker.tasks.finalize import invalid_job_result
 log = logging.getLogger(__name__)
 
 
-@app.task(name=RUN_JOB, bind=True)
-def run_job(self: Task, node: dict[str, Any], submitted_at: str) -> Any:
-    job_id: str = self.request.id
+@app.task(name=RUN_JOB, bind=True, pydantic=True)
+def run_job(self: Task, order: JobOrder) -> Any:
     settings = get_settings()
     records = job_records()
     try:
-        parsed = validate_node(node, settings)
-    except NodeValidationError as exc:
-        # The producer validated already; this catches a catalog changed since.
-        log.warning("job %s rejected by the worker: %s", job_id, exc)
-        return invalid_job_result(job_id, node, submitted_at, str(exc))
+        # Again in the worker: a message may bypass the producer, and the catalog may have changed.
+        job_id = check_job_id(order.job_id)
+        parsed = validate_node(order.node, settings)
+        target = node_target(parsed.inputs.model_dump(), settings.target_policy) if parsed.inputs.use_cloud else None
+    except (NodeValidationError, TargetError) as exc:
+        log.warning("job %r rejected by the worker: %s", order.job_id[:200], exc)
+        return invalid_job_result(order, str(exc))
 
     # acks_late redelivers this task if the worker dies after dispatching the
-    # chord: only the first delivery may dispatch it.
-    if not records.client.set(dispatch_key(job_id), "1", nx=True, ex=settings.result_ttl_s):
-        log.info("job %s already dispatched; ignoring the redelivery", job_id)
+    # chord: only the first delivery of this run may dispatch it.
+    if not records.client.set(dispatch_key(job_id, order.run), "1", nx=True, ex=settings.result_ttl_s):
+        log.info("job %s run %d already dispatched; ignoring the redelivery", job_id, order.run)
         raise Ignore()
 
     started_at = utcnow()
     records.mark_running(job_id, started_at)
-    payload = parsed.to_task_payload()
+    inputs = parsed.inputs
     header = [
-        app.signature(GENERATE_VARIATION, args=(job_id, payload, index)) for index in range(parsed.inputs.variations)
+        app.signature(
+            GENERATE_VARIATION,
+            args=(
+                VariationWork(
+                    job_id=job_id,
+                    run=order.run,
+                    index=index,
+                    prompt=inputs.user_query,
+                    model=inputs.model,
+                    size=inputs.size,
+                    seed=None if inputs.seed is None else inputs.seed + index,  # distinct, reproducible
+                    target=target,
+                ).model_dump(mode="json"),
+            ),
+        )
+        for index in range(inputs.variations)
     ]
-    body = app.signature(FINALIZE, args=(job_id, payload, submitted_at, started_at.isoformat()))
-    log.info("job %s: %d variation(s) of %s at %s", job_id, len(header), parsed.inputs.model, parsed.inputs.size)
+    summary = JobSummary(
+        job_id=job_id,
+        run=order.run,
+        name=parsed.name,
+        model=inputs.model,
+        size=inputs.size,
+        variations=inputs.variations,
+        submitted_at=order.submitted_at,
+        started_at=started_at,
+    )
+    body = app.signature(FINALIZE, args=(summary.model_dump(mode="json"),))
+    log.info("job %s run %d: %d variation(s) of %s at %s", job_id, order.run, len(header), inputs.model, inputs.size)
     return self.replace(chord(header, body))

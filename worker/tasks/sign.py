@@ -1,9 +1,15 @@
 """Re-signing: a fresh URL for an image already stored (signed URLs expire).
 
-The producer sends the durable ``uri`` and the node's storage fields
-(references only); the worker resolves the credentials and signs. Only objects
-in the node's own bucket (or, without ``use_cloud``, the platform storage) are
-signed, so a caller cannot borrow the worker's identity for other buckets.
+The producer sends the durable ``uri`` and, for an image in the node's own
+cloud, the node's target (references only); the worker resolves the
+credentials and signs. It signs only images this service stored under that
+target's prefix (or the platform storage's), and the worker's own identity
+serves only the platform and allow-listed targets, so a caller cannot borrow
+it for other buckets or other objects.
+
+The URL is a bearer credential: it is returned through the result backend
+(which the producer deletes at once) and never logged; the worker's task
+events and success log lines carry no return values (worker/redaction.py).
 Outcomes are returned, not raised, so the producer never unpickles worker errors.
 """
 
@@ -14,18 +20,18 @@ from typing import Any
 
 from contract.queue import SIGN_URL
 from contract.settings import get_settings
+from contract.work import SignRequest
 from worker.celery_app import app
 from worker.errors import GenerationError, StorageError, TransientError
-from worker.storage import store_for_fields
+from worker.storage import location_for
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name=SIGN_URL)
-def sign_url(uri: str, storage: dict[str, Any] | None = None) -> dict[str, Any]:
+@app.task(name=SIGN_URL, pydantic=True)
+def sign_url(request: SignRequest) -> dict[str, Any]:
     try:
-        store, _ = store_for_fields(storage or {}, get_settings())
-        stored = store.url_for(uri)
+        stored = location_for(request.target, get_settings()).url_for(request.uri)
     except GenerationError as exc:
         kind = (
             "storage"
@@ -34,7 +40,8 @@ def sign_url(uri: str, storage: dict[str, Any] | None = None) -> dict[str, Any]:
             if isinstance(exc, TransientError)
             else "permanent"
         )
-        log.warning("sign %s failed: %s", uri, exc)
-        return {"uri": uri, "error": {"kind": kind, "message": str(exc)}}
+        log.warning("sign %s failed: %s", request.uri[:300], exc)
+        return {"uri": request.uri, "error": {"kind": kind, "message": str(exc)}}
+    log.info("signed a fresh URL for %s", stored.uri)
     expires = stored.url_expires_at.isoformat() if stored.url_expires_at else None
     return {"uri": stored.uri, "url": stored.url, "url_expires_at": expires}

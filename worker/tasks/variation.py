@@ -15,116 +15,106 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from contract.catalog import ModelEntry, load_catalog
-from contract.node import ImageGenerationNode
 from contract.queue import GENERATE_VARIATION
 from contract.result import ErrorKind, ErrorRecord, ImageRecord, SizeMismatch
-from contract.settings import Settings, get_settings
+from contract.settings import get_settings
+from contract.work import RetryState, VariationWork
 from worker.celery_app import app
 from worker.errors import BlockedError, PermanentError, StorageError, TransientError
 from worker.imaging import inspect_image
 from worker.providers import GenerationRequest, provider_for
 from worker.retry import RetryPolicy
 from worker.state import job_records, rate_limiter
-from worker.storage import object_key, store_for
+from worker.storage import location_for
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name=GENERATE_VARIATION, bind=True, max_retries=None)
-def generate_variation(
-    self: Task,
-    job_id: str,
-    node: dict[str, Any],
-    index: int,
-    first_attempt_at: float | None = None,
-    throttled: int = 0,
-    slot_booked: bool = False,
-) -> dict[str, Any]:
+@app.task(name=GENERATE_VARIATION, bind=True, max_retries=None, pydantic=True)
+def generate_variation(self: Task, work: VariationWork) -> dict[str, Any]:
     settings = get_settings()
-    entry = _catalog_entry(node, settings)
-    retry_args = (job_id, node, index)
-    if not slot_booked and entry is not None:
+    entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get(work.model)
+    state = work.retry
+    if not state.slot_booked and entry is not None:
         slot = rate_limiter().book(entry.model_id)
         if not slot.booked or slot.wait_s > 0:
             # Waiting for the shared quota is not a failure: it uses no retry.
             countdown = slot.wait_s if slot.booked else settings.retry_max_delay_s
-            log.info("job %s variation %d: provider quota busy; next slot in %.1f s", job_id, index, countdown)
-            raise self.retry(
-                countdown=countdown,
-                args=retry_args,
-                kwargs={"first_attempt_at": first_attempt_at, "throttled": throttled + 1, "slot_booked": slot.booked},
+            log.info(
+                "job %s variation %d: provider quota busy; next slot in %.1f s", work.job_id, work.index, countdown
             )
+            next_state = state.model_copy(update={"throttled": state.throttled + 1, "slot_booked": slot.booked})
+            raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={})
 
-    first_attempt_at = first_attempt_at or time.time()
-    retries = self.request.retries - throttled  # retries after real failures
+    first_attempt_at = state.first_attempt_at or time.time()
+    retries = self.request.retries - state.throttled  # retries after real failures
     attempt = retries + 1
     try:
-        record: ImageRecord | ErrorRecord = _make_image(job_id, node, index, attempt, first_attempt_at, entry)
+        record: ImageRecord | ErrorRecord = _make_image(work, attempt, first_attempt_at, entry)
     except TransientError as exc:
         policy = RetryPolicy.from_settings(settings)
         countdown = policy.countdown(retries, exc.retry_after_s)
         refusal = policy.refusal(retries, countdown, time.time() - first_attempt_at)
         if refusal is None:
-            log.info("job %s variation %d attempt %d: %s; retrying in %.1f s", job_id, index, attempt, exc, countdown)
-            raise self.retry(
-                countdown=countdown,
-                args=retry_args,
-                kwargs={"first_attempt_at": first_attempt_at, "throttled": throttled},
-            ) from None
+            log.info(
+                "job %s variation %d attempt %d: %s; retrying in %.1f s",
+                work.job_id,
+                work.index,
+                attempt,
+                exc,
+                countdown,
+            )
+            next_state = RetryState(first_attempt_at=first_attempt_at, throttled=state.throttled)
+            raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={}) from None
         kind: ErrorKind = "timeout" if exc.timed_out else "transient_exhausted"
         message = f"gave up after {attempt} attempt(s) ({refusal}): {exc}"
-        record = _error(index, kind, message, attempt, first_attempt_at)
+        record = _error(work.index, kind, message, attempt, first_attempt_at)
     except SoftTimeLimitExceeded:
-        record = _error(index, "timeout", "the variation exceeded its time limit", attempt, first_attempt_at)
+        record = _error(work.index, "timeout", "the variation exceeded its time limit", attempt, first_attempt_at)
     except BlockedError as exc:
-        record = _error(index, "blocked", str(exc), attempt, first_attempt_at, reason=exc.reason)
+        record = _error(work.index, "blocked", str(exc), attempt, first_attempt_at, reason=exc.reason)
     except StorageError as exc:
-        record = _error(index, "storage", str(exc), attempt, first_attempt_at)
+        record = _error(work.index, "storage", str(exc), attempt, first_attempt_at)
     except PermanentError as exc:
-        record = _error(index, "permanent", str(exc), attempt, first_attempt_at)
+        record = _error(work.index, "permanent", str(exc), attempt, first_attempt_at)
     except Exception:
         # A bug, not a provider outcome: log it for operators, keep the chord alive.
-        log.exception("job %s variation %d: unexpected error", job_id, index)
-        record = _error(index, "permanent", "internal error in the worker (logged)", attempt, first_attempt_at)
+        log.exception("job %s variation %d: unexpected error", work.job_id, work.index)
+        record = _error(work.index, "permanent", "internal error in the worker (logged)", attempt, first_attempt_at)
 
-    job_records().count_done(job_id)
+    job_records().count_done(work.job_id)
     if isinstance(record, ErrorRecord):
-        log.warning("job %s variation %d failed: %s (%s)", job_id, index, record.kind, record.message)
+        log.warning("job %s variation %d failed: %s (%s)", work.job_id, work.index, record.kind, record.message)
     return {"kind": "image" if isinstance(record, ImageRecord) else "error", "record": record.model_dump(mode="json")}
 
 
-def _catalog_entry(node: dict[str, Any], settings: Settings) -> ModelEntry | None:
-    """The node model's catalog entry (None if the catalog dropped it since submit)."""
-    catalog = load_catalog(settings.model_catalog_file, settings.model_catalog_replace)
-    return catalog.get(str(node.get("inputs", {}).get("model")))
+def _with(work: VariationWork, state: RetryState) -> dict[str, Any]:
+    """The next attempt's payload, JSON-ready."""
+    return work.model_copy(update={"retry": state}).model_dump(mode="json")
 
 
-def _make_image(
-    job_id: str, node: dict[str, Any], index: int, attempt: int, first_attempt_at: float, entry: ModelEntry | None
-) -> ImageRecord:
+def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entry: ModelEntry | None) -> ImageRecord:
     if entry is None:
-        raise PermanentError(f"model {node['inputs'].get('model')!r} is no longer in the model catalog")
+        raise PermanentError(f"model {work.model!r} is no longer in the model catalog")
     settings = get_settings()
-    inputs = ImageGenerationNode.model_validate(node).inputs  # validated by the producer
-    seed = None if inputs.seed is None else inputs.seed + index  # distinct, reproducible per variation
-    request = GenerationRequest(inputs.user_query, inputs.model, entry, inputs.size, index, seed, attempt)
+    request = GenerationRequest(work.prompt, work.model, entry, work.size, work.index, work.seed, attempt)
 
     image = provider_for(entry.provider, settings).generate(request)
     facts = inspect_image(image.data)
-    store, prefix = store_for(inputs, settings)
-    stored = store.put(
-        object_key(prefix, job_id, index, facts.extension),
+    stored = location_for(work.target, settings).put(
+        work.job_id,
+        work.index,
+        work.run,
+        facts.extension,
         image.data,
         facts.mime_type,
-        {"job_id": job_id, "model": inputs.model, "model_id": entry.model_id, "variation": str(index)},
+        {"job_id": work.job_id, "model": work.model, "model_id": entry.model_id, "variation": str(work.index)},
     )
     metadata = image.metadata
-    if facts.size != inputs.size:
-        metadata = metadata.model_copy(
-            update={"size_mismatch": SizeMismatch(requested=inputs.size, returned=facts.size)}
-        )
+    if facts.size != work.size:
+        metadata = metadata.model_copy(update={"size_mismatch": SizeMismatch(requested=work.size, returned=facts.size)})
     return ImageRecord(
-        index=index,
+        index=work.index,
         url=stored.url,
         url_expires_at=stored.url_expires_at,
         uri=stored.uri,
@@ -133,10 +123,10 @@ def _make_image(
         height=facts.height,
         bytes=facts.size_bytes,
         sha256=facts.sha256,
-        seed=seed,
+        seed=work.seed,
         attempts=attempt,
         duration_ms=_ms_since(first_attempt_at),
-        estimated_cost_usd=entry.price_for(inputs.size),
+        estimated_cost_usd=entry.price_for(work.size),
         metadata=metadata,
     )
 

@@ -1,0 +1,73 @@
+"""The typed payloads the tasks pass each other (Celery ``pydantic=True``).
+
+The producer sends a ``JobOrder`` (the node without its description); the job
+task parses it once and hands each variation a small ``VariationWork`` (the
+prompt, the model, the size, the seed and where to store) and the chord body a
+``JobSummary``. No task receives more than it needs, so a node's size is never
+multiplied by its variations in Redis, and no payload holds a secret: storage
+targets carry credential *references*.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contract.clouds import Target
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class JobOrder(_Payload):
+    """Producer -> ``imagegen.run_job``."""
+
+    job_id: str
+    run: int = Field(1, ge=1)
+    node: dict[str, Any]  # name, type and inputs, as validated by the producer
+    submitted_at: datetime
+
+
+class RetryState(_Payload):
+    """Carried from one attempt of a variation to the next."""
+
+    first_attempt_at: float | None = None
+    throttled: int = 0  # retries spent waiting for the shared provider quota (not failures)
+    slot_booked: bool = False
+
+
+class VariationWork(_Payload):
+    """``imagegen.run_job`` -> ``imagegen.generate_variation`` (one per image)."""
+
+    job_id: str
+    run: int
+    index: int
+    prompt: str
+    model: str  # the node's catalog name; the worker looks the entry up (a catalog fix applies)
+    size: str
+    seed: int | None = None
+    target: Target | None = None  # None: the platform storage
+    retry: RetryState = RetryState()
+
+
+class JobSummary(_Payload):
+    """``imagegen.run_job`` -> ``imagegen.finalize`` (the chord body)."""
+
+    job_id: str
+    run: int
+    name: str
+    model: str
+    size: str
+    variations: int
+    submitted_at: datetime
+    started_at: datetime
+
+
+class SignRequest(_Payload):
+    """Producer -> ``imagegen.sign_url``: a stored image's uri and where it may be (None: the platform)."""
+
+    uri: str = Field(max_length=2048)
+    target: Target | None = None

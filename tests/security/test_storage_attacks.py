@@ -1,0 +1,324 @@
+"""Attacks on where images are written and signed, as a hostile node author
+(or anyone who can put a message on the broker) would make them.
+
+Each class is attacked at the producer and, with messages that bypass the
+producer, at the worker; what escaped is checked on disk, in the emulators'
+buckets and on a listening socket."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from azure.storage.blob import BlobServiceClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contract.clouds import Target
+from contract.errors import NodeValidationError
+from contract.node import validate_node
+from contract.queue import SIGN_URL, dispatch_key, job_key, job_task_id
+from contract.settings import Settings
+from contract.work import SignRequest
+from devtools.emulators import Emulator, azurite_connection_string
+from producer.client import ImageGenClient, SignError
+from tests.conftest import StartWorker
+from tests.security.helpers import Listener, files_under, send_raw_job
+from worker.errors import PermanentError, StorageError
+from worker.storage import Location, location_for, object_key
+from worker.storage.local import LocalStore
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+META = {"job_id": "x"}
+JOB_ID = st.from_regex(r"\A[A-Za-z0-9_-][A-Za-z0-9._-]{0,20}(/[A-Za-z0-9_-][A-Za-z0-9._-]{0,20}){0,3}\Z")
+
+
+def cloud(node: dict[str, Any], **inputs: Any) -> dict[str, Any]:
+    return {**node, "inputs": {**node["inputs"], "use_cloud": True, **inputs}}
+
+
+# --- 1. job ids are not paths ----------------------------------------------------------------------
+
+
+def test_job_ids_that_are_paths_never_write_outside_local_storage(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], tmp_path: Path
+) -> None:
+    start_worker()
+    attacks = ["../escape", "/tmp/abs", "ok/../../escape", "a//b", "./x", "a/..", "x:dispatched", "line\nbreak"]
+    for job_id in attacks:  # refused by the producer...
+        with pytest.raises(NodeValidationError, match="job_id"):
+            client.submit(offline_node, job_id=job_id)
+    # ...and by the worker when a message skips the producer.
+    for job_id in attacks:
+        document = send_raw_job(client, job_id, offline_node).get(timeout=30)
+        assert document["status"] == "failed" and "job_id" in document["errors"][0]["message"], job_id
+    written = {p for p in files_under(tmp_path) if p.suffix == ".png"}
+    assert written == set()
+    assert not (tmp_path.parent / "escape").exists() and not Path("/tmp/abs").exists()
+
+
+def test_local_store_refuses_keys_and_symlinks_that_leave_its_root(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "evil").symlink_to(outside, target_is_directory=True)
+    location = Location(LocalStore(root), "")
+    for job_id in ("../outside", "evil", "a/../../outside", "/abs"):
+        with pytest.raises(StorageError):
+            location.put(job_id, 0, 1, "png", PNG, "image/png", META)
+    for key in ("../outside/x.png", "a/./b.png", "a//b.png", "a\\..\\b.png", "a/b%2F..png", ""):
+        with pytest.raises(StorageError, match="canonical form"):
+            location.store.put(key, PNG, "image/png", META)
+    assert files_under(outside) == set() and files_under(root) == set()
+    # Signing is confined too: another file under the root is not an image this service stored.
+    (root / "notes.txt").write_text("private")
+    with pytest.raises(StorageError):
+        location.url_for((root / "notes.txt").as_uri())
+    with pytest.raises(StorageError):
+        location.url_for((outside / "x.png").as_uri())
+
+
+def test_platform_azure_uploads_cannot_leave_the_container(
+    azurite: Emulator, azure_admin: BlobServiceClient, azure_container: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim = f"{azure_container}-victim"
+    azure_admin.create_container(victim)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.extra["connection_string"])
+    location = location_for(None, Settings(storage_url=f"az://{azure_container}/platform"))
+    for job_id in (f"../../{victim}/x", f"../{victim}", "a/../.."):
+        with pytest.raises(StorageError):
+            location.put(job_id, 0, 1, "png", PNG, "image/png", META)
+    for key in (f"../{victim}/x.png", f"platform/%2e%2e/%2e%2e/{victim}/x.png"):
+        with pytest.raises(StorageError, match="canonical form"):
+            location.store.put(key, PNG, "image/png", META)
+    assert list(azure_admin.get_container_client(victim).list_blobs()) == []
+    assert list(azure_admin.get_container_client(azure_container).list_blobs()) == []
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(a=JOB_ID, b=JOB_ID, run_a=st.integers(1, 99), run_b=st.integers(1, 99), i=st.integers(0, 7), j=st.integers(0, 7))
+def test_keys_of_different_jobs_and_kinds_never_collide(a: str, b: str, run_a: int, run_b: int, i: int, j: int) -> None:
+    if ".." in a.split("/") or ".." in b.split("/") or "." in a.split("/") or "." in b.split("/"):
+        return
+    # Redis: a job's hash is never another job's dispatch guard (the finding: "x:dispatched").
+    assert job_key(a) != dispatch_key(b, run_b)
+    assert job_task_id(a, run_a) != job_task_id(b, run_b) or (a, run_a) == (b, run_b)
+    # Objects: one key per (job, run, variation), under any prefix.
+    same = (a, run_a, i) == (b, run_b, j)
+    assert (object_key("p", a, i, "png", run_a) == object_key("p", b, j, "png", run_b)) == same
+
+
+# --- 2. the worker's identity is not lent to nodes -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"cloud_provider": "aws", "aws_bucket": "platform-bucket"},
+        {"cloud_provider": "gcp", "gcp_bucket": "platform-bucket"},
+        {
+            "cloud_provider": "azure",
+            "azure_container": "images",
+            "azure_account_url": "https://acct.blob.core.windows.net",
+        },
+    ],
+)
+def test_a_node_without_credentials_is_refused_unless_the_target_is_allow_listed(
+    offline_node: dict[str, Any], inputs: dict[str, Any]
+) -> None:
+    node = cloud(offline_node, **inputs)
+    with pytest.raises(NodeValidationError) as caught:
+        validate_node(node, Settings())
+    [problem] = caught.value.problems
+    assert problem.field.endswith(("_credentials", "_connection_string"))
+    assert "platform's own identity" in problem.message
+    allowed = {
+        "aws": "s3://platform-bucket",
+        "gcp": "gs://platform-bucket",
+        "azure": "az://acct.blob.core.windows.net/images",
+    }[inputs["cloud_provider"]]
+    validate_node(node, Settings(allowed_targets=allowed))  # the operator's explicit choice
+    # A listed prefix does not open the whole bucket, and a sibling name is not the same bucket.
+    with pytest.raises(NodeValidationError):
+        validate_node(node, Settings(allowed_targets=allowed + "/shared"))
+    with pytest.raises(NodeValidationError):
+        validate_node(
+            node,
+            Settings(allowed_targets=allowed.replace("platform-bucket", "xyz-bucket").replace("images", "xyz-images")),
+        )
+
+
+def test_the_worker_refuses_its_identity_for_a_node_target_even_without_the_producer(
+    start_worker: StartWorker,
+    client: ImageGenClient,
+    offline_node: dict[str, Any],
+    cloud_env: dict[str, str],
+    s3_admin: Any,
+    s3_bucket: str,
+) -> None:
+    # The worker's platform credentials would be accepted by the bucket: only the rule stops the write.
+    start_worker(env={**cloud_env, "AWS_ACCESS_KEY_ID": "platform", "AWS_SECRET_ACCESS_KEY": "platform"})
+    node = cloud(offline_node, cloud_provider="aws", aws_bucket=s3_bucket, aws_region="us-east-1")
+    document = send_raw_job(client, "borrowed-identity", node).get(timeout=30)
+    assert document["status"] == "failed"
+    assert "platform's own identity" in document["errors"][0]["message"]
+    assert s3_admin.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0
+    # The sign task, sent raw with a credential-less target, refuses as well.
+    request = SignRequest(uri=f"s3://{s3_bucket}/x/variation-0.png", target=Target("aws", s3_bucket))
+    answer = client.celery.send_task(SIGN_URL, args=(request.model_dump(mode="json"),)).get(timeout=30)
+    assert "url" not in answer and "platform's own identity" in answer["error"]["message"]
+
+
+def test_sign_signs_only_images_under_the_callers_target(
+    start_worker: StartWorker,
+    client: ImageGenClient,
+    offline_node: dict[str, Any],
+    cloud_env: dict[str, str],
+    s3_admin: Any,
+    s3_bucket: str,
+) -> None:
+    platform_env = {
+        **cloud_env,
+        "IMAGEGEN_STORAGE_URL": f"s3://{s3_bucket}/platform",
+        "AWS_ACCESS_KEY_ID": "platform",
+        "AWS_SECRET_ACCESS_KEY": "platform",
+    }
+    start_worker(env=platform_env)
+    [image] = client.submit(offline_node).wait(timeout=60).images
+    s3_admin.put_object(Bucket=s3_bucket, Key="billing/report.csv", Body=b"private")
+    s3_admin.put_object(Bucket=s3_bucket, Key="platform/other/notes.txt", Body=b"private")
+    assert requests.get(client.sign(image.uri).url, timeout=10).status_code == 200
+    for uri in (
+        f"s3://{s3_bucket}/billing/report.csv",  # outside the platform prefix
+        f"s3://{s3_bucket}/platform/other/notes.txt",  # not an image this service stored
+        f"s3://{s3_bucket}/platform/../billing/report.csv",
+        f"s3://other-bucket/platform/{image.uri.split('/platform/')[1]}",
+    ):
+        with pytest.raises(SignError):
+            client.sign(uri)
+    # Naming the platform bucket as one's own cloud without credentials is refused before any message.
+    with pytest.raises(NodeValidationError, match="aws_credentials"):
+        client.sign(image.uri, cloud(offline_node, cloud_provider="aws", aws_bucket=s3_bucket))
+
+
+# --- 3. no token theft, no requests to internal hosts -----------------------------------------------------
+
+
+def test_account_url_to_an_attacker_host_gets_no_token(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], cloud_env: dict[str, str]
+) -> None:
+    start_worker(env=cloud_env)
+    with Listener() as attacker:
+        node = cloud(offline_node, cloud_provider="azure", azure_container="images", azure_account_url=attacker.url)
+        with pytest.raises(NodeValidationError, match="azure_connection_string"):
+            client.submit(node)
+        document = send_raw_job(client, "token-theft", node).get(timeout=30)
+        assert document["status"] == "failed"
+        assert attacker.connections == 0
+
+
+PRODUCTION = {
+    "environment": "production",
+    "storage_url": "s3://platform-bucket/images",
+    "allowed_secret_refs": "env:TENANT_",
+}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://acct.blob.core.windows.net",  # not https
+        "https://10.0.0.7",  # an internal address
+        "https://169.254.169.254",  # the metadata service
+        "https://attacker.example",  # not Azure
+        "https://acct.blob.core.windows.net.attacker.example",  # a lookalike suffix
+        "https://acct.blob.core.windows.net@attacker.example",  # user info
+        "https://acct.blob.core.windows.net/?sv=x&sig=y",  # a SAS token
+        "https://acct.blob.core.windows.net/a/b/../c",  # a path
+    ],
+)
+def test_production_account_urls_must_be_public_azure_endpoints(offline_node: dict[str, Any], url: str) -> None:
+    node = cloud(
+        offline_node,
+        cloud_provider="azure",
+        azure_container="images",
+        azure_account_url=url,
+        azure_connection_string="env:TENANT_AZURE",
+    )
+    with pytest.raises(NodeValidationError) as caught:
+        validate_node(node, Settings(**PRODUCTION))
+    assert [p.field for p in caught.value.problems] == ["inputs.azure_account_url"]
+    assert url not in str(caught.value)  # may hold a SAS: not echoed
+    good = cloud(offline_node, **{**node["inputs"], "azure_account_url": "https://acct.blob.core.windows.net"})
+    validate_node(good, Settings(**PRODUCTION))
+
+
+def test_endpoints_inside_referenced_secrets_are_checked_before_any_connection(
+    monkeypatch: pytest.MonkeyPatch, sa_json: str
+) -> None:
+    with Listener() as internal:
+        account_key = "a2V5" * 11
+        monkeypatch.setenv("TENANT_AZURE", azurite_connection_string(internal.url, "acct", account_key))
+        azure = Target("azure", "images", credentials="env:TENANT_AZURE")
+        with pytest.raises(StorageError, match="blob endpoint") as caught:
+            location_for(azure, Settings(**PRODUCTION))
+        assert account_key not in str(caught.value)
+
+        monkeypatch.setenv("TENANT_GCP", json.dumps({**json.loads(sa_json), "token_uri": f"{internal.url}/token"}))
+        gcp = Target("gcp", "images", credentials="env:TENANT_GCP")
+        with pytest.raises(StorageError, match="token_uri"):
+            location_for(gcp, Settings(**PRODUCTION))
+        assert internal.connections == 0
+        # An operator can list an internal endpoint on purpose.
+        allowed = Settings(**PRODUCTION, allowed_endpoint_hosts="127.0.0.1")
+        location_for(gcp, allowed)
+        assert internal.connections == 0  # building the store contacts nobody; uploads would
+
+
+def test_aws_region_is_checked_at_submit_and_named(offline_node: dict[str, Any]) -> None:
+    for region in ("us-east-1.attacker.example", "../x", "us-east-1/", "US-EAST-1", "a" * 300):
+        node = cloud(
+            offline_node,
+            cloud_provider="aws",
+            aws_bucket="tenant-bucket",
+            aws_region=region,
+            aws_credentials="env:TENANT_AWS",
+        )
+        with pytest.raises(NodeValidationError) as caught:
+            validate_node(node, Settings())
+        assert [p.field for p in caught.value.problems] == ["inputs.aws_region"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("aws_bucket", "Bucket_With_Caps"),
+        ("aws_bucket", "192.168.1.1"),
+        ("aws_bucket", "a..b"),
+        ("azure_container", "a--b"),
+        ("azure_container", "$root"),
+        ("gcp_bucket", "goog-bucket"),
+        ("aws_prefix", "../other-tenant"),
+        ("azure_prefix", "a/./b"),
+        ("gcp_prefix", "a\\b"),
+    ],
+)
+def test_bucket_container_and_prefix_rules(offline_node: dict[str, Any], field: str, value: str) -> None:
+    provider = {"aws": "aws", "azure": "azure", "gcp": "gcp"}[field.split("_")[0]]
+    base = {
+        "aws": {"aws_bucket": "tenant-bucket", "aws_credentials": "env:T"},
+        "azure": {"azure_container": "images", "azure_connection_string": "env:T"},
+        "gcp": {"gcp_bucket": "tenant-bucket", "gcp_credentials": "env:T"},
+    }[provider]
+    node = cloud(offline_node, cloud_provider=provider, **{**base, field: value})
+    with pytest.raises(NodeValidationError) as caught:
+        validate_node(node, Settings())
+    assert [p.field for p in caught.value.problems] == [f"inputs.{field}"]
+
+
+def test_a_node_target_cannot_claim_to_be_the_platform() -> None:
+    with pytest.raises(PermanentError, match="platform"):
+        location_for(Target("aws", "platform-bucket", platform=True), Settings())
