@@ -15,6 +15,7 @@ from producer.cli import EXIT_CONFLICT
 from producer.client import ImageGenClient
 from tests.cli import imagegen
 from tests.conftest import StartWorker
+from tests.redis_scan import all_redis_entries
 
 
 def test_the_same_id_with_another_node_is_a_conflict_not_the_old_result(
@@ -71,3 +72,21 @@ def test_a_running_job_cannot_be_rerun(client: ImageGenClient, offline_node: dic
     client.submit(offline_node, job_id="queued-1")  # no worker: stays queued
     with pytest.raises(JobConflict, match="is queued"):
         client.submit(offline_node, job_id="queued-1", rerun=True)
+
+
+def test_a_big_node_is_not_multiplied_by_its_variations_in_redis(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], redis_url: str
+) -> None:
+    """The description never leaves the producer; each variation carries the prompt, not the node."""
+    canary = "DESCRIPTION-CANARY-" + "d" * 1900
+    node = {**offline_node, "description": canary, "name": "n" * 200}
+    node["inputs"] = {**node["inputs"], "variations": 8, "user_query": "p" * 7000}
+    start_worker()
+    result = client.submit(node, job_id="footprint-1").wait(timeout=60)
+    assert result.status == "succeeded"
+    entries = all_redis_entries(redis_url)
+    assert not any(canary.encode() in value for value in entries.values())
+    # Left behind by this job: its record, its result document and the variations' results.
+    mine = {k: v for k, v in entries.items() if b"footprint-1" in k or b"footprint-1" in v}
+    prompt_copies = sum(v.count(b"p" * 7000) for v in mine.values())
+    assert prompt_copies == 0, f"{prompt_copies} copies of the prompt are kept in Redis after the job"

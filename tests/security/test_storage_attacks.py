@@ -46,8 +46,8 @@ def cloud(node: dict[str, Any], **inputs: Any) -> dict[str, Any]:
 def test_job_ids_that_are_paths_never_write_outside_local_storage(
     start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], tmp_path: Path
 ) -> None:
-    start_worker()
-    attacks = ["../escape", "/tmp/abs", "ok/../../escape", "a//b", "./x", "a/..", "x:dispatched", "line\nbreak"]
+    worker = start_worker()
+    attacks = ["../escape", "/tmp/abs", "ok/../../escape", "a//b", "./x", "a/..", "x:dispatched", "line\nINJECTED"]
     for job_id in attacks:  # refused by the producer...
         with pytest.raises(NodeValidationError, match="job_id"):
             client.submit(offline_node, job_id=job_id)
@@ -57,6 +57,8 @@ def test_job_ids_that_are_paths_never_write_outside_local_storage(
         assert document["status"] == "failed" and "job_id" in document["errors"][0]["message"], job_id
     written = {p for p in files_under(tmp_path) if p.suffix == ".png"}
     assert written == set()
+    assert "rejected by the worker" in worker.log()
+    assert not any(line.startswith("INJECTED") for line in worker.log().splitlines())  # no forged log line
     assert not (tmp_path.parent / "escape").exists() and not Path("/tmp/abs").exists()
 
 
