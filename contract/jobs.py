@@ -20,7 +20,7 @@ from typing import Any, Literal
 import redis
 
 from contract.errors import ImageGenError
-from contract.queue import job_key, job_task_id
+from contract.queue import job_key, job_task_id, progress_key
 
 JobState = Literal["queued", "running", "succeeded", "partial", "failed"]
 FINISHED: tuple[JobState, ...] = ("succeeded", "partial", "failed")
@@ -28,16 +28,17 @@ RERUNNABLE: tuple[JobState, ...] = ("failed", "partial")
 
 ClaimOutcome = Literal["created", "exists", "rerun", "conflict", "not_rerunnable"]
 
-# KEYS[1]: the job hash.
+# KEYS[1]: the job hash; KEYS[2]: the progress index (sorted set: job id -> last progress, epoch s).
 # ARGV[1]: TTL in seconds; ARGV[2]: node fingerprint; ARGV[3]: "1" to rerun a failed or partial job;
-# ARGV[4]: submitted_at; ARGV[5..]: field, value pairs of a new record.
+# ARGV[4]: submitted_at; ARGV[5]: the job id; ARGV[6]: now (epoch s); ARGV[7..]: field, value pairs of a new record.
 # Returns {outcome, run, state}. Creating, refusing and starting a rerun are one step,
 # so two producers racing on the same job id cannot both enqueue.
 _CLAIM = """
 local run = tonumber(redis.call('HGET', KEYS[1], 'run') or '1')
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], 'run', 1, 'submitted_at', ARGV[4], unpack(ARGV, 5))
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], 'run', 1, 'submitted_at', ARGV[4], unpack(ARGV, 7))
   redis.call('EXPIRE', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
   return {'created', 1, 'queued'}
 end
 local state = redis.call('HGET', KEYS[1], 'state') or 'queued'
@@ -48,7 +49,26 @@ run = run + 1
 redis.call('HSET', KEYS[1], 'run', run, 'state', 'queued', 'done', 0, 'submitted_at', ARGV[4])
 redis.call('HDEL', KEYS[1], 'started_at', 'finished_at')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
 return {'rerun', run, state}
+"""
+
+# KEYS[1]: the job hash; KEYS[2]: the progress index.
+# ARGV[1]: the job id; ARGV[2]: cutoff (epoch s): no progress since then means lost; ARGV[3]: finished_at.
+# Returns the run that was ended as lost, or false (finished meanwhile, or progress since the cutoff).
+# One step, so of many sweepers (every worker, every waiting client) exactly one ends the job.
+_END_LOST = """
+local last = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' and state ~= 'running' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return false
+end
+if not last or tonumber(last) > tonumber(ARGV[2]) then return false end
+local run = redis.call('HGET', KEYS[1], 'run') or '1'
+redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[3], 'result_run', run, 'lost', 1)
+redis.call('ZREM', KEYS[2], ARGV[1])
+return tonumber(run)
 """
 
 
@@ -89,8 +109,10 @@ class JobStatus:
     done: int
     model: str
     submitted_at: str
+    name: str = ""
     run: int = 1
     result_run: int | None = None  # the run whose result document is current (None: none yet)
+    lost: bool = False  # ended by the lost-job sweep: no worker made progress within the deadline
     started_at: str | None = None
     finished_at: str | None = None
 
@@ -109,6 +131,7 @@ class JobRecords:
         self.client = client
         self.ttl_s = ttl_s
         self._claim = client.register_script(_CLAIM)
+        self._end_lost = client.register_script(_END_LOST)
 
     def claim(
         self,
@@ -119,28 +142,58 @@ class JobRecords:
         variations: int,
         submitted_at: datetime,
         rerun: bool = False,
+        name: str = "",
     ) -> Claim:
         """Create the record as ``queued`` (run 1), or start a rerun; never overwrite another node's job."""
-        fields = {"state": "queued", "model": model, "variations": variations, "done": 0}
+        fields = {"state": "queued", "name": name, "model": model, "variations": variations, "done": 0}
         flat = [str(item) for pair in fields.items() for item in pair]
         outcome, run, state = self._claim(
-            keys=[job_key(job_id)],
-            args=[self.ttl_s, node_fingerprint, "1" if rerun else "0", submitted_at.isoformat(), *flat],
+            keys=[job_key(job_id), progress_key()],
+            args=[
+                self.ttl_s,
+                node_fingerprint,
+                "1" if rerun else "0",
+                submitted_at.isoformat(),
+                job_id,
+                submitted_at.timestamp(),
+                *flat,
+            ],
         )
         return Claim(_text(outcome), int(run), _text(state))  # type: ignore[arg-type]
 
     def forget(self, job_id: str) -> None:
-        self.client.delete(job_key(job_id))
+        pipe = self.client.pipeline()
+        pipe.delete(job_key(job_id))
+        pipe.zrem(progress_key(), job_id)
+        pipe.execute()
 
     def mark_running(self, job_id: str, started_at: datetime) -> None:
-        self._update(job_id, {"state": "running", "started_at": started_at.isoformat()})
+        self._update(job_id, {"state": "running", "started_at": started_at.isoformat()}, progress=True)
 
     def count_done(self, job_id: str) -> None:
-        self.client.hincrby(job_key(job_id), "done", 1)
+        pipe = self.client.pipeline()
+        pipe.hincrby(job_key(job_id), "done", 1)
+        pipe.zadd(progress_key(), {job_id: utcnow().timestamp()}, xx=True)
+        pipe.execute()
 
     def mark_finished(self, job_id: str, run: int, state: JobState, finished_at: datetime) -> None:
         """The run's result document is stored: it becomes the job's current result."""
         self._update(job_id, {"state": state, "finished_at": finished_at.isoformat(), "result_run": run})
+        self.client.zrem(progress_key(), job_id)
+
+    def stalled(self, deadline_s: float, limit: int = 500) -> list[str]:
+        """Ids of unfinished jobs with no progress for ``deadline_s`` (candidates for ``end_lost``)."""
+        cutoff = utcnow().timestamp() - deadline_s
+        members = self.client.zrangebyscore(progress_key(), "-inf", cutoff, start=0, num=limit)
+        return [_text(m) for m in members if isinstance(m, bytes | str)]
+
+    def end_lost(self, job_id: str, deadline_s: float) -> JobStatus | None:
+        """End the job ``failed`` if it made no progress for ``deadline_s``; its status then, else None."""
+        now = utcnow()
+        run = self._end_lost(
+            keys=[job_key(job_id), progress_key()], args=[job_id, now.timestamp() - deadline_s, now.isoformat()]
+        )
+        return self.read(job_id) if run else None
 
     def read(self, job_id: str) -> JobStatus | None:
         raw = self.client.hgetall(job_key(job_id))
@@ -155,16 +208,20 @@ class JobRecords:
             done=min(int(data.get("done", 0)), variations),  # a redelivery may count twice
             model=data.get("model", ""),
             submitted_at=data.get("submitted_at", ""),
+            name=data.get("name", ""),
             run=int(data.get("run", 1)),
             result_run=int(data["result_run"]) if data.get("result_run") else None,
+            lost=data.get("lost") == "1",
             started_at=data.get("started_at"),
             finished_at=data.get("finished_at"),
         )
 
-    def _update(self, job_id: str, fields: Mapping[Any, Any]) -> None:
+    def _update(self, job_id: str, fields: Mapping[Any, Any], progress: bool = False) -> None:
         pipe = self.client.pipeline()
         pipe.hset(job_key(job_id), mapping=fields)
         pipe.expire(job_key(job_id), self.ttl_s)
+        if progress:
+            pipe.zadd(progress_key(), {job_id: utcnow().timestamp()}, xx=True)
         pipe.execute()
 
 

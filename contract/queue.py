@@ -30,6 +30,11 @@ def dispatch_key(job_id: str, run: int) -> str:
     return f"{KEY_PREFIX}:dispatch:{job_id}@{run}"
 
 
+def progress_key() -> str:
+    """Sorted set: unfinished job id -> time of its last progress (the lost-job sweep reads it)."""
+    return f"{KEY_PREFIX}:progress"
+
+
 def job_task_id(job_id: str, run: int) -> str:
     """The Celery task id of one run of a job; its result document lives under this id.
     "@" never occurs in job ids nor in Celery's own uuids, so these ids are the jobs'."""

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 JobStatus = Literal["succeeded", "partial", "failed"]
-ErrorKind = Literal["transient_exhausted", "permanent", "blocked", "storage", "timeout"]
+ErrorKind = Literal["transient_exhausted", "permanent", "blocked", "storage", "timeout", "lost"]
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "result.schema.json"
 

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = Field(300, ge=1)
     task_time_limit_s: int = Field(330, ge=1)
     visibility_timeout_s: int = 3600
+    # A queued or running job with no progress (submitted, started, a variation
+    # finished) for this long is ended "failed" with a "lost" error: its messages
+    # are gone (a broker that lost data, a worker dead mid-dispatch on an old
+    # version). Checked by every worker every IMAGEGEN_LOST_SWEEP_S and by waiting clients.
+    job_deadline_s: int = Field(2 * 3600, ge=1)
+    lost_sweep_s: int = Field(60, ge=1)
     # How often a worker looks for messages whose consumer died (kombu's
     # default is ~100 s: a 10 s timer that scans every 10th tick).
     redelivery_sweep_s: int = Field(30, ge=1)

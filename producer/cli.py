@@ -21,7 +21,15 @@ from contract.job_ids import check_job_id
 from contract.node import NodeValidationError, validate_node
 from contract.result import JobResult
 from contract.settings import get_settings
-from producer.client import ImageGenClient, JobConflict, JobCrashed, JobNotFound, JobTimeout, SignError
+from producer.client import (
+    ImageGenClient,
+    JobConflict,
+    JobCrashed,
+    JobNotFound,
+    JobTimeout,
+    QueueUnavailable,
+    SignError,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_CONFLICT = 0, 1, 2, 3, 4, 5, 6
 _STATUS_EXIT = {"succeeded": EXIT_OK, "partial": EXIT_PARTIAL, "failed": EXIT_FAILED}
@@ -50,7 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JobCrashed as exc:
         print(f"imagegen: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except (redis.ConnectionError, ConnectionError, OSError) as exc:
+    except QueueUnavailable as exc:
+        url = _redacted(get_settings().redis_url)
+        print(f"imagegen: cannot reach the queue at {url} (REDIS_URL): {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (redis.RedisError, OSError) as exc:
         url = _redacted(get_settings().redis_url)
         print(f"imagegen: cannot reach the queue at {url} (REDIS_URL): {exc.__class__.__name__}", file=sys.stderr)
         return EXIT_UNREACHABLE

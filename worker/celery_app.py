@@ -19,6 +19,7 @@ app = Celery("imagegen", task_cls=ImageGenTask)
 app.conf.update(celery_config(get_settings()))
 app.conf.include = [
     "worker.health",
+    "worker.sweeper",
     "worker.tasks.run_job",
     "worker.tasks.variation",
     "worker.tasks.finalize",

@@ -24,6 +24,7 @@ def test_schema_names_the_documented_fields() -> None:
         "blocked",
         "storage",
         "timeout",
+        "lost",
     }
     assert {"url", "uri", "mime_type", "width", "height", "sha256", "attempts"} <= set(
         defs["ImageRecord"]["properties"]

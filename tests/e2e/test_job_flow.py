@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from contract.queue import RUN_JOB
+from contract.queue import RUN_JOB, dispatch_key
 from contract.work import JobOrder
 from producer.client import ImageGenClient
 from tests.conftest import StartWorker
@@ -140,6 +140,29 @@ def test_redelivered_job_task_does_not_start_a_second_chord(
         time.sleep(0.2)
     assert worker.log().count("imagegen.generate_variation[") // 2 == 1
     assert client.wait("redelivered-1", timeout=5).status == "succeeded"  # the document is intact
+
+
+def test_a_job_whose_dispatch_died_halfway_is_dispatched_by_the_redelivery(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], redis_url: str
+) -> None:
+    # What a worker killed between claiming the dispatch and publishing the chord leaves behind:
+    # the guard "pending", the job task unacked (so redelivered), no chord.
+    redis.Redis.from_url(redis_url).set(dispatch_key("half-dispatched-1", 1), "pending")
+    order = JobOrder(
+        job_id="half-dispatched-1", node=client.validate(offline_node).to_task_payload(), submitted_at=datetime.now(UTC)
+    )
+    client.records.claim(
+        "half-dispatched-1",
+        node_fingerprint="x",
+        model="offline_preview",
+        variations=1,
+        submitted_at=order.submitted_at,
+    )
+    worker = start_worker()
+    client.celery.send_task(RUN_JOB, args=(order.model_dump(mode="json"),), task_id="half-dispatched-1@1")
+    assert client.wait("half-dispatched-1", timeout=30).status == "succeeded"
+    assert "died while dispatching; dispatching again" in worker.log()
+    assert redis.Redis.from_url(redis_url).get(dispatch_key("half-dispatched-1", 1)) == b"done"
 
 
 def test_job_survives_a_killed_worker(

@@ -38,11 +38,15 @@ def run_job(self: Task, order: JobOrder) -> Any:
         log.warning("job %r rejected by the worker: %s", order.job_id[:200], exc)
         return invalid_job_result(order, str(exc))
 
-    # acks_late redelivers this task if the worker dies after dispatching the
-    # chord: only the first delivery of this run may dispatch it.
-    if not records.client.set(dispatch_key(job_id, order.run), "1", nx=True, ex=settings.result_ttl_s):
-        log.info("job %s run %d already dispatched; ignoring the redelivery", job_id, order.run)
-        raise Ignore()
+    # acks_late redelivers this task if the worker dies: after a whole dispatch the
+    # guard says "done" and the redelivery stops here; a worker that died between
+    # claiming and publishing left "pending", and the redelivery dispatches again.
+    guard = dispatch_key(job_id, order.run)
+    if not records.client.set(guard, "pending", nx=True, ex=settings.result_ttl_s):
+        if records.client.get(guard) == b"done":
+            log.info("job %s run %d already dispatched; ignoring the redelivery", job_id, order.run)
+            raise Ignore()
+        log.warning("job %s run %d: an earlier delivery died while dispatching; dispatching again", job_id, order.run)
 
     started_at = utcnow()
     records.mark_running(job_id, started_at)
@@ -77,4 +81,8 @@ def run_job(self: Task, order: JobOrder) -> Any:
     )
     body = app.signature(FINALIZE, args=(summary.model_dump(mode="json"),))
     log.info("job %s run %d: %d variation(s) of %s at %s", job_id, order.run, len(header), inputs.model, inputs.size)
-    return self.replace(chord(header, body))
+    try:
+        return self.replace(chord(header, body))
+    except Ignore:  # replace publishes the chord, then raises Ignore
+        records.client.set(guard, "done", xx=True, keepttl=True)
+        raise

@@ -1,0 +1,74 @@
+"""A job whose messages are gone is ended `failed` with a `lost` error, by the
+workers' sweep or by the waiting client: never queued or running for good,
+never "never submitted"."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from contract.settings import Settings
+from producer.client import ImageGenClient, JobNotFound
+from tests.conftest import StartWorker
+
+FAST = {"IMAGEGEN_JOB_DEADLINE_S": "2", "IMAGEGEN_LOST_SWEEP_S": "1"}
+
+
+def lose_the_queue(redis_url: str, queue: str) -> None:
+    """What a broker that lost its data looks like: the job's message is gone."""
+    assert redis.Redis.from_url(redis_url).delete(queue) == 1
+
+
+def test_a_waiting_client_ends_a_lost_job(
+    job_env: dict[str, str], redis_url: str, offline_node: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {**job_env, **FAST}.items():
+        monkeypatch.setenv(name, value)
+    client = ImageGenClient(Settings())
+    try:
+        handle = client.submit(offline_node, job_id="lost-1")
+        lose_the_queue(redis_url, job_env["IMAGEGEN_QUEUE"])
+        result = handle.wait(timeout=30)
+        assert result.status == "failed" and result.job_id == "lost-1"
+        [error] = result.errors
+        assert error.kind == "lost" and "IMAGEGEN_JOB_DEADLINE_S" in error.message
+        status = client.status("lost-1")
+        assert (status.state, status.lost) == ("failed", True)
+        assert client.result("lost-1") == result
+    finally:
+        client.close()
+
+
+def test_the_workers_sweep_ends_a_lost_job_nobody_waits_for(
+    start_worker: StartWorker,
+    client: ImageGenClient,
+    job_env: dict[str, str],
+    redis_url: str,
+    offline_node: dict[str, Any],
+) -> None:
+    client.submit(offline_node, job_id="lost-2")
+    lose_the_queue(redis_url, job_env["IMAGEGEN_QUEUE"])
+    worker = start_worker(FAST)
+    deadline = time.monotonic() + 30
+    while client.status("lost-2").state != "failed":
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.5)
+    document = client.result("lost-2")
+    assert document is not None and document.errors[0].kind == "lost"
+    assert "ended as lost" in worker.log()
+    # A job that makes progress is not lost, however long it runs.
+    offline_node["inputs"]["variations"] = 4
+    slow = start_worker({**FAST, "IMAGEGEN_OFFLINE_LATENCY_S": "1.5"}, concurrency=1)
+    assert client.submit(offline_node, job_id="slow-but-alive").wait(timeout=60).status == "succeeded", slow.log()
+
+
+def test_a_handle_whose_record_vanished_says_so(
+    client: ImageGenClient, offline_node: dict[str, Any], redis_url: str
+) -> None:
+    handle = client.submit(offline_node, job_id="vanished-1")
+    redis.Redis.from_url(redis_url).delete("imagegen:job:vanished-1")  # a Redis restart without persistence
+    with pytest.raises(JobNotFound, match="was submitted, but its record is gone"):
+        handle.wait(timeout=5)
