@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install tools demo test lint bench clean
+.PHONY: install tools demo test chaos lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,15 +26,22 @@ demo: install
 test: install tools
 	$(BIN)/python -m pytest
 
+# Faults injected while jobs run (tests/chaos): prints the table, writes var/chaos.md.
+chaos: install tools
+	$(BIN)/python -m pytest -m chaos tests/chaos -q
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy contract worker producer devtools
 
-bench: install
-	$(BIN)/python -m benchmarks.parallel_variations
-	$(BIN)/python -m benchmarks.pools
-	$(BIN)/python -m benchmarks.gemini_provider
+# Every figure of docs/pools.md in one run (~6 min; IMAGEGEN_BENCH_QUICK=1: ~3 min).
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'
+	touch $@
+
+bench: install $(VENV)/.bench
+	$(BIN)/python -m benchmarks.figures
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,23 +21,27 @@ from typing import Any, Literal
 import redis
 
 from contract.errors import ImageGenError
-from contract.queue import job_key, job_task_id, progress_key
+from contract.queue import dispatch_key, job_key, job_task_id, progress_key
 
 JobState = Literal["queued", "running", "succeeded", "partial", "failed"]
 FINISHED: tuple[JobState, ...] = ("succeeded", "partial", "failed")
 RERUNNABLE: tuple[JobState, ...] = ("failed", "partial")
 
-ClaimOutcome = Literal["created", "exists", "rerun", "conflict", "not_rerunnable"]
+ClaimOutcome = Literal["created", "replayed", "exists", "rerun", "conflict", "not_rerunnable"]
 
 # KEYS[1]: the job hash; KEYS[2]: the progress index (sorted set: job id -> last progress, epoch s).
 # ARGV[1]: TTL in seconds; ARGV[2]: node fingerprint; ARGV[3]: "1" to rerun a failed or partial job;
-# ARGV[4]: submitted_at; ARGV[5]: the job id; ARGV[6]: now (epoch s); ARGV[7..]: field, value pairs of a new record.
+# ARGV[4]: submitted_at; ARGV[5]: the job id; ARGV[6]: now (epoch s); ARGV[7]: this submit's nonce;
+# ARGV[8..]: field, value pairs of a new record.
 # Returns {outcome, run, state}. Creating, refusing and starting a rerun are one step,
-# so two producers racing on the same job id cannot both enqueue.
+# so two producers racing on the same job id cannot both enqueue; the nonce tells a
+# client's own retry (its first reply was lost) from somebody else's resubmission.
 _CLAIM = """
 local run = tonumber(redis.call('HGET', KEYS[1], 'run') or '1')
+if redis.call('HGET', KEYS[1], 'claim') == ARGV[7] then return {'replayed', run, 'queued'} end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], 'run', 1, 'submitted_at', ARGV[4], unpack(ARGV, 7))
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], 'run', 1, 'submitted_at', ARGV[4], 'claim', ARGV[7])
+  redis.call('HSET', KEYS[1], unpack(ARGV, 8))
   redis.call('EXPIRE', KEYS[1], ARGV[1])
   redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
   return {'created', 1, 'queued'}
@@ -46,7 +51,7 @@ if redis.call('HGET', KEYS[1], 'fingerprint') ~= ARGV[2] then return {'conflict'
 if ARGV[3] ~= '1' then return {'exists', run, state} end
 if state ~= 'failed' and state ~= 'partial' then return {'not_rerunnable', run, state} end
 run = run + 1
-redis.call('HSET', KEYS[1], 'run', run, 'state', 'queued', 'done', 0, 'submitted_at', ARGV[4])
+redis.call('HSET', KEYS[1], 'run', run, 'state', 'queued', 'done', 0, 'submitted_at', ARGV[4], 'claim', ARGV[7])
 redis.call('HDEL', KEYS[1], 'started_at', 'finished_at')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
@@ -69,6 +74,37 @@ local run = redis.call('HGET', KEYS[1], 'run') or '1'
 redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[3], 'result_run', run, 'lost', 1)
 redis.call('ZREM', KEYS[2], ARGV[1])
 return tonumber(run)
+"""
+
+
+# KEYS[1]: the dispatch guard of one run; KEYS[2]: the job hash; KEYS[3]: the progress index.
+# ARGV[1]: TTL (s); ARGV[2]: started_at; ARGV[3]: now (epoch s); ARGV[4]: the job id.
+# Returns "new" (claimed), "again" (an earlier delivery died while dispatching: claimed again)
+# or "done" (dispatched already: nothing changed). Claim and "running" are one round trip.
+_BEGIN_DISPATCH = """
+local outcome = 'new'
+if not redis.call('SET', KEYS[1], 'pending', 'NX', 'EX', ARGV[1]) then
+  if redis.call('GET', KEYS[1]) == 'done' then return 'done' end
+  outcome = 'again'
+end
+redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[4])
+return outcome
+"""
+
+# KEYS[1]: the job hash; KEYS[2]: the progress index. ARGV[1]: "v<index>" (the variation's
+# field); ARGV[2]: the run; ARGV[3]: now (epoch s); ARGV[4]: the job id.
+# A variation counts once per run, whatever the deliveries; its field (the run that finished
+# it) lets a redelivered copy skip the work. Nothing is created for a job without a record.
+# Returns 1 when counted now, 0 when counted before (or no record).
+_COUNT_DONE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[4])
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'done', 1)
+return 1
 """
 
 
@@ -98,7 +134,7 @@ class Claim:
 
     @property
     def enqueue(self) -> bool:
-        return self.outcome in ("created", "rerun")
+        return self.outcome in ("created", "replayed", "rerun")
 
 
 @dataclass(frozen=True)
@@ -132,6 +168,8 @@ class JobRecords:
         self.ttl_s = ttl_s
         self._claim = client.register_script(_CLAIM)
         self._end_lost = client.register_script(_END_LOST)
+        self._begin_dispatch = client.register_script(_BEGIN_DISPATCH)
+        self._count_done = client.register_script(_COUNT_DONE)
 
     def claim(
         self,
@@ -156,6 +194,7 @@ class JobRecords:
                 submitted_at.isoformat(),
                 job_id,
                 submitted_at.timestamp(),
+                uuid.uuid4().hex,  # the same for redis-py's own retries of this call
                 *flat,
             ],
         )
@@ -170,16 +209,39 @@ class JobRecords:
     def mark_running(self, job_id: str, started_at: datetime) -> None:
         self._update(job_id, {"state": "running", "started_at": started_at.isoformat()}, progress=True)
 
-    def count_done(self, job_id: str) -> None:
-        pipe = self.client.pipeline()
-        pipe.hincrby(job_key(job_id), "done", 1)
-        pipe.zadd(progress_key(), {job_id: utcnow().timestamp()}, xx=True)
-        pipe.execute()
+    def begin_dispatch(self, job_id: str, run: int, started_at: datetime) -> Literal["new", "again", "done"]:
+        """Claim the dispatch of ``run`` (``SET NX`` on its guard) and mark the job running, in one
+        round trip. "done": an earlier delivery dispatched it already (acks_late redelivers a job
+        task whose worker died); "again": one died while dispatching, so this one dispatches."""
+        outcome = self._begin_dispatch(
+            keys=[dispatch_key(job_id, run), job_key(job_id), progress_key()],
+            args=[self.ttl_s, started_at.isoformat(), utcnow().timestamp(), job_id],
+        )
+        return _text(outcome)  # type: ignore[return-value]
+
+    def end_dispatch(self, job_id: str, run: int) -> None:
+        """The run's chord is published: a redelivery of its job task stops at ``begin_dispatch``."""
+        self.client.set(dispatch_key(job_id, run), "done", xx=True, keepttl=True)
+
+    def count_done(self, job_id: str, run: int, index: int) -> bool:
+        """Variation ``index`` of ``run`` finished: counted once, however often it is delivered
+        (False when it was counted before). One round trip."""
+        counted = self._count_done(
+            keys=[job_key(job_id), progress_key()], args=[f"v{index}", run, utcnow().timestamp(), job_id]
+        )
+        return bool(counted)
+
+    def variation_done(self, job_id: str, run: int, index: int) -> bool:
+        """Whether variation ``index`` of ``run`` finished already (a redelivered copy skips its work)."""
+        return _text(self.client.hget(job_key(job_id), f"v{index}") or b"") == str(run)
 
     def mark_finished(self, job_id: str, run: int, state: JobState, finished_at: datetime) -> None:
-        """The run's result document is stored: it becomes the job's current result."""
-        self._update(job_id, {"state": state, "finished_at": finished_at.isoformat(), "result_run": run})
-        self.client.zrem(progress_key(), job_id)
+        """The run's result document is stored: it becomes the job's current result (one round trip)."""
+        pipe = self.client.pipeline()
+        pipe.hset(job_key(job_id), mapping={"state": state, "finished_at": finished_at.isoformat(), "result_run": run})
+        pipe.expire(job_key(job_id), self.ttl_s)
+        pipe.zrem(progress_key(), job_id)
+        pipe.execute()
 
     def stalled(self, deadline_s: float, limit: int = 500) -> list[str]:
         """Ids of unfinished jobs with no progress for ``deadline_s`` (candidates for ``end_lost``)."""

@@ -16,6 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from contract.clouds import TargetPolicy, parse_allowed_targets
 from contract.rate_limits import RateLimit, parse_rate_limits
 
+POOL_HEADROOM = 16  # connections beyond one per worker slot: see Settings.pool_size
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")  # the job store and result backend
+BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", *REDIS_SCHEMES)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", extra="ignore")
@@ -26,6 +30,38 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
     queue: str = "imagegen"
     result_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+
+    # --- broker (docs/reliability.md, "Brokers") -------------------------------
+    # Empty: REDIS_URL is the broker too. amqp://user:pw@host:5672/vhost: RabbitMQ
+    # (a quorum queue, native delayed delivery) while Redis stays result backend and
+    # job store. REDIS_URL and this also take sentinel://h1:p1,h2:p2/service/db
+    # (contract/redis_client.py).
+    broker_url: str = ""
+
+    @model_validator(mode="after")
+    def _broker_urls_parse(self) -> Settings:
+        from contract.redis_client import SentinelURL, is_sentinel
+
+        for name, url, schemes in (
+            ("REDIS_URL", self.redis_url, REDIS_SCHEMES),
+            ("IMAGEGEN_BROKER_URL", self.broker_url, BROKER_SCHEMES),
+        ):
+            if not url:
+                continue
+            scheme = url.split("://", 1)[0] if "://" in url else ""
+            if scheme not in schemes:
+                raise ValueError(f"{name}: scheme {scheme or '(none)'!r} is not one of {', '.join(schemes)}")
+            if is_sentinel(url):
+                try:
+                    SentinelURL.parse(url)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+        return self
+
+    @property
+    def broker(self) -> str:
+        """The broker URL in effect: IMAGEGEN_BROKER_URL, else REDIS_URL."""
+        return self.broker_url or self.redis_url
 
     # --- the node contract ---------------------------------------------------
     model_catalog_file: str | None = None
@@ -43,7 +79,11 @@ class Settings(BaseSettings):
     retry_max_total_s: float = Field(600.0, ge=0)
     task_soft_time_limit_s: int = Field(300, ge=1)
     task_time_limit_s: int = Field(330, ge=1)
-    visibility_timeout_s: int = 3600
+    # Redis broker only: an unacked message older than this is redelivered, so a
+    # killed worker's tasks resume after it (plus up to one sweep). 900 s covers the
+    # longest honest hold: a 60 s countdown, up to 330 s waiting for a slot behind
+    # busy generations, 330 s of its own run (docs/reliability.md, "Brokers").
+    visibility_timeout_s: int = 900
     # A queued or running job with no progress (submitted, started, a variation
     # finished) for this long is ended "failed" with a "lost" error: its messages
     # are gone (a broker that lost data, a worker dead mid-dispatch on an old
@@ -59,7 +99,10 @@ class Settings(BaseSettings):
 
     # --- worker pool ----------------------------------------------------------
     worker_pool: Literal["threads", "prefork", "gevent", "solo"] = "threads"
-    worker_concurrency: int = Field(32, ge=1)  # threads; see docs/pools.md for the measurement
+    # Generations in flight per worker process. Every connection pool of the process (Redis
+    # broker, result backend and job store; the Gemini and storage HTTP clients) is sized
+    # from it (pool_size). 512 is the most measured to work (docs/pools.md).
+    worker_concurrency: int = Field(256, ge=1, le=512)
     heartbeat_file: str = "/tmp/imagegen-worker-heartbeat"  # liveness probe checks its age
 
     # --- storage --------------------------------------------------------------
@@ -157,6 +200,12 @@ class Settings(BaseSettings):
             problems.append("IMAGEGEN_OFFLINE_LATENCY_S / IMAGEGEN_OFFLINE_FAILURES are test knobs")
         if problems:
             raise ValueError(f"unsafe for environment={self.environment}: " + "; ".join(problems))
+
+    @property
+    def pool_size(self) -> int:
+        """Connections any one client pool of a worker process may open: one per slot, plus the
+        worker's own users (consumer, events, heartbeat, lost-job sweep, chord callbacks)."""
+        return self.worker_concurrency + POOL_HEADROOM
 
     @property
     def rate_limit_table(self) -> dict[str, RateLimit]:

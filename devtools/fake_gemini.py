@@ -15,6 +15,12 @@ In-process::
 From another process: ``python -m devtools.fake_gemini --port N --api-key K``,
 driven with ``FakeGeminiControl(base_url)`` (``POST /_fake/script``,
 ``GET /_fake/requests``, ``POST /_fake/reset``, ``POST /_fake/config``).
+
+It keeps hundreds of slow requests in flight at once (a thread per connection,
+HTTP/1.1 keep-alive as on the real API, a listen backlog of ``BACKLOG``) and
+counts them (``in_flight``, ``max_in_flight``). Images are a solid colour (tiny
+PNGs) unless ``image_kind="photo"``: noise that compresses like a photograph,
+about 1.6 MB of PNG at 1024x1024, for measuring what decoding costs a worker.
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import hashlib
 import io
 import json
+import random
 import re
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -72,6 +81,8 @@ DEFAULT_MESSAGES = {
     500: "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
     503: "The model is overloaded. Please try again later.",
 }
+IMAGE_KINDS = ("solid", "photo")
+BACKLOG = 1024  # listen queue: a burst of hundreds of new connections is not refused or delayed
 _PATH = re.compile(r"^/(?P<version>[^/]+)/(?:.*/)?models/(?P<model>[^/:]+):generateContent$")
 DRAFT_SIZE = (64, 64)  # thought drafts are small so tests can tell them from the final image
 
@@ -122,6 +133,9 @@ class _State:
     script: deque[Behaviour] = field(default_factory=deque)
     requests: list[RecordedRequest] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    image_kind: str = "solid"
+    in_flight: int = 0  # generateContent requests arrived and not yet answered
+    max_in_flight: int = 0
 
     def next_behaviour(self) -> Behaviour:
         with self.lock:
@@ -138,6 +152,37 @@ def pixel_sizes(catalog: ModelCatalog) -> dict[tuple[str, str, str], tuple[int, 
     return table
 
 
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, a deep backlog, and every open connection known so stop() can close it."""
+
+    daemon_threads = True  # a request sleeping in its latency must not block stop()
+    request_queue_size = BACKLOG
+
+    def __init__(self, address: tuple[str, int], state: _State):
+        self.fake_state = state
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_open_connections(self) -> None:
+        """Kept-alive connections end too: their handler threads see EOF and exit."""
+        with self._open_lock:
+            sockets, self._open = list(self._open), set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
 class FakeGemini:
     """The server, run on a background thread; a context manager."""
 
@@ -149,11 +194,12 @@ class FakeGemini:
         port: int = 0,
         latency_s: float = 0.0,
         catalog: ModelCatalog | None = None,
+        image_kind: str = "solid",
     ):
-        self._state = _State(api_key, latency_s, pixel_sizes(catalog or load_catalog()))
-        self._server = ThreadingHTTPServer((host, port), _Handler)
-        self._server.daemon_threads = True  # a request sleeping in its latency must not block stop()
-        self._server.fake_state = self._state  # type: ignore[attr-defined]
+        if image_kind not in IMAGE_KINDS:
+            raise ValueError(f"image_kind must be one of {IMAGE_KINDS}")
+        self._state = _State(api_key, latency_s, pixel_sizes(catalog or load_catalog()), image_kind=image_kind)
+        self._server = _Server((host, port), self._state)
         self._thread: threading.Thread | None = None
 
     @property
@@ -171,9 +217,31 @@ class FakeGemini:
             self._state.latency_s = value
 
     @property
+    def image_kind(self) -> str:
+        return self._state.image_kind
+
+    @image_kind.setter
+    def image_kind(self, value: str) -> None:
+        if value not in IMAGE_KINDS:
+            raise ValueError(f"image_kind must be one of {IMAGE_KINDS}")
+        with self._state.lock:
+            self._state.image_kind = value
+
+    @property
     def requests(self) -> list[RecordedRequest]:
         with self._state.lock:
             return list(self._state.requests)
+
+    @property
+    def in_flight(self) -> int:
+        with self._state.lock:
+            return self._state.in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most generateContent requests in flight at once since the start or the last reset."""
+        with self._state.lock:
+            return self._state.max_in_flight
 
     def script(self, *behaviours: Behaviour | str) -> None:
         """Queue behaviours for the next requests, in arrival order."""
@@ -185,6 +253,7 @@ class FakeGemini:
         with self._state.lock:
             self._state.script.clear()
             self._state.requests.clear()
+            self._state.max_in_flight = self._state.in_flight
 
     def start(self) -> FakeGemini:
         self._state.stopping.clear()
@@ -201,6 +270,7 @@ class FakeGemini:
             self._thread.join(timeout=5)
             self._thread = None
         self._server.server_close()
+        self._server.close_open_connections()
 
     def __enter__(self) -> FakeGemini:
         return self.start()
@@ -211,9 +281,13 @@ class FakeGemini:
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "FakeGemini/1"
-    # HTTP/1.0: one request per connection, so stop() leaves no kept-alive
-    # connection still being served by an old handler thread.
-    protocol_version = "HTTP/1.0"
+    # HTTP/1.1 keep-alive, as the real API: a client's connection pool is exercised
+    # as in production; stop() closes the connections still open.
+    protocol_version = "HTTP/1.1"
+    timeout = 120  # an idle kept-alive connection is closed after this
+    # Headers and body leave in separate writes: with Nagle's algorithm the body would wait
+    # for the client's delayed ACK of the headers (40 ms on Linux), which no real server adds.
+    disable_nagle_algorithm = True
 
     @property
     def state(self) -> _State:
@@ -255,8 +329,13 @@ class _Handler(BaseHTTPRequestHandler):
                 state.script.clear()
                 state.requests.clear()
         elif self.path == "/_fake/config":
+            kind = body.get("image_kind", state.image_kind)
+            if kind not in IMAGE_KINDS:
+                self._send_error(400, f"image_kind must be one of {IMAGE_KINDS}")
+                return
             with state.lock:
                 state.latency_s = float(body.get("latency_s", state.latency_s))
+                state.image_kind = kind
         else:
             self._send_error(404, f"no control endpoint {self.path}")
             return
@@ -276,7 +355,20 @@ class _Handler(BaseHTTPRequestHandler):
                 RecordedRequest(self.path, version, model, headers, key_ok, body, arrived, behaviour.kind)
             )
             latency = state.latency_s if behaviour.latency_s is None else behaviour.latency_s
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            self._answer_after(latency, version, model, body, behaviour, sent_key, key_ok)
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+
+    def _answer_after(
+        self, latency: float, version: str, model: str, body: Any, behaviour: Behaviour, sent_key: Any, key_ok: bool
+    ) -> None:
+        state = self.state
         if latency and state.stopping.wait(latency):
+            self.close_connection = True
             return  # shutting down: drop the request as a dying server would
         if state.api_key is not None and not sent_key:
             self._send_error(401, "Method doesn't allow unregistered callers. Please use an API key.")
@@ -306,7 +398,7 @@ class _Handler(BaseHTTPRequestHandler):
         modalities = [str(m).upper() for m in (_get(config, "responseModalities") or ["TEXT", "IMAGE"])]
         kind = "text_only" if "IMAGE" not in modalities else behaviour.kind
         seed = _get(config, "seed")
-        self._send_json(200, _response(model, kind, behaviour, size, seed))
+        self._send_json(200, _response(model, kind, behaviour, size, seed, self.state.image_kind))
 
     def _read_json(self) -> Any:
         length = int(self.headers.get("content-length") or 0)
@@ -317,7 +409,7 @@ class _Handler(BaseHTTPRequestHandler):
             return {"_unparsed": raw.decode(errors="replace")}
 
     def _send_json(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
+        data = json.dumps(payload).encode() if not isinstance(payload, bytes) else payload
         self.send_response(code)
         self.send_header("Content-Type", "application/json; charset=UTF-8")
         self.send_header("Content-Length", str(len(data)))
@@ -360,8 +452,10 @@ def _get(mapping: Any, camel: str) -> Any:
     return mapping.get(re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower())
 
 
-def _response(model: str, kind: str, behaviour: Behaviour, size: tuple[int, int], seed: object) -> dict[str, Any]:
-    """A generateContent response body for one behaviour."""
+def _response(
+    model: str, kind: str, behaviour: Behaviour, size: tuple[int, int], seed: object, image_kind: str = "solid"
+) -> dict[str, Any] | bytes:
+    """A generateContent response body for one behaviour (photo images: the encoded JSON)."""
     usage = {"promptTokenCount": 12, "candidatesTokenCount": 1300, "totalTokenCount": 1312}
     base: dict[str, Any] = {"modelVersion": model, "responseId": uuid.uuid4().hex[:22], "usageMetadata": usage}
     if kind == "prompt_block":
@@ -386,9 +480,36 @@ def _response(model: str, kind: str, behaviour: Behaviour, size: tuple[int, int]
             size = (size[0] // 2, size[1] // 2)
         fmt = "JPEG" if kind == "mislabelled_mime" else "PNG"
         parts.append({"text": "Here is your image."})
+        if image_kind == "photo" and kind == "ok":
+            # The megabytes of base64 go in as they are: json.dumps would scan and copy them per answer.
+            parts.append({"inlineData": {"mimeType": "image/png", "data": _PHOTO_MARK}})
+            content = {"role": "model", "parts": parts}
+            body = json.dumps({**base, "candidates": [{"content": content, "finishReason": "STOP", "index": 0}]})
+            head, tail = body.encode().split(_PHOTO_MARK.encode())
+            return b"".join((head, _photo_base64(size), tail))
         parts.append(_image_part(size, seed, fmt))
     content = {"role": "model", "parts": parts}
     return {**base, "candidates": [{"content": content, "finishReason": "STOP", "index": 0}]}
+
+
+_PHOTO_MARK = "@@photo@@"
+
+
+@functools.lru_cache(maxsize=4)
+def _photo_base64(size: tuple[int, int]) -> bytes:
+    return base64.b64encode(render_photo(size))
+
+
+def render_photo(size: tuple[int, int]) -> bytes:
+    """A PNG that compresses like a photograph (1.65 MB at 1024x1024): a gradient plus three
+    bits of noise per channel, the same bytes every time."""
+    width, height = size
+    noise = random.Random(f"{width}x{height}").randbytes(width * height * 3)
+    ramp = bytes(range(0, 256, 16)) * 16
+    pixels = bytes(a & 0x0B | b for a, b in zip(noise, ramp * (len(noise) // len(ramp) + 1), strict=False))
+    out = io.BytesIO()
+    Image.frombytes("RGB", size, pixels).save(out, format="PNG", compress_level=6)
+    return out.getvalue()
 
 
 def _image_part(size: tuple[int, int], seed: object, fmt: str) -> dict[str, Any]:
@@ -398,9 +519,13 @@ def _image_part(size: tuple[int, int], seed: object, fmt: str) -> dict[str, Any]
 
 def render(size: tuple[int, int], seed: object, fmt: str = "PNG") -> bytes:
     """A solid image (cheap to encode even at 4K) whose colour follows the seed."""
-    colour = tuple(hashlib.sha256(repr(seed).encode()).digest()[:3])
+    return _solid(size, hashlib.sha256(repr(seed).encode()).digest()[:3], fmt)
+
+
+@functools.lru_cache(maxsize=256)
+def _solid(size: tuple[int, int], colour: bytes, fmt: str) -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", size, colour).save(out, format=fmt)
+    Image.new("RGB", size, tuple(colour)).save(out, format=fmt)
     return out.getvalue()
 
 
@@ -417,6 +542,9 @@ class FakeGeminiControl:
 
     def set_latency(self, latency_s: float) -> None:
         self._call("POST", "/_fake/config", {"latency_s": latency_s})
+
+    def set_image_kind(self, image_kind: str) -> None:
+        self._call("POST", "/_fake/config", {"image_kind": image_kind})
 
     def reset(self) -> None:
         self._call("POST", "/_fake/reset", {})
@@ -440,10 +568,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", default=None, help="required x-goog-api-key (default: accept any key)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--image-kind", choices=IMAGE_KINDS, default="solid", help="photo: ~1.6 MB PNGs at 1K")
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with FakeGemini(args.api_key, host=args.host, port=args.port, latency_s=args.latency) as fake:
+    with FakeGemini(
+        args.api_key, host=args.host, port=args.port, latency_s=args.latency, image_kind=args.image_kind
+    ) as fake:
         print(f"fake Gemini listening on {fake.base_url}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()

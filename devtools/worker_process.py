@@ -15,11 +15,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def spawn_celery(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """``celery -A worker <args>`` from the repo root, output to ``log_path``."""
+def spawn_celery(
+    args: list[str], env: dict[str, str], log_path: Path, root: Path = ROOT, app: str = "worker"
+) -> subprocess.Popen[bytes]:
+    """``celery -A <app> <args>`` from ``root`` (the repo root), output to ``log_path``."""
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", *args],
-        cwd=ROOT,
+        [sys.executable, "-m", "celery", "-A", app, *args],
+        cwd=root,
         env=env,
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
@@ -27,7 +29,17 @@ def spawn_celery(args: list[str], env: dict[str, str], log_path: Path) -> subpro
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], pool: str = "threads", concurrency: int = 8, log_dir: str | None = None):
+    def __init__(
+        self,
+        env: dict[str, str],
+        pool: str = "threads",
+        concurrency: int = 8,
+        log_dir: str | None = None,
+        *,
+        root: Path = ROOT,  # another checkout (benchmarks compare versions)
+        app: str = "worker",  # benchmarks.bare_chord: the baseline every per-job figure is compared with
+    ):
+        self.root, self.app = root, app
         self.name = f"imagegen-{uuid.uuid4().hex[:8]}@%h"
         # Pool and concurrency go through Settings, as in a pod: Celery lets
         # app.conf.worker_pool win over the --pool flag.
@@ -55,12 +67,15 @@ class WorkerProcess:
                 "--loglevel=INFO",
                 # Also on the command line: gevent must monkey-patch before imports.
                 f"--pool={self.env['IMAGEGEN_WORKER_POOL']}",
+                f"--concurrency={self.env['IMAGEGEN_WORKER_CONCURRENCY']}",
                 f"--hostname={self.name}",
                 "--without-mingle",
                 "--without-gossip",
             ],
             self.env,
             self.log_path,
+            self.root,
+            self.app,
         )
         deadline = time.monotonic() + ready_timeout
         while b" ready." not in self.log_path.read_bytes():

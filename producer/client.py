@@ -31,6 +31,7 @@ from contract.jobs import JobConflict, JobRecords, JobStatus, fingerprint, utcno
 from contract.lost_jobs import end_if_lost
 from contract.node import ImageGenerationNode, validate_node
 from contract.queue import RUN_JOB, SIGN_URL, celery_config, job_task_id
+from contract.redis_client import redis_client
 from contract.result import JobResult
 from contract.settings import Settings, get_settings
 from contract.work import JobOrder, SignRequest
@@ -117,7 +118,7 @@ class ImageGenClient:
         self.settings = settings or get_settings()
         self.celery = Celery("imagegen-producer")
         self.celery.conf.update(celery_config(self.settings))
-        self.records = JobRecords(redis.Redis.from_url(self.settings.redis_url), self.settings.result_ttl_s)
+        self.records = JobRecords(redis_client(self.settings.redis_url), self.settings.result_ttl_s)
 
     def validate(self, node: dict[str, Any] | str | bytes) -> ImageGenerationNode:
         """Raise NodeValidationError listing every problem; nothing is sent."""
@@ -195,6 +196,13 @@ class ImageGenClient:
                         raise JobCrashed(f"job {job_id} crashed in the worker: {type(error).__name__}: {error}")
                     return JobResult.model_validate(document)
                 except CeleryTimeout:
+                    # The result's pub/sub message can miss us (a Redis failover, a reconnect): the
+                    # job record says when the run has finished, and the document is read directly.
+                    done = self.records.read(status.job_id)
+                    if done is not None and done.finished and done.result_run == status.run:
+                        document = self.result(status.job_id)
+                        if document is not None:
+                            return document
                     lost = end_if_lost(self.records, self.celery.backend, status.job_id, self.settings.job_deadline_s)
                     if lost is not None:
                         return lost

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import redis
-
 from contract.jobs import JobRecords
+from contract.redis_client import redis_client
 from contract.settings import get_settings
 from worker.rate_limit import SharedRateLimiter
 
@@ -14,7 +13,8 @@ from worker.rate_limit import SharedRateLimiter
 @lru_cache(maxsize=1)
 def job_records() -> JobRecords:
     settings = get_settings()
-    return JobRecords(redis.Redis.from_url(settings.redis_url), settings.result_ttl_s)
+    # One connection per slot at most (redis-py's default cap of 100 raises MaxConnectionsError past it).
+    return JobRecords(redis_client(settings.redis_url, max_connections=settings.pool_size), settings.result_ttl_s)
 
 
 @lru_cache(maxsize=1)

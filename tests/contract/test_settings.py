@@ -45,5 +45,21 @@ def test_celery_reliability_settings() -> None:
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
     assert config["worker_prefetch_multiplier"] == 1
     assert config["broker_transport_options"]["visibility_timeout"] > config["task_time_limit"]
-    assert config["worker_send_task_events"] and config["task_send_sent_event"]
+    assert config["worker_send_task_events"]  # Flower
+    assert not config["task_send_sent_event"] and not config["task_track_started"]  # nothing reads them
     assert config["result_expires"] == Settings().result_ttl_s
+
+
+def test_every_redis_pool_is_sized_from_the_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEGEN_WORKER_CONCURRENCY", "300")
+    settings = Settings()
+    config = celery_config(settings)
+    assert settings.pool_size > 300
+    assert config["redis_max_connections"] == settings.pool_size  # the worker's other pools: tests/worker
+
+
+@pytest.mark.parametrize("concurrency", ["0", "513"])
+def test_concurrency_is_bounded(monkeypatch: pytest.MonkeyPatch, concurrency: str) -> None:
+    monkeypatch.setenv("IMAGEGEN_WORKER_CONCURRENCY", concurrency)
+    with pytest.raises(ValidationError, match="worker_concurrency"):
+        Settings()

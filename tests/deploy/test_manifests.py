@@ -12,7 +12,7 @@ import yaml
 from tests.conftest import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
-CORE_MANIFESTS = ["configmap.yaml", "worker-deployment.yaml", "flower.yaml"]  # KEDA's CRD has no bundled schema
+CORE_MANIFESTS = ["configmap.yaml", "worker-deployment.yaml", "flower.yaml", "redis.yaml"]  # KEDA's CRD: no schema
 
 
 def test_kubernetes_manifests_validate_strictly() -> None:
@@ -59,3 +59,24 @@ def test_grace_period_outlives_the_hard_time_limit() -> None:
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > int(
         data["IMAGEGEN_TASK_TIME_LIMIT_S"]
     )
+
+
+def test_redis_keeps_its_data_across_restarts() -> None:
+    """AOF (fsync every second) on a persistent volume, in Kubernetes and in compose."""
+    service, statefulset = yaml.safe_load_all((K8S / "redis.yaml").read_text())
+    args = statefulset["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--appendfsync") + 1] == "everysec"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    [claim] = statefulset["spec"]["volumeClaimTemplates"]
+    assert statefulset["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] == [
+        {"name": claim["metadata"]["name"], "mountPath": "/data"}
+    ]
+    # The ConfigMap's REDIS_URL names this Service.
+    data = yaml.safe_load((K8S / "configmap.yaml").read_text())["data"]
+    assert data["REDIS_URL"].startswith(f"redis://{service['metadata']['name']}.")
+
+    redis = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "everysec"
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])

@@ -125,3 +125,22 @@ def test_command_line_server_starts_answers_and_stops() -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
+
+
+def test_hundreds_of_slow_requests_are_in_flight_at_once() -> None:
+    # What a worker at its largest concurrency asks of it: no refused or queued connection.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with FakeGemini(api_key=KEY, latency_s=1.0) as server, ThreadPoolExecutor(320) as pool:
+        codes = list(pool.map(lambda _: post(server.base_url, MODEL_PATH, prompt())[0], range(320)))
+        assert codes == [200] * 320
+        assert server.max_in_flight == 320 and server.in_flight == 0
+
+
+def test_photo_images_are_megabytes_of_png(fake: FakeGemini) -> None:
+    fake.image_kind = "photo"
+    part = post(fake.base_url, MODEL_PATH, prompt())[1]["candidates"][0]["content"]["parts"][-1]["inlineData"]
+    data = base64.b64decode(part["data"])
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size == (1024, 1024) and image.format == "PNG"
+    assert 1_500_000 < len(data) < 1_800_000  # a photograph's worth, not a flat colour's few KB

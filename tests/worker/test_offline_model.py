@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 
 import pytest
 from PIL import Image
@@ -58,3 +59,27 @@ def test_injected_failures_follow_the_pattern() -> None:
 def test_bad_failure_specs_are_refused(spec: str) -> None:
     with pytest.raises(ValueError, match="IMAGEGEN_OFFLINE_FAILURES"):
         parse_failures(spec)
+
+
+def test_pattern_is_a_well_formed_png_whatever_the_size() -> None:
+    # The label band is compressed per image and spliced into rows compressed once per size:
+    # every chunk CRC and the zlib stream's own checksum must still hold.
+    for width, height in ((1024, 1024), (688, 384), (512, 512), (6336, 2688)):
+        data = render_pattern("a red car", 3, 7, width, height)
+        chunks, offset = {}, 8
+        while offset < len(data):
+            length = int.from_bytes(data[offset : offset + 4], "big")
+            kind, body = data[offset + 4 : offset + 8], data[offset + 8 : offset + 8 + length]
+            assert zlib.crc32(kind + body) == int.from_bytes(data[offset + 8 + length : offset + 12 + length], "big")
+            chunks[kind] = body
+            offset += 12 + length
+        rows = zlib.decompress(chunks[b"IDAT"])  # checks the adler32 of the whole stream
+        assert len(rows) == height * (1 + 3 * width)
+        with Image.open(io.BytesIO(data)) as decoded:
+            decoded.load()
+            assert decoded.size == (width, height)
+
+
+def test_prompts_that_differ_after_the_shown_part_still_differ() -> None:
+    shared = "x" * 40
+    assert render_pattern(shared + "a", 0, None, 256, 256) != render_pattern(shared + "b", 0, None, 256, 256)

@@ -33,6 +33,9 @@ FACTORIES: dict[str, Callable[[Settings], ImageProvider]] = {"offline": _offline
 
 def provider_for(name: str, settings: Settings) -> ImageProvider:
     """The process-wide provider instance (SDK clients are made once)."""
+    instance = _instances.get(name)
+    if instance is not None:  # made already: no lock for every generation of every slot
+        return instance
     with _lock:
         if name not in _instances:
             factory = FACTORIES.get(name)

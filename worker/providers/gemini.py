@@ -1,7 +1,9 @@
 """Gemini image models through the real google-genai SDK.
 
 One ``genai.Client`` per provider instance (the registry keeps one per worker
-process), shared by the pool's threads. The SDK's own retries stay off: a
+process), shared by the pool's threads; its HTTP connection pool holds a
+connection per worker slot (httpx's default of 100 would queue the 101st call
+behind the others, for a whole generation). The SDK's own retries stay off: a
 retry inside the call would hold the worker slot while it sleeps, whereas a
 ``TransientError`` becomes a Celery retry with a countdown that frees it.
 
@@ -12,6 +14,9 @@ show: the API key is scrubbed from anything built from SDK or HTTP errors.
 from __future__ import annotations
 
 import email.utils
+import importlib
+import importlib.util
+import os
 import re
 import time
 from collections.abc import Iterable
@@ -128,7 +133,12 @@ def _client_options(settings: Settings) -> dict[str, Any]:
         # "v1beta" is the Developer API default; Vertex has its own versions,
         # so only an explicitly different setting is passed on.
         version = None if settings.gemini_api_version == "v1beta" else settings.gemini_api_version
-        http = types.HttpOptions(base_url=settings.gemini_base_url or None, api_version=version, timeout=timeout_ms)
+        http = types.HttpOptions(
+            base_url=settings.gemini_base_url or None,
+            api_version=version,
+            timeout=timeout_ms,
+            client_args=_pool_args(settings),
+        )
         return {
             "vertexai": True,
             "project": settings.google_cloud_project,
@@ -139,9 +149,27 @@ def _client_options(settings: Settings) -> dict[str, Any]:
     if not keys:
         raise PermanentError("no Gemini API key: set GEMINI_API_KEY or GOOGLE_API_KEY in the worker's environment")
     http = types.HttpOptions(
-        base_url=settings.gemini_base_url or None, api_version=settings.gemini_api_version, timeout=timeout_ms
+        base_url=settings.gemini_base_url or None,
+        api_version=settings.gemini_api_version,
+        timeout=timeout_ms,
+        client_args=_pool_args(settings),
     )
     return {"vertexai": False, "api_key": keys[0], "http_options": http}
+
+
+def _pool_args(settings: Settings) -> dict[str, Any]:
+    """The SDK's sync HTTP client with a connection per worker slot, all kept alive between calls
+    (httpx keeps 20 by default: a burst of calls would open the rest again, TLS and all).
+
+    The ``Limits`` come from the HTTP library the SDK picks (google-genai 2.x/3.x: httpx2 when
+    installed, else httpx; ``GOOGLE_GENAI_HTTP_CLIENT`` decides when set), so the SDK keeps it."""
+    wanted = os.environ.get("GOOGLE_GENAI_HTTP_CLIENT", "").strip().lower()
+    if wanted not in ("httpx", "httpx2"):
+        wanted = "httpx2" if importlib.util.find_spec("httpx2") is not None else "httpx"
+    limits = importlib.import_module(wanted).Limits(
+        max_connections=settings.pool_size, max_keepalive_connections=settings.pool_size
+    )
+    return {"limits": limits}
 
 
 def _image_from(response: types.GenerateContentResponse) -> GeneratedImage:

@@ -8,9 +8,10 @@ can be injected (``IMAGEGEN_OFFLINE_LATENCY_S``, ``IMAGEGEN_OFFLINE_FAILURES``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import io
 import time
+import zlib
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
@@ -84,24 +85,139 @@ class OfflineProvider:
 
 
 def render_pattern(prompt: str, index: int, seed: int | None, width: int, height: int) -> bytes:
-    """Deterministic PNG: colour bands and a grid derived from a digest."""
+    """Deterministic PNG of exactly ``width`` x ``height``: the size's cached test pattern
+    (bands, a grid, "OFFLINE PREVIEW - NOT AI") with one band of per-variation lines drawn in.
+
+    Only that band is drawn and compressed per image: the rows above and below it are
+    compressed once per size (raw deflate, ending on a full flush) and spliced around it,
+    so an image costs a few milliseconds whatever its size (docs/pools.md)."""
+    base = _base_pattern(width, height)
     digest = hashlib.sha256(f"{prompt}\x00{index}\x00{seed}".encode()).digest()
-    background = tuple(digest[0:3])
-    image = Image.new("RGB", (width, height), background)
+    band = Image.frombytes("RGB", (width, base.band_height), base.band_pixels)
+    left, swatch = width // 3 + 12, base.band_height - 2 * base.margin  # right of the colour bands
+    ImageDraw.Draw(band).rectangle((left, base.margin, left + swatch, base.margin + swatch), fill=tuple(digest[:3]))
+    lines = (f"{width}x{height}  variation {index}  seed {seed}", prompt[:40], digest.hex()[:16])
+    for number, line in enumerate(lines):
+        _draw_line(band, line, left + swatch + base.margin, base.margin + number * base.line_height, base.font)
+    rows = _scanlines(band.tobytes(), width * 3)
+    deflate = zlib.compressobj(_BAND_LEVEL, zlib.DEFLATED, -15)
+    middle = deflate.compress(rows) + deflate.flush(zlib.Z_FULL_FLUSH)
+    adler = _adler32_combine(zlib.adler32(rows, base.head_adler), base.tail_adler, base.tail_raw_len)
+    trailer = adler.to_bytes(4, "big")
+    crc = zlib.crc32(trailer, zlib.crc32(base.tail, zlib.crc32(middle, base.head_crc)))
+    length = len(base.head) + len(middle) + len(base.tail) + 4
+    idat = (length.to_bytes(4, "big"), b"IDAT", base.head, middle, base.tail, trailer, crc.to_bytes(4, "big"))
+    return b"".join((base.preamble, *idat, _IEND))
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_BAND_LEVEL = 1  # the band is mostly flat colour: level 1 is as small here and several times faster
+_ADLER_MOD = 65521
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+_IEND = _chunk(b"IEND", b"")
+
+
+@dataclass(frozen=True)
+class _Base:
+    """One size's pattern, ready to splice: the compressed rows around the label band."""
+
+    preamble: bytes  # PNG signature and IHDR
+    head: bytes  # zlib header + raw deflate of the rows above the band, ending on a full flush
+    head_adler: int  # adler32 of those rows (filter bytes included)
+    head_crc: int  # CRC-32 of b"IDAT" + head
+    tail: bytes  # raw deflate of the rows below the band, final block
+    tail_adler: int
+    tail_raw_len: int
+    band_pixels: bytes  # the band's background (RGB), drawn on per image
+    band_height: int
+    margin: int
+    line_height: int
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+@functools.lru_cache(maxsize=8)
+def _base_pattern(width: int, height: int) -> _Base:
+    image = Image.new("RGB", (width, height), (28, 34, 48))
     draw = ImageDraw.Draw(image)
-    bands = 4 + digest[3] % 5
-    for band in range(bands):
-        colour = tuple(digest[(4 + 3 * band) % 29 : (4 + 3 * band) % 29 + 3])
-        top = height * band // bands
-        draw.rectangle((0, top, width // 3, top + height // bands), fill=colour)
+    palette = ((200, 60, 60), (230, 160, 40), (70, 170, 90), (60, 120, 200), (150, 80, 190), (90, 90, 90))
+    for band, colour in enumerate(palette):
+        top = height * band // len(palette)
+        draw.rectangle((0, top, width // 3, height * (band + 1) // len(palette)), fill=colour)
     step = max(16, min(width, height) // 8)
     for x in range(0, width, step):
         draw.line((x, 0, x, height), fill=(255, 255, 255), width=1)
     for y in range(0, height, step):
         draw.line((0, y, width, y), fill=(255, 255, 255), width=1)
     font = ImageFont.load_default(size=max(10, min(width, height) // 28))
-    label = f"OFFLINE PREVIEW - NOT AI\n{width}x{height}  variation {index}\n{prompt[:40]}"
-    draw.multiline_text((width // 3 + 12, 12), label, fill=(255, 255, 255), font=font)
-    out = io.BytesIO()
-    image.save(out, format="PNG", optimize=False, compress_level=6)
-    return out.getvalue()
+    margin = max(4, min(width, height) // 64)
+    draw.text((width // 3 + 12, margin), "OFFLINE PREVIEW - NOT AI", fill=(255, 255, 255), font=font)
+    line = int(font.size * 1.25) if isinstance(font, ImageFont.FreeTypeFont) else 12
+    top = min(height - 1, 2 * margin + line)
+    band_height = max(1, min(height - top, 3 * line + 2 * margin))
+    raw = image.tobytes()
+    stride = width * 3
+    head_rows = _scanlines(raw[: top * stride], stride)
+    tail_rows = _scanlines(raw[(top + band_height) * stride :], stride)
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    head = b"\x78\x9c" + deflate.compress(head_rows) + deflate.flush(zlib.Z_FULL_FLUSH)
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    tail = deflate.compress(tail_rows) + deflate.flush(zlib.Z_FINISH)
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes((8, 2, 0, 0, 0))  # 8-bit RGB
+    return _Base(
+        preamble=_PNG_SIGNATURE + _chunk(b"IHDR", ihdr),
+        head=head,
+        head_adler=zlib.adler32(head_rows),
+        head_crc=zlib.crc32(head, zlib.crc32(b"IDAT")),
+        tail=tail,
+        tail_adler=zlib.adler32(tail_rows),
+        tail_raw_len=len(tail_rows),
+        band_pixels=raw[top * stride : (top + band_height) * stride],
+        band_height=band_height,
+        margin=margin,
+        line_height=line,
+        font=font,
+    )
+
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+def _draw_line(image: Image.Image, text: str, x: int, y: int, font: Font) -> None:
+    """White text, one cached glyph at a time (rasterizing the whole line with FreeType was
+    most of an image's cost); no kerning, which a test pattern does without."""
+    for char in text:
+        mask, advance = _glyph(font, char)
+        if x >= image.width:
+            break
+        image.paste((255, 255, 255), (x, y), mask)
+        x += advance
+
+
+@functools.lru_cache(maxsize=2048)
+def _glyph(font: Font, char: str) -> tuple[Image.Image, int]:
+    """One character's coverage mask (drawn at the line's origin, so glyphs line up) and advance."""
+    _, _, right, bottom = font.getbbox(char)
+    advance = max(1, round(font.getlength(char)))
+    mask = Image.new("L", (max(1, int(right), advance), max(1, int(bottom))))
+    ImageDraw.Draw(mask).text((0, 0), char, fill=255, font=font)
+    return mask, advance
+
+
+def _scanlines(pixels: bytes, stride: int) -> bytes:
+    """PNG scanlines with filter type 0 (none): a zero byte before each row."""
+    return b"".join(b"\x00" + pixels[start : start + stride] for start in range(0, len(pixels), stride))
+
+
+def _adler32_combine(adler1: int, adler2: int, len2: int) -> int:
+    """adler32(a + b) from adler32(a), adler32(b) and len(b) (zlib's adler32_combine)."""
+    rem = len2 % _ADLER_MOD
+    sum1 = adler1 & 0xFFFF
+    sum2 = (rem * sum1) % _ADLER_MOD
+    sum1 = (sum1 + (adler2 & 0xFFFF) + _ADLER_MOD - 1) % _ADLER_MOD
+    sum2 = (sum2 + (adler1 >> 16) + (adler2 >> 16) + _ADLER_MOD - rem) % _ADLER_MOD
+    return sum1 | (sum2 << 16)

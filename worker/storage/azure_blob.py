@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import requests
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
@@ -22,7 +23,7 @@ from contract.clouds import Target, TargetError, TargetPolicy
 from contract.clouds.azure import AzureBlobSpec
 from worker.errors import StorageError
 from worker.storage.base import ImageStore, StoredObject
-from worker.storage.common import ErrorPolicy, StoreOptions, signed_or_public, with_retries
+from worker.storage.common import ErrorPolicy, StoreOptions, pooled, signed_or_public, with_retries
 
 # It logs every request and response at INFO; ours say what matters.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
@@ -104,6 +105,8 @@ class AzureBlobStore(ImageStore):
             "retry_total": 0,
             "connection_timeout": self.options.timeout_s,
             "read_timeout": self.options.timeout_s,
+            # The SDK's requests session, with a connection per worker slot (requests keeps 10).
+            "session": pooled(requests.Session(), self.options.pool_size),
         }
         if connection_string:
             try:

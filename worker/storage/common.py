@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 from urllib.parse import quote
 
+import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from contract.settings import Settings
@@ -30,6 +31,9 @@ class StoreOptions:
     retry_attempts: int = 4
     retry_max_delay_s: float = 2.0
     timeout_s: float = 30.0
+    # Connections kept per storage host: one per worker slot (the SDKs keep 10; past that
+    # botocore and requests open and drop a connection, a TCP and TLS handshake, per upload).
+    pool_size: int = 10
 
     @classmethod
     def from_settings(cls, settings: Settings, *, platform: bool) -> StoreOptions:
@@ -40,6 +44,7 @@ class StoreOptions:
             retry_attempts=settings.storage_retry_attempts,
             retry_max_delay_s=settings.storage_retry_max_delay_s,
             timeout_s=settings.storage_timeout_s,
+            pool_size=settings.pool_size,
         )
 
     def expiry(self) -> datetime:
@@ -47,6 +52,15 @@ class StoreOptions:
 
     def public_url(self, key: str) -> str | None:
         return f"{self.public_base_url.rstrip('/')}/{quote(key)}" if self.public_base_url else None
+
+
+def pooled(session: requests.Session, pool_size: int) -> requests.Session:
+    """``session`` keeping up to ``pool_size`` connections per host, with no retries of its own
+    (``with_retries`` is the one policy)."""
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=pool_size, max_retries=0)
+    for prefix in ("https://", "http://"):
+        session.mount(prefix, adapter)
+    return session
 
 
 @dataclass(frozen=True)

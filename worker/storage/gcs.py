@@ -23,7 +23,7 @@ from contract.clouds import Target, TargetError, TargetPolicy
 from contract.clouds.gcp import GCSSpec
 from worker.errors import StorageError
 from worker.storage.base import ImageStore, StoredObject
-from worker.storage.common import ErrorPolicy, StoreOptions, signed_or_public, with_retries
+from worker.storage.common import ErrorPolicy, StoreOptions, pooled, signed_or_public, with_retries
 
 _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 _MEANING = {404: "the bucket does not exist", 403: "access denied", 401: "the credentials were refused"}
@@ -112,7 +112,10 @@ class GCSStore(ImageStore):
         # The emulator takes no auth (and no token endpoint is reachable): the key only signs there.
         anonymous = emulator or self.signer is None
         client_credentials = AnonymousCredentials() if anonymous else self.signer  # type: ignore[no-untyped-call]
-        self.client = storage.Client(project=project, credentials=client_credentials)
+        # The library's own session, with a connection per worker slot (requests keeps 10).
+        authorized = google.auth.transport.requests.AuthorizedSession(client_credentials)  # type: ignore[no-untyped-call]
+        session = pooled(authorized, self.options.pool_size)
+        self.client = storage.Client(project=project, credentials=client_credentials, _http=session)
         self.bucket = self.client.bucket(bucket)
         self._lock = threading.Lock()
 

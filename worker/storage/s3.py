@@ -102,6 +102,7 @@ class S3Store(ImageStore):
             retries={"total_max_attempts": 1},  # tenacity is the one retry policy
             connect_timeout=self.options.timeout_s,
             read_timeout=self.options.timeout_s,
+            max_pool_connections=self.options.pool_size,  # botocore keeps 10
         )
         self.client: Any = session.client("s3", config=config)
 

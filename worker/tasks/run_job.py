@@ -1,21 +1,25 @@
-"""The job task: parses the node once, then replaces itself with the chord
-``generate_variation x N -> finalize``, so the run's task id resolves to the
-chord body's result document."""
+"""The job task: parses the node once, then dispatches the chord
+``generate_variation x N -> finalize`` whose body takes the job task's own id,
+so the run's task id resolves to the chord body's result document.
+
+That is what ``Task.replace`` does, without its control flow: replace raises
+``Ignore`` after publishing, and Celery formats a traceback for it (twice) and
+logs the task as ignored, on every job. Here the task publishes the chord and
+returns; it stores no result of its own (``ignore_result``: the id's result is
+the document finalize stores), but a crash is still stored as FAILURE."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from celery import Task, chord
-from celery.exceptions import Ignore
+from celery import Task, chord, states
 
 from contract.clouds import TargetError, node_target
 from contract.errors import NodeValidationError
 from contract.job_ids import check_job_id
 from contract.jobs import utcnow
 from contract.node import validate_node
-from contract.queue import FINALIZE, GENERATE_VARIATION, RUN_JOB, dispatch_key
+from contract.queue import FINALIZE, GENERATE_VARIATION, RUN_JOB
 from contract.settings import get_settings
 from contract.work import JobOrder, JobSummary, VariationWork
 from worker.celery_app import app
@@ -25,8 +29,8 @@ from worker.tasks.finalize import invalid_job_result
 log = logging.getLogger(__name__)
 
 
-@app.task(name=RUN_JOB, bind=True, pydantic=True)
-def run_job(self: Task, order: JobOrder) -> Any:
+@app.task(name=RUN_JOB, bind=True, pydantic=True, ignore_result=True, store_errors_even_if_ignored=True)
+def run_job(self: Task, order: JobOrder) -> None:
     settings = get_settings()
     records = job_records()
     try:
@@ -36,20 +40,19 @@ def run_job(self: Task, order: JobOrder) -> Any:
         target = node_target(parsed.inputs.model_dump(), settings.target_policy) if parsed.inputs.use_cloud else None
     except (NodeValidationError, TargetError) as exc:
         log.warning("job %r rejected by the worker: %s", order.job_id[:200], exc)
-        return invalid_job_result(order, str(exc))
+        self.backend.store_result(self.request.id, invalid_job_result(order, str(exc)), states.SUCCESS)
+        return None
 
     # acks_late redelivers this task if the worker dies: after a whole dispatch the
     # guard says "done" and the redelivery stops here; a worker that died between
     # claiming and publishing left "pending", and the redelivery dispatches again.
-    guard = dispatch_key(job_id, order.run)
-    if not records.client.set(guard, "pending", nx=True, ex=settings.result_ttl_s):
-        if records.client.get(guard) == b"done":
-            log.info("job %s run %d already dispatched; ignoring the redelivery", job_id, order.run)
-            raise Ignore()
-        log.warning("job %s run %d: an earlier delivery died while dispatching; dispatching again", job_id, order.run)
-
     started_at = utcnow()
-    records.mark_running(job_id, started_at)
+    claim = records.begin_dispatch(job_id, order.run, started_at)
+    if claim == "done":
+        log.info("job %s run %d already dispatched; ignoring the redelivery", job_id, order.run)
+        return None
+    if claim == "again":
+        log.warning("job %s run %d: an earlier delivery died while dispatching; dispatching again", job_id, order.run)
     inputs = parsed.inputs
     header = [
         app.signature(
@@ -66,6 +69,8 @@ def run_job(self: Task, order: JobOrder) -> Any:
                     target=target,
                 ).model_dump(mode="json"),
             ),
+            ignore_result=True,  # the chord collects the records; no per-variation result (nor subscription)
+            argsrepr=f"(job {job_id} run {order.run} variation {index})",  # Flower's "args": no repr to build
         )
         for index in range(inputs.variations)
     ]
@@ -79,10 +84,15 @@ def run_job(self: Task, order: JobOrder) -> Any:
         submitted_at=order.submitted_at,
         started_at=started_at,
     )
-    body = app.signature(FINALIZE, args=(summary.model_dump(mode="json"),))
+    # Its arguments are the variations' records (signed URLs): Flower and the logs get a note instead.
+    body = app.signature(
+        FINALIZE,
+        args=(summary.model_dump(mode="json"),),
+        argsrepr=f"(<{len(header)} variation records>, job {job_id} run {order.run})",
+    )
     log.info("job %s run %d: %d variation(s) of %s at %s", job_id, order.run, len(header), inputs.model, inputs.size)
-    try:
-        return self.replace(chord(header, body))
-    except Ignore:  # replace publishes the chord, then raises Ignore
-        records.client.set(guard, "done", xx=True, keepttl=True)
-        raise
+    dispatch = chord(header, body)
+    dispatch.freeze(self.request.id)  # the body gets this run's task id (as Task.replace does)
+    dispatch.delay()  # root and parent ids come from this task, as for any task sent from a task
+    records.end_dispatch(job_id, order.run)
+    return None

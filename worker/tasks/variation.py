@@ -3,6 +3,12 @@
 Transient failures retry as Celery retries with a countdown (the worker slot
 is freed while waiting). Every final outcome is RETURNED, never raised, so
 the chord body always runs and can report partial success.
+
+The record goes to the chord only (``ignore_result``): no per-variation result
+key, no STARTED/RETRY states, one round trip for the job record. That record
+also says which variations of the run finished, so a copy the broker
+redelivers after the work was done (a worker lost mid-ack, a Redis restart)
+is skipped instead of generating, paying for and overwriting the image again.
 """
 
 from __future__ import annotations
@@ -30,8 +36,14 @@ from worker.storage import location_for
 log = logging.getLogger(__name__)
 
 
-@app.task(name=GENERATE_VARIATION, bind=True, max_retries=None, pydantic=True)
-def generate_variation(self: Task, work: VariationWork) -> dict[str, Any]:
+@app.task(name=GENERATE_VARIATION, bind=True, max_retries=None, pydantic=True, ignore_result=True)
+def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None:
+    if (self.request.delivery_info or {}).get("redelivered") and job_records().variation_done(
+        work.job_id, work.run, work.index
+    ):
+        log.info("job %s variation %d finished already; skipping a redelivered copy", work.job_id, work.index)
+        self.request.chord = None  # its record is in the chord already: this copy must not count again
+        return None
     settings = get_settings()
     entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get(work.model)
     state = work.retry
@@ -82,10 +94,12 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any]:
         log.exception("job %s variation %d: unexpected error", work.job_id, work.index)
         record = _error(work.index, "permanent", "internal error in the worker (logged)", attempt, first_attempt_at)
 
-    job_records().count_done(work.job_id)
+    job_records().count_done(work.job_id, work.run, work.index)
     if isinstance(record, ErrorRecord):
         log.warning("job %s variation %d failed: %s (%s)", work.job_id, work.index, record.kind, record.message)
-    return {"kind": "image" if isinstance(record, ImageRecord) else "error", "record": record.model_dump(mode="json")}
+    # Only what finalize reads, without the empty fields (their defaults come back when it parses them).
+    outcome = "image" if isinstance(record, ImageRecord) else "error"
+    return {"kind": outcome, "record": record.model_dump(mode="json", exclude_none=True)}
 
 
 def _with(work: VariationWork, state: RetryState) -> dict[str, Any]:

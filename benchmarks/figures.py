@@ -1,0 +1,521 @@
+"""Every figure of docs/pools.md, measured side by side in one run (``make bench``).
+
+    python -m benchmarks.figures                        # ~7 minutes on 2 cores
+    IMAGEGEN_BENCH_QUICK=1 python -m benchmarks.figures  # ~3 minutes: L = 5 s, fewer jobs
+    python -m benchmarks.figures --root /other/checkout  # the same figures for another version
+    python -m benchmarks.figures --pools threads:256,gevent:256,threads:512   # in-flight candidates
+
+Everything runs on this machine: a private redis-server, the fake Gemini server
+(devtools/fake_gemini.py) in this process, and real ``celery worker`` processes.
+Per-job figures are ratios to a bare Celery chord (4 no-op tasks + a callback,
+benchmarks/bare_chord.py) on the same Redis, run by a worker with the same pool
+and concurrency, alternating with ours; CPU and memory are per image or per job.
+The machine's load average is printed with each section: on a shared machine
+compare figures of one run, never across runs. Prints figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from benchmarks.bare_chord import make_app
+from benchmarks.bare_chord import submit as submit_bare
+from contract.result import JobResult
+from contract.settings import POOL_HEADROOM, Settings
+from devtools.fake_gemini import FakeGemini
+from devtools.redis_server import RedisServer, start_redis
+from devtools.worker_process import ROOT, WorkerProcess
+from producer.client import ImageGenClient
+
+API_KEY = "benchmark-key"
+QUICK = os.environ.get("IMAGEGEN_BENCH_QUICK", "") not in ("", "0")
+CRASH_MARKS = ("MaxConnectionsError", "Too many connections", "ChordError", "Traceback", "CRITICAL")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.2f}/{five:.2f} (1/5 min, {os.cpu_count()} cores)"
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))] if ordered else 0.0
+
+
+@dataclass
+class Bench:
+    root: Path
+    redis: RedisServer
+    fake: FakeGemini
+    workdir: Path
+    lines: list[str] = field(default_factory=list)
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    # --- set-up ------------------------------------------------------------------------------
+    def env(self, **extra: str) -> dict[str, str]:
+        queue = f"bench-{uuid.uuid4().hex[:8]}"
+        return {
+            "REDIS_URL": self.redis.url,
+            "IMAGEGEN_QUEUE": queue,
+            "IMAGEGEN_STORAGE_URL": str(self.workdir / queue),
+            "IMAGEGEN_MAX_VARIATIONS": "16",
+            "GEMINI_API_KEY": API_KEY,
+            "GOOGLE_API_KEY": "",
+            "GOOGLE_GEMINI_BASE_URL": self.fake.base_url,
+            "BARE_CHORD_REDIS_URL": self.redis.url,
+            "BARE_CHORD_QUEUE": f"bare-{queue}",
+            **extra,
+        }
+
+    @contextmanager
+    def worker(self, env: dict[str, str], pool: str, concurrency: int, bare: bool = False) -> Iterator[WorkerProcess]:
+        log_dir = tempfile.mkdtemp(prefix="worker-", dir=self.workdir)
+        if bare:
+            env = {**env, "BARE_CHORD_POOL": str(concurrency + POOL_HEADROOM)}
+            process = WorkerProcess(env, pool, concurrency, log_dir, root=ROOT, app="benchmarks.bare_chord")
+        else:
+            process = WorkerProcess(env, pool, concurrency, log_dir, root=self.root)
+        with process:
+            yield process
+
+    def client(self, env: dict[str, str]) -> ImageGenClient:
+        return ImageGenClient(
+            Settings(  # type: ignore[call-arg]
+                REDIS_URL=env["REDIS_URL"], queue=env["IMAGEGEN_QUEUE"], max_variations=16, job_deadline_s=3600
+            )
+        )
+
+
+def node(model: str, variations: int) -> dict[str, Any]:
+    document = json.loads((ROOT / "examples" / "seed-node.json").read_text())
+    document["inputs"].update(model=model, variations=variations, size="1024x1024")
+    return dict(document)
+
+
+def run_jobs(client: ImageGenClient, document: dict[str, Any], jobs: int, timeout: float) -> list[JobResult]:
+    handles = [client.submit(document) for _ in range(jobs)]
+    return [handle.wait(timeout=timeout) for handle in handles]
+
+
+# --- 1. generations in flight per worker process (Gemini SDK path) -------------------------------
+def in_flight(bench: Bench, pool: str, concurrency: int, latency_s: float, duration_s: float) -> None:
+    """A steady stream: jobs of 8 arrive evenly, 25 % faster than ``concurrency`` slots of
+    ``latency_s`` can take them, for ``duration_s``; the broker holds the rest. Images/min
+    is the rate generations start at once the first ones have finished (the fake server
+    sees each start), so it is the worker's capacity, not the arrival rate."""
+    env = bench.env()
+    bench.fake.latency_s = 0.0
+    arrivals_per_s = 1.25 * concurrency / latency_s
+    jobs = max(1, round(arrivals_per_s * duration_s / 8))
+    with bench.worker(env, pool, concurrency) as worker, closing(bench.client(env)) as client:
+        assert worker.process is not None
+        run_jobs(client, node("gemini_3_image", 8), 2, 60)  # warm-up
+        bench.fake.latency_s = latency_s
+        bench.fake.reset()
+        started, cpu0 = time.perf_counter(), cpu_s(worker.process.pid)
+        handles = []
+        for number in range(jobs):
+            time.sleep(max(0.0, started + number * 8 / arrivals_per_s - time.perf_counter()))
+            handles.append(client.submit(node("gemini_3_image", 8)))
+        results = [handle.wait(timeout=20 * latency_s + 300) for handle in handles]
+        wall = time.perf_counter() - started
+        cpu = cpu_s(worker.process.pid) - cpu0
+        rss = peak_rss_mib(worker.process.pid)
+        marks = {mark: worker.log().count(mark) for mark in CRASH_MARKS}
+    begun = time.time() - (time.perf_counter() - started)  # the run's start on the fake's clock
+    starts = [request.timestamp - begun for request in bench.fake.requests]
+    window = (latency_s, duration_s)  # the first generations are done; arrivals still outpace the slots
+    in_window = sum(window[0] <= start < window[1] for start in starts)
+    walls = [image.duration_ms / 1000 for result in results for image in result.images]
+    errors = sum(len(result.errors) for result in results)
+    bench.say(
+        f"  {pool}x{concurrency}: {bench.fake.max_in_flight} in flight (max), "
+        f"{in_window / (window[1] - window[0]) * 60:.0f} images/min, p95 image wall "
+        f"{percentile(walls, 95) / latency_s:.2f}xL, worker CPU {cpu / wall:.2f} cores, peak RSS {rss:.0f} MiB; "
+        f"{len(walls)}/{jobs * 8} images, {errors} error records, "
+        f"log: {', '.join(f'{k} {v}' for k, v in marks.items() if v) or 'clean'}"
+    )
+
+
+# --- 2. every allowed concurrency works (offline model) -------------------------------------------
+def offline_burst(bench: Bench, pool: str, concurrency: int, jobs: int, latency_s: float) -> None:
+    env = bench.env(IMAGEGEN_OFFLINE_LATENCY_S=str(latency_s))
+    with bench.worker(env, pool, concurrency) as worker, closing(bench.client(env)) as client:
+        started = time.perf_counter()
+        handles = [client.submit(node("offline_preview", 8)) for _ in range(jobs)]
+        outcomes: Counter[str] = Counter()
+        deadline = started + 120  # a job that is not done by then is not coming (a failed chord)
+        for handle in handles:
+            try:
+                outcomes[handle.wait(timeout=max(1.0, deadline - time.perf_counter())).status] += 1
+            except Exception as exc:  # a crashed or stuck job is a figure here, not a failure
+                outcomes[type(exc).__name__] += 1
+        wall = time.perf_counter() - started
+        marks = {mark: worker.log().count(mark) for mark in CRASH_MARKS}
+    bench.say(
+        f"  {pool}x{concurrency}: {outcomes['succeeded']}/{jobs} jobs succeeded ({jobs * 8} variations, "
+        f"{latency_s:g} s latency, {wall:.1f} s), outcomes {dict(outcomes)}, "
+        f"log: {', '.join(f'{k} {v}' for k, v in marks.items() if v) or 'clean'}"
+    )
+
+
+# --- 3./4. submit -> result and jobs/s, against the bare chord -------------------------------------
+def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float) -> None:
+    env = bench.env()
+    bench.fake.latency_s = 0.0
+    bench.fake.image_kind = "solid"
+    with bench.worker(env, pool, concurrency), bench.worker(env, pool, concurrency, bare=True):
+        sender = make_app(env["REDIS_URL"], env["BARE_CHORD_QUEUE"])
+        with closing(bench.client(env)) as client:
+            for model, label in (("offline_preview", "offline"), ("gemini_3_image", "Gemini SDK + local server")):
+                document = node(model, 4)
+                for _ in range(3):  # warm-up
+                    client.submit(document).wait(timeout=60)
+                    submit_bare(sender).get(timeout=60)
+                ours, bare = [], []
+                for _ in range(runs):
+                    started = time.perf_counter()
+                    client.submit(document).wait(timeout=60)
+                    ours.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    submit_bare(sender).get(timeout=60)
+                    bare.append(time.perf_counter() - started)
+                ratio = statistics.median(ours) / statistics.median(bare)
+                bench.say(
+                    f"  submit -> result, 4 variations, L=0, {label}: {statistics.median(ours) * 1000:.1f} ms vs "
+                    f"bare chord {statistics.median(bare) * 1000:.1f} ms (medians of {runs}): {ratio:.2f}x"
+                )
+        for model, label in (("offline_preview", "offline"), ("gemini_3_image", "Gemini SDK + local server")):
+            document = node(model, 4)
+            ours_rate = bare_rate = 0.0
+            for _ in range(2):  # alternate, so drift in the machine's load hits both
+                ours_rate += closed_loop(functools.partial(ours_submitter, env, document), seconds)
+                bare_rate += closed_loop(functools.partial(bare_submitter, env, concurrency), seconds)
+            bench.say(
+                f"  jobs/s, 8 submitters, L=0, {label}: {ours_rate / 2:.1f} vs bare chord {bare_rate / 2:.1f}: "
+                f"{ours_rate / bare_rate:.2f}x"
+            )
+        sender.close()
+
+
+def ours_submitter(env: dict[str, str], document: dict[str, Any]) -> tuple[Callable[[], None], Callable[[], None]]:
+    client = ImageGenClient(
+        Settings(REDIS_URL=env["REDIS_URL"], queue=env["IMAGEGEN_QUEUE"], max_variations=16)  # type: ignore[call-arg]
+    )
+
+    def once() -> None:
+        client.submit(document).wait(timeout=60)
+
+    return once, client.close
+
+
+def bare_submitter(env: dict[str, str], concurrency: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    sender = make_app(env["REDIS_URL"], env["BARE_CHORD_QUEUE"])
+
+    def once() -> None:
+        submit_bare(sender).get(timeout=60)
+
+    return once, sender.close
+
+
+def closed_loop(make: Callable[[], tuple[Callable[[], None], Callable[[], None]]], seconds: float) -> float:
+    """Jobs per second of 8 threads each submitting one job and waiting for it, again and again."""
+    done = [0] * 8
+    stop = time.perf_counter() + seconds
+
+    def submitter(slot: int) -> None:
+        once, close = make()
+        try:
+            once()  # its own warm-up: connections
+            while time.perf_counter() < stop:
+                once()
+                done[slot] += 1
+        finally:
+            close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=submitter, args=(slot,)) for slot in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.perf_counter() - started)
+
+
+# --- 5. worker CPU per image; 6. Redis memory per job; round trips per variation --------------------
+def cost(bench: Bench, pool: str, concurrency: int, jobs: int) -> None:
+    env = bench.env()
+    bench.fake.latency_s = 0.0
+    with bench.worker(env, pool, concurrency) as worker, closing(bench.client(env)) as client:
+        assert worker.process is not None
+        pid = worker.process.pid
+        for model, kind, label in (
+            ("gemini_3_image", "photo", "Gemini path, 1.65 MB PNG"),
+            ("gemini_3_image", "solid", "Gemini path, tiny PNG"),
+            ("offline_preview", "solid", "offline model"),
+        ):
+            bench.fake.image_kind = kind
+            run_jobs(client, node(model, 8), 2, 60)  # warm-up
+            idle0, idle_started = cpu_s(pid), time.perf_counter()
+            time.sleep(1.0)
+            idle_rate = (cpu_s(pid) - idle0) / (time.perf_counter() - idle_started)
+            cpu0, started = cpu_s(pid), time.perf_counter()
+            results = run_jobs(client, node(model, 8), jobs, 120)
+            wall = time.perf_counter() - started
+            busy = cpu_s(pid) - cpu0 - idle_rate * wall
+            images = sum(len(result.images) for result in results)
+            bench.say(
+                f"  worker CPU per 1024x1024 image, {label}: {busy / images * 1000:.1f} ms "
+                f"({images} images in {jobs} jobs of 8, L=0, idle {idle_rate * 1000:.0f} ms/s subtracted)"
+            )
+        bench.fake.image_kind = "solid"
+        round_trips(bench, client, env, concurrency)
+    memory(bench, pool, concurrency, jobs=4 * jobs)
+    decode_breakdown(bench)
+
+
+def memory(bench: Bench, pool: str, concurrency: int, jobs: int) -> None:
+    """On a Redis of its own: the MEMORY USAGE of the keys finished jobs leave (value, key, and
+    Redis's per-key overhead), and the growth of used_memory_dataset (used_memory itself moves
+    with the connections' buffers, which idle connections give back)."""
+    server = start_redis()
+    try:
+        env = {**bench.env(), "REDIS_URL": server.url}
+        with bench.worker(env, pool, concurrency), closing(bench.client(env)) as client:
+            run_jobs(client, node("offline_preview", 4), 5, 60)  # warm-up: scripts, bindings, pools
+            raw = redis.Redis.from_url(server.url)
+            time.sleep(0.5)
+            before_keys = set(raw.scan_iter(count=1000))
+            before = int(raw.info("memory")["used_memory_dataset"])
+            results = run_jobs(client, node("offline_preview", 4), jobs, 120)
+            time.sleep(0.5)
+            after = int(raw.info("memory")["used_memory_dataset"])
+            new_keys = [key for key in raw.scan_iter(count=1000) if key not in before_keys]
+            usage = sum(raw.memory_usage(key) or 0 for key in new_keys)
+            raw.close()
+    finally:
+        server.stop()
+    kinds = Counter(key.decode().split(":")[0].split("-")[0].rsplit(".", 1)[0] for key in new_keys)
+    assert all(result.status == "succeeded" for result in results)
+    bench.say(
+        f"  Redis memory per finished 4-variation job: {usage / jobs / 1024:.1f} KB (MEMORY USAGE; "
+        f"used_memory_dataset +{(after - before) / jobs / 1024:.1f} KB) in {len(new_keys) / jobs:.1f} keys "
+        f"({', '.join(f'{k} {v / jobs:g}' for k, v in sorted(kinds.items()))}; {jobs} jobs)"
+    )
+
+
+def round_trips(bench: Bench, client: ImageGenClient, env: dict[str, str], concurrency: int) -> None:
+    """Round trips to Redis per variation, from MONITOR: a MULTI..EXEC block or a script is one."""
+    jobs, variations = 5, 8
+    with bench.worker(env, "threads", concurrency, bare=True):
+        sender = make_app(env["REDIS_URL"], env["BARE_CHORD_QUEUE"])
+        submit_bare(sender, variations).get(timeout=60)
+        for label, run in (
+            ("ours", lambda: client.submit(node("offline_preview", variations)).wait(timeout=60)),
+            ("bare chord", lambda: submit_bare(sender, variations).get(timeout=60)),
+        ):
+            idle = count_round_trips(bench.redis.url, lambda: time.sleep(1.0))
+            busy_s = time.perf_counter()
+            trips = count_round_trips(bench.redis.url, lambda: [run() for _ in range(jobs)])  # noqa: B023
+            busy_s = time.perf_counter() - busy_s
+            commands = trips[1] - idle[1] * busy_s
+            per_variation = (trips[0] - idle[0] * busy_s) / (jobs * variations)
+            bench.say(
+                f"  Redis round trips per variation ({label}, jobs of {variations}, submit and wait included): "
+                f"{per_variation:.1f} ({commands / (jobs * variations):.1f} commands)"
+            )
+        sender.close()
+
+
+def count_round_trips(url: str, action: Callable[[], Any]) -> tuple[float, float]:
+    """(round trips, commands) that MONITOR saw from every client while ``action`` ran
+    (for an action that sleeps one second: the idle rate per second)."""
+    events: list[tuple[str, str]] = []
+    ready, stop = threading.Event(), threading.Event()
+
+    def monitor() -> None:
+        with redis.Redis.from_url(url).monitor() as feed:
+            ready.set()
+            for event in feed.listen():
+                events.append((f"{event.get('client_address')}:{event.get('client_port')}", event["command"]))
+                if stop.is_set() and event["command"].startswith("ECHO bench-monitor-end"):
+                    return
+
+    thread = threading.Thread(target=monitor, daemon=True)
+    thread.start()
+    ready.wait(5)
+    time.sleep(0.05)
+    action()
+    stop.set()
+    redis.Redis.from_url(url).echo("bench-monitor-end")
+    thread.join(10)
+    trips = commands = 0
+    in_multi: set[str] = set()
+    for client, command in events:
+        name = command.split(" ", 1)[0].upper()
+        if client.startswith("lua") or name == "ECHO":
+            continue  # inside a script (counted as the EVALSHA), or our end marker
+        commands += 1
+        if name == "MULTI":
+            in_multi.add(client)
+            trips += 1
+        elif name == "EXEC":
+            in_multi.discard(client)
+        elif client not in in_multi:
+            trips += 1
+    return float(trips), float(commands)
+
+
+def decode_breakdown(bench: Bench) -> None:
+    """Stage by stage in a separate process, against a fake server in a third one."""
+    port_file = bench.workdir / f"fake-{uuid.uuid4().hex[:6]}.out"
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "devtools.fake_gemini", "--port", "0", "--image-kind", "photo"],
+        cwd=ROOT,
+        stdout=port_file.open("w"),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while "listening on" not in port_file.read_text():
+            assert time.monotonic() < deadline, "fake Gemini did not start"
+            time.sleep(0.05)
+        base_url = port_file.read_text().split("listening on", 1)[1].split()[0]
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "decode_cost.py"), "--base-url", base_url],
+            cwd=bench.root,
+            env={**os.environ, "PYTHONPATH": str(bench.root)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        fake.terminate()
+        fake.wait()
+    stages = json.loads(out.stdout.strip().splitlines()[-1])
+    bench.say(
+        f"  in one process, per {stages['png_bytes'] / 1e6:.2f} MB PNG: SDK decode (HTTP, JSON, base64, types) "
+        f"{stages['decode_ms']:.1f} ms, verify (header) {stages['verify_ms']:.2f} ms, sha256 "
+        f"{stages['hash_ms']:.2f} ms, upload (local disk) {stages['upload_ms']:.2f} ms"
+    )
+
+
+# --- 7. a wide job: 16 variations at L = 2 s ----------------------------------------------------------
+def wide_job(bench: Bench, pool: str, concurrency: int, runs: int) -> None:
+    latency = 2.0
+    for model, label, extra in (
+        ("offline_preview", "offline", {"IMAGEGEN_OFFLINE_LATENCY_S": str(latency)}),
+        ("gemini_3_image", "Gemini SDK", {}),
+    ):
+        env = bench.env(**extra)
+        bench.fake.latency_s = 0.0
+        with bench.worker(env, pool, concurrency), closing(bench.client(env)) as client:
+            run_jobs(client, node(model, 4), 1, 60)  # warm-up
+            bench.fake.latency_s = latency
+            walls = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                [result] = run_jobs(client, node(model, 16), 1, 60)
+                walls.append(time.perf_counter() - started)
+                assert result.status == "succeeded", result.errors
+        bench.say(
+            f"  16 variations at L={latency:g} s, {label}: job wall / L {statistics.median(walls) / latency:.3f} "
+            f"(median of {runs}, submit to result)"
+        )
+    bench.fake.latency_s = 0.0
+
+
+@contextmanager
+def closing(client: ImageGenClient) -> Iterator[ImageGenClient]:
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose worker is measured")
+    parser.add_argument("--pools", help="in-flight candidates, e.g. threads:256,gevent:256 (default: ours + gevent)")
+    parser.add_argument("--only", help="comma-separated sections: per_job,cost,wide,in_flight,burst")
+    args = parser.parse_args()
+    settings = Settings()
+    pool, concurrency = settings.worker_pool, settings.worker_concurrency
+    if args.pools:
+        candidates = [(p, int(c)) for p, c in (item.split(":") for item in args.pools.split(","))]
+    else:
+        candidates = [(pool, concurrency), ("gevent" if pool == "threads" else "threads", concurrency)]
+    if importlib.util.find_spec("gevent") is None:  # pip install '.[bench]' (make bench does)
+        print("gevent is not installed: its figures are skipped")
+        candidates = [c for c in candidates if c[0] != "gevent"]
+    latency = 5.0 if QUICK else 15.0
+    sections = set((args.only or "per_job,cost,wide,in_flight,burst").split(","))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="imagegen-bench-") as workdir:
+        server = start_redis()
+        try:
+            with FakeGemini(api_key=API_KEY) as fake:
+                bench = Bench(args.root.resolve(), server, fake, Path(workdir))
+                bench.say(f"imagegen figures: {bench.root}, {pool}x{concurrency}, {'quick' if QUICK else 'full'} mode")
+                if "per_job" in sections:
+                    bench.say(f"per job, against a bare Celery chord on the same Redis [{load()}]")
+                    per_job(bench, pool, concurrency, runs=10 if QUICK else 25, seconds=3 if QUICK else 5)
+                if "cost" in sections:
+                    bench.say(f"cost per image and per job [{load()}]")
+                    cost(bench, pool, concurrency, jobs=10 if QUICK else 25)
+                if "wide" in sections:
+                    bench.say(f"one wide job [{load()}]")
+                    wide_job(bench, pool, concurrency, runs=2 if QUICK else 3)
+                if "in_flight" in sections:
+                    bench.say(f"generations in flight per worker process, Gemini SDK path, L={latency:g} s [{load()}]")
+                    for candidate_pool, candidate_concurrency in candidates:
+                        in_flight(bench, candidate_pool, candidate_concurrency, latency, 3 * latency)
+                if "burst" in sections:
+                    top = Settings.model_fields["worker_concurrency"].metadata
+                    ceiling = next((getattr(m, "le", None) for m in top if getattr(m, "le", None)), 512)
+                    bench.say(f"offline model at the largest allowed concurrency ({ceiling}) [{load()}]")
+                    burst_pools = list(dict.fromkeys(candidate[0] for candidate in candidates))
+                    for burst_pool in burst_pools[:1] if QUICK else burst_pools:
+                        offline_burst(bench, burst_pool, ceiling, jobs=ceiling * 2 // 8, latency_s=0.5)
+        finally:
+            server.stop()
+    bench.say(f"done in {time.perf_counter() - started:.0f} s [{load()}]")
+
+
+if __name__ == "__main__":
+    main()

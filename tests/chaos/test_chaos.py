@@ -1,0 +1,250 @@
+"""Faults injected while jobs with latency are in flight; the goal in every row:
+0 lost, 0 duplicated, 0 worker deaths, 0 stuck; recovery after SIGKILL within
+2 minutes on RabbitMQ and within the documented bound on a Redis broker."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from devtools.fake_gemini import Behaviour, FakeGemini
+from devtools.rabbitmq import RabbitMQ
+from devtools.redis_server import start_redis
+from devtools.sentinel import sentinel_command, start_sentinel_cluster
+from devtools.worker_process import WorkerProcess
+from producer.client import ImageGenClient
+from tests.broker.test_redis_restart import AofRedis
+from tests.chaos.conftest import MakeClient
+from tests.chaos.harness import (
+    CHAOS_ENV,
+    REDIS_BOUND_S,
+    Row,
+    assert_goal,
+    collect,
+    started_variations,
+    submit_batch,
+    wait_until,
+)
+from tests.cloud.helpers import FlakyProxy
+
+pytestmark = pytest.mark.chaos
+
+StartWorker = Callable[..., WorkerProcess]
+JOBS, VARIATIONS = 12, 2
+
+
+def in_flight(worker: WorkerProcess, count: int = 2) -> float:
+    """Wait until ``worker`` runs variations; the moment the fault is injected."""
+    wait_until(lambda: started_variations(worker) >= count, 60, "variations to start")
+    return time.monotonic()
+
+
+def test_sigkill_redis_broker(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], tmp_path: Path
+) -> None:
+    a, b = start_worker(CHAOS_ENV), start_worker(CHAOS_ENV)
+    handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
+    fault = in_flight(a)
+    a.kill()
+    c = start_worker(CHAOS_ENV)  # the replacement pod
+    row = collect(Row("SIGKILL a worker (Redis broker)"), handles, fault, [a, b, c], (a,), tmp_path / "images")
+    row.note = f"bound {REDIS_BOUND_S} s = visibility timeout + sweep (chaos settings)"
+    assert_goal(row, REDIS_BOUND_S + 30)
+
+
+def test_sigkill_rabbitmq_broker(
+    start_worker: StartWorker,
+    make_client: MakeClient,
+    job_env: dict[str, str],
+    rabbitmq: RabbitMQ,
+    offline_node: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    env = {**CHAOS_ENV, "IMAGEGEN_BROKER_URL": rabbitmq.url}
+    client = make_client({**job_env, **env})
+    a, b = start_worker(env), start_worker(env)
+    handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
+    fault = in_flight(a)
+    a.kill()
+    c = start_worker(env)
+    row = collect(Row("SIGKILL a worker (RabbitMQ broker)"), handles, fault, [a, b, c], (a,), tmp_path / "images")
+    row.note = "the broker requeues at once"
+    assert_goal(row, 120)
+
+
+def test_sigterm_rolling_deploy(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], tmp_path: Path
+) -> None:
+    a, b = start_worker(CHAOS_ENV), start_worker(CHAOS_ENV)
+    handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
+    fault = in_flight(a)
+    assert a.process is not None
+    a.process.send_signal(signal.SIGTERM)  # warm shutdown: finishes what it runs, takes nothing new
+    c = start_worker(CHAOS_ENV)
+    row = collect(Row("SIGTERM a worker (rolling deploy)"), handles, fault, [b, c], (a,), tmp_path / "images")
+    a.process.wait(timeout=60)
+    row.note = "warm shutdown finished its tasks"
+    assert_goal(row)
+
+
+def test_redis_restart_with_aof(
+    start_worker: StartWorker,
+    make_client: MakeClient,
+    job_env: dict[str, str],
+    offline_node: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    server = AofRedis(tmp_path)
+    server.start()
+    try:
+        env = {**CHAOS_ENV, "REDIS_URL": server.url}
+        client = make_client({**job_env, **env})
+        a, b = start_worker(env), start_worker(env)
+        handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
+        fault = in_flight(a)
+        server.crash()
+        time.sleep(2)
+        server.start()
+        row = collect(Row("Redis crash + restart (AOF)"), handles, fault, [a, b], (), tmp_path / "images")
+        row.note = "appendfsync always here; everysec in deploy"
+        assert_goal(row)
+    finally:
+        if server.process is not None:
+            server.process.terminate()
+
+
+@pytest.mark.skipif(sentinel_command() is None, reason="no redis-sentinel or redis-server --sentinel on this machine")
+def test_redis_failover_through_sentinel(
+    start_worker: StartWorker,
+    make_client: MakeClient,
+    job_env: dict[str, str],
+    offline_node: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    cluster = start_sentinel_cluster()
+    try:
+        env = {**CHAOS_ENV, "REDIS_URL": cluster.url()}
+        client = make_client({**job_env, **env})
+        a, b = start_worker(env), start_worker(env)
+        handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
+        fault = in_flight(a)
+        cluster.failover()
+        row = collect(Row("Redis failover (Sentinel)"), handles, fault, [a, b], (), tmp_path / "images")
+        assert_goal(row)
+    finally:
+        cluster.stop()
+
+
+def _own_redis_env(job_env: dict[str, str]) -> tuple[Any, dict[str, str]]:
+    server = start_redis()
+    return server, {**CHAOS_ENV, "REDIS_URL": server.url}
+
+
+def test_redis_at_maxmemory(
+    start_worker: StartWorker,
+    make_client: MakeClient,
+    job_env: dict[str, str],
+    offline_node: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    server, env = _own_redis_env(job_env)
+    try:
+        client = make_client({**job_env, **env})
+        a, b = start_worker(env), start_worker(env)
+        handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
+        fault = in_flight(a)
+        admin = redis.Redis.from_url(server.url)
+        used = int(admin.info("memory")["used_memory"])
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", used)  # writes answer OOM until memory frees up
+        time.sleep(8)
+        admin.config_set("maxmemory", 0)
+        row = collect(Row("Redis at maxmemory for 8 s (noeviction)"), handles, fault, [a, b], (), tmp_path / "images")
+        assert_goal(row)
+    finally:
+        server.stop()
+
+
+def test_redis_unresponsive(
+    start_worker: StartWorker,
+    make_client: MakeClient,
+    job_env: dict[str, str],
+    offline_node: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    server, env = _own_redis_env(job_env)
+    try:
+        client = make_client({**job_env, **env})
+        a, b = start_worker(env), start_worker(env)
+        handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
+        fault = in_flight(a)
+        server.process.send_signal(signal.SIGSTOP)  # accepts nothing, answers nothing
+        time.sleep(8)
+        server.process.send_signal(signal.SIGCONT)
+        row = collect(Row("Redis unresponsive for 8 s (SIGSTOP)"), handles, fault, [a, b], (), tmp_path / "images")
+        assert_goal(row)
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+def test_provider_storm(
+    start_worker: StartWorker, client: ImageGenClient, seed_node: dict[str, Any], tmp_path: Path
+) -> None:
+    rng = random.Random(7)
+    storm = [
+        Behaviour("error", code=rng.choice((429, 503))) if rng.random() < 0.3 else Behaviour()
+        for _ in range(JOBS * VARIATIONS * 4)
+    ]
+    with FakeGemini(api_key="chaos-key", latency_s=1.0) as fake:
+        fake.script(*storm)
+        env = {
+            **CHAOS_ENV,
+            "GOOGLE_GEMINI_BASE_URL": fake.base_url,
+            "GEMINI_API_KEY": "chaos-key",
+            "GOOGLE_API_KEY": "",
+            "GOOGLE_GENAI_USE_VERTEXAI": "false",
+            "IMAGEGEN_GEMINI_TIMEOUT_S": "10",
+        }
+        a, b = start_worker(env), start_worker(env)
+        fault = time.monotonic()
+        handles = submit_batch(client, seed_node, JOBS, VARIATIONS)
+        row = collect(Row("provider storm (30 % 429/503)"), handles, fault, [a, b], (), tmp_path / "images")
+        errors = sum(1 for r in fake.requests if r.behaviour == "error")
+        row.note = f"{errors} of {len(fake.requests)} provider calls failed; retried with backoff"
+        assert_goal(row)
+
+
+def test_storage_faults(
+    start_worker: StartWorker,
+    client: ImageGenClient,
+    offline_node: dict[str, Any],
+    moto: Any,
+    s3_admin: Any,
+    s3_bucket: str,
+) -> None:
+    with FlakyProxy(moto.url, failures=10, status=503, only="PUT") as proxy:
+        env = {
+            **CHAOS_ENV,
+            "IMAGEGEN_STORAGE_URL": f"s3://{s3_bucket}/chaos",
+            "AWS_ENDPOINT_URL_S3": proxy.url,
+            "AWS_ACCESS_KEY_ID": "platform",
+            "AWS_SECRET_ACCESS_KEY": "platform",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "IMAGEGEN_STORAGE_RETRY_MAX_DELAY_S": "0.2",
+        }
+        a, b = start_worker(env), start_worker(env)
+        fault = time.monotonic()
+        handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
+        row = collect(Row("storage faults (10 S3 PUTs answer 503)"), handles, fault, [a, b], ())
+        row.duplicates = max(0, s3_admin.list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) - row.images)
+        # (every job finished here, so every stored object belongs to a listed image or is a duplicate)
+        row.note = f"{len(proxy.requests)} PUTs, {min(10, len(proxy.requests))} refused; retried by tenacity"
+        assert_goal(row)
