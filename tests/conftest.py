@@ -55,11 +55,13 @@ def job_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def start_worker(job_env: dict[str, str], tmp_path: Path) -> Iterator[StartWorker]:
-    """Start real ``celery -A worker worker`` processes; stopped after the test."""
+    """Start real ``celery -A worker worker`` processes, each with a log file of its own; stopped after the test."""
     workers: list[WorkerProcess] = []
 
     def start(env: dict[str, str] | None = None, pool: str = "threads", concurrency: int = 8) -> WorkerProcess:
-        worker = WorkerProcess({**job_env, **(env or {})}, pool=pool, concurrency=concurrency, log_dir=str(tmp_path))
+        log_dir = tmp_path / f"worker-{len(workers)}"
+        log_dir.mkdir()
+        worker = WorkerProcess({**job_env, **(env or {})}, pool=pool, concurrency=concurrency, log_dir=str(log_dir))
         workers.append(worker)
         worker.start()
         return worker

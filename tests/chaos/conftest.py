@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from contract.settings import Settings
-from devtools.worker_process import WorkerProcess
 from producer.client import ImageGenClient
 from tests.broker.conftest import rabbitmq
 from tests.chaos.harness import ROWS, table
@@ -36,24 +34,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     out = ROOT / "var" / "chaos.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(f"load average at the end: {os.getloadavg()[0]:.2f}\n\n{text}\n")
-
-
-@pytest.fixture
-def start_worker(job_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Real workers, each with its own log file; stopped (or killed) after the test."""
-    workers: list[WorkerProcess] = []
-
-    def start(env: dict[str, str] | None = None, concurrency: int = 8) -> WorkerProcess:
-        log_dir = tmp_path / f"worker-{len(workers)}"
-        log_dir.mkdir()
-        worker = WorkerProcess({**job_env, **(env or {})}, concurrency=concurrency, log_dir=str(log_dir))
-        workers.append(worker)
-        worker.start()
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop(timeout=20)
 
 
 @pytest.fixture

@@ -142,9 +142,43 @@ def test_redis_failover_through_sentinel(
         cluster.stop()
 
 
-def _own_redis_env(job_env: dict[str, str]) -> tuple[Any, dict[str, str]]:
+def _pause_or_fill_own_redis(
+    name: str,
+    fault: Callable[[Any], Callable[[], None]],
+    start_worker: StartWorker,
+    make_client: MakeClient,
+    job_env: dict[str, str],
+    offline_node: dict[str, Any],
+    storage: Path,
+) -> None:
+    """A fault on a Redis of this test's own: ``fault(server)`` starts it and returns its undo."""
     server = start_redis()
-    return server, {**CHAOS_ENV, "REDIS_URL": server.url}
+    try:
+        env = {**CHAOS_ENV, "REDIS_URL": server.url}
+        client = make_client({**job_env, **env})
+        a, b = start_worker(env), start_worker(env)
+        handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
+        at = in_flight(a)
+        undo = fault(server)
+        time.sleep(8)
+        undo()
+        assert_goal(collect(Row(name), handles, at, [a, b], (), storage))
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+def _fill(server: Any) -> Callable[[], None]:
+    admin = redis.Redis.from_url(server.url)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]))  # writes answer OOM
+    return lambda: admin.config_set("maxmemory", 0)
+
+
+def _pause(server: Any) -> Callable[[], None]:
+    server.process.send_signal(signal.SIGSTOP)  # accepts nothing, answers nothing
+    return lambda: server.process.send_signal(signal.SIGCONT)
 
 
 def test_redis_at_maxmemory(
@@ -154,22 +188,15 @@ def test_redis_at_maxmemory(
     offline_node: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    server, env = _own_redis_env(job_env)
-    try:
-        client = make_client({**job_env, **env})
-        a, b = start_worker(env), start_worker(env)
-        handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
-        fault = in_flight(a)
-        admin = redis.Redis.from_url(server.url)
-        used = int(admin.info("memory")["used_memory"])
-        admin.config_set("maxmemory-policy", "noeviction")
-        admin.config_set("maxmemory", used)  # writes answer OOM until memory frees up
-        time.sleep(8)
-        admin.config_set("maxmemory", 0)
-        row = collect(Row("Redis at maxmemory for 8 s (noeviction)"), handles, fault, [a, b], (), tmp_path / "images")
-        assert_goal(row)
-    finally:
-        server.stop()
+    _pause_or_fill_own_redis(
+        "Redis at maxmemory for 8 s (noeviction)",
+        _fill,
+        start_worker,
+        make_client,
+        job_env,
+        offline_node,
+        tmp_path / "images",
+    )
 
 
 def test_redis_unresponsive(
@@ -179,20 +206,15 @@ def test_redis_unresponsive(
     offline_node: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    server, env = _own_redis_env(job_env)
-    try:
-        client = make_client({**job_env, **env})
-        a, b = start_worker(env), start_worker(env)
-        handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
-        fault = in_flight(a)
-        server.process.send_signal(signal.SIGSTOP)  # accepts nothing, answers nothing
-        time.sleep(8)
-        server.process.send_signal(signal.SIGCONT)
-        row = collect(Row("Redis unresponsive for 8 s (SIGSTOP)"), handles, fault, [a, b], (), tmp_path / "images")
-        assert_goal(row)
-    finally:
-        server.process.send_signal(signal.SIGCONT)
-        server.stop()
+    _pause_or_fill_own_redis(
+        "Redis unresponsive for 8 s (SIGSTOP)",
+        _pause,
+        start_worker,
+        make_client,
+        job_env,
+        offline_node,
+        tmp_path / "images",
+    )
 
 
 def test_provider_storm(
