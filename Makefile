@@ -35,7 +35,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy contract worker producer devtools
 
-# Every figure of docs/pools.md in one run (~6 min; IMAGEGEN_BENCH_QUICK=1: ~3 min).
+# Every figure of docs/pools.md in one run (~5 min; IMAGEGEN_BENCH_QUICK=1: ~3 min).
 $(VENV)/.bench: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'
 	touch $@

@@ -1,6 +1,6 @@
 """Every figure of docs/pools.md, measured side by side in one run (``make bench``).
 
-    python -m benchmarks.figures                        # ~7 minutes on 2 cores
+    python -m benchmarks.figures                        # ~5 minutes on 2 cores
     IMAGEGEN_BENCH_QUICK=1 python -m benchmarks.figures  # ~3 minutes: L = 5 s, fewer jobs
     python -m benchmarks.figures --root /other/checkout  # the same figures for another version
     python -m benchmarks.figures --pools threads:256,gevent:256,threads:512   # in-flight candidates
@@ -226,7 +226,7 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
             ours_rate = bare_rate = 0.0
             for _ in range(2):  # alternate, so drift in the machine's load hits both
                 ours_rate += closed_loop(functools.partial(ours_submitter, env, document), seconds)
-                bare_rate += closed_loop(functools.partial(bare_submitter, env, concurrency), seconds)
+                bare_rate += closed_loop(functools.partial(bare_submitter, env), seconds)
             bench.say(
                 f"  jobs/s, 8 submitters, L=0, {label}: {ours_rate / 2:.1f} vs bare chord {bare_rate / 2:.1f}: "
                 f"{ours_rate / bare_rate:.2f}x"
@@ -245,7 +245,7 @@ def ours_submitter(env: dict[str, str], document: dict[str, Any]) -> tuple[Calla
     return once, client.close
 
 
-def bare_submitter(env: dict[str, str], concurrency: int) -> tuple[Callable[[], None], Callable[[], None]]:
+def bare_submitter(env: dict[str, str]) -> tuple[Callable[[], None], Callable[[], None]]:
     sender = make_app(env["REDIS_URL"], env["BARE_CHORD_QUEUE"])
 
     def once() -> None:

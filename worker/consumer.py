@@ -14,7 +14,8 @@ copy would run a second time at once), and a late ack that cannot reach the
 closed channel is dropped with a log line. The consumer reconnects as after
 any connection loss, the running tasks finish and store their results, and the
 copy Redis redelivers after the visibility timeout is skipped because the task
-already succeeded (``worker_deduplicate_successful_tasks``). RabbitMQ never
+already finished (a variation: the job record remembers it per run; other tasks:
+``worker_deduplicate_successful_tasks``). RabbitMQ never
 takes this path (the broker requeues a dropped connection's messages itself).
 """
 

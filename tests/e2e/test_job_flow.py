@@ -10,11 +10,11 @@ from typing import Any
 
 import redis
 
-from contract.queue import RUN_JOB, dispatch_key
-from contract.work import JobOrder
+from contract.queue import GENERATE_VARIATION, RUN_JOB, dispatch_key
+from contract.work import JobOrder, VariationWork
 from producer.client import ImageGenClient
 from tests.conftest import StartWorker
-from tests.e2e.helpers import assert_images_on_disk, assert_matches_published_schema
+from tests.e2e.helpers import assert_images_on_disk, assert_matches_published_schema, image_file
 from tests.redis_scan import all_redis_entries
 
 
@@ -221,3 +221,29 @@ def test_a_quota_shared_by_two_workers_spaces_the_calls(
     assert [i.attempts for i in result.images] == [1] * 6
     assert (result.finished_at - result.started_at).total_seconds() >= 2.5
     assert any("provider quota busy" in w.log() for w in workers)
+
+
+def test_a_redelivered_variation_that_finished_is_skipped(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    # A broker redelivers a message whose task ran but was never acked (a worker lost before
+    # its ack, a Redis restart): the job record knows the variation finished, so the copy
+    # neither generates (pays) again nor overwrites the stored image.
+    worker = start_worker()
+    offline_node["inputs"]["variations"] = 2
+    result = client.submit(offline_node, job_id="redelivered-variation-1").wait(timeout=60)
+    assert result.status == "succeeded"
+    stored = image_file(result.images[0].uri)
+    written = stored.stat().st_mtime_ns
+    work = VariationWork(
+        job_id="redelivered-variation-1", run=1, index=0, prompt="p", model="offline_preview", size="1024x1024"
+    )
+    client.celery.send_task(
+        GENERATE_VARIATION, args=(work.model_dump(mode="json"),), delivery_info={"redelivered": True}
+    )
+    deadline = time.monotonic() + 20
+    while "finished already; skipping a redelivered copy" not in worker.log():
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.2)
+    assert stored.stat().st_mtime_ns == written
+    assert client.status("redelivered-variation-1").done == 2
