@@ -94,6 +94,29 @@ def test_sigterm_rolling_deploy(
     assert_goal(row)
 
 
+def _fault_on_redis(
+    name: str,
+    redis_url: str,
+    inject: Callable[[], object],
+    start_worker: StartWorker,
+    make_client: MakeClient,
+    job_env: dict[str, str],
+    offline_node: dict[str, Any],
+    storage: Path,
+    note: str = "",
+) -> None:
+    """Jobs in flight on the Redis at ``redis_url``; ``inject()`` does the fault and its end."""
+    env = {**CHAOS_ENV, "REDIS_URL": redis_url}
+    client = make_client({**job_env, **env})
+    a, b = start_worker(env), start_worker(env)
+    handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
+    at = in_flight(a)
+    inject()
+    row = collect(Row(name), handles, at, [a, b], (), storage)
+    row.note = note
+    assert_goal(row)
+
+
 def test_redis_restart_with_aof(
     start_worker: StartWorker,
     make_client: MakeClient,
@@ -103,18 +126,24 @@ def test_redis_restart_with_aof(
 ) -> None:
     server = AofRedis(tmp_path)
     server.start()
-    try:
-        env = {**CHAOS_ENV, "REDIS_URL": server.url}
-        client = make_client({**job_env, **env})
-        a, b = start_worker(env), start_worker(env)
-        handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
-        fault = in_flight(a)
+
+    def crash_and_restart() -> None:
         server.crash()
         time.sleep(2)
         server.start()
-        row = collect(Row("Redis crash + restart (AOF)"), handles, fault, [a, b], (), tmp_path / "images")
-        row.note = "appendfsync always here; everysec in deploy"
-        assert_goal(row)
+
+    try:
+        _fault_on_redis(
+            "Redis crash + restart (AOF)",
+            server.url,
+            crash_and_restart,
+            start_worker,
+            make_client,
+            job_env,
+            offline_node,
+            tmp_path / "images",
+            note="appendfsync always here; everysec in deploy",
+        )
     finally:
         if server.process is not None:
             server.process.terminate()
@@ -130,43 +159,29 @@ def test_redis_failover_through_sentinel(
 ) -> None:
     cluster = start_sentinel_cluster()
     try:
-        env = {**CHAOS_ENV, "REDIS_URL": cluster.url()}
-        client = make_client({**job_env, **env})
-        a, b = start_worker(env), start_worker(env)
-        handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
-        fault = in_flight(a)
-        cluster.failover()
-        row = collect(Row("Redis failover (Sentinel)"), handles, fault, [a, b], (), tmp_path / "images")
-        assert_goal(row)
+        _fault_on_redis(
+            "Redis failover (Sentinel)",
+            cluster.url(),
+            cluster.failover,
+            start_worker,
+            make_client,
+            job_env,
+            offline_node,
+            tmp_path / "images",
+        )
     finally:
         cluster.stop()
 
 
-def _pause_or_fill_own_redis(
-    name: str,
-    fault: Callable[[Any], Callable[[], None]],
-    start_worker: StartWorker,
-    make_client: MakeClient,
-    job_env: dict[str, str],
-    offline_node: dict[str, Any],
-    storage: Path,
-) -> None:
-    """A fault on a Redis of this test's own: ``fault(server)`` starts it and returns its undo."""
-    server = start_redis()
-    try:
-        env = {**CHAOS_ENV, "REDIS_URL": server.url}
-        client = make_client({**job_env, **env})
-        a, b = start_worker(env), start_worker(env)
-        handles = submit_batch(client, offline_node, JOBS, VARIATIONS)
-        at = in_flight(a)
-        undo = fault(server)
+def _for_8_s(start: Callable[[Any], Callable[[], None]], server: Any) -> Callable[[], None]:
+    """``start(server)`` begins a fault and returns its end; the fault lasts 8 s."""
+
+    def inject() -> None:
+        end = start(server)
         time.sleep(8)
-        undo()
-        assert_goal(collect(Row(name), handles, at, [a, b], (), storage))
-    finally:
-        if server.process is not None:
-            server.process.send_signal(signal.SIGCONT)
-        server.stop()
+        end()
+
+    return inject
 
 
 def _fill(server: Any) -> Callable[[], None]:
@@ -181,40 +196,36 @@ def _pause(server: Any) -> Callable[[], None]:
     return lambda: server.process.send_signal(signal.SIGCONT)
 
 
-def test_redis_at_maxmemory(
+@pytest.mark.parametrize(
+    ("name", "start"),
+    [("Redis at maxmemory for 8 s (noeviction)", _fill), ("Redis unresponsive for 8 s (SIGSTOP)", _pause)],
+    ids=["maxmemory", "unresponsive"],
+)
+def test_redis_fault_for_8_s(
+    name: str,
+    start: Callable[[Any], Callable[[], None]],
     start_worker: StartWorker,
     make_client: MakeClient,
     job_env: dict[str, str],
     offline_node: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    _pause_or_fill_own_redis(
-        "Redis at maxmemory for 8 s (noeviction)",
-        _fill,
-        start_worker,
-        make_client,
-        job_env,
-        offline_node,
-        tmp_path / "images",
-    )
-
-
-def test_redis_unresponsive(
-    start_worker: StartWorker,
-    make_client: MakeClient,
-    job_env: dict[str, str],
-    offline_node: dict[str, Any],
-    tmp_path: Path,
-) -> None:
-    _pause_or_fill_own_redis(
-        "Redis unresponsive for 8 s (SIGSTOP)",
-        _pause,
-        start_worker,
-        make_client,
-        job_env,
-        offline_node,
-        tmp_path / "images",
-    )
+    server = start_redis()  # this test's own: the fault must not touch the suite's Redis
+    try:
+        _fault_on_redis(
+            name,
+            server.url,
+            _for_8_s(start, server),
+            start_worker,
+            make_client,
+            job_env,
+            offline_node,
+            tmp_path / "images",
+        )
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        server.stop()
 
 
 def test_provider_storm(
