@@ -20,6 +20,8 @@ RUN_JOB = "imagegen.run_job"
 GENERATE_VARIATION = "imagegen.generate_variation"
 FINALIZE = "imagegen.finalize"
 SIGN_URL = "imagegen.sign_url"  # a fresh signed URL for a stored image (signed URLs expire)
+RUN_JOB_FROM_UPSTREAM = "imagegen.run_job_from_upstream"  # a chain's link: upstream value -> the job
+PROMPT_STEP = "imagegen.prompt_step"  # the job's text step before the variations
 
 # Every key kind has its own prefix, and job ids (contract/job_ids.py) contain
 # no ":" and no "@": no job id can name another kind's key or another job's.
@@ -96,11 +98,21 @@ def _broker_config(settings: Settings) -> dict[str, Any]:
     return {"broker_url": url, "broker_transport_options": {**transport, **redelivery, **sentinel}}
 
 
+def result_backend_url(redis_url: str) -> str:
+    """``result_backend`` for REDIS_URL: Celery's Redis backend classes made to ride out a full,
+    restarting or failing-over Redis (contract/result_backend.py), in Celery's
+    ``module:Class+scheme://`` form."""
+    url, _ = _kombu_redis(redis_url, for_backend=True)
+    if is_sentinel(redis_url):
+        return f"contract.result_backend:ImageGenSentinelBackend+{url}"
+    return f"contract.result_backend:ImageGenRedisBackend+{url.removeprefix('redis+')}"  # redis+socket://
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
-    backend, sentinel = _kombu_redis(settings.redis_url, for_backend=True)
+    _, sentinel = _kombu_redis(settings.redis_url, for_backend=True)
     return {
         **_broker_config(settings),
-        "result_backend": backend,
+        "result_backend": result_backend_url(settings.redis_url),
         "result_backend_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,
             "health_check_interval": 10,

@@ -20,8 +20,9 @@ from urllib.parse import quote, unquote
 
 import redis
 from redis.backoff import EqualJitterBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 SENTINEL_PORT = 26379
 
@@ -86,11 +87,96 @@ def _host_port(part: str) -> tuple[str, int]:
     return host, int(port or SENTINEL_PORT)
 
 
-def _failover_retry() -> Retry:
+# Replies that mean "not now" rather than "no": the command was refused before it ran, so
+# running it again later is safe. OOM: at maxmemory with noeviction; LOADING: a restarted Redis
+# replaying its AOF; READONLY: a demoted master; NOREPLICAS: a master without the replicas
+# ``min-replicas-to-write`` asks for (the old master right after a failover, the new one until a
+# replica follows it); MASTERDOWN: a replica that lost its master; UNBLOCKED: a blocking pop
+# cut short because the instance changed role; TRYAGAIN: a cluster mid-migration.
+_NOT_NOW = ("OOM ", "LOADING ", "READONLY ", "NOREPLICAS ", "MASTERDOWN ", "UNBLOCKED ", "TRYAGAIN ")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Redis fault that passes within seconds: a lost connection, a timeout,
+    or a refusal listed above. A script error, a wrong type or a bad argument is not."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, redis.BusyLoadingError | redis.OutOfMemoryError | redis.ReadOnlyError):
+        return True
+    if isinstance(exc, redis.ResponseError) and not isinstance(exc, redis.exceptions.NoScriptError):
+        message = str(exc)
+        # Redis 6 wraps a refusal inside a script: "Error running script (...): ... -OOM command ..."
+        return message.startswith(_NOT_NOW) or any(f"-{code}" in message for code in _NOT_NOW)
+    return False
+
+
+class TransientRetry(Retry):
+    """redis-py's per-command retry (it reconnects first, so a Sentinel client asks the
+    sentinels for the master again), extended from connection errors and timeouts to every
+    fault :func:`is_transient` names. Pipelines and transactions retry whole: a refused
+    command ran nowhere (Redis checks OOM, READONLY and NOREPLICAS before it runs a command,
+    and before a script's first write)."""
+
+    def __init__(self, backoff: EqualJitterBackoff, retries: int):
+        super().__init__(backoff, retries, supported_errors=(redis.RedisError, OSError))
+
+    def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
+        return super().call_with_retry(do, fail, is_retryable or is_transient, with_failure_count)
+
+
+def transient_retry() -> TransientRetry:
     # A crashed master is gone for down-after-milliseconds plus the election and the
-    # promotion (2.3 s in tests/broker with 1 s; use a few seconds in production):
-    # keep asking the sentinels for about half a minute (24 tries, 1-2 s apart after the first few).
-    return Retry(EqualJitterBackoff(cap=2.0, base=0.2), retries=24)
+    # promotion (2.3 s in tests/broker with 1 s; use a few seconds in production); a full
+    # Redis until memory is freed: keep trying for about half a minute (24 tries, 1-2 s
+    # apart after the first few).
+    return TransientRetry(EqualJitterBackoff(cap=2.0, base=0.2), retries=24)
+
+
+class FailoverSafeScript(Script):
+    """A Lua script that runs on whichever server the client reaches.
+
+    The script cache is per server and not replicated: after a failover or a restart the new
+    master does not know a script loaded on the old one. redis-py then loads it and runs it
+    again, but mid-failover the load and the second EVALSHA may reach different servers
+    (observed: ``NoScriptError`` from a variation). EVAL with the script's text runs it
+    whatever the server's cache holds, and caches it there for the next EVALSHA."""
+
+    def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        keys, args = list(keys or []), list(args or [])
+        client = self.registered_client if client is None else client
+        if isinstance(client, redis.client.Pipeline):
+            return super().__call__(keys, args, client)  # the pipeline loads its scripts itself
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return client.eval(self.script, len(keys), *keys, *args)
+
+
+class FailoverSafeRedis(redis.Redis):
+    """redis.Redis whose ``register_script`` gives :class:`FailoverSafeScript` (every script of
+    the job store, and the result backend's chord scripts, contract/result_backend.py)."""
+
+    def register_script(self, script: Any) -> FailoverSafeScript:
+        return FailoverSafeScript(self, script)
+
+
+class SentinelConnection(SentinelManagedConnection):
+    """redis-py's Sentinel-managed connection, asking the sentinels again when it reconnects.
+
+    redis-py 8 reconnects a dropped connection inside a command's retry through
+    ``connect_check_health``, which reuses the address it had: after a failover every retry
+    went back to the demoted master (READONLY, then "The previous master is now a slave")
+    until the retries ran out (measured: 34 s, then the task failed)."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self._sock is None and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+
+def connection_kwargs() -> dict[str, Any]:
+    """What every Redis connection of the job store and the result backend gets."""
+    return {"retry": transient_retry(), "socket_timeout": 10.0, "socket_connect_timeout": 5.0}
 
 
 def redis_client(url: str, **kwargs: Any) -> redis.Redis:
@@ -98,25 +184,26 @@ def redis_client(url: str, **kwargs: Any) -> redis.Redis:
 
     A Sentinel client asks the sentinels for the current master and asks again
     after a failover (a dropped connection or a READONLY reply from a demoted master).
+    Either rides out a restart, a pause, a full Redis or a failover for about half a minute
+    (:class:`TransientRetry`) instead of failing the task that was only doing bookkeeping,
+    and its scripts survive a failover (:class:`FailoverSafeScript`).
     """
+    for name, value in connection_kwargs().items():
+        kwargs.setdefault(name, value)
     if not is_sentinel(url):
-        # Ride out a restart or a pause (chaos suite: crash + AOF replay, SIGSTOP) instead of
-        # failing the task that was only doing bookkeeping; about half a minute in all.
-        kwargs.setdefault("retry", _failover_retry())
-        kwargs.setdefault(
-            "retry_on_error",
-            [redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.OutOfMemoryError],
-        )
-        kwargs.setdefault("socket_timeout", 10.0)
-        kwargs.setdefault("socket_connect_timeout", 5.0)
-        return redis.Redis.from_url(url, **kwargs)
+        return FailoverSafeRedis.from_url(url, **kwargs)
     parsed = SentinelURL.parse(url)
     socket_options = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        list(parsed.sentinels), sentinel_kwargs={"socket_timeout": 2.0, **socket_options}
+        list(parsed.sentinels), sentinel_kwargs={**socket_options, "socket_timeout": 2.0}
     )
-    kwargs.setdefault("retry", _failover_retry())
     master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        parsed.service_name, db=parsed.db, username=parsed.username, password=parsed.password, **kwargs
+        parsed.service_name,
+        redis_class=FailoverSafeRedis,
+        connection_class=SentinelConnection,
+        db=parsed.db,
+        username=parsed.username,
+        password=parsed.password,
+        **kwargs,
     )
     return master

@@ -8,6 +8,7 @@ wheel's server works too).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +22,7 @@ import redis
 from devtools.redis_server import free_port, redis_binary
 
 SERVICE = "imagegen"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def sentinel_command(conf: str = "sentinel.conf") -> list[str] | None:
@@ -101,14 +103,22 @@ class SentinelCluster:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_sentinel_cluster(ready_timeout: float = 30.0) -> SentinelCluster:
+def start_sentinel_cluster(ready_timeout: float = 30.0, min_replicas_to_write: int = 0) -> SentinelCluster:
+    """``min_replicas_to_write`` > 0: master and replica refuse writes (NOREPLICAS) with fewer
+    replicas in sync than that (``min-replicas-max-lag`` 10 s), as deploy/k8s/redis.yaml sets.
+    With the one replica here, a ``SENTINEL FAILOVER`` then loses nothing: the old master refuses
+    writes from the moment the promoted replica leaves it, and the new master until the old
+    one follows it (docs/reliability.md). A crashed master's successor, though, stays without
+    a replica and refuses writes until the master is back: keep 0 for those tests."""
     if sentinel_command() is None:
         raise RuntimeError("no redis-sentinel and no redis-server to run one with --sentinel")
     workdir = tempfile.mkdtemp(prefix="imagegen-sentinel-")
     cluster = SentinelCluster(free_port(), free_port(), [free_port() for _ in range(3)], workdir)
+    durable = ["--min-replicas-to-write", str(min_replicas_to_write), "--min-replicas-max-lag", "10"]
+    reconfig = str(DEMOTE_OLD_MASTER) if min_replicas_to_write else ""
     try:
-        _start_redis(cluster, cluster.master_port, [])
-        _start_redis(cluster, cluster.replica_port, ["--replicaof", "127.0.0.1", str(cluster.master_port)])
+        _start_redis(cluster, cluster.master_port, durable)
+        _start_redis(cluster, cluster.replica_port, [*durable, "--replicaof", "127.0.0.1", str(cluster.master_port)])
         for port in cluster.sentinel_ports:
             conf = Path(workdir, f"sentinel-{port}.conf")
             conf.write_text(
@@ -118,11 +128,13 @@ def start_sentinel_cluster(ready_timeout: float = 30.0) -> SentinelCluster:
                 f"sentinel down-after-milliseconds {SERVICE} 1000\n"
                 f"sentinel failover-timeout {SERVICE} 10000\n"
                 f"sentinel parallel-syncs {SERVICE} 1\n"
+                + (f"sentinel client-reconfig-script {SERVICE} {reconfig}\n" if reconfig else "")
             )
             with Path(workdir, f"sentinel-{port}.log").open("wb") as log:
                 cluster.processes[port] = subprocess.Popen(
                     [*(sentinel_command(str(conf)) or []), "--loglevel", "warning"],
                     cwd=workdir,
+                    env=_sentinel_env(),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
@@ -131,6 +143,17 @@ def start_sentinel_cluster(ready_timeout: float = 30.0) -> SentinelCluster:
         cluster.stop()
         raise
     return cluster
+
+
+# Sentinel's client-reconfig-script, as deploy/redis/demote-old-master.sh is meant to be used:
+# the old master follows the new one as soon as the failover starts (see that file).
+DEMOTE_OLD_MASTER = ROOT / "deploy" / "redis" / "demote-old-master.sh"
+
+
+def _sentinel_env() -> dict[str, str]:
+    """The script calls ``redis-cli``: the system's, else the one beside the server we run."""
+    path = os.environ.get("PATH", "")
+    return {**os.environ, "PATH": f"{path}{os.pathsep}{Path(redis_binary()).parent}"}
 
 
 def _start_redis(cluster: SentinelCluster, port: int, extra: list[str]) -> None:

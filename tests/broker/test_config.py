@@ -9,10 +9,12 @@ from celery import Celery
 from pydantic import ValidationError
 
 from contract.queue import ImageGenCelery, celery_config
-from contract.redis_client import SentinelURL, redis_client
+from contract.redis_client import FailoverSafeRedis, SentinelConnection, SentinelURL, TransientRetry, redis_client
+from contract.result_backend import RidesOutRedisFaults
 from contract.settings import Settings
 
 SENTINEL = "sentinel://:s%40cret@s1:26380,s2,[::1]:26381/imagegen/3"
+BACKEND = "contract.result_backend:ImageGenRedisBackend+"  # Celery's backend, riding out Redis faults
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +32,7 @@ def test_rabbitmq_broker_uses_a_quorum_queue_and_native_delayed_delivery(monkeyp
     config = celery_config(Settings())
 
     assert config["broker_url"] == "amqp://u:p@rabbit:5672/imagegen"
-    assert config["result_backend"] == "redis://127.0.0.1:6379/0"  # Redis stays the result backend
+    assert config["result_backend"] == BACKEND + "redis://127.0.0.1:6379/0"  # Redis stays the result backend
     [queue] = config["task_queues"]
     assert (queue.name, queue.queue_arguments) == ("jobs", {"x-queue-type": "quorum"})
     assert queue.exchange.type == "topic"  # native delayed delivery does not work with direct exchanges
@@ -42,7 +44,8 @@ def test_rabbitmq_broker_uses_a_quorum_queue_and_native_delayed_delivery(monkeyp
 
 def test_redis_broker_config_is_unchanged_by_the_rabbitmq_option() -> None:
     config = celery_config(Settings())
-    assert config["broker_url"] == config["result_backend"] == "redis://127.0.0.1:6379/0"
+    assert config["broker_url"] == "redis://127.0.0.1:6379/0"
+    assert config["result_backend"] == BACKEND + config["broker_url"]
     assert "task_queues" not in config
     assert config["broker_transport_options"] == {
         "visibility_timeout": 900,
@@ -63,7 +66,8 @@ def test_sentinel_url_for_broker_backend_and_job_store(monkeypatch: pytest.Monke
     monkeypatch.setenv("REDIS_URL", SENTINEL)
     config = celery_config(Settings())
     kombu = "sentinel://:s%40cret@s1:26380/3;sentinel://:s%40cret@s2:26379/3;sentinel://:s%40cret@[::1]:26381/3"
-    assert config["broker_url"] == config["result_backend"] == kombu
+    assert config["broker_url"] == kombu
+    assert config["result_backend"] == "contract.result_backend:ImageGenSentinelBackend+" + kombu
     assert config["broker_transport_options"]["master_name"] == "imagegen"
     assert config["broker_transport_options"]["visibility_timeout"] == 900
     assert config["result_backend_transport_options"]["master_name"] == "imagegen"
@@ -73,13 +77,25 @@ def test_sentinel_url_for_broker_backend_and_job_store(monkeypatch: pytest.Monke
     client = redis_client(SENTINEL)  # lazy: nothing connects yet
     kwargs = client.connection_pool.connection_kwargs
     assert (kwargs["db"], kwargs["password"], client.connection_pool.service_name) == (3, "s@cret", "imagegen")
+    assert client.connection_pool.connection_class is SentinelConnection  # a retry asks the sentinels again
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", SENTINEL, "unix:///run/redis.sock?db=3"])
+def test_the_result_backend_is_celerys_riding_out_redis_faults(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    app = Celery("backend", set_as_current=False)
+    app.conf.update(celery_config(Settings()))
+    backend = app.backend  # lazy: nothing connects yet
+    assert isinstance(backend, RidesOutRedisFaults)
+    assert isinstance(backend.connparams["retry"], TransientRetry)
+    assert isinstance(backend.client, FailoverSafeRedis)  # its chord scripts survive a failover
 
 
 def test_unix_socket_url_keeps_its_database(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "unix:///run/redis.sock?db=3")
     config = celery_config(Settings())
     assert config["broker_url"] == "redis+socket:///run/redis.sock?virtual_host=3"  # kombu's spelling
-    assert config["result_backend"] == "redis+socket:///run/redis.sock?db=3"
+    assert config["result_backend"] == BACKEND + "socket:///run/redis.sock?db=3"  # Celery's spelling
     assert redis_client("unix:///run/redis.sock?db=3").connection_pool.connection_kwargs["db"] == 3
 
 

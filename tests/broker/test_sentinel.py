@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from contract.queue import job_key
+from contract.redis_client import redis_client
 from devtools.sentinel import SentinelCluster, sentinel_command, start_sentinel_cluster
 from producer.client import ImageGenClient
 from tests.broker.conftest import wait_for_log
@@ -76,3 +77,25 @@ def test_a_failover_mid_job_loses_nothing(
     # ...and it consumes from the new master: a second job after the failover.
     assert client.submit(offline_node).wait(timeout=60).status == "succeeded"
     print(f"job finished {time.monotonic() - started:.2f} s after the failover began")
+
+
+def test_a_script_and_its_writes_survive_a_sentinel_failover() -> None:
+    """``SENTINEL FAILOVER`` with ``min-replicas-to-write 1`` (deploy/k8s/redis.yaml): the script
+    cache of the new master is empty (NOSCRIPT), the old master answers NOREPLICAS and then
+    READONLY, the new one NOREPLICAS until the old one follows it. The next call waits that out
+    on the new master, and no write acknowledged before it is lost."""
+    if sentinel_command() is None:
+        pytest.skip("no redis-sentinel binary and no redis-server to run in --sentinel mode")
+    cluster = start_sentinel_cluster(min_replicas_to_write=1)
+    try:
+        client = redis_client(cluster.url())
+        increment = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+        assert increment(keys=["counter"], args=[1]) == 1  # loaded on the first master only
+
+        new_master = cluster.failover()
+        assert new_master == cluster.replica_port
+        assert increment(keys=["counter"], args=[1]) == 2
+        assert redis.Redis(port=new_master).get("counter") == b"2"
+        assert client.connection_pool.master_address[1] == new_master
+    finally:
+        cluster.stop()

@@ -29,6 +29,7 @@ CHAOS_ENV = {
     "IMAGEGEN_TASK_TIME_LIMIT_S": "25",
     "IMAGEGEN_RETRY_BASE_DELAY_S": "0.5",
     "IMAGEGEN_RETRY_MAX_DELAY_S": "5",
+    "IMAGEGEN_WEBHOOK_RETRY_MAX_DELAY_S": "5",  # the visibility timeout must outlive every retry delay
     "IMAGEGEN_RETRY_MAX_TOTAL_S": "120",
     "IMAGEGEN_VISIBILITY_TIMEOUT_S": "40",
     "IMAGEGEN_REDELIVERY_SWEEP_S": "5",

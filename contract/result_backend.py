@@ -1,0 +1,79 @@
+"""Celery's Redis result backend, riding out the Redis faults the job store rides out.
+
+Celery's backend retries connection errors only, and its chord bookkeeping (the Lua
+script each variation runs when it finishes, ``on_chord_part_return``) not even those.
+A full Redis (``OOM command not allowed``, noeviction), a restarted one still loading
+its AOF, or a failover (the old master answering READONLY or NOREPLICAS, a new master
+that never saw the scripts) made the worker drop the variation's place in the chord:
+every job in flight then waited for the lost-job deadline. Here every command retries
+those faults for about half a minute (``contract.redis_client.TransientRetry``, the
+job store's policy) and the chord scripts run on whichever server is master
+(``FailoverSafeScript``).
+
+``celery_config`` (contract/queue.py) selects these classes through Celery's
+``module:Class+scheme://`` form of ``result_backend``; producer and worker use them alike.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from celery.backends.redis import CHORD_PART_RETURN_LUA, RedisBackend, SentinelBackend
+
+from contract.redis_client import FailoverSafeRedis, SentinelConnection, is_transient, transient_retry
+
+
+class RidesOutRedisFaults:
+    """The changes, for the plain and the Sentinel backend alike (a mixin: Celery picks one class)."""
+
+    connparams: dict[str, Any]
+    client: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connparams["retry"] = transient_retry()  # per command: set, get, the chord scripts
+
+    def _get_client(self) -> type[FailoverSafeRedis]:
+        return FailoverSafeRedis  # its register_script survives a failover
+
+    def exception_safe_to_retry(self, exc: BaseException) -> bool:
+        # ``result_backend_always_retry``: storing a result and reading one retry these too.
+        return is_transient(exc)
+
+    @cached_property
+    def _chord_part_return_script(self) -> Any:
+        return _ChordPartReturn(self.client)
+
+
+class _ChordPartReturn:
+    """Celery's chord part script, claiming the callback also when the reply of a run that
+    claimed it was lost and the command ran again (the retry finds its own claim taken)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.script = client.register_script(CHORD_PART_RETURN_LUA)
+
+    def __call__(self, keys: list[Any], args: list[Any], client: Any = None) -> Any:
+        readycount, totaldiff, size, claimed = self.script(keys=keys, args=args, client=client)
+        complete = size is not None and readycount == int(size) + int(totaldiff or 0)
+        if complete and not claimed and _text(self.client.get(keys[5])) == str(args[7]):
+            claimed = 1  # ckey holds this call's own token: an earlier try of this call claimed it
+        return [readycount, totaldiff, size, claimed]
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class ImageGenRedisBackend(RidesOutRedisFaults, RedisBackend):  # type: ignore[misc]
+    """``redis://``, ``rediss://`` and ``socket://``."""
+
+
+class ImageGenSentinelBackend(RidesOutRedisFaults, SentinelBackend):  # type: ignore[misc]
+    """``sentinel://`` (kombu's form, contract/redis_client.py)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A retry reconnects to the current master, not the demoted one (see SentinelConnection).
+        self.connparams.setdefault("connection_class", SentinelConnection)
