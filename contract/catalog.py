@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.json")
 
@@ -53,14 +53,58 @@ class ModelEntry(BaseModel):
         return self.price_usd_per_image.get(self.sizes[size].tier)
 
 
+class TextModelEntry(BaseModel):
+    """One text model the prompt step may use (``prompt_enhancement``): its provider, API id and prices."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    provider: str
+    model_id: str
+    description: str = ""
+    # Per million tokens; None: not published, so the step's cost is reported as unknown.
+    price_usd_per_million_input_tokens: float | None = Field(None, ge=0)
+    price_usd_per_million_output_tokens: float | None = Field(None, ge=0)
+
+    def cost_for(self, input_tokens: int, output_tokens: int) -> float | None:
+        """What a call cost (thinking tokens bill as output), or None when the catalog has no price."""
+        if self.price_usd_per_million_input_tokens is None or self.price_usd_per_million_output_tokens is None:
+            return None
+        cost = input_tokens * self.price_usd_per_million_input_tokens
+        cost += output_tokens * self.price_usd_per_million_output_tokens
+        return round(cost / 1_000_000, 8)
+
+
 class ModelCatalog(BaseModel):
     models: dict[str, ModelEntry]
+    text_models: dict[str, TextModelEntry] = Field(default_factory=dict)
+    # Image provider -> the text model name its jobs' prompt step uses when the node names none.
+    default_text_models: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _defaults_exist(self) -> ModelCatalog:
+        unknown = {p: name for p, name in self.default_text_models.items() if name not in self.text_models}
+        if unknown:
+            raise ValueError(f"default_text_models names text models the catalog lacks: {unknown}")
+        return self
 
     def get(self, name: str) -> ModelEntry | None:
         return self.models.get(name)
 
     def names(self) -> list[str]:
         return sorted(self.models)
+
+    def get_text(self, name: str) -> TextModelEntry | None:
+        return self.text_models.get(name)
+
+    def text_names(self) -> list[str]:
+        return sorted(self.text_models)
+
+    def text_model_for(self, image_model: str, requested: str | None) -> str | None:
+        """The text model name a job's prompt step uses: the node's, else its image provider's default."""
+        if requested is not None:
+            return requested
+        entry = self.get(image_model)
+        return self.default_text_models.get(entry.provider) if entry is not None else None
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -71,15 +115,22 @@ def parse_size(size: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def _read(path: Path) -> dict[str, ModelEntry]:
+def _read(path: Path) -> ModelCatalog:
     raw = json.loads(path.read_text())
-    return ModelCatalog.model_validate({"models": raw["models"]}).models
+    sections = ("models", "text_models", "default_text_models")
+    return ModelCatalog.model_validate({k: raw[k] for k in sections if k in raw} | {"models": raw.get("models", {})})
 
 
 @lru_cache(maxsize=8)
 def load_catalog(override_file: str | None = None, replace: bool = False) -> ModelCatalog:
-    """The built-in catalog, extended (or replaced) by an operator's file."""
-    models = {} if (override_file and replace) else _read(BUILTIN_CATALOG)
-    if override_file:
-        models.update(_read(Path(override_file)))
-    return ModelCatalog(models=models)
+    """The built-in catalog, extended (or replaced) by an operator's file, section by section
+    (image models, text models, default text models)."""
+    base = ModelCatalog(models={}) if (override_file and replace) else _read(BUILTIN_CATALOG)
+    if not override_file:
+        return base
+    extra = _read(Path(override_file))
+    return ModelCatalog(
+        models={**base.models, **extra.models},
+        text_models={**base.text_models, **extra.text_models},
+        default_text_models={**base.default_text_models, **extra.default_text_models},
+    )

@@ -21,10 +21,11 @@ from typing import Any, Literal
 import redis
 
 from contract.errors import ImageGenError
+from contract.events import events_key
 from contract.queue import dispatch_key, job_key, job_task_id, progress_key
 
-JobState = Literal["queued", "running", "succeeded", "partial", "failed"]
-FINISHED: tuple[JobState, ...] = ("succeeded", "partial", "failed")
+JobState = Literal["queued", "running", "succeeded", "partial", "failed", "canceled"]
+FINISHED: tuple[JobState, ...] = ("succeeded", "partial", "failed", "canceled")
 RERUNNABLE: tuple[JobState, ...] = ("failed", "partial")
 
 ClaimOutcome = Literal["created", "replayed", "exists", "rerun", "conflict", "not_rerunnable"]
@@ -108,6 +109,53 @@ return 1
 """
 
 
+# KEYS[1]: the job hash; KEYS[2]: the job's event stream (contract/events.py).
+# ARGV[1]: requested_at (ISO); ARGV[2]: the stream's MAXLEN; ARGV[3]: TTL (s); ARGV[4]: the job id.
+# Returns {changed (1/0), state, run}. A queued or running job gets its run's cancel flag
+# (``cancel_run``) and a "canceled" event, in one step: the flag is either seen by the run's
+# finish (the job ends "canceled") or refused because the run had finished already, and the
+# event always precedes the run's "completed".
+_CANCEL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 'missing', 0} end
+local state = redis.call('HGET', KEYS[1], 'state') or 'queued'
+local run = redis.call('HGET', KEYS[1], 'run') or '1'
+if state ~= 'queued' and state ~= 'running' then return {0, state, tonumber(run)} end
+if redis.call('HGET', KEYS[1], 'cancel_run') == run then return {0, state, tonumber(run)} end
+redis.call('HSET', KEYS[1], 'cancel_run', run, 'cancel_requested_at', ARGV[1])
+local data = cjson.encode({job_id = ARGV[4], run = tonumber(run), requested_at = ARGV[1]})
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', 'canceled', 'run', run, 'data', data)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {1, state, tonumber(run)}
+"""
+
+# KEYS[1]: the job hash; KEYS[2]: the job's event stream. ARGV[1]: the run; ARGV[2]: the
+# variation's index; ARGV[3]: the stream's MAXLEN; ARGV[4]: TTL (s); ARGV[5]: the job id;
+# ARGV[6]: the attempt. Returns 1 when the run was canceled (the variation must not start),
+# else appends "variation_started" and returns 0: the cancel check a variation makes anyway
+# and its progress event cost one round trip together.
+_BEGIN_VARIATION = """
+if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then return 1 end
+local data = cjson.encode({job_id = ARGV[5], run = tonumber(ARGV[1]), index = tonumber(ARGV[2]),
+  attempt = tonumber(ARGV[6])})
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', 'variation_started', 'run', ARGV[1], 'data', data)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 0
+"""
+
+# KEYS[1]: the job hash; KEYS[2]: the progress index. ARGV[1]: the run; ARGV[2]: its state from
+# the variations' outcomes; ARGV[3]: finished_at; ARGV[4]: the job id; ARGV[5]: TTL (s).
+# Returns the state the run ended with: "canceled" when its cancel flag is set (read and
+# written in one step, so a cancel either lands before this or is told the job finished).
+_FINISH_RUN = """
+local state = ARGV[2]
+if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then state = 'canceled' end
+redis.call('HSET', KEYS[1], 'state', state, 'finished_at', ARGV[3], 'result_run', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZREM', KEYS[2], ARGV[4])
+return state
+"""
+
+
 class JobConflict(ImageGenError):
     """A job id reused for a different node, or a rerun of a job that cannot be rerun now."""
 
@@ -149,6 +197,7 @@ class JobStatus:
     run: int = 1
     result_run: int | None = None  # the run whose result document is current (None: none yet)
     lost: bool = False  # ended by the lost-job sweep: no worker made progress within the deadline
+    cancel_requested: bool = False  # ImageGenClient.cancel asked this run to stop
     started_at: str | None = None
     finished_at: str | None = None
 
@@ -170,6 +219,9 @@ class JobRecords:
         self._end_lost = client.register_script(_END_LOST)
         self._begin_dispatch = client.register_script(_BEGIN_DISPATCH)
         self._count_done = client.register_script(_COUNT_DONE)
+        self._cancel = client.register_script(_CANCEL)
+        self._finish_run = client.register_script(_FINISH_RUN)
+        self._begin_variation = client.register_script(_BEGIN_VARIATION)
 
     def claim(
         self,
@@ -181,9 +233,13 @@ class JobRecords:
         submitted_at: datetime,
         rerun: bool = False,
         name: str = "",
+        webhook: str | None = None,
     ) -> Claim:
-        """Create the record as ``queued`` (run 1), or start a rerun; never overwrite another node's job."""
+        """Create the record as ``queued`` (run 1), or start a rerun; never overwrite another node's job.
+        ``webhook``: the job's webhook as JSON (contract/webhooks.py; a secret reference, no secret)."""
         fields = {"state": "queued", "name": name, "model": model, "variations": variations, "done": 0}
+        if webhook is not None:
+            fields["webhook"] = webhook
         flat = [str(item) for pair in fields.items() for item in pair]
         outcome, run, state = self._claim(
             keys=[job_key(job_id), progress_key()],
@@ -243,6 +299,35 @@ class JobRecords:
         pipe.zrem(progress_key(), job_id)
         pipe.execute()
 
+    def finish_run(self, job_id: str, run: int, state: JobState, finished_at: datetime) -> JobState:
+        """``mark_finished``, except that a run whose cancel was requested ends ``canceled``;
+        the state it ended with (one round trip)."""
+        ended = self._finish_run(
+            keys=[job_key(job_id), progress_key()], args=[run, state, finished_at.isoformat(), job_id, self.ttl_s]
+        )
+        return _text(ended)  # type: ignore[return-value]
+
+    def request_cancel(self, job_id: str, events_max_len: int) -> tuple[bool, str, int]:
+        """Flag the current run of a queued or running job as canceled: (changed, state, run).
+        state "missing": no such record. Not changed: finished already, or canceled before."""
+        changed, state, run = self._cancel(
+            keys=[job_key(job_id), events_key(job_id)],
+            args=[utcnow().isoformat(), events_max_len, self.ttl_s, job_id],
+        )
+        return bool(changed), _text(state), int(run)
+
+    def cancel_requested(self, job_id: str, run: int) -> bool:
+        """Whether run ``run`` was asked to stop (a variation checks before any provider call)."""
+        return _text(self.client.hget(job_key(job_id), "cancel_run") or b"") == str(run)
+
+    def begin_variation(self, job_id: str, run: int, index: int, attempt: int, events_max_len: int) -> bool:
+        """Before an attempt's provider call: False when run ``run`` was canceled (do not start),
+        else True, with a "variation_started" event on the job's log (one round trip)."""
+        canceled = self._begin_variation(
+            keys=[job_key(job_id), events_key(job_id)], args=[run, index, events_max_len, self.ttl_s, job_id, attempt]
+        )
+        return not canceled
+
     def stalled(self, deadline_s: float, limit: int = 500) -> list[str]:
         """Ids of unfinished jobs with no progress for ``deadline_s`` (candidates for ``end_lost``)."""
         cutoff = utcnow().timestamp() - deadline_s
@@ -274,6 +359,7 @@ class JobRecords:
             run=int(data.get("run", 1)),
             result_run=int(data["result_run"]) if data.get("result_run") else None,
             lost=data.get("lost") == "1",
+            cancel_requested=data.get("cancel_run") == data.get("run", "1"),
             started_at=data.get("started_at"),
             finished_at=data.get("finished_at"),
         )

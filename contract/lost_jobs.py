@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from contract.events import announce
 from contract.jobs import JobRecords, JobStatus, utcnow
 from contract.queue import job_task_id
 from contract.result import ErrorRecord, JobResult
@@ -53,7 +54,10 @@ def end_if_lost(records: JobRecords, backend: Any, job_id: str, deadline_s: floa
     if status is None:
         return None
     result = lost_result(status, deadline_s)
-    backend.store_result(job_task_id(job_id, status.run), result.model_dump(mode="json"), "SUCCESS")
+    document = result.model_dump(mode="json")
+    backend.store_result(job_task_id(job_id, status.run), document, "SUCCESS")
+    # Followers of the event log (SSE, client.events, a webhook) learn the ending too.
+    announce(records, backend.app, job_id, status.run, "completed", document)
     return result
 
 

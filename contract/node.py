@@ -11,7 +11,7 @@ import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -30,8 +30,12 @@ from contract.errors import NodeValidationError as NodeValidationError  # re-exp
 from contract.errors import Problem as Problem
 from contract.secret_refs import HOW_TO, check_allowed, parse_secret_ref
 from contract.settings import Settings, get_settings
+from contract.templates import TemplateProblem, render_prompt
 
 CloudProvider = Literal["aws", "azure", "gcp"]  # the keys of contract.clouds.SPECS
+# The prompt step before the images (worker/tasks/prompt_step.py): none, one detailed
+# prompt for every variation, or one distinct prompt per variation.
+PromptEnhancement = Literal["off", "enhance", "diversify"]
 
 # Fields whose values are credentials (references only) and never echoed.
 CREDENTIAL_FIELDS = frozenset({"aws_credentials", "azure_connection_string", "gcp_credentials"})
@@ -53,6 +57,12 @@ _SYNONYMS = {
     "dimensions": "size",
     "provider": "cloud_provider",
     "cloud": "use_cloud",
+    "enhance": "prompt_enhancement",
+    "enhancement": "prompt_enhancement",
+    "llm": "text_model",
+    "llm_model": "text_model",
+    "style_guide": "prompt_instructions",
+    "instructions": "prompt_instructions",
 }
 
 
@@ -60,6 +70,7 @@ _SYNONYMS = {
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 2000
 MAX_OUTPUT_TYPE_CHARS = 32
+MAX_PROMPT_INSTRUCTIONS_CHARS = 4000  # a style guide for the prompt step, not a second prompt
 # Gemini's seed is an int32 and variation i uses seed + i: seed + max_variations must fit.
 SEED_LIMIT = 2**31 - 1
 
@@ -94,6 +105,9 @@ class NodeInputs(BaseModel):
     use_cloud: bool = False
     cloud_provider: CloudProvider | None = None
     seed: int | None = None
+    prompt_enhancement: PromptEnhancement = "off"
+    text_model: str | None = None  # a text model of the catalog; default: the image provider's
+    prompt_instructions: str | None = None  # the prompt step's style guide
 
     aws_bucket: str | None = None
     aws_region: str | None = None
@@ -125,6 +139,31 @@ class NodeInputs(BaseModel):
         if catalog.get(value) is None:
             raise _fail(f"is not a known model; allowed: {', '.join(catalog.names())}")
         return value
+
+    @field_validator("prompt_enhancement", mode="before")
+    @classmethod
+    def _enhancement_word(cls, value: Any) -> Any:
+        # "Enhance" from a UI dropdown is the same choice; anything else names the allowed words.
+        if isinstance(value, str) and value.strip().lower() in get_args(PromptEnhancement):
+            return value.strip().lower()
+        raise _fail("must be one of: off, enhance (one detailed prompt), diversify (one prompt per variation)")
+
+    @field_validator("text_model")
+    @classmethod
+    def _known_text_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        catalog = _ctx(info).catalog
+        if value is not None and catalog.get_text(value) is None:
+            raise _fail(f"is not a known text model; allowed: {', '.join(catalog.text_names()) or 'none'}")
+        return value
+
+    @field_validator("prompt_instructions")
+    @classmethod
+    def _instructions(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value:
+            raise _fail("is empty; leave it out, or write the style guide for the prompt step")
+        return _bounded_text(value, MAX_PROMPT_INSTRUCTIONS_CHARS, multiline=True)
 
     @field_validator("variations", mode="before")
     @classmethod
@@ -259,30 +298,93 @@ def _context_from(settings: Settings) -> _Context:
     )
 
 
-def validate_node(data: Mapping[str, Any] | str | bytes, settings: Settings | None = None) -> ImageGenerationNode:
+def validate_node(
+    data: Mapping[str, Any] | str | bytes,
+    settings: Settings | None = None,
+    *,
+    context: Mapping[str, Any] | str | bytes | None = None,
+) -> ImageGenerationNode:
     """Parse node JSON (text, bytes or dict); raise NodeValidationError listing every problem.
 
     Whatever ``data`` is (any object, text or bytes), nothing but NodeValidationError
     is raised: the document's size, encoding, nesting, numbers and keys are checked
     first (contract/documents.py), then every field.
+
+    With a ``context`` (the engine's upstream outputs, a JSON object), ``user_query``
+    is a template (contract/templates.py): it is rendered first, and the rendered
+    prompt is what is validated and returned. Without one, the prompt is taken as written.
     """
     settings = settings or get_settings()
     data = load_document(data, settings.max_node_bytes)  # plain JSON data from here on
-    context = _context_from(settings)
+    if context is not None:
+        data = _rendered(data, context, settings)
+    rules = _context_from(settings)
     problems: list[Problem] = []
     node: ImageGenerationNode | None = None
     try:
-        node = ImageGenerationNode.model_validate(data, context=context)
+        node = ImageGenerationNode.model_validate(data, context=rules)
     except ValidationError as exc:
         # did-you-mean hints for the first few only: a node with thousands of unknown keys costs no more
         problems = [_problem_from(err, data, hint=n < 20) for n, err in enumerate(exc.errors())]
     inputs = data.get("inputs")
     if isinstance(inputs, Mapping):
-        problems += _cloud_problems(inputs, [p.field for p in problems], context.target_policy)
+        problems += _cloud_problems(inputs, [p.field for p in problems], rules.target_policy)
+        problems += _prompt_step_problems(inputs, [p.field for p in problems], rules.catalog)
     if problems:
         raise NodeValidationError(problems)
     assert node is not None
     return node
+
+
+def _rendered(data: dict[str, Any], context: Mapping[str, Any] | str | bytes, settings: Settings) -> dict[str, Any]:
+    """``data`` with its ``user_query`` template rendered from ``context``; NodeValidationError if it cannot be."""
+    try:
+        values = load_document(context, settings.max_node_bytes)  # the same bounds as a node
+    except NodeValidationError as exc:
+        raise NodeValidationError(
+            [
+                Problem(f"context.{p.field}" if p.field != "(document)" else "context", p.value, p.message)
+                for p in exc.problems
+            ]
+        ) from None
+    inputs = data.get("inputs")
+    if not isinstance(inputs, Mapping) or not isinstance(inputs.get("user_query"), str):
+        return data  # field validation reports it
+    template: str = inputs["user_query"]
+    if len(template) > settings.max_prompt_chars:
+        return data  # the prompt's own length check reports it, before any rendering work
+    try:
+        prompt = render_prompt(template, values, settings.max_prompt_chars)
+    except TemplateProblem as exc:
+        raise NodeValidationError([Problem("inputs.user_query", excerpt(template), str(exc))]) from None
+    return {**data, "inputs": {**inputs, "user_query": prompt}}
+
+
+def _prompt_step_problems(inputs: Mapping[str, Any], already: list[str], catalog: ModelCatalog) -> list[Problem]:
+    """The prompt step's inputs together: they need the step on, and a text model to run it."""
+    if any(f in already for f in ("inputs.prompt_enhancement", "inputs.model", "inputs.text_model")):
+        return []
+    mode = str(inputs.get("prompt_enhancement", "off")).strip().lower()
+    if mode == "off":
+        stray = [name for name in ("text_model", "prompt_instructions") if inputs.get(name) is not None]
+        return [
+            Problem(
+                f"inputs.{name}",
+                excerpt(inputs[name]),
+                "is set, but prompt_enhancement is off; set prompt_enhancement to enhance or diversify",
+            )
+            for name in stray
+        ]
+    model = inputs.get("model")
+    if catalog.text_model_for(str(model), inputs.get("text_model")) is None:
+        return [
+            Problem(
+                "inputs.text_model",
+                _MISSING,
+                f"is required for prompt_enhancement with {model}; allowed: {', '.join(catalog.text_names())}",
+            )
+        ]
+    return []
 
 
 def _problem_from(err: Any, data: Mapping[str, Any], hint: bool = True) -> Problem:

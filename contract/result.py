@@ -12,8 +12,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JobStatus = Literal["succeeded", "partial", "failed"]
-ErrorKind = Literal["transient_exhausted", "permanent", "blocked", "storage", "timeout", "lost"]
+# "canceled": a cancel was requested before the run finished (ImageGenClient.cancel); the images
+# made until then are kept, the variations that had not started have an error of kind "canceled".
+JobStatus = Literal["succeeded", "partial", "failed", "canceled"]
+ErrorKind = Literal["transient_exhausted", "permanent", "blocked", "storage", "timeout", "lost", "canceled"]
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "result.schema.json"
 
@@ -61,6 +63,9 @@ class ImageRecord(_Record):
     bytes: int
     sha256: str
     seed: int | None = None
+    prompt: str | None = Field(
+        None, description="The prompt the prompt step wrote for this image; null: made from original_prompt"
+    )
     attempts: int
     duration_ms: int
     estimated_cost_usd: float | None = None
@@ -74,6 +79,19 @@ class ErrorRecord(_Record):
     reason: str | None = Field(None, description="Provider reason code, e.g. IMAGE_SAFETY")
     attempts: int
     duration_ms: int
+
+
+class PromptStepRecord(_Record):
+    """The text step before the images (node input ``prompt_enhancement``)."""
+
+    mode: Literal["enhance", "diversify"]
+    text_model: str = Field(description="The catalog's text model name")
+    model_id: str | None = Field(None, description="The provider's model id")
+    provider: str | None = None
+    attempts: int = Field(description="Calls made, retries included")
+    response_id: str | None = None
+    usage: Usage | None = None
+    estimated_cost_usd: float | None = Field(None, description="From the catalog's token prices; null when unpriced")
 
 
 class JobResult(_Record):
@@ -91,8 +109,14 @@ class JobResult(_Record):
     started_at: datetime
     finished_at: datetime
     duration_ms: int = Field(description="submitted_at to finished_at")
-    usage: Usage | None = None
-    estimated_cost_usd: float | None = Field(None, description="Sum over images from the catalog; null when unpriced")
+    usage: Usage | None = Field(None, description="Images' tokens plus the prompt step's")
+    estimated_cost_usd: float | None = Field(
+        None, description="Sum over images and the prompt step from the catalog; null when unpriced"
+    )
+    original_prompt: str | None = Field(
+        None, description="The job's prompt: user_query after templates, or the upstream task's text"
+    )
+    prompt_step: PromptStepRecord | None = None
 
 
 def result_json_schema() -> dict[str, object]:

@@ -94,6 +94,25 @@ class Settings(BaseSettings):
     # default is ~100 s: a 10 s timer that scans every 10th tick).
     redelivery_sweep_s: int = Field(30, ge=1)
 
+    # --- job events and webhooks (contract/events.py, contract/webhooks.py) ------
+    # Each job's event stream keeps about this many entries (XADD MAXLEN ~); it expires with the job.
+    events_max_len: int = Field(1000, ge=100, le=100_000)
+    # Webhook deliveries: one POST per attempt with this timeout; 5xx, 408, 429, timeouts and
+    # dropped connections are retried with exponential backoff up to the attempts; other 4xx are not.
+    # A retry never waits longer than IMAGEGEN_RETRY_MAX_DELAY_S either (the visibility timeout's bound).
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60)
+    webhook_max_attempts: int = Field(8, ge=1, le=30)
+    webhook_retry_base_delay_s: float = Field(2.0, ge=0)
+    webhook_retry_max_delay_s: float = Field(60.0, ge=0)
+
+    # --- HTTP API (api/, docs/api.md) ---------------------------------------------
+    # Who may call it: comma-separated tenant=reference (env:NAME, file:/path, vault:path#key),
+    # the reference naming the tenant's bearer token. Checked when the API starts (api/tenants.py);
+    # outside development the API refuses to start without any.
+    api_tokens: str = ""
+    api_max_jobs_in_flight: int = Field(100, ge=1)  # per tenant: queued + running; more gets 429
+    api_max_body_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)  # a larger body gets 413
+
     # --- provider quota, shared by all workers (contract/rate_limits.py) -------
     rate_limits: str = ""  # API model id = calls per minute[:burst], comma-separated
 
@@ -142,6 +161,10 @@ class Settings(BaseSettings):
     # strings), e.g. "vault:secret/imagegen/tenants"; empty allows any
     # (development only). Rules: contract/secret_refs.py.
     allowed_secret_refs: str = ""
+    # What a tenant's job (id t/<tenant>/..., the HTTP API) may name besides: the same entries
+    # with a {tenant} placeholder, e.g. "vault:secret/imagegen/tenants/{tenant}"; empty: tenants
+    # may name no reference outside development (contract/tenancy.py).
+    tenant_secret_refs: str = ""
 
     @model_validator(mode="after")
     def _allowed_secret_refs_parse(self) -> Settings:
@@ -151,6 +174,10 @@ class Settings(BaseSettings):
             parse_allow_list(self.allowed_secret_refs, self.vault_mount)
         except ValueError as exc:
             raise ValueError(f"IMAGEGEN_ALLOWED_SECRET_REFS: {exc}") from None
+        try:
+            parse_allow_list(self.tenant_secret_refs.replace("{tenant}", "tenant"), self.vault_mount)
+        except ValueError as exc:
+            raise ValueError(f"IMAGEGEN_TENANT_SECRET_REFS: {exc}") from None
         return self
 
     # --- offline preview model (tests, demo, benchmarks) ----------------------

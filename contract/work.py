@@ -16,6 +16,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from contract.clouds import Target
+from contract.result import PromptStepRecord
+from contract.webhooks import Webhook, WebhookEvent
 
 
 class _Payload(BaseModel):
@@ -46,6 +48,7 @@ class VariationWork(_Payload):
     run: int
     index: int
     prompt: str
+    prompt_from_step: bool = False  # the prompt step wrote it: the image record names it
     model: str  # the node's catalog name; the worker looks the entry up (a catalog fix applies)
     size: str
     seed: int | None = None
@@ -64,6 +67,8 @@ class JobSummary(_Payload):
     variations: int
     submitted_at: datetime
     started_at: datetime
+    original_prompt: str | None = None  # the job's prompt (after templates / from the upstream task)
+    prompt_step: PromptStepRecord | None = None
 
 
 class SignRequest(_Payload):
@@ -71,3 +76,16 @@ class SignRequest(_Payload):
 
     uri: str = Field(max_length=2048)
     target: Target | None = None
+
+
+class WebhookDelivery(_Payload):
+    """``contract.events.announce`` -> ``imagegen.deliver_webhook``: which event to POST where.
+    The event itself is read from the job's stream by id (no result document in the broker);
+    ``webhook.secret`` is a reference, resolved by the worker."""
+
+    job_id: str
+    run: int = Field(ge=1)
+    event: WebhookEvent
+    event_id: str = Field(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")
+    webhook: Webhook
+    first_attempt_at: float | None = None

@@ -5,6 +5,13 @@ It speaks the REST wire format the real google-genai SDK uses
 SDK's own request building, response parsing and error raising instead of
 mocking it. Pixel sizes come from the model catalog, as on the real API.
 
+Text models (the catalog's ``text_models``) answer in words: a detailed
+rewrite of the user's text, or, when the request asks for JSON with a
+``responseSchema`` (structured output), ``{"prompts": [...]}`` with as many
+distinct prompts as the schema's ``maxItems`` asks for. ``Behaviour("ok",
+message=...)`` makes a text model answer exactly that text; the error, block
+and ``wrong_count`` / ``fenced`` behaviours apply to text requests too.
+
 In-process::
 
     with FakeGemini(api_key="k", latency_s=0.1) as fake:
@@ -60,6 +67,8 @@ KINDS = (
     "mislabelled_mime",
     "text_only",
     "wrong_size",
+    "wrong_count",  # text models: a structured answer with one prompt fewer than asked
+    "fenced",  # text models: the answer in a markdown code fence, after a "Prompt:" label
 )
 
 # google.rpc status names the real API pairs with each HTTP code.
@@ -129,6 +138,7 @@ class _State:
     api_key: str | None
     latency_s: float
     sizes: dict[tuple[str, str, str], tuple[int, int]]
+    text_models: frozenset[str] = frozenset()
     lock: threading.Lock = field(default_factory=threading.Lock)
     script: deque[Behaviour] = field(default_factory=deque)
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -198,7 +208,9 @@ class FakeGemini:
     ):
         if image_kind not in IMAGE_KINDS:
             raise ValueError(f"image_kind must be one of {IMAGE_KINDS}")
-        self._state = _State(api_key, latency_s, pixel_sizes(catalog or load_catalog()), image_kind=image_kind)
+        catalog = catalog or load_catalog()
+        text_models = frozenset(entry.model_id for entry in catalog.text_models.values())
+        self._state = _State(api_key, latency_s, pixel_sizes(catalog), text_models, image_kind=image_kind)
         self._server = _Server((host, port), self._state)
         self._thread: threading.Thread | None = None
 
@@ -381,6 +393,8 @@ class _Handler(BaseHTTPRequestHandler):
                 behaviour.retry_delay_s,
                 behaviour.retry_after_header_s,
             )
+        elif model in state.text_models:
+            self._send_json(200, _text_response(model, body if isinstance(body, dict) else {}, behaviour))
         elif not any(m == model for m, _, _ in state.sizes):
             self._send_error(404, f"models/{model} is not found for API version {version}, or is not supported.")
         else:
@@ -493,6 +507,73 @@ def _response(
 
 
 _PHOTO_MARK = "@@photo@@"
+# What the fake's text model adds to a prompt: distinct takes for structured answers.
+TAKES = (
+    "at golden hour, wide shot",
+    "in soft studio light, close-up",
+    "as a watercolour illustration",
+    "at night under neon signs",
+    "from a low angle, dramatic sky",
+    "in flat vector style, pastel colours",
+    "as a black-and-white photograph",
+    "in isometric 3D, toy-like",
+)
+
+
+def request_text(body: Any) -> str:
+    """The user's text in a generateContent request body (what an image or text model was asked)."""
+    contents = _get(body, "contents") if isinstance(body, dict) else None
+    texts = [
+        str(part.get("text", ""))
+        for content in (contents if isinstance(contents, list) else [])
+        if isinstance(content, dict)
+        for part in (content.get("parts") or [])
+        if isinstance(part, dict)
+    ]
+    return "\n".join(texts)
+
+
+def _text_response(model: str, body: dict[str, Any], behaviour: Behaviour) -> dict[str, Any]:
+    """A text model's answer: plain text, or structured JSON when a response schema asks for it."""
+    config = _get(body, "generationConfig") or {}
+    asked = request_text(body)
+    system = request_text({"contents": [_get(body, "systemInstruction")]})
+    base: dict[str, Any] = {"modelVersion": model, "responseId": uuid.uuid4().hex[:22]}
+    usage = {"promptTokenCount": max(1, (len(asked) + len(system)) // 4)}  # about 4 characters a token
+    if behaviour.kind == "prompt_block":
+        usage["totalTokenCount"] = usage["promptTokenCount"]
+        return {**base, "usageMetadata": usage, "promptFeedback": {"blockReason": behaviour.reason or "SAFETY"}}
+    if behaviour.kind == "safety_block":
+        usage["totalTokenCount"] = usage["promptTokenCount"]
+        return {**base, "usageMetadata": usage, "candidates": [{"finishReason": behaviour.reason or "SAFETY"}]}
+    schema = _get(config, "responseSchema") or _get(config, "responseJsonSchema")
+    structured = str(_get(config, "responseMimeType") or "").lower() == "application/json" or schema is not None
+    if behaviour.message is not None:
+        text = behaviour.message
+    elif structured:
+        count = _item_count(schema)
+        if behaviour.kind == "wrong_count":
+            count = max(0, count - 1)
+        text = json.dumps({"prompts": [f"{asked.strip()}, {TAKES[n % len(TAKES)]}" for n in range(count)]})
+    else:
+        text = f"A detailed image of {asked.strip()}, rich textures, balanced composition, soft natural light."
+        if behaviour.kind == "fenced":
+            text = f"```text\nPrompt: {text}\n```"
+    usage["candidatesTokenCount"] = max(1, len(text) // 4)
+    usage["totalTokenCount"] = usage["promptTokenCount"] + usage["candidatesTokenCount"]
+    content = {"role": "model", "parts": [{"text": text}]}
+    return {**base, "usageMetadata": usage, "candidates": [{"content": content, "finishReason": "STOP", "index": 0}]}
+
+
+def _item_count(schema: Any) -> int:
+    """How many prompts a ``{"prompts": array}`` schema asks for (its maxItems, else minItems, else 1)."""
+    properties = _get(schema, "properties") or {}
+    array = properties.get("prompts") if isinstance(properties, dict) else None
+    for name in ("maxItems", "minItems"):
+        value = _get(array, name)
+        if value is not None:
+            return max(0, min(int(value), 64))
+    return 1
 
 
 @functools.lru_cache(maxsize=4)

@@ -2,7 +2,10 @@
 
 Exit codes: 0 succeeded, 1 job failed, 2 invalid node or usage, 3 job
 partial, 4 timed out or not found, 5 service unreachable, 6 job id conflict
-(the id was used for a different node, or the job cannot be rerun now).
+(the id was used for a different node, or the job cannot be rerun now), 7 job
+canceled.
+
+``imagegen serve`` runs the HTTP API (api/, docs/api.md) with uvicorn.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from producer.client import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_CONFLICT = 0, 1, 2, 3, 4, 5, 6
-_STATUS_EXIT = {"succeeded": EXIT_OK, "partial": EXIT_PARTIAL, "failed": EXIT_FAILED}
+EXIT_CANCELED = 7
+_STATUS_EXIT = {"succeeded": EXIT_OK, "partial": EXIT_PARTIAL, "failed": EXIT_FAILED, "canceled": EXIT_CANCELED}
 
 
 class UsageError(Exception):
@@ -82,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
         "--job-id", help="your own id (1-128 of A-Z a-z 0-9 . _ - and '/'); the same node again enqueues nothing"
     )
     submit.add_argument("--rerun", action="store_true", help="run a failed or partial job again under --job-id")
+    submit.add_argument(
+        "--context", metavar="FILE", help="JSON object filling user_query placeholders such as {{ llm_1.text }}"
+    )
     submit.add_argument("--wait", action="store_true", help="wait and print the result document")
     submit.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
     submit.set_defaults(run=_submit)
@@ -101,6 +108,17 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("--node", help="the job's node JSON file, when the image is in the node's own cloud")
     sign.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a worker (default 30)")
     sign.set_defaults(run=_sign)
+
+    cancel = sub.add_parser("cancel", help="ask a queued or running job to stop (a finished job is left as it is)")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(run=_cancel)
+
+    serve = sub.add_parser("serve", help="run the HTTP API (uvicorn; docs/api.md)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(run=_serve)
     return parser
 
 
@@ -131,11 +149,12 @@ def _submit(args: argparse.Namespace) -> int:
     if args.job_id is not None:
         check_job_id(args.job_id)  # exit 2 before reading or connecting
     text = _read(args.file)
-    validate_node(text)  # before touching the network
+    context = None if args.context is None else _read(args.context)  # the same bounds as a node
+    validate_node(text, context=context)  # before touching the network
     client = ImageGenClient()
     if args.rerun and args.job_id is None:
         raise UsageError("--rerun needs --job-id")
-    handle = client.submit(text, job_id=args.job_id, rerun=args.rerun)
+    handle = client.submit(text, job_id=args.job_id, rerun=args.rerun, context=context)
     if not handle.created:
         print(f"imagegen: job {handle.job_id} was submitted before with this node; not enqueued again", file=sys.stderr)
     if not args.wait:
@@ -176,6 +195,41 @@ def _sign(args: argparse.Namespace) -> int:
         print(f"imagegen: cannot sign {args.uri}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     _print_json({"uri": signed.uri, "url": signed.url, "url_expires_at": signed.url_expires_at})
+    return EXIT_OK
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    """Exit 0 whether the job was asked to stop now or had finished already (the message says which)."""
+    check_job_id(args.job_id)
+    outcome = ImageGenClient().cancel(args.job_id)
+    print(f"imagegen: {outcome.message}", file=sys.stderr)
+    _print_json({"job_id": outcome.job_id, "state": outcome.state, "changed": outcome.changed})
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn  # only here: the other commands need no web server
+
+    from api.tenants import Authenticator
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port} is not a TCP port (1-65535)")
+    try:
+        # Bad settings or tokens (none outside development): one line and exit 2 before uvicorn
+        # starts; create_app checks the same in each uvicorn worker.
+        Authenticator(get_settings())
+    except ValueError as exc:  # pydantic's ValidationError and TokenConfigError are ValueErrors
+        raise UsageError(f"cannot start the API: {exc}") from None
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        proxy_headers=False,
+        server_header=False,
+    )
     return EXIT_OK
 
 

@@ -4,7 +4,10 @@
     handle = client.submit(node_json)            # validated, then enqueued
     result = handle.wait(timeout=120)            # the result document
 
-Submitting twice with the same ``job_id`` enqueues once (arq-style).
+Submitting twice with the same ``job_id`` enqueues once (arq-style). A job's
+events (started, each variation, completed) can be followed as they happen
+(``events``), POSTed signed to a webhook (``submit(..., webhook=...)``), and a
+queued or running job can be canceled (``cancel``).
 """
 
 from __future__ import annotations
@@ -13,30 +16,37 @@ import contextlib
 import functools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 import redis
 from celery import Celery
+from celery.canvas import Signature
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from contract.clouds import node_target
-from contract.errors import ImageGenError
+from contract.documents import load_document
+from contract.errors import ImageGenError, NodeValidationError, Problem, excerpt
+from contract.events import MAX_BLOCK_MS, JobEvent, JobEvents, check_event_id
 from contract.job_ids import check_job_id
 from contract.jobs import JobConflict, JobRecords, JobStatus, fingerprint, utcnow
 from contract.lost_jobs import end_if_lost
-from contract.node import ImageGenerationNode, validate_node
-from contract.queue import RUN_JOB, SIGN_URL, celery_config, job_task_id
+from contract.node import CREDENTIAL_FIELDS, ImageGenerationNode, validate_node
+from contract.prompt_text import UpstreamValueError, check_prompt_path
+from contract.queue import RUN_JOB, RUN_JOB_FROM_UPSTREAM, SIGN_URL, celery_config, job_task_id
 from contract.redis_client import redis_client
 from contract.result import JobResult
 from contract.settings import Settings, get_settings
+from contract.tenancy import check_tenant_refs
+from contract.webhooks import DeliveryLog, DeliveryStatus, Webhook, parse_webhook, webhook_json
 from contract.work import JobOrder, SignRequest
 
 __all__ = [
+    "CancelOutcome",
     "ImageGenClient",
     "JobConflict",
     "JobCrashed",
@@ -83,8 +93,26 @@ def _release(outcome: AsyncResult) -> None:
         outcome.backend.remove_pending_result(outcome)
 
 
+def _credential_refs(parsed: ImageGenerationNode) -> dict[str, str | None]:
+    """The node's credential references by field (none when it writes to the platform storage)."""
+    if not parsed.inputs.use_cloud:
+        return {}
+    return {f"inputs.{name}": getattr(parsed.inputs, name, None) for name in sorted(CREDENTIAL_FIELDS)}
+
+
 class JobTimeout(ImageGenError, TimeoutError):
     pass
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    """What ``cancel`` did: ``changed`` when this call asked a queued or running job to stop
+    (it ends ``canceled``); otherwise ``state`` says why nothing changed."""
+
+    job_id: str
+    state: str  # the job's state when the cancel was asked
+    changed: bool
+    message: str
 
 
 class JobCrashed(ImageGenError, RuntimeError):
@@ -101,6 +129,12 @@ class JobHandle:
 
     def status(self) -> JobStatus:
         return self.client.status(self.job_id)
+
+    def cancel(self) -> CancelOutcome:
+        return self.client.cancel(self.job_id)
+
+    def events(self, after: str | None = None, timeout: float | None = None) -> Iterator[JobEvent]:
+        return self.client.events(self.job_id, after=after, timeout=timeout)
 
     def wait(self, timeout: float | None = None) -> JobResult:
         try:
@@ -119,6 +153,7 @@ class ImageGenClient:
         self.celery = Celery("imagegen-producer")
         self.celery.conf.update(celery_config(self.settings))
         self.records = JobRecords(redis_client(self.settings.redis_url), self.settings.result_ttl_s)
+        self.job_events = JobEvents(self.records.client, self.settings.result_ttl_s, self.settings.events_max_len)
 
     def validate(self, node: dict[str, Any] | str | bytes) -> ImageGenerationNode:
         """Raise NodeValidationError listing every problem; nothing is sent."""
@@ -126,26 +161,43 @@ class ImageGenClient:
 
     @_reaching_the_queue
     def submit(
-        self, node: dict[str, Any] | str | bytes, job_id: str | None = None, *, rerun: bool = False
+        self,
+        node: dict[str, Any] | str | bytes,
+        job_id: str | None = None,
+        *,
+        rerun: bool = False,
+        webhook: Webhook | Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | str | bytes | None = None,
     ) -> JobHandle:
         """Validate and enqueue. The same ``job_id`` with the same node enqueues nothing (idempotent);
         with a different node it raises ``JobConflict``. ``rerun=True`` runs a failed or partial job
-        again under its id; its previous result stays readable until the new one replaces it."""
-        parsed = self.validate(node)
+        again under its id; its previous result stays readable until the new one replaces it.
+        ``webhook``: ``{url, events, secret}`` (contract/webhooks.py) gets the job's events POSTed,
+        signed; it is part of the job, so the same id with another webhook is a conflict.
+        ``context``: the values for ``user_query`` placeholders (``{{ llm_1.text }}``), a JSON object;
+        the rendered prompt is what is validated and enqueued (contract/templates.py)."""
+        parsed = validate_node(node, self.settings, context=context)
         job_id = str(uuid.uuid4()) if job_id is None else check_job_id(job_id)
+        hook = None if webhook is None else parse_webhook(webhook, self.settings, resolve=True)
+        check_tenant_refs(
+            job_id, {**_credential_refs(parsed), "webhook.secret": hook.secret if hook else None}, self.settings
+        )
         payload = parsed.to_task_payload()
         submitted_at = utcnow()
+        # Without a webhook the fingerprint is the node's alone, as it always was.
+        identity = payload if hook is None else {**payload, "webhook": hook.fingerprint_part()}
         claim = self.records.claim(
             job_id,
-            node_fingerprint=fingerprint(payload),
+            node_fingerprint=fingerprint(identity),
             model=parsed.inputs.model,
             variations=parsed.inputs.variations,
             submitted_at=submitted_at,
             rerun=rerun,
             name=parsed.name,
+            webhook=None if hook is None else webhook_json(hook),
         )
         if claim.outcome == "conflict":
-            raise JobConflict(job_id, "was submitted before with a different node; use a new job id")
+            raise JobConflict(job_id, "was submitted before with a different node or webhook; use a new job id")
         if claim.outcome == "not_rerunnable":
             raise JobConflict(job_id, f"is {claim.previous_state}; only a failed or partial job can be rerun")
         if claim.enqueue:
@@ -159,6 +211,49 @@ class ImageGenClient:
                     self.records.forget(job_id)  # let the caller retry with the same id
                 raise
         return JobHandle(job_id, self, claim.enqueue, claim.run)
+
+    @_reaching_the_queue
+    def signature(
+        self, node: dict[str, Any] | str | bytes, job_id: str | None = None, *, prompt_from: str | None = None
+    ) -> Signature:
+        """A Celery signature to chain after an upstream task, whose return value becomes ``user_query``:
+        ``chain(llm_task.s(...), client.signature(node, job_id=..., prompt_from="output.text"))``.
+
+        The node is validated now (everything but the prompt) and the job id claimed, so ``status`` and
+        ``wait`` work at once; the value is bounded, picked (``prompt_from``: a dotted path into a dict or
+        JSON text; None: the value is the prompt), cleaned and validated when it arrives, and a value that
+        cannot be a prompt ends the job ``failed`` (contract/prompt_text.py). The engine's Celery app
+        must use the same broker. The id is ``signature.kwargs["order"]["job_id"]``."""
+        if prompt_from is not None:
+            try:
+                check_prompt_path(prompt_from)
+            except UpstreamValueError as exc:
+                raise NodeValidationError([Problem("prompt_from", excerpt(prompt_from), str(exc))]) from None
+        parsed = validate_node(_with_placeholder_prompt(node, self.settings), self.settings)
+        job_id = str(uuid.uuid4()) if job_id is None else check_job_id(job_id)
+        check_tenant_refs(job_id, _credential_refs(parsed), self.settings)
+        payload = parsed.to_task_payload()
+        submitted_at = utcnow()
+        claim = self.records.claim(
+            job_id,
+            node_fingerprint=fingerprint({**payload, "prompt_from": prompt_from}),
+            model=parsed.inputs.model,
+            variations=parsed.inputs.variations,
+            submitted_at=submitted_at,
+            rerun=False,
+            name=parsed.name,
+        )
+        if claim.outcome != "created":
+            raise JobConflict(job_id, "was submitted before; a chain link needs a new job id")
+        order = JobOrder(job_id=job_id, run=claim.run, node=payload, submitted_at=submitted_at)
+        return self.celery.signature(
+            RUN_JOB_FROM_UPSTREAM,
+            kwargs={"order": order.model_dump(mode="json"), "prompt_from": prompt_from},
+            queue=self.settings.queue,
+            # Celery would log and show a repr of the upstream value (up to 1 KB of an LLM's answer).
+            argsrepr="(<upstream value>)",
+            kwargsrepr=f"{{job {job_id} run {claim.run}}}",
+        )
 
     @_reaching_the_queue
     def status(self, job_id: str) -> JobStatus:
@@ -212,6 +307,53 @@ class ImageGenClient:
             _release(outcome)
 
     @_reaching_the_queue
+    def cancel(self, job_id: str) -> CancelOutcome:
+        """Ask a queued or running job to stop: variations not started yet make no provider call,
+        a retry waiting for its next attempt stops then, running ones finish; the job ends
+        ``canceled`` with the images made so far. A finished job is left as it is (``changed``
+        False, and the message says so). A canceled job cannot be rerun."""
+        job_id = check_job_id(job_id)
+        changed, state, run = self.records.request_cancel(job_id, self.settings.events_max_len)
+        if state == "missing":
+            raise JobNotFound(f"no job {job_id!r} (never submitted, or its record expired)")
+        if changed:
+            message = f"job {job_id} run {run} was {state}; cancel requested (running variations finish)"
+        elif state in ("queued", "running"):
+            message = f"job {job_id} is {state}; its cancel was requested before"
+        else:
+            message = f"job {job_id} is already {state}; nothing to cancel"
+        return CancelOutcome(job_id=job_id, state=state, changed=changed, message=message)
+
+    def events(self, job_id: str, after: str | None = None, timeout: float | None = None) -> Iterator[JobEvent]:
+        """The job's events in order, strictly after the event id ``after`` (None: from the first),
+        waiting for new ones (a blocking read, no polling) until the ``completed`` of the run that
+        is current now. ``JobTimeout`` when ``timeout`` seconds pass first; ``JobNotFound`` for an
+        unknown job. Redis faults raise ``QueueUnavailable``."""
+        status = self.status(job_id)  # fail fast on an unknown id
+        cursor = None if after is None else check_event_id(after)
+        return self._follow(status, cursor, timeout)
+
+    def _follow(self, status: JobStatus, cursor: str | None, timeout: float | None) -> Iterator[JobEvent]:
+        until = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left_ms = MAX_BLOCK_MS if until is None else int((until - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                raise JobTimeout(f"job {status.job_id} did not complete within {timeout} s")
+            batch = _reaching_the_queue(self.job_events.read)(
+                status.job_id, cursor, block_ms=min(left_ms, MAX_BLOCK_MS)
+            )
+            for event in batch:
+                cursor = event.id
+                yield event
+                if event.event == "completed" and event.run >= status.run:
+                    return
+
+    @_reaching_the_queue
+    def webhook_deliveries(self, job_id: str) -> list[DeliveryStatus]:
+        """How each of the job's webhook events fared (state, attempts, last HTTP status), in event order."""
+        return DeliveryLog(self.records.client, self.settings.result_ttl_s).read(check_job_id(job_id))
+
+    @_reaching_the_queue
     def sign(self, uri: str, node: dict[str, Any] | str | bytes | None = None, timeout: float = 30) -> SignedUrl:
         """A fresh URL for a stored image (``uri`` from the result), signed by a worker: the
         credentials stay there. Give the job's node when the image is in the node's own cloud;
@@ -237,6 +379,18 @@ class ImageGenClient:
     def close(self) -> None:
         self.records.client.close()
         self.celery.close()
+
+
+UPSTREAM_PROMPT = "(the upstream task's output)"  # stands in for the prompt while the node is checked
+
+
+def _with_placeholder_prompt(node: dict[str, Any] | str | bytes, settings: Settings) -> dict[str, Any]:
+    """The node with a stand-in prompt: a chain link's prompt arrives later, from the upstream task."""
+    data = load_document(node, settings.max_node_bytes)
+    inputs = data.get("inputs")
+    if not isinstance(inputs, dict):
+        return data  # validation reports it
+    return {**data, "inputs": {**inputs, "user_query": UPSTREAM_PROMPT}}
 
 
 @dataclass(frozen=True)

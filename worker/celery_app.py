@@ -43,7 +43,9 @@ app.conf.include = [
     "worker.tasks.run_job",
     "worker.tasks.variation",
     "worker.tasks.finalize",
+    "worker.tasks.prompt_step",  # LLM -> image: the prompt step and the upstream chain link
     "worker.tasks.sign",
+    "worker.tasks.webhooks",
 ]
 install_log_redaction()
 

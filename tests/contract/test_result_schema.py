@@ -25,6 +25,7 @@ def test_schema_names_the_documented_fields() -> None:
         "storage",
         "timeout",
         "lost",
+        "canceled",
     }
     assert {"url", "uri", "mime_type", "width", "height", "sha256", "attempts"} <= set(
         defs["ImageRecord"]["properties"]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from devtools.fake_gemini import Behaviour, FakeGemini, FakeGeminiControl
+from devtools.fake_gemini import Behaviour, FakeGemini, FakeGeminiControl, request_text
 from devtools.redis_server import free_port
 from devtools.worker_process import ROOT
 
@@ -144,3 +144,59 @@ def test_photo_images_are_megabytes_of_png(fake: FakeGemini) -> None:
     with Image.open(io.BytesIO(data)) as image:
         assert image.size == (1024, 1024) and image.format == "PNG"
     assert 1_500_000 < len(data) < 1_800_000  # a photograph's worth, not a flat colour's few KB
+
+
+TEXT_PATH = "/v1beta/models/gemini-2.5-flash:generateContent"
+
+
+def text_answer(answer: dict[str, Any]) -> str:
+    return str(answer["candidates"][0]["content"]["parts"][0]["text"])
+
+
+def test_text_models_answer_in_words_with_token_counts(fake: FakeGemini) -> None:
+    body = {**prompt(), "systemInstruction": {"role": "user", "parts": [{"text": "Write one detailed prompt."}]}}
+    status, answer = post(fake.base_url, TEXT_PATH, body)
+    assert status == 200 and "a red square" in text_answer(answer)
+    assert answer["candidates"][0]["finishReason"] == "STOP"
+    usage = answer["usageMetadata"]
+    assert usage["promptTokenCount"] > 0 and usage["candidatesTokenCount"] > 0
+    assert usage["totalTokenCount"] == usage["promptTokenCount"] + usage["candidatesTokenCount"]
+    [seen] = fake.requests
+    assert seen.model == "gemini-2.5-flash" and request_text(seen.body) == "a red square"
+
+
+@pytest.mark.parametrize("count_key", ["maxItems", "max_items"])  # the SDK sends snake_case here
+def test_structured_output_has_as_many_distinct_prompts_as_the_schema_asks(fake: FakeGemini, count_key: str) -> None:
+    schema = {
+        "type": "OBJECT",
+        "properties": {"prompts": {"type": "ARRAY", "items": {"type": "STRING"}, count_key: 4}},
+        "required": ["prompts"],
+    }
+    config = {"responseMimeType": "application/json", "responseSchema": schema}
+    prompts = json.loads(text_answer(post(fake.base_url, TEXT_PATH, prompt(config))[1]))["prompts"]
+    assert len(prompts) == len(set(prompts)) == 4 and all("a red square" in p for p in prompts)
+    fake.script("wrong_count")
+    assert len(json.loads(text_answer(post(fake.base_url, TEXT_PATH, prompt(config))[1]))["prompts"]) == 3
+
+
+def test_text_requests_take_scripted_errors_blocks_and_answers(fake: FakeGemini) -> None:
+    fake.script(
+        Behaviour("error", code=429, retry_delay_s=3),
+        Behaviour("prompt_block", reason="PROHIBITED_CONTENT"),
+        "safety_block",
+        "fenced",
+        Behaviour("ok", message="exactly this"),
+    )
+    first = post(fake.base_url, TEXT_PATH, prompt())
+    assert first[0] == 429
+    assert {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3s"} in first[1]["error"]["details"]
+    assert post(fake.base_url, TEXT_PATH, prompt())[1]["promptFeedback"] == {"blockReason": "PROHIBITED_CONTENT"}
+    assert post(fake.base_url, TEXT_PATH, prompt())[1]["candidates"] == [{"finishReason": "SAFETY"}]
+    fenced = text_answer(post(fake.base_url, TEXT_PATH, prompt())[1])
+    assert fenced.startswith("```text\nPrompt: ") and fenced.endswith("\n```")
+    assert text_answer(post(fake.base_url, TEXT_PATH, prompt())[1]) == "exactly this"
+    assert [r.behaviour for r in fake.requests] == ["error", "prompt_block", "safety_block", "fenced", "ok"]
+
+
+def test_a_text_model_outside_the_catalog_is_404(fake: FakeGemini) -> None:
+    assert post(fake.base_url, "/v1beta/models/gemini-0.1-pro:generateContent", prompt())[0] == 404

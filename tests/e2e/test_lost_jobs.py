@@ -38,6 +38,9 @@ def test_a_waiting_client_ends_a_lost_job(
         status = client.status("lost-1")
         assert (status.state, status.lost) == ("failed", True)
         assert client.result("lost-1") == result
+        # Followers of the job's event log learn the ending as well (SSE, webhooks).
+        [completed] = list(client.events("lost-1", timeout=5))
+        assert completed.event == "completed" and completed.data == result.model_dump(mode="json")
     finally:
         client.close()
 

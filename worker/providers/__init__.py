@@ -1,5 +1,6 @@
 """Provider registry: one instance per worker process, picked by the
-catalog entry's ``provider`` field."""
+catalog entry's ``provider`` field. A provider that also writes text (the
+prompt step) is the same instance: one SDK client, one connection pool."""
 
 from __future__ import annotations
 
@@ -8,10 +9,26 @@ from collections.abc import Callable
 
 from contract.settings import Settings
 from worker.errors import PermanentError
-from worker.providers.base import GeneratedImage, GenerationRequest, ImageProvider
+from worker.providers.base import (
+    GeneratedImage,
+    GeneratedText,
+    GenerationRequest,
+    ImageProvider,
+    TextProvider,
+    TextRequest,
+)
 from worker.providers.offline import OfflineProvider
 
-__all__ = ["GeneratedImage", "GenerationRequest", "ImageProvider", "provider_for"]
+__all__ = [
+    "GeneratedImage",
+    "GeneratedText",
+    "GenerationRequest",
+    "ImageProvider",
+    "TextProvider",
+    "TextRequest",
+    "provider_for",
+    "text_provider_for",
+]
 
 _instances: dict[str, ImageProvider] = {}
 _lock = threading.Lock()  # the threads pool may ask from many threads at once
@@ -45,3 +62,11 @@ def provider_for(name: str, settings: Settings) -> ImageProvider:
                 )
             _instances[name] = factory(settings)
         return _instances[name]
+
+
+def text_provider_for(name: str, settings: Settings) -> TextProvider:
+    """The process-wide provider instance, as a text writer (the catalog's text model names it)."""
+    instance = provider_for(name, settings)
+    if not isinstance(instance, TextProvider):
+        raise PermanentError(f"provider {name!r} named in the model catalog's text_models does not write text")
+    return instance

@@ -1,4 +1,4 @@
-"""Gemini image models through the real google-genai SDK.
+"""Gemini image models, and the text models of the prompt step, through the real google-genai SDK.
 
 One ``genai.Client`` per provider instance (the registry keeps one per worker
 process), shared by the pool's threads; its HTTP connection pool holds a
@@ -16,6 +16,7 @@ from __future__ import annotations
 import email.utils
 import importlib
 import importlib.util
+import json
 import os
 import re
 import time
@@ -25,10 +26,11 @@ from typing import Any
 from google import genai
 from google.genai import errors, types
 
+from contract.prompt_text import describe
 from contract.result import GenerationMetadata, Usage
 from contract.settings import Settings
 from worker.errors import BlockedError, GenerationError, PermanentError, TransientError
-from worker.providers.base import GeneratedImage, GenerationRequest
+from worker.providers.base import GeneratedImage, GeneratedText, GenerationRequest, TextRequest
 
 # finishReason values that mean "no image, by policy or by choice": not retried
 # (the same prompt gets the same answer, at the same cost).
@@ -75,18 +77,37 @@ class GeminiProvider:
             image_config=types.ImageConfig(aspect_ratio=option.aspect_ratio, image_size=option.tier),
             seed=request.seed,  # None is left out of the request by the SDK
         )
+        return _image_from(self._call(request.model.model_id, request.prompt, config))
+
+    def write_prompts(self, request: TextRequest) -> GeneratedText:
+        """One prompt as text, or exactly ``count`` prompts as JSON under a response schema."""
+        config = types.GenerateContentConfig(
+            system_instruction=request.instructions,
+            candidate_count=1,
+            response_mime_type="application/json" if request.count is not None else None,
+            response_schema=_prompts_schema(request.count) if request.count is not None else None,
+        )
+        response = self._call(request.model.model_id, request.prompt, config)
+        text = _answer_text(response)
+        prompts = [text] if request.count is None else _prompts_from_json(text, request.count)
+        return GeneratedText(
+            prompts,
+            usage=_usage(response.usage_metadata),
+            model_version=response.model_version,
+            response_id=response.response_id,
+        )
+
+    def _call(self, model_id: str, contents: str, config: types.GenerateContentConfig) -> types.GenerateContentResponse:
+        """``generate_content``, with every failure mapped to a ``worker.errors`` outcome."""
         try:
-            response = self._client.models.generate_content(
-                model=request.model.model_id, contents=request.prompt, config=config
-            )
+            return self._client.models.generate_content(model=model_id, contents=contents, config=config)
         except errors.APIError as exc:
-            raise self._api_error(exc, request.model.model_id) from None
+            raise self._api_error(exc, model_id) from None
         except Exception as exc:
             outcome = self._transport_error(exc)
             if outcome is None:
                 raise
             raise outcome from None
-        return _image_from(response)
 
     def _api_error(self, exc: errors.APIError, model_id: str) -> GenerationError:
         code = int(exc.code or 0)
@@ -172,12 +193,60 @@ def _pool_args(settings: Settings) -> dict[str, Any]:
     return {"limits": limits}
 
 
-def _image_from(response: types.GenerateContentResponse) -> GeneratedImage:
+def _raise_if_prompt_blocked(response: types.GenerateContentResponse) -> None:
     feedback = response.prompt_feedback
     if feedback is not None and feedback.block_reason is not None:
         reason = _name(feedback.block_reason)
         detail = f": {feedback.block_reason_message}" if feedback.block_reason_message else ""
         raise BlockedError(f"Gemini blocked the prompt ({reason}){detail}", reason=reason)
+
+
+def _prompts_schema(count: int) -> types.Schema:
+    """``{"prompts": [exactly count strings]}``: the structured answer of ``diversify``."""
+    prompt = types.Schema(type=types.Type.STRING, description="One complete prompt for an image model")
+    prompts = types.Schema(type=types.Type.ARRAY, items=prompt, min_items=count, max_items=count)
+    return types.Schema(type=types.Type.OBJECT, properties={"prompts": prompts}, required=["prompts"])
+
+
+def _answer_text(response: types.GenerateContentResponse) -> str:
+    """A text model's answer: its non-thought text parts; blocks and empty answers are outcomes."""
+    _raise_if_prompt_blocked(response)
+    if not response.candidates:
+        raise BlockedError("Gemini returned no candidate for the prompt step", reason="NO_TEXT")
+    candidate = response.candidates[0]
+    finish = _name(candidate.finish_reason) if candidate.finish_reason is not None else None
+    if finish in BLOCKING_FINISH_REASONS:
+        detail = f": {candidate.finish_message}" if candidate.finish_message else ""
+        raise BlockedError(f"Gemini wrote no prompt (finishReason {finish}){detail}", reason=finish)
+    parts = (candidate.content.parts if candidate.content else None) or []
+    text = "".join(p.text for p in parts if p.text and not p.thought)
+    if not text.strip():
+        raise PermanentError(f"Gemini's prompt step answered with no text (finishReason {finish or 'none'})")
+    return text
+
+
+def _prompts_from_json(text: str, count: int) -> list[str]:
+    """Exactly ``count`` non-empty strings under "prompts", or a PermanentError saying what came instead."""
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        raise PermanentError(
+            f"the prompt step asked for JSON but got {len(text)} characters that are not JSON"
+        ) from None
+    prompts = answer.get("prompts") if isinstance(answer, dict) else None
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise PermanentError(f"the prompt step's JSON has no list of strings under 'prompts' ({describe(answer)})")
+    if len(prompts) != count or not all(p.strip() for p in prompts):
+        blank = sum(1 for p in prompts if not p.strip())
+        raise PermanentError(
+            f"the prompt step returned {len(prompts)} prompt(s), {blank} of them empty; "
+            f"exactly {count} non-empty prompts are needed"
+        )
+    return prompts
+
+
+def _image_from(response: types.GenerateContentResponse) -> GeneratedImage:
+    _raise_if_prompt_blocked(response)
     if not response.candidates:
         raise BlockedError("Gemini returned no candidate and no image", reason="NO_IMAGE")
     candidate = response.candidates[0]  # one candidate per request for image models

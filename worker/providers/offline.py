@@ -2,7 +2,9 @@
 
 It draws a deterministic test pattern of exactly the requested size (same
 prompt, variation and seed -> same bytes) with no network and no cost, so the
-demo, the tests and the benchmarks run anywhere. Latency and a failure pattern
+demo, the tests and the benchmarks run anywhere. Its text counterpart (the
+prompt step's ``offline_prompt_writer``) rewrites a prompt by appending a fixed,
+labelled note: deterministic, not AI. Latency and a failure pattern
 can be injected (``IMAGEGEN_OFFLINE_LATENCY_S``, ``IMAGEGEN_OFFLINE_FAILURES``).
 """
 
@@ -19,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from contract.catalog import parse_size
 from contract.result import GenerationMetadata
 from worker.errors import BlockedError, PermanentError, TransientError
-from worker.providers.base import GeneratedImage, GenerationRequest
+from worker.providers.base import GeneratedImage, GeneratedText, GenerationRequest, TextRequest
 
 FAILURE_KINDS = ("transient", "timeout", "permanent", "blocked")
 
@@ -69,6 +71,15 @@ class OfflineProvider:
             text="offline preview pattern (not AI)",
         )
         return GeneratedImage(data=data, metadata=metadata, mime_type_label="image/png")
+
+    def write_prompts(self, request: TextRequest) -> GeneratedText:
+        """The prompt with a fixed note: one for ``enhance``, ``count`` numbered ones for ``diversify``."""
+        if request.count is None:
+            return GeneratedText([f"{request.prompt} (offline rewrite, not AI)"], model_version=request.model.model_id)
+        prompts = [
+            f"{request.prompt} (offline variation {n} of {request.count}, not AI)" for n in range(1, request.count + 1)
+        ]
+        return GeneratedText(prompts, model_version=request.model.model_id)
 
     def _inject_failure(self, request: GenerationRequest) -> None:
         for failure in self.failures:

@@ -11,10 +11,11 @@ from contract.errors import NodeValidationError
 from contract.job_ids import check_job_id
 from contract.jobs import JobState, utcnow
 from contract.queue import FINALIZE
-from contract.result import ErrorRecord, ImageRecord, JobResult, Usage
+from contract.result import ErrorRecord, ImageRecord, JobResult, PromptStepRecord, Usage
 from contract.settings import get_settings
 from contract.work import JobOrder, JobSummary
 from worker.celery_app import app
+from worker.lifecycle import publish
 from worker.state import job_records
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,13 @@ def finalize(outcomes: list[dict[str, Any]], summary: JobSummary) -> dict[str, A
         (ErrorRecord.model_validate(o["record"]) for o in outcomes if o["kind"] == "error"), key=lambda r: r.index
     )
     finished_at = utcnow()
+    # The run's state, unless a cancel was requested before it finished (then "canceled",
+    # decided in the same step that marks the job finished: contract/jobs.py _FINISH_RUN).
+    status = job_records().finish_run(summary.job_id, summary.run, _status(len(images), len(errors)), finished_at)
     result = JobResult(
         job_id=summary.job_id,
         name=summary.name,
-        status=_status(len(images), len(errors)),
+        status=status,
         model=summary.model,
         model_id=entry.model_id if entry else "",
         provider=entry.provider if entry else "",
@@ -46,12 +50,15 @@ def finalize(outcomes: list[dict[str, Any]], summary: JobSummary) -> dict[str, A
         started_at=summary.started_at,
         finished_at=finished_at,
         duration_ms=int((finished_at - summary.submitted_at).total_seconds() * 1000),
-        usage=_total_usage(images),
-        estimated_cost_usd=_total_cost(images),
+        usage=_total_usage(images, summary.prompt_step),
+        estimated_cost_usd=_total_cost(images, summary.prompt_step),
+        original_prompt=summary.original_prompt,
+        prompt_step=summary.prompt_step,
     )
-    job_records().mark_finished(summary.job_id, summary.run, result.status, finished_at)
     log.info("job %s %s: %d image(s), %d error(s)", summary.job_id, result.status, len(images), len(errors))
-    return result.model_dump(mode="json")
+    document = result.model_dump(mode="json")
+    publish(summary.job_id, summary.run, "completed", document)
+    return document
 
 
 def invalid_job_result(order: JobOrder, message: str) -> dict[str, Any]:
@@ -75,9 +82,11 @@ def invalid_job_result(order: JobOrder, message: str) -> dict[str, Any]:
         finished_at=now,
         duration_ms=int((now - order.submitted_at).total_seconds() * 1000),
     )
+    document = result.model_dump(mode="json")
     if _is_valid_id(order.job_id):
         job_records().mark_finished(order.job_id, order.run, "failed", now)
-    return result.model_dump(mode="json")
+        publish(order.job_id, order.run, "completed", document)
+    return document
 
 
 def _is_valid_id(job_id: str) -> bool:
@@ -94,13 +103,17 @@ def _status(images: int, errors: int) -> JobState:
     return "partial" if images else "failed"
 
 
-def _total_usage(images: list[ImageRecord]) -> Usage | None:
+def _total_usage(images: list[ImageRecord], step: PromptStepRecord | None = None) -> Usage | None:
     usages = [r.metadata.usage for r in images if r.metadata.usage is not None]
+    if step is not None and step.usage is not None:
+        usages.append(step.usage)  # the prompt step's tokens count too
     return sum(usages[1:], usages[0]) if usages else None
 
 
-def _total_cost(images: list[ImageRecord]) -> float | None:
+def _total_cost(images: list[ImageRecord], step: PromptStepRecord | None = None) -> float | None:
     costs = [r.estimated_cost_usd for r in images]
+    if step is not None:
+        costs.append(step.estimated_cost_usd)
     if any(cost is None for cost in costs):
         return None  # an unpriced model: unknown, not free
     return round(sum(cost or 0.0 for cost in costs), 6)

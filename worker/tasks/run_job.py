@@ -21,10 +21,13 @@ from contract.jobs import utcnow
 from contract.node import validate_node
 from contract.queue import FINALIZE, GENERATE_VARIATION, RUN_JOB
 from contract.settings import get_settings
+from contract.tenancy import check_tenant_refs
 from contract.work import JobOrder, JobSummary, VariationWork
 from worker.celery_app import app
+from worker.lifecycle import publish
 from worker.state import job_records
 from worker.tasks.finalize import invalid_job_result
+from worker.tasks.prompt_step import start_prompt_step
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ def run_job(self: Task, order: JobOrder) -> None:
         job_id = check_job_id(order.job_id)
         parsed = validate_node(order.node, settings)
         target = node_target(parsed.inputs.model_dump(), settings.target_policy) if parsed.inputs.use_cloud else None
+        if target is not None:  # a tenant's job names only its own secrets (contract/tenancy.py)
+            check_tenant_refs(job_id, {"inputs.credentials": target.credentials}, settings)
     except (NodeValidationError, TargetError) as exc:
         log.warning("job %r rejected by the worker: %s", order.job_id[:200], exc)
         self.backend.store_result(self.request.id, invalid_job_result(order, str(exc)), states.SUCCESS)
@@ -54,6 +59,8 @@ def run_job(self: Task, order: JobOrder) -> None:
     if claim == "again":
         log.warning("job %s run %d: an earlier delivery died while dispatching; dispatching again", job_id, order.run)
     inputs = parsed.inputs
+    started = {"job_id": job_id, "run": order.run, "name": parsed.name, "model": inputs.model}
+    publish(job_id, order.run, "started", {**started, "variations": inputs.variations, "started_at": started_at})
     header = [
         app.signature(
             GENERATE_VARIATION,
@@ -83,6 +90,7 @@ def run_job(self: Task, order: JobOrder) -> None:
         variations=inputs.variations,
         submitted_at=order.submitted_at,
         started_at=started_at,
+        original_prompt=inputs.user_query,
     )
     # Its arguments are the variations' records (signed URLs): Flower and the logs get a note instead.
     body = app.signature(
@@ -91,6 +99,11 @@ def run_job(self: Task, order: JobOrder) -> None:
         argsrepr=f"(<{len(header)} variation records>, job {job_id} run {order.run})",
     )
     log.info("job %s run %d: %d variation(s) of %s at %s", job_id, order.run, len(header), inputs.model, inputs.size)
+    if inputs.prompt_enhancement != "off":
+        # The prompt step writes the prompt(s) first, then publishes this chord with them (prompt_step.py).
+        start_prompt_step(self.request.id, inputs, [sig.args[0] for sig in header], summary)
+        records.end_dispatch(job_id, order.run)
+        return None
     dispatch = chord(header, body)
     dispatch.freeze(self.request.id)  # the body gets this run's task id (as Task.replace does)
     dispatch.delay()  # root and parent ids come from this task, as for any task sent from a task

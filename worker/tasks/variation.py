@@ -9,6 +9,11 @@ key, no STARTED/RETRY states, one round trip for the job record. That record
 also says which variations of the run finished, so a copy the broker
 redelivers after the work was done (a worker lost mid-ack, a Redis restart)
 is skipped instead of generating, paying for and overwriting the image again.
+
+A canceled run (ImageGenClient.cancel) is checked at the start of every
+attempt, before a quota slot is booked or the provider called: a variation not
+started yet, or waiting for its next retry, ends with a "canceled" error record.
+Each finished variation is announced on the job's event log (worker/lifecycle.py).
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from contract.catalog import ModelEntry, load_catalog
+from contract.errors import NodeValidationError
 from contract.queue import GENERATE_VARIATION
 from contract.result import ErrorKind, ErrorRecord, ImageRecord, SizeMismatch
 from contract.settings import get_settings
+from contract.tenancy import check_tenant_refs
 from contract.work import RetryState, VariationWork
 from worker.celery_app import app
 from worker.errors import BlockedError, PermanentError, StorageError, TransientError
 from worker.imaging import inspect_image
+from worker.lifecycle import publish
 from worker.providers import GenerationRequest, provider_for
 from worker.retry import RetryPolicy
 from worker.state import job_records, rate_limiter
@@ -44,9 +52,16 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None
         log.info("job %s variation %d finished already; skipping a redelivered copy", work.job_id, work.index)
         self.request.chord = None  # its record is in the chord already: this copy must not count again
         return None
-    settings = get_settings()
-    entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get(work.model)
     state = work.retry
+    settings = get_settings()
+    tried = self.request.retries - state.throttled
+    if not job_records().begin_variation(work.job_id, work.run, work.index, tried + 1, settings.events_max_len):
+        message = "the job was canceled before this variation started"
+        if tried:
+            message = f"the job was canceled while this variation waited to retry (after {tried} attempt(s))"
+        first = state.first_attempt_at or time.time()
+        return _finished(work, _error(work.index, "canceled", message, tried, first))
+    entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get(work.model)
     if not state.slot_booked and entry is not None:
         slot = rate_limiter().book(entry.model_id)
         if not slot.booked or slot.wait_s > 0:
@@ -56,6 +71,7 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None
                 "job %s variation %d: provider quota busy; next slot in %.1f s", work.job_id, work.index, countdown
             )
             next_state = state.model_copy(update={"throttled": state.throttled + 1, "slot_booked": slot.booked})
+            _retrying(work, tried + 1, "waiting for the shared provider quota", countdown)
             raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={})
 
     first_attempt_at = state.first_attempt_at or time.time()
@@ -77,6 +93,7 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None
                 countdown,
             )
             next_state = RetryState(first_attempt_at=first_attempt_at, throttled=state.throttled)
+            _retrying(work, attempt, str(exc), countdown)
             raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={}) from None
         kind: ErrorKind = "timeout" if exc.timed_out else "transient_exhausted"
         message = f"gave up after {attempt} attempt(s) ({refusal}): {exc}"
@@ -94,12 +111,26 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None
         log.exception("job %s variation %d: unexpected error", work.job_id, work.index)
         record = _error(work.index, "permanent", "internal error in the worker (logged)", attempt, first_attempt_at)
 
+    return _finished(work, record)
+
+
+def _finished(work: VariationWork, record: ImageRecord | ErrorRecord) -> dict[str, Any]:
+    """Count the variation, announce it, and give the chord its record."""
     job_records().count_done(work.job_id, work.run, work.index)
     if isinstance(record, ErrorRecord):
         log.warning("job %s variation %d failed: %s (%s)", work.job_id, work.index, record.kind, record.message)
-    # Only what finalize reads, without the empty fields (their defaults come back when it parses them).
     outcome = "image" if isinstance(record, ImageRecord) else "error"
+    # The event carries the record as the result document will (every field); the chord,
+    # only what finalize reads, without the empty fields (their defaults come back when parsed).
+    event = {"job_id": work.job_id, "run": work.run, "index": work.index, "kind": outcome}
+    publish(work.job_id, work.run, "variation", {**event, "record": record.model_dump(mode="json")})
     return {"kind": outcome, "record": record.model_dump(mode="json", exclude_none=True)}
+
+
+def _retrying(work: VariationWork, attempt: int, reason: str, countdown: float) -> None:
+    """Progress for the job's followers (the Playground shows it on the variation's tile)."""
+    data = {"job_id": work.job_id, "run": work.run, "index": work.index, "attempt": attempt}
+    publish(work.job_id, work.run, "variation_retrying", {**data, "reason": reason[:300], "retry_in_s": countdown})
 
 
 def _with(work: VariationWork, state: RetryState) -> dict[str, Any]:
@@ -111,6 +142,11 @@ def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entr
     if entry is None:
         raise PermanentError(f"model {work.model!r} is no longer in the model catalog")
     settings = get_settings()
+    if work.target is not None and work.target.credentials:
+        try:  # before any cost: a message may bypass the job task (contract/tenancy.py)
+            check_tenant_refs(work.job_id, {"inputs.credentials": work.target.credentials}, settings)
+        except NodeValidationError as exc:
+            raise PermanentError(f"storage credentials refused: {exc.problems[0].message}") from None
     request = GenerationRequest(work.prompt, work.model, entry, work.size, work.index, work.seed, attempt)
 
     image = provider_for(entry.provider, settings).generate(request)
@@ -138,6 +174,7 @@ def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entr
         bytes=facts.size_bytes,
         sha256=facts.sha256,
         seed=work.seed,
+        prompt=work.prompt if work.prompt_from_step else None,  # else the job's original_prompt, once
         attempts=attempt,
         duration_ms=_ms_since(first_attempt_at),
         estimated_cost_usd=entry.price_for(work.size),

@@ -21,22 +21,6 @@ from worker.providers.gemini import BLOCKING_FINISH_REASONS, GeminiProvider
 
 KEY = "AIzaFAKE-canary-7f3c9d2e1b"
 OTHER_KEY = "AIzaOTHER-canary-0a1b2c3d"
-GEMINI_ENV = (
-    "GEMINI_API_KEY",
-    "GOOGLE_API_KEY",
-    "GOOGLE_GEMINI_BASE_URL",
-    "IMAGEGEN_GEMINI_BASE_URL",
-    "GOOGLE_GENAI_USE_VERTEXAI",
-    "GOOGLE_CLOUD_PROJECT",
-    "GOOGLE_CLOUD_LOCATION",
-)
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings and the SDK both read these: the machine's own must not leak in."""
-    for name in GEMINI_ENV:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

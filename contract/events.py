@@ -1,0 +1,195 @@
+"""Each job's event log: a Redis Stream that readers follow without polling.
+
+One stream per job (``imagegen:events:<job_id>``), appended by the worker as the
+job moves and read by the Python client, the HTTP API (server-sent events, with
+``Last-Event-ID`` resumption) and the webhook deliveries. Entries:
+
+* ``started``: a run was dispatched (``job_id``, ``run``, ``variations``, ``started_at``);
+* ``variation``: one variation finished (``job_id``, ``run``, ``index``, ``kind`` "image" or
+  "error", and ``record``: the image or error record exactly as in the result document);
+* ``variation_started``: an attempt of a variation begins (``index``, ``attempt``), written
+  by the variation's cancel check (contract/jobs.py ``begin_variation``) in the same step;
+* ``variation_retrying``: an attempt failed transiently or waits for the provider quota
+  (``index``, ``attempt``, ``reason``, ``retry_in_s``);
+* ``canceled``: a cancel was requested (``job_id``, ``run``, ``requested_at``), written by the
+  cancel script itself (contract/jobs.py) so it always comes before the run's ``completed``;
+* ``completed``: the run ended; ``data`` is the whole result document (every ending: finished,
+  canceled, invalid, lost).
+
+Each entry also carries its ``run`` (a rerun appends to the same stream). The stream is
+bounded (``XADD MAXLEN ~ IMAGEGEN_EVENTS_MAX_LEN``) and expires with the job record
+(``IMAGEGEN_RESULT_TTL_S``, renewed on every append). Events are at least once: a
+redelivered job task may announce ``started`` twice.
+
+``announce`` is the one place an event is appended *and* handed to the job's webhook.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import redis
+from pydantic import BaseModel, ConfigDict
+
+from contract.errors import MISSING, NodeValidationError, Problem
+from contract.queue import KEY_PREFIX, job_key
+
+if TYPE_CHECKING:
+    from contract.jobs import JobRecords
+
+log = logging.getLogger(__name__)
+
+EventType = Literal["started", "variation_started", "variation_retrying", "variation", "canceled", "completed"]
+EVENT_TYPES: tuple[EventType, ...] = (
+    "started",
+    "variation_started",
+    "variation_retrying",
+    "variation",
+    "canceled",
+    "completed",
+)
+DEFAULT_MAX_LEN = 1000
+MAX_BLOCK_MS = 5000  # one XREAD blocks at most this long: below the client's 10 s socket timeout
+
+_STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+
+
+def events_key(job_id: str) -> str:
+    """Stream of the job's events (job ids contain no ":": no id names another key)."""
+    return f"{KEY_PREFIX}:events:{job_id}"
+
+
+class JobEvent(BaseModel):
+    """One entry of a job's event log; ``id`` is the stream id (``<ms>-<seq>``), the resume point."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    event: EventType
+    run: int = 1
+    data: dict[str, Any]
+
+    @property
+    def timestamp_ms(self) -> int:
+        """When Redis appended it (the stream id's milliseconds)."""
+        return int(self.id.split("-", 1)[0])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode(entry_id: bytes | str, fields: Mapping[Any, Any]) -> JobEvent:
+    """A stream entry (as XRANGE / XREAD return it, bytes or str) as a ``JobEvent``."""
+    values = {_text(k): _text(v) for k, v in fields.items()}
+    data = json.loads(values.get("data") or "{}")
+    return JobEvent(
+        id=_text(entry_id),
+        event=values.get("event", ""),  # validated by pydantic
+        run=int(values.get("run") or 1),
+        data=data if isinstance(data, dict) else {"value": data},
+    )
+
+
+def _json_value(value: Any) -> Any:
+    """Datetimes as ISO 8601 (as in the result document); anything else as its text."""
+    return value.isoformat() if isinstance(value, datetime | date) else str(value)
+
+
+def check_event_id(value: str, field: str = "after") -> str:
+    """A stream id a reader may resume after (``Last-Event-ID``): ``<ms>-<seq>``, nothing else."""
+    if not isinstance(value, str) or not _STREAM_ID.match(value):
+        raise NodeValidationError(
+            [
+                Problem(
+                    field, value if isinstance(value, str) else MISSING, "must be an event id such as 1700000000000-0"
+                )
+            ],
+            subject="event id",
+        )
+    return value
+
+
+class JobEvents:
+    """Append to and read a job's event stream (sync, redis-py)."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int, max_len: int = DEFAULT_MAX_LEN):
+        self.client = client
+        self.ttl_s = ttl_s
+        self.max_len = max_len
+
+    def append(self, job_id: str, event: EventType, data: Mapping[str, Any], run: int = 1) -> str:
+        """Append one event; its stream id."""
+        return self.append_for_delivery(job_id, event, data, run)[0]
+
+    def append_for_delivery(
+        self, job_id: str, event: EventType, data: Mapping[str, Any], run: int = 1
+    ) -> tuple[str, str | None]:
+        """Append one event and read the job's webhook (its JSON, or None) in the same round trip."""
+        key = events_key(job_id)
+        pipe = self.client.pipeline(transaction=True)
+        text = json.dumps(dict(data), separators=(",", ":"), default=_json_value)
+        fields = {"event": event, "run": str(run), "data": text}
+        pipe.xadd(key, fields, maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
+        pipe.expire(key, self.ttl_s)
+        pipe.hget(job_key(job_id), "webhook")
+        entry_id, _, webhook = pipe.execute()
+        return _text(entry_id), (_text(webhook) if webhook else None)
+
+    def read(
+        self, job_id: str, after: str | None = None, block_ms: int | None = None, count: int = 100
+    ) -> list[JobEvent]:
+        """Events strictly after ``after`` (None: from the beginning), at most ``count``. With
+        ``block_ms``, wait up to that long (at most MAX_BLOCK_MS) for one when there is none yet."""
+        start = "0-0" if after is None else check_event_id(after)
+        block = None if block_ms is None else max(1, min(int(block_ms), MAX_BLOCK_MS))
+        reply: Any = self.client.xread({events_key(job_id): start}, count=max(1, min(count, 1000)), block=block)
+        return [decode(entry_id, fields) for _, entries in (reply or []) for entry_id, fields in entries]
+
+    def get(self, job_id: str, entry_id: str) -> JobEvent | None:
+        """One event by its id (None: trimmed or expired)."""
+        entries: Any = self.client.xrange(events_key(job_id), check_event_id(entry_id, "id"), entry_id, count=1)
+        return decode(entries[0][0], entries[0][1]) if entries else None
+
+
+class TaskSender(Protocol):
+    """What ``announce`` needs of a Celery app: sending a task by name."""
+
+    def send_task(self, name: str, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def announce(
+    records: JobRecords,
+    sender: TaskSender,
+    job_id: str,
+    run: int,
+    event: EventType,
+    data: Mapping[str, Any],
+    max_len: int | None = None,
+) -> str | None:
+    """Append ``event`` to the job's log and, if the job's webhook subscribed to it, enqueue its
+    delivery; the stream id, or None when Redis or the broker refused (logged, never raised:
+    the event log is a notification, the result document and job record stay authoritative)."""
+    from contract.webhooks import DeliveryLog, schedule_delivery  # here: webhooks imports this module
+
+    if max_len is None:
+        from contract.settings import get_settings
+
+        max_len = get_settings().events_max_len
+    events = JobEvents(records.client, records.ttl_s, max_len)
+    try:
+        entry_id, webhook = events.append_for_delivery(job_id, event, data, run)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("job %s run %d: event %s not recorded: %s", job_id, run, event, type(exc).__name__)
+        return None
+    if webhook is not None:
+        try:
+            schedule_delivery(sender, DeliveryLog(records.client, records.ttl_s), job_id, run, event, entry_id, webhook)
+        except Exception as exc:  # the broker, Redis, or a stored webhook that no longer parses
+            log.warning("job %s run %d: webhook for %s not scheduled: %s", job_id, run, event, type(exc).__name__)
+    return entry_id

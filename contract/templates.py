@@ -1,0 +1,125 @@
+"""``user_query`` templates: ``"a poster of {{ llm_1.text }}"`` filled from the engine's context.
+
+The workflow engine passes a ``context`` mapping at submit (upstream nodes'
+outputs); the template is rendered with jinja2's ``SandboxedEnvironment`` and
+``StrictUndefined``, so a placeholder the context lacks is an error naming it,
+not an empty string. Templates are written by tenants: the sandbox blocks
+attribute tricks, the globals are emptied (no ``range``, ``lipsum``, ...), only
+text filters are kept, ``*`` and ``**`` cannot build big values, and output
+stops at the prompt cap. Context values are data, never templates: a ``{{``
+inside an upstream answer is printed as it is.
+
+Rendering happens once, in the producer; the worker receives the rendered prompt.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import missing
+
+from contract.errors import excerpt
+
+# Filters that only reshape text: none can grow a value much beyond its input.
+SAFE_FILTERS = (
+    "capitalize",
+    "default",
+    "d",
+    "first",
+    "join",
+    "last",
+    "length",
+    "lower",
+    "string",
+    "title",
+    "trim",
+    "truncate",
+    "upper",
+)
+_MAX_REPEAT_CHARS = 10_000  # "ab" * n, [x] * n: refused past this
+_MAX_EXPONENT = 64
+
+
+class TemplateProblem(ValueError):
+    """Why a template cannot be rendered; the message names the placeholder, never the context's values."""
+
+
+class _Undefined(StrictUndefined):
+    """StrictUndefined whose message names the missing placeholder in the template's own terms."""
+
+    @property
+    def _undefined_message(self) -> str:
+        name = self._undefined_name
+        if self._undefined_obj is missing:
+            return f"uses the placeholder {name!r}, which the context does not provide"
+        owner = type(self._undefined_obj).__name__
+        return f"uses the placeholder field {name!r}, which the context's {owner} does not have"
+
+
+class _Sandbox(SandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        if operator_name == "**":
+            if isinstance(right, int | float) and abs(right) > _MAX_EXPONENT:
+                raise SecurityError(f"an exponent above {_MAX_EXPONENT} is not allowed in a prompt template")
+            return operator.pow(left, right)
+        for sequence, count in ((left, right), (right, left)):
+            repeats = isinstance(sequence, str | list | tuple) and isinstance(count, int)
+            if repeats and len(sequence) * max(count, 0) > _MAX_REPEAT_CHARS:
+                raise SecurityError(f"repeating a value past {_MAX_REPEAT_CHARS} items is not allowed")
+        return operator.mul(left, right)
+
+
+def _environment() -> SandboxedEnvironment:
+    env = _Sandbox(undefined=_Undefined, autoescape=False, keep_trailing_newline=True)
+    env.globals.clear()
+    env.filters = {name: env.filters[name] for name in SAFE_FILTERS}
+    return env
+
+
+_ENV = _environment()
+
+
+def placeholders(template: str) -> set[str]:
+    """The top-level names a template uses (``llm_1`` for ``{{ llm_1.text }}``)."""
+    try:
+        return set(meta.find_undeclared_variables(_ENV.parse(template)))
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"is not a valid template (line {exc.lineno}: {exc.message})") from None
+
+
+def render_prompt(template: str, context: Mapping[str, Any], max_chars: int) -> str:
+    """The rendered prompt, at most ``max_chars`` characters; ``TemplateProblem`` says why not."""
+    if not isinstance(context, Mapping) or not all(isinstance(key, str) for key in context):
+        raise TemplateProblem("needs a context that is a JSON object (string keys)")
+    missing = sorted(placeholders(template) - set(context))
+    if missing:
+        known = ", ".join(sorted(context)[:20]) or "none"
+        names = ", ".join(repr(name) for name in missing[:10])
+        raise TemplateProblem(f"uses placeholder(s) {names} that the context does not provide; context keys: {known}")
+    try:
+        compiled = _ENV.from_string(template)
+        pieces: list[str] = []
+        length = 0
+        for piece in compiled.generate(**context):  # streamed: rendering stops at the cap
+            pieces.append(piece)
+            length += len(piece)
+            if length > max_chars:
+                raise TemplateProblem(f"renders to more than {max_chars} characters (the prompt cap)")
+    except TemplateProblem:
+        raise
+    except UndefinedError as exc:
+        raise TemplateProblem(str(exc)) from None
+    except SecurityError as exc:
+        raise TemplateProblem(f"is refused by the template sandbox: {exc}") from None
+    except TemplateError as exc:
+        raise TemplateProblem(f"cannot be rendered: {excerpt(str(exc))}") from None
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise TemplateProblem(f"cannot be rendered: {type(exc).__name__}: {excerpt(str(exc))}") from None
+    return "".join(pieces)

@@ -1,0 +1,266 @@
+"""LLM -> image, end to end: a real upstream Celery task chained before the job, templates
+filled at submit, and the job's own prompt step, with real workers, real Redis and the real
+google-genai SDK against FakeGemini (whose request log shows what each model was asked)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery, chain
+
+from contract.errors import NodeValidationError
+from devtools.fake_gemini import Behaviour, FakeGemini, RecordedRequest, request_text
+from devtools.worker_process import WorkerProcess
+from producer.client import ImageGenClient, JobNotFound
+from tests.cli import imagegen
+from tests.conftest import StartWorker
+from tests.e2e.helpers import assert_matches_published_schema
+
+KEY = "AIzaLLM2IMG-canary-3e1f0c9b"
+WAIT_S = 60
+TEXT_MODEL_ID = "gemini-2.5-flash"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGemini]:
+    with FakeGemini(api_key=KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def gemini_worker(start_worker: StartWorker, fake: FakeGemini) -> WorkerProcess:
+    return start_worker(
+        env={
+            "GOOGLE_GEMINI_BASE_URL": fake.base_url,
+            "GEMINI_API_KEY": KEY,
+            "GOOGLE_API_KEY": "",
+            "GOOGLE_GENAI_USE_VERTEXAI": "false",
+            "IMAGEGEN_GEMINI_TIMEOUT_S": "10",
+            "IMAGEGEN_RETRY_BASE_DELAY_S": "0.1",
+        }
+    )
+
+
+@pytest.fixture
+def engine(job_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Celery, str]]:
+    """The workflow engine: its own Celery app and a real worker running its LLM task."""
+    queue = f"engine-{uuid.uuid4().hex[:8]}"
+    log_dir = tmp_path / "engine-worker"
+    log_dir.mkdir()
+    worker = WorkerProcess(
+        {**job_env, "ENGINE_QUEUE": queue}, concurrency=2, log_dir=str(log_dir), app="tests.e2e.upstream_app"
+    )
+    worker.start()
+    app = Celery("engine-test", broker=job_env["REDIS_URL"], backend=job_env["REDIS_URL"])
+    app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    try:
+        yield app, queue
+    finally:
+        app.close()
+        worker.stop()
+
+
+def image_requests(fake: FakeGemini) -> list[RecordedRequest]:
+    return [r for r in fake.requests if r.model != TEXT_MODEL_ID]
+
+
+def text_requests(fake: FakeGemini) -> list[RecordedRequest]:
+    return [r for r in fake.requests if r.model == TEXT_MODEL_ID]
+
+
+def with_inputs(node: dict[str, Any], **inputs: Any) -> dict[str, Any]:
+    node["inputs"].update(inputs)
+    return node
+
+
+# --- 1. piping an upstream output in ------------------------------------------------
+
+
+def test_a_chained_upstream_llm_task_supplies_the_prompt(
+    gemini_worker: WorkerProcess,
+    engine: tuple[Celery, str],
+    client: ImageGenClient,
+    seed_node: dict[str, Any],
+    fake: FakeGemini,
+) -> None:
+    app, queue = engine
+    text = "A lighthouse on a cliff at dawn, oil painting"
+    link = client.signature(with_inputs(seed_node, variations=2), job_id="llm-chain-1", prompt_from="output.text")
+    chain(app.signature("engine.llm_answer", args=(f"```text\nPrompt: {text}\n```",), queue=queue), link).apply_async()
+
+    result = client.wait("llm-chain-1", timeout=WAIT_S)
+
+    assert result.status == "succeeded", result.errors
+    assert [request_text(r.body) for r in image_requests(fake)] == [text, text]  # fence and label stripped
+    assert result.original_prompt == text
+    assert [image.prompt for image in result.images] == [None, None]  # made from original_prompt
+    assert_matches_published_schema(result)
+
+
+def test_the_signature_validates_the_node_before_anything_runs(
+    client: ImageGenClient, seed_node: dict[str, Any]
+) -> None:
+    with pytest.raises(NodeValidationError) as caught:
+        client.signature(with_inputs(seed_node, size="7x7"), job_id="llm-chain-bad")
+    assert [p.field for p in caught.value.problems] == ["inputs.size"]
+    with pytest.raises(JobNotFound):
+        client.status("llm-chain-bad")  # nothing claimed
+    with pytest.raises(NodeValidationError, match="prompt_from"):
+        client.signature(seed_node, prompt_from="output..text")
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("", "empty (a str of 0 characters"),
+        (None, "is None, not text"),
+        (["a lighthouse"], "a list of 1 item(s), not text"),
+        ("x" * 100_000, "a str of 100000 characters"),
+    ],
+)
+def test_bad_upstream_output_fails_the_job_permanently_without_a_provider_call(
+    gemini_worker: WorkerProcess,
+    engine: tuple[Celery, str],
+    client: ImageGenClient,
+    seed_node: dict[str, Any],
+    fake: FakeGemini,
+    value: Any,
+    said: str,
+) -> None:
+    app, queue = engine
+    job_id = f"llm-bad-{uuid.uuid4().hex[:6]}"
+    chain(
+        app.signature("engine.echo", args=(value,), queue=queue), client.signature(seed_node, job_id=job_id)
+    ).apply_async()
+
+    result = client.wait(job_id, timeout=WAIT_S)
+
+    assert result.status == "failed"
+    [error] = result.errors
+    assert error.kind == "permanent" and said in error.message
+    assert "xxxxxxxxxx" not in error.message and "lighthouse" not in error.message
+    assert fake.requests == []
+    assert "xxxxxxxxxxxxxxxxxxxx" not in gemini_worker.log()  # the value is never logged whole
+
+
+def test_a_template_is_rendered_at_submit_and_a_missing_placeholder_is_refused(
+    gemini_worker: WorkerProcess, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
+) -> None:
+    seed_node["inputs"]["user_query"] = "A poster of {{ llm_1.text }}, {{ style | lower }}"
+    with pytest.raises(NodeValidationError, match="'style'"):
+        client.submit(seed_node, job_id="template-missing", context={"llm_1": {"text": "a fox"}})
+    with pytest.raises(JobNotFound):
+        client.status("template-missing")  # refused before enqueueing
+
+    context = {"llm_1": {"text": "a fox {{ not a template }}"}, "style": "WATERCOLOUR"}
+    result = client.submit(seed_node, job_id="template-ok", context=context).wait(timeout=WAIT_S)
+
+    rendered = "A poster of a fox {{ not a template }}, watercolour"
+    assert result.status == "succeeded", result.errors
+    assert result.original_prompt == rendered
+    assert [request_text(r.body) for r in fake.requests] == [rendered]
+
+
+# --- 2. the prompt step inside the job ------------------------------------------------
+
+
+def test_diversify_gives_each_variation_its_own_prompt_and_counts_the_text_tokens(
+    gemini_worker: WorkerProcess, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
+) -> None:
+    node = with_inputs(seed_node, variations=4, prompt_enhancement="diversify", prompt_instructions="muted colours")
+    result = client.submit(node).wait(timeout=WAIT_S)
+
+    assert result.status == "succeeded", result.errors
+    [step_request] = text_requests(fake)
+    assert request_text(step_request.body) == "a girl driving a red car"
+    assert "muted colours" in step_request.body["systemInstruction"]["parts"][0]["text"]
+    sent = sorted(request_text(r.body) for r in image_requests(fake))
+    assert len(sent) == len(set(sent)) == 4 and all(s.startswith("a girl driving a red car, ") for s in sent)
+    assert sorted(image.prompt or "" for image in result.images) == sent
+    assert result.original_prompt == "a girl driving a red car"
+    step = result.prompt_step
+    assert step is not None and step.usage is not None and step.usage.prompt_tokens > 0
+    assert (step.mode, step.text_model, step.model_id) == ("diversify", "gemini_2_5_flash", TEXT_MODEL_ID)
+    image_tokens = sum(i.metadata.usage.total_tokens for i in result.images if i.metadata.usage)
+    assert result.usage is not None and result.usage.total_tokens == image_tokens + step.usage.total_tokens
+    assert step.estimated_cost_usd is not None and step.estimated_cost_usd > 0
+    assert result.estimated_cost_usd == pytest.approx(4 * 0.134 + step.estimated_cost_usd)
+    assert_matches_published_schema(result)
+
+
+def test_enhance_writes_one_detailed_prompt_for_every_variation(
+    gemini_worker: WorkerProcess, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
+) -> None:
+    fake.script("fenced")  # the text model's answer comes in a code fence after "Prompt:"
+    result = client.submit(with_inputs(seed_node, variations=2, prompt_enhancement="enhance")).wait(timeout=WAIT_S)
+
+    assert result.status == "succeeded", result.errors
+    [prompt] = {image.prompt for image in result.images}
+    assert prompt is not None and prompt.startswith("A detailed image of a girl driving a red car")
+    assert "```" not in prompt and "Prompt:" not in prompt
+    assert [request_text(r.body) for r in image_requests(fake)] == [prompt, prompt]
+    assert result.original_prompt == "a girl driving a red car"
+
+
+def test_a_429_on_the_text_step_is_retried_after_the_servers_delay(
+    gemini_worker: WorkerProcess, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
+) -> None:
+    fake.script(Behaviour("error", code=429, retry_delay_s=1))
+    result = client.submit(with_inputs(seed_node, prompt_enhancement="enhance")).wait(timeout=WAIT_S)
+
+    assert result.status == "succeeded", result.errors
+    first, second = text_requests(fake)
+    assert second.timestamp - first.timestamp >= 1.0  # base delay is 0.1 s: only RetryInfo explains this
+    assert result.prompt_step is not None and result.prompt_step.attempts == 2
+    assert len(image_requests(fake)) == 1
+
+
+def test_a_blocked_text_prompt_ends_the_job_blocked_with_its_reason(
+    gemini_worker: WorkerProcess, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
+) -> None:
+    fake.script(Behaviour("prompt_block", reason="PROHIBITED_CONTENT"))
+    result = client.submit(with_inputs(seed_node, variations=2, prompt_enhancement="diversify")).wait(timeout=WAIT_S)
+
+    assert result.status == "failed" and result.images == []
+    assert [(e.kind, e.reason) for e in result.errors] == [("blocked", "PROHIBITED_CONTENT")] * 2
+    assert "prompt step" in result.errors[0].message
+    assert image_requests(fake) == []
+    assert len(text_requests(fake)) == 1  # a block is not retried
+    assert_matches_published_schema(result)
+
+
+def test_the_offline_model_has_an_offline_prompt_step(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    start_worker()
+    result = client.submit(with_inputs(offline_node, variations=3, prompt_enhancement="diversify")).wait(timeout=WAIT_S)
+
+    assert result.status == "succeeded", result.errors
+    assert sorted(image.prompt or "" for image in result.images) == [
+        f"a girl driving a red car (offline variation {n} of 3, not AI)" for n in (1, 2, 3)
+    ]
+    assert result.prompt_step is not None and result.prompt_step.text_model == "offline_prompt_writer"
+    assert result.estimated_cost_usd == 0.0
+
+
+def test_the_cli_fills_a_template_from_a_context_file(
+    start_worker: StartWorker, job_env: dict[str, str], offline_node: dict[str, Any], tmp_path: Path
+) -> None:
+    start_worker()
+    offline_node["inputs"]["user_query"] = "A poster of {{ llm_1.text }}"
+    node_file, context_file = tmp_path / "node.json", tmp_path / "context.json"
+    node_file.write_text(json.dumps(offline_node))
+    context_file.write_text(json.dumps({"llm_2": {"text": "a fox"}}))
+
+    refused = imagegen(job_env, "submit", str(node_file), "--context", str(context_file), "--job-id", "cli-tpl")
+    assert refused.returncode == 2 and "'llm_1'" in refused.stderr and "inputs.user_query" in refused.stderr
+
+    context_file.write_text(json.dumps({"llm_1": {"text": "a fox"}}))
+    run = imagegen(job_env, "submit", str(node_file), "--context", str(context_file), "--wait", "--timeout", "60")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["original_prompt"] == "A poster of a fox"

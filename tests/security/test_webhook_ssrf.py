@@ -1,0 +1,229 @@
+"""Webhook URLs are tenant input that a worker contacts: attacks on them.
+
+Outside development only https to public addresses; checked at submit, and
+again in the worker at delivery (a message may bypass the producer), where the
+POST is pinned to the address that was checked (no DNS rebinding)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from contract.errors import MISSING, NodeValidationError
+from contract.events import JobEvents
+from contract.jobs import utcnow
+from contract.settings import Settings
+from contract.webhooks import (
+    DELIVER_WEBHOOK,
+    DeliveryLog,
+    Webhook,
+    check_webhook_url,
+    parse_webhook,
+    public_addresses,
+    webhook_json,
+)
+from contract.work import WebhookDelivery
+from producer.client import ImageGenClient
+from tests.conftest import StartWorker
+from tests.webhook_receiver import WebhookReceiver
+from worker.webhook_post import post_pinned
+
+SECRET = "whsec_" + base64.b64encode(b"ssrf-test-key-0123456789abcdef01").decode()
+PRODUCTION = {
+    "IMAGEGEN_ENVIRONMENT": "production",
+    "IMAGEGEN_STORAGE_URL": "s3://imagegen-ssrf-test/images",
+    "IMAGEGEN_ALLOWED_SECRET_REFS": "env:WEBHOOK_",
+}
+
+INTERNAL_URLS = [
+    "https://127.0.0.1/hook",
+    "https://127.0.0.1:6379/",
+    "https://[::1]/hook",
+    "https://localhost/hook",
+    "https://api.localhost/hook",
+    "https://metadata.google.internal/computeMetadata/v1/",
+    "https://printer.local/",
+    "https://169.254.169.254/latest/meta-data/",
+    "https://[fd00:ec2::254]/latest/meta-data/",
+    "https://10.0.0.5/",
+    "https://172.16.3.4/",
+    "https://192.168.1.1/",
+    "https://100.64.0.1/",  # shared address space (carrier-grade NAT)
+    "https://0.0.0.0/",
+    "https://[::]/",
+    "https://224.0.0.1/",  # multicast
+    "https://240.0.0.1/",  # reserved
+    "https://255.255.255.255/",
+    "https://[::ffff:127.0.0.1]/",  # IPv4-mapped
+    "https://[::ffff:169.254.169.254]/",
+    "https://[2002:7f00:1::]/",  # 6to4 of 127.0.0.1
+    "https://[64:ff9b::a9fe:a9fe]/",  # NAT64 of 169.254.169.254
+    "https://[fe80::1]/",
+    "https://[fc00::1]/",
+    "http://93.184.216.34/hook",  # public, but not https
+]
+
+MALFORMED_URLS = [
+    "ftp://example.com/hook",
+    "file:///etc/passwd",
+    "gopher://127.0.0.1:6379/_INFO",
+    "javascript:alert(1)",
+    "https://user:pw@example.com/hook",
+    "https://example.com@127.0.0.1/hook",
+    "https://example.com/hook#frag",
+    "https://2130706433/",  # 127.0.0.1 as a number: not resolved, refused
+    "https://0x7f.1/",
+    "https://127.1/",
+    "https://017700000001/",
+    "https://exa mple.com/",
+    "https://example.com/\r\nX-Injected: 1",
+    "https://exämple.com/",
+    "https://example.com\\@127.0.0.1/",
+    "https:///hook",
+    "https://" + "a" * 64 + ".com/",
+    "https://example.com/" + "p" * 2100,
+    "",
+]
+
+
+@pytest.fixture
+def production(job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name, value in {**job_env, **PRODUCTION}.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+@pytest.fixture
+def production_client(production: Settings) -> Iterator[ImageGenClient]:
+    producer = ImageGenClient(production)
+    yield producer
+    producer.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as server:
+        yield server
+
+
+@pytest.mark.parametrize("url", INTERNAL_URLS + MALFORMED_URLS)
+def test_submit_refuses_internal_and_malformed_urls_in_production(
+    production_client: ImageGenClient, offline_node: dict[str, Any], url: str
+) -> None:
+    offline_node["inputs"]["model"] = "gemini_3_image"
+    store = production_client.records.client
+    before = set(store.keys("*"))
+    with pytest.raises(NodeValidationError) as refused:
+        production_client.submit(offline_node, webhook={"url": url, "secret": "env:WEBHOOK_T1"})
+    assert [p.field for p in refused.value.problems] == ["webhook.url"]
+    assert "\r\n" not in str(refused.value) and "user:pw" not in str(refused.value)
+    assert set(store.keys("*")) == before  # nothing written, nothing enqueued
+
+
+@pytest.mark.parametrize("url", MALFORMED_URLS)
+def test_malformed_urls_are_refused_in_development_too(settings: Settings, url: str) -> None:
+    with pytest.raises(NodeValidationError):
+        check_webhook_url(url, settings)
+
+
+def test_a_name_resolving_to_any_internal_address_is_refused(production: Settings) -> None:
+    def resolver(answers: list[str]) -> Any:
+        return lambda host, port: answers
+
+    url = "https://hooks.example.com/x"
+    assert check_webhook_url(url, production, resolve=True, resolver=resolver(["93.184.216.34"])) == url
+    for answers, why in (
+        (["93.184.216.34", "10.0.0.7"], "not a public address"),  # one bad answer spoils the name
+        (["169.254.169.254"], "cloud metadata"),
+        (["::ffff:192.168.0.1"], "not a public address"),
+        ([], "does not resolve"),
+    ):
+        with pytest.raises(NodeValidationError, match=why):
+            public_addresses(url, production, resolver=resolver(answers))
+
+
+def test_secret_must_be_an_allowed_reference(production: Settings) -> None:
+    url = "https://8.8.8.8/hook"
+    for secret in (SECRET, "s3cr3t", "env:AWS_SECRET_ACCESS_KEY", "file:/etc/shadow", "env:../x"):
+        with pytest.raises(NodeValidationError) as refused:
+            parse_webhook({"url": url, "secret": secret}, production)
+        [problem] = refused.value.problems
+        assert problem.field == "webhook.secret"
+        if ":" not in secret:  # a raw key is never echoed (a reference may be named)
+            assert secret not in str(refused.value) and problem.value is MISSING
+    assert parse_webhook({"url": url, "secret": "env:WEBHOOK_T1"}, production).events == ("completed",)
+
+
+def test_delivery_rechecks_the_url_in_the_worker(
+    start_worker: StartWorker, client: ImageGenClient, receiver: WebhookReceiver, redis_url: str
+) -> None:
+    """A job record and message naming a loopback webhook that never went through a production
+    producer (written straight to Redis and the broker): the production worker refuses it."""
+    start_worker({**PRODUCTION, "WEBHOOK_T1": SECRET})
+    webhook = Webhook(url=receiver.url.replace("http://", "https://"), secret="env:WEBHOOK_T1")
+    records, events = client.records, JobEvents(client.records.client, 600)
+    records.claim(
+        "ssrf-bypass",
+        node_fingerprint="x",
+        model="m",
+        variations=1,
+        submitted_at=utcnow(),
+        webhook=webhook_json(webhook),
+    )
+    entry_id = events.append("ssrf-bypass", "completed", {"job_id": "ssrf-bypass", "status": "succeeded"})
+    delivery = WebhookDelivery(job_id="ssrf-bypass", run=1, event="completed", event_id=entry_id, webhook=webhook)
+    client.celery.send_task(DELIVER_WEBHOOK, args=(delivery.model_dump(mode="json"),))
+
+    [status] = _settled(client, "ssrf-bypass")
+    assert status.state == "refused" and "not a public address" in (status.last_error or "")
+    time.sleep(0.5)
+    assert receiver.received == []
+
+
+def test_delivery_goes_only_to_the_jobs_own_webhook(
+    start_worker: StartWorker, client: ImageGenClient, receiver: WebhookReceiver
+) -> None:
+    """A forged message pointing another job's events at the attacker's URL."""
+    start_worker({"WEBHOOK_T1": SECRET})
+    real = Webhook(url="http://127.0.0.1:9/tenant", secret="env:WEBHOOK_T1")
+    client.records.claim(
+        "ssrf-forged", node_fingerprint="x", model="m", variations=1, submitted_at=utcnow(), webhook=webhook_json(real)
+    )
+    entry_id = JobEvents(client.records.client, 600).append("ssrf-forged", "completed", {"secret_stuff": 1})
+    attacker = Webhook(url=receiver.url, secret="env:WEBHOOK_T1")
+    delivery = WebhookDelivery(job_id="ssrf-forged", run=1, event="completed", event_id=entry_id, webhook=attacker)
+    client.celery.send_task(DELIVER_WEBHOOK, args=(delivery.model_dump(mode="json"),))
+
+    [status] = _settled(client, "ssrf-forged")
+    assert status.state == "refused" and "not the webhook this job was submitted with" in (status.last_error or "")
+    assert receiver.received == []
+
+
+def test_the_post_is_pinned_to_the_checked_address(receiver: WebhookReceiver) -> None:
+    """The connection goes to the address given (the one that was checked), never to a fresh
+    lookup of the name: ``rebind.invalid`` does not even resolve, yet the POST arrives, with the
+    name in its Host header. Redirects are not followed."""
+    port = receiver.server.server_address[1]
+    url = f"http://rebind.invalid:{port}/hook?q=1"
+    outcome = post_pinned(url, "127.0.0.1", b"{}", {"content-type": "application/json"}, timeout_s=5)
+    assert outcome.delivered
+    [arrived] = receiver.received
+    assert arrived.headers["Host"] == f"rebind.invalid:{port}" and arrived.path == "/hook?q=1"
+
+    receiver.answer(302)
+    redirected = post_pinned(url, "127.0.0.1", b"{}", {}, timeout_s=5)
+    assert (redirected.status, redirected.delivered, redirected.retryable) == (302, False, False)
+    assert len(receiver.received) == 2
+
+
+def _settled(client: ImageGenClient, job_id: str, timeout: float = 30) -> list[Any]:
+    deliveries = DeliveryLog(client.records.client, 600)
+    deadline = time.monotonic() + timeout
+    while not (found := deliveries.read(job_id)):
+        assert time.monotonic() < deadline, "no delivery outcome recorded"
+        time.sleep(0.1)
+    return found

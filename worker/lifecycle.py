@@ -1,0 +1,20 @@
+"""Announcing a job's progress from a worker: its event log and its webhook
+(``contract.events.announce`` is the one place; this binds it to the worker's
+Redis handle and Celery app)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from contract.events import EventType, announce
+from contract.settings import get_settings
+from worker.state import job_records
+
+
+def publish(job_id: str, run: int, event: EventType, data: Mapping[str, Any]) -> str | None:
+    """Append ``event`` to the job's log and enqueue its webhook delivery if subscribed;
+    the stream id, or None when it could not be recorded (logged, never raised)."""
+    from worker.celery_app import app  # the tasks import this module while the app is being built
+
+    return announce(job_records(), app, job_id, run, event, data, get_settings().events_max_len)

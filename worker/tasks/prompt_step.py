@@ -1,0 +1,318 @@
+"""LLM -> image: the job's prompt step, and the chain link that takes an upstream LLM's output.
+
+``prompt_step`` runs before the fan-out when a node asks for it
+(``prompt_enhancement``: ``enhance`` or ``diversify``): one text-model call
+writes the prompt(s), then the step publishes the rest of the job's chain,
+``chord(generate_variation x N, finalize)``, with each variation's own prompt
+and the run's task id on the chord body (as ``run_job`` does). The per-variation
+prompts exist only after the step, so the step sends the chord rather than being
+linked to it: Celery would pass the whole list of prompts to every variation.
+
+The step retries like a variation (backoff, the server's delay, the shared quota);
+every final failure goes to ``finalize`` as one error record per variation, so
+the job ends with a document (``blocked`` with the provider's reason, ``permanent``,
+``transient_exhausted``, ``timeout``) and no image call is made.
+
+``run_job_from_upstream`` is a Celery chain's link: ``chain(llm_task.s(...),
+client.signature(node))`` calls it with the upstream task's return value first.
+The value is bounded and picked (contract/prompt_text.py) and the job continues
+as a normal ``run_job`` under the run's task id; a value that cannot be a prompt
+ends the job ``failed`` with a ``permanent`` error saying what arrived (type and
+size, never the text), before any provider call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal
+
+from celery import Task, chord, states
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import BaseModel, ConfigDict
+
+from contract.catalog import TextModelEntry, load_catalog
+from contract.node import NodeInputs
+from contract.prompt_text import (
+    UpstreamValueError,
+    bounded_args_repr,
+    clean_llm_text,
+    describe,
+    prompt_from_upstream,
+)
+from contract.queue import (
+    FINALIZE,
+    GENERATE_VARIATION,
+    KEY_PREFIX,
+    PROMPT_STEP,
+    RUN_JOB,
+    RUN_JOB_FROM_UPSTREAM,
+    job_task_id,
+)
+from contract.result import ErrorKind, ErrorRecord, PromptStepRecord
+from contract.settings import Settings, get_settings
+from contract.work import JobOrder, JobSummary, RetryState, VariationWork
+from worker.celery_app import app
+from worker.errors import BlockedError, PermanentError, TransientError
+from worker.lifecycle import publish
+from worker.providers import GeneratedText, TextRequest, text_provider_for
+from worker.retry import RetryPolicy
+from worker.state import job_records, rate_limiter
+from worker.tasks.finalize import invalid_job_result
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["enhance", "diversify"]
+
+ENHANCE = (
+    "You write prompts for an image generation model. Rewrite the user's idea as one detailed prompt: "
+    "subject, setting, composition, lighting, style and mood. Keep every element the user asked for and "
+    "add nothing that contradicts it. Answer with the prompt only: no title, no label, no quotes, no markdown."
+)
+DIVERSIFY = (
+    "You write prompts for an image generation model. Write {count} distinct prompts for the user's idea, "
+    "each a different interpretation (composition, style, lighting or point of view), each complete on its "
+    'own and keeping every element the user asked for. Answer as JSON: an object whose "prompts" is a list '
+    "of exactly {count} strings."
+)
+STYLE_GUIDE = "\n\nThe workflow author's style guide, for every prompt you write:\n{instructions}"
+
+
+class PromptStepWork(BaseModel):
+    """``imagegen.run_job`` -> ``imagegen.prompt_step``: the step, and the chord it publishes after."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    result_id: str  # the run's task id: the chord body (finalize) stores the document under it
+    mode: Mode
+    text_model: str  # a catalog text model name
+    instructions: str | None = None  # the node's style guide
+    variations: list[VariationWork]  # as run_job made them, each with the node's prompt
+    summary: JobSummary
+    retry: RetryState = RetryState()
+
+
+def prompt_step_key(job_id: str, run: int) -> str:
+    """SET NX guard: a redelivered step must not publish the run's chord (or its failure) twice."""
+    return f"{KEY_PREFIX}:promptstep:{job_id}@{run}"
+
+
+def instructions_for(mode: Mode, count: int, style_guide: str | None) -> str:
+    """The text model's system instruction: the step's task, then the node's style guide."""
+    task = ENHANCE if mode == "enhance" else DIVERSIFY.format(count=count)
+    return task + (STYLE_GUIDE.format(instructions=style_guide) if style_guide else "")
+
+
+def checked_prompts(written: GeneratedText, mode: Mode, count: int, max_chars: int) -> list[str]:
+    """One prompt per variation: the model's, cleaned (contract/prompt_text.py) and bounded."""
+    expected = 1 if mode == "enhance" else count
+    if len(written.prompts) != expected:
+        raise PermanentError(f"the prompt step returned {len(written.prompts)} prompt(s); {expected} needed")
+    prompts = [clean_llm_text(text) for text in written.prompts]
+    for number, (raw, prompt) in enumerate(zip(written.prompts, prompts, strict=True), start=1):
+        if not prompt:
+            raise PermanentError(f"the prompt step's prompt {number} is empty ({describe(raw)})")
+        if len(prompt) > max_chars:
+            raise PermanentError(
+                f"the prompt step's prompt {number} is {describe(prompt)}; at most {max_chars} are allowed"
+            )
+    return prompts * count if mode == "enhance" else prompts
+
+
+def write_prompts(
+    work: PromptStepWork, entry: TextModelEntry, attempt: int, settings: Settings
+) -> tuple[list[str], GeneratedText]:
+    """The step's one provider call: a prompt per variation and what the model reported, or a
+    ``worker.errors`` outcome."""
+    count = len(work.variations)
+    request = TextRequest(
+        prompt=work.variations[0].prompt,
+        instructions=instructions_for(work.mode, count, work.instructions),
+        model_name=work.text_model,
+        model=entry,
+        count=None if work.mode == "enhance" else count,
+        attempt=attempt,
+    )
+    written = text_provider_for(entry.provider, settings).write_prompts(request)
+    return checked_prompts(written, work.mode, count, settings.max_prompt_chars), written
+
+
+def start_prompt_step(
+    result_id: str, inputs: NodeInputs, variations: list[dict[str, Any]], summary: JobSummary
+) -> None:
+    """Called by ``run_job`` instead of publishing its chord: the step publishes it, with the prompts."""
+    settings = get_settings()
+    catalog = load_catalog(settings.model_catalog_file, settings.model_catalog_replace)
+    mode: Mode = "enhance" if inputs.prompt_enhancement == "enhance" else "diversify"
+    work = PromptStepWork(
+        result_id=result_id,
+        mode=mode,
+        text_model=catalog.text_model_for(inputs.model, inputs.text_model) or "",  # "": reported by the step
+        instructions=inputs.prompt_instructions,
+        variations=[VariationWork.model_validate(v) for v in variations],
+        summary=summary,
+    )
+    log.info("job %s run %d: prompt step (%s, %s) first", summary.job_id, summary.run, mode, work.text_model)
+    app.send_task(
+        PROMPT_STEP,
+        args=(work.model_dump(mode="json"),),
+        argsrepr=f"(job {summary.job_id} run {summary.run} prompt step)",
+    )
+
+
+@app.task(name=PROMPT_STEP, bind=True, max_retries=None, pydantic=True, ignore_result=True)
+def prompt_step(self: Task, work: PromptStepWork) -> None:
+    settings = get_settings()
+    summary = work.summary
+    state = work.retry
+    if job_records().cancel_requested(summary.job_id, summary.run):
+        tried = self.request.retries - state.throttled
+        message = "the job was canceled before its prompt step" + (f" (after {tried} attempt(s))" if tried else "")
+        _finish_without_images(work, summary, "canceled", message, None, tried, state.first_attempt_at or time.time())
+        return None
+    entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get_text(work.text_model)
+    if entry is not None and not state.slot_booked:
+        slot = rate_limiter().book(entry.model_id)
+        if not slot.booked or slot.wait_s > 0:
+            countdown = slot.wait_s if slot.booked else settings.retry_max_delay_s
+            log.info("job %s prompt step: provider quota busy; next slot in %.1f s", summary.job_id, countdown)
+            next_state = state.model_copy(update={"throttled": state.throttled + 1, "slot_booked": slot.booked})
+            raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={})
+
+    first_attempt_at = state.first_attempt_at or time.time()
+    retries = self.request.retries - state.throttled
+    attempt = retries + 1
+    record = PromptStepRecord(mode=work.mode, text_model=work.text_model, attempts=attempt)
+    failure: tuple[ErrorKind, str, str | None] | None = None
+    try:
+        if entry is None:
+            raise PermanentError(f"text model {work.text_model!r} is no longer in the model catalog")
+        record = record.model_copy(update={"model_id": entry.model_id, "provider": entry.provider})
+        prompts, written = write_prompts(work, entry, attempt, settings)
+        record = _with_usage(record, written, entry)
+    except TransientError as exc:
+        policy = RetryPolicy.from_settings(settings)
+        countdown = policy.countdown(retries, exc.retry_after_s)
+        refusal = policy.refusal(retries, countdown, time.time() - first_attempt_at)
+        if refusal is None:
+            log.info("job %s prompt step attempt %d: %s; retrying in %.1f s", summary.job_id, attempt, exc, countdown)
+            next_state = RetryState(first_attempt_at=first_attempt_at, throttled=state.throttled)
+            raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={}) from None
+        kind: ErrorKind = "timeout" if exc.timed_out else "transient_exhausted"
+        failure = (kind, f"gave up after {attempt} attempt(s) ({refusal}): {exc}", None)
+    except SoftTimeLimitExceeded:
+        failure = ("timeout", "the prompt step exceeded its time limit", None)
+    except BlockedError as exc:
+        failure = ("blocked", str(exc), exc.reason)
+    except PermanentError as exc:
+        failure = ("permanent", str(exc), None)
+    except Exception:
+        log.exception("job %s prompt step: unexpected error", summary.job_id)
+        failure = ("permanent", "internal error in the worker's prompt step (logged)", None)
+
+    summary = summary.model_copy(update={"prompt_step": record})
+    if not job_records().client.set(prompt_step_key(summary.job_id, summary.run), 1, nx=True, ex=settings.result_ttl_s):
+        log.info("job %s run %d: prompt step dispatched already; ignoring the redelivery", summary.job_id, summary.run)
+        return None
+    if failure is not None:
+        kind, message, reason = failure
+        log.warning("job %s prompt step failed: %s (%s)", summary.job_id, kind, message)
+        _finish_without_images(work, summary, kind, message, reason, attempt, first_attempt_at)
+        return None
+    works = [
+        v.model_copy(update={"prompt": prompt, "prompt_from_step": True})
+        for v, prompt in zip(work.variations, prompts, strict=True)
+    ]
+    dispatch_variations(works, summary, work.result_id)
+    return None
+
+
+def _with_usage(record: PromptStepRecord, written: GeneratedText, entry: TextModelEntry) -> PromptStepRecord:
+    usage = written.usage
+    cost = entry.cost_for(usage.prompt_tokens, usage.output_tokens + usage.thoughts_tokens) if usage else None
+    if usage is None and entry.cost_for(0, 0) == 0.0:
+        cost = 0.0  # a free model that reports no tokens (the offline writer): free, not unknown
+    return record.model_copy(update={"usage": usage, "estimated_cost_usd": cost, "response_id": written.response_id})
+
+
+def _with(work: PromptStepWork, state: RetryState) -> dict[str, Any]:
+    return work.model_copy(update={"retry": state}).model_dump(mode="json")
+
+
+def dispatch_variations(works: list[VariationWork], summary: JobSummary, result_id: str) -> None:
+    """Publish ``chord(generate_variation x N, finalize)`` with the body under ``result_id``."""
+    header = [
+        app.signature(
+            GENERATE_VARIATION,
+            args=(w.model_dump(mode="json"),),
+            ignore_result=True,
+            argsrepr=f"(job {w.job_id} run {w.run} variation {w.index})",
+        )
+        for w in works
+    ]
+    body = app.signature(
+        FINALIZE,
+        args=(summary.model_dump(mode="json"),),
+        argsrepr=f"(<{len(header)} variation records>, job {summary.job_id} run {summary.run})",
+    )
+    dispatch = chord(header, body)
+    dispatch.freeze(result_id)
+    dispatch.delay()
+
+
+def _finish_without_images(
+    work: PromptStepWork,
+    summary: JobSummary,
+    kind: ErrorKind,
+    message: str,
+    reason: str | None,
+    attempts: int,
+    first_attempt_at: float,
+) -> None:
+    """The step failed: finalize writes the document (one error per variation, no provider call for them).
+    Each variation is counted and announced as if it had run (worker/tasks/variation.py)."""
+    elapsed_ms = int((time.time() - first_attempt_at) * 1000)
+    why = message if kind == "canceled" else f"no image: the prompt step failed: {message}"
+    records = [
+        ErrorRecord(index=v.index, kind=kind, message=why, reason=reason, attempts=attempts, duration_ms=elapsed_ms)
+        for v in work.variations
+    ]
+    outcomes = []
+    for record in records:
+        job_records().count_done(summary.job_id, summary.run, record.index)
+        event = {"job_id": summary.job_id, "run": summary.run, "index": record.index, "kind": "error"}
+        publish(summary.job_id, summary.run, "variation", {**event, "record": record.model_dump(mode="json")})
+        outcomes.append({"kind": "error", "record": record.model_dump(mode="json", exclude_none=True)})
+    app.signature(
+        FINALIZE,
+        args=(outcomes, summary.model_dump(mode="json")),
+        argsrepr=f"(<{len(outcomes)} error records>, job {summary.job_id} run {summary.run})",
+    ).apply_async(task_id=work.result_id)
+
+
+@app.task(name=RUN_JOB_FROM_UPSTREAM, bind=True, ignore_result=True)
+def run_job_from_upstream(self: Task, upstream: Any, order: dict[str, Any], prompt_from: str | None = None) -> None:
+    """A chain's link: the upstream value becomes the node's ``user_query``, then the job runs."""
+    settings = get_settings()
+    job = JobOrder.model_validate(order)
+    result_id = job_task_id(job.job_id, job.run)
+    try:
+        prompt = prompt_from_upstream(
+            upstream, prompt_from, max_chars=settings.max_prompt_chars, max_bytes=settings.max_node_bytes
+        )
+    except UpstreamValueError as exc:
+        # The message says what arrived (type and size), never the upstream text.
+        log.warning("job %s: %s refused as a prompt: %s", job.job_id[:200], bounded_args_repr(upstream), exc)
+        self.backend.store_result(result_id, invalid_job_result(job, str(exc)), states.SUCCESS)
+        return None
+    inputs = {**job.node.get("inputs", {}), "user_query": prompt}
+    forwarded = job.model_copy(update={"node": {**job.node, "inputs": inputs}})
+    log.info("job %s run %d: prompt of %d characters from the upstream task", job.job_id, job.run, len(prompt))
+    # run_job validates the node again, prompt included, and runs it under the run's task id.
+    app.send_task(
+        RUN_JOB,
+        args=(forwarded.model_dump(mode="json"),),
+        task_id=result_id,
+        argsrepr=f"(job {job.job_id} run {job.run})",
+    )
+    return None
