@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install tools demo test chaos lint bench clean
+.PHONY: install tools browser demo playground test chaos lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,22 @@ $(AZURITE):
 	npm install --prefix .tools --no-audit --no-fund --silent azurite@3.35
 tools: $(AZURITE)
 
+# Chromium for the Playground's browser tests (tests/api/test_playground.py): Debian's package,
+# installed when missing and possible; otherwise those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1) || \
+	  echo "chromium could not be installed: the Playground browser tests will be skipped"
+
 demo: install
 	$(BIN)/python -m devtools.demo
 
-test: install tools
+# Redis, a worker and the API on embedded defaults; prints the Playground's URL.
+playground: install
+	$(BIN)/python -m devtools.playground
+
+test: install tools browser
 	$(BIN)/python -m pytest
 
 # Faults injected while jobs run (tests/chaos): prints the table, writes var/chaos.md.
@@ -33,7 +45,7 @@ chaos: install tools
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy contract worker producer devtools
+	$(BIN)/mypy contract worker producer devtools api
 
 # Every figure of docs/pools.md in one run (~5 min; IMAGEGEN_BENCH_QUICK=1: ~3 min).
 $(VENV)/.bench: $(STAMP)

@@ -12,7 +12,7 @@ import yaml
 from tests.conftest import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
-CORE_MANIFESTS = ["configmap.yaml", "worker-deployment.yaml", "flower.yaml", "redis.yaml"]  # KEDA's CRD: no schema
+CORE_MANIFESTS = ["configmap.yaml", "worker-deployment.yaml", "flower.yaml", "redis.yaml", "api.yaml"]  # KEDA: a CRD
 
 
 def test_kubernetes_manifests_validate_strictly() -> None:
@@ -80,3 +80,55 @@ def test_redis_keeps_its_data_across_restarts() -> None:
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--appendfsync") + 1] == "everysec"
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
+def _api_pod_env(secrets: dict[str, str]) -> dict[str, str]:
+    """The API container's environment as Kubernetes builds it: the ConfigMap, then its own
+    ``env`` (a secretKeyRef read from ``secrets``, keyed by the variable's name)."""
+    deployment = next(yaml.safe_load_all((K8S / "api.yaml").read_text()))
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {k: str(v) for k, v in yaml.safe_load((K8S / "configmap.yaml").read_text())["data"].items()}
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        elif item["name"] in secrets:
+            env[item["name"]] = secrets[item["name"]]
+    return env
+
+
+def test_the_api_pod_starts_in_production_only_with_its_tokens() -> None:
+    probe = "from api.tenants import Authenticator; from contract.settings import Settings; Authenticator(Settings())"
+    base = {"PATH": "/usr/bin:/bin"}
+    started = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env={**base, **_api_pod_env({"IMAGEGEN_API_TOKEN_ACME": "k8s-secret-token-0123456789"})},
+        capture_output=True,
+        text=True,
+    )
+    assert started.returncode == 0, started.stderr
+    missing = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env={**base, **_api_pod_env({})}, capture_output=True, text=True
+    )
+    assert missing.returncode != 0 and "env:IMAGEGEN_API_TOKEN_ACME" in missing.stderr
+
+
+def test_the_api_probes_and_ports_match_the_app() -> None:
+    from api.app import create_app
+    from contract.settings import Settings
+
+    deployment, service, _ = yaml.safe_load_all((K8S / "api.yaml").read_text())
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    assert command[:2] == ["imagegen", "serve"]
+    [port] = container["ports"]
+    assert int(command[command.index("--port") + 1]) == port["containerPort"]
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+    routes = {getattr(route, "path", None) for route in create_app(Settings(environment="development")).routes}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" in routes
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz" in routes
+
+    compose_api = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["api"]
+    assert compose_api["command"] == command and "/readyz" in " ".join(compose_api["healthcheck"]["test"])

@@ -93,3 +93,44 @@ def test_unknown_job_and_unreachable_queue_are_clear_errors(job_env: dict[str, s
     down = imagegen({**job_env, "REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"}, "status", "x")
     assert down.returncode == 5 and "cannot reach the queue" in down.stderr
     assert "hunter2" not in down.stderr and "Traceback" not in down.stderr
+
+
+def test_cancel_a_queued_job_then_again(job_env: dict[str, str], tmp_path: Path, offline_node: dict[str, Any]) -> None:
+    node_file = tmp_path / "node.json"
+    node_file.write_text(json.dumps(offline_node))
+    assert imagegen(job_env, "submit", str(node_file), "--job-id", "cli-cancel").returncode == 0  # no worker: queued
+
+    first = imagegen(job_env, "cancel", "cli-cancel")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {"job_id": "cli-cancel", "state": "queued", "changed": True}
+    assert "cancel requested" in first.stderr
+
+    again = imagegen(job_env, "cancel", "cli-cancel")
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False
+    assert "requested before" in again.stderr
+
+    unknown = imagegen(job_env, "cancel", "never-submitted")
+    assert unknown.returncode == 4 and "never-submitted" in unknown.stderr
+    assert imagegen(job_env, "cancel", "../x").returncode == 2
+
+
+def test_a_canceled_job_has_its_own_exit_code(
+    job_env: dict[str, str], start_worker: StartWorker, tmp_path: Path, offline_node: dict[str, Any]
+) -> None:
+    offline_node["inputs"]["variations"] = 4
+    node_file = tmp_path / "node.json"
+    node_file.write_text(json.dumps(offline_node))
+    assert imagegen(job_env, "submit", str(node_file), "--job-id", "cli-canceled").returncode == 0
+    assert imagegen(job_env, "cancel", "cli-canceled").returncode == 0
+    start_worker()  # the worker finds the queued job canceled: it ends canceled
+    run = imagegen(job_env, "result", "cli-canceled", "--wait", "--timeout", "60")
+    assert run.returncode == 7, run.stderr
+    assert json.loads(run.stdout)["status"] == "canceled"
+
+
+def test_serve_refuses_bad_settings_in_one_line(job_env: dict[str, str]) -> None:
+    bad_port = imagegen(job_env, "serve", "--port", "70000")
+    assert bad_port.returncode == 2 and "not a TCP port" in bad_port.stderr
+    bad_tokens = imagegen({**job_env, "IMAGEGEN_API_TOKENS": "acme=the-token-itself"}, "serve", "--port", "1")
+    assert bad_tokens.returncode == 2 and "IMAGEGEN_API_TOKENS" in bad_tokens.stderr
+    assert "the-token-itself" not in bad_tokens.stderr and "Traceback" not in bad_tokens.stderr

@@ -1,8 +1,9 @@
-"""The emulator fixtures of the cloud tests, reused here (a non-root conftest
+"""The emulator fixtures of the cloud tests and the HTTP API's, reused here (a non-root conftest
 cannot use ``pytest_plugins``): importing them registers them for this folder."""
 
 from __future__ import annotations
 
+from tests.api.conftest import start_api
 from tests.cloud.conftest import (
     aws_keys_json,
     azure_admin,
@@ -38,5 +39,6 @@ __all__ = [
     "s3_admin",
     "s3_bucket",
     "sa_json",
+    "start_api",
     "vault",
 ]

@@ -1,0 +1,84 @@
+"""The per-tenant cap on jobs in flight (``IMAGEGEN_API_MAX_JOBS_IN_FLIGHT``).
+
+One set per tenant holds the internal ids of its jobs that may still be queued
+or running. Booking a new job adds it if the tenant is below the cap; at the cap,
+the members whose record says finished (or is gone) are pruned first. Both are
+one Lua script: two API processes booking for the same tenant at once cannot
+both take the last slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from contract.queue import KEY_PREFIX, job_key
+
+# KEYS[1]: the tenant's in-flight set; KEYS[2]: the new job's hash; KEYS[3..]: the hashes of the
+# members the caller read just before (ARGV[5..] are their ids, in the same order).
+# ARGV[1]: the cap; ARGV[2]: the new job's id; ARGV[3]: "1" for a rerun; ARGV[4]: the set's TTL (s).
+# Returns {booked, in_flight}: booked is 1 (added), 2 (not a new job: it exists and this is no
+# rerun, or it is a member already, so no slot is taken) or 0 (at the cap).
+# Members added by others since the caller read the set are counted, not pruned: they are in flight.
+_BOOK = """
+for i = 3, #KEYS do
+  local state = redis.call('HGET', KEYS[i], 'state')
+  if not state or (state ~= 'queued' and state ~= 'running') then
+    redis.call('SREM', KEYS[1], ARGV[i + 2])
+  end
+end
+if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1 or (ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1) then
+  return {2, redis.call('SCARD', KEYS[1])}
+end
+local count = redis.call('SCARD', KEYS[1])
+if count >= tonumber(ARGV[1]) then return {0, count} end
+redis.call('SADD', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {1, count + 1}
+"""
+
+PRUNE_BATCH = 1000  # members read when pruning: bounded work per request
+PRUNE_SLACK = 16  # a lowered cap leaves more members than it allows: read some more
+
+
+def in_flight_key(tenant: str) -> str:
+    return f"{KEY_PREFIX}:api:in-flight:{tenant}"
+
+
+@dataclass(frozen=True)
+class Booking:
+    booked: bool  # False: at the cap, nothing added
+    added: bool  # True: this call took a slot (release it if the submit fails)
+    in_flight: int
+
+
+class InFlightCap:
+    def __init__(self, client: redis.Redis, cap: int, ttl_s: int):
+        self.client = client
+        self.cap = cap
+        self.ttl_s = ttl_s
+        self._book = client.register_script(_BOOK)
+
+    def book(self, tenant: str, job_id: str, *, rerun: bool = False) -> Booking:
+        """One round trip below the cap; at the cap, the members are read and the finished ones
+        pruned before asking again (so a booking's work grows with the cap only when it is reached)."""
+        key = in_flight_key(tenant)
+        booking = self._run(key, job_id, rerun, [])
+        if booking.booked:
+            return booking
+        sample: Any = self.client.srandmember(key, min(self.cap + PRUNE_SLACK, PRUNE_BATCH)) or []
+        members = [m.decode() if isinstance(m, bytes) else str(m) for m in sample]
+        return self._run(key, job_id, rerun, members)
+
+    def _run(self, key: str, job_id: str, rerun: bool, members: list[str]) -> Booking:
+        outcome, count = self._book(
+            keys=[key, job_key(job_id), *(job_key(m) for m in members)],
+            args=[self.cap, job_id, "1" if rerun else "0", self.ttl_s, *members],
+        )
+        return Booking(booked=int(outcome) != 0, added=int(outcome) == 1, in_flight=int(count))
+
+    def release(self, tenant: str, job_id: str) -> None:
+        """The submit did not enqueue after all (invalid, conflict, Redis error): give the slot back."""
+        self.client.srem(in_flight_key(tenant), job_id)

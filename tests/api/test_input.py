@@ -1,0 +1,164 @@
+"""Bad input gets a problem document naming what is wrong, and nothing is enqueued."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+
+from tests.api.conftest import TOKENS, ApiServer
+from tests.cli import imagegen
+
+
+@pytest.fixture
+def nothing_enqueued(store: redis.Redis, job_env: dict[str, str]) -> Iterator[None]:
+    """The test leaves Redis as it found it: no job record, no queue entry."""
+    before = set(store.keys("*"))
+    yield
+    assert set(store.keys("*")) == before
+    assert store.llen(job_env["IMAGEGEN_QUEUE"]) == 0
+
+
+def _problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    document = dict(response.json())
+    assert document["status"] == status and document["type"].startswith("https://") and document["title"]
+    assert "Traceback" not in response.text
+    return document
+
+
+@pytest.mark.usefixtures("nothing_enqueued")
+def test_malformed_json_is_400(api: ApiServer) -> None:
+    http = api.client("acme")
+    for body in [b'{"type": "image_generation",', b"{'a': 1}", b"\xff\xfe", b"[" * 100_000]:
+        document = _problem(http.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"}), 400)
+        assert document["type"].endswith("/malformed-json")
+
+
+@pytest.mark.usefixtures("nothing_enqueued")
+def test_a_wrong_content_type_is_415(api: ApiServer, offline_node: dict[str, Any]) -> None:
+    http = api.client("acme")
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]:
+        response = http.post("/v1/jobs", content=json.dumps(offline_node), headers={"Content-Type": content_type})
+        assert content_type.split(";")[0] in _problem(response, 415)["detail"]
+    assert http.post("/v1/jobs", content=json.dumps(offline_node)).status_code == 415  # no Content-Type at all
+
+
+@pytest.mark.usefixtures("nothing_enqueued")
+def test_a_10_mb_body_is_413_before_it_is_read(api: ApiServer, offline_node: dict[str, Any]) -> None:
+    http = api.client("acme")
+    offline_node["inputs"]["user_query"] = "x" * (10 * 1024 * 1024)
+    _problem(http.post("/v1/jobs", json=offline_node), 413)
+
+    # Chunked, with no Content-Length: refused once it passes the limit.
+    def chunks() -> Iterator[bytes]:
+        yield b'{"type": "image_generation", "inputs": {"user_query": "'
+        for _ in range(160):
+            yield b"x" * 65536
+        yield b'"}}'
+
+    _problem(http.post("/v1/jobs", content=chunks(), headers={"Content-Type": "application/json"}), 413)
+
+    # Only the headers are sent: the answer comes without the server waiting for 10 MB.
+    address = urlsplit(api.url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + TOKENS["acme"].encode() + b"\r\nContent-Length: 10485760\r\n\r\n"
+        )
+        head = conn.recv(4096).decode()
+    assert head.startswith("HTTP/1.1 413") and "application/problem+json" in head
+
+
+@pytest.mark.usefixtures("nothing_enqueued")
+def test_an_invalid_node_is_422_with_the_clis_problems(
+    api: ApiServer, seed_node: dict[str, Any], tmp_path: Any, job_env: dict[str, str]
+) -> None:
+    seed_node["inputs"].update(model="gemini_2_5_image", size="1000x1000", variations=99, colour="red")
+    node_file = tmp_path / "bad.json"
+    node_file.write_text(json.dumps(seed_node))
+    cli = imagegen(job_env, "validate", str(node_file))
+    assert cli.returncode == 2
+
+    http = api.client("acme")
+    for body in (seed_node, {"node": seed_node, "job_id": "ok-id"}):
+        document = _problem(http.post("/v1/jobs", json=body), 422)
+        problems = document["problems"]
+        fields = [p["field"] for p in problems]
+        assert {"inputs.size", "inputs.variations", "inputs.colour"} <= set(fields)
+        assert all(set(p) == {"field", "value", "message"} for p in problems)
+        # Each problem is a line the CLI prints, in the same order.
+        for problem in problems:
+            assert f"{problem['field']}" in cli.stderr and problem["message"] in cli.stderr
+        assert document["detail"].splitlines()[1:] == cli.stderr.strip().splitlines()[1:]
+
+        report = http.post("/v1/validate", json=body)
+        assert report.status_code == 200 and report.json()["valid"] is False
+        assert report.json()["problems"] == problems
+
+
+@pytest.mark.usefixtures("nothing_enqueued")
+def test_envelope_and_job_id_problems_are_422(api: ApiServer, offline_node: dict[str, Any]) -> None:
+    http = api.client("acme")
+    cases: list[tuple[dict[str, Any], dict[str, str], str]] = [
+        ({"node": offline_node, "priority": 1}, {}, "priority"),
+        ({"node": "not an object"}, {}, "node"),
+        ({"node": offline_node, "job_id": "../escape"}, {}, "job_id"),
+        ({"node": offline_node, "job_id": "a"}, {"Idempotency-Key": "b"}, "job_id"),
+        ({"node": offline_node, "job_id": "x/events"}, {}, "job_id"),  # a route suffix
+        ({"node": offline_node, "job_id": "j" * 125}, {}, "job_id"),  # too long with t/acme/
+        ({"node": offline_node, "rerun": True}, {}, "rerun"),
+        ({"node": offline_node, "webhook": {"url": "ftp://x", "secret": "env:W"}}, {}, "webhook.url"),
+        ({"node": offline_node, "webhook": {"url": "http://h.example/", "secret": "whsec_raw"}}, {}, "webhook.secret"),
+        (offline_node, {"Idempotency-Key": "bad key"}, "job_id"),
+    ]
+    for body, headers, field in cases:
+        document = _problem(http.post("/v1/jobs", json=body, headers=headers), 422)
+        assert field in [p["field"] for p in document["problems"]], (body, document)
+    assert "whsec_raw" not in json.dumps(document)
+    # A top level that is not an object; duplicate keys.
+    _problem(http.post("/v1/jobs", json=[offline_node]), 422)
+    duplicated = b'{"type": "image_generation", "type": "image_generation", "inputs": {}}'
+    _problem(http.post("/v1/jobs", content=duplicated, headers={"Content-Type": "application/json"}), 422)
+
+
+def test_validate_reports_the_cost_and_enqueues_nothing(
+    api: ApiServer, seed_node: dict[str, Any], store: redis.Redis, job_env: dict[str, str]
+) -> None:
+    seed_node["inputs"].update(model="gemini_3_image", size="1024x1024", variations=3)
+    before = set(store.keys("*"))
+    report = api.client("acme").post("/v1/validate", json=seed_node)
+    assert report.status_code == 200, report.text
+    body = report.json()
+    models = {m["name"]: m for m in api.client("acme").get("/v1/models").json()["models"]}
+    [size] = [s for s in models["gemini_3_image"]["sizes"] if s["size"] == "1024x1024"]
+    assert body["valid"] is True and body["problems"] == [] and body["variations"] == 3
+    assert body["price_usd_per_image"] == size["price_usd_per_image"] > 0
+    assert body["estimated_cost_usd"] == pytest.approx(3 * size["price_usd_per_image"])
+    assert store.llen(job_env["IMAGEGEN_QUEUE"]) == 0 and set(store.keys("*")) == before
+
+
+def test_models_lists_the_catalog(api: ApiServer) -> None:
+    from contract.catalog import load_catalog
+
+    catalog = load_catalog()
+    models = api.client("acme").get("/v1/models").json()["models"]
+    assert [m["name"] for m in models] == catalog.names()
+    offline = next(m for m in models if m["name"] == "offline_preview")
+    entry = catalog.models["offline_preview"]
+    assert {s["size"]: s["aspect_ratio"] for s in offline["sizes"]} == {
+        size: option.aspect_ratio for size, option in entry.sizes.items()
+    }
+    assert offline["model_id"] == entry.model_id
+
+
+def test_unknown_routes_and_methods_are_problems(api: ApiServer) -> None:
+    http = api.client("acme")
+    _problem(http.get("/v2/anything"), 404)
+    _problem(http.delete("/v1/models"), 405)

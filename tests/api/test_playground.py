@@ -1,0 +1,269 @@
+"""The Playground in a real headless Chromium (Playwright driving Debian's ``chromium``), served by
+a real ``imagegen serve`` with a real worker and Redis behind it.
+
+Screenshots of each page state land in ``var/screenshots/`` (git-ignored) for a person to look at.
+Skipped, with the reason shown, only where no Chromium can be had (``make test`` installs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import TOKENS, ApiServer, StartApi
+from tests.conftest import ROOT, SEED_NODE, StartWorker
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+CHROMIUM = os.environ.get("IMAGEGEN_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (make test installs Debian's chromium)", allow_module_level=True)
+
+SCREENSHOTS = ROOT / "var" / "screenshots"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 375, "height": 812}
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as driver:
+        chromium = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def _page(
+    browser: Any, server: ApiServer, viewport: dict[str, int] = DESKTOP, token: str | None = TOKENS["acme"]
+) -> Any:
+    context = browser.new_context(viewport=viewport)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.errors = errors
+    page.goto(f"{server.url}/playground/")
+    if token is not None:
+        page.locator("#token").fill(token)
+        page.get_by_role("button", name="Use token").click()
+    if token == TOKENS["acme"]:
+        page.wait_for_function("document.querySelectorAll('#f-model option').length > 0", timeout=WAIT_MS)
+    return page
+
+
+def _start(start_api: StartApi, start_worker: StartWorker, **worker_env: str) -> ApiServer:
+    """The API first (its port is the images' public base URL), then a worker that links there."""
+    server = start_api()
+    start_worker({"IMAGEGEN_STORAGE_PUBLIC_BASE_URL": f"{server.url}/files", **worker_env}, concurrency=4)
+    return server
+
+
+def _shot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def _paste_node(page: Any, node: dict[str, Any] | str) -> None:
+    text = node if isinstance(node, str) else json.dumps(node, indent=2)
+    page.locator("#node-json").fill(text)
+
+
+def _run_enabled(page: Any) -> None:
+    page.wait_for_function("!document.getElementById('run').disabled", timeout=WAIT_MS)
+
+
+def test_pasting_the_seed_node_verbatim_fills_the_form(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    _paste_node(page, SEED_NODE.read_text())  # the documentation's node, byte for byte
+    assert page.locator("#f-prompt").input_value() == "a girl driving a red car"
+    assert page.locator("#f-model").input_value() == "gemini_3_image"
+    assert page.locator("#f-size").input_value() == "1024x1024"
+    assert page.locator("#f-variations").input_value() == "1"
+    assert page.locator("#f-name").input_value() == "Test Image Generation"
+    assert not page.locator("#f-use-cloud").is_checked()
+    # Fields the form does not show (description, output_type) are kept, not dropped.
+    kept = json.loads(page.locator("#node-json").input_value())
+    assert kept["description"] == "Test image gen component" and kept["output_type"] == "json"
+    assert page.errors == []
+
+
+def test_seed_node_on_the_offline_model_runs_and_its_json_validates(
+    browser: Any, start_api: StartApi, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    server = _start(start_api, start_worker)
+    page = _page(browser, server)
+    seed = json.loads(SEED_NODE.read_text())
+    _paste_node(page, seed)
+    page.locator("#f-model").select_option("offline_preview")
+    banner = page.locator("#banner").inner_text()
+    assert "offline_preview" in banner and "test pattern" in banner
+    _run_enabled(page)
+    assert re.search(r"\$\d", page.locator("#estimate").inner_text())  # the cost before running
+    _shot(page, "desktop-form")
+    page.get_by_role("button", name="Run").click()
+
+    tile = page.locator(".tile.done").first
+    tile.wait_for(timeout=WAIT_MS)
+    assert tile.locator("[data-fact=size]").inner_text() == "1024x1024"
+    assert re.fullmatch(r"\$\d+(\.\d+)?", tile.locator("[data-fact=cost]").inner_text())
+    image = tile.locator("img")
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth === 1024", arg=image.element_handle(), timeout=WAIT_MS
+    )
+    page.locator(".run[data-status=succeeded]").wait_for(timeout=WAIT_MS)
+    _shot(page, "desktop-result")
+
+    page.get_by_role("button", name="Copy node JSON").click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    node_file = tmp_path / "copied-node.json"
+    node_file.write_text(copied)
+    check = subprocess.run(
+        [sys.executable, "-m", "producer.cli", "validate", str(node_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0"},  # validate needs no Redis
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert json.loads(copied)["inputs"]["model"] == "offline_preview"
+
+    # Recent runs survive a reload (local storage) and reopen from their job id.
+    page.reload()  # the token is kept for the tab (session storage): not asked again
+    page.get_by_role("button", name="Reopen").first.click()
+    page.locator(".run[data-status=succeeded] .tile.done").first.wait_for(timeout=WAIT_MS)
+    assert page.errors == []
+
+
+def test_an_unsupported_size_shows_the_api_message_at_the_size_field(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    node = json.loads(SEED_NODE.read_text())
+    node["inputs"]["size"] = "999x999"
+    _paste_node(page, node)
+    problem = page.locator('[data-problem-for="inputs.size"]')
+    problem.wait_for(state="visible", timeout=WAIT_MS)
+    message = problem.inner_text()
+    api_problems = server.client().post("/v1/validate", json=node).json()["problems"]
+    assert any(p["field"] == "inputs.size" and p["message"] in message for p in api_problems), (message, api_problems)
+    assert page.locator("#f-size").get_attribute("aria-invalid") == "true"
+    assert page.locator("#run").is_disabled()
+
+
+def test_a_raw_secret_is_never_sent(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.post_data or ""))
+    page.locator("#f-use-cloud").check()
+    page.locator("#f-cloud-provider").select_option("aws")
+    page.locator("#f-aws_bucket").fill("acme-images")
+    page.locator("#f-aws_credentials").fill("AKIAEXAMPLESECRET/wJalrXUtnFEMI")
+    problem = page.locator('[data-problem-for="inputs.aws_credentials"]')
+    problem.wait_for(state="visible", timeout=WAIT_MS)
+    assert "raw secret" in problem.inner_text()
+    page.wait_for_timeout(600)  # past the validation debounce
+    assert page.locator("#run").is_disabled()
+    assert not any("AKIAEXAMPLESECRET" in body for body in requests)
+
+
+def test_four_variations_with_one_failure_show_three_images_and_the_error(
+    browser: Any, start_api: StartApi, start_worker: StartWorker
+) -> None:
+    server = _start(start_api, start_worker, IMAGEGEN_OFFLINE_FAILURES="2:permanent")
+    page = _page(browser, server, viewport=PHONE)
+    node = json.loads(SEED_NODE.read_text())
+    node["inputs"].update(model="offline_preview", variations=4)
+    _paste_node(page, node)
+    _run_enabled(page)
+    page.get_by_role("button", name="Run").click()
+    page.locator(".run[data-status=partial]").wait_for(timeout=WAIT_MS)
+    assert page.locator(".tile.done").count() == 3
+    failed = page.locator(".tile.failed")
+    assert failed.count() == 1
+    assert "permanent" in failed.inner_text()
+    _shot(page, "phone-partial")
+    # Usable at 375 px: nothing wider than the screen.
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], width
+
+
+def test_cancel_during_a_slow_run_ends_it_canceled(
+    browser: Any, start_api: StartApi, start_worker: StartWorker
+) -> None:
+    server = start_api()
+    start_worker(
+        {"IMAGEGEN_STORAGE_PUBLIC_BASE_URL": f"{server.url}/files", "IMAGEGEN_OFFLINE_LATENCY_S": "3"}, concurrency=1
+    )
+    page = _page(browser, server)
+    node = json.loads(SEED_NODE.read_text())
+    node["inputs"].update(model="offline_preview", variations=6)
+    _paste_node(page, node)
+    _run_enabled(page)
+    page.get_by_role("button", name="Run").click()
+    page.locator(".tile.running").first.wait_for(timeout=WAIT_MS)
+    page.get_by_role("button", name="Cancel").click()
+    page.locator(".run[data-status=canceled]").wait_for(timeout=WAIT_MS)
+    assert page.locator(".tile.done").count() < 6
+    assert page.locator(".tile.canceled").count() >= 1
+    _shot(page, "desktop-canceled")
+
+
+def test_a_wrong_token_is_reported_and_asked_again(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server, token="not-a-token")
+    page.locator("#auth").wait_for(state="visible", timeout=WAIT_MS)
+    assert "refused" in page.locator("#auth-message").inner_text()
+    page.locator("#token").fill(TOKENS["acme"])
+    page.get_by_role("button", name="Use token").click()
+    page.wait_for_function("document.querySelectorAll('#f-model option').length > 0", timeout=WAIT_MS)
+    assert page.locator("#auth").is_hidden()
+
+
+def test_side_by_side_runs_two_seeds_and_shows_time_and_cost(
+    browser: Any, start_api: StartApi, start_worker: StartWorker
+) -> None:
+    server = _start(start_api, start_worker)
+    page = _page(browser, server)
+    node = json.loads(SEED_NODE.read_text())
+    node["inputs"].update(model="offline_preview", seed=7)
+    _paste_node(page, node)
+    page.locator("#f-compare").check()
+    page.locator("#f-compare-model").select_option("offline_preview")
+    page.locator("#f-compare-seed").fill("8")
+    _run_enabled(page)
+    page.get_by_role("button", name="Run").click()
+    panels = page.locator(".run[data-status=succeeded]")
+    page.wait_for_function("document.querySelectorAll('.run[data-status=succeeded]').length === 2", timeout=WAIT_MS)
+    seeds = sorted(panels.nth(i).locator("[data-fact=seed]").inner_text() for i in range(2))
+    assert seeds == ["7", "8"]
+    for i in range(2):
+        summary = panels.nth(i).locator(".summary").inner_text()
+        assert re.search(r"\d+\.\d\d s", summary) and "$" in summary, summary
+    _shot(page, "desktop-side-by-side")
+
+
+def test_every_control_has_a_label_and_is_reachable_by_keyboard(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea')]
+            .filter((el) => el.type !== 'hidden' && !(el.labels && el.labels.length))
+            .map((el) => el.id || el.outerHTML.slice(0, 60))"""
+    )
+    assert unlabelled == []
+    # Tab from the top reaches the prompt, then the model and size selects, in order.
+    page.locator("#f-name").focus()
+    order = []
+    for _ in range(4):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id"))
+    assert order[:3] == ["f-prompt", "f-model", "f-size"], order

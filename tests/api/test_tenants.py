@@ -1,0 +1,158 @@
+"""Who may call the API, and what each tenant may see: tokens, namespaces, the in-flight cap."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import redis
+
+from api.tenants import Tenant, parse_api_tokens
+from tests.api.conftest import TOKENS, ApiServer, StartApi, wait_finished
+from tests.cli import imagegen
+from tests.conftest import StartWorker
+
+
+def test_no_token_or_a_wrong_one_is_401(api: ApiServer, offline_node: dict[str, Any], store: redis.Redis) -> None:
+    before = set(store.keys("*"))
+    for http in (api.client(None), api.client(token="acme-token-0123456789abcdeX"), api.client(token="x")):
+        for method, path in [("POST", "/v1/jobs"), ("GET", "/v1/jobs/x"), ("GET", "/v1/models")]:
+            response = http.request(method, path, json=offline_node)
+            assert response.status_code == 401, (path, response.text)
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert response.headers["content-type"] == "application/problem+json"
+    # A token of another scheme is no bearer token.
+    basic = api.client(None).get("/v1/models", headers={"Authorization": f"Basic {TOKENS['acme']}"})
+    assert basic.status_code == 401
+    assert set(store.keys("*")) == before  # nothing written for a caller we do not know
+    assert api.client(None).get("/healthz").status_code == 200  # probes need no token
+    assert TOKENS["acme"] not in api.log() and TOKENS["globex"] not in api.log()
+
+
+def test_a_tenant_cannot_read_cancel_or_sign_another_tenants_job(
+    api: ApiServer, start_worker: StartWorker, offline_node: dict[str, Any]
+) -> None:
+    start_worker()
+    acme, globex = api.client("acme"), api.client("globex")
+    job_id = acme.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": "shared-name"}).json()["job_id"]
+    view = wait_finished(acme, job_id)
+    uri = view["result"]["images"][0]["uri"]
+
+    unknown = globex.get("/v1/jobs/no-such-job")
+    for response in (
+        globex.get(f"/v1/jobs/{job_id}"),
+        globex.get(f"/v1/jobs/{job_id}/events"),
+        globex.post(f"/v1/jobs/{job_id}/cancel"),
+    ):
+        assert response.status_code == 404 and response.json()["title"] == unknown.json()["title"]
+    assert globex.post("/v1/sign", json={"uri": uri}).status_code == 404
+    assert acme.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded"  # untouched
+
+    # The owner signs its own image (a worker signs it).
+    signed = acme.post("/v1/sign", json={"uri": uri})
+    assert signed.status_code == 200, signed.text
+    assert signed.json()["uri"] == uri and signed.json()["url"]
+
+    # The same caller id in another tenant is another job.
+    theirs = globex.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": "shared-name"})
+    assert theirs.status_code == 202 and theirs.json()["created"] is True
+    assert wait_finished(globex, "shared-name")["result"]["images"][0]["uri"] != uri
+
+
+def test_uris_outside_the_tenants_namespace_are_not_signed() -> None:
+    acme = Tenant("acme")
+    assert acme.owns_uri("s3://bucket/images/t/acme/job-1/variation-0.png")
+    assert acme.owns_uri("file:///var/images/t/acme/run-42/node-7/variation-1.run2.png")
+    for uri in [
+        "s3://bucket/images/t/globex/job-1/variation-0.png",
+        "s3://bucket/images/t/globex/t/acme/x/variation-0.png",  # globex's job named "t/acme/x"
+        "s3://bucket/images/t/acme/../globex/job/variation-0.png",
+        "s3://bucket/images/t/acme//variation-0.png",
+        "s3://bucket/images/t/acme/job/variation-0.png?x=1",
+        "s3://bucket/images/t/acme/job/variation-0.png#x",
+        "s3://bucket/images/t/%61cme/job/variation-0.png",
+        "s3://bucket/images/t/acme/variation-0.png",
+        "s3://bucket/images/t\\acme/job/variation-0.png",
+        "t/acme/job/variation-0.png",
+        "s3://bucket/images/t/acme-evil/job/variation-0.png",
+    ]:
+        assert not acme.owns_uri(uri), uri
+
+
+def test_token_settings_are_checked() -> None:
+    assert parse_api_tokens(" a=env:A , b.c=file:/run/b ,d=vault:secret/api#d ")["d"].key == "d"
+    for bad in ["a", "=env:A", "a/b=env:A", "..=env:A", "a=raw-token-value", "a=env:A,a=env:B", "a=file:relative"]:
+        try:
+            parse_api_tokens(bad)
+        except ValueError as exc:
+            assert "raw-token-value" not in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_production_refuses_to_start_without_tokens(job_env: dict[str, str]) -> None:
+    production = {
+        **job_env,
+        "IMAGEGEN_ENVIRONMENT": "production",
+        "IMAGEGEN_STORAGE_URL": "s3://bucket/images",
+        "IMAGEGEN_ALLOWED_SECRET_REFS": "env:TENANT_",
+        "IMAGEGEN_API_TOKENS": "",
+    }
+    run = imagegen(production, "serve", "--port", "1")
+    assert run.returncode == 2 and "IMAGEGEN_API_TOKENS is empty" in run.stderr and "Traceback" not in run.stderr
+    # A token reference that does not resolve stops the start too, naming the reference only.
+    run = imagegen({**production, "IMAGEGEN_API_TOKENS": "acme=env:TEST_NOT_SET_ANYWHERE"}, "serve", "--port", "1")
+    assert run.returncode == 2 and "env:TEST_NOT_SET_ANYWHERE" in run.stderr
+
+
+def test_development_without_tokens_is_one_anonymous_tenant(
+    start_api: StartApi, offline_node: dict[str, Any], client: Any
+) -> None:
+    api = start_api(tokens=False)
+    response = api.client(None).post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": "anon"})
+    assert response.status_code == 202, response.text
+    assert client.status("t/dev/anon").state == "queued"
+    assert "every caller is the tenant 'dev'" in api.log()
+
+
+def test_the_in_flight_cap_answers_429_with_retry_after(
+    start_api: StartApi, offline_node: dict[str, Any], store: redis.Redis, job_env: dict[str, str]
+) -> None:
+    # Tenants of their own: the suite's Redis outlives tests, and other tests leave acme's jobs queued.
+    tenant, other = f"cap{uuid.uuid4().hex[:8]}", f"other{uuid.uuid4().hex[:8]}"
+    tokens = {
+        "IMAGEGEN_API_TOKENS": f"{tenant}=env:TEST_API_TOKEN_ACME,{other}=env:TEST_API_TOKEN_GLOBEX",
+        "IMAGEGEN_API_MAX_JOBS_IN_FLIGHT": "2",
+    }
+    api = start_api(tokens)  # no worker: jobs stay queued
+    acme = api.client("acme")  # acme's token is this tenant's here
+    for n in range(2):
+        assert acme.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": f"cap-{n}"}).status_code == 202
+    refused = acme.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": "cap-2"})
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+    assert refused.json()["type"].endswith("/too-many-jobs") and "2" in refused.json()["detail"]
+    assert not store.exists(f"imagegen:job:t/{tenant}/cap-2") and store.llen(job_env["IMAGEGEN_QUEUE"]) == 2
+
+    # Asking again for a job in flight takes no slot; another tenant has its own cap.
+    assert acme.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": "cap-1"}).status_code == 200
+    assert api.client("globex").post("/v1/jobs", json=offline_node).status_code == 202
+
+    # A finished job frees its slot (here: canceled while queued, ended by hand as a worker would).
+    assert acme.post("/v1/jobs/cap-0/cancel").json()["changed"] is True
+    store.hset(f"imagegen:job:t/{tenant}/cap-0", "state", "canceled")
+    assert acme.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": "cap-2"}).status_code == 202
+
+
+def test_a_rotated_token_file_is_picked_up(start_api: StartApi, tmp_path: Any) -> None:
+    token_file = tmp_path / "acme.token"
+    token_file.write_text("first-token-0123456789abcdef\n")  # a mounted Secret ends with a newline
+    api = start_api(
+        {"IMAGEGEN_API_TOKENS": f"acme=file:{token_file}", "IMAGEGEN_SECRET_CACHE_TTL_S": "0"}, tokens=False
+    )
+    assert api.client(token="first-token-0123456789abcdef").get("/v1/models").status_code == 200
+    token_file.write_text("second-token-0123456789abcdef\n")
+    assert api.client(token="first-token-0123456789abcdef").get("/v1/models").status_code == 401
+    assert api.client(token="second-token-0123456789abcdef").get("/v1/models").status_code == 200
+    token_file.unlink()  # a failed re-read keeps the tokens in use, and says so in the log
+    assert api.client(token="second-token-0123456789abcdef").get("/v1/models").status_code == 200
+    assert "keeping the tokens in use" in api.log() and "second-token" not in api.log()

@@ -1,0 +1,144 @@
+"""A tenant's job names only that tenant's secrets (contract/tenancy.py): at submit (client and
+HTTP API), in the job task and in each variation (raw broker messages), and before a webhook is
+signed. Tenant acme tries to borrow globex's storage credentials and webhook key."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from contract.clouds import node_target
+from contract.errors import NodeValidationError
+from contract.queue import GENERATE_VARIATION
+from contract.settings import Settings
+from contract.tenancy import caller_id, check_tenant_refs, tenant_of
+from contract.work import VariationWork
+from producer.client import ImageGenClient
+from tests.api.conftest import StartApi
+from tests.conftest import StartWorker
+from tests.security.helpers import send_raw_job
+
+TEMPLATES = "vault:secret/imagegen/tenants/{tenant}"
+POLICY = {"IMAGEGEN_ALLOWED_SECRET_REFS": "vault:secret/imagegen/tenants", "IMAGEGEN_TENANT_SECRET_REFS": TEMPLATES}
+GLOBEX_AWS = "vault:secret/imagegen/tenants/globex#aws"
+ACME_AWS = "vault:secret/imagegen/tenants/acme#aws"
+
+
+def _settings(**values: Any) -> Settings:
+    return Settings(**{"allowed_secret_refs": "vault:secret/imagegen/tenants", **values})
+
+
+def _cloud_node(node: dict[str, Any], credentials: str) -> dict[str, Any]:
+    node["inputs"].update(
+        use_cloud=True,
+        cloud_provider="aws",
+        aws_bucket="acme-images",
+        aws_region="us-east-1",
+        aws_credentials=credentials,
+    )
+    return node
+
+
+def test_whose_job_an_id_is() -> None:
+    assert (tenant_of("t/acme/job-1"), caller_id("t/acme/job-1")) == ("acme", "job-1")
+    assert caller_id("t/acme/runs/7") == "runs/7" and caller_id("engine-1") == "engine-1"
+    assert tenant_of("t/acme/runs/7") == "acme"
+    assert tenant_of("t/acme") is None  # no job under it
+    assert tenant_of("acme/job-1") is None  # the platform's own namespace
+    assert tenant_of("job-1") is None
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        GLOBEX_AWS,  # another tenant
+        "vault:secret/imagegen/tenants/acme-evil#aws",  # a string prefix, not a path segment
+        "vault:imagegen/tenants/globex#aws",  # the same secret without the mount name
+        "vault:secret/imagegen/tenants#aws",  # the parent, shared by all tenants
+        "env:GEMINI_API_KEY",  # the platform's own
+        "file:/var/run/secrets/platform/key",
+    ],
+)
+def test_a_tenant_cannot_name_what_is_not_under_its_own_prefix(reference: str) -> None:
+    settings = _settings(tenant_secret_refs=TEMPLATES)
+    with pytest.raises(NodeValidationError) as refused:
+        check_tenant_refs("t/acme/job-1", {"inputs.aws_credentials": reference}, settings)
+    [problem] = refused.value.problems
+    assert problem.field == "inputs.aws_credentials" and "'acme'" in problem.message
+    assert reference not in str(refused.value)  # a reference is never echoed
+
+
+def test_its_own_prefix_is_allowed_and_platform_jobs_are_not_scoped() -> None:
+    settings = _settings(tenant_secret_refs=TEMPLATES)
+    check_tenant_refs("t/acme/job-1", {"inputs.aws_credentials": ACME_AWS, "webhook.secret": None}, settings)
+    check_tenant_refs("t/acme/job-1", {"webhook.secret": "vault:secret/imagegen/tenants/acme/hooks#key"}, settings)
+    check_tenant_refs("engine-job-1", {"inputs.aws_credentials": GLOBEX_AWS}, settings)  # trusted engine
+
+
+def test_without_per_tenant_prefixes_tenants_name_no_secret_outside_development() -> None:
+    production = _settings(environment="production", storage_url="s3://platform/images")
+    with pytest.raises(NodeValidationError, match="IMAGEGEN_TENANT_SECRET_REFS"):
+        check_tenant_refs("t/acme/job-1", {"inputs.aws_credentials": ACME_AWS}, production)
+    check_tenant_refs("t/acme/job-1", {"inputs.aws_credentials": ACME_AWS}, _settings())  # development
+
+
+def test_an_invalid_template_fails_at_start_up() -> None:
+    with pytest.raises(ValueError, match="IMAGEGEN_TENANT_SECRET_REFS"):
+        _settings(tenant_secret_refs="vault:secret/../{tenant}")
+
+
+def test_the_client_refuses_another_tenants_credentials_and_webhook_key(
+    settings: Settings, offline_node: dict[str, Any]
+) -> None:
+    scoped = settings.model_copy(update={"allowed_secret_refs": POLICY["IMAGEGEN_ALLOWED_SECRET_REFS"]})
+    scoped = scoped.model_copy(update={"tenant_secret_refs": TEMPLATES})
+    client = ImageGenClient(scoped)
+    try:
+        with pytest.raises(NodeValidationError) as refused:
+            client.submit(_cloud_node(offline_node, GLOBEX_AWS), job_id="t/acme/borrow-1")
+        assert [p.field for p in refused.value.problems] == ["inputs.aws_credentials"]
+        webhook = {"url": "https://hooks.example.com/x", "secret": "vault:secret/imagegen/tenants/globex#hook"}
+        offline_node["inputs"]["use_cloud"] = False
+        with pytest.raises(NodeValidationError) as refused:
+            client.submit(offline_node, job_id="t/acme/borrow-2", webhook=webhook)
+        assert [p.field for p in refused.value.problems] == ["webhook.secret"]
+        assert client.records.read("t/acme/borrow-1") is None and client.records.read("t/acme/borrow-2") is None
+    finally:
+        client.close()
+
+
+def test_the_http_api_answers_422_and_enqueues_nothing(start_api: StartApi, offline_node: dict[str, Any]) -> None:
+    api = start_api(POLICY)
+    response = api.client("acme").post("/v1/jobs", json=_cloud_node(offline_node, GLOBEX_AWS))
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert [p["field"] for p in problem["problems"]] == ["inputs.aws_credentials"]
+    assert GLOBEX_AWS not in response.text
+    assert api.client("acme").get("/v1/jobs/does-not-exist").status_code == 404
+
+
+def test_raw_messages_with_another_tenants_credentials_make_nothing(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], settings: Settings
+) -> None:
+    worker = start_worker(POLICY)
+    node = _cloud_node(offline_node, GLOBEX_AWS)
+    document = send_raw_job(client, "t/acme/raw-1", node).get(timeout=60)
+    assert document["status"] == "failed" and document["errors"][0]["kind"] == "permanent"
+    assert "'acme'" in document["errors"][0]["message"] and GLOBEX_AWS not in json.dumps(document)
+
+    # A variation sent on its own, past the job task: refused before the provider is called.
+    target = node_target(node["inputs"], settings.target_policy)
+    work = VariationWork(
+        job_id="t/acme/raw-2", run=1, index=0, prompt="x", model="offline_preview", size="1024x1024", target=target
+    )
+    client.celery.send_task(GENERATE_VARIATION, args=(work.model_dump(mode="json"),))
+    deadline = time.monotonic() + 30
+    while "job t/acme/raw-2 variation 0 failed" not in worker.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    [line] = [line for line in worker.log().splitlines() if "job t/acme/raw-2 variation 0 failed" in line]
+    assert "permanent (storage credentials refused" in line and "'acme'" in line
+    assert GLOBEX_AWS not in worker.log()
