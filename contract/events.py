@@ -131,15 +131,19 @@ class JobEvents:
         self, job_id: str, event: EventType, data: Mapping[str, Any], run: int = 1
     ) -> tuple[str, str | None]:
         """Append one event and read the job's webhook (its JSON, or None) in the same round trip."""
-        key = events_key(job_id)
         pipe = self.client.pipeline(transaction=True)
-        text = json.dumps(dict(data), separators=(",", ":"), default=_json_value)
-        fields = {"event": event, "run": str(run), "data": text}
-        pipe.xadd(key, fields, maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
-        pipe.expire(key, self.ttl_s)
-        pipe.hget(job_key(job_id), "webhook")
+        self.queue_append(pipe, job_id, event, data, run)
         entry_id, _, webhook = pipe.execute()
         return _text(entry_id), (_text(webhook) if webhook else None)
+
+    def queue_append(self, pipe: Any, job_id: str, event: EventType, data: Mapping[str, Any], run: int = 1) -> None:
+        """Queue on ``pipe`` what ``append_for_delivery`` sends: XADD, EXPIRE, HGET webhook (3 replies)."""
+        key = events_key(job_id)
+        text = json.dumps(dict(data), separators=(",", ":"), default=_json_value)
+        fields = {"event": event, "run": str(run), "data": text}
+        pipe.xadd(key, fields, maxlen=self.max_len, approximate=True)
+        pipe.expire(key, self.ttl_s)
+        pipe.hget(job_key(job_id), "webhook")
 
     def read(
         self, job_id: str, after: str | None = None, block_ms: int | None = None, count: int = 100
@@ -155,6 +159,32 @@ class JobEvents:
         """One event by its id (None: trimmed or expired)."""
         entries: Any = self.client.xrange(events_key(job_id), check_event_id(entry_id, "id"), entry_id, count=1)
         return decode(entries[0][0], entries[0][1]) if entries else None
+
+
+def announce_variation(
+    records: JobRecords, sender: TaskSender, job_id: str, run: int, index: int, data: Mapping[str, Any], max_len: int
+) -> bool:
+    """Count variation ``index`` of ``run`` once (``JobRecords.count_done``) and append its
+    ``variation`` event, in one round trip; whether it was counted now. Unlike ``announce``, a
+    Redis fault propagates: the count is what lets a redelivered copy skip the work."""
+    pipe = records.client.pipeline(transaction=False)
+    records.count_done(job_id, run, index, pipe=pipe)
+    JobEvents(records.client, records.ttl_s, max_len).queue_append(pipe, job_id, "variation", data, run)
+    counted, entry_id, _, webhook = pipe.execute()
+    if webhook:
+        _schedule(records, sender, job_id, run, "variation", _text(entry_id), _text(webhook))
+    return bool(counted)
+
+
+def _schedule(
+    records: JobRecords, sender: TaskSender, job_id: str, run: int, event: EventType, entry_id: str, webhook: str
+) -> None:
+    from contract.webhooks import DeliveryLog, schedule_delivery  # here: webhooks imports this module
+
+    try:
+        schedule_delivery(sender, DeliveryLog(records.client, records.ttl_s), job_id, run, event, entry_id, webhook)
+    except Exception as exc:  # the broker, Redis, or a stored webhook that no longer parses
+        log.warning("job %s run %d: webhook for %s not scheduled: %s", job_id, run, event, type(exc).__name__)
 
 
 class TaskSender(Protocol):
@@ -175,8 +205,6 @@ def announce(
     """Append ``event`` to the job's log and, if the job's webhook subscribed to it, enqueue its
     delivery; the stream id, or None when Redis or the broker refused (logged, never raised:
     the event log is a notification, the result document and job record stay authoritative)."""
-    from contract.webhooks import DeliveryLog, schedule_delivery  # here: webhooks imports this module
-
     if max_len is None:
         from contract.settings import get_settings
 
@@ -188,8 +216,5 @@ def announce(
         log.warning("job %s run %d: event %s not recorded: %s", job_id, run, event, type(exc).__name__)
         return None
     if webhook is not None:
-        try:
-            schedule_delivery(sender, DeliveryLog(records.client, records.ttl_s), job_id, run, event, entry_id, webhook)
-        except Exception as exc:  # the broker, Redis, or a stored webhook that no longer parses
-            log.warning("job %s run %d: webhook for %s not scheduled: %s", job_id, run, event, type(exc).__name__)
+        _schedule(records, sender, job_id, run, event, entry_id, webhook)
     return entry_id

@@ -279,11 +279,12 @@ class JobRecords:
         """The run's chord is published: a redelivery of its job task stops at ``begin_dispatch``."""
         self.client.set(dispatch_key(job_id, run), "done", xx=True, keepttl=True)
 
-    def count_done(self, job_id: str, run: int, index: int) -> bool:
+    def count_done(self, job_id: str, run: int, index: int, pipe: Any = None) -> bool:
         """Variation ``index`` of ``run`` finished: counted once, however often it is delivered
-        (False when it was counted before). One round trip."""
+        (False when it was counted before). One round trip; with ``pipe``, queued there instead
+        (its reply is the count; the return value means nothing)."""
         counted = self._count_done(
-            keys=[job_key(job_id), progress_key()], args=[f"v{index}", run, utcnow().timestamp(), job_id]
+            keys=[job_key(job_id), progress_key()], args=[f"v{index}", run, utcnow().timestamp(), job_id], client=pipe
         )
         return bool(counted)
 

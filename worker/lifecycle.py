@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from contract.events import EventType, announce
+from contract.events import EventType, announce, announce_variation
+from contract.result import ErrorRecord, ImageRecord
 from contract.settings import get_settings
 from worker.state import job_records
 
@@ -18,3 +19,19 @@ def publish(job_id: str, run: int, event: EventType, data: Mapping[str, Any]) ->
     from worker.celery_app import app  # the tasks import this module while the app is being built
 
     return announce(job_records(), app, job_id, run, event, data, get_settings().events_max_len)
+
+
+def variation_finished(job_id: str, run: int, record: ImageRecord | ErrorRecord) -> bool:
+    """Count the variation once and announce its outcome (the record as the result document
+    will list it), in one round trip; whether it was counted now."""
+    from worker.celery_app import app
+
+    outcome = "image" if isinstance(record, ImageRecord) else "error"
+    data = {
+        "job_id": job_id,
+        "run": run,
+        "index": record.index,
+        "kind": outcome,
+        "record": record.model_dump(mode="json"),
+    }
+    return announce_variation(job_records(), app, job_id, run, record.index, data, get_settings().events_max_len)

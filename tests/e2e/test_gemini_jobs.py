@@ -3,40 +3,16 @@ real google-genai SDK -> FakeGemini, and back as a result document."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import pytest
-
 from devtools.fake_gemini import Behaviour, FakeGemini
 from producer.client import ImageGenClient
-from tests.conftest import StartWorker
+from tests.e2e.conftest import GEMINI_KEY
 from tests.redis_scan import all_redis_entries
 
-CANARY = "AIzaCANARY-e2e-5b7d1f9a3c"  # distinctive: searched for everywhere afterwards
 WAIT_S = 30
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGemini]:
-    with FakeGemini(api_key=CANARY) as server:
-        yield server
-
-
-@pytest.fixture
-def gemini_worker(start_worker: StartWorker, fake: FakeGemini) -> Any:
-    return start_worker(
-        env={
-            "GOOGLE_GEMINI_BASE_URL": fake.base_url,
-            "GEMINI_API_KEY": CANARY,
-            "GOOGLE_API_KEY": "",  # the machine's own key would win over ours
-            "GOOGLE_GENAI_USE_VERTEXAI": "false",
-            "IMAGEGEN_GEMINI_TIMEOUT_S": "10",
-            "IMAGEGEN_RETRY_BASE_DELAY_S": "0.1",
-        }
-    )
 
 
 def with_variations(node: dict[str, Any], count: int) -> dict[str, Any]:
@@ -149,16 +125,16 @@ def test_api_key_appears_nowhere(
     # A leaky upstream echoing the key: through the retry log line, an error
     # record and a success, the key must still reach no log, key or document.
     fake.script(
-        Behaviour("error", code=429, retry_delay_s=0.2, message=f"quota for key {CANARY} exhausted"),
-        Behaviour("error", code=400, message=f"API key {CANARY} cannot be used here"),
+        Behaviour("error", code=429, retry_delay_s=0.2, message=f"quota for key {GEMINI_KEY} exhausted"),
+        Behaviour("error", code=400, message=f"API key {GEMINI_KEY} cannot be used here"),
     )
     result = client.submit(with_variations(seed_node, 2)).wait(timeout=WAIT_S)
 
     assert result.status == "partial", result
     assert len(fake.requests) == 3 and all(r.api_key_ok for r in fake.requests)  # the key was really used
     assert "<redacted>" in result.errors[0].message
-    assert CANARY not in result.model_dump_json()
+    assert GEMINI_KEY not in result.model_dump_json()
     assert "retrying in" in gemini_worker.log()  # the 429 message went through the log
-    assert CANARY not in gemini_worker.log()
+    assert GEMINI_KEY not in gemini_worker.log()
     entries = all_redis_entries(redis_url)
-    assert entries and not any(CANARY.encode() in key + value for key, value in entries.items())
+    assert entries and not any(GEMINI_KEY.encode() in key + value for key, value in entries.items())

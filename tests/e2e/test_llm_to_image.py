@@ -21,29 +21,8 @@ from tests.cli import imagegen
 from tests.conftest import StartWorker
 from tests.e2e.helpers import assert_matches_published_schema
 
-KEY = "AIzaLLM2IMG-canary-3e1f0c9b"
 WAIT_S = 60
 TEXT_MODEL_ID = "gemini-2.5-flash"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGemini]:
-    with FakeGemini(api_key=KEY) as server:
-        yield server
-
-
-@pytest.fixture
-def gemini_worker(start_worker: StartWorker, fake: FakeGemini) -> WorkerProcess:
-    return start_worker(
-        env={
-            "GOOGLE_GEMINI_BASE_URL": fake.base_url,
-            "GEMINI_API_KEY": KEY,
-            "GOOGLE_API_KEY": "",
-            "GOOGLE_GENAI_USE_VERTEXAI": "false",
-            "IMAGEGEN_GEMINI_TIMEOUT_S": "10",
-            "IMAGEGEN_RETRY_BASE_DELAY_S": "0.1",
-        }
-    )
 
 
 @pytest.fixture

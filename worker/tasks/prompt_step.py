@@ -54,7 +54,7 @@ from contract.settings import Settings, get_settings
 from contract.work import JobOrder, JobSummary, RetryState, VariationWork
 from worker.celery_app import app
 from worker.errors import BlockedError, PermanentError, TransientError
-from worker.lifecycle import publish
+from worker.lifecycle import variation_finished
 from worker.providers import GeneratedText, TextRequest, text_provider_for
 from worker.retry import RetryPolicy
 from worker.state import job_records, rate_limiter
@@ -279,9 +279,7 @@ def _finish_without_images(
     ]
     outcomes = []
     for record in records:
-        job_records().count_done(summary.job_id, summary.run, record.index)
-        event = {"job_id": summary.job_id, "run": summary.run, "index": record.index, "kind": "error"}
-        publish(summary.job_id, summary.run, "variation", {**event, "record": record.model_dump(mode="json")})
+        variation_finished(summary.job_id, summary.run, record)
         outcomes.append({"kind": "error", "record": record.model_dump(mode="json", exclude_none=True)})
     app.signature(
         FINALIZE,

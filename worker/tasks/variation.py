@@ -35,7 +35,7 @@ from contract.work import RetryState, VariationWork
 from worker.celery_app import app
 from worker.errors import BlockedError, PermanentError, StorageError, TransientError
 from worker.imaging import inspect_image
-from worker.lifecycle import publish
+from worker.lifecycle import publish, variation_finished
 from worker.providers import GenerationRequest, provider_for
 from worker.retry import RetryPolicy
 from worker.state import job_records, rate_limiter
@@ -116,14 +116,11 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None
 
 def _finished(work: VariationWork, record: ImageRecord | ErrorRecord) -> dict[str, Any]:
     """Count the variation, announce it, and give the chord its record."""
-    job_records().count_done(work.job_id, work.run, work.index)
+    variation_finished(work.job_id, work.run, record)
     if isinstance(record, ErrorRecord):
         log.warning("job %s variation %d failed: %s (%s)", work.job_id, work.index, record.kind, record.message)
     outcome = "image" if isinstance(record, ImageRecord) else "error"
-    # The event carries the record as the result document will (every field); the chord,
-    # only what finalize reads, without the empty fields (their defaults come back when parsed).
-    event = {"job_id": work.job_id, "run": work.run, "index": work.index, "kind": outcome}
-    publish(work.job_id, work.run, "variation", {**event, "record": record.model_dump(mode="json")})
+    # The chord gets only what finalize reads, without the empty fields (their defaults come back when parsed).
     return {"kind": outcome, "record": record.model_dump(mode="json", exclude_none=True)}
 
 
