@@ -14,6 +14,7 @@ plus a ``master_name`` transport option: :meth:`SentinelURL.kombu_url` gives tha
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -94,6 +95,7 @@ def _host_port(part: str) -> tuple[str, int]:
 # replica follows it); MASTERDOWN: a replica that lost its master; UNBLOCKED: a blocking pop
 # cut short because the instance changed role; TRYAGAIN: a cluster mid-migration.
 _NOT_NOW = ("OOM ", "LOADING ", "READONLY ", "NOREPLICAS ", "MASTERDOWN ", "UNBLOCKED ", "TRYAGAIN ")
+_REFUSAL = re.compile(r"(?:^|-|caused error: )(?:" + "|".join(code.strip() for code in _NOT_NOW) + ") ")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -104,9 +106,10 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, redis.BusyLoadingError | redis.OutOfMemoryError | redis.ReadOnlyError):
         return True
     if isinstance(exc, redis.ResponseError) and not isinstance(exc, redis.exceptions.NoScriptError):
-        message = str(exc)
-        # Redis 6 wraps a refusal inside a script: "Error running script (...): ... -OOM command ..."
-        return message.startswith(_NOT_NOW) or any(f"-{code}" in message for code in _NOT_NOW)
+        # The refusal leads the message, or follows "-" inside a script's error (Redis 6: "Error
+        # running script (...): ... -OOM command ...") or "caused error: " in a pipeline's
+        # ("Command # 1 (EVALSHA ...) of pipeline caused error: NOREPLICAS ...").
+        return _REFUSAL.search(str(exc)) is not None
     return False
 
 

@@ -121,6 +121,14 @@ def test_a_job_store_script_runs_where_the_server_never_saw_it(own_redis: RedisS
         (redis.BusyLoadingError("Redis is loading the dataset in memory"), True),
         (redis.ResponseError("NOREPLICAS Not enough good replicas to write."), True),
         (redis.ResponseError("NOREPLICAS Not enough good replicas to write. script: 1f0e, on @user_script:3."), True),
+        (
+            redis.ResponseError(
+                "Command # 1 (EVALSHA 3bea 2 imagegen:job:x ...) of pipeline caused error: "
+                "NOREPLICAS Not enough good replicas to write. script: 3bea, on @user_script:3."
+            ),
+            True,
+        ),
+        (redis.ResponseError("Error running script (call to f_1): @user_script:3: -OOM command not allowed"), True),
         (redis.ConnectionError("Connection refused"), True),
         (redis.TimeoutError("Timeout reading from socket"), True),
         (redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
@@ -129,6 +137,7 @@ def test_a_job_store_script_runs_where_the_server_never_saw_it(own_redis: RedisS
             False,
         ),
         (redis.exceptions.NoScriptError("No matching script. Please use EVAL."), False),
+        (redis.ResponseError("ERR value is not an integer; the OOM killer is not involved"), False),
     ],
 )
 def test_which_redis_errors_are_waited_out(error: Exception, transient: bool) -> None:
