@@ -283,10 +283,14 @@ class JobRecords:
         """Variation ``index`` of ``run`` finished: counted once, however often it is delivered
         (False when it was counted before). One round trip; with ``pipe``, queued there instead
         (its reply is the count; the return value means nothing)."""
-        counted = self._count_done(
-            keys=[job_key(job_id), progress_key()], args=[f"v{index}", run, utcnow().timestamp(), job_id], client=pipe
-        )
-        return bool(counted)
+        keys = [job_key(job_id), progress_key()]
+        args: list[str | int | float] = [f"v{index}", run, utcnow().timestamp(), job_id]
+        if pipe is not None:
+            # EVAL with the text: a registered script in a pipeline costs a SCRIPT EXISTS round
+            # trip first (redis-py checks the cache on every execute); Redis caches it anyway.
+            pipe.eval(_COUNT_DONE, len(keys), *keys, *args)
+            return False
+        return bool(self._count_done(keys=keys, args=args))
 
     def variation_done(self, job_id: str, run: int, index: int) -> bool:
         """Whether variation ``index`` of ``run`` finished already (a redelivered copy skips its work)."""
