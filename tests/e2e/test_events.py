@@ -132,3 +132,21 @@ def _now() -> Any:
     from contract.jobs import utcnow
 
     return utcnow()
+
+
+def test_a_retry_is_announced_with_its_reason_and_wait(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    """What the Playground shows on a variation's tile while it waits to try again."""
+    start_worker({"IMAGEGEN_OFFLINE_FAILURES": "0:transient*1"})  # attempt 1 fails, attempt 2 succeeds
+    handle = client.submit(offline_node, job_id="events-retry")
+    seen = list(client.events("events-retry", timeout=60))
+    assert handle.wait(timeout=10).status == "succeeded"
+
+    [retrying] = [e for e in seen if e.event == "variation_retrying"]
+    assert (retrying.data["index"], retrying.data["attempt"]) == (0, 1)
+    assert retrying.data["reason"] and 0 < retrying.data["retry_in_s"] <= 2
+    starts = [e.data["attempt"] for e in seen if e.event == "variation_started"]
+    assert starts == [1, 2]  # each attempt announces its start
+    kinds = [e.event for e in seen]
+    assert kinds.index("variation_retrying") < kinds.index("variation") < kinds.index("completed")
