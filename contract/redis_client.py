@@ -127,12 +127,12 @@ class TransientRetry(Retry):
         return super().call_with_retry(do, fail, is_retryable or is_transient, with_failure_count)
 
 
-def transient_retry() -> TransientRetry:
+def transient_retry(patience_s: float = 35.0) -> TransientRetry:
     # A crashed master is gone for down-after-milliseconds plus the election and the
     # promotion (2.3 s in tests/broker with 1 s; use a few seconds in production); a full
-    # Redis until memory is freed: keep trying for about half a minute (24 tries, 1-2 s
-    # apart after the first few).
-    return TransientRetry(EqualJitterBackoff(cap=2.0, base=0.2), retries=24)
+    # Redis until memory is freed: by default keep trying for about half a minute (24 tries,
+    # 1-2 s apart after the first few: ~1.5 s each on average).
+    return TransientRetry(EqualJitterBackoff(cap=2.0, base=0.2), retries=max(0, round(patience_s / 1.5)))
 
 
 class FailoverSafeScript(Script):

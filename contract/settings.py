@@ -58,6 +58,11 @@ class Settings(BaseSettings):
                     raise ValueError(f"{name}: {exc}") from None
         return self
 
+    # How long the producer (Python client, CLI, HTTP API) waits out an unreachable, full or
+    # failing-over Redis before it answers QueueUnavailable (CLI exit 5, HTTP 503). Workers
+    # always wait ~35 s: their bookkeeping must not be dropped.
+    client_redis_patience_s: float = Field(35.0, ge=0, le=600)
+
     @property
     def broker(self) -> str:
         """The broker URL in effect: IMAGEGEN_BROKER_URL, else REDIS_URL."""

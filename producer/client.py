@@ -38,7 +38,7 @@ from contract.lost_jobs import end_if_lost
 from contract.node import CREDENTIAL_FIELDS, ImageGenerationNode, validate_node
 from contract.prompt_text import UpstreamValueError, check_prompt_path
 from contract.queue import RUN_JOB, RUN_JOB_FROM_UPSTREAM, SIGN_URL, celery_config, job_task_id
-from contract.redis_client import redis_client
+from contract.redis_client import redis_client, transient_retry
 from contract.result import JobResult
 from contract.settings import Settings, get_settings
 from contract.tenancy import check_tenant_refs
@@ -152,7 +152,9 @@ class ImageGenClient:
         self.settings = settings or get_settings()
         self.celery = Celery("imagegen-producer")
         self.celery.conf.update(celery_config(self.settings))
-        self.records = JobRecords(redis_client(self.settings.redis_url), self.settings.result_ttl_s)
+        # How long a caller waits out an unreachable, full or failing-over Redis (workers: ~35 s).
+        patience = transient_retry(self.settings.client_redis_patience_s)
+        self.records = JobRecords(redis_client(self.settings.redis_url, retry=patience), self.settings.result_ttl_s)
         self.job_events = JobEvents(self.records.client, self.settings.result_ttl_s, self.settings.events_max_len)
 
     def validate(self, node: dict[str, Any] | str | bytes) -> ImageGenerationNode:

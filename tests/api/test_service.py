@@ -66,12 +66,12 @@ def _without_defaults(schema: Any) -> Any:
 def test_probes_and_an_unreachable_redis(start_api: StartApi, offline_node: dict[str, Any], api: ApiServer) -> None:
     assert api.client(None).get("/readyz").json() == {"status": "ready"}
 
-    dead = start_api({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    dead = start_api({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "IMAGEGEN_CLIENT_REDIS_PATIENCE_S": "2"})
     assert dead.client(None).get("/healthz").status_code == 200  # the process is up
     not_ready = dead.client(None).get("/readyz")
     assert not_ready.status_code == 503 and not_ready.headers["content-type"] == "application/problem+json"
     http = dead.client("acme", timeout=120)
-    # (The client rides out a Redis restart for about half a minute before it gives up.)
+    # (The client rides out a Redis restart for IMAGEGEN_CLIENT_REDIS_PATIENCE_S before it gives up.)
     response = http.post("/v1/jobs", json=offline_node)
     assert response.status_code == 503, response.text
     assert int(response.headers["retry-after"]) > 0

@@ -90,7 +90,8 @@ def test_failed_and_partial_jobs_exit_non_zero(
 def test_unknown_job_and_unreachable_queue_are_clear_errors(job_env: dict[str, str]) -> None:
     unknown = imagegen(job_env, "status", "no-such-job")
     assert unknown.returncode == 4 and "no job 'no-such-job'" in unknown.stderr
-    down = imagegen({**job_env, "REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"}, "status", "x")
+    unreachable = {"REDIS_URL": "redis://:hunter2@127.0.0.1:1/0", "IMAGEGEN_CLIENT_REDIS_PATIENCE_S": "2"}
+    down = imagegen({**job_env, **unreachable}, "status", "x")
     assert down.returncode == 5 and "cannot reach the queue" in down.stderr
     assert "hunter2" not in down.stderr and "Traceback" not in down.stderr
 
