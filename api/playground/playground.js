@@ -357,7 +357,8 @@ function setRunnable(ok) {
 async function run(event) {
   event.preventDefault();
   if (!state.valid) return;
-  const nodes = [{ label: "A", node: formToNode() }];
+  const first = formToNode();
+  const nodes = [{ label: first.inputs.model, node: first }];
   if ($("f-compare").checked) {
     const second = structuredClone(nodes[0].node);
     second.inputs.model = $("f-compare-model").value;
@@ -477,7 +478,7 @@ function showImage(view, record) {
 
 function showError(view, record) {
   const cls = record.kind === "canceled" ? "canceled" : "failed";
-  const el = setTile(view, record.index, cls, `${record.kind === "canceled" ? "canceled" : "failed"}: ${record.kind}`);
+  const el = setTile(view, record.index, cls, record.kind === "canceled" ? "canceled" : `failed: ${record.kind}`);
   el.querySelectorAll("img, dl, .links, .message").forEach((n) => n.remove());
   const message = document.createElement("p");
   message.className = "message";
