@@ -27,7 +27,7 @@ import logging
 import time
 from typing import Any, Literal
 
-from celery import Task, chord, states
+from celery import Task, states
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, ConfigDict
 
@@ -42,7 +42,6 @@ from contract.prompt_text import (
 )
 from contract.queue import (
     FINALIZE,
-    GENERATE_VARIATION,
     KEY_PREFIX,
     PROMPT_STEP,
     RUN_JOB,
@@ -58,6 +57,7 @@ from worker.lifecycle import variation_finished
 from worker.providers import GeneratedText, TextRequest, text_provider_for
 from worker.retry import RetryPolicy
 from worker.state import job_records, rate_limiter
+from worker.tasks.dispatch import dispatch_variations
 from worker.tasks.finalize import invalid_job_result
 
 log = logging.getLogger(__name__)
@@ -137,9 +137,7 @@ def write_prompts(
     return checked_prompts(written, work.mode, count, settings.max_prompt_chars), written
 
 
-def start_prompt_step(
-    result_id: str, inputs: NodeInputs, variations: list[dict[str, Any]], summary: JobSummary
-) -> None:
+def start_prompt_step(result_id: str, inputs: NodeInputs, variations: list[VariationWork], summary: JobSummary) -> None:
     """Called by ``run_job`` instead of publishing its chord: the step publishes it, with the prompts."""
     settings = get_settings()
     catalog = load_catalog(settings.model_catalog_file, settings.model_catalog_replace)
@@ -149,7 +147,7 @@ def start_prompt_step(
         mode=mode,
         text_model=catalog.text_model_for(inputs.model, inputs.text_model) or "",  # "": reported by the step
         instructions=inputs.prompt_instructions,
-        variations=[VariationWork.model_validate(v) for v in variations],
+        variations=variations,
         summary=summary,
     )
     log.info("job %s run %d: prompt step (%s, %s) first", summary.job_id, summary.run, mode, work.text_model)
@@ -237,27 +235,6 @@ def _with_usage(record: PromptStepRecord, written: GeneratedText, entry: TextMod
 
 def _with(work: PromptStepWork, state: RetryState) -> dict[str, Any]:
     return work.model_copy(update={"retry": state}).model_dump(mode="json")
-
-
-def dispatch_variations(works: list[VariationWork], summary: JobSummary, result_id: str) -> None:
-    """Publish ``chord(generate_variation x N, finalize)`` with the body under ``result_id``."""
-    header = [
-        app.signature(
-            GENERATE_VARIATION,
-            args=(w.model_dump(mode="json"),),
-            ignore_result=True,
-            argsrepr=f"(job {w.job_id} run {w.run} variation {w.index})",
-        )
-        for w in works
-    ]
-    body = app.signature(
-        FINALIZE,
-        args=(summary.model_dump(mode="json"),),
-        argsrepr=f"(<{len(header)} variation records>, job {summary.job_id} run {summary.run})",
-    )
-    dispatch = chord(header, body)
-    dispatch.freeze(result_id)
-    dispatch.delay()
 
 
 def _finish_without_images(

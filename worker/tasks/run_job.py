@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import logging
 
-from celery import Task, chord, states
+from celery import Task, states
 
 from contract.clouds import TargetError, node_target
 from contract.errors import NodeValidationError
 from contract.job_ids import check_job_id
 from contract.jobs import utcnow
 from contract.node import validate_node
-from contract.queue import FINALIZE, GENERATE_VARIATION, RUN_JOB
+from contract.queue import RUN_JOB
 from contract.settings import get_settings
 from contract.tenancy import check_tenant_refs
 from contract.work import JobOrder, JobSummary, VariationWork
 from worker.celery_app import app
 from worker.lifecycle import publish
 from worker.state import job_records
+from worker.tasks.dispatch import dispatch_variations
 from worker.tasks.finalize import invalid_job_result
 from worker.tasks.prompt_step import start_prompt_step
 
@@ -61,23 +62,16 @@ def run_job(self: Task, order: JobOrder) -> None:
     inputs = parsed.inputs
     started = {"job_id": job_id, "run": order.run, "name": parsed.name, "model": inputs.model}
     publish(job_id, order.run, "started", {**started, "variations": inputs.variations, "started_at": started_at})
-    header = [
-        app.signature(
-            GENERATE_VARIATION,
-            args=(
-                VariationWork(
-                    job_id=job_id,
-                    run=order.run,
-                    index=index,
-                    prompt=inputs.user_query,
-                    model=inputs.model,
-                    size=inputs.size,
-                    seed=None if inputs.seed is None else inputs.seed + index,  # distinct, reproducible
-                    target=target,
-                ).model_dump(mode="json"),
-            ),
-            ignore_result=True,  # the chord collects the records; no per-variation result (nor subscription)
-            argsrepr=f"(job {job_id} run {order.run} variation {index})",  # Flower's "args": no repr to build
+    works = [
+        VariationWork(
+            job_id=job_id,
+            run=order.run,
+            index=index,
+            prompt=inputs.user_query,
+            model=inputs.model,
+            size=inputs.size,
+            seed=None if inputs.seed is None else inputs.seed + index,  # distinct, reproducible
+            target=target,
         )
         for index in range(inputs.variations)
     ]
@@ -92,20 +86,11 @@ def run_job(self: Task, order: JobOrder) -> None:
         started_at=started_at,
         original_prompt=inputs.user_query,
     )
-    # Its arguments are the variations' records (signed URLs): Flower and the logs get a note instead.
-    body = app.signature(
-        FINALIZE,
-        args=(summary.model_dump(mode="json"),),
-        argsrepr=f"(<{len(header)} variation records>, job {job_id} run {order.run})",
-    )
-    log.info("job %s run %d: %d variation(s) of %s at %s", job_id, order.run, len(header), inputs.model, inputs.size)
+    log.info("job %s run %d: %d variation(s) of %s at %s", job_id, order.run, len(works), inputs.model, inputs.size)
     if inputs.prompt_enhancement != "off":
         # The prompt step writes the prompt(s) first, then publishes this chord with them (prompt_step.py).
-        start_prompt_step(self.request.id, inputs, [sig.args[0] for sig in header], summary)
-        records.end_dispatch(job_id, order.run)
-        return None
-    dispatch = chord(header, body)
-    dispatch.freeze(self.request.id)  # the body gets this run's task id (as Task.replace does)
-    dispatch.delay()  # root and parent ids come from this task, as for any task sent from a task
+        start_prompt_step(self.request.id, inputs, works, summary)
+    else:
+        dispatch_variations(works, summary, self.request.id)
     records.end_dispatch(job_id, order.run)
     return None
