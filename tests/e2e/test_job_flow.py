@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import redis
 
 from contract.queue import GENERATE_VARIATION, RUN_JOB, dispatch_key
+from contract.settings import Settings
 from contract.work import JobOrder, VariationWork
+from devtools.redis_server import start_redis
 from producer.client import ImageGenClient
 from tests.conftest import StartWorker
 from tests.e2e.helpers import assert_images_on_disk, assert_matches_published_schema, image_file
@@ -92,15 +96,28 @@ def test_exhausted_retries_blocked_and_timeouts_are_error_records(
     assert_matches_published_schema(result)
 
 
-def test_no_image_bytes_in_redis(
-    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], redis_url: str
-) -> None:
-    start_worker()
+@pytest.fixture
+def private_redis(job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A Redis of this test alone: every value in it is this job's (the suite's Redis also holds
+    other tests' data, e.g. an engine's 100 KB upstream result in tests/e2e/test_llm_to_image.py)."""
+    server = start_redis()
+    for name, value in {**job_env, "REDIS_URL": server.url}.items():
+        monkeypatch.setenv(name, value)
+    yield server.url
+    server.stop()
+
+
+def test_no_image_bytes_in_redis(start_worker: StartWorker, offline_node: dict[str, Any], private_redis: str) -> None:
+    start_worker({"REDIS_URL": private_redis})
+    client = ImageGenClient(Settings())
     offline_node["inputs"].update(variations=4, size="2048x2048")
-    result = client.submit(offline_node).wait(timeout=60)
+    try:
+        result = client.submit(offline_node).wait(timeout=60)
+    finally:
+        client.close()
     assert result.status == "succeeded" and min(i.bytes for i in result.images) > 20_000
 
-    entries = all_redis_entries(redis_url)
+    entries = all_redis_entries(private_redis)
     assert entries, "the scan must see the job's keys"
     biggest = max(len(value) for value in entries.values())
     assert biggest < 16_000, f"a Redis value of {biggest} bytes: image bytes leaked?"
