@@ -168,7 +168,7 @@ def announce_variation(
     ``variation`` event, in one round trip; whether it was counted now. Unlike ``announce``, a
     Redis fault propagates: the count is what lets a redelivered copy skip the work."""
     pipe = records.client.pipeline(transaction=False)
-    records.count_done(job_id, run, index, pipe=pipe)
+    records.queue_count_done(pipe, job_id, run, index)
     JobEvents(records.client, records.ttl_s, max_len).queue_append(pipe, job_id, "variation", data, run)
     counted, entry_id, _, webhook = pipe.execute()
     if webhook:

@@ -156,6 +156,11 @@ return state
 """
 
 
+def _count_done_call(job_id: str, run: int, index: int) -> tuple[list[str], list[str | int | float]]:
+    """KEYS and ARGV of ``_COUNT_DONE`` (see its header)."""
+    return [job_key(job_id), progress_key()], [f"v{index}", run, utcnow().timestamp(), job_id]
+
+
 class JobConflict(ImageGenError):
     """A job id reused for a different node, or a rerun of a job that cannot be rerun now."""
 
@@ -279,18 +284,18 @@ class JobRecords:
         """The run's chord is published: a redelivery of its job task stops at ``begin_dispatch``."""
         self.client.set(dispatch_key(job_id, run), "done", xx=True, keepttl=True)
 
-    def count_done(self, job_id: str, run: int, index: int, pipe: Any = None) -> bool:
+    def count_done(self, job_id: str, run: int, index: int) -> bool:
         """Variation ``index`` of ``run`` finished: counted once, however often it is delivered
-        (False when it was counted before). One round trip; with ``pipe``, queued there instead
-        (its reply is the count; the return value means nothing)."""
-        keys = [job_key(job_id), progress_key()]
-        args: list[str | int | float] = [f"v{index}", run, utcnow().timestamp(), job_id]
-        if pipe is not None:
-            # EVAL with the text: a registered script in a pipeline costs a SCRIPT EXISTS round
-            # trip first (redis-py checks the cache on every execute); Redis caches it anyway.
-            pipe.eval(_COUNT_DONE, len(keys), *keys, *args)
-            return False
+        (False when it was counted before). One round trip."""
+        keys, args = _count_done_call(job_id, run, index)
         return bool(self._count_done(keys=keys, args=args))
+
+    def queue_count_done(self, pipe: Any, job_id: str, run: int, index: int) -> None:
+        """``count_done`` queued on ``pipe``; its reply there is 1 when counted now, else 0."""
+        keys, args = _count_done_call(job_id, run, index)
+        # EVAL with the text: a registered script in a pipeline costs a SCRIPT EXISTS round
+        # trip first (redis-py checks the cache on every execute); Redis caches it anyway.
+        pipe.eval(_COUNT_DONE, len(keys), *keys, *args)
 
     def variation_done(self, job_id: str, run: int, index: int) -> bool:
         """Whether variation ``index`` of ``run`` finished already (a redelivered copy skips its work)."""
