@@ -64,8 +64,18 @@ class SentinelCluster:
         writes from clients already connected to it until the sentinels demote it, up to
         ~10 s later: writes in that window are lost, see docs/reliability.md.)"""
         old = self.current_master_port()
-        _command(self.sentinel(), "SENTINEL", "FAILOVER", self.service)
-        return self._wait_for_new_master(old, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                _command(self.sentinel(), "SENTINEL", "FAILOVER", self.service)
+                break
+            except redis.ResponseError as exc:
+                # NOGOODSLAVE: this sentinel has not yet had a fresh INFO from the replica (it
+                # refreshes every 10 s, or 1 s once the master is down); it will shortly.
+                if "NOGOODSLAVE" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        return self._wait_for_new_master(old, max(1.0, deadline - time.monotonic()))
 
     def kill_master(self, timeout: float = 30.0) -> int:
         """SIGKILL the master (a crashed pod): the sentinels notice after down-after-milliseconds,
@@ -184,13 +194,27 @@ def _wait_until_ready(cluster: SentinelCluster, timeout: float) -> None:
             else:
                 states = [cast(dict[str, Any], cluster.sentinel(i).sentinel_master(SERVICE)) for i in range(3)]
                 if all(int(s["num-slaves"]) >= 1 and int(s["num-other-sentinels"]) >= 2 for s in states):
-                    return
-                seen = [(s["num-slaves"], s["num-other-sentinels"]) for s in states]
-                problem = f"sentinels still discovering (replicas, other sentinels): {seen}"
+                    if all(_replica_promotable(cluster.sentinel(i)) for i in range(3)):
+                        return
+                    problem = "sentinels know the replica but have no fresh INFO from it yet"
+                else:
+                    seen = [(s["num-slaves"], s["num-other-sentinels"]) for s in states]
+                    problem = f"sentinels still discovering (replicas, other sentinels): {seen}"
         except (redis.RedisError, OSError) as exc:
             problem = repr(exc)
         time.sleep(0.2)
     raise RuntimeError(f"sentinel set-up not ready within {timeout:g} s: {problem}")
+
+
+def _replica_promotable(sentinel: redis.Redis) -> bool:
+    """What ``SENTINEL FAILOVER`` requires of a replica (else NOGOODSLAVE): the sentinel has
+    INFO from it, its link to the master is up, and it is not flagged down."""
+    for replica in sentinel.sentinel_slaves(SERVICE):
+        # redis-py splits "flags" into is_* booleans and names the fields with underscores.
+        down = replica.get("is_sdown") or replica.get("is_odown") or replica.get("is_disconnected")
+        if replica.get("is_slave") and not down and replica.get("master-link-status") == "ok" and replica.get("runid"):
+            return True
+    return False
 
 
 def _command(client: redis.Redis, *args: str) -> Any:
