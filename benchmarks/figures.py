@@ -327,17 +327,30 @@ def memory(bench: Bench, pool: str, concurrency: int, jobs: int) -> None:
             time.sleep(0.5)
             after = int(raw.info("memory")["used_memory_dataset"])
             new_keys = [key for key in raw.scan_iter(count=1000) if key not in before_keys]
-            usage = sum(raw.memory_usage(key) or 0 for key in new_keys)
+            sizes: dict[str, tuple[int, int]] = {}
+            for key in new_keys:
+                kind = _key_kind(key.decode())
+                count, size = sizes.get(kind, (0, 0))
+                sizes[kind] = (count + 1, size + (raw.memory_usage(key) or 0))
+            usage = sum(size for _, size in sizes.values())
             raw.close()
     finally:
         server.stop()
-    kinds = Counter(key.decode().split(":")[0].split("-")[0].rsplit(".", 1)[0] for key in new_keys)
     assert all(result.status == "succeeded" for result in results)
     bench.say(
         f"  Redis memory per finished 4-variation job: {usage / jobs / 1024:.1f} KB (MEMORY USAGE; "
         f"used_memory_dataset +{(after - before) / jobs / 1024:.1f} KB) in {len(new_keys) / jobs:.1f} keys "
-        f"({', '.join(f'{k} {v / jobs:g}' for k, v in sorted(kinds.items()))}; {jobs} jobs)"
+        f"({', '.join(f'{k} {n / jobs:g} x {b / max(n, 1) / 1024:.2f} KB' for k, (n, b) in sorted(sizes.items()))}; "
+        f"{jobs} jobs)"
     )
+
+
+def _key_kind(key: str) -> str:
+    """``imagegen:events:<id>`` -> ``imagegen:events``; ``celery-task-meta-<id>`` -> ``celery-task-meta``."""
+    if key.startswith("celery-task-meta-"):
+        return "celery-task-meta"
+    parts = key.split(":")
+    return ":".join(parts[:2]) if len(parts) > 2 else parts[0]
 
 
 def round_trips(bench: Bench, client: ImageGenClient, env: dict[str, str], concurrency: int) -> None:

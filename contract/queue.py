@@ -93,6 +93,9 @@ def _broker_config(settings: Settings) -> dict[str, Any]:
         # that it outlives the time limit plus the longest retry countdown.
         "visibility_timeout": settings.visibility_timeout_s,
         "health_check_interval": 10,
+        # One Redis list per queue (no priorities are used): the worker then takes a message
+        # with BLMOVE into a list of its own instead of BRPOP (worker/reliable_fetch.py).
+        "priority_steps": [0],
     }
     redelivery = {"unacked_restore_interval": settings.redelivery_sweep_s, "unacked_restore_throttle": 1}
     return {"broker_url": url, "broker_transport_options": {**transport, **redelivery, **sentinel}}

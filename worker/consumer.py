@@ -35,6 +35,7 @@ from kombu.transport.virtual import QoS as VirtualQoS
 from redis.sentinel import SentinelManagedConnection
 
 from contract.redis_client import SentinelConnection, is_transient, transient_retry
+from worker import reliable_fetch
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ def _pop_through_refusals(brpop_read: Callable[..., Any]) -> Callable[..., Any]:
     return brpop_or_reconnect
 
 
+reliable_fetch.install()  # BLMOVE instead of BRPOP; the wrappers below go around it
 RedisQoS.ack = _ack_through_oom(RedisQoS.ack)  # type: ignore[method-assign]
 RedisQoS.append = _append_through_oom(RedisQoS.append)  # type: ignore[method-assign]
 RedisChannel._connparams = _with_transient_retry(RedisChannel._connparams)  # type: ignore[method-assign]

@@ -52,6 +52,7 @@ def test_redis_broker_config_is_unchanged_by_the_rabbitmq_option() -> None:
         "health_check_interval": 10,
         "unacked_restore_interval": 30,
         "unacked_restore_throttle": 1,
+        "priority_steps": [0],  # one list per queue: the worker fetches with BLMOVE
     }
 
 

@@ -1,0 +1,223 @@
+"""A consumer SIGKILLed after Redis handed it a message but before it recorded it as unacked
+(worker/reliable_fetch.py): with kombu's BRPOP the message is gone from Redis; with the
+move into the consumer's in-flight list it is put back once the consumer's owner key expires."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+from devtools.redis_server import RedisServer, start_redis
+from devtools.worker_process import ROOT
+from producer.client import ImageGenClient
+from tests.conftest import StartWorker
+from worker import reliable_fetch
+
+QUEUE = "fetch-test"
+SWEEP_S = 1  # owner TTL 2 s
+
+# A consumer that starts one blocking fetch and then hangs, as a worker whose reply sits
+# unread in its socket (or whose slots are full) when the kill comes.
+DYING_CONSUMER = """
+import json, sys, time
+from kombu import Connection, Consumer, Exchange, Queue
+from worker import reliable_fetch
+reliable_fetch.install()
+url, steps, name = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+connection = Connection(url, transport_options={"priority_steps": steps, "unacked_restore_interval": 1})
+channel = connection.channel()
+channel.brpop_timeout = 0  # block until a message comes
+consumer = Consumer(channel, [Queue(name, Exchange(name, type="direct"), routing_key=name)], callbacks=[])
+consumer.consume()
+connection.transport.cycle._register_BRPOP(channel)  # sends the blocking fetch; never read
+print("fetching", flush=True)
+time.sleep(3600)
+"""
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+def _options(steps: list[int]) -> dict[str, Any]:
+    return {"priority_steps": steps, "unacked_restore_interval": SWEEP_S}
+
+
+def _queue() -> Queue:
+    return Queue(QUEUE, Exchange(QUEUE, type="direct"), routing_key=QUEUE)
+
+
+def _kill_while_fetching(url: str, steps: list[int], body: dict[str, str]) -> None:
+    """Start the dying consumer, publish ``body`` to it, then SIGKILL it."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", DYING_CONSUMER, url, json.dumps(steps), QUEUE],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == b"fetching"
+        raw = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 10
+        while not any(c.get("cmd") in ("brpop", "blmove") for c in raw.client_list()):
+            assert time.monotonic() < deadline, "the consumer never blocked on the queue"
+            time.sleep(0.02)
+        with Connection(url, transport_options=_options(steps)) as connection:
+            Producer(connection.channel()).publish(body, exchange=_queue().exchange, routing_key=QUEUE)
+        time.sleep(0.2)  # Redis hands the message to the blocked consumer at once
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _everything_holding(raw: redis.Redis, marker: str) -> list[str]:
+    """Every key holding a message whose body carries ``marker``: a list (a queue, an in-flight
+    list) or a hash (kombu's unacked records, ``[message, exchange, routing key]``)."""
+    found = []
+    for key in raw.scan_iter():
+        kind = raw.type(key)
+        values: list[bytes] = []
+        if kind == b"list":
+            values = raw.lrange(key, 0, -1)  # type: ignore[assignment]
+        elif kind == b"hash":
+            values = list(raw.hgetall(key).values())  # type: ignore[union-attr]
+        if any(marker in _body(value) for value in values):
+            found.append(key.decode())
+    return found
+
+
+def _body(value: bytes) -> str:
+    """A kombu message's body as text (kombu stores it base64-encoded), else ""."""
+    try:
+        message = json.loads(value)
+    except ValueError:
+        return ""
+    if isinstance(message, list) and message:
+        message = message[0]  # an unacked record
+    if not isinstance(message, dict) or "body" not in message:
+        return ""
+    return base64.b64decode(message["body"]).decode(errors="replace")
+
+
+def _consume_one(url: str, timeout: float = 5.0) -> dict[str, str]:
+    received: list[dict[str, str]] = []
+
+    def on_message(body: dict[str, str], message: Any) -> None:
+        received.append(body)
+        message.ack()
+
+    with (
+        Connection(url, transport_options=_options([0])) as connection,
+        Consumer(connection.channel(), [_queue()], callbacks=[on_message]),
+    ):
+        connection.drain_events(timeout=timeout)
+    assert len(received) == 1
+    return received[0]
+
+
+def test_kombus_brpop_loses_a_message_its_consumer_was_killed_holding(server: RedisServer) -> None:
+    """The control: several queue keys (kombu's default priorities) keep BRPOP, and the kill
+    leaves the message in no list and no hash."""
+    body = {"marker": uuid.uuid4().hex}
+    _kill_while_fetching(server.url, [0, 3, 6, 9], body)
+    assert _everything_holding(redis.Redis.from_url(server.url), body["marker"]) == []
+
+
+def test_a_moved_message_is_put_back_when_its_consumer_dies(server: RedisServer) -> None:
+    reliable_fetch.install()
+    raw = redis.Redis.from_url(server.url)
+    body = {"marker": uuid.uuid4().hex}
+    _kill_while_fetching(server.url, [0], body)
+
+    (holder,) = _everything_holding(raw, body["marker"])
+    assert holder.startswith(f"{reliable_fetch.REGISTRY_KEY}:")  # the dead consumer's in-flight list
+    assert reliable_fetch.put_back_orphans(raw) == 0  # its owner key still lives (2 s)
+
+    time.sleep(2 * SWEEP_S + 0.5)
+    assert reliable_fetch.put_back_orphans(raw) == 1
+    assert _everything_holding(raw, body["marker"]) == [QUEUE]
+    assert raw.hlen(reliable_fetch.REGISTRY_KEY) == 0  # the dead consumer's entry is gone
+    assert _consume_one(server.url) == body
+
+
+def test_a_live_consumer_records_what_it_moved_and_empties_its_list(server: RedisServer) -> None:
+    """The normal path: the message is delivered, recorded as unacked and removed from the
+    in-flight list in one step; the ack removes the record; nothing is left behind."""
+    reliable_fetch.install()
+    raw = redis.Redis.from_url(server.url)
+    seen: list[list[str]] = []
+    body = {"marker": uuid.uuid4().hex}
+
+    def on_message(received: dict[str, str], message: Any) -> None:
+        seen.append(_everything_holding(raw, body["marker"]))  # while the task would run
+        message.ack()
+
+    with (
+        Connection(server.url, transport_options=_options([0])) as connection,
+        Consumer(connection.channel(), [_queue()], callbacks=[on_message]),
+    ):
+        Producer(connection.channel()).publish(body, exchange=_queue().exchange, routing_key=QUEUE)
+        connection.drain_events(timeout=5)
+    assert seen == [["unacked"]]
+    assert _everything_holding(raw, body["marker"]) == []
+    lists = [k for k in raw.scan_iter(f"{reliable_fetch.REGISTRY_KEY}:*") if raw.type(k) == b"list"]
+    assert lists == []
+
+
+def _blocked_fetches(raw: redis.Redis) -> int:
+    return sum(1 for c in raw.client_list() if c.get("cmd") == "blmove" and "b" in c.get("flags", ""))
+
+
+def _moved_messages(raw: redis.Redis) -> int:
+    return sum(
+        int(raw.llen(reliable_fetch.inflight_key(channel.decode())))
+        for channel in raw.hkeys(reliable_fetch.REGISTRY_KEY)
+    )
+
+
+def test_a_worker_killed_holding_a_job_loses_nothing(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], redis_url: str
+) -> None:
+    """A real worker frozen while Redis hands it a job's message, then SIGKILLed: the job runs on
+    the next worker once the owner key expires (2 s here) and a sweep (1 s) puts it back. With
+    kombu's BRPOP the message was gone and the job ended ``lost`` at its deadline."""
+    raw = redis.Redis.from_url(redis_url)
+    quick_sweep = {"IMAGEGEN_REDELIVERY_SWEEP_S": str(SWEEP_S)}
+    a = start_worker(quick_sweep, concurrency=2)
+    assert a.process is not None
+    handle = None
+    for _ in range(20):  # the worker's fetch blocks 1 s at a time: catch it blocked, then freeze it
+        deadline = time.monotonic() + 5
+        while _blocked_fetches(raw) < 1:
+            assert time.monotonic() < deadline, "the worker never blocked on its queue"
+            time.sleep(0.01)
+        os.kill(a.process.pid, signal.SIGSTOP)
+        handle = client.submit(offline_node)
+        time.sleep(0.2)
+        if _moved_messages(raw):
+            break  # Redis handed the job to the frozen worker
+        os.kill(a.process.pid, signal.SIGCONT)  # its fetch had timed out: let it run this job
+        handle.wait(timeout=30)
+        handle = None
+    assert handle is not None, "could not hand a job to a frozen worker"
+    a.kill()
+    started = time.monotonic()
+    start_worker(quick_sweep, concurrency=2)
+    result = handle.wait(timeout=60)
+    assert result.status == "succeeded", result
+    assert _moved_messages(raw) == 0
+    print(f"\njob handed to a killed worker finished {time.monotonic() - started:.1f} s after the kill")

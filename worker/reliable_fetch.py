@@ -1,0 +1,293 @@
+"""A Redis broker that cannot lose a message to a killed worker.
+
+kombu takes a message with ``BRPOP`` and records it as unacked (``ZADD``/``HSET``) only
+after it has read the reply. In between, the message is in no Redis list or hash, only
+in the worker: in its socket buffer, or held there while the worker's slots are full
+(kombu parks the reply until one frees). A worker SIGKILLed then (an OOM kill, a lost node)
+takes it along (celery/kombu#305). Measured in the chaos suite: 1 job of 12 ended ``lost``
+in 1 of 5 runs of "SIGKILL a worker (Redis broker)".
+
+Here a message is moved, never popped (the reliable-queue pattern of Resque's RPOPLPUSH):
+
+* ``BLMOVE queue -> in-flight list`` of the consuming channel: one atomic step, so the
+  message is always in some Redis list;
+* the unacked record and the ``LREM`` from the in-flight list go in one ``MULTI``: from then
+  on kombu's unacked hash and visibility timeout take over, as before;
+* each channel owns its list through a key with a TTL, refreshed by a thread of the worker
+  (every ``redelivery_sweep_s / 3``, TTL ``2 x redelivery_sweep_s``) whatever the event
+  loop is doing;
+* the redelivery sweep every worker already runs (kombu's ``restore_visible``) also puts the
+  messages of a list whose owner is gone back at the head of their queue: a killed worker's
+  moved messages run again within ``3 x redelivery_sweep_s`` (90 s by default), far inside
+  the visibility timeout's bound;
+* a channel whose blocking move failed with its connection (the reply lost in a Redis
+  restart) puts its own leftovers back before its next move.
+
+This serves a channel that consumes one queue key, as the worker does (one queue, and
+``priority_steps`` [0], contract/queue.py); a channel with several keys (priorities, more
+queues) or a ``global_keyprefix`` keeps kombu's ``BRPOP``, which ``BLMOVE`` cannot replace.
+Installed by ``worker/consumer.py``; Redis >= 6.2.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from queue import Empty
+from typing import Any
+
+import redis
+from kombu.transport.redis import Channel as RedisChannel
+from kombu.transport.redis import QoS as RedisQoS
+from kombu.transport.virtual import QoS as VirtualQoS
+from kombu.utils.json import dumps, loads
+
+from contract.queue import KEY_PREFIX
+from contract.redis_client import is_transient
+
+log = logging.getLogger(__name__)
+
+REGISTRY_KEY = f"{KEY_PREFIX}:inflight"  # hash: channel id -> the queue key its list feeds
+
+
+def inflight_key(channel_id: str) -> str:
+    return f"{KEY_PREFIX}:inflight:{channel_id}"
+
+
+def owner_key(channel_id: str) -> str:
+    return f"{KEY_PREFIX}:inflight-owner:{channel_id}"
+
+
+# KEYS[1]: the registry hash; KEYS[2]: the channel's in-flight list; KEYS[3]: its owner key;
+# KEYS[4]: the queue key it feeds. ARGV[1]: the channel id; ARGV[2]: the owner's TTL (s).
+# The channel is alive: its owner key lives on and the registry names its list.
+_KEEP_ALIVE = """
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], KEYS[4])
+return 1
+"""
+
+# KEYS as _KEEP_ALIVE. ARGV[1]: the channel id; ARGV[2]: "own" (the channel's own leftovers:
+# it has no move outstanding) or "orphan" (only if the owner key is gone). Moves every message
+# of the list back to the head of the queue (the next one popped) and returns how many; -1 when
+# the owner still lives.
+_PUT_BACK = """
+if ARGV[2] == 'orphan' and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+local moved = 0
+while redis.call('LMOVE', KEYS[2], KEYS[4], 'LEFT', 'RIGHT') do moved = moved + 1 end
+if ARGV[2] == 'orphan' then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return moved
+"""
+
+
+class InFlight:
+    """One consuming channel's in-flight list, its owner key and the queue key it feeds."""
+
+    def __init__(self, channel: Any, queue: str, sweep_s: int):
+        self.id = uuid.uuid4().hex
+        self.queue = queue
+        self.list = inflight_key(self.id)
+        self.owner = owner_key(self.id)
+        self.ttl_s = max(2, 2 * sweep_s)
+        self.refresh_s = max(0.5, sweep_s / 3)
+        self.leftovers = False  # a move's reply was lost: put the list back before the next move
+        self.moved: bytes | None = None  # the message just moved, until its unacked record takes over
+        self.pool = channel.pool  # thread-safe: the refresh thread uses it too
+        self.keys = [REGISTRY_KEY, self.list, self.owner, queue]
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(connection_pool=self.pool)
+
+    def keep_alive(self) -> None:
+        self.client().eval(_KEEP_ALIVE, 4, *self.keys, self.id, self.ttl_s)
+
+    def put_back_own(self) -> int:
+        return int(self.client().eval(_PUT_BACK, 4, *self.keys, self.id, "own"))
+
+
+def put_back_orphans(client: redis.Redis) -> int:
+    """Move the messages of every in-flight list whose owner is gone back to their queues;
+    how many. Each list is one atomic script: two sweeping workers cannot both move one."""
+    moved = 0
+    registry: dict[bytes, bytes] = client.hgetall(REGISTRY_KEY)  # type: ignore[assignment]
+    for raw_id, raw_queue in registry.items():
+        channel_id, queue = raw_id.decode(), raw_queue.decode()
+        keys = [REGISTRY_KEY, inflight_key(channel_id), owner_key(channel_id), queue]
+        count = int(client.eval(_PUT_BACK, 4, *keys, channel_id, "orphan"))
+        if count > 0:
+            log.warning("put %d message(s) of a dead consumer back on %s", count, queue)
+            moved += count
+    return moved
+
+
+class _Refresher:
+    """The thread that keeps every live channel's owner key alive."""
+
+    def __init__(self) -> None:
+        self.channels: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def add(self, channel: Any) -> None:
+        with self.lock:
+            self.channels.add(channel)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="imagegen-inflight-owner", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                live = [c for c in self.channels if not getattr(c, "closed", True)]
+            period = 10.0
+            for channel in live:
+                inflight: InFlight | None = getattr(channel, "_imagegen_inflight", None)
+                if inflight is None:
+                    continue
+                period = min(period, inflight.refresh_s)
+                try:
+                    inflight.keep_alive()
+                except (redis.RedisError, OSError) as exc:  # the TTL covers a few misses
+                    log.warning("in-flight owner key not refreshed: %s", type(exc).__name__)
+            time.sleep(period)
+
+
+_refresher = _Refresher()
+
+
+def _single_key(channel: Any) -> str | None:
+    """The one queue key this channel consumes, or None (kombu's BRPOP then)."""
+    if channel.global_keyprefix:
+        return None
+    queues = channel._queue_cycle.consume(len(channel.active_queues))
+    keys = [channel._q_for_pri(queue, pri) for pri in channel.priority_steps for queue in queues]
+    return keys[0] if len(keys) == 1 else None
+
+
+def _move_start(brpop_start: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(brpop_start)
+    def move_start(self: Any, timeout: float | None = None) -> None:
+        key = _single_key(self)
+        if key is None:
+            self._imagegen_moving = False
+            return brpop_start(self, timeout)
+        inflight: InFlight | None = getattr(self, "_imagegen_inflight", None)
+        if inflight is None or inflight.queue != key:
+            inflight = self._imagegen_inflight = InFlight(self, key, int(self.unacked_restore_interval))
+            inflight.keep_alive()  # registered before its first move
+            _refresher.add(self)
+        if getattr(self, "_imagegen_moving", False):
+            # The last move was never read: kombu dropped its connection (a stale socket, a
+            # reset); Redis may have moved a message whose reply went with it.
+            inflight.leftovers = True
+        if inflight.leftovers:
+            moved = inflight.put_back_own()
+            inflight.leftovers = False
+            if moved:
+                log.warning("put %d message(s) whose delivery was cut off back on %s", moved, key)
+        self._imagegen_moving = True
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        self.client.connection.send_command(
+            "BLMOVE", key, inflight.list, "RIGHT", "LEFT", timeout or self.brpop_timeout or 0
+        )
+        return None
+
+    return move_start
+
+
+def _move_read(brpop_read: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(brpop_read)
+    def move_read(self: Any, **options: Any) -> Any:
+        if not getattr(self, "_imagegen_moving", False):
+            return brpop_read(self, **options)
+        inflight: InFlight = self._imagegen_inflight
+        try:
+            try:
+                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                inflight.leftovers = True  # Redis may have moved a message whose reply is lost
+                self.client.connection.disconnect()
+                raise
+            except BaseException:
+                inflight.leftovers = True
+                raise
+            if not item:
+                raise Empty()
+            queue = inflight.queue.rsplit(self.sep, 1)[0]  # as kombu names a priority's key
+            self._queue_cycle.rotate(queue)
+            inflight.moved = item
+            try:
+                payload = loads(item.decode() if isinstance(item, bytes) else item)  # type: ignore[no-untyped-call]
+                self.connection._deliver(payload, queue)
+            finally:
+                if inflight.moved is not None:  # not recorded as unacked: leave it to be put back
+                    inflight.moved = None
+                    inflight.leftovers = True
+            return True
+        finally:
+            self._in_poll = None
+            self._imagegen_moving = False
+            self._flush_brpop_reauth()
+
+    return move_read
+
+
+def _append_moved(append: Callable[..., None]) -> Callable[..., None]:
+    """kombu's unacked record, plus the ``LREM`` from the in-flight list in the same MULTI."""
+
+    @functools.wraps(append)
+    def append_moved(self: RedisQoS, message: Any, delivery_tag: Any) -> None:
+        inflight: InFlight | None = getattr(self.channel, "_imagegen_inflight", None)
+        raw = inflight.moved if inflight is not None else None
+        if inflight is None or raw is None:
+            return append(self, message, delivery_tag)
+        inflight.moved = None
+        delivery = message.delivery_info
+        record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
+        try:
+            with self.pipe_or_acquire() as pipe:
+                pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()}).hset(
+                    self.unacked_key, delivery_tag, record
+                ).lrem(inflight.list, 1, raw).execute()
+        except redis.ResponseError as exc:
+            if is_transient(exc):  # OOM refuses ZADD/HSET but not LREM: the message runs untracked
+                with self.channel.conn_or_acquire() as client:
+                    client.lrem(inflight.list, 1, raw)
+            raise
+        VirtualQoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+        return None
+
+    return append_moved
+
+
+def _restore_visible_and_orphans(restore_visible: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(restore_visible)
+    def restore(self: RedisQoS, start: int = 0, num: int = 10, interval: int = 10) -> Any:
+        result = restore_visible(self, start, num, interval)
+        if (self._vrestore_count - 1) % (interval or 1):
+            return result  # throttled, as kombu's own sweep
+        try:
+            with self.channel.conn_or_acquire() as client:
+                put_back_orphans(client)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("in-flight sweep skipped: %s", type(exc).__name__)
+        return result
+
+    return restore
+
+
+def install() -> None:
+    """Patch kombu's Redis channel and QoS (once)."""
+    if getattr(RedisChannel, "_imagegen_reliable_fetch", False):
+        return
+    RedisChannel._brpop_start = _move_start(RedisChannel._brpop_start)  # type: ignore[method-assign]
+    RedisChannel._brpop_read = _move_read(RedisChannel._brpop_read)  # type: ignore[method-assign]
+    RedisQoS.append = _append_moved(RedisQoS.append)  # type: ignore[method-assign]
+    RedisQoS.restore_visible = _restore_visible_and_orphans(RedisQoS.restore_visible)  # type: ignore[method-assign]
+    RedisChannel._imagegen_reliable_fetch = True  # type: ignore[attr-defined]
