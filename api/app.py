@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -58,7 +59,7 @@ from api.submission import parse_submission
 from api.tenants import Authenticator, Tenant
 from contract.catalog import load_catalog
 from contract.errors import NodeValidationError, Problem, excerpt
-from contract.events import check_event_id, decode, events_key
+from contract.events import check_event_id
 from contract.jobs import JobStatus
 from contract.node import ImageGenerationNode
 from contract.result import JobResult
@@ -69,7 +70,7 @@ log = logging.getLogger("api")
 
 API_PREFIX = "/v1"
 PLAYGROUND = Path(__file__).resolve().parent / "playground"
-COMPLETED_LOOKBACK = 10  # stream entries read back for a completed event (it is the last but a few)
+DOCUMENT_WAIT_S = 1.0  # a finished job's document is stored a round trip after the job is marked finished
 RETRY_AFTER_AT_CAP_S = 10  # a job takes seconds to minutes: ask again in a while, not in a loop
 
 
@@ -180,17 +181,14 @@ def _status(state: ApiState, tenant: Tenant, caller_id: str) -> JobStatus:
 
 def _finished_result(state: ApiState, status: JobStatus) -> JobResult | None:
     """The current result document of a finished job. The worker marks the job finished, then
-    announces ``completed`` (with the document), then Celery stores the document: in between,
-    the event has it."""
-    result = state.client.result(status.job_id)
-    if result is not None or status.result_run is None:
-        return result
-    entries: Any = state.client.records.client.xrevrange(events_key(status.job_id), count=COMPLETED_LOOKBACK)
-    for entry_id, fields in entries or []:
-        event = decode(entry_id, fields)
-        if event.event == "completed" and event.run == status.result_run:
-            return JobResult.model_validate(event.data)
-    return None
+    stores the document (a round trip later), then announces ``completed``: a reader in between
+    waits for it, briefly."""
+    deadline = time.monotonic() + DOCUMENT_WAIT_S
+    while True:
+        result = state.client.result(status.job_id)
+        if result is not None or status.result_run is None or time.monotonic() > deadline:
+            return result
+        time.sleep(0.02)
 
 
 def _view(state: ApiState, tenant: Tenant, status: JobStatus) -> JobView:

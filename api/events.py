@@ -81,10 +81,16 @@ async def job_events(
                     yield ServerSentEvent(event="completed", data=json.dumps(caller_data(document, caller_id)))
                     return
             for entry_id, fields in entries:
-                event = decode(entry_id, fields)
+                event = decode(entry_id, fields, status.job_id)
                 cursor = event.id
+                data = event.data
+                if event.event == "completed" and event.run >= status.run:
+                    # The log keeps the outline; the reader gets the document (contract/events.py).
+                    document = await finished_result()
+                    if document is not None and "status" in document and document.get("status") != "expired":
+                        data = document
                 yield ServerSentEvent(
-                    id=event.id, event=event.event, data=json.dumps(caller_data(event.data, caller_id), default=str)
+                    id=event.id, event=event.event, data=json.dumps(caller_data(data, caller_id), default=str)
                 )
                 if event.event == "completed" and event.run >= status.run:
                     return

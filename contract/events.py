@@ -6,15 +6,19 @@ job moves and read by the Python client, the HTTP API (server-sent events, with
 
 * ``started``: a run was dispatched (``job_id``, ``run``, ``variations``, ``started_at``);
 * ``variation``: one variation finished (``job_id``, ``run``, ``index``, ``kind`` "image" or
-  "error", and ``record``: the image or error record exactly as in the result document);
+  "error", and ``record``: its image or error record as in the result document, less the
+  provider's ``metadata`` and the empty fields: ``event_record``);
 * ``variation_started``: an attempt of a variation begins (``index``, ``attempt``), written
   by the variation's cancel check (contract/jobs.py ``begin_variation``) in the same step;
 * ``variation_retrying``: an attempt failed transiently or waits for the provider quota
   (``index``, ``attempt``, ``reason``, ``retry_in_s``);
 * ``canceled``: a cancel was requested (``job_id``, ``run``, ``requested_at``), written by the
   cancel script itself (contract/jobs.py) so it always comes before the run's ``completed``;
-* ``completed``: the run ended; ``data`` is the whole result document (every ending: finished,
-  canceled, invalid, lost).
+* ``completed``: the run ended (every ending: finished, canceled, invalid, lost); ``data`` is
+  its outline (``completed_data``: status, counts), not the result document, which the worker
+  stores first. Readers hand the document on in its place (the Python client, the HTTP API's
+  server-sent events, the webhook deliveries), so a follower still gets it whole; a copy in
+  the log had doubled what a finished job keeps in Redis.
 
 Each entry also carries its ``run`` (a rerun appends to the same stream). The stream is
 bounded (``XADD MAXLEN ~ IMAGEGEN_EVENTS_MAX_LEN``) and expires with the job record
@@ -84,21 +88,47 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def decode(entry_id: bytes | str, fields: Mapping[Any, Any]) -> JobEvent:
-    """A stream entry (as XRANGE / XREAD return it, bytes or str) as a ``JobEvent``."""
+# Not stored in an entry's data (the stream's key names the job, a field the run) and given
+# back by ``decode``: ten copies of a job id were a tenth of a finished job's footprint.
+_IMPLIED = ("job_id", "run")
+
+
+def decode(entry_id: bytes | str, fields: Mapping[Any, Any], job_id: str | None = None) -> JobEvent:
+    """A stream entry (as XRANGE / XREAD return it, bytes or str) as a ``JobEvent``; with
+    ``job_id`` (the stream's job), its data names the job and the run again."""
     values = {_text(k): _text(v) for k, v in fields.items()}
     data = json.loads(values.get("data") or "{}")
+    run = int(values.get("run") or 1)
+    data = data if isinstance(data, dict) else {"value": data}
     return JobEvent(
         id=_text(entry_id),
         event=values.get("event", ""),  # validated by pydantic
-        run=int(values.get("run") or 1),
-        data=data if isinstance(data, dict) else {"value": data},
+        run=run,
+        data={"job_id": job_id, "run": run, **data} if job_id is not None else data,
     )
 
 
 def _json_value(value: Any) -> Any:
     """Datetimes as ISO 8601 (as in the result document); anything else as its text."""
     return value.isoformat() if isinstance(value, datetime | date) else str(value)
+
+
+def event_record(record: BaseModel) -> dict[str, Any]:
+    """A variation's record as its ``variation`` event carries it: what a follower shows (URL,
+    size, cost, the error) without the provider's metadata or the null fields; the result
+    document keeps the record whole."""
+    return record.model_dump(mode="json", exclude_none=True, exclude={"metadata"})
+
+
+def completed_data(document: Mapping[str, Any]) -> dict[str, Any]:
+    """What a ``completed`` event stores: the run's ending, not its result document."""
+    return {
+        "job_id": document.get("job_id"),
+        "status": document.get("status"),
+        "images": len(document.get("images") or []),
+        "errors": len(document.get("errors") or []),
+        "finished_at": document.get("finished_at"),
+    }
 
 
 def check_event_id(value: str, field: str = "after") -> str:
@@ -139,7 +169,8 @@ class JobEvents:
     def queue_append(self, pipe: Any, job_id: str, event: EventType, data: Mapping[str, Any], run: int = 1) -> None:
         """Queue on ``pipe`` what ``append_for_delivery`` sends: XADD, EXPIRE, HGET webhook (3 replies)."""
         key = events_key(job_id)
-        text = json.dumps(dict(data), separators=(",", ":"), default=_json_value)
+        stored = {k: v for k, v in data.items() if k not in _IMPLIED}
+        text = json.dumps(stored, separators=(",", ":"), default=_json_value)
         fields = {"event": event, "run": str(run), "data": text}
         pipe.xadd(key, fields, maxlen=self.max_len, approximate=True)
         pipe.expire(key, self.ttl_s)
@@ -153,12 +184,12 @@ class JobEvents:
         start = "0-0" if after is None else check_event_id(after)
         block = None if block_ms is None else max(1, min(int(block_ms), MAX_BLOCK_MS))
         reply: Any = self.client.xread({events_key(job_id): start}, count=max(1, min(count, 1000)), block=block)
-        return [decode(entry_id, fields) for _, entries in (reply or []) for entry_id, fields in entries]
+        return [decode(entry_id, fields, job_id) for _, entries in (reply or []) for entry_id, fields in entries]
 
     def get(self, job_id: str, entry_id: str) -> JobEvent | None:
         """One event by its id (None: trimmed or expired)."""
         entries: Any = self.client.xrange(events_key(job_id), check_event_id(entry_id, "id"), entry_id, count=1)
-        return decode(entries[0][0], entries[0][1]) if entries else None
+        return decode(entries[0][0], entries[0][1], job_id) if entries else None
 
 
 def announce_variation(

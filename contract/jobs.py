@@ -110,7 +110,7 @@ return 1
 
 
 # KEYS[1]: the job hash; KEYS[2]: the job's event stream (contract/events.py).
-# ARGV[1]: requested_at (ISO); ARGV[2]: the stream's MAXLEN; ARGV[3]: TTL (s); ARGV[4]: the job id.
+# ARGV[1]: requested_at (ISO); ARGV[2]: the stream's MAXLEN; ARGV[3]: TTL (s).
 # Returns {changed (1/0), state, run}. A queued or running job gets its run's cancel flag
 # (``cancel_run``) and a "canceled" event, in one step: the flag is either seen by the run's
 # finish (the job ends "canceled") or refused because the run had finished already, and the
@@ -122,21 +122,20 @@ local run = redis.call('HGET', KEYS[1], 'run') or '1'
 if state ~= 'queued' and state ~= 'running' then return {0, state, tonumber(run)} end
 if redis.call('HGET', KEYS[1], 'cancel_run') == run then return {0, state, tonumber(run)} end
 redis.call('HSET', KEYS[1], 'cancel_run', run, 'cancel_requested_at', ARGV[1])
-local data = cjson.encode({job_id = ARGV[4], run = tonumber(run), requested_at = ARGV[1]})
+local data = cjson.encode({requested_at = ARGV[1]})  -- job id and run: implied (contract/events.py)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', 'canceled', 'run', run, 'data', data)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {1, state, tonumber(run)}
 """
 
 # KEYS[1]: the job hash; KEYS[2]: the job's event stream. ARGV[1]: the run; ARGV[2]: the
-# variation's index; ARGV[3]: the stream's MAXLEN; ARGV[4]: TTL (s); ARGV[5]: the job id;
-# ARGV[6]: the attempt. Returns 1 when the run was canceled (the variation must not start),
+# variation's index; ARGV[3]: the stream's MAXLEN; ARGV[4]: TTL (s); ARGV[5]: the attempt.
+# Returns 1 when the run was canceled (the variation must not start),
 # else appends "variation_started" and returns 0: the cancel check a variation makes anyway
 # and its progress event cost one round trip together.
 _BEGIN_VARIATION = """
 if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then return 1 end
-local data = cjson.encode({job_id = ARGV[5], run = tonumber(ARGV[1]), index = tonumber(ARGV[2]),
-  attempt = tonumber(ARGV[6])})
+local data = cjson.encode({index = tonumber(ARGV[2]), attempt = tonumber(ARGV[5])})
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', 'variation_started', 'run', ARGV[1], 'data', data)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 0
@@ -322,7 +321,7 @@ class JobRecords:
         state "missing": no such record. Not changed: finished already, or canceled before."""
         changed, state, run = self._cancel(
             keys=[job_key(job_id), events_key(job_id)],
-            args=[utcnow().isoformat(), events_max_len, self.ttl_s, job_id],
+            args=[utcnow().isoformat(), events_max_len, self.ttl_s],
         )
         return bool(changed), _text(state), int(run)
 
@@ -334,7 +333,7 @@ class JobRecords:
         """Before an attempt's provider call: False when run ``run`` was canceled (do not start),
         else True, with a "variation_started" event on the job's log (one round trip)."""
         canceled = self._begin_variation(
-            keys=[job_key(job_id), events_key(job_id)], args=[run, index, events_max_len, self.ttl_s, job_id, attempt]
+            keys=[job_key(job_id), events_key(job_id)], args=[run, index, events_max_len, self.ttl_s, attempt]
         )
         return not canceled
 

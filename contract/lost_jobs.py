@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from contract.events import announce
+from contract.events import announce, completed_data
 from contract.jobs import JobRecords, JobStatus, utcnow
 from contract.queue import job_task_id
 from contract.result import ErrorRecord, JobResult
@@ -57,7 +57,7 @@ def end_if_lost(records: JobRecords, backend: Any, job_id: str, deadline_s: floa
     document = result.model_dump(mode="json")
     backend.store_result(job_task_id(job_id, status.run), document, "SUCCESS")
     # Followers of the event log (SSE, client.events, a webhook) learn the ending too.
-    announce(records, backend.app, job_id, status.run, "completed", document)
+    announce(records, backend.app, job_id, status.run, "completed", completed_data(document))
     return result
 
 

@@ -346,9 +346,19 @@ class ImageGenClient:
             )
             for event in batch:
                 cursor = event.id
+                if event.event == "completed":
+                    event = self._with_document(status.job_id, event)
                 yield event
                 if event.event == "completed" and event.run >= status.run:
                     return
+
+    def _with_document(self, job_id: str, event: JobEvent) -> JobEvent:
+        """A ``completed`` event with its run's result document as data (the log keeps only the
+        outline: contract/events.py); the outline when the document is gone."""
+        outcome = AsyncResult(job_task_id(job_id, event.run), app=self.celery)
+        if not outcome.successful():
+            return event
+        return event.model_copy(update={"data": outcome.result})
 
     @_reaching_the_queue
     def webhook_deliveries(self, job_id: str) -> list[DeliveryStatus]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from contract.settings import Settings
 from devtools.redis_server import start_redis
@@ -83,3 +84,10 @@ def client(settings: Settings) -> Iterator[ImageGenClient]:
     producer = ImageGenClient(settings)
     yield producer
     producer.close()
+
+
+def request_keys(client: redis.Redis) -> set[bytes]:
+    """Every Redis key but the workers' own housekeeping (their in-flight lists and owner keys,
+    worker/reliable_fetch.py, come and go with the workers of other tests): what a request
+    that must write nothing is checked against."""
+    return {key for key in client.keys("*") if not key.startswith(b"imagegen:inflight")}

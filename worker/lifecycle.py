@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from contract.events import EventType, announce, announce_variation
+from contract.events import EventType, announce, announce_variation, event_record
 from contract.result import ErrorRecord, ImageRecord
 from contract.settings import get_settings
 from worker.state import job_records
@@ -22,8 +22,8 @@ def publish(job_id: str, run: int, event: EventType, data: Mapping[str, Any]) ->
 
 
 def variation_finished(job_id: str, run: int, record: ImageRecord | ErrorRecord) -> bool:
-    """Count the variation once and announce its outcome (the record as the result document
-    will list it), in one round trip; whether it was counted now."""
+    """Count the variation once and announce its outcome (its record, outlined:
+    ``contract.events.event_record``), in one round trip; whether it was counted now."""
     from worker.celery_app import app
 
     outcome = "image" if isinstance(record, ImageRecord) else "error"
@@ -32,6 +32,6 @@ def variation_finished(job_id: str, run: int, record: ImageRecord | ErrorRecord)
         "run": run,
         "index": record.index,
         "kind": outcome,
-        "record": record.model_dump(mode="json"),
+        "record": event_record(record),
     }
     return announce_variation(job_records(), app, job_id, run, record.index, data, get_settings().events_max_len)

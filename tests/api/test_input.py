@@ -13,14 +13,15 @@ import redis
 
 from tests.api.conftest import TOKENS, ApiServer
 from tests.cli import imagegen
+from tests.conftest import request_keys
 
 
 @pytest.fixture
 def nothing_enqueued(store: redis.Redis, job_env: dict[str, str]) -> Iterator[None]:
     """The test leaves Redis as it found it: no job record, no queue entry."""
-    before = set(store.keys("*"))
+    before = request_keys(store)
     yield
-    assert set(store.keys("*")) == before
+    assert request_keys(store) == before
     assert store.llen(job_env["IMAGEGEN_QUEUE"]) == 0
 
 
@@ -132,7 +133,7 @@ def test_validate_reports_the_cost_and_enqueues_nothing(
     api: ApiServer, seed_node: dict[str, Any], store: redis.Redis, job_env: dict[str, str]
 ) -> None:
     seed_node["inputs"].update(model="gemini_3_image", size="1024x1024", variations=3)
-    before = set(store.keys("*"))
+    before = request_keys(store)
     report = api.client("acme").post("/v1/validate", json=seed_node)
     assert report.status_code == 200, report.text
     body = report.json()
@@ -141,7 +142,7 @@ def test_validate_reports_the_cost_and_enqueues_nothing(
     assert body["valid"] is True and body["problems"] == [] and body["variations"] == 3
     assert body["price_usd_per_image"] == size["price_usd_per_image"] > 0
     assert body["estimated_cost_usd"] == pytest.approx(3 * size["price_usd_per_image"])
-    assert store.llen(job_env["IMAGEGEN_QUEUE"]) == 0 and set(store.keys("*")) == before
+    assert store.llen(job_env["IMAGEGEN_QUEUE"]) == 0 and request_keys(store) == before
 
 
 def test_models_lists_the_catalog(api: ApiServer) -> None:

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from contract.errors import NodeValidationError
-from contract.events import JobEvents, decode, events_key
+from contract.events import JobEvents, decode, event_record, events_key
 from contract.queue import RUN_JOB, job_task_id
 from contract.work import JobOrder
 from producer.client import ImageGenClient, JobNotFound, JobTimeout
@@ -43,11 +43,12 @@ def test_a_four_variation_job_tells_started_each_variation_and_completed(
     assert (started["job_id"], started["run"], started["variations"]) == ("events-4", 1, 4)
     variations = seen[1:5]
     assert sorted(e.data["index"] for e in variations) == [0, 1, 2, 3]
-    # Each variation's record is the one the result document lists, field for field.
-    by_index = {image.index: image.model_dump(mode="json") for image in result.images}
+    # Each variation's record is the one the result document lists, outlined (no provider
+    # metadata, no null fields); the completed event carries the whole document.
+    by_index = {image.index: image for image in result.images}
     for event in variations:
         assert event.data["kind"] == "image" and event.data["run"] == 1
-        assert event.data["record"] == by_index[event.data["index"]]
+        assert event.data["record"] == event_record(by_index[event.data["index"]])
     assert seen[-1].data == result.model_dump(mode="json")
 
     # Resuming after a given id returns only the later events (Last-Event-ID).
@@ -61,7 +62,7 @@ def test_a_four_variation_job_tells_started_each_variation_and_completed(
     raw = redis.Redis.from_url(redis_url)
     assert 0 < raw.ttl(events_key("events-4")) <= client.settings.result_ttl_s
     entry_id, fields = raw.xrange(events_key("events-4"), count=1)[0]
-    assert decode(entry_id, fields) == seen[0]  # what an asyncio reader gets from the same entry
+    assert decode(entry_id, fields, "events-4") == seen[0]  # what an asyncio reader gets from the same entry
 
 
 def test_a_failed_variation_is_an_error_record_event(
@@ -75,7 +76,7 @@ def test_a_failed_variation_is_an_error_record_event(
 
     [error_event] = [e for e in seen if e.event == "variation" and e.data["kind"] == "error"]
     assert error_event.data["index"] == 1 and error_event.data["record"]["kind"] == "permanent"
-    assert error_event.data["record"] == result.errors[0].model_dump(mode="json")
+    assert error_event.data["record"] == event_record(result.errors[0])
     assert seen[-1].event == "completed" and seen[-1].data["status"] == "partial"
 
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from tests.cli import imagegen
-from tests.conftest import ROOT, StartWorker
+from tests.conftest import ROOT, StartWorker, request_keys
 
 
 @pytest.fixture
@@ -32,11 +32,11 @@ def test_submit_of_an_invalid_node_enqueues_nothing(
     job_env: dict[str, str], bad_size_node: Path, redis_url: str
 ) -> None:
     client = redis.Redis.from_url(redis_url)
-    before = set(client.keys("*"))
+    before = request_keys(client)
     run = imagegen(job_env, "submit", str(bad_size_node), "--wait")
     assert run.returncode == 2 and "inputs.size" in run.stderr and "allowed sizes" in run.stderr
     assert run.stdout == ""
-    assert set(client.keys("*")) == before  # no job record, no queue entry
+    assert request_keys(client) == before  # no job record, no queue entry
     assert client.llen(job_env["IMAGEGEN_QUEUE"]) == 0
 
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import Task, states
+
 from contract.catalog import load_catalog
 from contract.errors import NodeValidationError
+from contract.events import completed_data
 from contract.job_ids import check_job_id
 from contract.jobs import JobState, utcnow
 from contract.queue import FINALIZE
@@ -21,8 +24,10 @@ from worker.state import job_records
 log = logging.getLogger(__name__)
 
 
-@app.task(name=FINALIZE, pydantic=True)
-def finalize(outcomes: list[dict[str, Any]], summary: JobSummary) -> dict[str, Any]:
+# The task stores its document itself (ignore_result), before it announces "completed": a
+# follower that reads the event then finds the document (contract/events.py).
+@app.task(name=FINALIZE, bind=True, pydantic=True, ignore_result=True, store_errors_even_if_ignored=True)
+def finalize(self: Task, outcomes: list[dict[str, Any]], summary: JobSummary) -> dict[str, Any]:
     settings = get_settings()
     entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get(summary.model)
     images = sorted(
@@ -57,12 +62,14 @@ def finalize(outcomes: list[dict[str, Any]], summary: JobSummary) -> dict[str, A
     )
     log.info("job %s %s: %d image(s), %d error(s)", summary.job_id, result.status, len(images), len(errors))
     document = result.model_dump(mode="json")
-    publish(summary.job_id, summary.run, "completed", document)
+    self.backend.store_result(self.request.id, document, states.SUCCESS)
+    publish(summary.job_id, summary.run, "completed", completed_data(document))
     return document
 
 
 def invalid_job_result(order: JobOrder, message: str) -> dict[str, Any]:
-    """A ``failed`` document for a job the worker could not even start."""
+    """A ``failed`` document for a job the worker could not even start (the caller stores it,
+    then ``end_invalid_job`` ends the job)."""
     now = utcnow()
     raw_inputs = order.node.get("inputs")
     inputs: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
@@ -82,11 +89,14 @@ def invalid_job_result(order: JobOrder, message: str) -> dict[str, Any]:
         finished_at=now,
         duration_ms=int((now - order.submitted_at).total_seconds() * 1000),
     )
-    document = result.model_dump(mode="json")
+    return result.model_dump(mode="json")
+
+
+def end_invalid_job(order: JobOrder, document: dict[str, Any]) -> None:
+    """Mark the job ``failed`` and announce it, once its document is stored."""
     if _is_valid_id(order.job_id):
-        job_records().mark_finished(order.job_id, order.run, "failed", now)
-        publish(order.job_id, order.run, "completed", document)
-    return document
+        job_records().mark_finished(order.job_id, order.run, "failed", utcnow())
+        publish(order.job_id, order.run, "completed", completed_data(document))
 
 
 def _is_valid_id(job_id: str) -> bool:

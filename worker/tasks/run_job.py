@@ -27,7 +27,7 @@ from worker.celery_app import app
 from worker.lifecycle import publish
 from worker.state import job_records
 from worker.tasks.dispatch import dispatch_variations
-from worker.tasks.finalize import invalid_job_result
+from worker.tasks.finalize import end_invalid_job, invalid_job_result
 from worker.tasks.prompt_step import start_prompt_step
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,9 @@ def run_job(self: Task, order: JobOrder) -> None:
             check_tenant_refs(job_id, {"inputs.credentials": target.credentials}, settings)
     except (NodeValidationError, TargetError) as exc:
         log.warning("job %r rejected by the worker: %s", order.job_id[:200], exc)
-        self.backend.store_result(self.request.id, invalid_job_result(order, str(exc)), states.SUCCESS)
+        document = invalid_job_result(order, str(exc))
+        self.backend.store_result(self.request.id, document, states.SUCCESS)
+        end_invalid_job(order, document)
         return None
 
     # acks_late redelivers this task if the worker dies: after a whole dispatch the

@@ -2,9 +2,9 @@
 
 ``contract.events.announce`` enqueues one delivery per subscribed event; this
 task reads the event from the job's stream by id (no result document in the
-broker), checks the webhook again (the message may bypass the producer: it
-must be the job's own webhook, its URL must pass the rules, its host is
-resolved and every address checked, and the POST goes to that address:
+broker; a ``completed`` event's document from the result backend), checks the
+webhook again (the message may bypass the producer: it must be the job's own
+webhook, its URL must pass the rules, its host is resolved and every address checked, and the POST goes to that address:
 worker/webhook_post.py), resolves the signing key from its reference here in
 the worker, and POSTs ``{"type": "job.<event>", "timestamp", "data"}`` with the
 ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers.
@@ -29,11 +29,12 @@ from urllib.parse import urlsplit
 
 import standardwebhooks
 from celery import Task
+from celery.result import AsyncResult
 
 from contract.errors import NodeValidationError
 from contract.events import JobEvents
 from contract.job_ids import check_job_id
-from contract.queue import job_key
+from contract.queue import job_key, job_task_id
 from contract.settings import Settings, get_settings
 from contract.tenancy import caller_id, check_tenant_refs
 from contract.webhooks import (
@@ -135,12 +136,17 @@ def deliver_webhook(self: Task, delivery: WebhookDelivery) -> None:
         note("refused", error="the secret reference could not be resolved to a whsec_<base64> signing key")
         return None
 
+    data = event.data
+    if event.event == "completed":  # the log keeps the outline; the receiver gets the document
+        outcome = AsyncResult(job_task_id(delivery.job_id, delivery.run), app=app)
+        if outcome.successful() and isinstance(outcome.result, dict):
+            data = outcome.result
     body = json.dumps(
         {
             "type": f"job.{event.event}",
             "timestamp": datetime.fromtimestamp(event.timestamp_ms / 1000, UTC).isoformat(),
             # A tenant's receiver sees its own job id, as the HTTP API shows it (contract/tenancy.py).
-            "data": {**event.data, "job_id": caller_id(delivery.job_id)} if "job_id" in event.data else event.data,
+            "data": {**data, "job_id": caller_id(delivery.job_id)} if "job_id" in data else data,
         },
         separators=(",", ":"),
     )
