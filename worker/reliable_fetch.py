@@ -21,7 +21,8 @@ Here a message is moved, never popped (the reliable-queue pattern of Resque's RP
   moved messages run again within ``3 x redelivery_sweep_s`` (90 s by default), far inside
   the visibility timeout's bound;
 * a channel whose blocking move failed with its connection (the reply lost in a Redis
-  restart) puts its own leftovers back before its next move.
+  restart) has its leftovers put back before its next move, or by the thread if it never
+  moves again (the consumer reconnects on a new channel).
 
 This serves a channel that consumes one queue key, as the worker does (one queue, and
 ``priority_steps`` [0], contract/queue.py); a channel with several keys (priorities, more
@@ -99,6 +100,9 @@ class InFlight:
         self.moved: bytes | None = None  # the message just moved, until its unacked record takes over
         self.pool = channel.pool  # thread-safe: the refresh thread uses it too
         self.keys = [REGISTRY_KEY, self.list, self.owner, queue]
+        # Held from the leftovers check to the sent move: the refresh thread never puts the
+        # list back while a move into it may be outstanding.
+        self.lock = threading.Lock()
 
     def client(self) -> redis.Redis:
         return redis.Redis(connection_pool=self.pool)
@@ -108,6 +112,15 @@ class InFlight:
 
     def put_back_own(self) -> int:
         return int(self.client().eval(_PUT_BACK, 4, *self.keys, self.id, "own"))
+
+    def put_back_leftovers(self) -> None:
+        """With the lock held and no move outstanding: put back what a lost reply left."""
+        if not self.leftovers:
+            return
+        moved = self.put_back_own()
+        self.leftovers = False
+        if moved:
+            log.warning("put %d message(s) whose delivery was cut off back on %s", moved, self.queue)
 
 
 def put_back_orphans(client: redis.Redis) -> int:
@@ -132,10 +145,12 @@ class _Refresher:
         self.channels: weakref.WeakSet[Any] = weakref.WeakSet()
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
+        self.added = threading.Event()  # a new channel: look after it now, not after a long nap
 
     def add(self, channel: Any) -> None:
         with self.lock:
             self.channels.add(channel)
+            self.added.set()
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._run, name="imagegen-inflight-owner", daemon=True)
                 self.thread.start()
@@ -143,18 +158,32 @@ class _Refresher:
     def _run(self) -> None:
         while True:
             with self.lock:
-                live = [c for c in self.channels if not getattr(c, "closed", True)]
+                channels = list(self.channels)
             period = 10.0
-            for channel in live:
+            for channel in channels:
                 inflight: InFlight | None = getattr(channel, "_imagegen_inflight", None)
                 if inflight is None:
                     continue
                 period = min(period, inflight.refresh_s)
                 try:
-                    inflight.keep_alive()
+                    self._look_after(channel, inflight)
                 except (redis.RedisError, OSError) as exc:  # the TTL covers a few misses
-                    log.warning("in-flight owner key not refreshed: %s", type(exc).__name__)
-            time.sleep(period)
+                    log.warning("in-flight list not looked after: %s", type(exc).__name__)
+            self.added.wait(period)
+            self.added.clear()
+
+    def _look_after(self, channel: Any, inflight: InFlight) -> None:
+        closed = getattr(channel, "closed", True)
+        # A channel whose connection was lost mid-move may never move again (the consumer
+        # reconnects on a new channel): its leftovers go back now, not when the worker dies.
+        with inflight.lock:
+            if inflight.leftovers and (closed or not getattr(channel, "_imagegen_moving", False)):
+                inflight.put_back_leftovers()
+        if closed:
+            with self.lock:
+                self.channels.discard(channel)  # its owner key expires; a sweep drops the entry
+        else:
+            inflight.keep_alive()
 
 
 _refresher = _Refresher()
@@ -181,21 +210,18 @@ def _move_start(brpop_start: Callable[..., None]) -> Callable[..., None]:
             inflight = self._imagegen_inflight = InFlight(self, key, int(self.unacked_restore_interval))
             inflight.keep_alive()  # registered before its first move
             _refresher.add(self)
-        if getattr(self, "_imagegen_moving", False):
-            # The last move was never read: kombu dropped its connection (a stale socket, a
-            # reset); Redis may have moved a message whose reply went with it.
-            inflight.leftovers = True
-        if inflight.leftovers:
-            moved = inflight.put_back_own()
-            inflight.leftovers = False
-            if moved:
-                log.warning("put %d message(s) whose delivery was cut off back on %s", moved, key)
-        self._imagegen_moving = True
-        self._in_poll = self.client.connection
-        self._brpop_sent_at = time.monotonic()
-        self.client.connection.send_command(
-            "BLMOVE", key, inflight.list, "RIGHT", "LEFT", timeout or self.brpop_timeout or 0
-        )
+        if timeout is None:
+            timeout = self.brpop_timeout
+        with inflight.lock:
+            if getattr(self, "_imagegen_moving", False):
+                # The last move was never read: kombu dropped its connection (a stale socket, a
+                # reset); Redis may have moved a message whose reply went with it.
+                inflight.leftovers = True
+            inflight.put_back_leftovers()
+            self._imagegen_moving = True
+            self._in_poll = self.client.connection
+            self._brpop_sent_at = time.monotonic()
+            self.client.connection.send_command("BLMOVE", key, inflight.list, "RIGHT", "LEFT", timeout or 0)
         return None
 
     return move_start

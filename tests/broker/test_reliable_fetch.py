@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -221,3 +222,34 @@ def test_a_worker_killed_holding_a_job_loses_nothing(
     assert result.status == "succeeded", result
     assert _moved_messages(raw) == 0
     print(f"\njob handed to a killed worker finished {time.monotonic() - started:.1f} s after the kill")
+
+
+def test_a_move_whose_reply_was_lost_is_put_back_by_the_live_worker(server: RedisServer) -> None:
+    """A Redis restart or a dropped socket after Redis moved a message but before its reply
+    arrived: the channel is alive (its owner key too), so no sweep would take the list; the
+    channel's own thread puts the message back."""
+    reliable_fetch.install()
+    raw = redis.Redis.from_url(server.url)
+    body = {"marker": uuid.uuid4().hex}
+    with Connection(server.url, transport_options=_options([0])) as connection:
+        channel = connection.channel()
+        consumer = Consumer(channel, [_queue()], callbacks=[])
+        consumer.consume()
+        channel.brpop_timeout = 0
+        connection.transport.cycle._register_BRPOP(channel)  # the blocking move is sent
+        with Connection(server.url, transport_options=_options([0])) as publisher:
+            Producer(publisher.channel()).publish(body, exchange=_queue().exchange, routing_key=QUEUE)
+        deadline = time.monotonic() + 5
+        while _everything_holding(raw, body["marker"]) != [reliable_fetch.inflight_key(channel._imagegen_inflight.id)]:
+            assert time.monotonic() < deadline, "the message was not moved"
+            time.sleep(0.02)
+        sock = channel.client.connection._sock
+        sock.recv(1 << 16)  # the reply is lost (a Redis restart, a broken link) ...
+        sock.shutdown(socket.SHUT_RDWR)  # ... with its connection
+        with pytest.raises(redis.ConnectionError):
+            channel._brpop_read()
+        deadline = time.monotonic() + 5
+        while _everything_holding(raw, body["marker"]) != [QUEUE]:
+            assert time.monotonic() < deadline, "the live channel did not put its leftover back"
+            time.sleep(0.05)
+    assert _consume_one(server.url) == body
