@@ -337,6 +337,12 @@ def memory(bench: Bench, pool: str, concurrency: int, jobs: int) -> None:
     finally:
         server.stop()
     assert all(result.status == "succeeded" for result in results)
+    log_bytes = sizes.get("imagegen:events", (0, 0))[1]
+    bench.say(
+        f"  Redis memory per finished 4-variation job after its event log's retention "
+        f"(IMAGEGEN_EVENTS_RETENTION_S): {(usage - log_bytes) / jobs / 1024:.1f} KB; the event log "
+        f"{log_bytes / jobs / 1024:.1f} KB more until then"
+    )
     bench.say(
         f"  Redis memory per finished 4-variation job: {usage / jobs / 1024:.1f} KB (MEMORY USAGE; "
         f"used_memory_dataset +{(after - before) / jobs / 1024:.1f} KB) in {len(new_keys) / jobs:.1f} keys "

@@ -22,8 +22,10 @@ job moves and read by the Python client, the HTTP API (server-sent events, with
 
 Each entry also carries its ``run`` (a rerun appends to the same stream). The stream is
 bounded (``XADD MAXLEN ~ IMAGEGEN_EVENTS_MAX_LEN``) and expires with the job record
-(``IMAGEGEN_RESULT_TTL_S``, renewed on every append). Events are at least once: a
-redelivered job task may announce ``started`` twice.
+(``IMAGEGEN_RESULT_TTL_S``, renewed on every append) while the job runs, and
+``IMAGEGEN_EVENTS_RETENTION_S`` (1 h) after its ``completed``: it is for following a job, the
+result document stays; a reader after that gets the document as the one ``completed``.
+Events are at least once: a redelivered job task may announce ``started`` twice.
 
 ``announce`` is the one place an event is appended *and* handed to the job's webhook.
 """
@@ -148,10 +150,12 @@ def check_event_id(value: str, field: str = "after") -> str:
 class JobEvents:
     """Append to and read a job's event stream (sync, redis-py)."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int, max_len: int = DEFAULT_MAX_LEN):
+    def __init__(self, client: redis.Redis, ttl_s: int, max_len: int = DEFAULT_MAX_LEN, retention_s: int | None = None):
         self.client = client
         self.ttl_s = ttl_s
         self.max_len = max_len
+        # After "completed" the log is kept this long, not ttl_s (IMAGEGEN_EVENTS_RETENTION_S).
+        self.retention_s = ttl_s if retention_s is None else min(retention_s, ttl_s)
 
     def append(self, job_id: str, event: EventType, data: Mapping[str, Any], run: int = 1) -> str:
         """Append one event; its stream id."""
@@ -173,7 +177,7 @@ class JobEvents:
         text = json.dumps(stored, separators=(",", ":"), default=_json_value)
         fields = {"event": event, "run": str(run), "data": text}
         pipe.xadd(key, fields, maxlen=self.max_len, approximate=True)
-        pipe.expire(key, self.ttl_s)
+        pipe.expire(key, self.retention_s if event == "completed" else self.ttl_s)
         pipe.hget(job_key(job_id), "webhook")
 
     def read(
@@ -232,15 +236,18 @@ def announce(
     event: EventType,
     data: Mapping[str, Any],
     max_len: int | None = None,
+    retention_s: int | None = None,
 ) -> str | None:
     """Append ``event`` to the job's log and, if the job's webhook subscribed to it, enqueue its
     delivery; the stream id, or None when Redis or the broker refused (logged, never raised:
     the event log is a notification, the result document and job record stay authoritative)."""
-    if max_len is None:
+    if max_len is None or retention_s is None:
         from contract.settings import get_settings
 
-        max_len = get_settings().events_max_len
-    events = JobEvents(records.client, records.ttl_s, max_len)
+        settings = get_settings()
+        max_len = settings.events_max_len if max_len is None else max_len
+        retention_s = settings.events_retention_s if retention_s is None else retention_s
+    events = JobEvents(records.client, records.ttl_s, max_len, retention_s)
     try:
         entry_id, webhook = events.append_for_delivery(job_id, event, data, run)
     except (redis.RedisError, OSError) as exc:

@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     # --- job events and webhooks (contract/events.py, contract/webhooks.py) ------
     # Each job's event stream keeps about this many entries (XADD MAXLEN ~); it expires with the job.
     events_max_len: int = Field(1000, ge=100, le=100_000)
+    # How long a job's event log outlives the job's end (the result document and the job record
+    # keep IMAGEGEN_RESULT_TTL_S): it serves live followers, late readers resuming and webhook
+    # retries; a reader after that gets the result document as the one "completed" event.
+    events_retention_s: int = Field(3600, ge=60)
     # Webhook deliveries: one POST per attempt with this timeout; 5xx, 408, 429, timeouts and
     # dropped connections are retried with exponential backoff up to the attempts; other 4xx are not.
     # A retry never waits longer than IMAGEGEN_RETRY_MAX_DELAY_S either (the visibility timeout's bound).
@@ -212,6 +216,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"IMAGEGEN_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must exceed "
                 f"task time limit + longest retry delay ({floor:g} s), or tasks run twice"
+            )
+        # A webhook delivery reads its event from the log: the log must outlive every retry.
+        horizon = self.webhook_max_attempts * (
+            min(self.webhook_retry_max_delay_s, self.retry_max_delay_s) + self.webhook_timeout_s
+        )
+        if self.events_retention_s < horizon:
+            raise ValueError(
+                f"IMAGEGEN_EVENTS_RETENTION_S={self.events_retention_s} is shorter than a webhook's "
+                f"retries ({horizon:g} s: attempts x (longest delay + timeout))"
             )
         parse_rate_limits(self.rate_limits)  # a typo fails at start-up, not at the first job
         self.target_policy  # noqa: B018  # a bad IMAGEGEN_ALLOWED_TARGETS entry fails at start-up

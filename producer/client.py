@@ -344,6 +344,11 @@ class ImageGenClient:
             batch = _reaching_the_queue(self.job_events.read)(
                 status.job_id, cursor, block_ms=min(left_ms, MAX_BLOCK_MS)
             )
+            if not batch:
+                ended = self._ended_without_log(status, cursor)
+                if ended is not None:
+                    yield ended
+                    return
             for event in batch:
                 cursor = event.id
                 if event.event == "completed":
@@ -351,6 +356,19 @@ class ImageGenClient:
                 yield event
                 if event.event == "completed" and event.run >= status.run:
                     return
+
+    def _ended_without_log(self, status: JobStatus, cursor: str | None) -> JobEvent | None:
+        """The run's ``completed`` when the run has ended but its event is no longer in the log
+        (expired after IMAGEGEN_EVENTS_RETENTION_S, or trimmed): the result document as one
+        ``completed`` with the id ``0-0``, so a reader never waits for an event that cannot come."""
+        now = self.status(status.job_id)
+        if not now.finished or (now.result_run or 0) < status.run:
+            return None
+        if _reaching_the_queue(self.job_events.read)(status.job_id, cursor):
+            return None  # it landed meanwhile: the next read gives it
+        result = self.result(status.job_id)
+        data = result.model_dump(mode="json") if result is not None else {"status": now.state}
+        return JobEvent(id="0-0", event="completed", run=now.result_run or status.run, data=data)
 
     def _with_document(self, job_id: str, event: JobEvent) -> JobEvent:
         """A ``completed`` event with its run's result document as data (the log keeps only the

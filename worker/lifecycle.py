@@ -18,7 +18,8 @@ def publish(job_id: str, run: int, event: EventType, data: Mapping[str, Any]) ->
     the stream id, or None when it could not be recorded (logged, never raised)."""
     from worker.celery_app import app  # the tasks import this module while the app is being built
 
-    return announce(job_records(), app, job_id, run, event, data, get_settings().events_max_len)
+    settings = get_settings()
+    return announce(job_records(), app, job_id, run, event, data, settings.events_max_len, settings.events_retention_s)
 
 
 def variation_finished(job_id: str, run: int, record: ImageRecord | ErrorRecord) -> bool:

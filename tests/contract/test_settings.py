@@ -26,6 +26,15 @@ def test_visibility_timeout_must_outlive_time_limit_and_retry_delay(monkeypatch:
         Settings()
 
 
+def test_event_log_retention_must_outlive_a_webhooks_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().events_retention_s == 3600
+    monkeypatch.setenv("IMAGEGEN_EVENTS_RETENTION_S", "300")  # 8 attempts x (60 s + 10 s) = 560 s
+    with pytest.raises(ValidationError, match=r"IMAGEGEN_EVENTS_RETENTION_S=300 .* \(560 s"):
+        Settings()
+    monkeypatch.setenv("IMAGEGEN_WEBHOOK_MAX_ATTEMPTS", "4")  # 280 s
+    assert Settings().events_retention_s == 300
+
+
 def test_production_refuses_local_storage_and_test_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGEGEN_ENVIRONMENT", "production")
     monkeypatch.setenv("IMAGEGEN_OFFLINE_FAILURES", "0:permanent")

@@ -10,7 +10,7 @@ import redis
 
 from contract.errors import NodeValidationError
 from contract.events import JobEvents, decode, event_record, events_key
-from contract.queue import RUN_JOB, job_task_id
+from contract.queue import RUN_JOB, job_key, job_task_id
 from contract.work import JobOrder
 from producer.client import ImageGenClient, JobNotFound, JobTimeout
 from tests.conftest import StartWorker
@@ -58,11 +58,17 @@ def test_a_four_variation_job_tells_started_each_variation_and_completed(
     assert [e.id for e in reader.read("events-4", after=seen[4].id)] == all_ids[all_ids.index(seen[4].id) + 1 :]
     assert reader.read("events-4", after=ids[-1]) == []
 
-    # Bounded and expiring with the job.
+    # Bounded; kept IMAGEGEN_EVENTS_RETENTION_S after the job ended, the job record much longer.
     raw = redis.Redis.from_url(redis_url)
-    assert 0 < raw.ttl(events_key("events-4")) <= client.settings.result_ttl_s
+    assert 0 < raw.ttl(events_key("events-4")) <= client.settings.events_retention_s
+    assert raw.ttl(job_key("events-4")) > client.settings.events_retention_s
     entry_id, fields = raw.xrange(events_key("events-4"), count=1)[0]
     assert decode(entry_id, fields, "events-4") == seen[0]  # what an asyncio reader gets from the same entry
+
+    # Once the log has expired, a reader still gets the ending: the document as one "completed".
+    raw.delete(events_key("events-4"))
+    [ending] = list(client.events("events-4", timeout=10))
+    assert (ending.event, ending.run, ending.data) == ("completed", 1, result.model_dump(mode="json"))
 
 
 def test_a_failed_variation_is_an_error_record_event(
