@@ -352,9 +352,11 @@ def memory(bench: Bench, pool: str, concurrency: int, jobs: int) -> None:
 
 
 def _key_kind(key: str) -> str:
-    """``imagegen:events:<id>`` -> ``imagegen:events``; ``celery-task-meta-<id>`` -> ``celery-task-meta``."""
-    if key.startswith("celery-task-meta-"):
-        return "celery-task-meta"
+    """``imagegen:events:<id>`` -> ``imagegen:events``; ``celery-task-meta-<id>`` -> ``celery-task-meta``
+    (and the chord counters, ``celery-taskset-meta-<id>.c``)."""
+    for prefix in ("celery-task-meta-", "celery-taskset-meta-"):
+        if key.startswith(prefix):
+            return prefix.rstrip("-")
     parts = key.split(":")
     return ":".join(parts[:2]) if len(parts) > 2 else parts[0]
 
