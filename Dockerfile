@@ -5,13 +5,13 @@ FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY contract ./contract
 COPY worker ./worker
 COPY producer ./producer
 COPY devtools ./devtools
 COPY api ./api
-RUN pip install . && useradd --system --uid 10001 imagegen
+RUN pip install -c constraints.txt . && useradd --system --uid 10001 imagegen
 USER 10001
 
 CMD ["celery", "-A", "worker", "worker", "--loglevel=INFO"]
