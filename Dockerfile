@@ -1,6 +1,7 @@
 # Worker, API and producer image. Celery runs as PID 1 so SIGTERM from Kubernetes
 # reaches it and triggers a warm shutdown (running tasks finish). The HTTP API runs
 # from the same image: `imagegen serve --host 0.0.0.0 --port 8000` (uvicorn as PID 1).
+# Only what runs in production: no devtools/ (embedded servers, emulators, the demo), no tests.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -9,7 +10,6 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY contract ./contract
 COPY worker ./worker
 COPY producer ./producer
-COPY devtools ./devtools
 COPY api ./api
 RUN pip install -c constraints.txt . && useradd --system --uid 10001 imagegen
 USER 10001
