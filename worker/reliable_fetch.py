@@ -167,7 +167,8 @@ class _Refresher:
                 period = min(period, inflight.refresh_s)
                 try:
                     self._look_after(channel, inflight)
-                except (redis.RedisError, OSError) as exc:  # the TTL covers a few misses
+                except Exception as exc:  # the TTL covers a few misses; the thread must not die
+                    # (besides Redis errors: kombu may disconnect a lost channel's pool under us)
                     log.warning("in-flight list not looked after: %s", type(exc).__name__)
             self.added.wait(period)
             self.added.clear()

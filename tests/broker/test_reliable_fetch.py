@@ -11,7 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import types
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -253,3 +255,33 @@ def test_a_move_whose_reply_was_lost_is_put_back_by_the_live_worker(server: Redi
             assert time.monotonic() < deadline, "the live channel did not put its leftover back"
             time.sleep(0.05)
     assert _consume_one(server.url) == body
+
+
+def test_the_owner_thread_outlives_any_error() -> None:
+    """kombu disconnects a lost channel's pool under the thread (redis-py then raises
+    AttributeError mid-read): the thread logs and keeps every other owner key alive."""
+    calls: list[float] = []
+
+    def keep_alive() -> None:
+        calls.append(time.monotonic())
+        raise AttributeError("'NoneType' object has no attribute 'readline'")
+
+    class Channel:
+        closed = False
+        _imagegen_moving = False
+
+    channel = Channel()
+    channel._imagegen_inflight = types.SimpleNamespace(  # type: ignore[attr-defined]
+        refresh_s=0.05, leftovers=False, lock=threading.Lock(), keep_alive=keep_alive
+    )
+    refresher = reliable_fetch._Refresher()
+    refresher.add(channel)
+    deadline = time.monotonic() + 5
+    while len(calls) < 3:
+        assert time.monotonic() < deadline, "the thread stopped looking after the channel"
+        time.sleep(0.02)
+    assert refresher.thread is not None and refresher.thread.is_alive()
+    channel.closed = True  # type: ignore[misc]  # a closed channel is let go
+    while channel in refresher.channels:
+        assert time.monotonic() < deadline + 5, "a closed channel was kept"
+        time.sleep(0.02)
