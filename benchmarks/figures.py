@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.bare_chord import make_app
+from benchmarks.bare_chord import make_app, submit_split
 from benchmarks.bare_chord import submit as submit_bare
 from contract.result import JobResult
 from contract.settings import POOL_HEADROOM, Settings
@@ -200,15 +200,24 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
     env = bench.env()
     bench.fake.latency_s = 0.0
     bench.fake.image_kind = "solid"
-    with bench.worker(env, pool, concurrency), bench.worker(env, pool, concurrency, bare=True):
+    # The floor with our reliability and Flower settings: a job-shaped bare chord on its own queue.
+    settled = {**env, "BARE_CHORD_QUEUE": env["BARE_CHORD_QUEUE"] + "-settled", "BARE_CHORD_SETTINGS": "ours"}
+    with (
+        bench.worker(env, pool, concurrency),
+        bench.worker(env, pool, concurrency, bare=True),
+        bench.worker(settled, pool, concurrency, bare=True),
+    ):
         sender = make_app(env["REDIS_URL"], env["BARE_CHORD_QUEUE"])
+        settled_sender = make_app(env["REDIS_URL"], settled["BARE_CHORD_QUEUE"])
         with closing(bench.client(env)) as client:
             for model, label in (("offline_preview", "offline"), ("gemini_3_image", "Gemini SDK + local server")):
                 document = node(model, 4)
                 for _ in range(3):  # warm-up
                     client.submit(document).wait(timeout=60)
                     submit_bare(sender).get(timeout=60)
-                ours, bare = [], []
+                    submit_split(sender).get(timeout=60)
+                    submit_split(settled_sender).get(timeout=60)
+                ours, bare, shaped, shaped_settled = [], [], [], []
                 for _ in range(runs):
                     started = time.perf_counter()
                     client.submit(document).wait(timeout=60)
@@ -216,11 +225,30 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
                     started = time.perf_counter()
                     submit_bare(sender).get(timeout=60)
                     bare.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    submit_split(sender).get(timeout=60)
+                    shaped.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    submit_split(settled_sender).get(timeout=60)
+                    shaped_settled.append(time.perf_counter() - started)
                 ratio = statistics.median(ours) / statistics.median(bare)
                 bench.say(
                     f"  submit -> result, 4 variations, L=0, {label}: {statistics.median(ours) * 1000:.1f} ms vs "
                     f"bare chord {statistics.median(bare) * 1000:.1f} ms (medians of {runs}): {ratio:.2f}x"
                 )
+                if label == "offline":
+                    floor = statistics.median(shaped)
+                    bench.say(
+                        f"  the design's floor: a task publishing the bare chord, {floor * 1000:.1f} ms: "
+                        f"{floor / statistics.median(bare):.2f}x the bare chord "
+                        f"(ours {statistics.median(ours) / floor:.2f}x that)"
+                    )
+                    floor = statistics.median(shaped_settled)
+                    bench.say(
+                        f"  the same with our late acks, prefetch 1 and task events, {floor * 1000:.1f} ms: "
+                        f"{floor / statistics.median(bare):.2f}x the bare chord "
+                        f"(ours {statistics.median(ours) / floor:.2f}x that)"
+                    )
         for model, label in (("offline_preview", "offline"), ("gemini_3_image", "Gemini SDK + local server")):
             document = node(model, 4)
             ours_rate = bare_rate = 0.0
@@ -231,7 +259,21 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
                 f"  jobs/s, 8 submitters, L=0, {label}: {ours_rate / 2:.1f} vs bare chord {bare_rate / 2:.1f}: "
                 f"{ours_rate / bare_rate:.2f}x"
             )
+            if label == "offline":
+                shaped_rate = closed_loop(functools.partial(bare_submitter, env, submit_split), seconds)
+                bench.say(
+                    f"  the design's floor: jobs/s of a task publishing the bare chord, {shaped_rate:.1f}: "
+                    f"{shaped_rate / (bare_rate / 2):.2f}x the bare chord "
+                    f"(ours {ours_rate / 2 / shaped_rate:.2f}x that)"
+                )
+                settled_rate = closed_loop(functools.partial(bare_submitter, settled, submit_split), seconds)
+                bench.say(
+                    f"  the same with our late acks, prefetch 1 and task events, {settled_rate:.1f}: "
+                    f"{settled_rate / (bare_rate / 2):.2f}x the bare chord "
+                    f"(ours {ours_rate / 2 / settled_rate:.2f}x that)"
+                )
         sender.close()
+        settled_sender.close()
 
 
 def ours_submitter(env: dict[str, str], document: dict[str, Any]) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -245,11 +287,13 @@ def ours_submitter(env: dict[str, str], document: dict[str, Any]) -> tuple[Calla
     return once, client.close
 
 
-def bare_submitter(env: dict[str, str]) -> tuple[Callable[[], None], Callable[[], None]]:
+def bare_submitter(
+    env: dict[str, str], submit: Callable[[Any], Any] = submit_bare
+) -> tuple[Callable[[], None], Callable[[], None]]:
     sender = make_app(env["REDIS_URL"], env["BARE_CHORD_QUEUE"])
 
     def once() -> None:
-        submit_bare(sender).get(timeout=60)
+        submit(sender).get(timeout=60)
 
     return once, sender.close
 
