@@ -20,8 +20,20 @@ from functools import cached_property
 from typing import Any
 
 from celery.backends.redis import CHORD_PART_RETURN_LUA, RedisBackend, SentinelBackend
+from celery.result import AsyncResult
 
+from contract.queue import job_task_id
 from contract.redis_client import FailoverSafeRedis, SentinelConnection, is_transient, transient_retry
+
+
+def run_document(app: Any, job_id: str, run: int) -> dict[str, Any] | None:
+    """The result document stored for ``run`` of ``job_id`` (under its task id), or None while
+    there is none (not finished yet, expired). The one read of it: the client's ``result``,
+    a ``completed`` event's document (client, webhook delivery)."""
+    outcome = AsyncResult(job_task_id(job_id, run), app=app)
+    if not outcome.successful() or not isinstance(outcome.result, dict):
+        return None
+    return outcome.result
 
 
 class RidesOutRedisFaults:

@@ -40,6 +40,7 @@ from contract.prompt_text import UpstreamValueError, check_prompt_path
 from contract.queue import RUN_JOB, RUN_JOB_FROM_UPSTREAM, SIGN_URL, celery_config, job_task_id
 from contract.redis_client import redis_client, transient_retry
 from contract.result import JobResult
+from contract.result_backend import run_document
 from contract.settings import Settings, get_settings
 from contract.tenancy import check_tenant_refs
 from contract.webhooks import DeliveryLog, DeliveryStatus, Webhook, parse_webhook, webhook_json
@@ -270,10 +271,8 @@ class ImageGenClient:
         status = self.status(job_id)
         if status.result_run is None:
             return None
-        outcome = AsyncResult(job_task_id(status.job_id, status.result_run), app=self.celery)
-        if not outcome.successful():
-            return None
-        return JobResult.model_validate(outcome.result)
+        document = run_document(self.celery, status.job_id, status.result_run)
+        return None if document is None else JobResult.model_validate(document)
 
     @_reaching_the_queue
     def wait(self, job_id: str, timeout: float | None = None) -> JobResult:
@@ -373,10 +372,8 @@ class ImageGenClient:
     def _with_document(self, job_id: str, event: JobEvent) -> JobEvent:
         """A ``completed`` event with its run's result document as data (the log keeps only the
         outline: contract/events.py); the outline when the document is gone."""
-        outcome = AsyncResult(job_task_id(job_id, event.run), app=self.celery)
-        if not outcome.successful():
-            return event
-        return event.model_copy(update={"data": outcome.result})
+        document = run_document(self.celery, job_id, event.run)
+        return event if document is None else event.model_copy(update={"data": document})
 
     @_reaching_the_queue
     def webhook_deliveries(self, job_id: str) -> list[DeliveryStatus]:

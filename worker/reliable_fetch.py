@@ -64,6 +64,11 @@ def owner_key(channel_id: str) -> str:
     return f"{KEY_PREFIX}:inflight-owner:{channel_id}"
 
 
+def _script_keys(channel_id: str, queue: str) -> list[str]:
+    """KEYS of both scripts below, for one channel's list."""
+    return [REGISTRY_KEY, inflight_key(channel_id), owner_key(channel_id), queue]
+
+
 # KEYS[1]: the registry hash; KEYS[2]: the channel's in-flight list; KEYS[3]: its owner key;
 # KEYS[4]: the queue key it feeds. ARGV[1]: the channel id; ARGV[2]: the owner's TTL (s).
 # The channel is alive: its owner key lives on and the registry names its list.
@@ -93,13 +98,12 @@ class InFlight:
         self.id = uuid.uuid4().hex
         self.queue = queue
         self.list = inflight_key(self.id)
-        self.owner = owner_key(self.id)
         self.ttl_s = max(2, 2 * sweep_s)
         self.refresh_s = max(0.5, sweep_s / 3)
         self.leftovers = False  # a move's reply was lost: put the list back before the next move
         self.moved: bytes | None = None  # the message just moved, until its unacked record takes over
         self.pool = channel.pool  # thread-safe: the refresh thread uses it too
-        self.keys = [REGISTRY_KEY, self.list, self.owner, queue]
+        self.keys = _script_keys(self.id, queue)
         # Held from the leftovers check to the sent move: the refresh thread never puts the
         # list back while a move into it may be outstanding.
         self.lock = threading.Lock()
@@ -110,14 +114,11 @@ class InFlight:
     def keep_alive(self) -> None:
         self.client().eval(_KEEP_ALIVE, 4, *self.keys, self.id, self.ttl_s)
 
-    def put_back_own(self) -> int:
-        return int(self.client().eval(_PUT_BACK, 4, *self.keys, self.id, "own"))
-
     def put_back_leftovers(self) -> None:
         """With the lock held and no move outstanding: put back what a lost reply left."""
         if not self.leftovers:
             return
-        moved = self.put_back_own()
+        moved = int(self.client().eval(_PUT_BACK, 4, *self.keys, self.id, "own"))
         self.leftovers = False
         if moved:
             log.warning("put %d message(s) whose delivery was cut off back on %s", moved, self.queue)
@@ -130,8 +131,7 @@ def put_back_orphans(client: redis.Redis) -> int:
     registry: dict[bytes, bytes] = client.hgetall(REGISTRY_KEY)  # type: ignore[assignment]
     for raw_id, raw_queue in registry.items():
         channel_id, queue = raw_id.decode(), raw_queue.decode()
-        keys = [REGISTRY_KEY, inflight_key(channel_id), owner_key(channel_id), queue]
-        count = int(client.eval(_PUT_BACK, 4, *keys, channel_id, "orphan"))
+        count = int(client.eval(_PUT_BACK, 4, *_script_keys(channel_id, queue), channel_id, "orphan"))
         if count > 0:
             log.warning("put %d message(s) of a dead consumer back on %s", count, queue)
             moved += count
@@ -237,12 +237,10 @@ def _move_read(brpop_read: Callable[..., Any]) -> Callable[..., Any]:
         try:
             try:
                 item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
-            except self.connection_errors:
+            except BaseException as exc:
                 inflight.leftovers = True  # Redis may have moved a message whose reply is lost
-                self.client.connection.disconnect()
-                raise
-            except BaseException:
-                inflight.leftovers = True
+                if isinstance(exc, self.connection_errors):
+                    self.client.connection.disconnect()  # as kombu does: the next poll reconnects
                 raise
             if not item:
                 raise Empty()

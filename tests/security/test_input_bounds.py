@@ -23,6 +23,7 @@ from contract.settings import Settings, get_settings
 from producer import cli
 from producer.client import ImageGenClient
 from tests.cli import imagegen
+from tests.conftest import request_keys
 
 TEN_MB = 10 * 1024 * 1024
 SHORT = 2048  # an error about any one value fits in a couple of KB
@@ -401,14 +402,14 @@ def test_the_client_checks_job_ids_before_anything_is_stored(
     client: ImageGenClient, node: dict[str, Any], redis_url: str
 ) -> None:
     store = redis.Redis.from_url(redis_url)
-    before = set(store.keys("*"))
+    before = request_keys(store)
     for job_id in ("../x", "a:b", "a@1", "a\nb", 42):
         with pytest.raises(NodeValidationError, match="job_id"):
             client.submit(node, job_id=job_id)  # type: ignore[arg-type]
         for method in (client.status, client.result, client.wait):
             with pytest.raises(NodeValidationError, match="job_id"):
                 method(job_id)  # type: ignore[operator]
-    assert set(store.keys("*")) == before and store.llen(client.settings.queue) == 0
+    assert request_keys(store) == before and store.llen(client.settings.queue) == 0
     job_id = f"run-{uuid.uuid4().hex[:8]}/node-7"
     handle = client.submit(node, job_id=job_id)
     assert handle.job_id == job_id and client.status(job_id).state == "queued"

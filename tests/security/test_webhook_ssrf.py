@@ -28,7 +28,7 @@ from contract.webhooks import (
 )
 from contract.work import WebhookDelivery
 from producer.client import ImageGenClient
-from tests.conftest import StartWorker
+from tests.conftest import StartWorker, request_keys
 from tests.webhook_receiver import WebhookReceiver
 from worker.webhook_post import post_pinned
 
@@ -116,12 +116,12 @@ def test_submit_refuses_internal_and_malformed_urls_in_production(
 ) -> None:
     offline_node["inputs"]["model"] = "gemini_3_image"
     store = production_client.records.client
-    before = set(store.keys("*"))
+    before = request_keys(store)
     with pytest.raises(NodeValidationError) as refused:
         production_client.submit(offline_node, webhook={"url": url, "secret": "env:WEBHOOK_T1"})
     assert [p.field for p in refused.value.problems] == ["webhook.url"]
     assert "\r\n" not in str(refused.value) and "user:pw" not in str(refused.value)
-    assert set(store.keys("*")) == before  # nothing written, nothing enqueued
+    assert request_keys(store) == before  # nothing written, nothing enqueued
 
 
 @pytest.mark.parametrize("url", MALFORMED_URLS)

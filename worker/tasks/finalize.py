@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # The task stores its document itself (ignore_result), before it announces "completed": a
 # follower that reads the event then finds the document (contract/events.py).
 @app.task(name=FINALIZE, bind=True, pydantic=True, ignore_result=True, store_errors_even_if_ignored=True)
-def finalize(self: Task, outcomes: list[dict[str, Any]], summary: JobSummary) -> dict[str, Any]:
+def finalize(self: Task, outcomes: list[dict[str, Any]], summary: JobSummary) -> None:
     settings = get_settings()
     entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get(summary.model)
     images = sorted(
@@ -64,7 +64,6 @@ def finalize(self: Task, outcomes: list[dict[str, Any]], summary: JobSummary) ->
     document = result.model_dump(mode="json")
     self.backend.store_result(self.request.id, document, states.SUCCESS)
     publish(summary.job_id, summary.run, "completed", completed_data(document))
-    return document
 
 
 def invalid_job_result(order: JobOrder, message: str) -> dict[str, Any]:

@@ -29,12 +29,12 @@ from urllib.parse import urlsplit
 
 import standardwebhooks
 from celery import Task
-from celery.result import AsyncResult
 
 from contract.errors import NodeValidationError
 from contract.events import JobEvents
 from contract.job_ids import check_job_id
-from contract.queue import job_key, job_task_id
+from contract.queue import job_key
+from contract.result_backend import run_document
 from contract.settings import Settings, get_settings
 from contract.tenancy import caller_id, check_tenant_refs
 from contract.webhooks import (
@@ -138,9 +138,7 @@ def deliver_webhook(self: Task, delivery: WebhookDelivery) -> None:
 
     data = event.data
     if event.event == "completed":  # the log keeps the outline; the receiver gets the document
-        outcome = AsyncResult(job_task_id(delivery.job_id, delivery.run), app=app)
-        if outcome.successful() and isinstance(outcome.result, dict):
-            data = outcome.result
+        data = run_document(app, delivery.job_id, delivery.run) or data
     body = json.dumps(
         {
             "type": f"job.{event.event}",
