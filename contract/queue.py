@@ -13,8 +13,11 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
+from contract import broker_clients
 from contract.redis_client import SentinelURL, is_sentinel
 from contract.settings import Settings
+
+broker_clients.install()  # kombu's Redis channel keeps one client (contract/broker_clients.py)
 
 RUN_JOB = "imagegen.run_job"
 GENERATE_VARIATION = "imagegen.generate_variation"
