@@ -107,9 +107,15 @@ def render_pattern(prompt: str, index: int, seed: int | None, width: int, height
     band = Image.frombytes("RGB", (width, base.band_height), base.band_pixels)
     left, swatch = width // 3 + 12, base.band_height - 2 * base.margin  # right of the colour bands
     ImageDraw.Draw(band).rectangle((left, base.margin, left + swatch, base.margin + swatch), fill=tuple(digest[:3]))
-    lines = (f"{width}x{height}  variation {index}  seed {seed}", prompt[:40], digest.hex()[:16])
-    for number, line in enumerate(lines):
-        _draw_line(band, line, left + swatch + base.margin, base.margin + number * base.line_height, base.font)
+    # The first two lines repeat across a job's variations (and jobs): their masks are cached.
+    masks = (
+        _cached_line_mask(base.font, f"{width}x{height}  variation {index}  seed {seed}"),
+        _cached_line_mask(base.font, prompt[:40]),
+        _line_mask(base.font, digest.hex()[:16]),
+    )
+    text_left = left + swatch + base.margin
+    for number, mask in enumerate(masks):
+        band.paste((255, 255, 255), (text_left, base.margin + number * base.line_height), mask)
     rows = _scanlines(band.tobytes(), width * 3)
     deflate = zlib.compressobj(_BAND_LEVEL, zlib.DEFLATED, -15)
     middle = deflate.compress(rows) + deflate.flush(zlib.Z_FULL_FLUSH)
@@ -164,11 +170,14 @@ def _base_pattern(width: int, height: int) -> _Base:
         draw.line((x, 0, x, height), fill=(255, 255, 255), width=1)
     for y in range(0, height, step):
         draw.line((0, y, width, y), fill=(255, 255, 255), width=1)
-    font = ImageFont.load_default(size=max(10, min(width, height) // 28))
+    title = ImageFont.load_default(size=max(10, min(width, height) // 28))
     margin = max(4, min(width, height) // 64)
-    draw.text((width // 3 + 12, margin), "OFFLINE PREVIEW - NOT AI", fill=(255, 255, 255), font=font)
-    line = int(font.size * 1.25) if isinstance(font, ImageFont.FreeTypeFont) else 12
-    top = min(height - 1, 2 * margin + line)
+    draw.text((width // 3 + 12, margin), "OFFLINE PREVIEW - NOT AI", fill=(255, 255, 255), font=title)
+    top = min(height - 1, 2 * margin + _line_height(title))
+    # The per-image lines use half the title's size: the band is drawn, filtered and compressed
+    # for every image, so its height is most of an image's cost.
+    font = ImageFont.load_default(size=max(10, min(width, height) // 56))
+    line = _line_height(font)
     band_height = max(1, min(height - top, 3 * line + 2 * margin))
     raw = image.tobytes()
     stride = width * 3
@@ -198,15 +207,24 @@ def _base_pattern(width: int, height: int) -> _Base:
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
-def _draw_line(image: Image.Image, text: str, x: int, y: int, font: Font) -> None:
-    """White text, one cached glyph at a time (rasterizing the whole line with FreeType was
-    most of an image's cost); no kerning, which a test pattern does without."""
-    for char in text:
-        mask, advance = _glyph(font, char)
-        if x >= image.width:
-            break
-        image.paste((255, 255, 255), (x, y), mask)
+def _line_height(font: Font) -> int:
+    return int(font.size * 1.25) if isinstance(font, ImageFont.FreeTypeFont) else 12
+
+
+def _line_mask(font: Font, text: str) -> Image.Image:
+    """White text's coverage for one line, composed from cached glyphs (rasterizing the whole
+    line with FreeType was most of an image's cost); no kerning, which a test pattern does without."""
+    glyphs = [_glyph(font, char) for char in text]
+    width = max(1, sum(advance for _, advance in glyphs) + max((g.width for g, _ in glyphs[-1:]), default=0))
+    mask = Image.new("L", (width, max((g.height for g, _ in glyphs), default=1)))
+    x = 0
+    for glyph, advance in glyphs:
+        mask.paste(255, (x, 0), glyph)
         x += advance
+    return mask
+
+
+_cached_line_mask = functools.lru_cache(maxsize=512)(_line_mask)
 
 
 @functools.lru_cache(maxsize=2048)
