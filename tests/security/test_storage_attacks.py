@@ -83,6 +83,27 @@ def test_local_store_refuses_keys_and_symlinks_that_leave_its_root(tmp_path: Pat
         location.url_for((outside / "x.png").as_uri())
 
 
+def test_local_store_never_follows_a_symlink_below_its_root(tmp_path: Path) -> None:
+    """A link planted deeper in the tree (a job's folder, or the image's own name) is refused or
+    replaced, never followed: the walk opens each folder with O_NOFOLLOW relative to the last."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "tenant").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "victim.png").write_bytes(b"precious")
+    (root / "tenant" / "job-a").symlink_to(outside, target_is_directory=True)
+    location = Location(LocalStore(root), "tenant")
+    with pytest.raises(StorageError, match="leaves"):
+        location.put("job-a", 0, 1, "png", PNG, "image/png", META)
+    (root / "tenant" / "job-b").mkdir()
+    (root / "tenant" / "job-b" / "variation-0.png").symlink_to(outside / "victim.png")
+    stored = location.put("job-b", 0, 1, "png", PNG, "image/png", META)
+    written = root / "tenant" / "job-b" / "variation-0.png"
+    assert stored.uri == written.as_uri() and not written.is_symlink() and written.read_bytes() == PNG
+    assert (outside / "victim.png").read_bytes() == b"precious"
+    assert [p.name for p in outside.iterdir()] == ["victim.png"]
+    assert not [p for p in (root / "tenant" / "job-b").iterdir() if p.name.startswith(".part-")]
+
+
 def test_platform_azure_uploads_cannot_leave_the_container(
     azurite: Emulator, azure_admin: BlobServiceClient, azure_container: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,14 +2,18 @@
 
 Fine for one machine and the demo; production refuses it (see Settings),
 because another pod or the next node cannot read this disk. Besides the
-canonical key, every path is resolved (symlinks included) and must stay
-under the root.
+canonical key, the write walks down from the root one directory at a time,
+each opened relative to the one above with ``O_NOFOLLOW``: a symbolic link
+anywhere below the root is refused, and nothing can swap one in between a
+check and the write (there is no separate check).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -24,18 +28,38 @@ class LocalStore(ImageStore):
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
 
     def _put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
-        path = self._confined(self.root / key)
+        *folders, name = key.split("/")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            parent = self._confined(path.parent)  # a directory swapped for a symlink meanwhile
-            # Write then rename: a reader never sees half an image; rename replaces a symlink, never follows it.
-            fd, tmp = tempfile.mkstemp(dir=parent, prefix=".part-")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, parent / path.name)
+            folder = self._open_folder(folders)
+            try:
+                _write_then_rename(folder, name, data)
+            finally:
+                os.close(folder)
         except OSError as exc:
             raise StorageError(f"cannot write {key} in {self.where}: {exc.strerror}") from None
         return self._object(key)
+
+    def _open_folder(self, folders: list[str]) -> int:
+        """A descriptor of root/folders..., made as needed; a symbolic link on the way raises ELOOP."""
+        try:
+            fd = os.open(self.root, _FOLDER_FLAGS)
+        except FileNotFoundError:  # the first write makes the root (the operator named it)
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root, _FOLDER_FLAGS)
+        for folder in folders:
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(folder, dir_fd=fd)
+                try:
+                    child = os.open(folder, _FOLDER_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symbolic link, or a file, in the way
+                        raise StorageError(f"refused a path that leaves {self.where}") from None
+                    raise
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
 
     def key_of(self, uri: str) -> str:
         parts = urlsplit(uri)
@@ -53,9 +77,24 @@ class LocalStore(ImageStore):
             return StoredObject(uri=uri, url=f"{self.public_base_url}/{key}")
         return StoredObject(uri=uri, url=uri)
 
-    def _confined(self, path: Path) -> Path:
-        """``path`` with symlinks resolved, if that stays under the root."""
-        real = path.resolve()
-        if real != self.root and not real.is_relative_to(self.root):
-            raise StorageError(f"refused a path that leaves {self.where}")
-        return path
+
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _write_then_rename(folder: int, name: str, data: bytes) -> None:
+    """Write then rename: a reader never sees half an image; rename replaces a symlink, never follows it."""
+    part = f".part-{secrets.token_hex(8)}"
+    out = os.open(part, _FILE_FLAGS, 0o600, dir_fd=folder)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view) :]
+        finally:
+            os.close(out)
+        os.replace(part, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part, dir_fd=folder)
+        raise
