@@ -12,6 +12,7 @@ clients are thread-safe and shared by threads.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import threading
@@ -87,9 +88,15 @@ def _platform_location(settings: Settings) -> Location:
     except TargetError as exc:
         raise PermanentError(str(exc)) from None
     if target is None:
-        return Location(LocalStore(url.removeprefix("file://"), settings.storage_public_base_url), "")
+        return Location(_local_store(url.removeprefix("file://"), settings.storage_public_base_url), "")
     store = _cloud_store(target, StoreOptions.from_settings(settings, platform=True), settings)
     return Location(store, target.prefix)
+
+
+@functools.lru_cache(maxsize=8)
+def _local_store(root: str, public_base_url: str | None) -> LocalStore:
+    """One per directory: building one resolves the root, a syscall per path component."""
+    return LocalStore(root, public_base_url)
 
 
 _lock = threading.Lock()
@@ -112,6 +119,7 @@ def _cloud_store(target: Target, options: StoreOptions, settings: Settings) -> I
 def clear_store_cache() -> None:
     with _lock:
         _stores.clear()
+    _local_store.cache_clear()
 
 
 def _build(target: Target, options: StoreOptions, settings: Settings) -> ImageStore:
