@@ -136,6 +136,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Off: extended results copy every task's arguments into the backend (the prompt
         # once per variation) and nothing reads them; Flower reads events, not the backend.
         "result_extended": False,
+        "result_compression": None if settings.result_compression == "none" else settings.result_compression,
         "result_backend_thread_safe": True,
         "task_serializer": "json",
         "result_serializer": "json",

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
     queue: str = "imagegen"
     result_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    # Result documents (and the chord's variation records) stored compressed: a 4-image
+    # document takes ~1 KB instead of 3.7. Any Celery >= 5.7 reader decodes them whatever
+    # its own setting (the payload says it is compressed); "none" for older Celery readers.
+    result_compression: Literal["zlib", "none"] = "zlib"
 
     # --- broker (docs/reliability.md, "Brokers") -------------------------------
     # Empty: REDIS_URL is the broker too. amqp://user:pw@host:5672/vhost: RabbitMQ

@@ -87,7 +87,8 @@ def client(settings: Settings) -> Iterator[ImageGenClient]:
 
 
 def request_keys(client: redis.Redis) -> set[bytes]:
-    """Every Redis key but the workers' own housekeeping (their in-flight lists and owner keys,
-    worker/reliable_fetch.py, come and go with the workers of other tests): what a request
-    that must write nothing is checked against."""
-    return {key for key in client.keys("*") if not key.startswith(b"imagegen:inflight")}
+    """Every Redis key but the workers' own housekeeping, which comes and goes with other tests'
+    workers and jobs (their in-flight lists and owner keys, worker/reliable_fetch.py; Celery's
+    chord bookkeeping, ``celery-taskset-meta-<group>.*``, written when any chord finishes): what
+    a request that must write nothing is checked against."""
+    return {key for key in client.keys("*") if not key.startswith((b"imagegen:inflight", b"celery-taskset-meta-"))}

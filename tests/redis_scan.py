@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import redis
+from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC, decompress_payload
 
 
 def all_redis_entries(url: str) -> dict[bytes, bytes]:
@@ -25,11 +29,11 @@ def redis_dump(url: str) -> bytes:
 def _value(client: redis.Redis, key: bytes) -> bytes:
     kind = client.type(key)
     if kind == b"string":
-        return client.get(key) or b""
+        return _readable(client.get(key) or b"")
     if kind == b"hash":
         return b"\n".join(k + b"=" + v for k, v in client.hgetall(key).items())
     if kind == b"list":
-        return b"\n".join(client.lrange(key, 0, -1))
+        return b"\n".join(_readable(item) for item in client.lrange(key, 0, -1))
     if kind == b"set":
         return b"\n".join(client.smembers(key))
     if kind == b"zset":
@@ -39,3 +43,17 @@ def _value(client: redis.Redis, key: bytes) -> bytes:
     if kind == b"none":
         return b""  # deleted between SCAN and TYPE (Celery and kombu remove keys as tasks finish)
     raise AssertionError(f"unexpected Redis type {kind!r} for {key!r}")
+
+
+def _readable(value: bytes) -> bytes:
+    """The value plus what it hides from a substring search: a compressed result (Celery's
+    ``result_compression``), a queued message's base64 body (kombu's Redis transport)."""
+    if value.startswith(COMPRESSED_PAYLOAD_MAGIC):
+        return value + b"\n" + decompress_payload(value)
+    if value.startswith(b"{") and b'"body_encoding": "base64"' in value:
+        try:
+            message = json.loads(value)
+            return value + b"\n" + base64.b64decode(message["body"])
+        except (ValueError, KeyError, TypeError):
+            return value
+    return value

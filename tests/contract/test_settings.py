@@ -72,3 +72,10 @@ def test_concurrency_is_bounded(monkeypatch: pytest.MonkeyPatch, concurrency: st
     monkeypatch.setenv("IMAGEGEN_WORKER_CONCURRENCY", concurrency)
     with pytest.raises(ValidationError, match="worker_concurrency"):
         Settings()
+
+
+def test_result_compression_is_on_by_default_and_can_be_turned_off() -> None:
+    assert celery_config(Settings())["result_compression"] == "zlib"
+    assert celery_config(Settings(result_compression="none"))["result_compression"] is None  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="result_compression"):
+        Settings(result_compression="brotli")  # type: ignore[call-arg,arg-type]

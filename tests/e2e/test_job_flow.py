@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC, decompress_payload
 
 from contract.queue import GENERATE_VARIATION, RUN_JOB, dispatch_key
 from contract.settings import Settings
@@ -45,7 +46,7 @@ def test_seed_example_succeeds_with_result_under_job_id(
 
     # The document is stored in the Redis result backend under the run's task id (job id @ run), with a TTL.
     raw = redis.Redis.from_url(redis_url)
-    stored = json.loads(raw.get("celery-task-meta-seed-example-1@1") or b"{}")
+    stored = json.loads(decompress_payload(raw.get("celery-task-meta-seed-example-1@1") or b"{}"))
     assert stored["status"] == "SUCCESS" and stored["result"] == result.model_dump(mode="json")
     assert 0 < raw.ttl("celery-task-meta-seed-example-1@1") <= client.settings.result_ttl_s
     status = client.status("seed-example-1")
@@ -124,6 +125,28 @@ def test_no_image_bytes_in_redis(start_worker: StartWorker, offline_node: dict[s
     for key, value in entries.items():
         assert b"\x89PNG" not in value and b"iVBORw0KGgo" not in value, key  # raw or base64 PNG
         assert len(key) < 200
+
+
+def test_the_result_document_is_stored_compressed_and_the_scans_see_through_it(
+    start_worker: StartWorker, offline_node: dict[str, Any], private_redis: str
+) -> None:
+    """``result_compression``: the document takes a third of the memory, every reader decodes it,
+    and the suite's Redis scans (no secrets, no image bytes) still read what it says."""
+    start_worker({"REDIS_URL": private_redis})
+    client = ImageGenClient(Settings())
+    offline_node["inputs"].update(variations=4)
+    try:
+        result = client.submit(offline_node, job_id="compressed-doc").wait(timeout=60)
+        document = client.result("compressed-doc")
+    finally:
+        client.close()
+    assert result.status == "succeeded" and document is not None and document.images == result.images
+    stored = redis.Redis.from_url(private_redis).get("celery-task-meta-compressed-doc@1") or b""
+    assert stored.startswith(COMPRESSED_PAYLOAD_MAGIC)
+    as_json = json.dumps(result.model_dump(mode="json")).encode()
+    assert len(stored) * 2 < len(as_json), (len(stored), len(as_json))
+    seen = all_redis_entries(private_redis)[b"0:celery-task-meta-compressed-doc@1"]
+    assert all(image.sha256.encode() in seen for image in result.images)
 
 
 def test_same_job_id_enqueues_once(
