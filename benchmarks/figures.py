@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import importlib.util
 import json
 import os
@@ -272,6 +273,7 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
                     f"{settled_rate / (bare_rate / 2):.2f}x the bare chord "
                     f"(ours {ours_rate / 2 / settled_rate:.2f}x that)"
                 )
+        gc.collect()  # the bare chords' results unsubscribe when collected: while their Redis is up
         sender.close()
         settled_sender.close()
 
@@ -425,6 +427,7 @@ def round_trips(bench: Bench, client: ImageGenClient, env: dict[str, str], concu
                 f"  Redis round trips per variation ({label}, jobs of {variations}, submit and wait included): "
                 f"{per_variation:.1f} ({commands / (jobs * variations):.1f} commands)"
             )
+        gc.collect()
         sender.close()
 
 

@@ -3,8 +3,8 @@
 kombu's Redis channel builds a new ``redis.Redis`` around its connection pool
 for every publish, ack and unacked record (``Channel.conn_or_acquire``). In
 redis-py 8 that constructor copies the whole response-callback table: ~60 us,
-about 23 times per job in a worker (measured with cProfile: 7 % of a solo
-worker's time at L = 0), and once per publish in the producer. A ``redis.Redis``
+about 23 times per job in a worker (measured with cProfile: 9 % of a solo
+worker's busy time at L = 0), and once per publish in the producer. A ``redis.Redis``
 is thread-safe (each command borrows a pool connection), so the channel keeps
 the one it built and builds again only when kombu replaced its pool (after a
 reconnect). Installed by contract/queue.py, so the producer and the worker both
