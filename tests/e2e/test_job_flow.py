@@ -100,7 +100,9 @@ def test_exhausted_retries_blocked_and_timeouts_are_error_records(
 @pytest.fixture
 def private_redis(job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A Redis of this test alone: every value in it is this job's (the suite's Redis also holds
-    other tests' data, e.g. an engine's 100 KB upstream result in tests/e2e/test_llm_to_image.py)."""
+    other tests' data, e.g. an engine's 100 KB upstream result in tests/e2e/test_llm_to_image.py).
+    Name it before ``start_worker``: fixtures end in reverse order, so the worker then stops while
+    its Redis is still up (the other way round, its warm shutdown waited 30 s for a dead Redis)."""
     server = start_redis()
     for name, value in {**job_env, "REDIS_URL": server.url}.items():
         monkeypatch.setenv(name, value)
@@ -108,7 +110,7 @@ def private_redis(job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> I
     server.stop()
 
 
-def test_no_image_bytes_in_redis(start_worker: StartWorker, offline_node: dict[str, Any], private_redis: str) -> None:
+def test_no_image_bytes_in_redis(private_redis: str, start_worker: StartWorker, offline_node: dict[str, Any]) -> None:
     start_worker({"REDIS_URL": private_redis})
     client = ImageGenClient(Settings())
     offline_node["inputs"].update(variations=4, size="2048x2048")
@@ -128,7 +130,7 @@ def test_no_image_bytes_in_redis(start_worker: StartWorker, offline_node: dict[s
 
 
 def test_the_result_document_is_stored_compressed_and_the_scans_see_through_it(
-    start_worker: StartWorker, offline_node: dict[str, Any], private_redis: str
+    private_redis: str, start_worker: StartWorker, offline_node: dict[str, Any]
 ) -> None:
     """``result_compression``: the document takes a third of the memory, every reader decodes it,
     and the suite's Redis scans (no secrets, no image bytes) still read what it says."""
