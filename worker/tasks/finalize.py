@@ -66,9 +66,18 @@ def finalize(self: Task, outcomes: list[dict[str, Any]], summary: JobSummary) ->
     publish(summary.job_id, summary.run, "completed", completed_data(document))
 
 
-def invalid_job_result(order: JobOrder, message: str) -> dict[str, Any]:
-    """A ``failed`` document for a job the worker could not even start (the caller stores it,
-    then ``end_invalid_job`` ends the job)."""
+def fail_invalid_job(backend: Any, result_id: str, order: JobOrder, message: str) -> None:
+    """End a job the worker could not even start: store a ``failed`` document under
+    ``result_id``, then mark the job failed and announce it (in that order, as finalize does)."""
+    document = _invalid_job_result(order, message)
+    backend.store_result(result_id, document, states.SUCCESS)
+    if _is_valid_id(order.job_id):
+        job_records().mark_finished(order.job_id, order.run, "failed", utcnow())
+        publish(order.job_id, order.run, "completed", completed_data(document))
+
+
+def _invalid_job_result(order: JobOrder, message: str) -> dict[str, Any]:
+    """A ``failed`` document for a job the worker could not even start."""
     now = utcnow()
     raw_inputs = order.node.get("inputs")
     inputs: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
@@ -89,13 +98,6 @@ def invalid_job_result(order: JobOrder, message: str) -> dict[str, Any]:
         duration_ms=int((now - order.submitted_at).total_seconds() * 1000),
     )
     return result.model_dump(mode="json")
-
-
-def end_invalid_job(order: JobOrder, document: dict[str, Any]) -> None:
-    """Mark the job ``failed`` and announce it, once its document is stored."""
-    if _is_valid_id(order.job_id):
-        job_records().mark_finished(order.job_id, order.run, "failed", utcnow())
-        publish(order.job_id, order.run, "completed", completed_data(document))
 
 
 def _is_valid_id(job_id: str) -> bool:

@@ -27,7 +27,7 @@ import logging
 import time
 from typing import Any, Literal
 
-from celery import Task, states
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, ConfigDict
 
@@ -58,7 +58,7 @@ from worker.providers import GeneratedText, TextRequest, text_provider_for
 from worker.retry import RetryPolicy
 from worker.state import job_records, rate_limiter
 from worker.tasks.dispatch import dispatch_variations
-from worker.tasks.finalize import end_invalid_job, invalid_job_result
+from worker.tasks.finalize import fail_invalid_job
 
 log = logging.getLogger(__name__)
 
@@ -278,9 +278,7 @@ def run_job_from_upstream(self: Task, upstream: Any, order: dict[str, Any], prom
     except UpstreamValueError as exc:
         # The message says what arrived (type and size), never the upstream text.
         log.warning("job %s: %s refused as a prompt: %s", job.job_id[:200], bounded_args_repr(upstream), exc)
-        document = invalid_job_result(job, str(exc))
-        self.backend.store_result(result_id, document, states.SUCCESS)
-        end_invalid_job(job, document)
+        fail_invalid_job(self.backend, result_id, job, str(exc))
         return None
     inputs = {**job.node.get("inputs", {}), "user_query": prompt}
     forwarded = job.model_copy(update={"node": {**job.node, "inputs": inputs}})
