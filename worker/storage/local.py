@@ -48,18 +48,22 @@ class LocalStore(ImageStore):
             fd = os.open(self.root, _FOLDER_FLAGS)
         for folder in folders:
             try:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(folder, dir_fd=fd)
-                try:
-                    child = os.open(folder, _FOLDER_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symbolic link, or a file, in the way
-                        raise StorageError(f"refused a path that leaves {self.where}") from None
-                    raise
+                child = self._enter(fd, folder)
             finally:
                 os.close(fd)
             fd = child
         return fd
+
+    def _enter(self, parent: int, folder: str) -> int:
+        """A descriptor of ``folder`` in ``parent``, made if missing; never through a symbolic link."""
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, dir_fd=parent)
+        try:
+            return os.open(folder, _FOLDER_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symbolic link, or a file, in the way
+                raise StorageError(f"refused a path that leaves {self.where}") from None
+            raise
 
     def key_of(self, uri: str) -> str:
         parts = urlsplit(uri)
