@@ -197,6 +197,10 @@ def offline_burst(bench: Bench, pool: str, concurrency: int, jobs: int, latency_
 
 
 # --- 3./4. submit -> result and jobs/s, against the bare chord -------------------------------------
+FLOOR = "the design's floor: a task publishing the bare chord"
+SETTLED_FLOOR = "the same with our late acks, prefetch 1 and task events"
+
+
 def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float) -> None:
     env = bench.env()
     bench.fake.latency_s = 0.0
@@ -238,18 +242,13 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
                     f"bare chord {statistics.median(bare) * 1000:.1f} ms (medians of {runs}): {ratio:.2f}x"
                 )
                 if label == "offline":
-                    floor = statistics.median(shaped)
-                    bench.say(
-                        f"  the design's floor: a task publishing the bare chord, {floor * 1000:.1f} ms: "
-                        f"{floor / statistics.median(bare):.2f}x the bare chord "
-                        f"(ours {statistics.median(ours) / floor:.2f}x that)"
-                    )
-                    floor = statistics.median(shaped_settled)
-                    bench.say(
-                        f"  the same with our late acks, prefetch 1 and task events, {floor * 1000:.1f} ms: "
-                        f"{floor / statistics.median(bare):.2f}x the bare chord "
-                        f"(ours {statistics.median(ours) / floor:.2f}x that)"
-                    )
+                    mid_bare, mid_ours = statistics.median(bare), statistics.median(ours)
+                    for what, times in ((FLOOR, shaped), (SETTLED_FLOOR, shaped_settled)):
+                        floor = statistics.median(times)
+                        bench.say(
+                            f"  {what}, {floor * 1000:.1f} ms: {floor / mid_bare:.2f}x the bare chord "
+                            f"(ours {mid_ours / floor:.2f}x that)"
+                        )
         for model, label in (("offline_preview", "offline"), ("gemini_3_image", "Gemini SDK + local server")):
             document = node(model, 4)
             ours_rate = bare_rate = 0.0
@@ -261,18 +260,12 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
                 f"{ours_rate / bare_rate:.2f}x"
             )
             if label == "offline":
-                shaped_rate = closed_loop(functools.partial(bare_submitter, env, submit_split), seconds)
-                bench.say(
-                    f"  the design's floor: jobs/s of a task publishing the bare chord, {shaped_rate:.1f}: "
-                    f"{shaped_rate / (bare_rate / 2):.2f}x the bare chord "
-                    f"(ours {ours_rate / 2 / shaped_rate:.2f}x that)"
-                )
-                settled_rate = closed_loop(functools.partial(bare_submitter, settled, submit_split), seconds)
-                bench.say(
-                    f"  the same with our late acks, prefetch 1 and task events, {settled_rate:.1f}: "
-                    f"{settled_rate / (bare_rate / 2):.2f}x the bare chord "
-                    f"(ours {ours_rate / 2 / settled_rate:.2f}x that)"
-                )
+                for what, floor_env in ((FLOOR, env), (SETTLED_FLOOR, settled)):
+                    rate = closed_loop(functools.partial(bare_submitter, floor_env, submit_split), seconds)
+                    bench.say(
+                        f"  {what}, jobs/s {rate:.1f}: {rate / (bare_rate / 2):.2f}x the bare chord "
+                        f"(ours {ours_rate / 2 / rate:.2f}x that)"
+                    )
         gc.collect()  # the bare chords' results unsubscribe when collected: while their Redis is up
         sender.close()
         settled_sender.close()
