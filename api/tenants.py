@@ -22,16 +22,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from contract.errors import NodeValidationError, Problem
 from contract.job_ids import GRAMMAR, MAX_JOB_ID_CHARS, check_job_id
-from contract.secret_refs import SecretRef, parse_secret_ref, vault_kv_path
+from contract.secret_reader import SecretReadError, read_secret
+from contract.secret_refs import SecretRef, parse_secret_ref
 from contract.settings import Settings
 from contract.tenancy import NAMESPACE_ROOT
 
@@ -39,7 +38,7 @@ log = logging.getLogger("api.tenants")
 
 DEV_TENANT = "dev"
 MAX_TENANT_CHARS = 32
-MAX_TOKEN_FILE_BYTES = 4096
+MIN_TOKEN_CHARS = 16
 _TENANT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,31}")  # one job id segment; never "." or ".."
 # Route suffixes: GET /v1/jobs/<id>/events must not also be the job "<id>/events".
 RESERVED_LAST_SEGMENTS = ("events", "cancel")
@@ -73,45 +72,14 @@ def parse_api_tokens(text: str) -> dict[str, SecretRef]:
 
 
 def resolve_token(reference: SecretRef, settings: Settings) -> str:
-    """The token a reference names. The API's own small resolver: worker/secrets.py needs the
-    worker package (its Celery app); these references are the operator's, so no allow-list."""
-    if reference.scheme == "env":
-        value = os.environ.get(reference.target, "")
-    elif reference.scheme == "file":
-        try:
-            with open(reference.target, "rb") as handle:
-                data = handle.read(MAX_TOKEN_FILE_BYTES + 1)
-        except OSError as exc:
-            raise TokenConfigError(f"{reference}: cannot read the file ({exc.strerror})") from None
-        if len(data) > MAX_TOKEN_FILE_BYTES:
-            raise TokenConfigError(f"{reference}: larger than {MAX_TOKEN_FILE_BYTES} bytes, not a token")
-        value = data.decode("utf-8", "replace").rstrip("\r\n")
-    else:
-        value = _from_vault(reference, settings)
-    if len(value) < 16:
-        raise TokenConfigError(f"{reference}: the token is missing or shorter than 16 characters")
-    return value
-
-
-def _from_vault(reference: SecretRef, settings: Settings) -> str:
-    import hvac  # only when a vault: reference is configured
-
-    token = settings.vault_token.get_secret_value() if settings.vault_token else ""
-    client = hvac.Client(url=settings.vault_addr, token=token, namespace=settings.vault_namespace, timeout=10)
+    """The token a reference names, read by the worker's reader (contract/secret_reader.py).
+    These references are the operator's, not a tenant's: no allow-list applies."""
     try:
-        if settings.vault_k8s_role:
-            jwt = Path(settings.vault_k8s_token_file).read_text(encoding="utf-8").strip()
-            client.auth.kubernetes.login(role=settings.vault_k8s_role, jwt=jwt, mount_point=settings.vault_k8s_mount)
-        response = client.secrets.kv.v2.read_secret_version(
-            path=vault_kv_path(reference, settings.vault_mount),
-            mount_point=settings.vault_mount.strip("/"),
-            raise_on_deleted_version=True,
-        )
-        value = (response["data"]["data"] or {}).get(reference.key)
-    except Exception as exc:  # hvac, requests and OS errors alike: the reference is unusable now
-        raise TokenConfigError(f"{reference}: cannot read it from Vault ({type(exc).__name__})") from None
-    if not isinstance(value, str):
-        raise TokenConfigError(f"{reference}: the Vault secret has no string key {reference.key!r}")
+        value = read_secret(reference, settings)
+    except SecretReadError as exc:  # Vault down at start or on a re-read alike: the tokens in use stay
+        raise TokenConfigError(str(exc)) from None
+    if len(value) < MIN_TOKEN_CHARS:
+        raise TokenConfigError(f"{reference}: the token is shorter than {MIN_TOKEN_CHARS} characters")
     return value
 
 

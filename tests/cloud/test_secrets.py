@@ -22,7 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
+from api.tenants import Authenticator, Tenant, TokenConfigError
 from contract.node import NodeValidationError, validate_node
+from contract.secret_reader import forget_vault_clients
 from contract.settings import Settings
 from devtools.emulators import Emulator
 from devtools.redis_server import free_port
@@ -79,7 +81,9 @@ def test_a_token_without_the_policy_is_denied(
 
 def test_no_vault_credentials_is_a_clear_error(cloud_settings: Settings) -> None:
     settings = cloud_settings.model_copy(update={"vault_token": None})
-    with pytest.raises(SecretError, match="no Vault credentials in the worker \\(set VAULT_TOKEN or VAULT_K8S_ROLE\\)"):
+    with pytest.raises(
+        SecretError, match="no Vault credentials in this process \\(set VAULT_TOKEN or VAULT_K8S_ROLE\\)"
+    ):
         resolve_secret("vault:secret/imagegen/x#k", settings)
 
 
@@ -261,6 +265,32 @@ def test_a_raw_value_is_not_resolved_nor_echoed(cloud_settings: Settings) -> Non
     with pytest.raises(SecretError) as caught:
         resolve_secret("AccountKey=canary-raw-value", cloud_settings)
     assert "canary" not in str(caught.value) and "is not a secret reference" in str(caught.value)
+
+
+# --- the API's tenant tokens: the same reader --------------------------------------
+
+
+def test_the_api_reads_tenant_tokens_from_vault_and_keeps_them_through_an_outage(
+    cloud_settings: Settings, put_secret: PutSecret
+) -> None:
+    refs = put_secret({"acme": "acme-token-0123456789", "short": "too-short"})
+    settings = cloud_settings.model_copy(
+        update={"api_tokens": f"acme={refs['acme']}", "allowed_secret_refs": "", "secret_cache_ttl_s": 0}
+    )
+    auth = Authenticator(settings)
+    assert auth.tenant_for("acme-token-0123456789") == Tenant("acme")
+    assert auth.tenant_for("acme-token-0123456788") is None
+    # Vault unreachable on a re-read: logged, and the tokens in use stay.
+    forget_vault_clients()
+    auth.settings = settings.model_copy(update={"vault_addr": f"http://127.0.0.1:{free_port()}"})
+    auth.refresh()
+    assert auth.tenant_for("acme-token-0123456789") == Tenant("acme")
+    # A reference whose value cannot be a token stops the start, naming the reference only.
+    with pytest.raises(TokenConfigError) as caught:
+        Authenticator(settings.model_copy(update={"api_tokens": f"acme={refs['short']}"}))
+    assert str(caught.value) == f"{refs['short']}: the token is shorter than 16 characters"
+    with pytest.raises(TokenConfigError, match="no such secret in Vault"):
+        Authenticator(settings.model_copy(update={"api_tokens": "acme=vault:secret/imagegen/absent#k"}))
 
 
 # --- raw secrets in node JSON ------------------------------------------------------

@@ -23,7 +23,9 @@ import hvac
 import pytest
 from pydantic import ValidationError
 
+from contract import secret_reader
 from contract.node import NodeValidationError, validate_node
+from contract.secret_reader import MAX_FILE_BYTES
 from contract.secret_refs import (
     MAX_REF_CHARS,
     SecretRef,
@@ -35,9 +37,8 @@ from contract.secret_refs import (
 from contract.settings import Settings
 from devtools.emulators import Emulator
 from devtools.redis_server import free_port
-from worker import secrets as worker_secrets
 from worker.errors import TransientError
-from worker.secrets import MAX_FILE_BYTES, SecretError, clear_cache, resolve_secret
+from worker.secrets import SecretError, clear_cache, resolve_secret
 
 MakeSettings = Callable[[str], Settings]
 
@@ -211,7 +212,7 @@ def tree(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every path the worker's secret module opens (proof that nothing was read)."""
+    """Every path the secret reader opens (proof that nothing was read)."""
     calls: list[str] = []
     real_open = os.open
 
@@ -219,7 +220,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(str(path))
         return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(worker_secrets.os, "open", spy)
+    monkeypatch.setattr(secret_reader.os, "open", spy)
     return calls
 
 
