@@ -45,7 +45,7 @@ chaos: install tools
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy contract worker producer devtools api
+	$(BIN)/mypy contract worker producer devtools api benchmarks
 
 # Every figure of docs/pools.md in one run (~5 min; IMAGEGEN_BENCH_QUICK=1: ~3 min).
 $(VENV)/.bench: $(STAMP)

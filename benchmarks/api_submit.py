@@ -121,17 +121,18 @@ def main() -> None:
     }
     process, url = start_api(env)
     body = node()
-    settings = Settings(**{"redis_url": redis_server.url, "queue": env["IMAGEGEN_QUEUE"], "storage_url": storage})
-    client = ImageGenClient(settings)
+    client = ImageGenClient(Settings(REDIS_URL=redis_server.url, queue=env["IMAGEGEN_QUEUE"], storage_url=storage))
+
+    def submit_with_client() -> None:
+        client.submit(body)
+
     rows: list[tuple[str, int, dict[str, float]]] = []
     try:
         for concurrency in (1, CONCURRENCY):
             over_http, close = http_submitter(url, body)
             rows.append(("HTTP API (uvicorn, 1 process)", concurrency, measure(over_http, JOBS, concurrency)))
             close()
-            rows.append(
-                ("Python client", concurrency, measure(lambda: client.submit(body) and None, JOBS, concurrency))
-            )
+            rows.append(("Python client", concurrency, measure(submit_with_client, JOBS, concurrency)))
     finally:
         client.close()
         process.terminate()

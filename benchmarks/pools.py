@@ -23,8 +23,7 @@ def measure(pool: str, concurrency: int) -> str:
         handles = [client.submit(offline_node(VARIATIONS)) for _ in range(JOBS)]
         statuses = [h.wait(timeout=300).status for h in handles]
         wall = time.perf_counter() - start
-        assert worker.process is not None
-        memory = rss_mib(worker.process.pid)
+        memory = rss_mib(worker.pid)
     images = JOBS * VARIATIONS
     return (
         f"{pool:8} concurrency={concurrency:3}: {images} images in {wall:6.2f} s "

@@ -84,6 +84,12 @@ class WorkerProcess:
                 raise RuntimeError(f"celery worker did not start; log:\n{self.log()[-4000:]}")
             time.sleep(0.1)
 
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("the worker has not been started")
+        return self.process.pid
+
     def stop(self, timeout: float = 30.0) -> None:
         """Warm shutdown (SIGTERM), as Kubernetes does; SIGKILL if it hangs."""
         if self.process is None or self.process.poll() is not None:
