@@ -72,7 +72,7 @@ def parse_api_tokens(text: str) -> dict[str, SecretRef]:
 
 
 def resolve_token(reference: SecretRef, settings: Settings) -> str:
-    """The token a reference names, read by the worker's reader (contract/secret_reader.py).
+    """The token a reference names, read by the reader the workers use too (contract/secret_reader.py).
     These references are the operator's, not a tenant's: no allow-list applies."""
     try:
         value = read_secret(reference, settings)
