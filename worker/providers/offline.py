@@ -215,7 +215,8 @@ def _line_mask(font: Font, text: str) -> Image.Image:
     """White text's coverage for one line, composed from cached glyphs (rasterizing the whole
     line with FreeType was most of an image's cost); no kerning, which a test pattern does without."""
     glyphs = [_glyph(font, char) for char in text]
-    width = max(1, sum(advance for _, advance in glyphs) + max((g.width for g, _ in glyphs[-1:]), default=0))
+    # Each glyph starts where the previous one's advance ends; the last one's mask is at least its advance.
+    width = max(1, sum(advance for _, advance in glyphs[:-1]) + max((g.width for g, _ in glyphs[-1:]), default=0))
     mask = Image.new("L", (width, max((g.height for g, _ in glyphs), default=1)))
     x = 0
     for glyph, advance in glyphs:
