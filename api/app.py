@@ -375,7 +375,7 @@ def _routes(app: FastAPI) -> None:
         if not tenant.owns_uri(body.uri):
             # Another tenant's image and no image at all answer alike.
             raise ApiProblem(404, "image-not-found", "No such image", "no image of your jobs has this uri")
-        signed = await run_in_threadpool(state.client.sign, body.uri, body.node)
+        signed = await run_in_threadpool(state.client.sign, body.uri, body.node, tenant=tenant.name)
         return SignedView(uri=signed.uri, url=signed.url, url_expires_at=signed.url_expires_at)
 
 

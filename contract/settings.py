@@ -182,12 +182,14 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _allowed_secret_refs_parse(self) -> Settings:
         from contract.secret_refs import parse_allow_list  # here: keeps the module graph one-way
+        from contract.tenancy import check_tenant_templates
 
         try:
             parse_allow_list(self.allowed_secret_refs, self.vault_mount)
         except ValueError as exc:
             raise ValueError(f"IMAGEGEN_ALLOWED_SECRET_REFS: {exc}") from None
         try:
+            check_tenant_templates(self.tenant_secret_refs)
             parse_allow_list(self.tenant_secret_refs.replace("{tenant}", "tenant"), self.vault_mount)
         except ValueError as exc:
             raise ValueError(f"IMAGEGEN_TENANT_SECRET_REFS: {exc}") from None

@@ -11,14 +11,21 @@ with the job's tenant; a tenant's job may name only references they allow.
 Without the setting, tenants may name no reference at all outside development.
 
 Checked where a job id and its references meet: at submit (producer), when the
-job task opens the node's storage target, in each variation, and before a
-webhook is signed (a message may bypass the producer). Jobs outside the ``t/``
-namespace are the platform's own (the Python client of a trusted engine) and
-follow the global allow-list only.
+job task opens the node's storage target, in each variation, before a webhook is
+signed, and before an image URL is signed with a node's credentials (a message may
+bypass the producer). Jobs outside the ``t/`` namespace are the platform's own (the
+Python client of a trusted engine) and follow the global allow-list only.
+
+``vault:`` and ``file:`` entries match whole path segments, so ``{tenant}`` there
+names one tenant only. ``env:`` entries match a name prefix: ``env:T_{tenant}_``
+filled in for ``acme`` would also match ``T_acme_eu_KEY``, tenant ``acme_eu``'s. So an
+``env:`` template must follow ``{tenant}`` with ``_``, and only tenants named with
+letters and digits alone may use one (``ENV_TEMPLATE_TENANT``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from contract.errors import MISSING, NodeValidationError, Problem
@@ -27,6 +34,9 @@ from contract.settings import Settings
 
 NAMESPACE_ROOT = "t"  # t/<tenant>/<the caller's id>
 TENANT_PLACEHOLDER = "{tenant}"
+TENANT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,31}")  # one job id segment; never "." or ".."
+# Tenants that may use env: templates: without "_" in the name, "T_acme_" is no other tenant's prefix.
+ENV_TEMPLATE_TENANT = re.compile(r"[A-Za-z0-9]{1,32}")
 
 
 def tenant_of(job_id: str) -> str | None:
@@ -46,7 +56,11 @@ def caller_id(job_id: str) -> str:
 def check_tenant_refs(job_id: str, refs: Mapping[str, str | None], settings: Settings) -> None:
     """NodeValidationError naming each field whose secret reference the job's tenant may not use
     (``refs``: field -> reference, None for an unset field). The reference is never echoed."""
-    tenant = tenant_of(job_id)
+    check_refs_of_tenant(tenant_of(job_id), refs, settings)
+
+
+def check_refs_of_tenant(tenant: str | None, refs: Mapping[str, str | None], settings: Settings) -> None:
+    """``check_tenant_refs`` for a request that names its tenant (None: the platform's own)."""
     named = {field: ref for field, ref in refs.items() if ref}
     if tenant is None or not named:
         return
@@ -68,10 +82,25 @@ def _refusal(tenant: str, ref: str, templates: list[str], settings: Settings) ->
             f"names a secret reference, but tenant {tenant!r} may name none: this deployment sets no "
             "IMAGEGEN_TENANT_SECRET_REFS (per-tenant reference prefixes)"
         )
+    if ENV_TEMPLATE_TENANT.fullmatch(tenant) is None:
+        templates = [t for t in templates if not (t.startswith("env:") and TENANT_PLACEHOLDER in t)]
+    refusal = f"is not a secret reference tenant {tenant!r} may use (IMAGEGEN_TENANT_SECRET_REFS)"
+    if not templates:  # an empty list would allow anything (check_allowed)
+        return refusal
     try:
         check_allowed(
             parse_secret_ref(ref), [t.replace(TENANT_PLACEHOLDER, tenant) for t in templates], settings.vault_mount
         )
     except ValueError:
-        return f"is not a secret reference tenant {tenant!r} may use (IMAGEGEN_TENANT_SECRET_REFS)"
+        return refusal
     return None
+
+
+def check_tenant_templates(text: str) -> None:
+    """ValueError unless every ``env:`` entry of IMAGEGEN_TENANT_SECRET_REFS follows ``{tenant}`` with ``_``."""
+    for entry in (t.strip() for t in text.split(",")):
+        if entry.startswith("env:") and TENANT_PLACEHOLDER in entry and f"{TENANT_PLACEHOLDER}_" not in entry:
+            raise ValueError(
+                f"entry {entry!r}: in an env: entry {TENANT_PLACEHOLDER} must be followed by '_' "
+                f"(env:PREFIX_{TENANT_PLACEHOLDER}_), else one tenant's prefix is another's"
+            )

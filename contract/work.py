@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from contract.clouds import Target
 from contract.result import PromptStepRecord
+from contract.tenancy import TENANT_NAME
 from contract.webhooks import Webhook, WebhookEvent
 
 
@@ -76,6 +77,9 @@ class SignRequest(_Payload):
 
     uri: str = Field(max_length=2048)
     target: Target | None = None
+    # Whose image (the HTTP API's caller): the target's credentials must be ones this tenant may
+    # name, and the image must be one of its jobs'. None: the platform's own client.
+    tenant: str | None = Field(None, pattern=rf"^{TENANT_NAME.pattern}$")
 
 
 class WebhookDelivery(_Payload):

@@ -42,7 +42,7 @@ from contract.redis_client import redis_client, transient_retry
 from contract.result import JobResult
 from contract.result_backend import run_document
 from contract.settings import Settings, get_settings
-from contract.tenancy import check_tenant_refs
+from contract.tenancy import check_refs_of_tenant, check_tenant_refs
 from contract.webhooks import DeliveryLog, DeliveryStatus, Webhook, parse_webhook, webhook_json
 from contract.work import JobOrder, SignRequest
 
@@ -381,16 +381,25 @@ class ImageGenClient:
         return DeliveryLog(self.records.client, self.settings.result_ttl_s).read(check_job_id(job_id))
 
     @_reaching_the_queue
-    def sign(self, uri: str, node: dict[str, Any] | str | bytes | None = None, timeout: float = 30) -> SignedUrl:
+    def sign(
+        self,
+        uri: str,
+        node: dict[str, Any] | str | bytes | None = None,
+        timeout: float = 30,
+        *,
+        tenant: str | None = None,
+    ) -> SignedUrl:
         """A fresh URL for a stored image (``uri`` from the result), signed by a worker: the
         credentials stay there. Give the job's node when the image is in the node's own cloud;
-        only images this service stored under that node's target (or the platform's) are signed."""
+        only images this service stored under that node's target (or the platform's) are signed.
+        ``tenant`` (the HTTP API's caller): only that tenant's images, with credentials it may name."""
         target = None
         if node is not None:
             parsed = self.validate(node)
             if parsed.inputs.use_cloud:
+                check_refs_of_tenant(tenant, _credential_refs(parsed), self.settings)
                 target = node_target(parsed.inputs.model_dump(), self.settings.target_policy)
-        request = SignRequest(uri=uri, target=target)
+        request = SignRequest(uri=uri, target=target, tenant=tenant)
         outcome = self.celery.send_task(SIGN_URL, args=(request.model_dump(mode="json"),))
         try:
             document = outcome.get(timeout=timeout, propagate=True)

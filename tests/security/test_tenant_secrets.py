@@ -1,6 +1,7 @@
 """A tenant's job names only that tenant's secrets (contract/tenancy.py): at submit (client and
-HTTP API), in the job task and in each variation (raw broker messages), and before a webhook is
-signed. Tenant acme tries to borrow globex's storage credentials and webhook key."""
+HTTP API), in the job task and in each variation (raw broker messages), before a webhook is
+signed and before an image URL is signed. Tenant acme tries to borrow globex's storage
+credentials and webhook key."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from typing import Any
 
 import pytest
 
+from api.tenants import Authenticator, TokenConfigError
 from contract.clouds import node_target
 from contract.errors import NodeValidationError
-from contract.queue import GENERATE_VARIATION
+from contract.queue import GENERATE_VARIATION, SIGN_URL
 from contract.settings import Settings
 from contract.tenancy import caller_id, check_tenant_refs, tenant_of
-from contract.work import VariationWork
+from contract.work import SignRequest, VariationWork
 from producer.client import ImageGenClient
 from tests.api.conftest import StartApi
 from tests.conftest import StartWorker
@@ -142,3 +144,79 @@ def test_raw_messages_with_another_tenants_credentials_make_nothing(
     [line] = [line for line in worker.log().splitlines() if "job t/acme/raw-2 variation 0 failed" in line]
     assert "permanent (storage credentials refused" in line and "'acme'" in line
     assert GLOBEX_AWS not in worker.log()
+
+
+# --- signing a stored image's URL: the same rules (POST /v1/sign, raw sign messages) ----------
+
+ENV_POLICY = {
+    "IMAGEGEN_ALLOWED_SECRET_REFS": "env:TENANT_",
+    "IMAGEGEN_TENANT_SECRET_REFS": "env:TENANT_{tenant}_",
+    "TENANT_globex_AWS": json.dumps({"aws_access_key_id": "AKIAGLOBEX0000000001", "aws_secret_access_key": "g" * 40}),
+}
+
+
+def test_the_http_api_does_not_sign_with_another_tenants_credentials(
+    start_api: StartApi, start_worker: StartWorker, offline_node: dict[str, Any]
+) -> None:
+    start_worker(ENV_POLICY)
+    acme = start_api(ENV_POLICY).client("acme")
+    node = _cloud_node(offline_node, "env:TENANT_globex_AWS")
+    node["inputs"]["aws_bucket"] = "globex-images"
+    uri = "s3://globex-images/t/acme/anything/variation-0.png"  # under acme's namespace: owns_uri passes
+    response = acme.post("/v1/sign", json={"uri": uri, "node": node})
+    assert response.status_code == 422, response.text
+    assert [p["field"] for p in response.json()["problems"]] == ["inputs.aws_credentials"]
+    assert "AKIAGLOBEX" not in response.text and "TENANT_globex_AWS" not in response.text
+
+
+def test_a_raw_sign_message_is_checked_in_the_worker(
+    start_worker: StartWorker, client: ImageGenClient, settings: Settings
+) -> None:
+    """A sign request that skipped the producer: a tenant's credentials are checked before they are
+    read, and a tenant's request signs only its own jobs' images."""
+    worker = start_worker(ENV_POLICY)
+    target = node_target(
+        {
+            "use_cloud": True,
+            "cloud_provider": "aws",
+            "aws_bucket": "globex-images",
+            "aws_region": "us-east-1",
+            "aws_credentials": "env:TENANT_globex_AWS",
+        },
+        settings.target_policy,
+    )
+
+    def sign(uri: str, tenant: str | None) -> dict[str, Any]:
+        request = SignRequest(uri=uri, target=target, tenant=tenant)
+        answer: dict[str, Any] = client.celery.send_task(SIGN_URL, args=(request.model_dump(mode="json"),)).get(
+            timeout=30
+        )
+        return answer
+
+    borrowed = sign("s3://globex-images/t/acme/anything/variation-0.png", "acme")
+    assert borrowed["error"]["kind"] == "permanent" and "storage credentials refused" in borrowed["error"]["message"]
+    assert "url" not in borrowed
+    # globex's own request for an image of acme's jobs: its credentials, but not its image.
+    elsewhere = sign("s3://globex-images/t/acme/anything/variation-0.png", "globex")
+    assert elsewhere["error"]["kind"] == "storage" and "tenant 'globex'" in elsewhere["error"]["message"]
+    own = sign("s3://globex-images/t/globex/job-1/variation-0.png", "globex")
+    assert own["url"].startswith("https://") and "AKIAGLOBEX0000000001" in own["url"]
+    assert "AKIAGLOBEX" not in worker.log() and "g" * 40 not in worker.log()
+
+
+def test_env_templates_tell_tenants_apart() -> None:
+    """``env:`` entries match a name prefix: ``TENANT_acme_`` is also a prefix of ``TENANT_acme_eu_KEY``."""
+    with pytest.raises(ValueError, match=r"must be followed by '_'"):
+        _settings(allowed_secret_refs="env:TENANT_", tenant_secret_refs="env:TENANT_{tenant}")
+    settings = _settings(allowed_secret_refs="env:TENANT_", tenant_secret_refs="env:TENANT_{tenant}_")
+    check_tenant_refs("t/acme/job-1", {"inputs.aws_credentials": "env:TENANT_acme_AWS"}, settings)
+    # A tenant whose name could extend another's may name no env: reference at all ...
+    with pytest.raises(NodeValidationError, match="'acme_eu'"):
+        check_tenant_refs("t/acme_eu/job-1", {"inputs.aws_credentials": "env:TENANT_acme_eu_AWS"}, settings)
+    # ... and the API does not start with such a tenant beside an env: template.
+    tokens = "acme=env:ACME_TOKEN,acme_eu=env:ACME_EU_TOKEN"
+    with pytest.raises(TokenConfigError, match="'acme_eu'"):
+        Authenticator(settings.model_copy(update={"api_tokens": tokens}))
+    vault_only = settings.model_copy(update={"api_tokens": tokens, "tenant_secret_refs": TEMPLATES})
+    with pytest.raises(TokenConfigError, match="ACME_TOKEN"):  # past the name check: the tokens are unset
+        Authenticator(vault_only)

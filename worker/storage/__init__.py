@@ -61,9 +61,10 @@ class Location:
     ) -> StoredObject:
         return self.store.put(object_key(self.prefix, job_id, index, extension, run), data, content_type, metadata)
 
-    def url_for(self, uri: str) -> StoredObject:
-        """A fresh URL for an image this service stored under this location's prefix, and nothing else."""
-        check_image_key(self.store.key_of(uri), self.prefix)
+    def url_for(self, uri: str, tenant: str | None = None) -> StoredObject:
+        """A fresh URL for an image this service stored under this location's prefix (for one of
+        ``tenant``'s jobs, when given), and nothing else."""
+        check_image_key(self.store.key_of(uri), self.prefix, tenant)
         return self.store.url_for(uri)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from contract.tenancy import tenant_of
 from worker.errors import StorageError
 from worker.storage.base import check_key
 
@@ -23,9 +24,10 @@ def object_key(prefix: str | None, job_id: str, index: int, extension: str, run:
     return check_key("/".join([*parts, job_id, f"variation-{index}{suffix}.{extension}"]))
 
 
-def check_image_key(key: str, prefix: str | None) -> str:
-    """``key`` if it names an image this service wrote under ``prefix``; StorageError otherwise.
-    Signing is limited to these, so ``sign`` cannot hand out URLs for other objects."""
+def check_image_key(key: str, prefix: str | None, tenant: str | None = None) -> str:
+    """``key`` if it names an image this service wrote under ``prefix`` (for one of ``tenant``'s
+    jobs, when given); StorageError otherwise. Signing is limited to these, so ``sign`` cannot
+    hand out URLs for other objects."""
     base = "/".join(p for p in (prefix or "").split("/") if p)
     check_key(key)
     head, _, name = key.rpartition("/")
@@ -33,4 +35,6 @@ def check_image_key(key: str, prefix: str | None) -> str:
     if (base and not head.startswith(f"{base}/")) or not job_part or not _FILE.match(name):
         where = f"under the prefix {base!r}" if base else "in this store"
         raise StorageError(f"refused to sign {key!r}: it is not an image this service stored {where}")
+    if tenant is not None and tenant_of(job_part) != tenant:
+        raise StorageError(f"refused to sign {key!r}: it is not an image of tenant {tenant!r}'s jobs")
     return key

@@ -5,7 +5,9 @@ cloud, the node's target (references only); the worker resolves the
 credentials and signs. It signs only images this service stored under that
 target's prefix (or the platform storage's), and the worker's own identity
 serves only the platform and allow-listed targets, so a caller cannot borrow
-it for other buckets or other objects.
+it for other buckets or other objects. A tenant's request (the HTTP API's) is
+signed only for that tenant's jobs, and only with credentials the tenant may
+name (contract/tenancy.py), checked before they are read.
 
 The URL is a bearer credential: it is returned through the result backend
 (which the producer deletes at once) and never logged; the worker's task
@@ -18,11 +20,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from contract.errors import NodeValidationError
 from contract.queue import SIGN_URL
 from contract.settings import get_settings
+from contract.tenancy import check_refs_of_tenant
 from contract.work import SignRequest
 from worker.celery_app import app
-from worker.errors import GenerationError, StorageError, TransientError
+from worker.errors import GenerationError, PermanentError, StorageError, TransientError
 from worker.storage import location_for
 
 log = logging.getLogger(__name__)
@@ -30,8 +34,14 @@ log = logging.getLogger(__name__)
 
 @app.task(name=SIGN_URL, pydantic=True)
 def sign_url(request: SignRequest) -> dict[str, Any]:
+    settings = get_settings()
     try:
-        stored = location_for(request.target, get_settings()).url_for(request.uri)
+        if request.target is not None and request.target.credentials:
+            try:  # before the credentials are read: the request may not come from our producer
+                check_refs_of_tenant(request.tenant, {"inputs.credentials": request.target.credentials}, settings)
+            except NodeValidationError as exc:
+                raise PermanentError(f"storage credentials refused: {exc.problems[0].message}") from None
+        stored = location_for(request.target, settings).url_for(request.uri, request.tenant)
     except GenerationError as exc:
         kind = (
             "storage"
