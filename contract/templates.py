@@ -5,9 +5,12 @@ outputs); the template is rendered with jinja2's ``SandboxedEnvironment`` and
 ``StrictUndefined``, so a placeholder the context lacks is an error naming it,
 not an empty string. Templates are written by tenants: the sandbox blocks
 attribute tricks, the globals are emptied (no ``range``, ``lipsum``, ...), only
-text filters are kept, ``*`` and ``**`` cannot build big values, and output
-stops at the prompt cap. Context values are data, never templates: a ``{{``
-inside an upstream answer is printed as it is.
+text filters are kept, ``*`` cannot build big values, and output stops at the
+prompt cap. A template is expressions and ``{% if %}`` only (``_ALLOWED_NODES``):
+no loops, ``{% set %}``, macros, calls, ``**`` or ``%``, so rendering costs no more
+than the template's and the context's length (a few nested loops that print
+nothing would otherwise hold a thread for hours). Context values are data, never
+templates: a ``{{`` inside an upstream answer is printed as it is.
 
 Rendering happens once, in the producer; the worker receives the rendered prompt.
 """
@@ -18,7 +21,7 @@ import operator
 from collections.abc import Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import missing
@@ -42,7 +45,28 @@ SAFE_FILTERS = (
     "upper",
 )
 _MAX_REPEAT_CHARS = 10_000  # "ab" * n, [x] * n: refused past this
-_MAX_EXPONENT = 64
+
+# What a prompt template may contain: each node is evaluated once, at bounded cost.
+_ALLOWED_NODES: tuple[type[nodes.Node], ...] = (
+    nodes.Template, nodes.Output, nodes.TemplateData, nodes.If,
+    nodes.Name, nodes.Const, nodes.Getattr, nodes.Getitem, nodes.Slice,
+    nodes.Filter, nodes.Test, nodes.Keyword, nodes.Concat, nodes.CondExpr,
+    nodes.Compare, nodes.Operand, nodes.And, nodes.Or, nodes.Not, nodes.Neg, nodes.Pos,
+    nodes.Add, nodes.Sub, nodes.Mul, nodes.Div, nodes.FloorDiv,
+    nodes.List, nodes.Tuple, nodes.Dict, nodes.Pair,
+)  # fmt: skip
+_REFUSED_NAMES = {
+    "For": "a {% for %} loop",
+    "Assign": "{% set %}",
+    "AssignBlock": "{% set %}",
+    "Macro": "{% macro %}",
+    "CallBlock": "{% call %}",
+    "Call": "a function or method call",
+    "Pow": "the ** operator",
+    "Mod": "the % operator",
+    "FilterBlock": "{% filter %}",
+    "With": "{% with %}",
+}
 
 
 class TemplateProblem(ValueError):
@@ -62,13 +86,9 @@ class _Undefined(StrictUndefined):
 
 
 class _Sandbox(SandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*"})
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
-        if operator_name == "**":
-            if isinstance(right, int | float) and abs(right) > _MAX_EXPONENT:
-                raise SecurityError(f"an exponent above {_MAX_EXPONENT} is not allowed in a prompt template")
-            return operator.pow(left, right)
         for sequence, count in ((left, right), (right, left)):
             repeats = isinstance(sequence, str | list | tuple) and isinstance(count, int)
             if repeats and len(sequence) * max(count, 0) > _MAX_REPEAT_CHARS:
@@ -87,9 +107,21 @@ _ENV = _environment()
 
 
 def placeholders(template: str) -> set[str]:
-    """The top-level names a template uses (``llm_1`` for ``{{ llm_1.text }}``)."""
+    """The top-level names a template uses (``llm_1`` for ``{{ llm_1.text }}``); TemplateProblem
+    when it is not a template or uses more than expressions and ``{% if %}``."""
     try:
-        return set(meta.find_undeclared_variables(_ENV.parse(template)))
+        tree = _ENV.parse(template)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"is not a valid template (line {exc.lineno}: {exc.message})") from None
+    for node in (tree, *tree.find_all(nodes.Node)):
+        if not isinstance(node, _ALLOWED_NODES):
+            what = _REFUSED_NAMES.get(type(node).__name__, f"a {type(node).__name__} construct")
+            raise TemplateProblem(
+                f"uses {what} (line {node.lineno}); a prompt template may hold placeholders, filters and "
+                "{% if %} only"
+            )
+    try:
+        return set(meta.find_undeclared_variables(tree))  # compiles it: an unknown filter fails here
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"is not a valid template (line {exc.lineno}: {exc.message})") from None
 

@@ -60,20 +60,45 @@ def test_plain_text_is_left_as_written() -> None:
         ("{{ topic.__class__ }}", "sandbox"),
         ("{{ 'x' * 100000000 }}", "repeating"),
         ("{{ [1] * 100000000 }}", "repeating"),
-        ("{{ 9 ** 99999999 }}", "exponent"),
-        ("{{ range(10) }}", "'range'"),  # no globals
-        ("{{ lipsum(1000) }}", "'lipsum'"),
+        ("{{ 9 ** 99999999 }}", "the ** operator"),
+        ("{{ '%0999999999d' % 1 }}", "the % operator"),  # a 1 GB string from a 20-character template
+        ("{{ range(10) }}", "a function or method call"),
+        ("{{ lipsum(1000) }}", "a function or method call"),
+        ("{{ topic.center(1000000000) }}", "a function or method call"),
         ("{{ topic | center(100000000) }}", "No filter named 'center'"),
         ("{{ topic | replace('', topic) }}", "No filter named 'replace'"),
         ("{{ topic.upper.__globals__ }}", "'__globals__'"),
-        ("{% for a in 'abcdefghij' %}{% for b in 'abcdefghij' %}{{ llm_1.text }}{% endfor %}{% endfor %}", "cap"),
+        ("{% for a in 'abcdefghij' %}{{ llm_1.text }}{% endfor %}", "a {% for %} loop (line 1)"),
+        # Loops that print nothing never reach the output cap: ~10^12 steps from 108 characters.
+        (
+            '{% set s = "x" * 9999 %}{% for a in s %}{% for b in s %}{% for c in s %}'
+            "{% endfor %}{% endfor %}{% endfor %}x",
+            "{% set %}",
+        ),
+        ("{% macro m() %}{{ caller() }}{% endmacro %}", "{% macro %}"),
+        ("{% with x = topic %}{{ x }}{% endwith %}", "{% with %}"),
+        ("{% filter upper %}{{ topic }}{% endfilter %}", "{% filter %}"),
+        ("{% include 'x' %}", "a Include construct"),
         ("{{ topic", "not a valid template"),
     ],
 )
 def test_hostile_templates_are_refused(template: str, why: str) -> None:
     with pytest.raises(TemplateProblem) as caught:
         render(template)
-    assert why in str(caught.value) or (why == "cap" and "more than 500 characters" in str(caught.value))
+    assert why in str(caught.value)
+
+
+def test_expressions_and_if_are_what_a_template_may_hold() -> None:
+    template = (
+        "{% if topic == 'winter' and llm_1.text %}{{ llm_1.text | title }}{% else %}none{% endif %}, "
+        "{{ topic ~ '!' if topic is defined else '' }} {{ (llm_1.text * 2)[:5] }} {{ [topic, 'x'] | join('+') }}"
+    )
+    assert render(template) == "A Red Fox In The Snow, winter! a red winter+x"
+
+
+def test_a_long_prompt_renders_at_the_cap_and_no_further() -> None:
+    with pytest.raises(TemplateProblem, match="more than 500 characters"):
+        render("{{ llm_1.text * 30 }}")
 
 
 def test_the_rendered_prompt_is_what_the_node_validates_and_returns(seed_node: dict[str, Any]) -> None:
