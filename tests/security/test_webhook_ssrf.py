@@ -7,6 +7,8 @@ POST is pinned to the address that was checked (no DNS rebinding)."""
 from __future__ import annotations
 
 import base64
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -227,3 +229,48 @@ def _settled(client: ImageGenClient, job_id: str, timeout: float = 30) -> list[A
         assert time.monotonic() < deadline, "no delivery outcome recorded"
         time.sleep(0.1)
     return found
+
+
+class DripServer:
+    """A receiver that answers a byte at a time, each well inside a read timeout, for up to a
+    minute: ``opening`` first, then ``drip`` once every 0.2 s."""
+
+    def __init__(self, opening: bytes, drip: bytes):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.opening, self.drip = opening, drip
+        self.cut_short = threading.Event()  # the client hung up while the drip went on
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn, self.listener:
+            conn.settimeout(5)
+            if not self.opening.startswith(b"\x16"):  # HTTP: read the request first; TLS: the hello
+                conn.recv(65536)
+            try:
+                conn.sendall(self.opening)
+                for _ in range(300):
+                    conn.sendall(self.drip)
+                    time.sleep(0.2)
+            except OSError:
+                self.cut_short.set()
+
+
+@pytest.mark.parametrize(
+    ("scheme", "opening", "drip"),
+    [
+        ("http", b"HTTP/1.1 200 OK\r\n", b"X-Slow: 1\r\n"),  # headers that never end
+        ("http", b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", b"x"),  # a body that never ends
+        ("https", b"\x16\x03\x03\x40\x00", b"\x02"),  # a TLS handshake record that never ends
+    ],
+    ids=["headers", "body", "tls-handshake"],
+)
+def test_a_receiver_that_drips_its_answer_times_out_as_a_whole(scheme: str, opening: bytes, drip: bytes) -> None:
+    """urllib3's timeouts bound each read; the POST's timeout bounds them all (worker/webhook_post.py),
+    so a receiver cannot hold a worker slot by sending a byte inside every read's timeout."""
+    server = DripServer(opening, drip)
+    outcome = post_pinned(f"{scheme}://hook.example.com:{server.port}/x", "127.0.0.1", b"{}", {}, timeout_s=1)
+    assert not outcome.delivered and outcome.error is not None and outcome.error.startswith("timeout")
+    assert outcome.retryable  # a timeout is retried later, like any receiver that did not answer
+    assert server.cut_short.wait(10), "the POST returned but the connection stayed open"
