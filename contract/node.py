@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 from pydantic import (
     BaseModel,
     ConfigDict,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -409,12 +410,18 @@ def _problem_from(err: Any, data: Mapping[str, Any], hint: bool = True) -> Probl
     return Problem(field, value, message[0].lower() + message[1:] if message else message)
 
 
+_BOOL = TypeAdapter(bool)
+
+
 def _cloud_problems(inputs: Mapping[str, Any], already: list[str], policy: TargetPolicy) -> list[Problem]:
     """The cloud's own rules (contract/clouds) for use_cloud; run even when single fields failed."""
-    use_cloud = inputs.get("use_cloud", False)
-    if isinstance(use_cloud, str):
-        use_cloud = use_cloud.strip().lower() in ("true", "1", "yes", "on")
-    if use_cloud is not True or "inputs.use_cloud" in already:
+    if "inputs.use_cloud" in already:
+        return []
+    try:  # read as the model reads it ("y", "on", 1 ... are true there too), else a check is skipped
+        use_cloud = _BOOL.validate_python(inputs.get("use_cloud", False))
+    except ValidationError:
+        return []  # reported on the field
+    if not use_cloud:
         return []
     provider = inputs.get("cloud_provider")
     if provider is None:

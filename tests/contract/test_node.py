@@ -137,6 +137,14 @@ def test_cloud_provider_fields_required_when_use_cloud(seed_node: dict[str, Any]
     assert "inputs.cloud_provider" in problems(with_inputs(seed_node, cloud_provider="gcs"))
 
 
+@pytest.mark.parametrize("raw", ["y", "t", "on", 1, "YES"])
+def test_every_true_the_model_reads_gets_the_storage_checks(seed_node: dict[str, Any], raw: Any) -> None:
+    """The cloud checks read use_cloud as the model does: a "y" that the model takes for true
+    cannot skip them and reach the worker with a missing bucket."""
+    node = with_inputs(seed_node, use_cloud=raw, cloud_provider="azure")
+    assert set(problems(node)) == {"inputs.azure_container", "inputs.azure_account_url"}
+
+
 def test_raw_secret_is_refused_and_never_echoed(seed_node: dict[str, Any]) -> None:
     canary = "AKIA-CANARY-9f3c2e"
     with pytest.raises(NodeValidationError) as caught:
