@@ -8,12 +8,13 @@ Outside development, unsafe defaults are refused at start-up.
 from __future__ import annotations
 
 from functools import cached_property, lru_cache
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.clouds import TargetPolicy, parse_allowed_targets
+from contract.errors import ImageGenError, excerpt
 from contract.rate_limits import RateLimit, parse_rate_limits
 
 POOL_HEADROOM = 16  # connections beyond one per worker slot: see Settings.pool_size
@@ -21,8 +22,19 @@ REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")  # the job store and res
 BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", *REDIS_SCHEMES)
 
 
+class SettingsError(ImageGenError, ValueError):
+    """A setting cannot be used. The message names each variable and what is allowed; it never
+    carries the environment's values wholesale, as pydantic's own error does (API keys included)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
 
     environment: Literal["development", "production"] = "development"
 
@@ -277,6 +289,27 @@ class Settings(BaseSettings):
 
 
 @lru_cache(maxsize=1)
+def _describe(error: ValidationError) -> str:
+    """One line per problem: the variable, its value unless secret, and the rule it broke."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        if not problem["loc"]:  # a rule across settings: its message names the variables
+            lines.append(message)
+            continue
+        name = str(problem["loc"][0])
+        field = Settings.model_fields.get(name)
+        alias = field.validation_alias if field is not None else None
+        variable = (
+            alias.choices[0] if isinstance(alias, AliasChoices) else alias if isinstance(alias, str) else None
+        ) or f"IMAGEGEN_{name.upper()}"
+        value = problem.get("input")
+        secret = (field is not None and "SecretStr" in str(field.annotation)) or "@" in str(value)  # a URL's password
+        shown = "" if secret or "input" not in problem else f"={excerpt(value)!r}"
+        lines.append(f"{variable}{shown}: {message}")
+    return "invalid settings: " + "; ".join(lines)
+
+
 def get_settings() -> Settings:
     """The process-wide settings (read once; tests build their own)."""
     return Settings()

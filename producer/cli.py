@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,7 @@ from contract.documents import too_large
 from contract.job_ids import check_job_id
 from contract.node import NodeValidationError, validate_node
 from contract.result import JobResult
-from contract.settings import get_settings
+from contract.settings import SettingsError, get_settings
 from producer.client import (
     ImageGenClient,
     JobConflict,
@@ -43,8 +44,24 @@ class UsageError(Exception):
     """A mistake on the command line (e.g. an unreadable file): exit 2, no traceback."""
 
 
+def _seconds(text: str) -> float:
+    """A ``--timeout``: finite and not negative (``nan`` would never expire, ``inf`` overflow a clock)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (finite, 0 or more)")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        get_settings()
+    except SettingsError as exc:  # names the variable and what is allowed; never a secret's value
+        print(f"imagegen: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     try:
         return int(args.run(args))
     except NodeValidationError as exc:
@@ -90,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         "--context", metavar="FILE", help="JSON object filling user_query placeholders such as {{ llm_1.text }}"
     )
     submit.add_argument("--wait", action="store_true", help="wait and print the result document")
-    submit.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+    submit.add_argument("--timeout", type=_seconds, default=600.0, help="seconds to wait (default 600)")
     submit.set_defaults(run=_submit)
 
     status = sub.add_parser("status", help="a job's state and progress")
@@ -100,13 +117,13 @@ def _parser() -> argparse.ArgumentParser:
     result = sub.add_parser("result", help="a job's result document")
     result.add_argument("job_id")
     result.add_argument("--wait", action="store_true", help="wait until it is ready")
-    result.add_argument("--timeout", type=float, default=600.0)
+    result.add_argument("--timeout", type=_seconds, default=600.0, help="seconds to wait (default 600)")
     result.set_defaults(run=_result)
 
     sign = sub.add_parser("sign", help="a fresh signed URL for a stored image (signed by a worker)")
     sign.add_argument("uri", help="the image's durable uri from the result (s3://, gs://, https blob URL, file://)")
     sign.add_argument("--node", help="the job's node JSON file, when the image is in the node's own cloud")
-    sign.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a worker (default 30)")
+    sign.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for a worker (default 30)")
     sign.set_defaults(run=_sign)
 
     cancel = sub.add_parser("cancel", help="ask a queued or running job to stop (a finished job is left as it is)")

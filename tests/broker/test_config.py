@@ -6,12 +6,11 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from pydantic import ValidationError
 
 from contract.queue import ImageGenCelery, celery_config
 from contract.redis_client import FailoverSafeRedis, SentinelConnection, SentinelURL, TransientRetry, redis_client
 from contract.result_backend import RidesOutRedisFaults
-from contract.settings import Settings
+from contract.settings import Settings, SettingsError
 
 SENTINEL = "sentinel://:s%40cret@s1:26380,s2,[::1]:26381/imagegen/3"
 BACKEND = "contract.result_backend:ImageGenRedisBackend+"  # Celery's backend, riding out Redis faults
@@ -113,7 +112,7 @@ def test_unix_socket_url_keeps_its_database(monkeypatch: pytest.MonkeyPatch) -> 
 )
 def test_bad_broker_urls_fail_at_start_up(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
     monkeypatch.setenv(name, value)
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(SettingsError, match=message):
         Settings()
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
 
 from contract.rate_limits import RateLimit, parse_rate_limits
-from contract.settings import Settings
+from contract.settings import Settings, SettingsError
 
 
 def test_parse_rate_limits() -> None:
@@ -19,5 +18,5 @@ def test_parse_rate_limits() -> None:
 @pytest.mark.parametrize("spec", ["gemini=fast", "=10", "gemini-3-pro-image", "m=0", "m=10:0", "m=10:x"])
 def test_bad_rate_limits_fail_at_start_up(spec: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGEGEN_RATE_LIMITS", spec)
-    with pytest.raises(ValidationError, match="MODEL_ID=PER_MINUTE"):
+    with pytest.raises(SettingsError, match="MODEL_ID=PER_MINUTE"):
         Settings()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
 
 from contract.queue import celery_config
-from contract.settings import Settings
+from contract.settings import Settings, SettingsError
 
 
 def test_standard_variable_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,14 +21,14 @@ def test_standard_variable_names(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_visibility_timeout_must_outlive_time_limit_and_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGEGEN_VISIBILITY_TIMEOUT_S", "300")
-    with pytest.raises(ValidationError, match="tasks run twice"):
+    with pytest.raises(SettingsError, match="tasks run twice"):
         Settings()
 
 
 def test_event_log_retention_must_outlive_a_webhooks_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().events_retention_s == 3600
     monkeypatch.setenv("IMAGEGEN_EVENTS_RETENTION_S", "300")  # 8 attempts x (60 s + 10 s) = 560 s
-    with pytest.raises(ValidationError, match=r"IMAGEGEN_EVENTS_RETENTION_S=300 .* \(560 s"):
+    with pytest.raises(SettingsError, match=r"IMAGEGEN_EVENTS_RETENTION_S=300 .* \(560 s"):
         Settings()
     monkeypatch.setenv("IMAGEGEN_WEBHOOK_MAX_ATTEMPTS", "4")  # 280 s
     assert Settings().events_retention_s == 300
@@ -38,7 +37,7 @@ def test_event_log_retention_must_outlive_a_webhooks_retries(monkeypatch: pytest
 def test_production_refuses_local_storage_and_test_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGEGEN_ENVIRONMENT", "production")
     monkeypatch.setenv("IMAGEGEN_OFFLINE_FAILURES", "0:permanent")
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(SettingsError) as caught:
         Settings()
     assert "IMAGEGEN_STORAGE_URL is a local directory" in str(caught.value)
     assert "IMAGEGEN_ALLOWED_SECRET_REFS is empty" in str(caught.value)
@@ -70,12 +69,30 @@ def test_every_redis_pool_is_sized_from_the_concurrency(monkeypatch: pytest.Monk
 @pytest.mark.parametrize("concurrency", ["0", "513"])
 def test_concurrency_is_bounded(monkeypatch: pytest.MonkeyPatch, concurrency: str) -> None:
     monkeypatch.setenv("IMAGEGEN_WORKER_CONCURRENCY", concurrency)
-    with pytest.raises(ValidationError, match="worker_concurrency"):
+    with pytest.raises(SettingsError, match=f"IMAGEGEN_WORKER_CONCURRENCY={concurrency!r}"):
         Settings()
 
 
 def test_result_compression_is_on_by_default_and_can_be_turned_off() -> None:
     assert celery_config(Settings())["result_compression"] == "zlib"
     assert celery_config(Settings(result_compression="none"))["result_compression"] is None  # type: ignore[call-arg]
-    with pytest.raises(ValidationError, match="result_compression"):
+    with pytest.raises(SettingsError, match="IMAGEGEN_RESULT_COMPRESSION='brotli'"):
         Settings(result_compression="brotli")  # type: ignore[call-arg,arg-type]
+
+
+def test_a_bad_setting_names_the_variable_and_never_echoes_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydantic's own error shows a cross-field rule's input: every value read, API keys included."""
+    monkeypatch.setenv("GEMINI_API_KEY", "AIza-secret-value-0123456789")
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.secret-token")
+    monkeypatch.setenv("REDIS_URL", "http://127.0.0.1:6379/0")
+    monkeypatch.setenv("IMAGEGEN_MAX_VARIATIONS", "lots")
+    with pytest.raises(SettingsError) as caught:
+        Settings()
+    message = str(caught.value)
+    assert "IMAGEGEN_MAX_VARIATIONS='lots': Input should be a valid integer" in message
+    assert "AIza-secret" not in message and "hvs.secret" not in message
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    monkeypatch.setenv("IMAGEGEN_MAX_VARIATIONS", "4")
+    with pytest.raises(SettingsError, match="REDIS_URL: scheme 'http' is not one of") as caught:
+        Settings()
+    assert "AIza-secret" not in str(caught.value)

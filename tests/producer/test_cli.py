@@ -135,3 +135,16 @@ def test_serve_refuses_bad_settings_in_one_line(job_env: dict[str, str]) -> None
     bad_tokens = imagegen({**job_env, "IMAGEGEN_API_TOKENS": "acme=the-token-itself"}, "serve", "--port", "1")
     assert bad_tokens.returncode == 2 and "IMAGEGEN_API_TOKENS" in bad_tokens.stderr
     assert "the-token-itself" not in bad_tokens.stderr and "Traceback" not in bad_tokens.stderr
+
+
+def test_bad_settings_and_timeouts_are_one_line_usage_errors(job_env: dict[str, str], tmp_path: Path) -> None:
+    """Exit 2 naming the variable or option and what is allowed; no traceback, no secret."""
+    secrets = {"GEMINI_API_KEY": "AIza-cli-secret-0123456789", "REDIS_URL": "http://127.0.0.1:6379/0"}
+    bad_url = imagegen({**job_env, **secrets}, "validate", str(ROOT / "examples" / "seed-node.json"))
+    assert bad_url.returncode == 2 and "REDIS_URL: scheme 'http' is not one of" in bad_url.stderr
+    assert "Traceback" not in bad_url.stderr and "AIza-cli-secret" not in bad_url.stderr
+    bad_number = imagegen({**job_env, "IMAGEGEN_MAX_VARIATIONS": "lots"}, "status", "x")
+    assert bad_number.returncode == 2 and "IMAGEGEN_MAX_VARIATIONS='lots'" in bad_number.stderr
+    for timeout in ("nan", "inf", "-1", "soon"):
+        refused = imagegen(job_env, "result", "x", "--wait", "--timeout", timeout)
+        assert refused.returncode == 2 and "is not a number of seconds" in refused.stderr, timeout

@@ -21,7 +21,6 @@ from typing import Any
 
 import hvac
 import pytest
-from pydantic import ValidationError
 
 from contract import secret_reader
 from contract.node import NodeValidationError, validate_node
@@ -34,7 +33,7 @@ from contract.secret_refs import (
     parse_secret_ref,
     vault_kv_path,
 )
-from contract.settings import Settings
+from contract.settings import Settings, SettingsError
 from devtools.emulators import Emulator
 from devtools.redis_server import free_port
 from worker.errors import TransientError
@@ -344,7 +343,7 @@ def test_a_hand_built_reference_is_canonicalised_before_matching() -> None:
 )
 def test_invalid_allow_list_entries_fail_at_start_up(entry: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGEGEN_ALLOWED_SECRET_REFS", f"vault:secret/imagegen/tenants, {entry}")
-    with pytest.raises(ValidationError, match="IMAGEGEN_ALLOWED_SECRET_REFS: entry"):
+    with pytest.raises(SettingsError, match="IMAGEGEN_ALLOWED_SECRET_REFS: entry"):
         Settings()
 
 
