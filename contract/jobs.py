@@ -53,7 +53,7 @@ if ARGV[3] ~= '1' then return {'exists', run, state} end
 if state ~= 'failed' and state ~= 'partial' then return {'not_rerunnable', run, state} end
 run = run + 1
 redis.call('HSET', KEYS[1], 'run', run, 'state', 'queued', 'done', 0, 'submitted_at', ARGV[4], 'claim', ARGV[7])
-redis.call('HDEL', KEYS[1], 'started_at', 'finished_at')
+redis.call('HDEL', KEYS[1], 'started_at', 'finished_at', 'lost')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
 return {'rerun', run, state}
@@ -63,6 +63,7 @@ return {'rerun', run, state}
 # ARGV[1]: the job id; ARGV[2]: cutoff (epoch s): no progress since then means lost; ARGV[3]: finished_at.
 # Returns the run that was ended as lost, or false (finished meanwhile, or progress since the cutoff).
 # One step, so of many sweepers (every worker, every waiting client) exactly one ends the job.
+# A run whose cancel was asked ends "canceled" (as a worker would have ended it), else "failed".
 _END_LOST = """
 local last = redis.call('ZSCORE', KEYS[2], ARGV[1])
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -72,9 +73,22 @@ if state ~= 'queued' and state ~= 'running' then
 end
 if not last or tonumber(last) > tonumber(ARGV[2]) then return false end
 local run = redis.call('HGET', KEYS[1], 'run') or '1'
-redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[3], 'result_run', run, 'lost', 1)
+local ending = 'failed'
+if redis.call('HGET', KEYS[1], 'cancel_run') == run then ending = 'canceled' end
+redis.call('HSET', KEYS[1], 'state', ending, 'finished_at', ARGV[3], 'result_run', run, 'lost', 1)
 redis.call('ZREM', KEYS[2], ARGV[1])
 return tonumber(run)
+"""
+
+# KEYS[1]: the job hash. ARGV[1]: the run the lost-job sweep ended.
+# Returns 1 when that run, still the current one and "failed", is now "partial" (it had stored
+# images: they are in its result document); else 0.
+_LOST_PARTIAL = """
+if redis.call('HGET', KEYS[1], 'run') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'failed' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'partial')
+return 1
 """
 
 
@@ -221,6 +235,7 @@ class JobRecords:
         self.ttl_s = ttl_s
         self._claim = client.register_script(_CLAIM)
         self._end_lost = client.register_script(_END_LOST)
+        self._lost_partial = client.register_script(_LOST_PARTIAL)
         self._begin_dispatch = client.register_script(_BEGIN_DISPATCH)
         self._count_done = client.register_script(_COUNT_DONE)
         self._cancel = client.register_script(_CANCEL)
@@ -350,6 +365,10 @@ class JobRecords:
             keys=[job_key(job_id), progress_key()], args=[job_id, now.timestamp() - deadline_s, now.isoformat()]
         )
         return self.read(job_id) if run else None
+
+    def lost_run_partial(self, job_id: str, run: int) -> bool:
+        """A lost run whose stored images were recovered ends ``partial`` (contract/lost_jobs.py)."""
+        return bool(self._lost_partial(keys=[job_key(job_id)], args=[run]))
 
     def read(self, job_id: str) -> JobStatus | None:
         raw = self.client.hgetall(job_key(job_id))

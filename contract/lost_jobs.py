@@ -1,9 +1,13 @@
 """Ending lost jobs: a job whose messages are gone must not stay queued or running.
 
 A job that made no progress (submitted, started, a variation finished) for
-``IMAGEGEN_JOB_DEADLINE_S`` is ended ``failed`` with one error of kind
-``lost``; its result document is stored where the run's result belongs, so a
-waiting client wakes up with an answer it can read. Workers sweep for such jobs
+``IMAGEGEN_JOB_DEADLINE_S`` is ended; its result document is stored where the
+run's result belongs, so a waiting client wakes up with an answer it can read.
+What the run had finished is kept: each finished variation's record comes back
+from the run's ``variation`` events (its image was stored and paid for), and
+every other variation gets an error of kind ``lost``. The run ends ``partial``
+when it has images, else ``failed``; ``canceled`` when a cancel was asked (its
+unfinished variations then say ``canceled``). Workers sweep for such jobs
 periodically (worker/sweeper.py) and a waiting client checks its own job; the
 check is one atomic script, so a job is ended once. If a worker finishes the run
 after all, its real result replaces this one.
@@ -11,35 +15,59 @@ after all, its real result replaces this one.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from contract.events import announce, completed_data
+from pydantic import ValidationError
+
+from contract.events import JobEvent, JobEvents, announce, completed_data
 from contract.jobs import JobRecords, JobStatus, utcnow
 from contract.queue import job_task_id
-from contract.result import ErrorRecord, JobResult
+from contract.result import ErrorRecord, ImageRecord, JobResult
 
 
-def lost_result(status: JobStatus, deadline_s: float) -> JobResult:
+def lost_result(status: JobStatus, deadline_s: float, finished: Sequence[JobEvent] = ()) -> JobResult:
+    """The run's document: ``finished`` are its ``variation`` events (what it had done)."""
     now = utcnow()
     submitted = datetime.fromisoformat(status.submitted_at) if status.submitted_at else now
     started = datetime.fromisoformat(status.started_at) if status.started_at else now
+    images: dict[int, ImageRecord] = {}
+    errors: dict[int, ErrorRecord] = {}
+    for event in finished:
+        record = event.data.get("record") or {}
+        with contextlib.suppress(ValidationError, TypeError):  # an entry we cannot read is lost like the rest
+            if event.data.get("kind") == "image":
+                # The event leaves out the provider's metadata (contract/events.py event_record).
+                image = ImageRecord.model_validate({**record, "metadata": {"provider": "", "text": _NOT_KEPT}})
+                images[image.index] = image
+            else:
+                error = ErrorRecord.model_validate(record)
+                errors[error.index] = error
+    canceled = status.state == "canceled"
     message = (
-        f"no worker made progress on this job for {deadline_s:.0f} s (IMAGEGEN_JOB_DEADLINE_S): its work was lost, "
-        f"e.g. a broker that lost its data; {status.done} of {status.variations} variation(s) had finished. "
-        "Submit it again with rerun to retry."
+        f"the job was canceled, and no worker made progress on it for {deadline_s:.0f} s (IMAGEGEN_JOB_DEADLINE_S)"
+        if canceled
+        else f"no worker made progress on this job for {deadline_s:.0f} s (IMAGEGEN_JOB_DEADLINE_S): its work "
+        "was lost, e.g. a broker that lost its data. Submit it again with rerun to retry the rest."
     )
+    for index in range(status.variations):
+        if index not in images and index not in errors:
+            errors[index] = ErrorRecord(
+                index=index, kind="canceled" if canceled else "lost", message=message, attempts=0, duration_ms=0
+            )
     return JobResult(
         job_id=status.job_id,
         name=status.name,
-        status="failed",
+        status="canceled" if canceled else "partial" if images else "failed",
         model=status.model,
         model_id="",
         provider="",
-        size="",
+        size=next((f"{i.width}x{i.height}" for i in images.values()), ""),
         variations=status.variations,
-        images=[],
-        errors=[ErrorRecord(index=0, kind="lost", message=message, attempts=0, duration_ms=0)],
+        images=[images[i] for i in sorted(images)],
+        errors=[errors[i] for i in sorted(errors)],
         submitted_at=submitted,
         started_at=started,
         finished_at=now,
@@ -47,13 +75,20 @@ def lost_result(status: JobStatus, deadline_s: float) -> JobResult:
     )
 
 
+_NOT_KEPT = "recovered from the job's event log after the job was lost; the provider's metadata was not kept"
+
+
 def end_if_lost(records: JobRecords, backend: Any, job_id: str, deadline_s: float) -> JobResult | None:
-    """End ``job_id`` as lost if it is; store and return its ``failed`` document, else None.
+    """End ``job_id`` as lost if it is; store and return its document, else None.
     ``backend``: the Celery result backend (its store wakes waiting clients)."""
     status = records.end_lost(job_id, deadline_s)
     if status is None:
         return None
-    result = lost_result(status, deadline_s)
+    log = JobEvents(records.client, records.ttl_s).read(job_id, count=1000)
+    finished = [e for e in log if e.event == "variation" and e.run == status.run]
+    result = lost_result(status, deadline_s, finished)
+    if result.status == "partial":
+        records.lost_run_partial(job_id, status.run)  # ended "failed" a moment ago; it has images
     document = result.model_dump(mode="json")
     backend.store_result(job_task_id(job_id, status.run), document, "SUCCESS")
     # Followers of the event log (SSE, client.events, a webhook) learn the ending too.

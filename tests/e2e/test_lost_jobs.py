@@ -1,6 +1,7 @@
 """A job whose messages are gone is ended `failed` with a `lost` error, by the
 workers' sweep or by the waiting client: never queued or running for good,
-never "never submitted"."""
+never "never submitted". What the run had finished is kept (it ends `partial`),
+and a run whose cancel was asked ends `canceled`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import redis
 
 from contract.settings import Settings
-from producer.client import ImageGenClient, JobNotFound
+from producer.client import ImageGenClient, JobConflict, JobNotFound
 from tests.conftest import StartWorker
 
 FAST = {"IMAGEGEN_JOB_DEADLINE_S": "2", "IMAGEGEN_LOST_SWEEP_S": "1"}
@@ -75,3 +76,56 @@ def test_a_handle_whose_record_vanished_says_so(
     redis.Redis.from_url(redis_url).delete("imagegen:job:vanished-1")  # a Redis restart without persistence
     with pytest.raises(JobNotFound, match="was submitted, but its record is gone"):
         handle.wait(timeout=5)
+
+
+def test_a_lost_run_keeps_the_images_it_had_stored(
+    start_worker: StartWorker,
+    client: ImageGenClient,
+    offline_node: dict[str, Any],
+    job_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Variation 0 is stored (and paid for); the worker dies during variation 1 and nothing
+    redelivers it. The lost run's document keeps image 0 and says that variation 1 was lost."""
+    offline_node["inputs"]["variations"] = 2
+    worker = start_worker({**FAST, "IMAGEGEN_OFFLINE_LATENCY_S": "1.2"}, concurrency=1)
+    client.submit(offline_node, job_id="lost-after-one")
+    deadline = time.monotonic() + 30
+    while client.status("lost-after-one").done < 1:
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.05)
+    worker.kill()  # SIGKILL during variation 1; no other worker restores its message
+    result = _wait_fast(job_env, monkeypatch, "lost-after-one")
+    assert result.status == "partial" and [i.index for i in result.images] == [0], result.model_dump_json()
+    [image] = result.images
+    assert image.url and image.sha256 and image.metadata.provider == ""
+    assert "was not kept" in (image.metadata.text or "")
+    [error] = result.errors
+    assert (error.index, error.kind) == (1, "lost") and "rerun" in error.message
+    assert client.status("lost-after-one").state == "partial"  # so it can be rerun, like any partial job
+    assert client.submit(offline_node, job_id="lost-after-one", rerun=True).run == 2
+    assert client.status("lost-after-one").lost is False  # the rerun is not the lost run
+
+
+def _wait_fast(job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, job_id: str) -> Any:
+    """Wait as a client whose lost-job deadline is the test's 2 s."""
+    for name, value in {**job_env, **FAST}.items():
+        monkeypatch.setenv(name, value)
+    waiting = ImageGenClient(Settings())
+    try:
+        return waiting.wait(job_id, timeout=30)
+    finally:
+        waiting.close()
+
+
+def test_a_canceled_job_that_no_worker_ran_ends_canceled(
+    client: ImageGenClient, offline_node: dict[str, Any], job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offline_node["inputs"]["variations"] = 3
+    handle = client.submit(offline_node, job_id="canceled-unrun")  # no worker on this test's queue
+    assert client.cancel("canceled-unrun").changed
+    result = _wait_fast(job_env, monkeypatch, handle.job_id)
+    assert result.status == "canceled" and [e.kind for e in result.errors] == ["canceled"] * 3
+    assert client.status("canceled-unrun").state == "canceled"
+    with pytest.raises(JobConflict, match="only a failed or partial job can be rerun"):
+        client.submit(offline_node, job_id="canceled-unrun", rerun=True)
