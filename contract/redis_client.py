@@ -14,7 +14,9 @@ plus a ``master_name`` transport option: :meth:`SentinelURL.kombu_url` gives tha
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -120,19 +122,42 @@ class TransientRetry(Retry):
     command ran nowhere (Redis checks OOM, READONLY and NOREPLICAS before it runs a command,
     and before a script's first write)."""
 
-    def __init__(self, backoff: EqualJitterBackoff, retries: int):
+    def __init__(self, backoff: EqualJitterBackoff, retries: int, patience_s: float = math.inf):
         super().__init__(backoff, retries, supported_errors=(redis.RedisError, OSError))
+        self.patience_s = patience_s
 
     def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
-        return super().call_with_retry(do, fail, is_retryable or is_transient, with_failure_count)
+        """redis-py's loop, also ended by time: a server that accepts connections and never answers
+        costs a whole socket timeout per try, so a count alone took 8x the patience (273 s for 35)."""
+        retryable = is_retryable or is_transient
+        self._backoff.reset()  # type: ignore[no-untyped-call]
+        started = time.monotonic()
+        failures = 0
+        while True:
+            try:
+                return do()
+            except self._supported_errors as error:
+                if not retryable(error):
+                    raise
+                failures += 1
+                if with_failure_count:
+                    fail(error, failures)
+                else:
+                    fail(error)
+                left = self.patience_s - (time.monotonic() - started)
+                if (self._retries >= 0 and failures > self._retries) or left <= 0:
+                    raise error
+                time.sleep(min(self._backoff.compute(failures), left))
 
 
 def transient_retry(patience_s: float = 35.0) -> TransientRetry:
     # A crashed master is gone for down-after-milliseconds plus the election and the
     # promotion (2.3 s in tests/broker with 1 s; use a few seconds in production); a full
     # Redis until memory is freed: by default keep trying for about half a minute (24 tries,
-    # 1-2 s apart after the first few: ~1.5 s each on average).
-    return TransientRetry(EqualJitterBackoff(cap=2.0, base=0.2), retries=max(0, round(patience_s / 1.5)))
+    # 1-2 s apart after the first few: ~1.5 s each on average), and no try starts after that.
+    return TransientRetry(
+        EqualJitterBackoff(cap=2.0, base=0.2), retries=max(0, round(patience_s / 1.5)), patience_s=patience_s
+    )
 
 
 class FailoverSafeScript(Script):

@@ -25,6 +25,8 @@ from celery.result import AsyncResult
 from contract.queue import job_task_id
 from contract.redis_client import FailoverSafeRedis, SentinelConnection, is_transient, transient_retry
 
+PATIENCE_SETTING = "imagegen_redis_patience_s"  # a Celery conf key, read by the backend below
+
 
 def run_document(app: Any, job_id: str, run: int) -> dict[str, Any] | None:
     """The result document stored for ``run`` of ``job_id`` (under its task id), or None while
@@ -39,12 +41,16 @@ def run_document(app: Any, job_id: str, run: int) -> dict[str, Any] | None:
 class RidesOutRedisFaults:
     """The changes, for the plain and the Sentinel backend alike (a mixin: Celery picks one class)."""
 
+    app: Any
     connparams: dict[str, Any]
     client: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.connparams["retry"] = transient_retry()  # per command: set, get, the chord scripts
+        # Per command: set, get, the chord scripts. A producer waits only as long as its callers
+        # will (IMAGEGEN_CLIENT_REDIS_PATIENCE_S, set by ImageGenClient); workers ride faults out.
+        patience = self.app.conf.get(PATIENCE_SETTING) or 35.0
+        self.connparams["retry"] = transient_retry(float(patience))
 
     def _get_client(self) -> type[FailoverSafeRedis]:
         return FailoverSafeRedis  # its register_script survives a failover

@@ -41,7 +41,7 @@ from contract.prompt_text import UpstreamValueError, check_prompt_path
 from contract.queue import RUN_JOB, RUN_JOB_FROM_UPSTREAM, SIGN_URL, celery_config, job_task_id
 from contract.redis_client import redis_client, transient_retry
 from contract.result import JobResult
-from contract.result_backend import run_document
+from contract.result_backend import PATIENCE_SETTING, run_document
 from contract.settings import Settings, get_settings
 from contract.tenancy import check_refs_of_tenant, check_tenant_refs
 from contract.webhooks import DeliveryLog, DeliveryStatus, Webhook, parse_webhook, webhook_json
@@ -85,6 +85,12 @@ def _reaching_the_queue(method: _F) -> _F:
             raise
         except _UNREACHABLE as exc:
             raise QueueUnavailable(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        except RuntimeError as exc:
+            # Celery's result consumer gave up reconnecting (it recovers on the next call).
+            if not isinstance(exc.__cause__, _UNREACHABLE):
+                raise
+            cause = exc.__cause__
+            raise QueueUnavailable(f"{type(cause).__name__}: {str(cause)[:200]}") from None
 
     return call  # type: ignore[return-value]
 
@@ -160,7 +166,18 @@ class ImageGenClient:
         self.settings = settings or get_settings()
         self.celery = Celery("imagegen-producer")
         self.celery.conf.update(celery_config(self.settings))
-        # How long a caller waits out an unreachable, full or failing-over Redis (workers: ~35 s).
+        # How long a caller waits out an unreachable, full or failing-over Redis (workers: ~35 s):
+        # each result-backend command retries that long, and Celery's own loop around them (which
+        # retries for ever with result_backend_always_retry) not at all, so a wait cannot hang.
+        backend_options = dict(self.celery.conf.result_backend_transport_options or {})
+        backend_options["retry_policy"] = {**backend_options.get("retry_policy", {}), "max_retries": 0}
+        self.celery.conf.update(
+            {
+                PATIENCE_SETTING: self.settings.client_redis_patience_s,
+                "result_backend_max_retries": 0,  # stores and reads
+                "result_backend_transport_options": backend_options,  # the pub/sub reconnect (20 tries)
+            }
+        )
         patience = transient_retry(self.settings.client_redis_patience_s)
         self.records = JobRecords(redis_client(self.settings.redis_url, retry=patience), self.settings.result_ttl_s)
         self.job_events = JobEvents(self.records.client, self.settings.result_ttl_s, self.settings.events_max_len)
