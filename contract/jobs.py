@@ -52,11 +52,34 @@ if redis.call('HGET', KEYS[1], 'fingerprint') ~= ARGV[2] then return {'conflict'
 if ARGV[3] ~= '1' then return {'exists', run, state} end
 if state ~= 'failed' and state ~= 'partial' then return {'not_rerunnable', run, state} end
 run = run + 1
+local undo = {state = state}  -- what undo_rerun puts back if the rerun's message cannot be sent
+for _, name in ipairs({'done', 'submitted_at', 'started_at', 'finished_at', 'lost', 'claim'}) do
+  undo[name] = redis.call('HGET', KEYS[1], name)
+end
 redis.call('HSET', KEYS[1], 'run', run, 'state', 'queued', 'done', 0, 'submitted_at', ARGV[4], 'claim', ARGV[7])
+redis.call('HSET', KEYS[1], 'undo', cjson.encode(undo))
 redis.call('HDEL', KEYS[1], 'started_at', 'finished_at', 'lost')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
 return {'rerun', run, state}
+"""
+
+# KEYS[1]: the job hash. ARGV[1]: the run a rerun claimed; ARGV[2]: that claim's nonce.
+# Returns 1 when the rerun was undone: its message could not be sent, so the record goes back to
+# the finished run it was (state, run, counts, times), and the caller may rerun it again. Only
+# while that claim is the record's latest and nothing has started it.
+_UNDO_RERUN = """
+if redis.call('HGET', KEYS[1], 'run') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'claim') ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
+local saved = redis.call('HGET', KEYS[1], 'undo')
+if not saved then return 0 end
+local undo = cjson.decode(saved)
+redis.call('HSET', KEYS[1], 'run', tonumber(ARGV[1]) - 1, 'state', undo.state)
+for _, name in ipairs({'done', 'submitted_at', 'started_at', 'finished_at', 'lost', 'claim'}) do
+  if undo[name] then redis.call('HSET', KEYS[1], name, undo[name]) else redis.call('HDEL', KEYS[1], name) end
+end
+redis.call('HDEL', KEYS[1], 'undo')
+return 1
 """
 
 # KEYS[1]: the job hash; KEYS[2]: the progress index.
@@ -197,6 +220,7 @@ class Claim:
     outcome: ClaimOutcome
     run: int
     previous_state: str
+    nonce: str = ""  # this claim's: undo_rerun touches the record only while it is the latest
 
     @property
     def enqueue(self) -> bool:
@@ -234,6 +258,7 @@ class JobRecords:
         self.client = client
         self.ttl_s = ttl_s
         self._claim = client.register_script(_CLAIM)
+        self._undo_rerun = client.register_script(_UNDO_RERUN)
         self._end_lost = client.register_script(_END_LOST)
         self._lost_partial = client.register_script(_LOST_PARTIAL)
         self._begin_dispatch = client.register_script(_BEGIN_DISPATCH)
@@ -260,6 +285,7 @@ class JobRecords:
         if webhook is not None:
             fields["webhook"] = webhook
         flat = [str(item) for pair in fields.items() for item in pair]
+        nonce = uuid.uuid4().hex
         outcome, run, state = self._claim(
             keys=[job_key(job_id), progress_key()],
             args=[
@@ -269,11 +295,15 @@ class JobRecords:
                 submitted_at.isoformat(),
                 job_id,
                 submitted_at.timestamp(),
-                uuid.uuid4().hex,  # the same for redis-py's own retries of this call
+                nonce,  # the same for redis-py's own retries of this call
                 *flat,
             ],
         )
-        return Claim(_text(outcome), int(run), _text(state))  # type: ignore[arg-type]
+        return Claim(_text(outcome), int(run), _text(state), nonce)  # type: ignore[arg-type]
+
+    def undo_rerun(self, job_id: str, claim: Claim) -> bool:
+        """Put a rerun whose message could not be sent back to the run it was; whether it was."""
+        return bool(self._undo_rerun(keys=[job_key(job_id)], args=[claim.run, claim.nonce]))
 
     def forget(self, job_id: str) -> None:
         pipe = self.client.pipeline()

@@ -234,8 +234,11 @@ class ImageGenClient:
                     RUN_JOB, args=(order.model_dump(mode="json"),), task_id=job_task_id(job_id, claim.run)
                 )
             except Exception:
+                # Let the caller retry with the same id: nothing was sent.
                 if claim.outcome == "created":
-                    self.records.forget(job_id)  # let the caller retry with the same id
+                    self.records.forget(job_id)
+                elif claim.outcome == "rerun":
+                    self.records.undo_rerun(job_id, claim)
                 raise
         return JobHandle(job_id, self, claim.enqueue, claim.run)
 

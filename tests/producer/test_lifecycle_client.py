@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from contract.errors import NodeValidationError
+from contract.jobs import utcnow
 from contract.redis_client import transient_retry
 from contract.settings import Settings
 from devtools.redis_server import start_redis
@@ -100,3 +101,27 @@ def test_a_redis_that_never_answers_costs_the_patience_not_a_socket_timeout_per_
     # One connection per try. With 2 s a try, a third try (the count allows it) would start after
     # the 3 s patience: it does not.
     assert len(accepted) == 2, len(accepted)
+
+
+def test_a_submit_whose_message_cannot_be_sent_changes_nothing(
+    client: ImageGenClient, settings: Settings, offline_node: Any
+) -> None:
+    """The broker is down, the job store is not: a first submit leaves no record and a rerun leaves
+    the finished run as it was, so the caller can simply try again with the same id."""
+    no_broker = ImageGenClient(
+        settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0", "client_redis_patience_s": 1.0})
+    )
+    try:
+        with pytest.raises(QueueUnavailable):
+            no_broker.submit(offline_node, job_id="unsent-1")
+        assert client.records.read("unsent-1") is None
+
+        client.submit(offline_node, job_id="unsent-2")  # no worker: queued; then it ends failed
+        client.records.mark_finished("unsent-2", 1, "failed", utcnow())
+        before = client.status("unsent-2")
+        with pytest.raises(QueueUnavailable):
+            no_broker.submit(offline_node, job_id="unsent-2", rerun=True)
+        assert client.status("unsent-2") == before  # state, run, counts and times as they were
+        assert client.submit(offline_node, job_id="unsent-2", rerun=True).run == 2  # a retry works
+    finally:
+        no_broker.close()
