@@ -80,8 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imagegen: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except QueueUnavailable as exc:
-        url = _redacted(get_settings().redis_url)
-        print(f"imagegen: cannot reach the queue at {url} (REDIS_URL): {exc}", file=sys.stderr)
+        settings = get_settings()
+        where = (
+            f"the broker at {_redacted(settings.broker_url)} (IMAGEGEN_BROKER_URL)"
+            if exc.service == "broker" and settings.broker_url
+            else f"the queue at {_redacted(settings.redis_url)} (REDIS_URL)"
+        )
+        print(f"imagegen: cannot reach {where}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except (redis.RedisError, OSError) as exc:
         url = _redacted(get_settings().redis_url)

@@ -65,7 +65,12 @@ class JobNotFound(ImageGenError, LookupError):
 
 
 class QueueUnavailable(ImageGenError, ConnectionError):
-    """Redis or the broker refused, dropped, timed out or answered with an error (e.g. out of memory)."""
+    """Redis or the broker refused, dropped, timed out or answered with an error (e.g. out of memory).
+    ``service``: "broker" when sending the task failed (kombu's error), else "redis"."""
+
+    def __init__(self, message: str, service: str = "redis"):
+        super().__init__(message)
+        self.service = service
 
 
 # What reaching Redis or the broker can raise; the client turns each into QueueUnavailable.
@@ -84,7 +89,8 @@ def _reaching_the_queue(method: _F) -> _F:
         except ImageGenError:
             raise
         except _UNREACHABLE as exc:
-            raise QueueUnavailable(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+            service = "broker" if isinstance(exc, KombuOperationalError) else "redis"
+            raise QueueUnavailable(f"{type(exc).__name__}: {str(exc)[:200]}", service) from None
         except RuntimeError as exc:
             # Celery's result consumer gave up reconnecting (it recovers on the next call).
             if not isinstance(exc.__cause__, _UNREACHABLE):

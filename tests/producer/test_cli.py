@@ -94,6 +94,14 @@ def test_unknown_job_and_unreachable_queue_are_clear_errors(job_env: dict[str, s
     down = imagegen({**job_env, **unreachable}, "status", "x")
     assert down.returncode == 5 and "cannot reach the queue" in down.stderr
     assert "hunter2" not in down.stderr and "Traceback" not in down.stderr
+    no_broker = {"IMAGEGEN_BROKER_URL": "amqp://guest:s3cret@127.0.0.1:1//", "IMAGEGEN_CLIENT_REDIS_PATIENCE_S": "1"}
+    node = str(ROOT / "examples" / "seed-node.json")
+    broker_down = imagegen({**job_env, **no_broker}, "submit", node)
+    assert (
+        broker_down.returncode == 5
+        and "cannot reach the broker at amqp://guest:***@127.0.0.1:1//" in broker_down.stderr
+    )
+    assert "(IMAGEGEN_BROKER_URL)" in broker_down.stderr and "s3cret" not in broker_down.stderr
 
 
 def test_cancel_a_queued_job_then_again(job_env: dict[str, str], tmp_path: Path, offline_node: dict[str, Any]) -> None:
