@@ -436,7 +436,8 @@ class ImageGenClient:
                 check_refs_of_tenant(tenant, _credential_refs(parsed), self.settings)
                 target = node_target(parsed.inputs.model_dump(), self.settings.target_policy)
         request = SignRequest(uri=uri, target=target, tenant=tenant)
-        outcome = self.celery.send_task(SIGN_URL, args=(request.model_dump(mode="json"),))
+        # Not signed after the caller stops waiting: the URL would sit in the backend unread.
+        outcome = self.celery.send_task(SIGN_URL, args=(request.model_dump(mode="json"),), expires=timeout)
         try:
             document = outcome.get(timeout=timeout, propagate=True)
         except CeleryTimeout:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+import redis
 
 from producer.client import ImageGenClient, JobCrashed, JobNotFound, JobTimeout
+from tests.conftest import StartWorker
 
 
 def test_unknown_job_ids_fail_fast(client: ImageGenClient) -> None:
@@ -37,3 +41,30 @@ def test_a_crashed_job_task_is_reported_not_raised_raw(client: ImageGenClient, o
     client.celery.backend.mark_as_failure("crashed-1@1", ConnectionError("redis went away"))
     with pytest.raises(JobCrashed, match="crashed in the worker: ConnectionError: redis went away"):
         handle.wait(timeout=5)
+
+
+def test_a_sign_request_nobody_waits_for_any_more_leaves_no_url_behind(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, object], redis_url: str
+) -> None:
+    """The signed URL is a bearer credential returned through the result backend, which the
+    client deletes once read; a worker that reaches the request after the client gave up must not
+    leave one there for the result TTL (7 days)."""
+    worker = start_worker()
+    [image] = client.submit(offline_node).wait(timeout=60).images
+    worker.stop()
+    with pytest.raises(JobTimeout, match="no worker signed"):
+        client.sign(image.uri, timeout=1)
+    late = start_worker()
+    store = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 30
+    while "sign_url" not in late.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    states = {}
+    for key in store.scan_iter("celery-task-meta-*"):
+        task_id = key.decode().removeprefix("celery-task-meta-")
+        result = client.celery.AsyncResult(task_id)
+        states[task_id] = (result.state, result.result)
+    signed = [r for _, r in states.values() if isinstance(r, dict) and "url" in r]
+    assert signed == [], states
+    assert any(state == "REVOKED" for state, _ in states.values()), (states, late.log()[-2000:])

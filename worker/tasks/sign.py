@@ -11,14 +11,19 @@ name (contract/tenancy.py), checked before they are read.
 
 The URL is a bearer credential: it is returned through the result backend
 (which the producer deletes at once) and never logged; the worker's task
-events and success log lines carry no return values (worker/redaction.py).
+events and success log lines carry no return values (worker/redaction.py). A
+request carries the time its caller stops waiting (Celery's ``expires``): not
+run after it, and a URL signed too late is not returned (nobody would delete it).
 Outcomes are returned, not raised, so the producer never unpickles worker errors.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
+
+from celery import Task
 
 from contract.errors import NodeValidationError
 from contract.queue import SIGN_URL
@@ -32,8 +37,8 @@ from worker.storage import location_for
 log = logging.getLogger(__name__)
 
 
-@app.task(name=SIGN_URL, pydantic=True)
-def sign_url(request: SignRequest) -> dict[str, Any]:
+@app.task(name=SIGN_URL, pydantic=True, bind=True)
+def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
     settings = get_settings()
     try:
         if request.target is not None and request.target.credentials:
@@ -52,6 +57,16 @@ def sign_url(request: SignRequest) -> dict[str, Any]:
         )
         log.warning("sign %s failed: %s", request.uri[:300], exc)
         return {"uri": request.uri, "error": {"kind": kind, "message": str(exc)}}
+    if _caller_gone(self.request.expires):
+        log.info("signed %s after its caller stopped waiting: not returned", stored.uri)
+        return {"uri": request.uri, "error": {"kind": "transient", "message": "the caller stopped waiting"}}
     log.info("signed a fresh URL for %s", stored.uri)
     expires = stored.url_expires_at.isoformat() if stored.url_expires_at else None
     return {"uri": stored.uri, "url": stored.url, "url_expires_at": expires}
+
+
+def _caller_gone(expires: datetime | str | None) -> bool:
+    if expires is None:
+        return False
+    deadline = datetime.fromisoformat(expires) if isinstance(expires, str) else expires
+    return datetime.now(deadline.tzinfo or UTC) > deadline
