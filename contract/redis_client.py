@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import EqualJitterBackoff
@@ -235,3 +235,12 @@ def redis_client(url: str, **kwargs: Any) -> redis.Redis:
         **kwargs,
     )
     return master
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password shown as ``***``: for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)

@@ -16,17 +16,22 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
-from contract.settings import Settings
-from devtools.redis_server import ensure_redis
+from contract.redis_client import redacted_url
+from contract.settings import Settings, SettingsError
+from devtools.redis_server import RedisUnusable, ensure_redis
 from devtools.worker_process import ROOT, WorkerProcess
 
 SEED_NODE = ROOT / "examples" / "seed-node.json"
 
 
 def main() -> int:
-    settings = Settings()
-    redis = ensure_redis(settings.redis_url)
-    print(f"redis:  {'embedded server started at ' if redis.embedded else 'using '}{redis.url}")
+    try:
+        settings = Settings()
+        redis = ensure_redis(settings.redis_url)
+    except (SettingsError, RedisUnusable, RuntimeError) as exc:  # RuntimeError: a server that would not start
+        print(f"demo: {exc} (REDIS_URL; unset it to use an embedded Redis)", file=sys.stderr)
+        return 2
+    print(f"redis:  {'embedded server started at ' if redis.embedded else 'using '}{redacted_url(redis.url)}")
     env = {
         "REDIS_URL": redis.url,
         "IMAGEGEN_STORAGE_URL": os.environ.get("IMAGEGEN_STORAGE_URL", str(ROOT / "var" / "images")),

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import redis
 
+from contract.redis_client import redacted_url
+
 
 def redis_binary() -> str:
     found = shutil.which("redis-server")
@@ -29,10 +31,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Redis binds: TIME_WAIT is no owner
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def answers(url: str, timeout: float = 0.5) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
-    except (redis.RedisError, OSError):
+    except (redis.RedisError, OSError, ValueError):  # ValueError: a URL redis-py cannot open (sentinel://)
         return False
 
 
@@ -57,6 +69,8 @@ class RedisServer:
 
 def start_redis(port: int | None = None) -> RedisServer:
     port = port or free_port()
+    if not _port_free(port):  # else a server already there would answer as if it were ours
+        raise RuntimeError(f"cannot start a Redis on port {port}: the port is in use")
     workdir = tempfile.mkdtemp(prefix="imagegen-redis-")
     process = subprocess.Popen(
         [
@@ -87,10 +101,31 @@ def start_redis(port: int | None = None) -> RedisServer:
     return RedisServer(url, process, workdir)
 
 
+class RedisUnusable(RuntimeError):
+    """A server is there but refuses this URL (a password, a database it does not have)."""
+
+
 def ensure_redis(url: str) -> RedisServer:
-    """Use ``url`` if a Redis answers there, else start an embedded one on loopback."""
+    """Use ``url`` if a Redis answers there, else start an embedded one on loopback. A server
+    that is there but refuses the URL is an error, not a reason to start another one."""
     if answers(url):
         return RedisServer(url)
+    problem = _refusal(url)
+    if problem is not None:
+        raise RedisUnusable(f"cannot use {redacted_url(url)}: {problem}")
     parts = urlsplit(url)
     local = parts.hostname in ("127.0.0.1", "localhost", None)
     return start_redis(parts.port if local and parts.port else None)
+
+
+def _refusal(url: str) -> str | None:
+    """Why a server that is there refuses ``url``; None when nothing answers at all."""
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping()
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return None
+    except redis.RedisError as exc:  # AUTH, an unknown database, ...
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+    except ValueError as exc:  # a URL redis-py cannot use, e.g. sentinel://
+        return f"the demo needs a plain redis:// URL ({exc})"
+    return None

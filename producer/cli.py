@@ -16,13 +16,13 @@ import math
 import sys
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from contract.documents import too_large
 from contract.job_ids import check_job_id
 from contract.node import NodeValidationError, validate_node
+from contract.redis_client import redacted_url
 from contract.result import JobResult
 from contract.settings import SettingsError, get_settings
 from producer.client import (
@@ -82,14 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QueueUnavailable as exc:
         settings = get_settings()
         where = (
-            f"the broker at {_redacted(settings.broker_url)} (IMAGEGEN_BROKER_URL)"
+            f"the broker at {redacted_url(settings.broker_url)} (IMAGEGEN_BROKER_URL)"
             if exc.service == "broker" and settings.broker_url
-            else f"the queue at {_redacted(settings.redis_url)} (REDIS_URL)"
+            else f"the queue at {redacted_url(settings.redis_url)} (REDIS_URL)"
         )
         print(f"imagegen: cannot reach {where}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except (redis.RedisError, OSError) as exc:
-        url = _redacted(get_settings().redis_url)
+        url = redacted_url(get_settings().redis_url)
         print(f"imagegen: cannot reach the queue at {url} (REDIS_URL): {exc.__class__.__name__}", file=sys.stderr)
         return EXIT_UNREACHABLE
 
@@ -262,14 +262,6 @@ def _print_result(result: JobResult) -> int:
 
 def _print_json(document: Any) -> None:
     print(json.dumps(document, indent=2, default=str))
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
 
 
 if __name__ == "__main__":
