@@ -178,7 +178,13 @@ def _submit(args: argparse.Namespace) -> int:
         raise UsageError("--rerun needs --job-id")
     handle = client.submit(text, job_id=args.job_id, rerun=args.rerun, context=context)
     if not handle.created:
-        print(f"imagegen: job {handle.job_id} was submitted before with this node; not enqueued again", file=sys.stderr)
+        state = client.status(handle.job_id).state
+        hint = "; --rerun runs it again" if state in ("failed", "partial") else ""
+        print(
+            f"imagegen: job {handle.job_id} was submitted before with this node and is {state}; "
+            f"not enqueued again{hint}",
+            file=sys.stderr,
+        )
     if not args.wait:
         print(handle.job_id)
         return EXIT_OK

@@ -65,7 +65,8 @@ def test_submit_wait_status_and_result(
 
     again = imagegen(job_env, "submit", str(node_file), "--job-id", "cli-1")
     assert again.returncode == 0 and again.stdout.strip() == "cli-1"
-    assert "submitted before with this node; not enqueued again" in again.stderr
+    assert "submitted before with this node and is succeeded; not enqueued again" in again.stderr
+    assert "--rerun" not in again.stderr
 
     status = json.loads(imagegen(job_env, "status", "cli-1").stdout)
     assert (status["state"], status["done"], status["variations"], status["finished"]) == ("succeeded", 1, 1, True)
@@ -83,8 +84,10 @@ def test_failed_and_partial_jobs_exit_non_zero(
     assert partial.returncode == 3 and json.loads(partial.stdout)["status"] == "partial"
     offline_node["inputs"]["variations"] = 1
     node_file.write_text(json.dumps(offline_node))
-    failed = imagegen(job_env, "submit", str(node_file), "--wait", "--timeout", "60")
+    failed = imagegen(job_env, "submit", str(node_file), "--wait", "--timeout", "60", "--job-id", "cli-failed")
     assert failed.returncode == 1 and json.loads(failed.stdout)["status"] == "failed"
+    again = imagegen(job_env, "submit", str(node_file), "--job-id", "cli-failed")
+    assert again.returncode == 0 and "is failed; not enqueued again; --rerun runs it again" in again.stderr
 
 
 def test_unknown_job_and_unreachable_queue_are_clear_errors(job_env: dict[str, str]) -> None:
