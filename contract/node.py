@@ -407,6 +407,8 @@ def _problem_from(err: Any, data: Mapping[str, Any], hint: bool = True) -> Probl
         message = "must be 'image_generation'"
     elif kind.startswith("bool_"):
         message = "must be true or false"
+    elif kind in ("model_type", "dict_type"):  # pydantic names our class: say what JSON is wanted
+        message = "must be a JSON object {...}"
     return Problem(field, value, message[0].lower() + message[1:] if message else message)
 
 

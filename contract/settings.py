@@ -288,7 +288,6 @@ class Settings(BaseSettings):
         return tuple(p.strip() for p in self.allowed_secret_refs.split(",") if p.strip())
 
 
-@lru_cache(maxsize=1)
 def _describe(error: ValidationError) -> str:
     """One line per problem: the variable, its value unless secret, and the rule it broke."""
     lines = []
@@ -310,6 +309,7 @@ def _describe(error: ValidationError) -> str:
     return "invalid settings: " + "; ".join(lines)
 
 
+@lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings (read once; tests build their own)."""
     return Settings()

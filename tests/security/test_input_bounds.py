@@ -232,6 +232,18 @@ def test_numbers_out_of_range_are_refused(node: dict[str, Any], number: str) -> 
     assert "below 2**63" in str(refused(json.dumps(node).replace("{", f'{{"canvas": {number},', 1)))
 
 
+def test_inputs_that_are_not_an_object_say_so_in_json_terms(node: dict[str, Any]) -> None:
+    [problem] = refused({**node, "inputs": [1, 2]}).problems
+    assert (problem.field, problem.message) == ("inputs", "must be a JSON object {...}")
+
+
+@pytest.mark.parametrize("number", ["123456789012345678901234567890", "1e999", "-9223372036854775808"])
+def test_a_number_out_of_range_in_json_text_is_named_by_its_field(node: dict[str, Any], number: str) -> None:
+    text = json.dumps(with_inputs(node, seed=0)).replace('"seed": 0', f'"seed": {number}')
+    [problem] = refused(text).problems
+    assert problem.field == "inputs.seed" and "below 2**63" in problem.message
+
+
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_infinity_are_refused(node: dict[str, Any], constant: str) -> None:
     assert "not JSON" in str(refused(json.dumps(node).replace("{", f'{{"canvas": {constant},', 1)))
