@@ -54,7 +54,7 @@ from api.problems import (
     problem_responses,
     unavailable,
 )
-from api.quota import InFlightCap
+from api.quota import InFlightCap, StreamCap
 from api.submission import parse_submission
 from api.tenants import Authenticator, Tenant
 from contract.catalog import load_catalog
@@ -81,6 +81,7 @@ class ApiState:
     auth: Authenticator
     cap: InFlightCap
     aredis: Any  # redis.asyncio.Redis (untyped enough to keep mypy out of its generics)
+    streams: StreamCap
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -95,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = ImageGenClient(settings)
         cap = InFlightCap(client.records.client, settings.api_max_jobs_in_flight, settings.result_ttl_s)
         aredis = async_redis(settings.redis_url)
-        app.state.api = ApiState(settings, client, auth, cap, aredis)
+        app.state.api = ApiState(settings, client, auth, cap, aredis, StreamCap(settings.api_max_streams_per_tenant))
         try:
             yield
         finally:
@@ -310,8 +311,24 @@ def _routes(app: FastAPI) -> None:
             except QueueUnavailable:
                 return None
 
-        stream = job_events(state.aredis, status, caller_id, cursor, finished_result)
-        return EventSourceResponse(stream, ping=KEEP_ALIVE_S, headers={"Cache-Control": "no-store"})
+        if not state.streams.open(tenant.name):
+            raise ApiProblem(
+                429,
+                "too-many-streams",
+                "Too many open event streams",
+                f"you have {state.streams.cap} event streams open here (IMAGEGEN_API_MAX_STREAMS_PER_TENANT); "
+                "close one, or follow several jobs from one client",
+                headers={"Retry-After": str(RETRY_AFTER_AT_CAP_S)},
+            )
+
+        async def counted() -> AsyncIterator[Any]:
+            try:
+                async for item in job_events(state.aredis, status, caller_id, cursor, finished_result):
+                    yield item
+            finally:  # the stream ended, or the client went away (sse-starlette cancels it)
+                state.streams.close(tenant.name)
+
+        return EventSourceResponse(counted(), ping=KEEP_ALIVE_S, headers={"Cache-Control": "no-store"})
 
     @app.post(
         f"{API_PREFIX}/jobs/{{job_id:path}}/cancel",

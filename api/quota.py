@@ -82,3 +82,29 @@ class InFlightCap:
     def release(self, tenant: str, job_id: str) -> None:
         """The submit did not enqueue after all (invalid, conflict, Redis error): give the slot back."""
         self.client.srem(in_flight_key(tenant), job_id)
+
+
+class StreamCap:
+    """The per-tenant cap on open event streams (``IMAGEGEN_API_MAX_STREAMS_PER_TENANT``), per
+    API process. Each open stream holds a Redis connection in a blocking read; without a cap one
+    tenant's thousands of idle streams would take the connections every other tenant needs."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self._open: dict[str, int] = {}
+
+    def open(self, tenant: str) -> bool:
+        """Count one more stream of ``tenant``; False (nothing counted) at the cap. Called on the
+        event loop only, so no lock."""
+        count = self._open.get(tenant, 0)
+        if count >= self.cap:
+            return False
+        self._open[tenant] = count + 1
+        return True
+
+    def close(self, tenant: str) -> None:
+        count = self._open.get(tenant, 0) - 1
+        if count > 0:
+            self._open[tenant] = count
+        else:
+            self._open.pop(tenant, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -178,3 +179,29 @@ def test_a_failed_job_runs_again_with_rerun_and_a_node_with_a_node_key_is_still_
     assert rerun.status_code == 202 and rerun.json()["run"] == 2, rerun.text
     view = wait_finished(http, "flaky")
     assert view["run"] == 2 and view["result"]["status"] == "failed"
+
+
+def test_a_tenant_can_open_only_so_many_event_streams(start_api: Any, offline_node: dict[str, Any]) -> None:
+    """Each open stream holds a Redis connection in a blocking read: one tenant's idle streams must
+    not take them all. At the cap: 429; a closed stream frees its place; other tenants are not counted."""
+    api = start_api({"IMAGEGEN_API_MAX_STREAMS_PER_TENANT": "2"})
+    acme, globex = api.client("acme"), api.client("globex")
+    job_id = acme.post("/v1/jobs", json=offline_node).json()["job_id"]  # no worker: it stays queued
+    url = f"/v1/jobs/{job_id}/events"
+    with acme.stream("GET", url) as first, acme.stream("GET", url) as second:
+        assert (first.status_code, second.status_code) == (200, 200)
+        third = acme.get(url)
+        assert third.status_code == 429 and third.json()["type"].endswith("too-many-streams"), third.text
+        assert "IMAGEGEN_API_MAX_STREAMS_PER_TENANT" in third.json()["detail"]
+        theirs = globex.post("/v1/jobs", json=offline_node).json()["job_id"]
+        with globex.stream("GET", f"/v1/jobs/{theirs}/events") as other:
+            assert other.status_code == 200
+    deadline = time.monotonic() + 10  # the server notices the closed streams
+
+    def status_of_a_new_stream() -> int:
+        with acme.stream("GET", url) as response:
+            return response.status_code
+
+    while (status := status_of_a_new_stream()) == 429 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status == 200
