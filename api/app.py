@@ -95,8 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = ImageGenClient(settings)
         cap = InFlightCap(client.records.client, settings.api_max_jobs_in_flight, settings.result_ttl_s)
-        aredis = async_redis(settings.redis_url)
-        app.state.api = ApiState(settings, client, auth, cap, aredis, StreamCap(settings.api_max_streams_per_tenant))
+        aredis = async_redis(settings.redis_url, settings.api_max_streams)
+        streams = StreamCap(settings.api_max_streams_per_tenant, settings.api_max_streams)
+        app.state.api = ApiState(settings, client, auth, cap, aredis, streams)
         try:
             yield
         finally:
@@ -311,13 +312,23 @@ def _routes(app: FastAPI) -> None:
             except QueueUnavailable:
                 return None
 
-        if not state.streams.open(tenant.name):
+        opened = state.streams.open(tenant.name)
+        if opened == "tenant":
             raise ApiProblem(
                 429,
                 "too-many-streams",
                 "Too many open event streams",
-                f"you have {state.streams.cap} event streams open here (IMAGEGEN_API_MAX_STREAMS_PER_TENANT); "
-                "close one, or follow several jobs from one client",
+                f"you have {state.streams.per_tenant} event streams open here "
+                "(IMAGEGEN_API_MAX_STREAMS_PER_TENANT); close one, or follow several jobs from one client",
+                headers={"Retry-After": str(RETRY_AFTER_AT_CAP_S)},
+            )
+        if opened == "process":
+            raise ApiProblem(
+                503,
+                "busy",
+                "Too many open event streams on this server",
+                f"this API process has {state.streams.total} event streams open (IMAGEGEN_API_MAX_STREAMS); "
+                "try again shortly",
                 headers={"Retry-After": str(RETRY_AFTER_AT_CAP_S)},
             )
 

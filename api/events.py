@@ -24,6 +24,7 @@ from sse_starlette import ServerSentEvent
 from contract.events import MAX_BLOCK_MS, decode, events_key
 from contract.jobs import JobStatus
 from contract.redis_client import SentinelURL, is_sentinel
+from contract.settings import POOL_HEADROOM
 
 log = logging.getLogger("api.events")
 
@@ -31,10 +32,15 @@ KEEP_ALIVE_S = 15
 BATCH = 100
 
 
-def async_redis(url: str) -> aioredis.Redis:
+def async_redis(url: str, max_streams: int) -> aioredis.Redis:
     """An asyncio client for REDIS_URL (``redis://``, ``rediss://``, ``unix://`` or ``sentinel://``);
-    its socket timeout outlives one blocking XREAD."""
-    timeouts: dict[str, Any] = {"socket_timeout": MAX_BLOCK_MS / 1000 + 5, "socket_connect_timeout": 5}
+    its socket timeout outlives one blocking XREAD, and its pool has a connection for each of
+    ``max_streams`` open streams and some to spare (the readiness probe)."""
+    timeouts: dict[str, Any] = {
+        "socket_timeout": MAX_BLOCK_MS / 1000 + 5,
+        "socket_connect_timeout": 5,
+        "max_connections": max_streams + POOL_HEADROOM,
+    }
     if not is_sentinel(url):
         return aioredis.Redis.from_url(url, **timeouts)
     parsed = SentinelURL.parse(url)

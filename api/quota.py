@@ -10,7 +10,7 @@ both take the last slot.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
@@ -85,22 +85,27 @@ class InFlightCap:
 
 
 class StreamCap:
-    """The per-tenant cap on open event streams (``IMAGEGEN_API_MAX_STREAMS_PER_TENANT``), per
-    API process. Each open stream holds a Redis connection in a blocking read; without a cap one
-    tenant's thousands of idle streams would take the connections every other tenant needs."""
+    """The caps on open event streams, per API process: ``IMAGEGEN_API_MAX_STREAMS_PER_TENANT``
+    for one tenant and ``IMAGEGEN_API_MAX_STREAMS`` for all. Each open stream holds a Redis
+    connection in a blocking read, and the process's async pool is sized from the total
+    (api/events.py): one tenant's idle streams cannot take the connections every other tenant,
+    and the readiness probe, need."""
 
-    def __init__(self, cap: int):
-        self.cap = cap
+    def __init__(self, per_tenant: int, total: int):
+        self.per_tenant = per_tenant
+        self.total = total
         self._open: dict[str, int] = {}
 
-    def open(self, tenant: str) -> bool:
-        """Count one more stream of ``tenant``; False (nothing counted) at the cap. Called on the
-        event loop only, so no lock."""
+    def open(self, tenant: str) -> Literal["opened", "tenant", "process"]:
+        """Count one more stream of ``tenant``, or say which cap is reached (nothing counted).
+        Called on the event loop only, so no lock."""
         count = self._open.get(tenant, 0)
-        if count >= self.cap:
-            return False
+        if count >= self.per_tenant:
+            return "tenant"
+        if sum(self._open.values()) >= self.total:
+            return "process"
         self._open[tenant] = count + 1
-        return True
+        return "opened"
 
     def close(self, tenant: str) -> None:
         count = self._open.get(tenant, 0) - 1

@@ -137,6 +137,7 @@ class Settings(BaseSettings):
     api_tokens: str = ""
     api_max_jobs_in_flight: int = Field(100, ge=1)  # per tenant: queued + running; more gets 429
     api_max_streams_per_tenant: int = Field(50, ge=1)  # open event streams per tenant and API process
+    api_max_streams: int = Field(200, ge=1, le=10_000)  # all tenants' open event streams per API process
     api_max_body_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)  # a larger body gets 413
 
     # --- provider quota, shared by all workers (contract/rate_limits.py) -------

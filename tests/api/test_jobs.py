@@ -184,7 +184,7 @@ def test_a_failed_job_runs_again_with_rerun_and_a_node_with_a_node_key_is_still_
 def test_a_tenant_can_open_only_so_many_event_streams(start_api: Any, offline_node: dict[str, Any]) -> None:
     """Each open stream holds a Redis connection in a blocking read: one tenant's idle streams must
     not take them all. At the cap: 429; a closed stream frees its place; other tenants are not counted."""
-    api = start_api({"IMAGEGEN_API_MAX_STREAMS_PER_TENANT": "2"})
+    api = start_api({"IMAGEGEN_API_MAX_STREAMS_PER_TENANT": "2", "IMAGEGEN_API_MAX_STREAMS": "3"})
     acme, globex = api.client("acme"), api.client("globex")
     job_id = acme.post("/v1/jobs", json=offline_node).json()["job_id"]  # no worker: it stays queued
     url = f"/v1/jobs/{job_id}/events"
@@ -193,9 +193,12 @@ def test_a_tenant_can_open_only_so_many_event_streams(start_api: Any, offline_no
         third = acme.get(url)
         assert third.status_code == 429 and third.json()["type"].endswith("too-many-streams"), third.text
         assert "IMAGEGEN_API_MAX_STREAMS_PER_TENANT" in third.json()["detail"]
-        theirs = globex.post("/v1/jobs", json=offline_node).json()["job_id"]
-        with globex.stream("GET", f"/v1/jobs/{theirs}/events") as other:
-            assert other.status_code == 200
+        theirs = f"/v1/jobs/{globex.post('/v1/jobs', json=offline_node).json()['job_id']}/events"
+        with globex.stream("GET", theirs) as other:
+            assert other.status_code == 200  # acme's streams do not count against globex
+            busy = globex.get(theirs)  # but all of them count against the process
+            assert busy.status_code == 503 and "IMAGEGEN_API_MAX_STREAMS" in busy.json()["detail"], busy.text
+            assert api.client(None).get("/readyz").status_code == 200  # the probe still has a connection
     deadline = time.monotonic() + 10  # the server notices the closed streams
 
     def status_of_a_new_stream() -> int:
