@@ -62,7 +62,8 @@ EVENT_TYPES: tuple[EventType, ...] = (
 DEFAULT_MAX_LEN = 1000
 MAX_BLOCK_MS = 5000  # one XREAD blocks at most this long: below the client's 10 s socket timeout
 
-_STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # with fullmatch: "$" would let a final newline in
+_MAX_ID_PART = 2**64 - 1  # each part of a Redis stream id is an unsigned 64-bit number
 
 
 def events_key(job_id: str) -> str:
@@ -135,7 +136,11 @@ def completed_data(document: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_event_id(value: str, field: str = "after") -> str:
     """A stream id a reader may resume after (``Last-Event-ID``): ``<ms>-<seq>``, nothing else."""
-    if not isinstance(value, str) or not _STREAM_ID.match(value):
+    if (
+        not isinstance(value, str)
+        or not _STREAM_ID.fullmatch(value)
+        or any(int(part) > _MAX_ID_PART for part in value.split("-"))
+    ):
         raise NodeValidationError(
             [
                 Problem(

@@ -123,6 +123,11 @@ def test_events_stream_start_each_variation_and_the_end_and_resume_after_last_ev
         assert [e["event"] for e in read_sse(response)] == ["completed"]
     bad = http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "yesterday"})
     assert bad.status_code == 422 and bad.json()["problems"][0]["field"] == "Last-Event-ID"
+    # Ids Redis itself refuses (a part above 2**64-1; a newline that "$" lets in) were a 200 with an
+    # empty stream, which an EventSource retried for ever.
+    for header in ("99999999999999999999-0", "0-99999999999999999999"):
+        assert http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": header}).status_code == 422
+    assert http.get(f"/v1/jobs/{job_id}/events", params={"after": "1-0\n"}).status_code == 422
 
 
 def test_cancel_during_a_job_ends_it_canceled_with_fewer_images(
