@@ -31,6 +31,7 @@ from pydantic.json_schema import models_json_schema
 from sse_starlette import EventSourceResponse
 
 from api.body import read_json
+from api.browser import BrowserSafety
 from api.events import KEEP_ALIVE_S, async_redis, job_events
 from api.models import (
     CancelView,
@@ -50,6 +51,7 @@ from api.problems import (
     ProblemDocument,
     install_handlers,
     invalid,
+    invalid_field,
     not_found,
     problem_responses,
     unavailable,
@@ -58,7 +60,7 @@ from api.quota import InFlightCap, StreamCap
 from api.submission import parse_submission
 from api.tenants import Authenticator, Tenant
 from contract.catalog import load_catalog
-from contract.errors import NodeValidationError, Problem, excerpt
+from contract.errors import MISSING, NodeValidationError, Problem, excerpt
 from contract.events import check_event_id
 from contract.jobs import JobStatus
 from contract.node import ImageGenerationNode
@@ -115,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_handlers(app)
+    app.add_middleware(BrowserSafety)
     _routes(app)
     _pages(app, settings)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
@@ -124,7 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _pages(app: FastAPI, settings: Settings) -> None:
     """The Playground (static files, no build step: api/playground/) and, in development with local
     storage, the images themselves, so a browser can show what the worker wrote (set
-    IMAGEGEN_STORAGE_PUBLIC_BASE_URL to <this API>/files). Production refuses local storage."""
+    IMAGEGEN_STORAGE_PUBLIC_BASE_URL to <this API>/files). An <img> sends no token, so /files is
+    not per tenant: a development convenience only. Production refuses local storage."""
     app.mount("/playground", StaticFiles(directory=PLAYGROUND, html=True), name="playground")
 
     @app.get("/", include_in_schema=False)
@@ -242,6 +246,11 @@ def _routes(app: FastAPI) -> None:
             raise unavailable() from None
         return Health(status="ready")
 
+    # HTTP wants HEAD wherever GET works; probes and load balancers use it. Out of the schema:
+    # one operation per path and method there.
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
+
     @app.post(
         f"{API_PREFIX}/jobs",
         status_code=202,
@@ -264,7 +273,9 @@ def _routes(app: FastAPI) -> None:
         ] = None,
     ) -> JSONResponse:
         """Validate and enqueue a node (bare, or in an envelope with job_id / webhook / rerun)."""
-        raw, data = await read_json(request, state.settings.api_max_body_bytes)
+        if len(request.headers.getlist("idempotency-key")) > 1:  # which one is the job id? neither
+            raise invalid_field("Idempotency-Key", MISSING, "is sent more than once; send it once")
+        raw, data = await read_json(request, state.settings.api_max_body_bytes, state.settings.api_body_timeout_s)
         accepted = await run_in_threadpool(_submit, state, tenant, raw, data, idempotency_key)
         return JSONResponse(
             accepted.model_dump(mode="json"),
@@ -377,7 +388,7 @@ def _routes(app: FastAPI) -> None:
     )
     async def validate(request: Request, state: State, tenant: Caller) -> ValidationReport:
         """Every problem of a node (as `imagegen validate` reports them) and its estimated cost; nothing is enqueued."""
-        raw, data = await read_json(request, state.settings.api_max_body_bytes)
+        raw, data = await read_json(request, state.settings.api_max_body_bytes, state.settings.api_body_timeout_s)
         return await run_in_threadpool(_validate, state, tenant, raw, data)
 
     @app.get(f"{API_PREFIX}/models", response_model=CatalogView, tags=["nodes"], responses=problem_responses(401))
@@ -395,7 +406,7 @@ def _routes(app: FastAPI) -> None:
     )
     async def sign(request: Request, state: State, tenant: Caller) -> SignedView:
         """A fresh URL for an image of one of your jobs (its durable ``uri``), signed by a worker."""
-        _, data = await read_json(request, state.settings.api_max_body_bytes)
+        _, data = await read_json(request, state.settings.api_max_body_bytes, state.settings.api_body_timeout_s)
         try:
             body = SignBody.model_validate(data)
         except ValidationError as exc:

@@ -3,12 +3,14 @@
 In this order, before anything is enqueued: the content type must be JSON
 (415), the body at most ``IMAGEGEN_API_MAX_BODY_BYTES`` (413: a declared
 ``Content-Length`` above it is refused without reading a byte, a streamed body
-as soon as it passes the limit), the bytes well-formed JSON (400), then the
+as soon as it passes the limit) and all there within ``IMAGEGEN_API_BODY_TIMEOUT_S`` (408),
+the bytes well-formed JSON (400), then the
 document's bounds and fields (422, contract/documents.py and contract/node.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -25,7 +27,7 @@ def _is_json(content_type: str) -> bool:
     return media == JSON_MEDIA_TYPE or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def read_json(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
+async def read_json(request: Request, limit: int, timeout_s: float) -> tuple[bytes, dict[str, Any]]:
     """The raw body and its top-level object (bounded plain JSON data)."""
     content_type = request.headers.get("content-type", "")
     if not _is_json(content_type):
@@ -41,11 +43,21 @@ async def read_json(request: Request, limit: int) -> tuple[bytes, dict[str, Any]
         raise _too_large(limit, f"Content-Length is {int(declared)} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit, "the body is longer")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):  # a body sent a byte at a time holds a connection
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit, "the body is longer")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiProblem(
+            408,
+            "body-too-slow",
+            "Request body too slow",
+            f"the body did not arrive within {timeout_s:g} s ({size} bytes came; IMAGEGEN_API_BODY_TIMEOUT_S)",
+            headers={"Connection": "close"},
+        ) from None
     raw = b"".join(chunks)
     try:
         json.loads(raw)  # syntax only; the bounded parse below makes the data used

@@ -55,7 +55,7 @@ def _page(
         page.locator("#token").fill(token)
         page.get_by_role("button", name="Use token").click()
     if token == TOKENS["acme"]:
-        page.wait_for_function("document.querySelectorAll('#f-model option').length > 0", timeout=WAIT_MS)
+        page.wait_for_function("() => document.querySelectorAll('#f-model option').length > 0", timeout=WAIT_MS)
     return page
 
 
@@ -77,7 +77,7 @@ def _paste_node(page: Any, node: dict[str, Any] | str) -> None:
 
 
 def _run_enabled(page: Any) -> None:
-    page.wait_for_function("!document.getElementById('run').disabled", timeout=WAIT_MS)
+    page.wait_for_function("() => !document.getElementById('run').disabled", timeout=WAIT_MS)
 
 
 def test_pasting_the_seed_node_verbatim_fills_the_form(browser: Any, start_api: StartApi) -> None:
@@ -224,7 +224,7 @@ def test_a_wrong_token_is_reported_and_asked_again(browser: Any, start_api: Star
     assert "refused" in page.locator("#auth-message").inner_text()
     page.locator("#token").fill(TOKENS["acme"])
     page.get_by_role("button", name="Use token").click()
-    page.wait_for_function("document.querySelectorAll('#f-model option').length > 0", timeout=WAIT_MS)
+    page.wait_for_function("() => document.querySelectorAll('#f-model option').length > 0", timeout=WAIT_MS)
     assert page.locator("#auth").is_hidden()
 
 
@@ -242,7 +242,9 @@ def test_side_by_side_runs_two_seeds_and_shows_time_and_cost(
     _run_enabled(page)
     page.get_by_role("button", name="Run").click()
     panels = page.locator(".run[data-status=succeeded]")
-    page.wait_for_function("document.querySelectorAll('.run[data-status=succeeded]').length === 2", timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.run[data-status=succeeded]').length === 2", timeout=WAIT_MS
+    )
     seeds = sorted(panels.nth(i).locator("[data-fact=seed]").inner_text() for i in range(2))
     assert seeds == ["7", "8"]
     for i in range(2):

@@ -1,0 +1,74 @@
+"""What the API tells and refuses a browser (api/browser.py), and its other HTTP edges: a
+cross-site page cannot change anything, no page of another site can frame the Playground,
+probes answer HEAD, a slow body and a doubled Idempotency-Key are refused."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+from tests.api.conftest import TOKENS, ApiServer, StartApi
+
+
+def test_a_page_of_another_site_cannot_cancel_a_job(api: ApiServer, offline_node: dict[str, Any]) -> None:
+    """Cancel reads no body, so the JSON content-type gate does not cover it: a plain form post
+    from another site would otherwise cancel a job whose id is easy to guess."""
+    http = api.client("acme")
+    job_id = http.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": "browser-csrf-1"}).json()["job_id"]
+    cancel = f"/v1/jobs/{job_id}/cancel"
+    for browser in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}, {"Origin": "http://evil.test"}):
+        refused = http.post(cancel, headers=browser)
+        assert refused.status_code == 403 and refused.json()["type"].endswith("cross-site"), refused.text
+    assert http.get(f"/v1/jobs/{job_id}").json()["cancel_requested"] is False
+    own_page = {"Sec-Fetch-Site": "same-origin", "Origin": api.url}
+    assert http.post(cancel, headers=own_page).json()["changed"] is True  # the Playground's own request
+    assert http.post(cancel).status_code == 200  # a program sends neither header
+
+
+def test_every_answer_forbids_framing_and_sniffing(api: ApiServer) -> None:
+    for path in ("/playground/", "/healthz", "/v1/jobs/nope"):
+        headers = api.client("acme").get(path).headers
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], path
+        assert "script-src 'self'" in headers["content-security-policy"]
+        assert (headers["x-frame-options"], headers["x-content-type-options"]) == ("DENY", "nosniff")
+        assert headers["referrer-policy"] == "no-referrer"
+
+
+def test_probes_answer_head(api: ApiServer) -> None:
+    anonymous = api.client(None)
+    assert anonymous.head("/healthz").status_code == 200 and anonymous.head("/readyz").status_code == 200
+
+
+def test_a_doubled_idempotency_key_is_refused(api: ApiServer, offline_node: dict[str, Any]) -> None:
+    http = api.client("acme")
+    doubled = http.post("/v1/jobs", json=offline_node, headers=[("Idempotency-Key", "k-a"), ("Idempotency-Key", "k-b")])
+    assert doubled.status_code == 422 and doubled.json()["problems"][0]["field"] == "Idempotency-Key"
+    assert http.get("/v1/jobs/k-a").status_code == 404 and http.get("/v1/jobs/k-b").status_code == 404
+
+
+def test_a_body_sent_a_byte_at_a_time_is_cut_off(start_api: StartApi) -> None:
+    api = start_api({"IMAGEGEN_API_BODY_TIMEOUT_S": "2"})
+    address = urlsplit(api.url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as conn:
+        conn.sendall(
+            b"POST /v1/validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + TOKENS["acme"].encode() + b"\r\nContent-Length: 1000\r\n\r\n"
+        )
+        answer = b""
+        for _ in range(20):  # a byte every 0.5 s: each inside any read timeout, the whole far longer
+            try:
+                conn.sendall(b" ")
+            except OSError:
+                break
+            conn.settimeout(0.5)
+            try:
+                answer += conn.recv(4096)
+            except TimeoutError:
+                continue
+            if answer:
+                break
+        conn.settimeout(10)
+        answer += b"" if b"\r\n\r\n" in answer else conn.recv(4096)
+    head = answer.decode(errors="replace")
+    assert head.startswith("HTTP/1.1 408") and "body-too-slow" in head, head
