@@ -117,6 +117,8 @@ def from_service_error(error: ImageGenError) -> ApiProblem:
     if isinstance(error, JobTimeout):
         return ApiProblem(504, "timeout", "No worker answered in time", str(error))
     if isinstance(error, SignError):
+        if error.kind == "not_found":  # as for a uri outside the tenant's jobs: nothing about the store
+            return ApiProblem(404, "image-not-found", "No such image", "no image of your jobs has this uri")
         status = {"transient": 503, "storage": 502}.get(error.kind, 422)
         return ApiProblem(status, f"sign-{error.kind}", "Cannot sign this uri", str(error))
     if isinstance(error, JobCrashed):

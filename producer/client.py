@@ -474,7 +474,8 @@ class SignedUrl:
 
 
 class SignError(ImageGenError, RuntimeError):
-    """The worker could not sign the URI; ``kind`` is storage, permanent or transient."""
+    """The worker could not sign the URI; ``kind``: not_found (no image this service stored has it),
+    storage, permanent or transient."""
 
     def __init__(self, message: str, kind: str):
         super().__init__(message)

@@ -35,3 +35,8 @@ class BlockedError(GenerationError):
 
 class StorageError(GenerationError):
     """The image was made but could not be stored (after storage retries)."""
+
+
+class NotStoredHere(StorageError):
+    """A uri or key that names no image this service stored in this store (signing refuses it).
+    Its message may name the store; a tenant is told only that there is no such image."""

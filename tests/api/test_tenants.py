@@ -52,6 +52,11 @@ def test_a_tenant_cannot_read_cancel_or_sign_another_tenants_job(
     signed = acme.post("/v1/sign", json={"uri": uri})
     assert signed.status_code == 200, signed.text
     assert signed.json()["uri"] == uri and signed.json()["url"]
+    # A uri in its own namespace but outside the store: 404, like another tenant's, and nothing
+    # about where the store is (it was a 502 naming the storage directory).
+    refused = acme.post("/v1/sign", json={"uri": "file:///etc/t/acme/j1/variation-0.png"})
+    assert refused.status_code == 404 and refused.json()["type"].endswith("image-not-found"), refused.text
+    assert "storage" not in refused.text and "/tmp" not in refused.text
 
     # The same caller id in another tenant is another job.
     theirs = globex.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": "shared-name"})

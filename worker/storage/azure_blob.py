@@ -21,7 +21,7 @@ from azure.storage.blob import BlobSasPermissions, BlobServiceClient, ContentSet
 
 from contract.clouds import Target, TargetError, TargetPolicy
 from contract.clouds.azure import AzureBlobSpec
-from worker.errors import StorageError
+from worker.errors import NotStoredHere, StorageError
 from worker.storage.base import ImageStore, StoredObject
 from worker.storage.common import ErrorPolicy, StoreOptions, pooled, signed_or_public, with_retries
 
@@ -141,7 +141,7 @@ class AzureBlobStore(ImageStore):
     def key_of(self, uri: str) -> str:
         plain = _without_query(uri)
         if not plain.startswith(self.base_url + "/"):
-            raise StorageError(f"{plain} is not a blob in {self.where} ({self.base_url})")
+            raise NotStoredHere(f"{plain} is not a blob in {self.where} ({self.base_url})")
         return unquote(plain[len(self.base_url) + 1 :])
 
     def _object(self, name: str) -> StoredObject:

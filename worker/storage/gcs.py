@@ -21,7 +21,7 @@ from google.oauth2 import service_account
 
 from contract.clouds import Target, TargetError, TargetPolicy
 from contract.clouds.gcp import GCSSpec
-from worker.errors import StorageError
+from worker.errors import NotStoredHere, StorageError
 from worker.storage.base import ImageStore, StoredObject
 from worker.storage.common import ErrorPolicy, StoreOptions, pooled, signed_or_public, with_retries
 
@@ -144,7 +144,7 @@ class GCSStore(ImageStore):
     def key_of(self, uri: str) -> str:
         parts = urlsplit(uri)
         if parts.scheme != "gs" or parts.netloc != self.bucket_name or parts.query or parts.fragment:
-            raise StorageError(f"{uri} is not an object in {self.where}")
+            raise NotStoredHere(f"{uri} is not an object in {self.where}")
         return parts.path.removeprefix("/")
 
     def _object(self, key: str) -> StoredObject:

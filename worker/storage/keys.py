@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from contract.tenancy import tenant_of
-from worker.errors import StorageError
+from worker.errors import NotStoredHere
 from worker.storage.base import check_key
 
 _FILE = re.compile(r"^variation-(?P<index>\d{1,3})(\.run(?P<run>\d{1,6}))?\.(?P<ext>[a-z0-9]{2,5})$")
@@ -34,7 +34,7 @@ def check_image_key(key: str, prefix: str | None, tenant: str | None = None) -> 
     job_part = head.removeprefix(f"{base}/") if base else head
     if (base and not head.startswith(f"{base}/")) or not job_part or not _FILE.match(name):
         where = f"under the prefix {base!r}" if base else "in this store"
-        raise StorageError(f"refused to sign {key!r}: it is not an image this service stored {where}")
+        raise NotStoredHere(f"refused to sign {key!r}: it is not an image this service stored {where}")
     if tenant is not None and tenant_of(job_part) != tenant:
-        raise StorageError(f"refused to sign {key!r}: it is not an image of tenant {tenant!r}'s jobs")
+        raise NotStoredHere(f"refused to sign {key!r}: it is not an image of tenant {tenant!r}'s jobs")
     return key

@@ -17,7 +17,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from worker.errors import StorageError
+from worker.errors import NotStoredHere, StorageError
 from worker.storage.base import ImageStore, StoredObject
 
 
@@ -68,10 +68,10 @@ class LocalStore(ImageStore):
     def key_of(self, uri: str) -> str:
         parts = urlsplit(uri)
         if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
-            raise StorageError(f"{uri} is not a file in {self.where}")
+            raise NotStoredHere(f"{uri} is not a file in {self.where}")
         path = Path(unquote(parts.path))
         if not path.is_relative_to(self.root):
-            raise StorageError(f"{uri} is not in {self.where}")
+            raise NotStoredHere(f"{uri} is not in {self.where}")
         return path.relative_to(self.root).as_posix()
 
     def _object(self, key: str) -> StoredObject:

@@ -18,7 +18,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from contract.clouds import Target, TargetPolicy
-from worker.errors import StorageError
+from worker.errors import NotStoredHere
 from worker.storage.base import ImageStore, StoredObject
 from worker.storage.common import ErrorPolicy, StoreOptions, signed_or_public, with_retries
 
@@ -120,7 +120,7 @@ class S3Store(ImageStore):
     def key_of(self, uri: str) -> str:
         parts = urlsplit(uri)
         if parts.scheme != "s3" or parts.netloc != self.bucket or parts.query or parts.fragment:
-            raise StorageError(f"{uri} is not an object in {self.where}")
+            raise NotStoredHere(f"{uri} is not an object in {self.where}")
         return parts.path.removeprefix("/")
 
     def _object(self, key: str) -> StoredObject:

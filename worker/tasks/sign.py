@@ -31,7 +31,7 @@ from contract.settings import get_settings
 from contract.tenancy import check_refs_of_tenant
 from contract.work import SignRequest
 from worker.celery_app import app
-from worker.errors import GenerationError, PermanentError, StorageError, TransientError
+from worker.errors import GenerationError, NotStoredHere, PermanentError, StorageError, TransientError
 from worker.storage import location_for
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,12 @@ def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
             except NodeValidationError as exc:
                 raise PermanentError(f"storage credentials refused: {exc.problems[0].message}") from None
         stored = location_for(request.target, settings).url_for(request.uri, request.tenant)
+    except NotStoredHere as exc:  # the caller learns only that there is no such image, not where we looked
+        log.info("sign %s refused: %s", request.uri[:300], exc)
+        return {
+            "uri": request.uri,
+            "error": {"kind": "not_found", "message": "no image this service stored has this uri"},
+        }
     except GenerationError as exc:
         kind = (
             "storage"
