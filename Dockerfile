@@ -11,7 +11,10 @@ COPY contract ./contract
 COPY worker ./worker
 COPY producer ./producer
 COPY api ./api
-RUN pip install -c constraints.txt . && useradd --system --uid 10001 imagegen
+# /data/images: where compose's volume mounts local storage; owned by the user, so a fresh named
+# volume (Docker copies the owner from the image) is writable without root.
+RUN pip install -c constraints.txt . && useradd --system --uid 10001 imagegen \
+    && mkdir -p /data/images && chown 10001 /data/images
 USER 10001
 
 CMD ["celery", "-A", "worker", "worker", "--loglevel=INFO"]
