@@ -32,7 +32,7 @@ from contract.job_ids import GRAMMAR, MAX_JOB_ID_CHARS, check_job_id
 from contract.secret_reader import SecretReadError, read_secret
 from contract.secret_refs import SecretRef, parse_secret_ref
 from contract.settings import Settings
-from contract.tenancy import ENV_TEMPLATE_TENANT, NAMESPACE_ROOT, TENANT_NAME, TENANT_PLACEHOLDER
+from contract.tenancy import NAMESPACE_ROOT, TENANT_NAME, check_env_template_tenants
 
 log = logging.getLogger("api.tenants")
 
@@ -131,21 +131,6 @@ def strip_namespaces(text: str) -> str:
     return _NAMESPACED.sub("", text)
 
 
-def _check_env_templates(tenants: dict[str, SecretRef], settings: Settings) -> None:
-    """With an ``env:`` tenant template, a tenant named ``acme_eu`` would own variables that the
-    template filled in for ``acme`` also matches (contract/tenancy.py): such names stop the start."""
-    templates = [t.strip() for t in settings.tenant_secret_refs.split(",")]
-    if not any(t.startswith("env:") and TENANT_PLACEHOLDER in t for t in templates):
-        return
-    for tenant in tenants:
-        if ENV_TEMPLATE_TENANT.fullmatch(tenant) is None:
-            raise TokenConfigError(
-                f"IMAGEGEN_API_TOKENS: tenant {tenant!r} has characters other than A-Z a-z 0-9, which "
-                "IMAGEGEN_TENANT_SECRET_REFS's env: entries cannot tell apart (another tenant's prefix "
-                "could match its variables): rename the tenant or use vault: or file: entries"
-            )
-
-
 class Authenticator:
     """Bearer token -> tenant. Tokens are resolved at start (a bad reference stops the start) and
     re-read every ``IMAGEGEN_SECRET_CACHE_TTL_S``; a failed re-read keeps the tokens in use."""
@@ -153,7 +138,10 @@ class Authenticator:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.references = parse_api_tokens(settings.api_tokens)
-        _check_env_templates(self.references, settings)
+        try:  # acme_eu beside acme: an env: template could not tell their variables apart
+            check_env_template_tenants(self.references, settings)
+        except ValueError as exc:
+            raise TokenConfigError(f"IMAGEGEN_API_TOKENS: {exc}") from None
         if not self.references and settings.environment != "development":
             raise TokenConfigError(
                 f"IMAGEGEN_API_TOKENS is empty: environment={settings.environment} refuses an API anyone can call"

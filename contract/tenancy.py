@@ -26,7 +26,7 @@ letters and digits alone may use one (``ENV_TEMPLATE_TENANT``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from contract.errors import MISSING, NodeValidationError, Problem
 from contract.secret_refs import check_allowed, parse_secret_ref
@@ -64,7 +64,7 @@ def check_refs_of_tenant(tenant: str | None, refs: Mapping[str, str | None], set
     named = {field: ref for field, ref in refs.items() if ref}
     if tenant is None or not named:
         return
-    templates = [t.strip() for t in settings.tenant_secret_refs.split(",") if t.strip()]
+    templates = _templates(settings.tenant_secret_refs)
     problems = []
     for field, ref in named.items():
         message = _refusal(tenant, ref, templates, settings)
@@ -83,7 +83,7 @@ def _refusal(tenant: str, ref: str, templates: list[str], settings: Settings) ->
             "IMAGEGEN_TENANT_SECRET_REFS (per-tenant reference prefixes)"
         )
     if ENV_TEMPLATE_TENANT.fullmatch(tenant) is None:
-        templates = [t for t in templates if not (t.startswith("env:") and TENANT_PLACEHOLDER in t)]
+        templates = [t for t in templates if not _is_env_template(t)]
     refusal = f"is not a secret reference tenant {tenant!r} may use (IMAGEGEN_TENANT_SECRET_REFS)"
     if not templates:  # an empty list would allow anything (check_allowed)
         return refusal
@@ -98,9 +98,31 @@ def _refusal(tenant: str, ref: str, templates: list[str], settings: Settings) ->
 
 def check_tenant_templates(text: str) -> None:
     """ValueError unless every ``env:`` entry of IMAGEGEN_TENANT_SECRET_REFS follows ``{tenant}`` with ``_``."""
-    for entry in (t.strip() for t in text.split(",")):
-        if entry.startswith("env:") and TENANT_PLACEHOLDER in entry and f"{TENANT_PLACEHOLDER}_" not in entry:
+    for entry in _templates(text):
+        if _is_env_template(entry) and f"{TENANT_PLACEHOLDER}_" not in entry:
             raise ValueError(
                 f"entry {entry!r}: in an env: entry {TENANT_PLACEHOLDER} must be followed by '_' "
                 f"(env:PREFIX_{TENANT_PLACEHOLDER}_), else one tenant's prefix is another's"
             )
+
+
+def check_env_template_tenants(tenants: Iterable[str], settings: Settings) -> None:
+    """ValueError naming a tenant whose name an ``env:`` template cannot tell apart from another's
+    (``acme_eu`` beside ``acme``); none matters without an ``env:`` template."""
+    if not any(_is_env_template(t) for t in _templates(settings.tenant_secret_refs)):
+        return
+    for tenant in tenants:
+        if ENV_TEMPLATE_TENANT.fullmatch(tenant) is None:
+            raise ValueError(
+                f"tenant {tenant!r} has characters other than A-Z a-z 0-9, which IMAGEGEN_TENANT_SECRET_REFS's "
+                "env: entries cannot tell apart (another tenant's prefix could match its variables): rename the "
+                "tenant or use vault: or file: entries"
+            )
+
+
+def _templates(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _is_env_template(entry: str) -> bool:
+    return entry.startswith("env:") and TENANT_PLACEHOLDER in entry
