@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +32,7 @@ from producer.client import (
     JobTimeout,
     QueueUnavailable,
     SignError,
+    check_timeout,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_CONFLICT = 0, 1, 2, 3, 4, 5, 6
@@ -45,13 +45,12 @@ class UsageError(Exception):
 
 
 def _seconds(text: str) -> float:
-    """A ``--timeout``: finite and not negative (``nan`` would never expire, ``inf`` overflow a clock)."""
+    """A ``--timeout``, as the client takes one (``check_timeout``): a usage error otherwise."""
     try:
         value = float(text)
+        check_timeout(value)
     except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (finite, 0 or more)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (finite, 0 or more)") from None
     return value
 
 

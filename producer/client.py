@@ -57,6 +57,7 @@ __all__ = [
     "JobTimeout",
     "QueueUnavailable",
     "SignError",
+    "check_timeout",
 ]
 
 
@@ -101,7 +102,7 @@ def _reaching_the_queue(method: _F) -> _F:
     return call  # type: ignore[return-value]
 
 
-def _check_timeout(timeout: float | None) -> None:
+def check_timeout(timeout: float | None) -> None:
     """ValueError for a timeout no clock can reach (nan never expires, inf overflows) or a negative one."""
     if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
         raise ValueError(f"timeout {timeout!r} is not a number of seconds (finite, 0 or more; None waits for ever)")
@@ -311,7 +312,7 @@ class ImageGenClient:
     def wait(self, job_id: str, timeout: float | None = None) -> JobResult:
         """The result document of the job's current run, once it has finished. While waiting the
         client also checks that the job is not lost (no progress within IMAGEGEN_JOB_DEADLINE_S)."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         status = self.status(job_id)  # fail fast on an unknown id instead of waiting forever
         outcome = AsyncResult(status.task_id, app=self.celery)
         until = None if timeout is None else time.monotonic() + timeout
@@ -364,7 +365,7 @@ class ImageGenClient:
         waiting for new ones (a blocking read, no polling) until the ``completed`` of the run that
         is current now. ``JobTimeout`` when ``timeout`` seconds pass first; ``JobNotFound`` for an
         unknown job. Redis faults raise ``QueueUnavailable``."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         status = self.status(job_id)  # fail fast on an unknown id
         cursor = None if after is None else check_event_id(after)
         return self._follow(status, cursor, timeout)
@@ -428,7 +429,7 @@ class ImageGenClient:
         credentials stay there. Give the job's node when the image is in the node's own cloud;
         only images this service stored under that node's target (or the platform's) are signed.
         ``tenant`` (the HTTP API's caller): only that tenant's images, with credentials it may name."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         target = None
         if node is not None:
             parsed = self.validate(node)
