@@ -38,8 +38,9 @@ class WorkerProcess:
         *,
         root: Path = ROOT,  # another checkout (benchmarks compare versions)
         app: str = "worker",  # benchmarks.bare_chord: the baseline every per-job figure is compared with
+        mingle: bool = False,  # True: the deployed command's start-up (mingle and gossip on, ~1 s slower)
     ):
-        self.root, self.app = root, app
+        self.root, self.app, self.mingle = root, app, mingle
         self.name = f"imagegen-{uuid.uuid4().hex[:8]}@%h"
         # Pool and concurrency go through Settings, as in a pod: Celery lets
         # app.conf.worker_pool win over the --pool flag.
@@ -69,8 +70,7 @@ class WorkerProcess:
                 f"--pool={self.env['IMAGEGEN_WORKER_POOL']}",
                 f"--concurrency={self.env['IMAGEGEN_WORKER_CONCURRENCY']}",
                 f"--hostname={self.name}",
-                "--without-mingle",
-                "--without-gossip",
+                *(() if self.mingle else ("--without-mingle", "--without-gossip")),
             ],
             self.env,
             self.log_path,

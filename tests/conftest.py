@@ -59,10 +59,14 @@ def start_worker(job_env: dict[str, str], tmp_path: Path) -> Iterator[StartWorke
     """Start real ``celery -A worker worker`` processes, each with a log file of its own; stopped after the test."""
     workers: list[WorkerProcess] = []
 
-    def start(env: dict[str, str] | None = None, pool: str = "threads", concurrency: int = 8) -> WorkerProcess:
+    def start(
+        env: dict[str, str] | None = None, pool: str = "threads", concurrency: int = 8, mingle: bool = False
+    ) -> WorkerProcess:
         log_dir = tmp_path / f"worker-{len(workers)}"
         log_dir.mkdir()
-        worker = WorkerProcess({**job_env, **(env or {})}, pool=pool, concurrency=concurrency, log_dir=str(log_dir))
+        worker = WorkerProcess(
+            {**job_env, **(env or {})}, pool=pool, concurrency=concurrency, log_dir=str(log_dir), mingle=mingle
+        )
         workers.append(worker)
         worker.start()
         return worker

@@ -24,9 +24,10 @@ Here a message is moved, never popped (the reliable-queue pattern of Resque's RP
   restart) has its leftovers put back before its next move, or by the thread if it never
   moves again (the consumer reconnects on a new channel).
 
-This serves a channel that consumes one queue key, as the worker does (one queue, and
-``priority_steps`` [0], contract/queue.py); a channel with several keys (priorities, more
-queues) or a ``global_keyprefix`` keeps kombu's ``BRPOP``, which ``BLMOVE`` cannot replace.
+This serves a channel that consumes one queue key with acks, as the worker does (one queue,
+and ``priority_steps`` [0], contract/queue.py); a channel with several keys (priorities, more
+queues) or a ``global_keyprefix`` keeps kombu's ``BRPOP``, which ``BLMOVE`` cannot replace,
+and so does one that consumes without acks (nothing to lose: no ack was ever owed).
 Installed by ``worker/consumer.py``; Redis >= 6.2.
 """
 
@@ -191,8 +192,12 @@ _refresher = _Refresher()
 
 
 def _single_key(channel: Any) -> str | None:
-    """The one queue key this channel consumes, or None (kombu's BRPOP then)."""
+    """The one queue key this channel consumes, or None (kombu's BRPOP then): also for a queue
+    consumed without acks (a control reply queue, such as mingle's at start-up), whose messages
+    are never recorded as unacked, so a moved one would be put back and delivered for ever."""
     if channel.global_keyprefix:
+        return None
+    if set(channel.active_queues) & getattr(channel, "_imagegen_no_ack", set()):
         return None
     queues = channel._queue_cycle.consume(len(channel.active_queues))
     keys = [channel._q_for_pri(queue, pri) for pri in channel.priority_steps for queue in queues]
@@ -263,6 +268,18 @@ def _move_read(brpop_read: Callable[..., Any]) -> Callable[..., Any]:
     return move_read
 
 
+def _consume_noting_no_ack(basic_consume: Callable[..., Any]) -> Callable[..., Any]:
+    """kombu's ``basic_consume``, remembering which queues are consumed without acks."""
+
+    @functools.wraps(basic_consume)
+    def consume(self: Any, queue: str, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("no_ack", args[0] if args else False):
+            self.__dict__.setdefault("_imagegen_no_ack", set()).add(queue)
+        return basic_consume(self, queue, *args, **kwargs)
+
+    return consume
+
+
 def _append_moved(append: Callable[..., None]) -> Callable[..., None]:
     """kombu's unacked record, plus the ``LREM`` from the in-flight list in the same MULTI."""
 
@@ -311,6 +328,7 @@ def install() -> None:
     """Patch kombu's Redis channel and QoS (once)."""
     if getattr(RedisChannel, "_imagegen_reliable_fetch", False):
         return
+    RedisChannel.basic_consume = _consume_noting_no_ack(RedisChannel.basic_consume)  # type: ignore[method-assign]
     RedisChannel._brpop_start = _move_start(RedisChannel._brpop_start)  # type: ignore[method-assign]
     RedisChannel._brpop_read = _move_read(RedisChannel._brpop_read)  # type: ignore[method-assign]
     RedisQoS.append = _append_moved(RedisQoS.append)  # type: ignore[method-assign]

@@ -285,3 +285,19 @@ def test_the_owner_thread_outlives_any_error() -> None:
     while channel in refresher.channels:
         assert time.monotonic() < deadline + 5, "a closed channel was kept"
         time.sleep(0.02)
+
+
+def test_workers_started_as_deployed_find_each_other_and_run_jobs(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    """The deployed command keeps mingle and gossip on. At start a worker asks the others for
+    their state and reads their answers from a reply queue that it consumes without acks: such a
+    queue must keep kombu's own fetch. Moved into an in-flight list and never acked, the reply was
+    put back and delivered again, thousands of times a second, and the second worker never
+    became ready."""
+    first = start_worker(concurrency=2, mingle=True)
+    second = start_worker(concurrency=2, mingle=True)  # raises unless it logs "ready" within 60 s
+    assert "mingle: sync with 1 nodes" in second.log()
+    assert "whose delivery was cut off back" not in first.log() + second.log()
+    results = [client.submit(offline_node).wait(timeout=60) for _ in range(4)]
+    assert [r.status for r in results] == ["succeeded"] * 4
