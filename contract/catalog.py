@@ -48,6 +48,11 @@ class ModelEntry(BaseModel):
             raise ValueError("a model needs at least one size")
         return sizes
 
+    @property
+    def largest_pixels(self) -> int:
+        """Width x height of the model's largest size: what bounds the images it may return."""
+        return max(width * height for width, height in map(parse_size, self.sizes))
+
     def price_for(self, size: str) -> float | None:
         """Price of one image at ``size``, or None when the catalog has none."""
         return self.price_usd_per_image.get(self.sizes[size].tier)

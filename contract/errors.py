@@ -31,6 +31,15 @@ MISSING: Any = _Missing()
 EXCERPT_CHARS = 64  # a quoted value is at most about this long
 _HEAD_CHARS = 48  # what is kept of a longer string
 _MAX_PROBLEMS_SHOWN = 20
+MESSAGE_CHARS = 1000  # an error message in a result, an event or a log line
+
+
+def clipped(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was: an SDK's or a provider's
+    error text can be a whole HTML page, copied into every result, event and log line."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters in all)"
 
 
 def excerpt(value: Any) -> Any:

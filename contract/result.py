@@ -8,14 +8,20 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from contract.errors import clipped
 
 # "canceled": a cancel was requested before the run finished (ImageGenClient.cancel); the images
 # made until then are kept, the variations that had not started have an error of kind "canceled".
 JobStatus = Literal["succeeded", "partial", "failed", "canceled"]
 ErrorKind = Literal["transient_exhausted", "permanent", "blocked", "storage", "timeout", "lost", "canceled"]
+
+# Text that comes from a provider or an SDK, bounded wherever it ends up.
+Message = Annotated[str, AfterValidator(clipped)]
+ProviderText = Annotated[str, AfterValidator(lambda text: clipped(text, 200))]
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "result.schema.json"
 
@@ -45,8 +51,8 @@ class GenerationMetadata(_Record):
     """What the provider said about one image, beyond the pixels."""
 
     provider: str
-    model_version: str | None = None
-    response_id: str | None = None
+    model_version: ProviderText | None = None
+    response_id: ProviderText | None = None
     text: str | None = Field(None, description="The model's own words, trimmed")
     usage: Usage | None = None
     size_mismatch: SizeMismatch | None = None
@@ -75,7 +81,7 @@ class ImageRecord(_Record):
 class ErrorRecord(_Record):
     index: int
     kind: ErrorKind
-    message: str = Field(description="Why no image; never contains secrets")
+    message: Message = Field(description="Why no image; never contains secrets")
     reason: str | None = Field(None, description="Provider reason code, e.g. IMAGE_SAFETY")
     attempts: int
     duration_ms: int
@@ -89,7 +95,7 @@ class PromptStepRecord(_Record):
     model_id: str | None = Field(None, description="The provider's model id")
     provider: str | None = None
     attempts: int = Field(description="Calls made, retries included")
-    response_id: str | None = None
+    response_id: ProviderText | None = None
     usage: Usage | None = None
     estimated_cost_usd: float | None = Field(None, description="From the catalog's token prices; null when unpriced")
 

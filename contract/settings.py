@@ -224,7 +224,9 @@ class Settings(BaseSettings):
     google_cloud_project: str | None = Field(None, validation_alias="GOOGLE_CLOUD_PROJECT")
     google_cloud_location: str | None = Field(None, validation_alias="GOOGLE_CLOUD_LOCATION")
     gemini_api_version: str = "v1beta"
-    gemini_timeout_s: float = Field(120.0, gt=0)
+    gemini_timeout_s: float = Field(120.0, gt=0)  # the whole call, not each read (worker/providers/http_budget.py)
+    # A 4K PNG in base64 stays well under this; it bounds a broken or hostile endpoint's answer.
+    gemini_max_response_mb: int = Field(128, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

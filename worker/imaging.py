@@ -1,6 +1,11 @@
 """Facts read from image bytes themselves: type, dimensions, digest.
 
 Providers mislabel mime types (PNG label on JPEG bytes), so the bytes decide.
+An image is checked before it is stored: its dimensions against the model's
+largest size (a small file can claim a huge canvas), and its structure
+(Pillow's ``verify``: every PNG chunk present with a good CRC, so a cut or
+damaged answer is not stored as a success). A full decode would also catch
+well-formed garbage, but costs ~25 ms per 1024x1024 image against ~0.7 ms.
 """
 
 from __future__ import annotations
@@ -48,14 +53,24 @@ def sniff_mime_type(data: bytes) -> str | None:
     return None
 
 
-def inspect_image(data: bytes) -> ImageFacts:
-    """Type from the magic number, size from the decoded header."""
+def inspect_image(data: bytes, max_pixels: int = 8192 * 8192) -> ImageFacts:
+    """Type from the magic number, size from the header, structure checked; at most ``max_pixels``."""
     mime = sniff_mime_type(data)
     if mime is None:
         raise PermanentError(f"provider returned {len(data)} bytes that are not a PNG, JPEG, GIF or WebP image")
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
+            if width * height > max_pixels:
+                raise PermanentError(
+                    f"provider returned a {width}x{height} {mime} image, larger than this model makes "
+                    f"({max_pixels:,} pixels at most)"
+                )
+            image.verify()
+        if mime == "image/jpeg" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+            raise OSError("the JPEG has no end marker")  # verify() reads only a JPEG's header
+    except PermanentError:
+        raise
     except Exception as exc:  # Pillow raises several types for corrupt data
-        raise PermanentError(f"provider returned a {mime} image that does not decode: {exc}") from None
+        raise PermanentError(f"provider returned a {mime} image that is damaged or cut short: {exc}") from None
     return ImageFacts(mime, width, height, len(data), hashlib.sha256(data).hexdigest())

@@ -38,3 +38,39 @@ def test_type_and_size_come_from_the_bytes(fmt: str, mime: str, ext: str) -> Non
 def test_non_images_are_permanent_errors(data: bytes) -> None:
     with pytest.raises(PermanentError):
         inspect_image(data)
+
+
+def photo_png(size: tuple[int, int] = (256, 256)) -> bytes:
+    out = io.BytesIO()
+    Image.frombytes("RGB", size, bytes(range(256)) * (size[0] * size[1] * 3 // 256)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("keep", [100, 0.5, -12])  # header only, half the pixels, all but IEND
+def test_a_png_cut_short_is_refused(keep: float) -> None:
+    data = photo_png()
+    cut = data[: int(len(data) * keep) if isinstance(keep, float) else keep]
+    with pytest.raises(PermanentError, match="damaged or cut short"):
+        inspect_image(cut)
+
+
+def test_a_png_with_damaged_pixel_data_is_refused() -> None:
+    data = bytearray(photo_png())
+    data[len(data) // 2] ^= 0xFF  # inside an IDAT chunk: its CRC no longer matches
+    with pytest.raises(PermanentError, match="damaged or cut short"):
+        inspect_image(bytes(data))
+
+
+def test_a_jpeg_cut_short_is_refused() -> None:
+    data = encode("JPEG", (256, 256))
+    assert inspect_image(data).mime_type == "image/jpeg"
+    with pytest.raises(PermanentError, match="no end marker"):
+        inspect_image(data[: len(data) // 2])
+
+
+def test_a_small_file_claiming_a_huge_canvas_is_refused() -> None:
+    bomb = encode("PNG", (9000, 9000))  # ~250 KB of bytes, 243 MB of pixels once decoded
+    assert len(bomb) < 1_000_000
+    with pytest.raises(PermanentError, match=r"9000x9000 image/png image, larger than this model makes \(2,097,152"):
+        inspect_image(bomb, max_pixels=2 * 1024 * 1024)
+    assert inspect_image(encode("PNG", (1024, 1024)), max_pixels=2 * 1024 * 1024).size == "1024x1024"

@@ -3,7 +3,9 @@
 One ``genai.Client`` per provider instance (the registry keeps one per worker
 process), shared by the pool's threads; its HTTP connection pool holds a
 connection per worker slot (httpx's default of 100 would queue the 101st call
-behind the others, for a whole generation). The SDK's own retries stay off: a
+behind the others, for a whole generation). Each call has a whole-call deadline
+and a byte cap (``http_budget``): httpx alone bounds only each socket read. The
+SDK's own retries stay off: a
 retry inside the call would hold the worker slot while it sleeps, whereas a
 ``TransientError`` becomes a Celery retry with a countdown that frees it.
 
@@ -17,6 +19,7 @@ import email.utils
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import time
@@ -26,11 +29,13 @@ from typing import Any
 from google import genai
 from google.genai import errors, types
 
+from contract.errors import clipped
 from contract.prompt_text import describe
 from contract.result import GenerationMetadata, Usage
 from contract.settings import Settings
 from worker.errors import BlockedError, GenerationError, PermanentError, TransientError
 from worker.providers.base import GeneratedImage, GeneratedText, GenerationRequest, TextRequest
+from worker.providers.http_budget import ResponseTooLarge, call_budget, install_budget
 
 # finishReason values that mean "no image, by policy or by choice": not retried
 # (the same prompt gets the same answer, at the same cost).
@@ -51,6 +56,7 @@ BLOCKING_FINISH_REASONS = frozenset(
 )
 TRANSIENT_CODES = frozenset({408, 429, 500, 502, 503, 504})
 TIMEOUT_CODES = frozenset({408, 504})
+log = logging.getLogger(__name__)
 TEXT_LIMIT = 500  # the model's words kept in the result; they can run long
 
 # httpx / httpx2 class names (matched through the MRO, whichever module the
@@ -65,6 +71,8 @@ class GeminiProvider:
 
     def __init__(self, settings: Settings):
         self._secrets = _secrets(settings)
+        self._timeout_s = settings.gemini_timeout_s
+        self._max_bytes = settings.gemini_max_response_mb * 2**20
         try:
             self._client = genai.Client(**_client_options(settings))
         except ValueError as exc:  # the SDK's "missing key / project" complaints
@@ -100,13 +108,19 @@ class GeminiProvider:
     def _call(self, model_id: str, contents: str, config: types.GenerateContentConfig) -> types.GenerateContentResponse:
         """``generate_content``, with every failure mapped to a ``worker.errors`` outcome."""
         try:
-            return self._client.models.generate_content(model=model_id, contents=contents, config=config)
+            with call_budget(self._timeout_s, self._max_bytes):
+                return self._client.models.generate_content(model=model_id, contents=contents, config=config)
         except errors.APIError as exc:
             raise self._api_error(exc, model_id) from None
+        except ResponseTooLarge as exc:
+            raise PermanentError(f"Gemini's answer was refused: {exc} (IMAGEGEN_GEMINI_MAX_RESPONSE_MB)") from None
         except Exception as exc:
             outcome = self._transport_error(exc)
             if outcome is None:
-                raise
+                # Only the SDK ran: it could not read the answer (a proxy's HTML page, a cut body,
+                # a field of the wrong type). Worth another try, within the retry budget.
+                log.warning("Gemini's answer could not be read", exc_info=True)
+                outcome = TransientError(self._scrub(f"Gemini's answer could not be read: {_first_line(exc)}"))
             raise outcome from None
 
     def _api_error(self, exc: errors.APIError, model_id: str) -> GenerationError:
@@ -127,15 +141,17 @@ class GeminiProvider:
         names = {cls.__name__ for cls in type(exc).__mro__}
         what = self._scrub(f"cannot reach Gemini: {type(exc).__name__}: {exc}")
         if names & _TIMEOUT_CLASSES or isinstance(exc, TimeoutError):
-            return TransientError(what, timed_out=True)
+            limit = f"no answer within IMAGEGEN_GEMINI_TIMEOUT_S={self._timeout_s:g} s for the whole call"
+            return TransientError(self._scrub(f"{limit}: {type(exc).__name__}: {exc}"), timed_out=True)
         if names & _NETWORK_CLASSES or isinstance(exc, ConnectionError):
             return TransientError(what)
         return None
 
     def _scrub(self, text: str) -> str:
+        """Without the API key, and bounded: an error body can be a whole HTML page."""
         for secret in self._secrets:
             text = text.replace(secret, "<redacted>")
-        return text
+        return clipped(text)
 
 
 def _secrets(settings: Settings) -> tuple[str, ...]:
@@ -158,7 +174,7 @@ def _client_options(settings: Settings) -> dict[str, Any]:
             base_url=settings.gemini_base_url or None,
             api_version=version,
             timeout=timeout_ms,
-            client_args=_pool_args(settings),
+            httpx_client=_http_client(settings),
         )
         return {
             "vertexai": True,
@@ -173,31 +189,35 @@ def _client_options(settings: Settings) -> dict[str, Any]:
         base_url=settings.gemini_base_url or None,
         api_version=settings.gemini_api_version,
         timeout=timeout_ms,
-        client_args=_pool_args(settings),
+        httpx_client=_http_client(settings),
     )
     return {"vertexai": False, "api_key": keys[0], "http_options": http}
 
 
-def _pool_args(settings: Settings) -> dict[str, Any]:
-    """The SDK's sync HTTP client with a connection per worker slot, all kept alive between calls
-    (httpx keeps 20 by default: a burst of calls would open the rest again, TLS and all).
+def _http_client(settings: Settings) -> Any:
+    """The SDK's sync HTTP client: a connection per worker slot, all kept alive between calls
+    (httpx keeps 20 by default: a burst of calls would open the rest again, TLS and all), and
+    every call bounded by ``http_budget``.
 
-    The ``Limits`` come from the HTTP library the SDK picks (google-genai 2.x/3.x: httpx2 when
-    installed, else httpx; ``GOOGLE_GENAI_HTTP_CLIENT`` decides when set), so the SDK keeps it."""
+    It is built from the HTTP library the SDK would pick itself (google-genai 2.x/3.x: httpx2
+    when installed, else httpx; ``GOOGLE_GENAI_HTTP_CLIENT`` decides when set)."""
     wanted = os.environ.get("GOOGLE_GENAI_HTTP_CLIENT", "").strip().lower()
     if wanted not in ("httpx", "httpx2"):
         wanted = "httpx2" if importlib.util.find_spec("httpx2") is not None else "httpx"
-    limits = importlib.import_module(wanted).Limits(
-        max_connections=settings.pool_size, max_keepalive_connections=settings.pool_size
-    )
-    return {"limits": limits}
+    httpx = importlib.import_module(wanted)
+    limits = httpx.Limits(max_connections=settings.pool_size, max_keepalive_connections=settings.pool_size)
+    return install_budget(httpx.Client(limits=limits))
+
+
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
 
 def _raise_if_prompt_blocked(response: types.GenerateContentResponse) -> None:
     feedback = response.prompt_feedback
     if feedback is not None and feedback.block_reason is not None:
         reason = _name(feedback.block_reason)
-        detail = f": {feedback.block_reason_message}" if feedback.block_reason_message else ""
+        detail = f": {clipped(feedback.block_reason_message, 300)}" if feedback.block_reason_message else ""
         raise BlockedError(f"Gemini blocked the prompt ({reason}){detail}", reason=reason)
 
 
@@ -216,7 +236,7 @@ def _answer_text(response: types.GenerateContentResponse) -> str:
     candidate = response.candidates[0]
     finish = _name(candidate.finish_reason) if candidate.finish_reason is not None else None
     if finish in BLOCKING_FINISH_REASONS:
-        detail = f": {candidate.finish_message}" if candidate.finish_message else ""
+        detail = f": {clipped(candidate.finish_message, 300)}" if candidate.finish_message else ""
         raise BlockedError(f"Gemini wrote no prompt (finishReason {finish}){detail}", reason=finish)
     parts = (candidate.content.parts if candidate.content else None) or []
     text = "".join(p.text for p in parts if p.text and not p.thought)
@@ -256,7 +276,7 @@ def _image_from(response: types.GenerateContentResponse) -> GeneratedImage:
     images = [p.inline_data for p in answer if p.inline_data is not None and p.inline_data.data]
     finish = _name(candidate.finish_reason) if candidate.finish_reason is not None else None
     if finish in BLOCKING_FINISH_REASONS:
-        detail = f": {candidate.finish_message}" if candidate.finish_message else ""
+        detail = f": {clipped(candidate.finish_message, 300)}" if candidate.finish_message else ""
         raise BlockedError(f"Gemini returned no image (finishReason {finish}){detail}", reason=finish)
     if not images:
         said = f": {text!r}" if text else ""

@@ -147,7 +147,7 @@ def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entr
     request = GenerationRequest(work.prompt, work.model, entry, work.size, work.index, work.seed, attempt)
 
     image = provider_for(entry.provider, settings).generate(request)
-    facts = inspect_image(image.data)
+    facts = inspect_image(image.data, max_pixels=2 * entry.largest_pixels)  # room for a near miss
     stored = location_for(work.target, settings).put(
         work.job_id,
         work.index,

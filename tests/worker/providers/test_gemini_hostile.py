@@ -1,0 +1,189 @@
+"""GeminiProvider against an endpoint that misbehaves on the wire: the real SDK, a raw socket server.
+
+What is checked: a whole-call deadline (httpx alone bounds each read, so a drip never timed out),
+a byte cap on the answer, malformed answers as retryable outcomes, and error text bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from contract.errors import MESSAGE_CHARS
+from contract.settings import Settings
+from worker.errors import PermanentError, TransientError
+from worker.providers.gemini import GeminiProvider
+
+from .test_gemini import KEY, request
+
+Answer = Callable[[socket.socket], None]
+
+
+class RawServer:
+    """Accepts connections and hands each to ``answer`` after reading the request."""
+
+    def __init__(self, answer: Answer):
+        self.answer = answer
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.calls = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                0,
+            )
+            body = head.split(b"\r\n\r\n", 1)[1]
+            while len(body) < length:
+                body += conn.recv(65536)
+            self.calls += 1
+            with contextlib.suppress(OSError):  # the client gave up: what the test wants
+                self.answer(conn)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Answer], RawServer]]:
+    servers: list[RawServer] = []
+
+    def start(answer: Answer) -> RawServer:
+        servers.append(RawServer(answer))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def provider_for(server: RawServer, timeout_s: float = 10.0, max_mb: int = 128) -> GeminiProvider:
+    settings = Settings(
+        GEMINI_API_KEY=KEY,
+        GOOGLE_GEMINI_BASE_URL=f"http://127.0.0.1:{server.port}",
+        gemini_timeout_s=timeout_s,
+        gemini_max_response_mb=max_mb,
+    )
+    return GeminiProvider(settings)
+
+
+def reply(status: str, body: bytes, content_type: str = "application/json") -> Answer:
+    def answer(conn: socket.socket) -> None:
+        head = f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+        conn.sendall(head.encode() + body)
+
+    return answer
+
+
+def test_an_answer_dripped_a_byte_at_a_time_ends_at_the_deadline(serve: Callable[[Answer], RawServer]) -> None:
+    body = json.dumps({"candidates": []}).encode() * 50
+
+    def dripping(conn: socket.socket) -> None:
+        conn.sendall(
+            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        for byte in body:  # every read arrives well inside the read timeout
+            conn.sendall(bytes([byte]))
+            time.sleep(0.05)
+
+    provider = provider_for(serve(dripping), timeout_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(TransientError) as caught:
+        provider.generate(request())
+    assert caught.value.timed_out and "IMAGEGEN_GEMINI_TIMEOUT_S=1 s for the whole call" in str(caught.value)
+    assert time.monotonic() - started < 5  # the drip alone would take 40 s
+
+
+def test_response_headers_dripped_a_byte_at_a_time_end_at_the_deadline(serve: Callable[[Answer], RawServer]) -> None:
+    def dripping_head(conn: socket.socket) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 2000:
+            conn.sendall(bytes([byte]))
+            time.sleep(0.05)
+
+    provider = provider_for(serve(dripping_head), timeout_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(TransientError) as caught:
+        provider.generate(request())
+    assert caught.value.timed_out
+    assert time.monotonic() - started < 5
+
+
+def test_the_deadline_is_per_call_on_a_kept_alive_connection(serve: Callable[[Answer], RawServer]) -> None:
+    server = serve(reply("429 Too Many Requests", b'{"error": {"code": 429, "message": "slow down"}}'))
+    provider = provider_for(server, timeout_s=1.0)
+    for _ in range(3):  # three calls over more than one budget's time, each within its own
+        with pytest.raises(TransientError, match="slow down"):
+            provider.generate(request())
+        time.sleep(0.4)
+
+
+def test_an_answer_over_the_byte_cap_is_refused_naming_the_setting(serve: Callable[[Answer], RawServer]) -> None:
+    data = base64.b64encode(b"\0" * (3 * 2**20)).decode()
+    part = {"inlineData": {"mimeType": "image/png", "data": data}}
+    body = json.dumps({"candidates": [{"content": {"parts": [part]}, "finishReason": "STOP"}]}).encode()
+    provider = provider_for(serve(reply("200 OK", body)), max_mb=1)
+    with pytest.raises(PermanentError) as caught:
+        provider.generate(request())
+    assert "1 MiB cap" in str(caught.value) and "IMAGEGEN_GEMINI_MAX_RESPONSE_MB" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("what", "answer"),
+    [
+        ("a proxy's HTML page", reply("200 OK", b"<html><body>Gateway says hi</body></html>", "text/html")),
+        ("JSON cut short", reply("200 OK", b'{"candidates": [{"content": {"parts": [')),
+        (
+            "not base64",
+            reply(
+                "200 OK",
+                json.dumps(
+                    {"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "#!*"}}]}}]}
+                ).encode(),
+            ),
+        ),
+        ("a number where a name goes", reply("200 OK", b'{"candidates": [{"finishReason": 7}]}')),
+    ],
+)
+def test_a_malformed_answer_is_transient_and_says_so(
+    serve: Callable[[Answer], RawServer], what: str, answer: Answer
+) -> None:
+    with pytest.raises(TransientError) as caught:
+        provider_for(serve(answer)).generate(request())
+    assert "Gemini's answer could not be read" in str(caught.value), what
+    assert "Traceback" not in str(caught.value)
+
+
+def test_a_huge_error_page_is_clipped_and_keeps_the_key_out(serve: Callable[[Answer], RawServer]) -> None:
+    page = b"<html>" + KEY.encode() + b" " + b"x" * 2_000_000 + b"</html>"
+    with pytest.raises(PermanentError) as caught:
+        provider_for(serve(reply("400 Bad Request", page, "text/html"))).generate(request())
+    message = str(caught.value)
+    assert len(message) < MESSAGE_CHARS + 100 and "characters in all" in message
+    assert KEY not in message

@@ -1,0 +1,142 @@
+"""A whole-call deadline and a byte cap for the provider SDK's HTTP calls.
+
+httpx's timeouts bound each socket operation, not the call: a server that
+sends a byte every few seconds is never timed out, and nothing bounds how much
+it sends. Celery's time limits do not apply to the threads pool, so a dripping
+answer would hold a worker slot until the broker redelivers the variation,
+which then pays for the image again.
+
+``call_budget`` sets both bounds for the calls made inside it, on this thread
+(or greenlet). They are enforced by a wrapper around the network backend of
+the SDK's HTTP client, on every connect, TLS handshake, read and write, so the
+response headers are bounded as well as the body, and a connection kept alive
+from an earlier call obeys the current call's budget.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ssl
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+
+class ResponseTooLarge(Exception):
+    """The answer went over the call's byte cap (raised from a read; httpx passes it on unchanged)."""
+
+
+@dataclass
+class _Budget:
+    deadline: float  # time.monotonic()
+    bytes_left: int
+    timeout_s: float
+    max_bytes: int
+
+
+_current: ContextVar[_Budget | None] = ContextVar("imagegen_http_budget", default=None)
+
+
+@contextmanager
+def call_budget(timeout_s: float, max_bytes: int) -> Iterator[None]:
+    """HTTP calls made inside take at most ``timeout_s`` in all and read at most ``max_bytes``."""
+    token = _current.set(_Budget(time.monotonic() + timeout_s, max_bytes, timeout_s, max_bytes))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def install_budget(client: Any) -> Any:
+    """Put the budget into every connection pool of an httpx or httpx2 ``Client`` (its own
+    transport and any proxy mounts); returns the client.
+
+    httpx offers no public way to give its default transport a network backend, so this sets
+    the pools' ``_network_backend`` before any connection exists. It checks the shape it
+    expects and refuses loudly otherwise, so an httpx release that changes it fails the tests
+    rather than silently dropping the bound."""
+    package = type(client).__module__.split(".")[0]
+    core = importlib.import_module({"httpx": "httpcore", "httpx2": "httpcore2"}[package])
+    transports = [client._transport, *(t for t in client._mounts.values() if t is not None)]
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if not isinstance(pool, core.ConnectionPool) or backend is None:
+            raise RuntimeError(f"cannot bound the calls of {type(transport).__name__}: unexpected {package} internals")
+        if getattr(pool, "_connections", None):
+            raise RuntimeError("install the HTTP budget before the client makes its first connection")
+        if not isinstance(backend, _BudgetedBackend):
+            pool._network_backend = _BudgetedBackend(backend, core)
+    return client
+
+
+def _remaining(core: ModuleType, error: type[Exception], timeout: float | None) -> float | None:
+    """The socket timeout for the next operation: the caller's, cut to what is left of the call."""
+    budget = _current.get()
+    if budget is None:
+        return timeout
+    left = budget.deadline - time.monotonic()
+    if left <= 0:
+        raise error(f"the call took longer than its {budget.timeout_s:g} s budget")
+    return left if timeout is None else min(timeout, left)
+
+
+class _BudgetedStream:
+    def __init__(self, stream: Any, core: ModuleType):
+        self._stream = stream
+        self._core = core
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data: bytes = self._stream.read(max_bytes, _remaining(self._core, self._core.ReadTimeout, timeout))
+        budget = _current.get()
+        if budget is not None:
+            budget.bytes_left -= len(data)
+            if budget.bytes_left < 0:
+                raise ResponseTooLarge(f"the answer is larger than its {budget.max_bytes // 2**20} MiB cap")
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _remaining(self._core, self._core.WriteTimeout, timeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> _BudgetedStream:
+        timeout = _remaining(self._core, self._core.ConnectTimeout, timeout)
+        return _BudgetedStream(self._stream.start_tls(ssl_context, server_hostname, timeout), self._core)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _BudgetedBackend:
+    def __init__(self, backend: Any, core: ModuleType):
+        self._backend = backend
+        self._core = core
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> _BudgetedStream:
+        timeout = _remaining(self._core, self._core.ConnectTimeout, timeout)
+        stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _BudgetedStream(stream, self._core)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> _BudgetedStream:
+        timeout = _remaining(self._core, self._core.ConnectTimeout, timeout)
+        return _BudgetedStream(self._backend.connect_unix_socket(path, timeout, socket_options), self._core)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
