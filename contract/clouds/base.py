@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+from urllib3.util import parse_url
+
 PREFIX_MAX_CHARS = 256
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 _ENDPOINT_PATH = re.compile(r"^(/[A-Za-z0-9-]{1,64})?/?$")
@@ -54,7 +56,12 @@ class Target:
 
     @property
     def account_host(self) -> str:
-        return (urlsplit(self.account_url).hostname or "") if self.account_url else ""
+        """The account URL's host and port, as ``IMAGEGEN_ALLOWED_TARGETS`` names it; with a
+        path-style account (an IP, an emulator) also its path, which no entry can name."""
+        if not self.account_url:
+            return ""
+        parts = urlsplit(self.account_url)
+        return parts.netloc.lower() + parts.path.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class AllowedTarget:
     def covers(self, target: Target) -> bool:
         if (target.provider, target.bucket) != (self.provider, self.bucket):
             return False
-        if self.provider == "azure" and target.account_host.lower() != self.account_host:
+        if self.provider == "azure" and target.account_host != self.account_host:
             return False
         segments = tuple(target.prefix.split("/")) if target.prefix else ()
         return segments[: len(self.prefix)] == self.prefix
@@ -98,12 +105,20 @@ class TargetPolicy:
     def check_endpoint(self, url: str, public_hosts: tuple[str, ...], what: str, *, any_path: bool = False) -> str:
         """``url`` if it is an endpoint the worker may contact; TargetError otherwise.
         ``public_hosts``: "host" exactly, ".suffix" any name under it."""
+        if not _URL_TEXT.fullmatch(url):
+            # A backslash, a %-escape or a space parses differently in urllib and in urllib3:
+            # "https://10.0.0.2\.blob.core.windows.net" names a public host to the one and
+            # connects to 10.0.0.2 with the other.
+            raise TargetError(f"{what} must not hold a backslash, a %-escape, spaces or control characters")
         try:
             parts = urlsplit(url)
             host = (parts.hostname or "").lower().rstrip(".")
             _ = parts.port  # raises on a non-numeric port
+            connects_to = (parse_url(url).host or "").lower().strip("[]").rstrip(".")
         except ValueError:
             raise TargetError(f"{what} is not a valid URL") from None
+        if connects_to != host:  # what we check must be what the HTTP client dials
+            raise TargetError(f"{what} is not a valid URL")
         if parts.scheme not in ("https", "http") or not host:
             raise TargetError(f"{what} must be an https:// URL with a host")
         if parts.username or parts.password or "@" in parts.netloc:
@@ -123,6 +138,9 @@ class TargetPolicy:
                     "nor in IMAGEGEN_ALLOWED_ENDPOINT_HOSTS"
                 )
         return url
+
+
+_URL_TEXT = re.compile(r"[A-Za-z0-9\-._~:/\[\]@?#=&]+")
 
 
 def _host_listed(host: str, listed: tuple[str, ...]) -> bool:

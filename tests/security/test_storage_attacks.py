@@ -17,7 +17,7 @@ from azure.storage.blob import BlobServiceClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract.clouds import Target
+from contract.clouds import Target, parse_allowed_targets
 from contract.errors import NodeValidationError
 from contract.node import validate_node
 from contract.queue import SIGN_URL, dispatch_key, job_key, job_task_id
@@ -264,6 +264,11 @@ PRODUCTION = {
         "https://acct.blob.core.windows.net@attacker.example",  # user info
         "https://acct.blob.core.windows.net/?sv=x&sig=y",  # a SAS token
         "https://acct.blob.core.windows.net/a/b/../c",  # a path
+        # Parsed as a public host by urllib, dialled as 10.0.0.2 by urllib3 (and the SDKs):
+        "https://10.0.0.2\\.blob.core.windows.net",
+        "https://10.0.0.2%5C.blob.core.windows.net",
+        "https://10.0.0.2 .blob.core.windows.net",
+        "https://10.0.0.2\t.blob.core.windows.net",
     ],
 )
 def test_production_account_urls_must_be_public_azure_endpoints(offline_node: dict[str, Any], url: str) -> None:
@@ -280,6 +285,32 @@ def test_production_account_urls_must_be_public_azure_endpoints(offline_node: di
     assert url not in str(caught.value)  # may hold a SAS: not echoed
     good = cloud(offline_node, **{**node["inputs"], "azure_account_url": "https://acct.blob.core.windows.net"})
     validate_node(good, Settings(**PRODUCTION))
+
+
+def test_a_backslash_blob_endpoint_inside_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    account_key = "a2V5" * 11
+    endpoint = "https://127.0.0.2\\.blob.core.windows.net"  # urllib3 would dial 127.0.0.2:443
+    monkeypatch.setenv("TENANT_AZURE", azurite_connection_string(endpoint, "acct", account_key))
+    azure = Target("azure", "images", credentials="env:TENANT_AZURE")
+    with pytest.raises(StorageError, match="blob endpoint must not hold a backslash") as caught:
+        location_for(azure, Settings(**PRODUCTION))
+    assert account_key not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("listed", "account_url", "covered"),
+    [
+        ("az://127.0.0.1:10000/images", "https://127.0.0.1:10000", True),
+        ("az://127.0.0.1:10000/images", "https://127.0.0.1:8200", False),  # another port: another service
+        ("az://127.0.0.1/images", "https://127.0.0.1:10000", False),
+        # A path-style account (an IP, an emulator): another account on the same host is not covered.
+        ("az://127.0.0.1:10000/images", "https://127.0.0.1:10000/finance", False),
+        ("az://ACCT.blob.core.windows.net/images", "https://acct.blob.core.windows.net/", True),
+    ],
+)
+def test_an_allowed_azure_target_is_its_host_port_and_account(listed: str, account_url: str, covered: bool) -> None:
+    [allowed] = parse_allowed_targets(listed)
+    assert allowed.covers(Target("azure", "images", account_url=account_url)) is covered
 
 
 def test_endpoints_inside_referenced_secrets_are_checked_before_any_connection(
