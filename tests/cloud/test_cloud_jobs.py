@@ -22,6 +22,7 @@ from google.cloud import storage
 
 from contract.result import ImageRecord, JobResult
 from devtools.emulators import Emulator, azurite_connection_string
+from devtools.fake_gemini import FakeGemini
 from devtools.flower_process import FlowerProcess
 from producer.client import ImageGenClient, SignError
 from tests.cli import imagegen
@@ -310,3 +311,25 @@ def test_platform_s3_storage_when_use_cloud_is_false(
     assert hashlib.sha256(body).hexdigest() == image.sha256
     signed = client.sign(image.uri)  # no node: the platform store
     assert hashlib.sha256(requests.get(signed.url, timeout=10).content).hexdigest() == image.sha256
+
+
+def test_a_store_that_cannot_open_fails_before_the_model_is_paid(
+    start_worker: StartWorker,
+    client: ImageGenClient,
+    offline_node: dict[str, Any],
+    cloud_env: dict[str, str],
+    targets: Callable[[str], CloudTarget],
+) -> None:
+    """A credential reference that names no secret: every variation fails with a storage error,
+    and the (billed) model is never called."""
+    with FakeGemini(api_key="AIzaCANARY-cloud-1") as fake:
+        start_worker(env={**cloud_env, "GOOGLE_GEMINI_BASE_URL": fake.base_url, "GEMINI_API_KEY": "AIzaCANARY-cloud-1"})
+        fields = targets("aws").fields
+        fields["aws_credentials"] = fields["aws_credentials"].rsplit("#", 1)[0] + "-missing#credentials"
+        node = cloud_node(offline_node, "aws", fields)
+        node["inputs"].update(model="gemini_3_image", variations=2)
+        result = client.submit(node).wait(timeout=60)
+        assert result.status == "failed" and result.images == []
+        assert [e.kind for e in result.errors] == ["storage", "storage"]
+        assert "no such secret" in result.errors[0].message
+        assert fake.requests == []

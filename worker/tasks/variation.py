@@ -146,9 +146,11 @@ def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entr
             raise PermanentError(f"storage credentials refused: {exc.problems[0].message}") from None
     request = GenerationRequest(work.prompt, work.model, entry, work.size, work.index, work.seed, attempt)
 
+    # The store first: a missing secret or a bad credential fails before the image is paid for.
+    location = location_for(work.target, settings)
     image = provider_for(entry.provider, settings).generate(request)
     facts = inspect_image(image.data, max_pixels=2 * entry.largest_pixels)  # room for a near miss
-    stored = location_for(work.target, settings).put(
+    stored = location.put(
         work.job_id,
         work.index,
         work.run,
