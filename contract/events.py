@@ -40,10 +40,11 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import redis
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from contract.errors import MISSING, NodeValidationError, Problem
 from contract.queue import KEY_PREFIX, job_key
+from contract.result import ErrorRecord, ImageRecord
 
 if TYPE_CHECKING:
     from contract.jobs import JobRecords
@@ -121,6 +122,22 @@ def event_record(record: BaseModel) -> dict[str, Any]:
     size, cost, the error) without the provider's metadata or the null fields; the result
     document keeps the record whole."""
     return record.model_dump(mode="json", exclude_none=True, exclude={"metadata"})
+
+
+# What stands in for the metadata an event leaves out, in a record recovered from it.
+NOT_KEPT = "recovered from the job's event log; the provider's metadata was not kept"
+
+
+def record_from_event(event: JobEvent) -> ImageRecord | ErrorRecord | None:
+    """The record a ``variation`` event carries, whole again (``event_record``'s inverse, with the
+    provider's metadata stood in for); None for an entry that does not parse."""
+    record = event.data.get("record") or {}
+    try:
+        if event.data.get("kind") == "image":
+            return ImageRecord.model_validate({**record, "metadata": {"provider": "", "text": NOT_KEPT}})
+        return ErrorRecord.model_validate(record)
+    except (ValidationError, TypeError):
+        return None
 
 
 def completed_data(document: Mapping[str, Any]) -> dict[str, Any]:

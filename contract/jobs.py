@@ -103,47 +103,67 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return tonumber(run)
 """
 
-# KEYS[1]: the job hash. ARGV[1]: the run the lost-job sweep ended.
-# Returns 1 when that run, still the current one and "failed", is now "partial" (it had stored
+# KEYS[1]: the job hash. ARGV[1]: the run the lost-job sweep ended; ARGV[2]: "partial" or
+# "succeeded", as its recovered document says.
+# Returns 1 when that run, still the current one and "failed", now has that state (it had stored
 # images: they are in its result document); else 0.
-_LOST_PARTIAL = """
+_LOST_RECOVERED = """
 if redis.call('HGET', KEYS[1], 'run') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'failed' then
   return 0
 end
-redis.call('HSET', KEYS[1], 'state', 'partial')
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
 return 1
 """
 
 
-# KEYS[1]: the dispatch guard of one run; KEYS[2]: the job hash; KEYS[3]: the progress index.
-# ARGV[1]: TTL (s); ARGV[2]: started_at; ARGV[3]: now (epoch s); ARGV[4]: the job id.
-# Returns "new" (claimed), "again" (an earlier delivery died while dispatching: claimed again)
-# or "done" (dispatched already: nothing changed). Claim and "running" are one round trip.
-_BEGIN_DISPATCH = """
-local outcome = 'new'
-if not redis.call('SET', KEYS[1], 'pending', 'NX', 'EX', ARGV[1]) then
-  if redis.call('GET', KEYS[1]) == 'done' then return 'done' end
-  outcome = 'again'
+# A run is stale when the job's record names a later run (a rerun) or the run has ended (the
+# lost-job sweep ended it: its document is final). Its late messages must not spend or write:
+# each script below that starts or finishes work checks this first (a job without a record,
+# e.g. expired, is not stale).
+_STALE = """
+local function stale(job, run)
+  local current = redis.call('HGET', job, 'run')
+  if current and current ~= run then return true end
+  local state = redis.call('HGET', job, 'state')
+  return state ~= false and state ~= 'queued' and state ~= 'running'
 end
+"""
+
+# KEYS[1]: the dispatch guard of one run; KEYS[2]: the job hash; KEYS[3]: the progress index.
+# ARGV[1]: TTL (s); ARGV[2]: started_at; ARGV[3]: now (epoch s); ARGV[4]: the job id; ARGV[5]: the run.
+# Returns "new" (claimed), "again" (an earlier delivery died while dispatching: claimed again),
+# "done" (dispatched already: nothing changed) or "stale" (the run is not the job's current one,
+# or it ended: nothing changed). Claim and "running" are one round trip.
+_BEGIN_DISPATCH = (
+    _STALE
+    + """
+local outcome = 'new'
+if redis.call('GET', KEYS[1]) == 'done' then return 'done' end
+if stale(KEYS[2], ARGV[5]) then return 'stale' end
+if not redis.call('SET', KEYS[1], 'pending', 'NX', 'EX', ARGV[1]) then outcome = 'again' end
 redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[4])
 return outcome
 """
+)
 
 # KEYS[1]: the job hash; KEYS[2]: the progress index. ARGV[1]: "v<index>" (the variation's
 # field); ARGV[2]: the run; ARGV[3]: now (epoch s); ARGV[4]: the job id.
 # A variation counts once per run, whatever the deliveries; its field (the run that finished
 # it) lets a redelivered copy skip the work. Nothing is created for a job without a record.
-# Returns 1 when counted now, 0 when counted before (or no record).
-_COUNT_DONE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+# Returns 1 when counted now, 0 when counted before (or no record, or the run is stale).
+_COUNT_DONE = (
+    _STALE
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 or stale(KEYS[1], ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[4])
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'done', 1)
 return 1
 """
+)
 
 
 # KEYS[1]: the job hash; KEYS[2]: the job's event stream (contract/events.py).
@@ -167,22 +187,37 @@ return {1, state, tonumber(run)}
 
 # KEYS[1]: the job hash; KEYS[2]: the job's event stream. ARGV[1]: the run; ARGV[2]: the
 # variation's index; ARGV[3]: the stream's MAXLEN; ARGV[4]: TTL (s); ARGV[5]: the attempt.
-# Returns 1 when the run was canceled (the variation must not start),
-# else appends "variation_started" and returns 0: the cancel check a variation makes anyway
-# and its progress event cost one round trip together.
-_BEGIN_VARIATION = """
+# Returns 3 when this variation of the run finished already (a copy: skip the work), 2 when the
+# run is stale, 1 when it was canceled (the variation must not start), else appends
+# "variation_started" and returns 0: the checks a variation makes anyway and its progress event
+# cost one round trip together.
+_BEGIN_VARIATION = (
+    _STALE
+    + """
+if redis.call('HGET', KEYS[1], 'v' .. ARGV[2]) == ARGV[1] then return 3 end
+if stale(KEYS[1], ARGV[1]) then return 2 end
 if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then return 1 end
 local data = cjson.encode({index = tonumber(ARGV[2]), attempt = tonumber(ARGV[5])})
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', 'variation_started', 'run', ARGV[1], 'data', data)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 0
 """
+)
 
 # KEYS[1]: the job hash; KEYS[2]: the progress index. ARGV[1]: the run; ARGV[2]: its state from
 # the variations' outcomes; ARGV[3]: finished_at; ARGV[4]: the job id; ARGV[5]: TTL (s).
 # Returns the state the run ended with: "canceled" when its cancel flag is set (read and
-# written in one step, so a cancel either lands before this or is told the job finished).
+# written in one step, so a cancel either lands before this or is told the job finished);
+# for a run that ended already, the state it ended with (a redelivered finalize), or "stale"
+# when the run is not current or the lost-job sweep ended it (nothing changed).
 _FINISH_RUN = """
+local current = redis.call('HGET', KEYS[1], 'run')
+if current and current ~= ARGV[1] then return 'stale' end
+local ended = redis.call('HGET', KEYS[1], 'state')
+if ended and ended ~= 'queued' and ended ~= 'running' then
+  if redis.call('HGET', KEYS[1], 'lost') then return 'stale' end
+  return ended
+end
 local state = ARGV[2]
 if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then state = 'canceled' end
 redis.call('HSET', KEYS[1], 'state', state, 'finished_at', ARGV[3], 'result_run', ARGV[1])
@@ -260,7 +295,7 @@ class JobRecords:
         self._claim = client.register_script(_CLAIM)
         self._undo_rerun = client.register_script(_UNDO_RERUN)
         self._end_lost = client.register_script(_END_LOST)
-        self._lost_partial = client.register_script(_LOST_PARTIAL)
+        self._lost_recovered = client.register_script(_LOST_RECOVERED)
         self._begin_dispatch = client.register_script(_BEGIN_DISPATCH)
         self._count_done = client.register_script(_COUNT_DONE)
         self._cancel = client.register_script(_CANCEL)
@@ -314,13 +349,14 @@ class JobRecords:
     def mark_running(self, job_id: str, started_at: datetime) -> None:
         self._update(job_id, {"state": "running", "started_at": started_at.isoformat()}, progress=True)
 
-    def begin_dispatch(self, job_id: str, run: int, started_at: datetime) -> Literal["new", "again", "done"]:
+    def begin_dispatch(self, job_id: str, run: int, started_at: datetime) -> Literal["new", "again", "done", "stale"]:
         """Claim the dispatch of ``run`` (``SET NX`` on its guard) and mark the job running, in one
         round trip. "done": an earlier delivery dispatched it already (acks_late redelivers a job
-        task whose worker died); "again": one died while dispatching, so this one dispatches."""
+        task whose worker died); "again": one died while dispatching, so this one dispatches;
+        "stale": a rerun replaced the run or the lost-job sweep ended it, so nothing starts."""
         outcome = self._begin_dispatch(
             keys=[dispatch_key(job_id, run), job_key(job_id), progress_key()],
-            args=[self.ttl_s, started_at.isoformat(), utcnow().timestamp(), job_id],
+            args=[self.ttl_s, started_at.isoformat(), utcnow().timestamp(), job_id, run],
         )
         return _text(outcome)  # type: ignore[return-value]
 
@@ -341,10 +377,6 @@ class JobRecords:
         # trip first (redis-py checks the cache on every execute); Redis caches it anyway.
         pipe.eval(_COUNT_DONE, len(keys), *keys, *args)
 
-    def variation_done(self, job_id: str, run: int, index: int) -> bool:
-        """Whether variation ``index`` of ``run`` finished already (a redelivered copy skips its work)."""
-        return _text(self.client.hget(job_key(job_id), f"v{index}") or b"") == str(run)
-
     def mark_finished(self, job_id: str, run: int, state: JobState, finished_at: datetime) -> None:
         """The run's result document is stored: it becomes the job's current result (one round trip)."""
         pipe = self.client.pipeline()
@@ -353,9 +385,10 @@ class JobRecords:
         pipe.zrem(progress_key(), job_id)
         pipe.execute()
 
-    def finish_run(self, job_id: str, run: int, state: JobState, finished_at: datetime) -> JobState:
+    def finish_run(self, job_id: str, run: int, state: JobState, finished_at: datetime) -> JobState | Literal["stale"]:
         """``mark_finished``, except that a run whose cancel was requested ends ``canceled``;
-        the state it ended with (one round trip)."""
+        the state it ended with (one round trip). "stale": the run is not the job's current one,
+        or the lost-job sweep ended it; nothing changed."""
         ended = self._finish_run(
             keys=[job_key(job_id), progress_key()], args=[run, state, finished_at.isoformat(), job_id, self.ttl_s]
         )
@@ -374,13 +407,17 @@ class JobRecords:
         """Whether run ``run`` was asked to stop (a variation checks before any provider call)."""
         return _text(self.client.hget(job_key(job_id), "cancel_run") or b"") == str(run)
 
-    def begin_variation(self, job_id: str, run: int, index: int, attempt: int, events_max_len: int) -> bool:
-        """Before an attempt's provider call: False when run ``run`` was canceled (do not start),
-        else True, with a "variation_started" event on the job's log (one round trip)."""
-        canceled = self._begin_variation(
+    def begin_variation(
+        self, job_id: str, run: int, index: int, attempt: int, events_max_len: int
+    ) -> Literal["start", "canceled", "stale", "done"]:
+        """Before an attempt's provider call, in one round trip: "start" (with a
+        "variation_started" event on the job's log), "canceled" (the run was canceled), "stale"
+        (a rerun replaced the run, or the lost-job sweep ended it) or "done" (this variation of
+        the run finished already: a copy the broker delivered again). Only "start" may spend."""
+        outcome = self._begin_variation(
             keys=[job_key(job_id), events_key(job_id)], args=[run, index, events_max_len, self.ttl_s, attempt]
         )
-        return not canceled
+        return ("start", "canceled", "stale", "done")[int(outcome)]
 
     def stalled(self, deadline_s: float, limit: int = 500) -> list[str]:
         """Ids of unfinished jobs with no progress for ``deadline_s`` (candidates for ``end_lost``)."""
@@ -396,9 +433,10 @@ class JobRecords:
         )
         return self.read(job_id) if run else None
 
-    def lost_run_partial(self, job_id: str, run: int) -> bool:
-        """A lost run whose stored images were recovered ends ``partial`` (contract/lost_jobs.py)."""
-        return bool(self._lost_partial(keys=[job_key(job_id)], args=[run]))
+    def lost_run_recovered(self, job_id: str, run: int, state: Literal["partial", "succeeded"]) -> bool:
+        """A lost run whose stored images were recovered ends ``partial``, or ``succeeded`` when
+        every variation had finished (only its chord's gathering was lost): contract/lost_jobs.py."""
+        return bool(self._lost_recovered(keys=[job_key(job_id)], args=[run, state]))
 
     def read(self, job_id: str) -> JobStatus | None:
         raw = self.client.hgetall(job_key(job_id))

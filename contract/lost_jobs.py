@@ -6,23 +6,22 @@ run's result belongs, so a waiting client wakes up with an answer it can read.
 What the run had finished is kept: each finished variation's record comes back
 from the run's ``variation`` events (its image was stored and paid for), and
 every other variation gets an error of kind ``lost``. The run ends ``partial``
-when it has images, else ``failed``; ``canceled`` when a cancel was asked (its
+when it has images, ``succeeded`` when every variation had finished (only the
+chord's gathering was lost), else ``failed``; ``canceled`` when a cancel was asked (its
 unfinished variations then say ``canceled``). Workers sweep for such jobs
 periodically (worker/sweeper.py) and a waiting client checks its own job; the
 check is one atomic script, so a job is ended once. If a worker finishes the run
-after all, its real result replaces this one.
+later after all, it does nothing: the run's document is final (contract/jobs.py ``_STALE``), and
+a rerun finishes what it lost.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
-from contract.events import JobEvent, JobEvents, announce, completed_data
+from contract.events import JobEvent, JobEvents, announce, completed_data, record_from_event
 from contract.jobs import JobRecords, JobStatus, utcnow
 from contract.queue import job_task_id
 from contract.result import ErrorRecord, ImageRecord, JobResult
@@ -36,15 +35,11 @@ def lost_result(status: JobStatus, deadline_s: float, finished: Sequence[JobEven
     images: dict[int, ImageRecord] = {}
     errors: dict[int, ErrorRecord] = {}
     for event in finished:
-        record = event.data.get("record") or {}
-        with contextlib.suppress(ValidationError, TypeError):  # an entry we cannot read is lost like the rest
-            if event.data.get("kind") == "image":
-                # The event leaves out the provider's metadata (contract/events.py event_record).
-                image = ImageRecord.model_validate({**record, "metadata": {"provider": "", "text": _NOT_KEPT}})
-                images[image.index] = image
-            else:
-                error = ErrorRecord.model_validate(record)
-                errors[error.index] = error
+        record = record_from_event(event)  # None: an entry we cannot read is lost like the rest
+        if isinstance(record, ImageRecord):
+            images[record.index] = record
+        elif isinstance(record, ErrorRecord):
+            errors[record.index] = record
     canceled = status.state == "canceled"
     message = (
         f"the job was canceled, and no worker made progress on it for {deadline_s:.0f} s (IMAGEGEN_JOB_DEADLINE_S)"
@@ -60,7 +55,7 @@ def lost_result(status: JobStatus, deadline_s: float, finished: Sequence[JobEven
     return JobResult(
         job_id=status.job_id,
         name=status.name,
-        status="canceled" if canceled else "partial" if images else "failed",
+        status="canceled" if canceled else ("succeeded" if not errors else "partial") if images else "failed",
         model=status.model,
         model_id="",
         provider="",
@@ -75,9 +70,6 @@ def lost_result(status: JobStatus, deadline_s: float, finished: Sequence[JobEven
     )
 
 
-_NOT_KEPT = "recovered from the job's event log after the job was lost; the provider's metadata was not kept"
-
-
 def end_if_lost(records: JobRecords, backend: Any, job_id: str, deadline_s: float) -> JobResult | None:
     """End ``job_id`` as lost if it is; store and return its document, else None.
     ``backend``: the Celery result backend (its store wakes waiting clients)."""
@@ -87,8 +79,8 @@ def end_if_lost(records: JobRecords, backend: Any, job_id: str, deadline_s: floa
     log = JobEvents(records.client, records.ttl_s).read(job_id, count=1000)
     finished = [e for e in log if e.event == "variation" and e.run == status.run]
     result = lost_result(status, deadline_s, finished)
-    if result.status == "partial":
-        records.lost_run_partial(job_id, status.run)  # ended "failed" a moment ago; it has images
+    if result.status in ("partial", "succeeded"):  # ended "failed" a moment ago; it has images
+        records.lost_run_recovered(job_id, status.run, result.status)
     document = result.model_dump(mode="json")
     backend.store_result(job_task_id(job_id, status.run), document, "SUCCESS")
     # Followers of the event log (SSE, client.events, a webhook) learn the ending too.

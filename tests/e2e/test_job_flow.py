@@ -13,7 +13,9 @@ import pytest
 import redis
 from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC, decompress_payload
 
+from contract.events import NOT_KEPT, announce_variation, event_record
 from contract.queue import GENERATE_VARIATION, RUN_JOB, dispatch_key
+from contract.result import GenerationMetadata, ImageRecord
 from contract.settings import Settings
 from contract.work import JobOrder, VariationWork
 from devtools.redis_server import start_redis
@@ -284,8 +286,39 @@ def test_a_redelivered_variation_that_finished_is_skipped(
         GENERATE_VARIATION, args=(work.model_dump(mode="json"),), delivery_info={"redelivered": True}
     )
     deadline = time.monotonic() + 20
-    while "finished already; skipping a redelivered copy" not in worker.log():
+    while "finished already; skipping a copy" not in worker.log():
         assert time.monotonic() < deadline, worker.log()[-3000:]
         time.sleep(0.2)
     assert stored.stat().st_mtime_ns == written
     assert client.status("redelivered-variation-1").done == 2
+
+
+def test_a_copy_of_a_finished_variation_still_completes_the_chord(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    """The first copy finished and was counted, then died before its entry reached the chord
+    (a SIGKILL between the two writes). The copy skips the work and hands the chord the record
+    from the run's event log, so the job finishes now instead of ending lost at its deadline."""
+    offline_node["inputs"]["variations"] = 2
+    handle = client.submit(offline_node, job_id="copy-completes-1")  # no worker yet
+    records = client.records
+    record = ImageRecord(
+        index=0,
+        url="file:///stored/by/the/first/copy.png",
+        uri="file:///stored/by/the/first/copy.png",
+        mime_type="image/png",
+        width=1024,
+        height=1024,
+        bytes=10,
+        sha256="0" * 64,
+        attempts=1,
+        duration_ms=5,
+        metadata=GenerationMetadata(provider="offline"),
+    )
+    data = {"job_id": "copy-completes-1", "run": 1, "index": 0, "kind": "image", "record": event_record(record)}
+    assert announce_variation(records, client.celery, "copy-completes-1", 1, 0, data, 100)  # the first copy's count
+    worker = start_worker()
+    result = handle.wait(timeout=60)
+    assert result.status == "succeeded" and [i.index for i in result.images] == [0, 1]
+    assert result.images[0].uri == record.uri and result.images[0].metadata.text == NOT_KEPT
+    assert "variation 0 finished already; skipping a copy" in worker.log()

@@ -129,3 +129,37 @@ def test_a_canceled_job_that_no_worker_ran_ends_canceled(
     assert client.status("canceled-unrun").state == "canceled"
     with pytest.raises(JobConflict, match="only a failed or partial job can be rerun"):
         client.submit(offline_node, job_id="canceled-unrun", rerun=True)
+
+
+def test_a_worker_back_after_the_deadline_runs_nothing_of_the_lost_run(
+    start_worker: StartWorker,
+    job_env: dict[str, str],
+    redis_url: str,
+    offline_node: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+) -> None:
+    """No worker for longer than the deadline, the message still queued: the waiting client ends
+    the job lost. A worker then comes back and takes the message: it must not generate (and
+    bill) the images of a run whose document is final, and the job stays rerunnable."""
+    images = tmp_path / "images"
+    for name, value in {**job_env, **FAST, "IMAGEGEN_STORAGE_URL": str(images)}.items():
+        monkeypatch.setenv(name, value)
+    client = ImageGenClient(Settings())
+    try:
+        lost = client.submit(offline_node, job_id="lost-then-worker").wait(timeout=30)
+        assert lost.status == "failed" and [e.kind for e in lost.errors] == ["lost"]
+        assert redis.Redis.from_url(redis_url).llen(job_env["IMAGEGEN_QUEUE"]) == 1  # its message waits
+        worker = start_worker({**FAST, "IMAGEGEN_STORAGE_URL": str(images)})
+        deadline = time.monotonic() + 20
+        while "not started" not in worker.log():
+            assert time.monotonic() < deadline, worker.log()[-3000:]
+            time.sleep(0.2)
+        assert not images.exists() or not any(images.rglob("*.png"))  # nothing generated, nothing paid
+        status = client.status("lost-then-worker")
+        assert (status.state, status.lost, status.result_run) == ("failed", True, 1)
+        assert client.result("lost-then-worker") == lost
+        rerun = client.submit(offline_node, job_id="lost-then-worker", rerun=True).wait(timeout=30)
+        assert rerun.status == "succeeded" and len(rerun.images) == 1
+    finally:
+        client.close()

@@ -37,16 +37,22 @@ def test_dispatch_is_claimed_once_and_a_died_dispatch_is_claimed_again(records: 
     assert records.begin_dispatch(job_id, 1, utcnow()) == "again"  # pending: the first delivery died
     records.end_dispatch(job_id, 1)
     assert records.begin_dispatch(job_id, 1, utcnow()) == "done"
-    assert records.begin_dispatch(job_id, 2, utcnow()) == "new"  # a rerun has its own guard
     assert 0 < records.client.ttl(dispatch_key(job_id, 1)) <= 600
+    records.finish_run(job_id, 1, "failed", utcnow())
+    rerun = records.claim(
+        job_id, node_fingerprint="f", model="offline_preview", variations=2, submitted_at=utcnow(), rerun=True
+    )
+    assert rerun.outcome == "rerun"
+    assert records.begin_dispatch(job_id, 2, utcnow()) == "new"  # a rerun has its own guard
 
 
 def test_a_variation_counts_once_per_run_however_often_it_is_delivered(records: JobRecords) -> None:
     job_id = claimed(records)
-    assert not records.variation_done(job_id, 1, 0)
+    assert records.begin_variation(job_id, 1, 0, 1, 100) == "start"
     assert records.count_done(job_id, 1, 0)
     assert not records.count_done(job_id, 1, 0)  # a redelivered copy
-    assert records.variation_done(job_id, 1, 0) and not records.variation_done(job_id, 2, 0)
+    assert records.begin_variation(job_id, 1, 0, 1, 100) == "done"  # a copy skips the work
+    assert records.begin_variation(job_id, 1, 1, 1, 100) == "start"
     assert records.count_done(job_id, 1, 1)
     status = records.read(job_id)
     assert status is not None and status.done == 2
@@ -65,3 +71,47 @@ def test_finishing_is_one_step(records: JobRecords) -> None:
     status = records.read(job_id)
     assert status is not None and (status.state, status.result_run) == ("succeeded", 1)
     assert records.client.zscore(progress_key(), job_id) is None
+
+
+def end_as_lost(records: JobRecords, job_id: str) -> None:
+    records.client.zadd(progress_key(), {job_id: 0})  # no progress since the epoch
+    assert records.end_lost(job_id, deadline_s=60) is not None
+
+
+def test_a_run_the_lost_job_sweep_ended_spends_and_writes_nothing(records: JobRecords) -> None:
+    """A worker that picks up a lost run's messages later: the document the sweep stored is final."""
+    job_id = claimed(records)
+    end_as_lost(records, job_id)
+    assert records.begin_dispatch(job_id, 1, utcnow()) == "stale"
+    assert not records.client.exists(dispatch_key(job_id, 1))
+    assert records.begin_variation(job_id, 1, 0, 1, 100) == "stale"
+    assert not records.count_done(job_id, 1, 0)
+    assert records.finish_run(job_id, 1, "succeeded", utcnow()) == "stale"
+    status = records.read(job_id)
+    assert status is not None and (status.state, status.done, status.lost) == ("failed", 0, True)
+
+
+def test_a_run_a_rerun_replaced_spends_and_writes_nothing(records: JobRecords) -> None:
+    job_id = claimed(records)
+    end_as_lost(records, job_id)
+    rerun = records.claim(
+        job_id, node_fingerprint="f", model="offline_preview", variations=2, submitted_at=utcnow(), rerun=True
+    )
+    assert (rerun.outcome, rerun.run) == ("rerun", 2)
+    assert records.begin_dispatch(job_id, 2, utcnow()) == "new"
+    # Run 1's late messages: nothing starts, nothing counts into run 2, nothing finishes it.
+    assert records.begin_dispatch(job_id, 1, utcnow()) == "stale"
+    assert records.begin_variation(job_id, 1, 0, 1, 100) == "stale"
+    assert not records.count_done(job_id, 1, 0)
+    assert records.finish_run(job_id, 1, "succeeded", utcnow()) == "stale"
+    status = records.read(job_id)
+    assert status is not None and (status.run, status.state, status.done, status.result_run) == (2, "running", 0, 1)
+    assert records.begin_variation(job_id, 2, 0, 1, 100) == "start"
+
+
+def test_a_redelivered_finalize_gets_the_state_its_run_ended_with(records: JobRecords) -> None:
+    job_id = claimed(records)
+    records.begin_dispatch(job_id, 1, utcnow())
+    assert records.request_cancel(job_id, 100)[0]
+    assert records.finish_run(job_id, 1, "succeeded", utcnow()) == "canceled"
+    assert records.finish_run(job_id, 1, "succeeded", utcnow()) == "canceled"  # unchanged

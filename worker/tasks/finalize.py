@@ -40,6 +40,9 @@ def finalize(self: Task, outcomes: list[dict[str, Any]], summary: JobSummary) ->
     # The run's state, unless a cancel was requested before it finished (then "canceled",
     # decided in the same step that marks the job finished: contract/jobs.py _FINISH_RUN).
     status = job_records().finish_run(summary.job_id, summary.run, _status(len(images), len(errors)), finished_at)
+    if status == "stale":  # the lost-job sweep ended the run, or a rerun replaced it: its document stands
+        log.info("job %s run %d ended or was replaced; this late result is dropped", summary.job_id, summary.run)
+        return None
     result = JobResult(
         job_id=summary.job_id,
         name=summary.name,

@@ -57,6 +57,9 @@ def run_job(self: Task, order: JobOrder) -> None:
     if claim == "done":
         log.info("job %s run %d already dispatched; ignoring the redelivery", job_id, order.run)
         return None
+    if claim == "stale":
+        log.info("job %s run %d ended (lost) or was replaced by a rerun; not started", job_id, order.run)
+        return None
     if claim == "again":
         log.warning("job %s run %d: an earlier delivery died while dispatching; dispatching again", job_id, order.run)
     inputs = parsed.inputs

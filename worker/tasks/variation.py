@@ -6,9 +6,11 @@ the chord body always runs and can report partial success.
 
 The record goes to the chord only (``ignore_result``): no per-variation result
 key, no STARTED/RETRY states, one round trip for the job record. That record
-also says which variations of the run finished, so a copy the broker
-redelivers after the work was done (a worker lost mid-ack, a Redis restart)
-is skipped instead of generating, paying for and overwriting the image again.
+also says which variations of the run finished, so a copy of one that finished
+(redelivered after a worker lost mid-ack or a Redis restart, or dispatched
+twice) is skipped instead of generating, paying for and overwriting the image
+again; and whether the run is still current, so a run that the lost-job sweep
+ended, or a rerun replaced, spends nothing more.
 
 A canceled run (ImageGenClient.cancel) is checked at the start of every
 attempt, before a quota slot is booked or the provider called: a variation not
@@ -27,6 +29,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from contract.catalog import ModelEntry, load_catalog
 from contract.errors import NodeValidationError
+from contract.events import JobEvents, record_from_event
 from contract.queue import GENERATE_VARIATION
 from contract.result import ErrorKind, ErrorRecord, ImageRecord, SizeMismatch
 from contract.settings import get_settings
@@ -46,20 +49,25 @@ log = logging.getLogger(__name__)
 
 @app.task(name=GENERATE_VARIATION, bind=True, max_retries=None, pydantic=True, ignore_result=True)
 def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None:
-    if (self.request.delivery_info or {}).get("redelivered") and job_records().variation_done(
-        work.job_id, work.run, work.index
-    ):
-        log.info("job %s variation %d finished already; skipping a redelivered copy", work.job_id, work.index)
-        self.request.chord = None  # its record is in the chord already: this copy must not count again
-        return None
     state = work.retry
     settings = get_settings()
     tried = self.request.retries - state.throttled
-    if not job_records().begin_variation(work.job_id, work.run, work.index, tried + 1, settings.events_max_len):
+    first = state.first_attempt_at or time.time()
+    begun = job_records().begin_variation(work.job_id, work.run, work.index, tried + 1, settings.events_max_len)
+    if begun == "done":
+        # A copy (a redelivery after a lost ack, a second dispatch): the work was done and paid
+        # for. Its record still goes to the chord, which counts each header entry once, in case
+        # the first copy died before its entry reached the chord.
+        log.info("job %s variation %d finished already; skipping a copy", work.job_id, work.index)
+        return _outcome(_record_of_finished(work, tried, first))
+    if begun == "stale":
+        log.info("job %s run %d ended or was replaced by a rerun; variation %d not started", *_ids(work))
+        message = "the run ended (lost, or replaced by a rerun) before this variation started"
+        return _outcome(_error(work.index, "lost", message, tried, first))  # not counted, not announced
+    if begun == "canceled":
         message = "the job was canceled before this variation started"
         if tried:
             message = f"the job was canceled while this variation waited to retry (after {tried} attempt(s))"
-        first = state.first_attempt_at or time.time()
         return _finished(work, _error(work.index, "canceled", message, tried, first))
     entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get(work.model)
     if not state.slot_booked and entry is not None:
@@ -119,9 +127,29 @@ def _finished(work: VariationWork, record: ImageRecord | ErrorRecord) -> dict[st
     variation_finished(work.job_id, work.run, record)
     if isinstance(record, ErrorRecord):
         log.warning("job %s variation %d failed: %s (%s)", work.job_id, work.index, record.kind, record.message)
+    return _outcome(record)
+
+
+def _outcome(record: ImageRecord | ErrorRecord) -> dict[str, Any]:
+    """What the chord gets: only what finalize reads, without the empty fields (their defaults
+    come back when parsed)."""
     outcome = "image" if isinstance(record, ImageRecord) else "error"
-    # The chord gets only what finalize reads, without the empty fields (their defaults come back when parsed).
     return {"kind": outcome, "record": record.model_dump(mode="json", exclude_none=True)}
+
+
+def _record_of_finished(work: VariationWork, tried: int, first: float) -> ImageRecord | ErrorRecord:
+    """A finished variation's record, from its ``variation`` event on the job's log."""
+    for event in JobEvents(job_records().client, job_records().ttl_s).read(work.job_id, count=1000):
+        if event.event == "variation" and event.run == work.run and event.data.get("index") == work.index:
+            record = record_from_event(event)
+            if record is not None:
+                return record
+    message = "finished by an earlier delivery, whose record is no longer in the job's event log"
+    return _error(work.index, "lost", message, tried, first)
+
+
+def _ids(work: VariationWork) -> tuple[str, int, int]:
+    return work.job_id, work.run, work.index
 
 
 def _retrying(work: VariationWork, attempt: int, reason: str, countdown: float) -> None:
