@@ -8,7 +8,6 @@ fixes a node in one round and nothing invalid is ever enqueued.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -29,6 +28,7 @@ from contract.documents import load_document
 from contract.errors import MISSING, excerpt, field_part
 from contract.errors import NodeValidationError as NodeValidationError  # re-exported: contract.node's API
 from contract.errors import Problem as Problem
+from contract.prompt_text import CONTROL, CONTROL_BUT_TAB_NEWLINE
 from contract.secret_refs import HOW_TO, check_allowed, parse_secret_ref
 from contract.settings import Settings, get_settings
 from contract.templates import TemplateProblem, render_prompt
@@ -75,9 +75,6 @@ MAX_PROMPT_INSTRUCTIONS_CHARS = 4000  # a style guide for the prompt step, not a
 # Gemini's seed is an int32 and variation i uses seed + i: seed + max_variations must fit.
 SEED_LIMIT = 2**31 - 1
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
-_CONTROL_BUT_TAB_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
 
 def _fail(message: str) -> PydanticCustomError:
     return PydanticCustomError("node", message)
@@ -87,7 +84,7 @@ def _bounded_text(value: str, limit: int, *, multiline: bool) -> str:
     """At most ``limit`` characters; no control characters (tab and newline only when ``multiline``)."""
     if len(value) > limit:
         raise _fail(f"is {len(value)} characters; at most {limit} are allowed")
-    control = (_CONTROL_BUT_TAB_NEWLINE if multiline else _CONTROL).search(value)
+    control = (CONTROL_BUT_TAB_NEWLINE if multiline else CONTROL).search(value)
     if control is not None:
         allowed = "; only tab and newline are allowed" if multiline else ""
         raise _fail(

@@ -62,6 +62,11 @@ def describe(value: object) -> str:
     return f"a value of type {type(value).__name__}"
 
 
+# Unicode category Cc; a prompt may hold tab and newline (contract/node.py applies the same rule).
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+CONTROL_BUT_TAB_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def clean_llm_text(text: str) -> str:
     """Trim, unwrap one surrounding code fence, drop one leading ``Prompt:`` label (documented above)."""
     text = text.strip()
@@ -87,6 +92,11 @@ def prompt_from_upstream(value: object, prompt_from: str | None, *, max_chars: i
         value = _pick(value, prompt_from)
     elif isinstance(value, Mapping):
         raise UpstreamValueError(f"the upstream task returned {describe(value)}; name the field with prompt_from")
+    elif isinstance(value, str) and isinstance(parsed := _json_structure(value), Mapping | list):
+        # The same dict sent as JSON text would otherwise become the prompt, braces and all.
+        raise UpstreamValueError(
+            f"the upstream task returned JSON text ({describe(parsed)}); name the field with prompt_from"
+        )
     if not isinstance(value, str):
         where = f" at {prompt_from!r}" if prompt_from else ""
         raise UpstreamValueError(f"the upstream value{where} is {describe(value)}, not text")
@@ -95,6 +105,12 @@ def prompt_from_upstream(value: object, prompt_from: str | None, *, max_chars: i
         raise UpstreamValueError(f"the upstream prompt is empty ({describe(value)}, blank after trimming)")
     if len(prompt) > max_chars:
         raise UpstreamValueError(f"the upstream prompt is {describe(prompt)}; at most {max_chars} are allowed")
+    control = CONTROL_BUT_TAB_NEWLINE.search(prompt)
+    if control is not None:  # said by code point and position: the text itself is never repeated
+        raise UpstreamValueError(
+            f"the upstream prompt ({describe(prompt)}) contains the control character U+{ord(control.group()):04X} "
+            f"at position {control.start()}; only tab and newline are allowed"
+        )
     return prompt
 
 
@@ -111,6 +127,16 @@ def _check_size(value: object, max_bytes: int) -> None:
         return  # None, numbers, bools: small, and refused below as not text
     if size > max_bytes:
         raise UpstreamValueError(f"the upstream task returned {describe(value)} ({size}+ bytes); at most {max_bytes}")
+
+
+def _json_structure(text: str) -> object:
+    """What ``text`` parses to when it looks like a JSON object or array, else None."""
+    if text.lstrip()[:1] not in ("{", "["):
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _parse_json_text(text: str) -> object:

@@ -24,6 +24,7 @@ GENERATE_VARIATION = "imagegen.generate_variation"
 FINALIZE = "imagegen.finalize"
 SIGN_URL = "imagegen.sign_url"  # a fresh signed URL for a stored image (signed URLs expire)
 RUN_JOB_FROM_UPSTREAM = "imagegen.run_job_from_upstream"  # a chain's link: upstream value -> the job
+UPSTREAM_FAILED = "imagegen.upstream_failed"  # the chain's errback: the upstream task failed
 PROMPT_STEP = "imagegen.prompt_step"  # the job's text step before the variations
 
 # Every key kind has its own prefix, and job ids (contract/job_ids.py) contain

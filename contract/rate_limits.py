@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MIN_PER_MINUTE = 0.001  # one call in about 17 hours
+MAX_PER_MINUTE = 1e6
+MAX_BURST = 100_000
+
 
 @dataclass(frozen=True)
 class RateLimit:
@@ -18,8 +22,13 @@ class RateLimit:
     burst: int = 1
 
     def __post_init__(self) -> None:
-        if self.per_minute <= 0 or self.burst < 1:
-            raise ValueError("a rate limit needs per_minute > 0 and burst >= 1")
+        # nan, inf and rates so small that one interval overflows Redis' PX would pass "> 0" and
+        # then fail every variation's booking in Redis.
+        if not (MIN_PER_MINUTE <= self.per_minute <= MAX_PER_MINUTE) or not 1 <= self.burst <= MAX_BURST:
+            raise ValueError(
+                f"a rate limit needs {MIN_PER_MINUTE:g} <= per_minute <= {MAX_PER_MINUTE:g} "
+                f"and 1 <= burst <= {MAX_BURST}"
+            )
 
     @property
     def interval_s(self) -> float:
@@ -39,6 +48,7 @@ def parse_rate_limits(spec: str) -> dict[str, RateLimit]:
             limits[model_id.strip()] = RateLimit(float(per_minute), int(burst or 1))
         except ValueError:
             raise ValueError(
-                f"IMAGEGEN_RATE_LIMITS item {item!r} is not MODEL_ID=PER_MINUTE[:BURST], e.g. gemini-3-pro-image=20:5"
+                f"IMAGEGEN_RATE_LIMITS item {item!r} is not MODEL_ID=PER_MINUTE[:BURST] with "
+                f"{MIN_PER_MINUTE:g} <= PER_MINUTE <= {MAX_PER_MINUTE:g}, e.g. gemini-3-pro-image=20:5"
             ) from None
     return limits

@@ -27,6 +27,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import missing
 
 from contract.errors import excerpt
+from contract.prompt_text import describe
 
 # Filters that only reshape text: none can grow a value much beyond its input.
 SAFE_FILTERS = (
@@ -96,8 +97,23 @@ class _Sandbox(SandboxedEnvironment):
         return operator.mul(left, right)
 
 
+def _as_text(value: Any) -> Any:
+    """Each ``{{ … }}`` output: text, a number or a boolean. A null or a structure would print as
+    Python's ``None`` or ``{'choices': …}`` inside a paid prompt: refused, saying what came."""
+    if value is None:
+        raise TemplateProblem(
+            'has a placeholder whose value is null, not text; give an optional one a default: {{ name | default("…") }}'
+        )
+    if isinstance(value, Mapping | list | tuple | set):
+        raise TemplateProblem(
+            f"has a placeholder whose value is {describe(value)}, not text; name the field that holds "
+            "the text, e.g. {{ llm_1.text }}"
+        )
+    return value
+
+
 def _environment() -> SandboxedEnvironment:
-    env = _Sandbox(undefined=_Undefined, autoescape=False, keep_trailing_newline=True)
+    env = _Sandbox(undefined=_Undefined, autoescape=False, keep_trailing_newline=True, finalize=_as_text)
     env.globals.clear()
     env.filters = {name: env.filters[name] for name in SAFE_FILTERS}
     return env

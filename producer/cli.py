@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from contract.documents import too_large
+from contract.errors import shown
 from contract.job_ids import check_job_id
 from contract.node import NodeValidationError, validate_node
 from contract.redis_client import redacted_url
@@ -219,7 +220,7 @@ def _sign(args: argparse.Namespace) -> int:
     try:
         signed = ImageGenClient().sign(args.uri, node, timeout=args.timeout)
     except SignError as exc:
-        print(f"imagegen: cannot sign {args.uri}: {exc}", file=sys.stderr)
+        print(f"imagegen: cannot sign {shown(args.uri)}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     _print_json({"uri": signed.uri, "url": signed.url, "url_expires_at": signed.url_expires_at})
     return EXIT_OK

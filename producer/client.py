@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import redis
 from celery import Celery
+from celery import chain as celery_chain
 from celery.canvas import Signature
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
@@ -38,7 +39,7 @@ from contract.jobs import JobConflict, JobRecords, JobStatus, fingerprint, utcno
 from contract.lost_jobs import end_if_lost
 from contract.node import CREDENTIAL_FIELDS, ImageGenerationNode, validate_node
 from contract.prompt_text import UpstreamValueError, check_prompt_path
-from contract.queue import RUN_JOB, RUN_JOB_FROM_UPSTREAM, SIGN_URL, celery_config, job_task_id
+from contract.queue import RUN_JOB, RUN_JOB_FROM_UPSTREAM, SIGN_URL, UPSTREAM_FAILED, celery_config, job_task_id
 from contract.redis_client import redis_client, transient_retry
 from contract.result import JobResult
 from contract.result_backend import PATIENCE_SETTING, run_document
@@ -292,6 +293,33 @@ class ImageGenClient:
             kwargsrepr=f"{{job {job_id} run {claim.run}}}",
         )
 
+    def chain(
+        self,
+        upstream: Signature,
+        node: dict[str, Any] | str | bytes,
+        job_id: str | None = None,
+        *,
+        prompt_from: str | None = None,
+    ) -> Signature:
+        """``chain(upstream, self.signature(node, ...))`` with ``upstream_failed`` as its errback:
+        if the upstream task fails, the job ends ``failed`` at once, saying so, instead of waiting
+        ``queued`` until the lost-job deadline (IMAGEGEN_JOB_DEADLINE_S). ``.apply_async()`` it.
+        The id is ``chain.tasks[-1].kwargs["order"]["job_id"]``."""
+        link = self.signature(node, job_id, prompt_from=prompt_from)
+        return celery_chain(upstream, link).on_error(self.upstream_failed(link))
+
+    def upstream_failed(self, link: Signature) -> Signature:
+        """The errback that ends ``link``'s job when the task before it fails: for a chain built by
+        hand, ``chain(llm_task.s(...), link).on_error(client.upstream_failed(link))``."""
+        order = link.kwargs["order"]
+        return self.celery.signature(
+            UPSTREAM_FAILED,
+            kwargs={"order": order},
+            queue=self.settings.queue,
+            kwargsrepr=f"{{job {order['job_id']} run {order['run']}}}",
+            immutable=False,
+        )
+
     @_reaching_the_queue
     def status(self, job_id: str) -> JobStatus:
         status = self.records.read(check_job_id(job_id))
@@ -371,13 +399,19 @@ class ImageGenClient:
         return self._follow(status, cursor, timeout)
 
     def _follow(self, status: JobStatus, cursor: str | None, timeout: float | None) -> Iterator[JobEvent]:
+        if cursor is not None and status.finished:
+            at = _reaching_the_queue(self.job_events.get)(status.job_id, cursor)
+            if at is not None and at.event == "completed" and at.run >= status.run:
+                return  # resumed after the run's last event: nothing follows it
         until = None if timeout is None else time.monotonic() + timeout
+        first = True  # one read even with no time left: a finished job's events are there already
         while True:
             left_ms = MAX_BLOCK_MS if until is None else int((until - time.monotonic()) * 1000)
-            if left_ms <= 0:
+            if left_ms <= 0 and not first:
                 raise JobTimeout(f"job {status.job_id} did not complete within {timeout} s")
+            first = False
             batch = _reaching_the_queue(self.job_events.read)(
-                status.job_id, cursor, block_ms=min(left_ms, MAX_BLOCK_MS)
+                status.job_id, cursor, block_ms=min(max(left_ms, 1), MAX_BLOCK_MS)
             )
             if not batch:
                 ended = self._ended_without_log(status, cursor)
@@ -430,6 +464,7 @@ class ImageGenClient:
         only images this service stored under that node's target (or the platform's) are signed.
         ``tenant`` (the HTTP API's caller): only that tenant's images, with credentials it may name."""
         check_timeout(timeout)
+        check_image_uri(uri)
         target = None
         if node is not None:
             parsed = self.validate(node)
@@ -453,6 +488,21 @@ class ImageGenClient:
     def close(self) -> None:
         self.records.client.close()
         self.celery.close()
+
+
+MAX_URI_CHARS = 2048  # SignRequest.uri's bound
+
+
+def check_image_uri(uri: Any) -> str:
+    """An image's uri as ``sign`` takes it, or NodeValidationError naming ``uri``."""
+    if not isinstance(uri, str):
+        raise NodeValidationError(
+            [Problem("uri", excerpt(uri), "must be the image's uri from the result, a string")], subject="sign request"
+        )
+    if not uri or len(uri) > MAX_URI_CHARS or not uri.isprintable():
+        rule = f"must be the image's uri from the result: 1 to {MAX_URI_CHARS} printable characters"
+        raise NodeValidationError([Problem("uri", excerpt(uri), rule)], subject="sign request")
+    return uri
 
 
 UPSTREAM_PROMPT = "(the upstream task's output)"  # stands in for the prompt while the node is checked

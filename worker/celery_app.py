@@ -43,7 +43,8 @@ app.conf.include = [
     "worker.tasks.run_job",
     "worker.tasks.variation",
     "worker.tasks.finalize",
-    "worker.tasks.prompt_step",  # LLM -> image: the prompt step and the upstream chain link
+    "worker.tasks.prompt_step",  # LLM -> image: the prompt step
+    "worker.tasks.upstream",  # a chain after the engine's own task: the link and its errback
     "worker.tasks.sign",
     "worker.tasks.webhooks",
 ]

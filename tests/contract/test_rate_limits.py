@@ -15,7 +15,10 @@ def test_parse_rate_limits() -> None:
     assert parse_rate_limits("") == {}
 
 
-@pytest.mark.parametrize("spec", ["gemini=fast", "=10", "gemini-3-pro-image", "m=0", "m=10:0", "m=10:x"])
+@pytest.mark.parametrize(
+    "spec",
+    ["gemini=fast", "=10", "gemini-3-pro-image", "m=0", "m=10:0", "m=10:x", "m=nan", "m=inf", "m=1e-300", "m=-5"],
+)
 def test_bad_rate_limits_fail_at_start_up(spec: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGEGEN_RATE_LIMITS", spec)
     with pytest.raises(SettingsError, match="MODEL_ID=PER_MINUTE"):

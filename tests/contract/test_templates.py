@@ -49,6 +49,23 @@ def test_context_values_are_data_never_templates() -> None:
     assert render("{{ llm_1.text }}", sneaky) == "{{ 7 * 7 }} {% for x in y %}"
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (None, "value is null, not text"),
+        ({"choices": [{"message": "a lighthouse"}]}, "value is a dict with 1 key(s), not text"),
+        (["a", "b"], "value is a list of 2 item(s), not text"),
+    ],
+)
+def test_a_null_or_a_structure_is_not_printed_into_the_prompt(value: Any, message: str) -> None:
+    """Printed, they would become "A poster of None" or a Python dict in a paid prompt."""
+    with pytest.raises(TemplateProblem, match=message.replace("(", r"\(").replace(")", r"\)")):
+        render_prompt("A poster of {{ llm_1.text }}", {"llm_1": {"text": value}}, 1000)
+    # Tested, defaulted or picked, they are fine.
+    template = "{% if llm_1.text %}{{ llm_1.text }}{% else %}a lighthouse{% endif %}, {{ n | default('x') }}"
+    assert render_prompt(template, {"llm_1": {"text": None}, "n": 3}, 1000) == "a lighthouse, 3"
+
+
 def test_plain_text_is_left_as_written() -> None:
     assert render("a girl driving a red car\n", {}) == "a girl driving a red car\n"
 
@@ -173,6 +190,9 @@ def test_a_string_is_the_prompt_and_a_dict_field_is_picked_by_path() -> None:
         ("x" * 200, None, "a str of 200 characters; at most 100"),
         ("x" * 100_000, None, "a str of 100000 characters"),
         ({"output": {"text": "x" * 5000}}, "output.text", "bytes); at most 1000"),
+        ("a fox\x1b[31m at dusk\x07", None, "contains the control character U+001B at position 5"),
+        ('{"output": {"text": "a fox"}}', None, "JSON text (a dict with 1 key(s)); name the field with prompt_from"),
+        ('["a fox"]', None, "JSON text (a list of 1 item(s))"),
     ],
 )
 def test_bad_upstream_values_say_what_arrived_without_the_text(

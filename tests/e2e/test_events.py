@@ -3,6 +3,7 @@ job's Redis Stream, the client follows it with blocking reads."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -57,6 +58,12 @@ def test_a_four_variation_job_tells_started_each_variation_and_completed(
     reader = JobEvents(client.records.client, 60)
     assert [e.id for e in reader.read("events-4", after=seen[4].id)] == all_ids[all_ids.index(seen[4].id) + 1 :]
     assert reader.read("events-4", after=ids[-1]) == []
+    # After the run's "completed" nothing follows: at once, not after a wait and a repeat.
+    started = time.monotonic()
+    assert list(client.events("events-4", after=seen[-1].id, timeout=10)) == []
+    assert time.monotonic() - started < 2
+    # A finished job's events are read even with no time left to wait.
+    assert [e.id for e in client.events("events-4", timeout=0)] == all_ids
 
     # Bounded; kept IMAGEGEN_EVENTS_RETENTION_S after the job ended, the job record much longer.
     raw = redis.Redis.from_url(redis_url)

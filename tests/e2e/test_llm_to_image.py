@@ -127,6 +127,43 @@ def test_bad_upstream_output_fails_the_job_permanently_without_a_provider_call(
     assert "xxxxxxxxxxxxxxxxxxxx" not in gemini_worker.log()  # the value is never logged whole
 
 
+def test_a_failed_upstream_task_ends_the_job_at_once(
+    gemini_worker: WorkerProcess,
+    engine: tuple[Celery, str],
+    client: ImageGenClient,
+    seed_node: dict[str, Any],
+    fake: FakeGemini,
+) -> None:
+    """Without the errback the link never runs and the job waits ``queued`` for the lost-job
+    deadline (2 h by default)."""
+    app, queue = engine
+    job_id = f"llm-boom-{uuid.uuid4().hex[:6]}"
+    upstream = app.signature("engine.boom", args=("x",), queue=queue)
+    chained = client.chain(upstream, seed_node, job_id=job_id, prompt_from="output.text")
+    assert chained.tasks[-1].kwargs["order"]["job_id"] == job_id
+    failing = chained.apply_async()
+
+    result = client.wait(job_id, timeout=WAIT_S)
+
+    assert result.status == "failed"
+    [error] = result.errors
+    assert f"the upstream task {failing.parent.id if failing.parent else ''}" in error.message
+    assert "made no image" in error.message and "refused" not in error.message  # the engine's error stays there
+    assert client.status(job_id).state == "failed"
+    assert fake.requests == []
+
+
+def test_a_hand_built_chain_takes_the_errback_too(
+    gemini_worker: WorkerProcess, engine: tuple[Celery, str], client: ImageGenClient, seed_node: dict[str, Any]
+) -> None:
+    app, queue = engine
+    link = client.signature(seed_node, job_id=f"llm-boom-{uuid.uuid4().hex[:6]}")
+    chain(app.signature("engine.boom", args=("x",), queue=queue), link).on_error(
+        client.upstream_failed(link)
+    ).apply_async()
+    assert client.wait(link.kwargs["order"]["job_id"], timeout=WAIT_S).status == "failed"
+
+
 def test_a_template_is_rendered_at_submit_and_a_missing_placeholder_is_refused(
     gemini_worker: WorkerProcess, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
 ) -> None:

@@ -34,3 +34,9 @@ def llm_answer(text: str) -> dict[str, Any]:
 def echo(value: Any) -> Any:
     """Returns its argument: any upstream value, good or bad."""
     return value
+
+
+@app.task(name="engine.boom")
+def boom(text: str) -> str:
+    """An upstream task that fails (an LLM node whose provider refused)."""
+    raise RuntimeError("the engine's LLM provider refused")

@@ -159,3 +159,15 @@ def test_bad_settings_and_timeouts_are_one_line_usage_errors(job_env: dict[str, 
     for timeout in ("nan", "inf", "-1", "soon"):
         refused = imagegen(job_env, "result", "x", "--wait", "--timeout", timeout)
         assert refused.returncode == 2 and "is not a number of seconds" in refused.stderr, timeout
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [("s3://b/" + "k" * 3000, "(3007 characters)"), ("s3://b/k\n\x1b[31mX", r"s3://b/k\n\u001b[31mX"), ("", '""')],
+)
+def test_a_bad_uri_to_sign_is_a_usage_error_naming_it(job_env: dict[str, str], uri: str, shown: str) -> None:
+    """Refused before any message is sent; no traceback, and the terminal gets no raw escapes."""
+    run = imagegen(job_env, "sign", uri, "--timeout", "1")
+    assert run.returncode == 2, run.stderr
+    assert "invalid sign request" in run.stderr and "- uri = " in run.stderr and shown in run.stderr
+    assert "Traceback" not in run.stderr and "\x1b" not in run.stderr

@@ -33,24 +33,11 @@ from pydantic import BaseModel, ConfigDict
 
 from contract.catalog import TextModelEntry, load_catalog
 from contract.node import NodeInputs
-from contract.prompt_text import (
-    UpstreamValueError,
-    bounded_args_repr,
-    clean_llm_text,
-    describe,
-    prompt_from_upstream,
-)
-from contract.queue import (
-    FINALIZE,
-    KEY_PREFIX,
-    PROMPT_STEP,
-    RUN_JOB,
-    RUN_JOB_FROM_UPSTREAM,
-    job_task_id,
-)
+from contract.prompt_text import clean_llm_text, describe
+from contract.queue import FINALIZE, KEY_PREFIX, PROMPT_STEP
 from contract.result import ErrorKind, ErrorRecord, PromptStepRecord
 from contract.settings import Settings, get_settings
-from contract.work import JobOrder, JobSummary, RetryState, VariationWork
+from contract.work import JobSummary, RetryState, VariationWork
 from worker.celery_app import app
 from worker.errors import BlockedError, PermanentError, TransientError
 from worker.lifecycle import variation_finished
@@ -58,7 +45,6 @@ from worker.providers import GeneratedText, TextRequest, text_provider_for
 from worker.retry import RetryPolicy
 from worker.state import job_records, rate_limiter
 from worker.tasks.dispatch import dispatch_variations
-from worker.tasks.finalize import fail_invalid_job
 
 log = logging.getLogger(__name__)
 
@@ -263,31 +249,3 @@ def _finish_without_images(
         args=(outcomes, summary.model_dump(mode="json")),
         argsrepr=f"(<{len(outcomes)} error records>, job {summary.job_id} run {summary.run})",
     ).apply_async(task_id=work.result_id)
-
-
-@app.task(name=RUN_JOB_FROM_UPSTREAM, bind=True, ignore_result=True)
-def run_job_from_upstream(self: Task, upstream: Any, order: dict[str, Any], prompt_from: str | None = None) -> None:
-    """A chain's link: the upstream value becomes the node's ``user_query``, then the job runs."""
-    settings = get_settings()
-    job = JobOrder.model_validate(order)
-    result_id = job_task_id(job.job_id, job.run)
-    try:
-        prompt = prompt_from_upstream(
-            upstream, prompt_from, max_chars=settings.max_prompt_chars, max_bytes=settings.max_node_bytes
-        )
-    except UpstreamValueError as exc:
-        # The message says what arrived (type and size), never the upstream text.
-        log.warning("job %s: %s refused as a prompt: %s", job.job_id[:200], bounded_args_repr(upstream), exc)
-        fail_invalid_job(self.backend, result_id, job, str(exc))
-        return None
-    inputs = {**job.node.get("inputs", {}), "user_query": prompt}
-    forwarded = job.model_copy(update={"node": {**job.node, "inputs": inputs}})
-    log.info("job %s run %d: prompt of %d characters from the upstream task", job.job_id, job.run, len(prompt))
-    # run_job validates the node again, prompt included, and runs it under the run's task id.
-    app.send_task(
-        RUN_JOB,
-        args=(forwarded.model_dump(mode="json"),),
-        task_id=result_id,
-        argsrepr=f"(job {job.job_id} run {job.run})",
-    )
-    return None

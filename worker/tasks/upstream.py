@@ -1,0 +1,69 @@
+"""A Celery chain's link after the engine's own task (an LLM node): that task's return value
+becomes the node's ``user_query``, then the job runs; and the errback that ends the job when
+the upstream task fails, so that it does not wait ``queued`` until the lost-job deadline."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+
+from contract.prompt_text import UpstreamValueError, bounded_args_repr, prompt_from_upstream
+from contract.queue import RUN_JOB, RUN_JOB_FROM_UPSTREAM, UPSTREAM_FAILED, job_task_id
+from contract.settings import get_settings
+from contract.work import JobOrder
+from worker.celery_app import app
+from worker.state import job_records
+from worker.tasks.finalize import fail_invalid_job
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name=RUN_JOB_FROM_UPSTREAM, bind=True, ignore_result=True)
+def run_job_from_upstream(self: Task, upstream: Any, order: dict[str, Any], prompt_from: str | None = None) -> None:
+    """A chain's link: the upstream value becomes the node's ``user_query``, then the job runs."""
+    settings = get_settings()
+    job = JobOrder.model_validate(order)
+    result_id = job_task_id(job.job_id, job.run)
+    try:
+        prompt = prompt_from_upstream(
+            upstream, prompt_from, max_chars=settings.max_prompt_chars, max_bytes=settings.max_node_bytes
+        )
+    except UpstreamValueError as exc:
+        # The message says what arrived (type and size), never the upstream text.
+        log.warning("job %s: %s refused as a prompt: %s", job.job_id[:200], bounded_args_repr(upstream), exc)
+        fail_invalid_job(self.backend, result_id, job, f"inputs.user_query (from the upstream task): {exc}")
+        return None
+    inputs = {**job.node.get("inputs", {}), "user_query": prompt}
+    forwarded = job.model_copy(update={"node": {**job.node, "inputs": inputs}})
+    log.info("job %s run %d: prompt of %d characters from the upstream task", job.job_id, job.run, len(prompt))
+    # run_job validates the node again, prompt included, and runs it under the run's task id.
+    app.send_task(
+        RUN_JOB,
+        args=(forwarded.model_dump(mode="json"),),
+        task_id=result_id,
+        argsrepr=f"(job {job.job_id} run {job.run})",
+    )
+    return None
+
+
+@app.task(name=UPSTREAM_FAILED, bind=True, ignore_result=True)
+def upstream_failed(self: Task, upstream: Any, *_: Any, order: dict[str, Any]) -> None:
+    """The chain's errback (``ImageGenClient.chain``): the upstream task failed, so the link never
+    runs. Ends the job ``failed``, saying so, while it still waits for its prompt.
+
+    Celery calls it with the failed task's id when it runs in another worker (this one), or with
+    ``(request, exc, traceback)`` when both run in one process: only ``order`` is read."""
+    job = JobOrder.model_validate(order)
+    status = job_records().read(job.job_id)
+    if status is None or status.run != job.run or status.state != "queued":
+        return None  # the link ran after all, or the job ended otherwise
+    upstream_id = getattr(upstream, "id", upstream)
+    message = (
+        f"the upstream task {str(upstream_id)[:100]} failed, so this job got no prompt and made no image; "
+        "its error is in the workflow engine's result for that task"
+    )
+    log.warning("job %s run %d: %s", job.job_id, job.run, message)
+    fail_invalid_job(self.backend, job_task_id(job.job_id, job.run), job, message)
+    return None
