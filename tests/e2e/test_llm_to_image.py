@@ -20,6 +20,7 @@ from producer.client import ImageGenClient, JobNotFound
 from tests.cli import imagegen
 from tests.conftest import StartWorker
 from tests.e2e.helpers import assert_matches_published_schema
+from worker.tasks.prompt_step import prompt_step_key
 
 WAIT_S = 60
 TEXT_MODEL_ID = "gemini-2.5-flash"
@@ -262,6 +263,20 @@ def test_the_offline_model_has_an_offline_prompt_step(
     ]
     assert result.prompt_step is not None and result.prompt_step.text_model == "offline_prompt_writer"
     assert result.estimated_cost_usd == 0.0
+
+
+def test_a_prompt_step_whose_earlier_delivery_died_while_publishing_is_finished(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    """The guard says "pending": a delivery died between writing the prompts and publishing
+    the chord. The redelivery publishes it (before, it saw the claim, did nothing, and the job
+    ended lost at its deadline)."""
+    handle = client.submit(with_inputs(offline_node, variations=2, prompt_enhancement="diversify"))
+    client.records.client.set(prompt_step_key(handle.job_id, 1), "pending", ex=600)
+    start_worker()
+    result = handle.wait(timeout=WAIT_S)
+    assert result.status == "succeeded" and len(result.images) == 2
+    assert client.records.client.get(prompt_step_key(handle.job_id, 1)) == b"done"
 
 
 def test_the_cli_fills_a_template_from_a_context_file(

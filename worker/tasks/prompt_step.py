@@ -79,7 +79,7 @@ class PromptStepWork(BaseModel):
 
 
 def prompt_step_key(job_id: str, run: int) -> str:
-    """SET NX guard: a redelivered step must not publish the run's chord (or its failure) twice."""
+    """The step's dispatch guard: "pending" while it publishes the run's chord (or its failure), then "done"."""
     return f"{KEY_PREFIX}:promptstep:{job_id}@{run}"
 
 
@@ -149,6 +149,10 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
     settings = get_settings()
     summary = work.summary
     state = work.retry
+    guard = prompt_step_key(summary.job_id, summary.run)
+    if job_records().client.get(guard) == b"done":  # before the text call: it would be paid again
+        log.info("job %s run %d: prompt step dispatched already; ignoring the redelivery", summary.job_id, summary.run)
+        return None
     if job_records().cancel_requested(summary.job_id, summary.run):
         tried = self.request.retries - state.throttled
         message = "the job was canceled before its prompt step" + (f" (after {tried} attempt(s))" if tried else "")
@@ -195,19 +199,21 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
         failure = ("permanent", "internal error in the worker's prompt step (logged)", None)
 
     summary = summary.model_copy(update={"prompt_step": record})
-    if not job_records().client.set(prompt_step_key(summary.job_id, summary.run), 1, nx=True, ex=settings.result_ttl_s):
-        log.info("job %s run %d: prompt step dispatched already; ignoring the redelivery", summary.job_id, summary.run)
-        return None
+    # "pending" until what follows is published, then "done": as run_job's dispatch guard, a
+    # delivery that died in between is finished by the redelivery (before, it was claimed first
+    # and the redelivery then did nothing: the job was never dispatched and ended lost).
+    job_records().client.set(guard, "pending", ex=settings.result_ttl_s)
     if failure is not None:
         kind, message, reason = failure
         log.warning("job %s prompt step failed: %s (%s)", summary.job_id, kind, message)
         _finish_without_images(work, summary, kind, message, reason, attempt, first_attempt_at)
-        return None
-    works = [
-        v.model_copy(update={"prompt": prompt, "prompt_from_step": True})
-        for v, prompt in zip(work.variations, prompts, strict=True)
-    ]
-    dispatch_variations(works, summary, work.result_id)
+    else:
+        works = [
+            v.model_copy(update={"prompt": prompt, "prompt_from_step": True})
+            for v, prompt in zip(work.variations, prompts, strict=True)
+        ]
+        dispatch_variations(works, summary, work.result_id)
+    job_records().client.set(guard, "done", xx=True, keepttl=True)
     return None
 
 
