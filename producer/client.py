@@ -103,10 +103,13 @@ def _reaching_the_queue(method: _F) -> _F:
     return call  # type: ignore[return-value]
 
 
-def check_timeout(timeout: float | None) -> None:
-    """ValueError for a timeout no clock can reach (nan never expires, inf overflows) or a negative one."""
-    if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
-        raise ValueError(f"timeout {timeout!r} is not a number of seconds (finite, 0 or more; None waits for ever)")
+def check_timeout(timeout: Any) -> None:
+    """NodeValidationError naming ``timeout`` for one no clock can reach (nan never expires, inf
+    overflows), a negative one, or one that is not a number (a bool or a string included)."""
+    number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+    if timeout is not None and not (number and math.isfinite(timeout) and timeout >= 0):
+        rule = "must be a number of seconds: finite, 0 or more (None waits for ever)"
+        raise NodeValidationError([Problem("timeout", excerpt(timeout), rule)], subject="timeout")
 
 
 def _release(outcome: AsyncResult) -> None:
@@ -211,6 +214,9 @@ class ImageGenClient:
         signed; it is part of the job, so the same id with another webhook is a conflict.
         ``context``: the values for ``user_query`` placeholders (``{{ llm_1.text }}``), a JSON object;
         the rendered prompt is what is validated and enqueued (contract/templates.py)."""
+        if not isinstance(rerun, bool) or (rerun and job_id is None):
+            rule = "must be true or false; a rerun needs the job_id of the failed or partial job to run again"
+            raise NodeValidationError([Problem("rerun", excerpt(rerun), rule)], subject="submit request")
         parsed = validate_node(node, self.settings, context=context)
         job_id = str(uuid.uuid4()) if job_id is None else check_job_id(job_id)
         hook = None if webhook is None else parse_webhook(webhook, self.settings, resolve=True)

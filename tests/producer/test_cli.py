@@ -159,6 +159,7 @@ def test_bad_settings_and_timeouts_are_one_line_usage_errors(job_env: dict[str, 
     for timeout in ("nan", "inf", "-1", "soon"):
         refused = imagegen(job_env, "result", "x", "--wait", "--timeout", timeout)
         assert refused.returncode == 2 and "is not a number of seconds" in refused.stderr, timeout
+        assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import redis
 
+from contract.errors import NodeValidationError
 from producer.client import ImageGenClient, JobCrashed, JobNotFound, JobTimeout
 from tests.conftest import StartWorker
 
@@ -25,14 +27,16 @@ def test_a_job_nobody_runs_times_out(client: ImageGenClient, offline_node: dict[
         handle.wait(timeout=0.5)
 
 
-@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1.0])
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1.0, "5", True])
 def test_a_timeout_no_clock_reaches_is_refused_before_waiting(
-    client: ImageGenClient, offline_node: dict[str, object], timeout: float
+    client: ImageGenClient, offline_node: dict[str, object], timeout: Any
 ) -> None:
-    """nan never expired (the wait spun, ~7,000 Redis commands a second); inf overflowed a clock."""
+    """nan never expired (the wait spun, ~7,000 Redis commands a second); inf overflowed a clock;
+    a string raised a bare TypeError and True waited one second. Each is a problem on ``timeout``,
+    in the client's error family."""
     handle = client.submit(offline_node)
     for call in (handle.wait, lambda timeout: list(handle.events(timeout=timeout))):
-        with pytest.raises(ValueError, match="is not a number of seconds"):
+        with pytest.raises(NodeValidationError, match=r"timeout = .*must be a number of seconds"):
             call(timeout=timeout)
 
 
@@ -68,3 +72,12 @@ def test_a_sign_request_nobody_waits_for_any_more_leaves_no_url_behind(
     signed = [r for _, r in states.values() if isinstance(r, dict) and "url" in r]
     assert signed == [], states
     assert any(state == "REVOKED" for state, _ in states.values()), (states, late.log()[-2000:])
+
+
+@pytest.mark.parametrize(("job_id", "rerun"), [(None, True), ("rerun-1", "no"), ("rerun-1", 1)])
+def test_a_rerun_needs_a_job_id_and_a_boolean(
+    client: ImageGenClient, offline_node: dict[str, object], job_id: str | None, rerun: Any
+) -> None:
+    """Before, ``rerun=True`` without an id quietly created a new job, and ``rerun="no"`` reran."""
+    with pytest.raises(NodeValidationError, match=r"rerun = .*a rerun needs the job_id"):
+        client.submit(offline_node, job_id=job_id, rerun=rerun)
