@@ -15,7 +15,7 @@ from contract.settings import Settings
 from devtools.emulators import Emulator, azurite_connection_string
 from tests.cloud.conftest import PutSecret
 from tests.cloud.helpers import META, PNG, FlakyProxy, azure_node, store_for_fields
-from worker.errors import PermanentError, StorageError
+from worker.errors import GenerationError, PermanentError, StorageError
 from worker.storage import object_key
 
 
@@ -142,8 +142,19 @@ def test_sas_connection_string_never_leaks_its_token_and_cannot_sign(
     )
     sas_only = f"BlobEndpoint={azurite.url}/{azurite.extra['account']};SharedAccessSignature={token}"
     ref = put_secret({"connection_string": sas_only})["connection_string"]
-    store, _ = store_for_fields(azure_node(azure_container, ref), cloud_settings)
-    with pytest.raises(StorageError, match="cannot sign a URL: the connection string has no AccountKey") as caught:
-        store.put("k.png", PNG, "image/png", META)
-    assert "sig=" not in str(caught.value)
-    assert azure_admin.get_blob_client(azure_container, "k.png").download_blob().readall() == PNG
+    # Refused when the store opens: before, the image was made (and paid for) and uploaded, and
+    # only signing its URL failed.
+    with pytest.raises(GenerationError, match="has no AccountKey, which signing the image URLs needs") as caught:
+        store_for_fields(azure_node(azure_container, ref), cloud_settings)
+    assert "sig=" not in str(caught.value) and token not in str(caught.value)
+    assert list(azure_admin.get_container_client(azure_container).list_blobs()) == []
+
+
+def test_an_account_key_that_is_not_base64_is_named_when_the_store_opens(
+    cloud_settings: Settings, azurite: Emulator, azure_container: str, put_secret: Any
+) -> None:
+    bad = azurite_connection_string(azurite.url, azurite.extra["account"], "not-base64!")
+    ref = put_secret({"connection_string": bad})["connection_string"]
+    with pytest.raises(GenerationError, match="AccountKey that is not valid base64") as caught:
+        store_for_fields(azure_node(azure_container, ref), cloud_settings)
+    assert "not-base64!" not in str(caught.value)

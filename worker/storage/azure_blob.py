@@ -3,6 +3,7 @@ Azure credential chain (managed identity, workload identity, az login)."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from datetime import UTC, datetime, timedelta
@@ -121,6 +122,16 @@ class AzureBlobStore(ImageStore):
         self.container = service.get_container_client(container)
         # Account-key credentials sign SAS locally; otherwise a user-delegation key is fetched.
         self.account_key: str | None = getattr(service.credential, "account_key", None)
+        if connection_string:  # found now, not after the image was made and paid for
+            if self.account_key:
+                try:
+                    base64.b64decode(self.account_key, validate=True)
+                except ValueError:
+                    raise ValueError("has an AccountKey that is not valid base64") from None
+            elif not self.options.public_base_url:
+                raise ValueError(
+                    "has no AccountKey, which signing the image URLs needs (a SAS-only connection string cannot sign)"
+                )
         self._delegation: tuple[datetime, Any] | None = None
         self._lock = threading.Lock()
         # The blob URL without a query: a SAS connection string would otherwise put its token in it.
