@@ -61,7 +61,7 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None
         log.info("job %s variation %d finished already; skipping a copy", work.job_id, work.index)
         return _outcome(_record_of_finished(work, tried, first))
     if begun == "stale":
-        log.info("job %s run %d ended or was replaced by a rerun; variation %d not started", *_ids(work))
+        log.info("job %s run %d ended or was replaced; variation %d not started", work.job_id, work.run, work.index)
         message = "the run ended (lost, or replaced by a rerun) before this variation started"
         return _outcome(_error(work.index, "lost", message, tried, first))  # not counted, not announced
     if begun == "canceled":
@@ -146,10 +146,6 @@ def _record_of_finished(work: VariationWork, tried: int, first: float) -> ImageR
                 return record
     message = "finished by an earlier delivery, whose record is no longer in the job's event log"
     return _error(work.index, "lost", message, tried, first)
-
-
-def _ids(work: VariationWork) -> tuple[str, int, int]:
-    return work.job_id, work.run, work.index
 
 
 def _retrying(work: VariationWork, attempt: int, reason: str, countdown: float) -> None:
