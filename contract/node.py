@@ -80,6 +80,18 @@ def _fail(message: str) -> PydanticCustomError:
     return PydanticCustomError("node", message)
 
 
+def _whole_number(value: Any, example: str) -> Any:
+    """A count or a seed as workflow UIs send it: 7 or "7". A bool, "7.5", a full-width digit, a
+    32+ digit string or a list is a mistake, said plainly (pydantic would say "valid integer")."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isascii() and text.isdigit() and len(text) <= 32:
+            return value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        return value  # pydantic refuses 1.5 itself
+    raise _fail(f'must be a whole number such as {example} or "{example}"')
+
+
 def _bounded_text(value: str, limit: int, *, multiline: bool) -> str:
     """At most ``limit`` characters; no control characters (tab and newline only when ``multiline``)."""
     if len(value) > limit:
@@ -166,10 +178,7 @@ class NodeInputs(BaseModel):
     @field_validator("variations", mode="before")
     @classmethod
     def _variations_integer(cls, value: Any) -> Any:
-        # Workflow UIs send "1"; a bool or "1.5" is a mistake, not a count.
-        if isinstance(value, bool) or (isinstance(value, str) and not value.strip().isdigit()):
-            raise _fail('must be a whole number such as 1 or "1"')
-        return value
+        return _whole_number(value, "1")
 
     @field_validator("variations")
     @classmethod
@@ -182,12 +191,7 @@ class NodeInputs(BaseModel):
     @field_validator("seed", mode="before")
     @classmethod
     def _seed_integer(cls, value: Any) -> Any:
-        # As for variations: 7 and "7" are seeds; true, "7.5" or a 30-digit string are not.
-        if isinstance(value, bool) or (
-            isinstance(value, str) and not (value.strip().isascii() and value.strip().isdigit() and len(value) <= 32)
-        ):
-            raise _fail('must be a whole number such as 7 or "7"')
-        return value
+        return value if value is None else _whole_number(value, "7")
 
     @field_validator("seed")
     @classmethod
@@ -391,11 +395,12 @@ def _problem_from(err: Any, data: Mapping[str, Any], hint: bool = True) -> Probl
     leaf = loc[-1] if loc else ""
     kind = err["type"]
     if kind == "missing":
-        return Problem(field, _MISSING, "is required")
+        return Problem(field, _MISSING, "is required: 'image_generation'" if field == "type" else "is required")
     if kind == "extra_forbidden":
         allowed = list(NodeInputs.model_fields)
         near = leaf.lower() if hint and len(leaf) <= 64 else ""  # difflib's cost grows with the key
-        close = difflib.get_close_matches(near, [*allowed, *_SYNONYMS], n=1) if near else []
+        # 0.75: a typo ("varitions", "szie") is close; "colour" is not "use_cloud"
+        close = difflib.get_close_matches(near, [*allowed, *_SYNONYMS], n=1, cutoff=0.75) if near else []
         guess = f"did you mean '{_SYNONYMS.get(close[0], close[0])}'? " if close else ""
         return Problem(field, _MISSING, f"is not a known input field; {guess}allowed: {', '.join(allowed)}")
     value = _REDACTED if leaf in _NEVER_ECHOED else excerpt(err.get("input", _MISSING))

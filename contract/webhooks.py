@@ -269,6 +269,10 @@ def parse_webhook(
             field = ".".join(["webhook", *(str(p) for p in error["loc"][:1])])
             if field in ("webhook.url", "webhook.secret") and any(p.field == field for p in problems):
                 continue
+            if error["type"] == "extra_forbidden":  # a value under an unknown name is not echoed
+                known = ", ".join(Webhook.model_fields)
+                problems.append(Problem(field, MISSING, f"is not a webhook field; allowed: {known}"))
+                continue
             allowed = f"; allowed events: {', '.join(WEBHOOK_EVENTS)}" if field == "webhook.events" else ""
             shown = MISSING if field == "webhook.secret" else error.get("input", MISSING)
             problems.append(Problem(field, shown, error["msg"] + allowed))

@@ -91,9 +91,22 @@ def test_variations_maximum_is_configurable(seed_node: dict[str, Any], monkeypat
     assert validate_node(with_inputs(seed_node, variations=12), Settings()).inputs.variations == 12
 
 
-@pytest.mark.parametrize("bad", [True, "1.5", 2.5, "two", None])
+@pytest.mark.parametrize("bad", [True, "1.5", 2.5, "two", None, [1], "\uff12", "9" * 40])
 def test_variations_must_be_whole_numbers(seed_node: dict[str, Any], bad: Any) -> None:
-    assert "inputs.variations" in problems(with_inputs(seed_node, variations=bad))
+    found = problems(with_inputs(seed_node, variations=bad))
+    assert "inputs.variations" in found
+    if not isinstance(bad, float):  # 2.5: pydantic's own "fractional part" message
+        assert 'must be a whole number such as 1 or "1"' in found["inputs.variations"]
+
+
+@pytest.mark.parametrize("bad", [[7], "\uff17", True])
+def test_seeds_must_be_whole_numbers_by_the_same_rule(seed_node: dict[str, Any], bad: Any) -> None:
+    assert 'must be a whole number such as 7 or "7"' in problems(with_inputs(seed_node, seed=bad))["inputs.seed"]
+
+
+def test_a_missing_type_says_what_it_must_be(seed_node: dict[str, Any]) -> None:
+    del seed_node["type"]
+    assert problems(seed_node)["type"] == "type: is required: 'image_generation'"
 
 
 def test_prompt_length_is_capped(seed_node: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,6 +138,11 @@ def test_unknown_top_level_keys_from_canvases_are_ignored(seed_node: dict[str, A
 )
 def test_did_you_mean_hints(seed_node: dict[str, Any], field: str, hint: str) -> None:
     assert f"did you mean '{hint}'?" in problems(with_inputs(seed_node, **{field: "x"}))[f"inputs.{field}"]
+
+
+def test_a_far_name_gets_no_guess(seed_node: dict[str, Any]) -> None:
+    found = problems(with_inputs(seed_node, colour="red"))["inputs.colour"]
+    assert "did you mean" not in found and "allowed: " in found  # not "use_cloud"
 
 
 def test_cloud_provider_fields_required_when_use_cloud(seed_node: dict[str, Any]) -> None:

@@ -274,3 +274,12 @@ def test_a_receiver_that_drips_its_answer_times_out_as_a_whole(scheme: str, open
     assert not outcome.delivered and outcome.error is not None and outcome.error.startswith("timeout")
     assert outcome.retryable  # a timeout is retried later, like any receiver that did not answer
     assert server.cut_short.wait(10), "the POST returned but the connection stayed open"
+
+
+def test_an_unknown_webhook_field_is_named_with_the_allowed_ones_and_not_echoed(production: Settings) -> None:
+    with pytest.raises(NodeValidationError) as refused:
+        parse_webhook({"url": "https://8.8.8.8/hook", "secret": "env:WEBHOOK_T1", "colour": "whsec_LEAK"}, production)
+    [problem] = refused.value.problems
+    assert (problem.field, problem.value) == ("webhook.colour", MISSING)
+    assert "is not a webhook field; allowed: url, events, secret" in problem.message
+    assert "whsec_LEAK" not in str(refused.value)
