@@ -34,6 +34,7 @@ from producer.client import (
     QueueUnavailable,
     SignError,
     check_timeout,
+    validate_submission,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PARTIAL, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_CONFLICT = 0, 1, 2, 3, 4, 5, 6
@@ -168,14 +169,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    if args.job_id is not None:
-        check_job_id(args.job_id)  # exit 2 before reading or connecting
-    text = _read(args.file)
-    context = None if args.context is None else _read(args.context)  # the same bounds as a node
-    validate_node(text, context=context)  # before touching the network
-    client = ImageGenClient()
     if args.rerun and args.job_id is None:
         raise UsageError("--rerun needs --job-id")
+    text = _read(args.file)
+    context = None if args.context is None else _read(args.context)  # the same bounds as a node
+    validate_submission(text, args.job_id, context=context)  # every problem at once, before connecting
+    client = ImageGenClient()
     handle = client.submit(text, job_id=args.job_id, rerun=args.rerun, context=context)
     if not handle.created:
         state = client.status(handle.job_id).state

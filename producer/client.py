@@ -217,8 +217,8 @@ class ImageGenClient:
         if not isinstance(rerun, bool) or (rerun and job_id is None):
             rule = "must be true or false; a rerun needs the job_id of the failed or partial job to run again"
             raise NodeValidationError([Problem("rerun", excerpt(rerun), rule)], subject="submit request")
-        parsed = validate_node(node, self.settings, context=context)
-        job_id = str(uuid.uuid4()) if job_id is None else check_job_id(job_id)
+        parsed, job_id = validate_submission(node, job_id, self.settings, context=context)
+        job_id = str(uuid.uuid4()) if job_id is None else job_id
         hook = None if webhook is None else parse_webhook(webhook, self.settings, resolve=True)
         check_tenant_refs(
             job_id, {**_credential_refs(parsed), "webhook.secret": hook.secret if hook else None}, self.settings
@@ -494,6 +494,30 @@ class ImageGenClient:
     def close(self) -> None:
         self.records.client.close()
         self.celery.close()
+
+
+def validate_submission(
+    node: dict[str, Any] | str | bytes,
+    job_id: str | None,
+    settings: Settings | None = None,
+    *,
+    context: Mapping[str, Any] | str | bytes | None = None,
+) -> tuple[ImageGenerationNode, str | None]:
+    """The node and the job id checked together: one NodeValidationError lists every problem."""
+    problems: list[Problem] = []
+    parsed: ImageGenerationNode | None = None
+    try:
+        parsed = validate_node(node, settings, context=context)
+    except NodeValidationError as exc:
+        problems.extend(exc.problems)
+    if job_id is not None:
+        try:
+            job_id = check_job_id(job_id)
+        except NodeValidationError as exc:
+            problems.extend(exc.problems)
+    if problems or parsed is None:
+        raise NodeValidationError(problems)
+    return parsed, job_id
 
 
 MAX_URI_CHARS = 2048  # SignRequest.uri's bound

@@ -33,8 +33,9 @@ def test_submit_of_an_invalid_node_enqueues_nothing(
 ) -> None:
     client = redis.Redis.from_url(redis_url)
     before = request_keys(client)
-    run = imagegen(job_env, "submit", str(bad_size_node), "--wait")
+    run = imagegen(job_env, "submit", str(bad_size_node), "--wait", "--job-id", "bad id")
     assert run.returncode == 2 and "inputs.size" in run.stderr and "allowed sizes" in run.stderr
+    assert '- job_id = "bad id"' in run.stderr  # every problem in one answer, not one round each
     assert run.stdout == ""
     assert request_keys(client) == before  # no job record, no queue entry
     assert client.llen(job_env["IMAGEGEN_QUEUE"]) == 0
