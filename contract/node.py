@@ -273,9 +273,6 @@ class ImageGenerationNode(BaseModel):
         return self.model_dump(mode="json", exclude_none=True, include={"name", "type", "inputs"})
 
 
-_MISSING: Any = MISSING  # the old name (Problem, MISSING, NodeValidationError live in contract.errors)
-
-
 @dataclass(frozen=True)
 class _Context:
     catalog: ModelCatalog
@@ -382,7 +379,7 @@ def _prompt_step_problems(inputs: Mapping[str, Any], already: list[str], catalog
         return [
             Problem(
                 "inputs.text_model",
-                _MISSING,
+                MISSING,
                 f"is required for prompt_enhancement with {model}; allowed: {', '.join(catalog.text_names())}",
             )
         ]
@@ -395,15 +392,15 @@ def _problem_from(err: Any, data: Mapping[str, Any], hint: bool = True) -> Probl
     leaf = loc[-1] if loc else ""
     kind = err["type"]
     if kind == "missing":
-        return Problem(field, _MISSING, "is required: 'image_generation'" if field == "type" else "is required")
+        return Problem(field, MISSING, "is required: 'image_generation'" if field == "type" else "is required")
     if kind == "extra_forbidden":
         allowed = list(NodeInputs.model_fields)
         near = leaf.lower() if hint and len(leaf) <= 64 else ""  # difflib's cost grows with the key
         # 0.75: a typo ("varitions", "szie") is close; "colour" is not "use_cloud"
         close = difflib.get_close_matches(near, [*allowed, *_SYNONYMS], n=1, cutoff=0.75) if near else []
         guess = f"did you mean '{_SYNONYMS.get(close[0], close[0])}'? " if close else ""
-        return Problem(field, _MISSING, f"is not a known input field; {guess}allowed: {', '.join(allowed)}")
-    value = _REDACTED if leaf in _NEVER_ECHOED else excerpt(err.get("input", _MISSING))
+        return Problem(field, MISSING, f"is not a known input field; {guess}allowed: {', '.join(allowed)}")
+    value = _REDACTED if leaf in _NEVER_ECHOED else excerpt(err.get("input", MISSING))
     message = err["msg"]
     if kind == "literal_error" and leaf == "type":
         message = "must be 'image_generation'"
@@ -430,13 +427,13 @@ def _cloud_problems(inputs: Mapping[str, Any], already: list[str], policy: Targe
     provider = inputs.get("cloud_provider")
     if provider is None:
         allowed = ", ".join(SPECS)
-        return [Problem("inputs.cloud_provider", _MISSING, f"is required when use_cloud is true; allowed: {allowed}")]
+        return [Problem("inputs.cloud_provider", MISSING, f"is required when use_cloud is true; allowed: {allowed}")]
     problems = []
     for name, message in storage_problems(inputs, policy).items():
         field = f"inputs.{name}"
         if field in already:
             continue
-        value = inputs.get(name, _MISSING)
-        shown = _REDACTED if name in _NEVER_ECHOED and value is not _MISSING else value
+        value = inputs.get(name, MISSING)
+        shown = _REDACTED if name in _NEVER_ECHOED and value is not MISSING else value
         problems.append(Problem(field, shown, message))
     return problems

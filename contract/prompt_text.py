@@ -22,8 +22,6 @@ from typing import Any
 
 from contract.errors import ImageGenError
 
-# Task names of the LLM -> image path (beside contract/queue.py's; the producer sends them by name).
-
 # A dotted path into the upstream value: "output.text", "choices.0.message.content".
 _PATH = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,15}$")
 # The whole answer in one fence: ```, ```text, ```markdown ... ```, or the ~~~ form.

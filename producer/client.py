@@ -63,7 +63,9 @@ __all__ = [
 
 
 class JobNotFound(ImageGenError, LookupError):
-    pass
+    @classmethod
+    def unknown(cls, job_id: str) -> JobNotFound:
+        return cls(f"no job {job_id!r} (never submitted, or its record expired)")
 
 
 class QueueUnavailable(ImageGenError, ConnectionError):
@@ -330,7 +332,7 @@ class ImageGenClient:
     def status(self, job_id: str) -> JobStatus:
         status = self.records.read(check_job_id(job_id))
         if status is None:
-            raise JobNotFound(f"no job {job_id!r} (never submitted, or its record expired)")
+            raise JobNotFound.unknown(job_id)
         return status
 
     @_reaching_the_queue
@@ -385,7 +387,7 @@ class ImageGenClient:
         job_id = check_job_id(job_id)
         changed, state, run = self.records.request_cancel(job_id, self.settings.events_max_len)
         if state == "missing":
-            raise JobNotFound(f"no job {job_id!r} (never submitted, or its record expired)")
+            raise JobNotFound.unknown(job_id)
         if changed:
             message = f"job {job_id} run {run} was {state}; cancel requested (running variations finish)"
         elif state in ("queued", "running"):
