@@ -212,6 +212,21 @@ class JobEvents:
         reply: Any = self.client.xread({events_key(job_id): start}, count=max(1, min(count, 1000)), block=block)
         return [decode(entry_id, fields, job_id) for _, entries in (reply or []) for entry_id, fields in entries]
 
+    def finished_records(self, job_id: str, run: int) -> dict[int, ImageRecord | ErrorRecord]:
+        """Each finished variation of ``run`` by index, from its ``variation`` event: newest first,
+        since a long log (retries, reruns) keeps the current run's events at its end."""
+        found: dict[int, ImageRecord | ErrorRecord] = {}
+        entries: Any = self.client.xrevrange(events_key(job_id))  # bounded by the stream's MAXLEN
+        for entry_id, fields in entries:
+            event = decode(entry_id, fields, job_id)
+            if event.event == "started" and event.run == run:
+                break  # the run's events all come after its start
+            if event.event == "variation" and event.run == run:
+                record = record_from_event(event)
+                if record is not None and record.index not in found:
+                    found[record.index] = record
+        return found
+
     def get(self, job_id: str, entry_id: str) -> JobEvent | None:
         """One event by its id (None: trimmed or expired)."""
         entries: Any = self.client.xrange(events_key(job_id), check_event_id(entry_id, "id"), entry_id, count=1)

@@ -129,6 +129,9 @@ local function stale(job, run)
 end
 """
 
+# KEYS[1]: the job hash. ARGV[1]: the run. Returns 1 when the run is stale (``_STALE``), else 0.
+_IS_STALE = _STALE + "return stale(KEYS[1], ARGV[1]) and 1 or 0"
+
 # KEYS[1]: the dispatch guard of one run; KEYS[2]: the job hash; KEYS[3]: the progress index.
 # ARGV[1]: TTL (s); ARGV[2]: started_at; ARGV[3]: now (epoch s); ARGV[4]: the job id; ARGV[5]: the run.
 # Returns "new" (claimed), "again" (an earlier delivery died while dispatching: claimed again),
@@ -187,43 +190,44 @@ return {1, state, tonumber(run)}
 
 # KEYS[1]: the job hash; KEYS[2]: the job's event stream. ARGV[1]: the run; ARGV[2]: the
 # variation's index; ARGV[3]: the stream's MAXLEN; ARGV[4]: TTL (s); ARGV[5]: the attempt.
-# Returns 3 when this variation of the run finished already (a copy: skip the work), 2 when the
-# run is stale, 1 when it was canceled (the variation must not start), else appends
-# "variation_started" and returns 0: the checks a variation makes anyway and its progress event
-# cost one round trip together.
+# Returns "done" when this variation of the run finished already (a copy: skip the work),
+# "stale" when the run is (``_STALE``), "canceled" when it was canceled (the variation must not
+# start), else appends "variation_started" and returns "start": the checks a variation makes
+# anyway and its progress event cost one round trip together.
 _BEGIN_VARIATION = (
     _STALE
     + """
-if redis.call('HGET', KEYS[1], 'v' .. ARGV[2]) == ARGV[1] then return 3 end
-if stale(KEYS[1], ARGV[1]) then return 2 end
-if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then return 1 end
+if redis.call('HGET', KEYS[1], 'v' .. ARGV[2]) == ARGV[1] then return 'done' end
+if stale(KEYS[1], ARGV[1]) then return 'stale' end
+if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then return 'canceled' end
 local data = cjson.encode({index = tonumber(ARGV[2]), attempt = tonumber(ARGV[5])})
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', 'variation_started', 'run', ARGV[1], 'data', data)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return 0
+return 'start'
 """
 )
 
 # KEYS[1]: the job hash; KEYS[2]: the progress index. ARGV[1]: the run; ARGV[2]: its state from
 # the variations' outcomes; ARGV[3]: finished_at; ARGV[4]: the job id; ARGV[5]: TTL (s).
-# Returns the state the run ended with: "canceled" when its cancel flag is set (read and
-# written in one step, so a cancel either lands before this or is told the job finished);
-# for a run that ended already, the state it ended with (a redelivered finalize), or "stale"
-# when the run is not current or the lost-job sweep ended it (nothing changed).
+# Returns {state, "new"} with the state the run ended with now: "canceled" when its cancel flag
+# is set (read and written in one step, so a cancel either lands before this or is told the job
+# finished); {state, "again"} for a run that had ended already (a redelivered finalize, or a
+# second chord's); {"stale", ""} when the run is not current or the lost-job sweep ended it
+# (``_STALE``, with the lost case: such a run's document is final). Nothing changes but for "new".
 _FINISH_RUN = """
 local current = redis.call('HGET', KEYS[1], 'run')
-if current and current ~= ARGV[1] then return 'stale' end
+if current and current ~= ARGV[1] then return {'stale', ''} end
 local ended = redis.call('HGET', KEYS[1], 'state')
 if ended and ended ~= 'queued' and ended ~= 'running' then
-  if redis.call('HGET', KEYS[1], 'lost') then return 'stale' end
-  return ended
+  if redis.call('HGET', KEYS[1], 'lost') then return {'stale', ''} end
+  return {ended, 'again'}
 end
 local state = ARGV[2]
 if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then state = 'canceled' end
 redis.call('HSET', KEYS[1], 'state', state, 'finished_at', ARGV[3], 'result_run', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', KEYS[2], ARGV[4])
-return state
+return {state, 'new'}
 """
 
 
@@ -301,6 +305,7 @@ class JobRecords:
         self._cancel = client.register_script(_CANCEL)
         self._finish_run = client.register_script(_FINISH_RUN)
         self._begin_variation = client.register_script(_BEGIN_VARIATION)
+        self._is_stale = client.register_script(_IS_STALE)
 
     def claim(
         self,
@@ -385,14 +390,17 @@ class JobRecords:
         pipe.zrem(progress_key(), job_id)
         pipe.execute()
 
-    def finish_run(self, job_id: str, run: int, state: JobState, finished_at: datetime) -> JobState | Literal["stale"]:
-        """``mark_finished``, except that a run whose cancel was requested ends ``canceled``;
-        the state it ended with (one round trip). "stale": the run is not the job's current one,
-        or the lost-job sweep ended it; nothing changed."""
-        ended = self._finish_run(
+    def finish_run(
+        self, job_id: str, run: int, state: JobState, finished_at: datetime
+    ) -> tuple[JobState | Literal["stale"], bool]:
+        """``mark_finished``, except that a run whose cancel was requested ends ``canceled``: the
+        state it ended with, and whether it ended now (one round trip). False: it had ended
+        before (a finalize delivered again), nothing changed. "stale": the run is not the job's
+        current one, or the lost-job sweep ended it; nothing changed."""
+        ended, now = self._finish_run(
             keys=[job_key(job_id), progress_key()], args=[run, state, finished_at.isoformat(), job_id, self.ttl_s]
         )
-        return _text(ended)  # type: ignore[return-value]
+        return _text(ended), _text(now) == "new"  # type: ignore[return-value]
 
     def request_cancel(self, job_id: str, events_max_len: int) -> tuple[bool, str, int]:
         """Flag the current run of a queued or running job as canceled: (changed, state, run).
@@ -417,7 +425,11 @@ class JobRecords:
         outcome = self._begin_variation(
             keys=[job_key(job_id), events_key(job_id)], args=[run, index, events_max_len, self.ttl_s, attempt]
         )
-        return ("start", "canceled", "stale", "done")[int(outcome)]
+        return _text(outcome)  # type: ignore[return-value]
+
+    def is_stale(self, job_id: str, run: int) -> bool:
+        """Whether a rerun replaced ``run`` or the lost-job sweep ended it (it must spend nothing)."""
+        return bool(self._is_stale(keys=[job_key(job_id)], args=[run]))
 
     def stalled(self, deadline_s: float, limit: int = 500) -> list[str]:
         """Ids of unfinished jobs with no progress for ``deadline_s`` (candidates for ``end_lost``)."""

@@ -17,29 +17,27 @@ a rerun finishes what it lost.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from contract.events import JobEvent, JobEvents, announce, completed_data, record_from_event
+from contract.events import JobEvents, announce, completed_data
 from contract.jobs import JobRecords, JobStatus, utcnow
 from contract.queue import job_task_id
 from contract.result import ErrorRecord, ImageRecord, JobResult
 
 
-def lost_result(status: JobStatus, deadline_s: float, finished: Sequence[JobEvent] = ()) -> JobResult:
-    """The run's document: ``finished`` are its ``variation`` events (what it had done)."""
+def lost_result(
+    status: JobStatus, deadline_s: float, finished: Mapping[int, ImageRecord | ErrorRecord] | None = None
+) -> JobResult:
+    """The run's document: ``finished`` are its finished variations' records by index, from
+    their ``variation`` events (``JobEvents.finished_records``)."""
     now = utcnow()
     submitted = datetime.fromisoformat(status.submitted_at) if status.submitted_at else now
     started = datetime.fromisoformat(status.started_at) if status.started_at else now
-    images: dict[int, ImageRecord] = {}
-    errors: dict[int, ErrorRecord] = {}
-    for event in finished:
-        record = record_from_event(event)  # None: an entry we cannot read is lost like the rest
-        if isinstance(record, ImageRecord):
-            images[record.index] = record
-        elif isinstance(record, ErrorRecord):
-            errors[record.index] = record
+    records = finished or {}
+    images = {i: r for i, r in records.items() if isinstance(r, ImageRecord)}
+    errors = {i: r for i, r in records.items() if isinstance(r, ErrorRecord)}
     canceled = status.state == "canceled"
     message = (
         f"the job was canceled, and no worker made progress on it for {deadline_s:.0f} s (IMAGEGEN_JOB_DEADLINE_S)"
@@ -76,8 +74,7 @@ def end_if_lost(records: JobRecords, backend: Any, job_id: str, deadline_s: floa
     status = records.end_lost(job_id, deadline_s)
     if status is None:
         return None
-    log = JobEvents(records.client, records.ttl_s).read(job_id, count=1000)
-    finished = [e for e in log if e.event == "variation" and e.run == status.run]
+    finished = JobEvents(records.client, records.ttl_s).finished_records(job_id, status.run)
     result = lost_result(status, deadline_s, finished)
     if result.status in ("partial", "succeeded"):  # ended "failed" a moment ago; it has images
         records.lost_run_recovered(job_id, status.run, result.status)

@@ -102,7 +102,8 @@ def _as_text(value: Any) -> Any:
     Python's ``None`` or ``{'choices': …}`` inside a paid prompt: refused, saying what came."""
     if value is None:
         raise TemplateProblem(
-            'has a placeholder whose value is null, not text; give an optional one a default: {{ name | default("…") }}'
+            "has a placeholder whose value is null, not text; give an optional one a default: "
+            '{{ name | default("…", true) }}'
         )
     if isinstance(value, Mapping | list | tuple | set):
         raise TemplateProblem(
@@ -116,6 +117,7 @@ def _environment() -> SandboxedEnvironment:
     env = _Sandbox(undefined=_Undefined, autoescape=False, keep_trailing_newline=True, finalize=_as_text)
     env.globals.clear()
     env.filters = {name: env.filters[name] for name in SAFE_FILTERS}
+    env.filters["string"] = lambda value: str(_as_text(value))  # not a way round the check
     return env
 
 

@@ -3,8 +3,9 @@
 Providers mislabel mime types (PNG label on JPEG bytes), so the bytes decide.
 An image is checked before it is stored: its dimensions against the model's
 largest size (a small file can claim a huge canvas), and its structure
-(Pillow's ``verify``: every PNG chunk present with a good CRC, so a cut or
-damaged answer is not stored as a success). A full decode would also catch
+(Pillow's ``verify``: every PNG chunk present with a good CRC; a JPEG's or a
+GIF's end marker), so a cut or damaged answer is not stored as a success; a
+WebP gets the header check only. A full decode would also catch
 well-formed garbage, but costs ~25 ms per 1024x1024 image against ~0.7 ms.
 """
 
@@ -67,8 +68,13 @@ def inspect_image(data: bytes, max_pixels: int = 8192 * 8192) -> ImageFacts:
                     f"({max_pixels:,} pixels at most)"
                 )
             image.verify()
-        if mime == "image/jpeg" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-            raise OSError("the JPEG has no end marker")  # verify() reads only a JPEG's header
+        # verify() reads only the header of a JPEG or a GIF: their end markers say they are whole.
+        # A JPEG may carry bytes after its end (padding, a trailer); an embedded thumbnail has an
+        # end marker of its own, before the main image's last scan.
+        if mime == "image/jpeg" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+            raise OSError("the JPEG has no end marker after its last scan")
+        if mime == "image/gif" and not data.rstrip(b"\0").endswith(b";"):
+            raise OSError("the GIF has no trailer")
     except PermanentError:
         raise
     except Exception as exc:  # Pillow raises several types for corrupt data

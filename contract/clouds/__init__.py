@@ -17,6 +17,7 @@ from contract.clouds.base import (
     TargetError,
     TargetPolicy,
     canonical_prefix,
+    without_default_port,
 )
 from contract.clouds.gcp import GCSSpec
 
@@ -102,7 +103,7 @@ def parse_allowed_targets(text: str) -> tuple[AllowedTarget, ...]:
         if spec.name == "azure":
             if not segments:
                 raise ValueError(f"IMAGEGEN_ALLOWED_TARGETS entry {entry!r}: use az://account-host/container[/prefix]")
-            account, bucket, segments = parts.netloc.lower(), segments[0], segments[1:]
+            account, bucket, segments = without_default_port(parts.netloc.lower(), ""), segments[0], segments[1:]
         else:
             bucket = parts.netloc
         try:

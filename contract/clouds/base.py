@@ -61,7 +61,15 @@ class Target:
         if not self.account_url:
             return ""
         parts = urlsplit(self.account_url)
-        return parts.netloc.lower() + parts.path.rstrip("/")
+        return without_default_port(parts.netloc.lower(), parts.scheme) + parts.path.rstrip("/")
+
+
+def without_default_port(netloc: str, scheme: str = "https") -> str:
+    """``host:443`` is ``host`` (``:80`` for http, and for an az:// entry, which names no scheme)."""
+    for default in {"https": (":443",), "http": (":80",)}.get(scheme, (":443", ":80")):
+        if netloc.endswith(default):
+            return netloc[: -len(default)]
+    return netloc
 
 
 @dataclass(frozen=True)

@@ -59,11 +59,14 @@ def test_context_values_are_data_never_templates() -> None:
 )
 def test_a_null_or_a_structure_is_not_printed_into_the_prompt(value: Any, message: str) -> None:
     """Printed, they would become "A poster of None" or a Python dict in a paid prompt."""
-    with pytest.raises(TemplateProblem, match=message.replace("(", r"\(").replace(")", r"\)")):
-        render_prompt("A poster of {{ llm_1.text }}", {"llm_1": {"text": value}}, 1000)
+    for template in ("A poster of {{ llm_1.text }}", "A poster of {{ llm_1.text | string }}"):
+        with pytest.raises(TemplateProblem, match=message.replace("(", r"\(").replace(")", r"\)")):
+            render_prompt(template, {"llm_1": {"text": value}}, 1000)
     # Tested, defaulted or picked, they are fine.
     template = "{% if llm_1.text %}{{ llm_1.text }}{% else %}a lighthouse{% endif %}, {{ n | default('x') }}"
     assert render_prompt(template, {"llm_1": {"text": None}, "n": 3}, 1000) == "a lighthouse, 3"
+    # The advice the error gives works for a null.
+    assert render_prompt('{{ t | default("a fox", true) }}', {"t": None}, 1000) == "a fox"
 
 
 def test_plain_text_is_left_as_written() -> None:

@@ -129,7 +129,7 @@ def test_the_lost_job_sweep_leaves_a_canceled_job_alone(client: ImageGenClient) 
     records = client.records
     records.claim("cancel-swept", node_fingerprint="x", model="offline_preview", variations=1, submitted_at=utcnow())
     assert client.cancel("cancel-swept").changed
-    assert records.finish_run("cancel-swept", 1, "succeeded", utcnow()) == "canceled"
+    assert records.finish_run("cancel-swept", 1, "succeeded", utcnow())[0] == "canceled"
     assert records.end_lost("cancel-swept", deadline_s=0) is None  # finished: not lost
     assert "cancel-swept" not in records.stalled(deadline_s=0)
     status = client.status("cancel-swept")

@@ -306,6 +306,8 @@ def test_a_backslash_blob_endpoint_inside_a_secret_is_refused(monkeypatch: pytes
         # A path-style account (an IP, an emulator): another account on the same host is not covered.
         ("az://127.0.0.1:10000/images", "https://127.0.0.1:10000/finance", False),
         ("az://ACCT.blob.core.windows.net/images", "https://acct.blob.core.windows.net/", True),
+        ("az://acct.blob.core.windows.net/images", "https://acct.blob.core.windows.net:443", True),
+        ("az://acct.blob.core.windows.net:443/images", "https://acct.blob.core.windows.net", True),
     ],
 )
 def test_an_allowed_azure_target_is_its_host_port_and_account(listed: str, account_url: str, covered: bool) -> None:

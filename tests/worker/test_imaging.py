@@ -61,11 +61,16 @@ def test_a_png_with_damaged_pixel_data_is_refused() -> None:
         inspect_image(bytes(data))
 
 
-def test_a_jpeg_cut_short_is_refused() -> None:
+def test_a_jpeg_or_gif_cut_short_is_refused_and_trailing_bytes_are_not() -> None:
     data = encode("JPEG", (256, 256))
-    assert inspect_image(data).mime_type == "image/jpeg"
+    for whole in (data, data + b"\n", data + b"\xff" * 16, data + b"<x:xmpmeta/>"):
+        assert inspect_image(whole).mime_type == "image/jpeg"
     with pytest.raises(PermanentError, match="no end marker"):
         inspect_image(data[: len(data) // 2])
+    gif = encode("GIF", (256, 256))
+    assert inspect_image(gif).mime_type == "image/gif"
+    with pytest.raises(PermanentError, match="no trailer"):
+        inspect_image(gif[: len(gif) // 2])
 
 
 def test_a_small_file_claiming_a_huge_canvas_is_refused() -> None:

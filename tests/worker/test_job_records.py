@@ -86,7 +86,8 @@ def test_a_run_the_lost_job_sweep_ended_spends_and_writes_nothing(records: JobRe
     assert not records.client.exists(dispatch_key(job_id, 1))
     assert records.begin_variation(job_id, 1, 0, 1, 100) == "stale"
     assert not records.count_done(job_id, 1, 0)
-    assert records.finish_run(job_id, 1, "succeeded", utcnow()) == "stale"
+    assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("stale", False)
+    assert records.is_stale(job_id, 1)  # the prompt step's check
     status = records.read(job_id)
     assert status is not None and (status.state, status.done, status.lost) == ("failed", 0, True)
 
@@ -103,15 +104,16 @@ def test_a_run_a_rerun_replaced_spends_and_writes_nothing(records: JobRecords) -
     assert records.begin_dispatch(job_id, 1, utcnow()) == "stale"
     assert records.begin_variation(job_id, 1, 0, 1, 100) == "stale"
     assert not records.count_done(job_id, 1, 0)
-    assert records.finish_run(job_id, 1, "succeeded", utcnow()) == "stale"
+    assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("stale", False)
     status = records.read(job_id)
     assert status is not None and (status.run, status.state, status.done, status.result_run) == (2, "running", 0, 1)
     assert records.begin_variation(job_id, 2, 0, 1, 100) == "start"
+    assert records.is_stale(job_id, 1) and not records.is_stale(job_id, 2)
 
 
 def test_a_redelivered_finalize_gets_the_state_its_run_ended_with(records: JobRecords) -> None:
     job_id = claimed(records)
     records.begin_dispatch(job_id, 1, utcnow())
     assert records.request_cancel(job_id, 100)[0]
-    assert records.finish_run(job_id, 1, "succeeded", utcnow()) == "canceled"
-    assert records.finish_run(job_id, 1, "succeeded", utcnow()) == "canceled"  # unchanged
+    assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("canceled", True)
+    assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("canceled", False)  # unchanged

@@ -117,10 +117,13 @@ class GeminiProvider:
         except Exception as exc:
             outcome = self._transport_error(exc)
             if outcome is None:
-                # Only the SDK ran: it could not read the answer (a proxy's HTML page, a cut body,
-                # a field of the wrong type). Worth another try, within the retry budget.
+                # Only the SDK ran, and could not read the answer. Not JSON (a proxy's HTML page, a
+                # body cut short) is worth another try; JSON the SDK cannot take (a field of the
+                # wrong type) would come back the same, and each try may be billed.
                 log.warning("Gemini's answer could not be read", exc_info=True)
-                outcome = TransientError(self._scrub(f"Gemini's answer could not be read: {_first_line(exc)}"))
+                what = self._scrub(f"Gemini's answer could not be read: {_first_line(exc)}")
+                unreadable = isinstance(exc, json.JSONDecodeError | UnicodeDecodeError)
+                outcome = TransientError(what) if unreadable else PermanentError(what)
             raise outcome from None
 
     def _api_error(self, exc: errors.APIError, model_id: str) -> GenerationError:
@@ -166,6 +169,12 @@ def _client_options(settings: Settings) -> dict[str, Any]:
         if not (settings.google_cloud_project and settings.google_cloud_location):
             raise PermanentError(
                 "GOOGLE_GENAI_USE_VERTEXAI is set: GOOGLE_CLOUD_PROJECT and GOOGLE_CLOUD_LOCATION are required"
+            )
+        if os.environ.get("GOOGLE_API_USE_CLIENT_CERTIFICATE", "").strip().lower() == "true":
+            # The SDK loads a client certificate only into an HTTP client it builds itself; this
+            # one is built here (the call budget), so the certificate would be dropped silently.
+            raise PermanentError(
+                "GOOGLE_API_USE_CLIENT_CERTIFICATE (Vertex mutual TLS) is not supported by this worker"
             )
         # "v1beta" is the Developer API default; Vertex has its own versions,
         # so only an explicitly different setting is passed on.

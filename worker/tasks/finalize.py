@@ -39,9 +39,14 @@ def finalize(self: Task, outcomes: list[dict[str, Any]], summary: JobSummary) ->
     finished_at = utcnow()
     # The run's state, unless a cancel was requested before it finished (then "canceled",
     # decided in the same step that marks the job finished: contract/jobs.py _FINISH_RUN).
-    status = job_records().finish_run(summary.job_id, summary.run, _status(len(images), len(errors)), finished_at)
+    status, now = job_records().finish_run(summary.job_id, summary.run, _status(len(images), len(errors)), finished_at)
     if status == "stale":  # the lost-job sweep ended the run, or a rerun replaced it: its document stands
         log.info("job %s run %d ended or was replaced; this late result is dropped", summary.job_id, summary.run)
+        return None
+    if not now and self.backend.get_task_meta(self.request.id).get("status") == states.SUCCESS:
+        # A second finalize of the run (redelivered, or a second chord's after a dispatch died
+        # halfway): its document is stored and announced already, and may hold fuller records.
+        log.info("job %s run %d finished already; this finalize stores nothing", summary.job_id, summary.run)
         return None
     result = JobResult(
         job_id=summary.job_id,
@@ -69,17 +74,18 @@ def finalize(self: Task, outcomes: list[dict[str, Any]], summary: JobSummary) ->
     publish(summary.job_id, summary.run, "completed", completed_data(document))
 
 
-def fail_invalid_job(backend: Any, result_id: str, order: JobOrder, message: str) -> None:
-    """End a job the worker could not even start: store a ``failed`` document under
+def fail_unstarted_job(backend: Any, result_id: str, order: JobOrder, message: str) -> None:
+    """End a job the worker could not start (an invalid node, an unusable upstream value, a failed
+    upstream task): store a ``failed`` document under
     ``result_id``, then mark the job failed and announce it (in that order, as finalize does)."""
-    document = _invalid_job_result(order, message)
+    document = _unstarted_job_result(order, message)
     backend.store_result(result_id, document, states.SUCCESS)
     if _is_valid_id(order.job_id):
         job_records().mark_finished(order.job_id, order.run, "failed", utcnow())
         publish(order.job_id, order.run, "completed", completed_data(document))
 
 
-def _invalid_job_result(order: JobOrder, message: str) -> dict[str, Any]:
+def _unstarted_job_result(order: JobOrder, message: str) -> dict[str, Any]:
     """A ``failed`` document for a job the worker could not even start."""
     now = utcnow()
     raw_inputs = order.node.get("inputs")

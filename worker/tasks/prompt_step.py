@@ -1,4 +1,5 @@
-"""LLM -> image: the job's prompt step, and the chain link that takes an upstream LLM's output.
+"""LLM -> image: the job's prompt step (the chain link after an upstream LLM task is
+worker/tasks/upstream.py).
 
 ``prompt_step`` runs before the fan-out when a node asks for it
 (``prompt_enhancement``: ``enhance`` or ``diversify``): one text-model call
@@ -12,13 +13,6 @@ The step retries like a variation (backoff, the server's delay, the shared quota
 every final failure goes to ``finalize`` as one error record per variation, so
 the job ends with a document (``blocked`` with the provider's reason, ``permanent``,
 ``transient_exhausted``, ``timeout``) and no image call is made.
-
-``run_job_from_upstream`` is a Celery chain's link: ``chain(llm_task.s(...),
-client.signature(node))`` calls it with the upstream task's return value first.
-The value is bounded and picked (contract/prompt_text.py) and the job continues
-as a normal ``run_job`` under the run's task id; a value that cannot be a prompt
-ends the job ``failed`` with a ``permanent`` error saying what arrived (type and
-size, never the text), before any provider call.
 """
 
 from __future__ import annotations
@@ -152,6 +146,9 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
     guard = prompt_step_key(summary.job_id, summary.run)
     if job_records().client.get(guard) == b"done":  # before the text call: it would be paid again
         log.info("job %s run %d: prompt step dispatched already; ignoring the redelivery", summary.job_id, summary.run)
+        return None
+    if job_records().is_stale(summary.job_id, summary.run):
+        log.info("job %s run %d ended (lost) or was replaced; prompt step not started", summary.job_id, summary.run)
         return None
     if job_records().cancel_requested(summary.job_id, summary.run):
         tried = self.request.retries - state.throttled

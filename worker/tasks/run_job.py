@@ -27,7 +27,7 @@ from worker.celery_app import app
 from worker.lifecycle import publish
 from worker.state import job_records
 from worker.tasks.dispatch import dispatch_variations
-from worker.tasks.finalize import fail_invalid_job
+from worker.tasks.finalize import fail_unstarted_job
 from worker.tasks.prompt_step import start_prompt_step
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def run_job(self: Task, order: JobOrder) -> None:
             check_tenant_refs(job_id, {"inputs.credentials": target.credentials}, settings)
     except (NodeValidationError, TargetError) as exc:
         log.warning("job %r rejected by the worker: %s", order.job_id[:200], exc)
-        fail_invalid_job(self.backend, self.request.id, order, str(exc))
+        fail_unstarted_job(self.backend, self.request.id, order, str(exc))
         return None
 
     # acks_late redelivers this task if the worker dies: after a whole dispatch the

@@ -1,6 +1,11 @@
 """A Celery chain's link after the engine's own task (an LLM node): that task's return value
 becomes the node's ``user_query``, then the job runs; and the errback that ends the job when
-the upstream task fails, so that it does not wait ``queued`` until the lost-job deadline."""
+the upstream task fails, so that it does not wait ``queued`` until the lost-job deadline.
+
+The value is bounded and picked (contract/prompt_text.py) and the job continues as a normal
+``run_job`` under the run's task id; a value that cannot be a prompt ends the job ``failed``
+with a ``permanent`` error saying what arrived (type and size, never the text), before any
+provider call."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from contract.settings import get_settings
 from contract.work import JobOrder
 from worker.celery_app import app
 from worker.state import job_records
-from worker.tasks.finalize import fail_invalid_job
+from worker.tasks.finalize import fail_unstarted_job
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +38,7 @@ def run_job_from_upstream(self: Task, upstream: Any, order: dict[str, Any], prom
     except UpstreamValueError as exc:
         # The message says what arrived (type and size), never the upstream text.
         log.warning("job %s: %s refused as a prompt: %s", job.job_id[:200], bounded_args_repr(upstream), exc)
-        fail_invalid_job(self.backend, result_id, job, f"inputs.user_query (from the upstream task): {exc}")
+        fail_unstarted_job(self.backend, result_id, job, f"inputs.user_query (from the upstream task): {exc}")
         return None
     inputs = {**job.node.get("inputs", {}), "user_query": prompt}
     forwarded = job.model_copy(update={"node": {**job.node, "inputs": inputs}})
@@ -65,5 +70,5 @@ def upstream_failed(self: Task, upstream: Any, *_: Any, order: dict[str, Any]) -
         "its error is in the workflow engine's result for that task"
     )
     log.warning("job %s run %d: %s", job.job_id, job.run, message)
-    fail_invalid_job(self.backend, job_task_id(job.job_id, job.run), job, message)
+    fail_unstarted_job(self.backend, job_task_id(job.job_id, job.run), job, message)
     return None

@@ -29,7 +29,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from contract.catalog import ModelEntry, load_catalog
 from contract.errors import NodeValidationError
-from contract.events import JobEvents, record_from_event
+from contract.events import JobEvents
 from contract.queue import GENERATE_VARIATION
 from contract.result import ErrorKind, ErrorRecord, ImageRecord, SizeMismatch
 from contract.settings import get_settings
@@ -139,11 +139,9 @@ def _outcome(record: ImageRecord | ErrorRecord) -> dict[str, Any]:
 
 def _record_of_finished(work: VariationWork, tried: int, first: float) -> ImageRecord | ErrorRecord:
     """A finished variation's record, from its ``variation`` event on the job's log."""
-    for event in JobEvents(job_records().client, job_records().ttl_s).read(work.job_id, count=1000):
-        if event.event == "variation" and event.run == work.run and event.data.get("index") == work.index:
-            record = record_from_event(event)
-            if record is not None:
-                return record
+    record = JobEvents(job_records().client, job_records().ttl_s).finished_records(work.job_id, work.run)
+    if work.index in record:
+        return record[work.index]
     message = "finished by an earlier delivery, whose record is no longer in the job's event log"
     return _error(work.index, "lost", message, tried, first)
 

@@ -159,6 +159,20 @@ def test_an_answer_over_the_byte_cap_is_refused_naming_the_setting(serve: Callab
     [
         ("a proxy's HTML page", reply("200 OK", b"<html><body>Gateway says hi</body></html>", "text/html")),
         ("JSON cut short", reply("200 OK", b'{"candidates": [{"content": {"parts": [')),
+    ],
+)
+def test_an_answer_that_is_not_json_is_transient_and_says_so(
+    serve: Callable[[Answer], RawServer], what: str, answer: Answer
+) -> None:
+    with pytest.raises(TransientError) as caught:
+        provider_for(serve(answer)).generate(request())
+    assert "Gemini's answer could not be read" in str(caught.value), what
+    assert "Traceback" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("what", "answer"),
+    [
         (
             "not base64",
             reply(
@@ -171,10 +185,10 @@ def test_an_answer_over_the_byte_cap_is_refused_naming_the_setting(serve: Callab
         ("a number where a name goes", reply("200 OK", b'{"candidates": [{"finishReason": 7}]}')),
     ],
 )
-def test_a_malformed_answer_is_transient_and_says_so(
+def test_json_the_sdk_cannot_take_is_permanent_since_a_retry_would_be_billed_again(
     serve: Callable[[Answer], RawServer], what: str, answer: Answer
 ) -> None:
-    with pytest.raises(TransientError) as caught:
+    with pytest.raises(PermanentError) as caught:
         provider_for(serve(answer)).generate(request())
     assert "Gemini's answer could not be read" in str(caught.value), what
     assert "Traceback" not in str(caught.value)
