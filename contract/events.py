@@ -219,8 +219,6 @@ class JobEvents:
         entries: Any = self.client.xrevrange(events_key(job_id))  # bounded by the stream's MAXLEN
         for entry_id, fields in entries:
             event = decode(entry_id, fields, job_id)
-            if event.event == "started" and event.run == run:
-                break  # the run's events all come after its start
             if event.event == "variation" and event.run == run:
                 record = record_from_event(event)
                 if record is not None and record.index not in found:

@@ -14,10 +14,10 @@ import redis
 from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC, decompress_payload
 
 from contract.events import NOT_KEPT, announce_variation, event_record
-from contract.queue import GENERATE_VARIATION, RUN_JOB, dispatch_key
+from contract.queue import FINALIZE, GENERATE_VARIATION, RUN_JOB, dispatch_key
 from contract.result import GenerationMetadata, ImageRecord
 from contract.settings import Settings
-from contract.work import JobOrder, VariationWork
+from contract.work import JobOrder, JobSummary, VariationWork
 from devtools.redis_server import start_redis
 from producer.client import ImageGenClient
 from tests.conftest import StartWorker
@@ -322,3 +322,31 @@ def test_a_copy_of_a_finished_variation_still_completes_the_chord(
     assert result.status == "succeeded" and [i.index for i in result.images] == [0, 1]
     assert result.images[0].uri == record.uri and result.images[0].metadata.text == NOT_KEPT
     assert "variation 0 finished already; skipping a copy" in worker.log()
+
+
+def test_a_second_finalize_of_a_finished_run_stores_and_announces_nothing(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    """A finalize delivered again (or a second chord's, after a dispatch that died halfway)
+    would otherwise announce "completed" twice and send its webhook twice."""
+    worker = start_worker()
+    result = client.submit(offline_node, job_id="finalize-twice").wait(timeout=60)
+    assert result.status == "succeeded"
+    summary = JobSummary(
+        job_id="finalize-twice",
+        run=1,
+        name=result.name,
+        model=result.model,
+        size=result.size,
+        variations=result.variations,
+        submitted_at=result.submitted_at,
+        started_at=result.started_at,
+    )
+    client.celery.send_task(FINALIZE, args=([], summary.model_dump(mode="json")), task_id="finalize-twice@1")
+    deadline = time.monotonic() + 20
+    while "finished already; this finalize stores nothing" not in worker.log():
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.2)
+    assert client.result("finalize-twice") == result
+    completed = [e for e in client.job_events.read("finalize-twice") if e.event == "completed"]
+    assert len(completed) == 1

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from contract.events import JobEvents, events_key
 from contract.jobs import JobRecords, utcnow
 from contract.queue import dispatch_key, job_key, progress_key
 
@@ -117,3 +118,19 @@ def test_a_redelivered_finalize_gets_the_state_its_run_ended_with(records: JobRe
     assert records.request_cancel(job_id, 100)[0]
     assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("canceled", True)
     assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("canceled", False)  # unchanged
+
+
+def test_a_runs_finished_records_are_found_at_the_end_of_a_long_log(records: JobRecords) -> None:
+    """The log is trimmed to about its MAXLEN: the current run's newest events are at its end,
+    past the first MAXLEN entries a forward read would see."""
+    job_id = claimed(records)
+    events = JobEvents(records.client, 600, max_len=100)
+    events.append(job_id, "started", {"run": 1}, 1)
+    for attempt in range(150):
+        events.append(job_id, "variation_retrying", {"index": 1, "attempt": attempt}, 1)
+    error = {"index": 1, "kind": "permanent", "message": "no", "attempts": 150, "duration_ms": 5}
+    events.append(job_id, "variation", {"index": 1, "kind": "error", "record": error}, 1)
+    assert records.client.xlen(events_key(job_id)) < 200  # trimmed
+    found = events.finished_records(job_id, 1)
+    assert list(found) == [1] and found[1].message == "no"
+    assert events.finished_records(job_id, 2) == {}
