@@ -145,9 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read(path: str) -> bytes | str:
+def _read(path: str, *, refuse_large: bool = True) -> bytes | str:
     """The node document's bytes, reading at most IMAGEGEN_MAX_NODE_BYTES + 1 of them:
-    a larger file (or stream) is refused without being loaded; validate_node checks the rest."""
+    a larger file (or stream) is refused without being loaded (or, ``refuse_large`` False, left
+    to validate_node, which refuses it among the other problems); validate_node checks the rest."""
     limit = get_settings().max_node_bytes
     try:
         if path == "-":
@@ -157,7 +158,7 @@ def _read(path: str) -> bytes | str:
                 data = handle.read(limit + 1)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    if len(data) > limit:
+    if len(data) > limit and refuse_large:
         raise too_large(limit)
     return data
 
@@ -171,7 +172,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     if args.rerun and args.job_id is None:
         raise UsageError("--rerun needs --job-id")
-    text = _read(args.file)
+    text = _read(args.file, refuse_large=False)
     context = None if args.context is None else _read(args.context)  # the same bounds as a node
     validate_submission(text, args.job_id, context=context)  # every problem at once, before connecting
     client = ImageGenClient()

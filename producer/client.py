@@ -506,19 +506,23 @@ def validate_submission(
     context: Mapping[str, Any] | str | bytes | None = None,
 ) -> tuple[ImageGenerationNode, str | None]:
     """The node and the job id checked together: one NodeValidationError lists every problem."""
-    problems: list[Problem] = []
+    node_problems: list[Problem] = []
+    id_problems: list[Problem] = []
     parsed: ImageGenerationNode | None = None
     try:
         parsed = validate_node(node, settings, context=context)
     except NodeValidationError as exc:
-        problems.extend(exc.problems)
+        node_problems = exc.problems
     if job_id is not None:
         try:
             job_id = check_job_id(job_id)
         except NodeValidationError as exc:
-            problems.extend(exc.problems)
-    if problems or parsed is None:
-        raise NodeValidationError(problems)
+            id_problems = exc.problems
+    if id_problems:
+        subject = "job id and image_generation node" if node_problems else "job id"
+        raise NodeValidationError(id_problems + node_problems, subject=subject)
+    if node_problems or parsed is None:
+        raise NodeValidationError(node_problems)
     return parsed, job_id
 
 
