@@ -22,7 +22,7 @@ import redis
 
 from contract.errors import ImageGenError
 from contract.events import events_key
-from contract.queue import dispatch_key, job_key, job_task_id, progress_key
+from contract.queue import dispatch_key, job_key, job_task_id, progress_key, prompt_step_key
 
 JobState = Literal["queued", "running", "succeeded", "partial", "failed", "canceled"]
 FINISHED: tuple[JobState, ...] = ("succeeded", "partial", "failed", "canceled")
@@ -129,8 +129,19 @@ local function stale(job, run)
 end
 """
 
-# KEYS[1]: the job hash. ARGV[1]: the run. Returns 1 when the run is stale (``_STALE``), else 0.
-_IS_STALE = _STALE + "return stale(KEYS[1], ARGV[1]) and 1 or 0"
+# KEYS[1]: the job hash; KEYS[2]: the run's prompt-step guard. ARGV[1]: the run.
+# Returns "done" (the step published the run's chord already: a redelivery), "stale"
+# (``_STALE``), "canceled", else "start": the checks before the step's paid text call, in one
+# round trip (as ``_BEGIN_VARIATION`` for a variation).
+_BEGIN_PROMPT_STEP = (
+    _STALE
+    + """
+if redis.call('GET', KEYS[2]) == 'done' then return 'done' end
+if stale(KEYS[1], ARGV[1]) then return 'stale' end
+if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then return 'canceled' end
+return 'start'
+"""
+)
 
 # KEYS[1]: the dispatch guard of one run; KEYS[2]: the job hash; KEYS[3]: the progress index.
 # ARGV[1]: TTL (s); ARGV[2]: started_at; ARGV[3]: now (epoch s); ARGV[4]: the job id; ARGV[5]: the run.
@@ -305,7 +316,7 @@ class JobRecords:
         self._cancel = client.register_script(_CANCEL)
         self._finish_run = client.register_script(_FINISH_RUN)
         self._begin_variation = client.register_script(_BEGIN_VARIATION)
-        self._is_stale = client.register_script(_IS_STALE)
+        self._begin_prompt_step = client.register_script(_BEGIN_PROMPT_STEP)
 
     def claim(
         self,
@@ -411,10 +422,6 @@ class JobRecords:
         )
         return bool(changed), _text(state), int(run)
 
-    def cancel_requested(self, job_id: str, run: int) -> bool:
-        """Whether run ``run`` was asked to stop (a variation checks before any provider call)."""
-        return _text(self.client.hget(job_key(job_id), "cancel_run") or b"") == str(run)
-
     def begin_variation(
         self, job_id: str, run: int, index: int, attempt: int, events_max_len: int
     ) -> Literal["start", "canceled", "stale", "done"]:
@@ -427,9 +434,12 @@ class JobRecords:
         )
         return _text(outcome)  # type: ignore[return-value]
 
-    def is_stale(self, job_id: str, run: int) -> bool:
-        """Whether a rerun replaced ``run`` or the lost-job sweep ended it (it must spend nothing)."""
-        return bool(self._is_stale(keys=[job_key(job_id)], args=[run]))
+    def begin_prompt_step(self, job_id: str, run: int) -> Literal["start", "canceled", "stale", "done"]:
+        """Before the prompt step's text call, in one round trip: "start", "done" (the step
+        published the run's chord already), "stale" (a rerun replaced the run, or the lost-job
+        sweep ended it) or "canceled". Only "start" may spend."""
+        outcome = self._begin_prompt_step(keys=[job_key(job_id), prompt_step_key(job_id, run)], args=[run])
+        return _text(outcome)  # type: ignore[return-value]
 
     def stalled(self, deadline_s: float, limit: int = 500) -> list[str]:
         """Ids of unfinished jobs with no progress for ``deadline_s`` (candidates for ``end_lost``)."""

@@ -42,6 +42,11 @@ def dispatch_key(job_id: str, run: int) -> str:
     return f"{KEY_PREFIX}:dispatch:{job_id}@{run}"
 
 
+def prompt_step_key(job_id: str, run: int) -> str:
+    """The prompt step's dispatch guard: "pending" while it publishes the run's chord (or its failure), then "done"."""
+    return f"{KEY_PREFIX}:promptstep:{job_id}@{run}"
+
+
 def progress_key() -> str:
     """Sorted set: unfinished job id -> time of its last progress (the lost-job sweep reads it)."""
     return f"{KEY_PREFIX}:progress"

@@ -14,13 +14,13 @@ import pytest
 from celery import Celery, chain
 
 from contract.errors import NodeValidationError
+from contract.queue import prompt_step_key
 from devtools.fake_gemini import Behaviour, FakeGemini, RecordedRequest, request_text
 from devtools.worker_process import WorkerProcess
 from producer.client import ImageGenClient, JobNotFound
 from tests.cli import imagegen
 from tests.conftest import StartWorker
 from tests.e2e.helpers import assert_matches_published_schema
-from worker.tasks.prompt_step import prompt_step_key
 
 WAIT_S = 60
 TEXT_MODEL_ID = "gemini-2.5-flash"

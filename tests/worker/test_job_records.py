@@ -11,7 +11,7 @@ import redis
 
 from contract.events import JobEvents, events_key
 from contract.jobs import JobRecords, utcnow
-from contract.queue import dispatch_key, job_key, progress_key
+from contract.queue import dispatch_key, job_key, progress_key, prompt_step_key
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_a_run_the_lost_job_sweep_ended_spends_and_writes_nothing(records: JobRe
     assert records.begin_variation(job_id, 1, 0, 1, 100) == "stale"
     assert not records.count_done(job_id, 1, 0)
     assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("stale", False)
-    assert records.is_stale(job_id, 1)  # the prompt step's check
+    assert records.begin_prompt_step(job_id, 1) == "stale"
     status = records.read(job_id)
     assert status is not None and (status.state, status.done, status.lost) == ("failed", 0, True)
 
@@ -109,7 +109,8 @@ def test_a_run_a_rerun_replaced_spends_and_writes_nothing(records: JobRecords) -
     status = records.read(job_id)
     assert status is not None and (status.run, status.state, status.done, status.result_run) == (2, "running", 0, 1)
     assert records.begin_variation(job_id, 2, 0, 1, 100) == "start"
-    assert records.is_stale(job_id, 1) and not records.is_stale(job_id, 2)
+    assert records.begin_prompt_step(job_id, 1) == "stale"
+    assert records.begin_prompt_step(job_id, 2) == "start"
 
 
 def test_a_redelivered_finalize_gets_the_state_its_run_ended_with(records: JobRecords) -> None:
@@ -134,3 +135,12 @@ def test_a_runs_finished_records_are_found_at_the_end_of_a_long_log(records: Job
     found = events.finished_records(job_id, 1)
     assert list(found) == [1] and found[1].message == "no"
     assert events.finished_records(job_id, 2) == {}
+
+
+def test_the_prompt_steps_checks_are_one_step(records: JobRecords) -> None:
+    job_id = claimed(records)
+    assert records.begin_prompt_step(job_id, 1) == "start"
+    assert records.request_cancel(job_id, 100)[0]
+    assert records.begin_prompt_step(job_id, 1) == "canceled"
+    records.client.set(prompt_step_key(job_id, 1), "done")
+    assert records.begin_prompt_step(job_id, 1) == "done"  # published already: a redelivery stops

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from contract.catalog import TextModelEntry, load_catalog
 from contract.node import NodeInputs
 from contract.prompt_text import clean_llm_text, describe
-from contract.queue import FINALIZE, KEY_PREFIX, PROMPT_STEP
+from contract.queue import FINALIZE, PROMPT_STEP, prompt_step_key
 from contract.result import ErrorKind, ErrorRecord, PromptStepRecord
 from contract.settings import Settings, get_settings
 from contract.work import JobSummary, RetryState, VariationWork
@@ -70,11 +70,6 @@ class PromptStepWork(BaseModel):
     variations: list[VariationWork]  # as run_job made them, each with the node's prompt
     summary: JobSummary
     retry: RetryState = RetryState()
-
-
-def prompt_step_key(job_id: str, run: int) -> str:
-    """The step's dispatch guard: "pending" while it publishes the run's chord (or its failure), then "done"."""
-    return f"{KEY_PREFIX}:promptstep:{job_id}@{run}"
 
 
 def instructions_for(mode: Mode, count: int, style_guide: str | None) -> str:
@@ -144,13 +139,14 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
     summary = work.summary
     state = work.retry
     guard = prompt_step_key(summary.job_id, summary.run)
-    if job_records().client.get(guard) == b"done":  # before the text call: it would be paid again
+    begun = job_records().begin_prompt_step(summary.job_id, summary.run)  # before the text call is paid
+    if begun == "done":
         log.info("job %s run %d: prompt step dispatched already; ignoring the redelivery", summary.job_id, summary.run)
         return None
-    if job_records().is_stale(summary.job_id, summary.run):
+    if begun == "stale":
         log.info("job %s run %d ended (lost) or was replaced; prompt step not started", summary.job_id, summary.run)
         return None
-    if job_records().cancel_requested(summary.job_id, summary.run):
+    if begun == "canceled":
         tried = self.request.retries - state.throttled
         message = "the job was canceled before its prompt step" + (f" (after {tried} attempt(s))" if tried else "")
         _finish_without_images(work, summary, "canceled", message, None, tried, state.first_attempt_at or time.time())
