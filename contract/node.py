@@ -28,7 +28,7 @@ from contract.documents import load_document
 from contract.errors import MISSING, excerpt, field_part
 from contract.errors import NodeValidationError as NodeValidationError  # re-exported: contract.node's API
 from contract.errors import Problem as Problem
-from contract.prompt_text import CONTROL, CONTROL_BUT_TAB_NEWLINE
+from contract.prompt_text import control_character
 from contract.secret_refs import HOW_TO, check_allowed, parse_secret_ref
 from contract.settings import Settings, get_settings
 from contract.templates import TemplateProblem, render_prompt
@@ -96,12 +96,9 @@ def _bounded_text(value: str, limit: int, *, multiline: bool) -> str:
     """At most ``limit`` characters; no control characters (tab and newline only when ``multiline``)."""
     if len(value) > limit:
         raise _fail(f"is {len(value)} characters; at most {limit} are allowed")
-    control = (CONTROL_BUT_TAB_NEWLINE if multiline else CONTROL).search(value)
+    control = control_character(value, multiline=multiline)
     if control is not None:
-        allowed = "; only tab and newline are allowed" if multiline else ""
-        raise _fail(
-            f"contains the control character U+{ord(control.group()):04X} at position {control.start()}{allowed}"
-        )
+        raise _fail(control)
     return value
 
 

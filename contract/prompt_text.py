@@ -60,9 +60,19 @@ def describe(value: object) -> str:
     return f"a value of type {type(value).__name__}"
 
 
-# Unicode category Cc; a prompt may hold tab and newline (contract/node.py applies the same rule).
-CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-CONTROL_BUT_TAB_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+_CONTROL_BUT_TAB_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def control_character(text: str, *, multiline: bool) -> str | None:
+    """What is wrong with ``text`` if it holds a control character (tab and newline are allowed
+    when ``multiline``): the first one's code point and position, never the text; else None.
+    The node's fields and an upstream task's prompt follow this one rule."""
+    found = (_CONTROL_BUT_TAB_NEWLINE if multiline else _CONTROL).search(text)
+    if found is None:
+        return None
+    allowed = "; only tab and newline are allowed" if multiline else ""
+    return f"contains the control character U+{ord(found.group()):04X} at position {found.start()}{allowed}"
 
 
 def clean_llm_text(text: str) -> str:
@@ -103,12 +113,9 @@ def prompt_from_upstream(value: object, prompt_from: str | None, *, max_chars: i
         raise UpstreamValueError(f"the upstream prompt is empty ({describe(value)}, blank after trimming)")
     if len(prompt) > max_chars:
         raise UpstreamValueError(f"the upstream prompt is {describe(prompt)}; at most {max_chars} are allowed")
-    control = CONTROL_BUT_TAB_NEWLINE.search(prompt)
-    if control is not None:  # said by code point and position: the text itself is never repeated
-        raise UpstreamValueError(
-            f"the upstream prompt ({describe(prompt)}) contains the control character U+{ord(control.group()):04X} "
-            f"at position {control.start()}; only tab and newline are allowed"
-        )
+    control = control_character(prompt, multiline=True)
+    if control is not None:
+        raise UpstreamValueError(f"the upstream prompt ({describe(prompt)}) {control}")
     return prompt
 
 
