@@ -142,12 +142,11 @@ class GeminiProvider:
     def _transport_error(self, exc: BaseException) -> GenerationError | None:
         """Network failures surface as the SDK's HTTP library exceptions."""
         names = {cls.__name__ for cls in type(exc).__mro__}
-        what = self._scrub(f"cannot reach Gemini: {type(exc).__name__}: {exc}")
         if names & _TIMEOUT_CLASSES or isinstance(exc, TimeoutError):
             limit = f"no answer within IMAGEGEN_GEMINI_TIMEOUT_S={self._timeout_s:g} s for the whole call"
             return TransientError(self._scrub(f"{limit}: {type(exc).__name__}: {exc}"), timed_out=True)
         if names & _NETWORK_CLASSES or isinstance(exc, ConnectionError):
-            return TransientError(what)
+            return TransientError(self._scrub(f"cannot reach Gemini: {type(exc).__name__}: {exc}"))
         return None
 
     def _scrub(self, text: str) -> str:

@@ -139,9 +139,9 @@ def _outcome(record: ImageRecord | ErrorRecord) -> dict[str, Any]:
 
 def _record_of_finished(work: VariationWork, tried: int, first: float) -> ImageRecord | ErrorRecord:
     """A finished variation's record, from its ``variation`` event on the job's log."""
-    record = JobEvents(job_records().client, job_records().ttl_s).finished_records(work.job_id, work.run)
-    if work.index in record:
-        return record[work.index]
+    finished = JobEvents(job_records().client, job_records().ttl_s).finished_records(work.job_id, work.run)
+    if work.index in finished:
+        return finished[work.index]
     message = "finished by an earlier delivery, whose record is no longer in the job's event log"
     return _error(work.index, "lost", message, tried, first)
 
