@@ -28,6 +28,8 @@ HTTP/1.1 keep-alive as on the real API, a listen backlog of ``BACKLOG``) and
 counts them (``in_flight``, ``max_in_flight``). Images are a solid colour (tiny
 PNGs) unless ``image_kind="photo"``: noise that compresses like a photograph,
 about 1.6 MB of PNG at 1024x1024, for measuring what decoding costs a worker.
+Given a server ``ssl.SSLContext`` it speaks HTTPS, as the real API does (each
+connection's handshake runs on its own thread).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import threading
 import time
 import urllib.request
@@ -168,11 +171,32 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a request sleeping in its latency must not block stop()
     request_queue_size = BACKLOG
 
-    def __init__(self, address: tuple[str, int], state: _State):
+    def __init__(self, address: tuple[str, int], state: _State, tls: ssl.SSLContext | None = None):
         self.fake_state = state
+        self.tls = tls
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        # The handshake on the connection's own thread, so a slow one holds up no other.
+        with self._open_lock:
+            self._open.discard(request)
+        try:
+            wrapped = self.tls.wrap_socket(request, server_side=True)  # takes over the descriptor
+        except OSError:  # ssl.SSLError included: a client that gave up or does not trust us
+            return
+        with self._open_lock:
+            self._open.add(wrapped)
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            with self._open_lock:
+                self._open.discard(wrapped)
+            wrapped.close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
@@ -205,19 +229,20 @@ class FakeGemini:
         latency_s: float = 0.0,
         catalog: ModelCatalog | None = None,
         image_kind: str = "solid",
+        tls: ssl.SSLContext | None = None,
     ):
         if image_kind not in IMAGE_KINDS:
             raise ValueError(f"image_kind must be one of {IMAGE_KINDS}")
         catalog = catalog or load_catalog()
         text_models = frozenset(entry.model_id for entry in catalog.text_models.values())
         self._state = _State(api_key, latency_s, pixel_sizes(catalog), text_models, image_kind=image_kind)
-        self._server = _Server((host, port), self._state)
+        self._server = _Server((host, port), self._state, tls)
         self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{'https' if self._server.tls else 'http'}://{host!s}:{port}"
 
     @property
     def latency_s(self) -> float:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
+import trustme
 
 # Settings and the SDK both read these: the machine's own must not leak into a provider test.
 GEMINI_ENV = (
@@ -20,3 +23,16 @@ GEMINI_ENV = (
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in GEMINI_ENV:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def tls_server_context(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """A server certificate for 127.0.0.1 from a throwaway CA that the SDK's HTTP client trusts
+    (through ``SSL_CERT_FILE``, as a deployment adds a private CA): the API's own transport."""
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path_factory.mktemp("ca") / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    return context

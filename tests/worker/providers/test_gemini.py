@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import trustme
 from PIL import Image
 
 from contract.catalog import ModelEntry, load_catalog
@@ -232,6 +234,26 @@ def test_connection_refused_is_transient() -> None:
         closed.generate(request())
     assert not caught.value.timed_out
     assert "ConnectError" in str(caught.value)
+
+
+def test_over_https_as_the_real_api(tls_server_context: ssl.SSLContext) -> None:
+    with FakeGemini(api_key=KEY, tls=tls_server_context) as secure:
+        assert secure.base_url.startswith("https://")
+        provider = GeminiProvider(make_settings(secure.base_url))
+        for _ in range(2):  # the second call on the kept-alive TLS connection
+            assert inspect_image(provider.generate(request()).data).size == "1024x1024"
+        assert len(secure.requests) == 2
+
+
+def test_an_untrusted_certificate_is_not_sent_the_key(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(context)  # a CA nobody trusts
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    with FakeGemini(api_key=KEY, tls=context) as impostor:
+        with pytest.raises(TransientError) as caught:
+            GeminiProvider(make_settings(impostor.base_url)).generate(request())
+        assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value) and KEY not in str(caught.value)
+        assert impostor.requests == []
 
 
 def test_read_timeout_is_transient_and_timed_out(fake: FakeGemini) -> None:

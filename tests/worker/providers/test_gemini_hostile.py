@@ -10,6 +10,7 @@ import base64
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,10 +28,12 @@ Answer = Callable[[socket.socket], None]
 
 
 class RawServer:
-    """Accepts connections and hands each to ``answer`` after reading the request."""
+    """Accepts connections and hands each to ``answer`` after reading the request (over TLS
+    when given a server context)."""
 
-    def __init__(self, answer: Answer):
+    def __init__(self, answer: Answer, tls: ssl.SSLContext | None = None):
         self.answer = answer
+        self.tls = tls
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.calls = 0
@@ -45,6 +48,11 @@ class RawServer:
             threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
     def _one(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError:
+                return
         with conn:
             head = b""
             while b"\r\n\r\n" not in head:
@@ -87,7 +95,7 @@ def serve() -> Iterator[Callable[[Answer], RawServer]]:
 def provider_for(server: RawServer, timeout_s: float = 10.0, max_mb: int = 128) -> GeminiProvider:
     settings = Settings(
         GEMINI_API_KEY=KEY,
-        GOOGLE_GEMINI_BASE_URL=f"http://127.0.0.1:{server.port}",
+        GOOGLE_GEMINI_BASE_URL=f"{'https' if server.tls else 'http'}://127.0.0.1:{server.port}",
         gemini_timeout_s=timeout_s,
         gemini_max_response_mb=max_mb,
     )
@@ -130,6 +138,26 @@ def test_an_answer_dripped_a_byte_at_a_time_ends_at_the_deadline(
         provider.generate(request())
     assert caught.value.timed_out and "IMAGEGEN_GEMINI_TIMEOUT_S=1 s for the whole call" in str(caught.value)
     assert time.monotonic() - started < 5  # either drip alone would take 40 s or more
+
+
+def test_a_dripped_answer_ends_at_the_deadline_over_tls_too(tls_server_context: ssl.SSLContext) -> None:
+    # Over HTTPS the budget's wrapper also covers the handshake and reads through the TLS layer.
+    def dripping(conn: socket.socket) -> None:
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(BODY)}\r\n\r\n".encode())
+        for byte in BODY:
+            conn.sendall(bytes([byte]))
+            time.sleep(0.05)
+
+    server = RawServer(dripping, tls=tls_server_context)
+    try:
+        provider = provider_for(server, timeout_s=1.0)
+        started = time.monotonic()
+        with pytest.raises(TransientError) as caught:
+            provider.generate(request())
+        assert caught.value.timed_out and "IMAGEGEN_GEMINI_TIMEOUT_S=1 s for the whole call" in str(caught.value)
+        assert time.monotonic() - started < 5 and server.calls == 1
+    finally:
+        server.close()
 
 
 def test_the_deadline_is_per_call_on_a_kept_alive_connection(serve: Callable[[Answer], RawServer]) -> None:
