@@ -10,6 +10,7 @@ Redis and broker calls) runs in the thread pool; the event stream blocks on
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 import redis
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -56,7 +59,7 @@ from api.problems import (
     problem_responses,
     unavailable,
 )
-from api.quota import InFlightCap, StreamCap
+from api.quota import ConcurrencyCap, InFlightCap
 from api.submission import parse_submission
 from api.tenants import Authenticator, Tenant
 from contract.catalog import load_catalog
@@ -83,7 +86,11 @@ class ApiState:
     auth: Authenticator
     cap: InFlightCap
     aredis: Any  # redis.asyncio.Redis (untyped enough to keep mypy out of its generics)
-    streams: StreamCap
+    streams: ConcurrencyCap
+    signs: ConcurrencyCap
+    # A sign waits up to its timeout for a worker: on threads of its own, never the shared pool
+    # that every other route's blocking calls run on (40 threads: 40 signs had stalled them all).
+    sign_threads: anyio.CapacityLimiter
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -98,8 +105,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = ImageGenClient(settings)
         cap = InFlightCap(client.records.client, settings.api_max_jobs_in_flight, settings.result_ttl_s)
         aredis = async_redis(settings.redis_url, settings.api_max_streams)
-        streams = StreamCap(settings.api_max_streams_per_tenant, settings.api_max_streams)
-        app.state.api = ApiState(settings, client, auth, cap, aredis, streams)
+        streams = ConcurrencyCap(settings.api_max_streams_per_tenant, settings.api_max_streams)
+        signs = ConcurrencyCap(settings.api_max_signs_per_tenant, settings.api_max_signs)
+        sign_threads = anyio.CapacityLimiter(settings.api_max_signs)
+        app.state.api = ApiState(settings, client, auth, cap, aredis, streams, signs, sign_threads)
         try:
             yield
         finally:
@@ -323,25 +332,14 @@ def _routes(app: FastAPI) -> None:
             except QueueUnavailable:
                 return None
 
-        opened = state.streams.open(tenant.name)
-        if opened == "tenant":
-            raise ApiProblem(
-                429,
-                "too-many-streams",
-                "Too many open event streams",
-                f"you have {state.streams.per_tenant} event streams open here "
-                "(IMAGEGEN_API_MAX_STREAMS_PER_TENANT); close one, or follow several jobs from one client",
-                headers={"Retry-After": str(RETRY_AFTER_AT_CAP_S)},
-            )
-        if opened == "process":
-            raise ApiProblem(
-                503,
-                "busy",
-                "Too many open event streams on this server",
-                f"this API process has {state.streams.total} event streams open (IMAGEGEN_API_MAX_STREAMS); "
-                "try again shortly",
-                headers={"Retry-After": str(RETRY_AFTER_AT_CAP_S)},
-            )
+        _admit(
+            state.streams,
+            tenant,
+            "streams",
+            "event streams open",
+            "IMAGEGEN_API_MAX_STREAMS",
+            "close one, or follow several jobs from one client",
+        )
 
         async def counted() -> AsyncIterator[Any]:
             try:
@@ -414,8 +412,35 @@ def _routes(app: FastAPI) -> None:
         if not tenant.owns_uri(body.uri):
             # Another tenant's image and no image at all answer alike.
             raise ApiProblem(404, "image-not-found", "No such image", "no image of your jobs has this uri")
-        signed = await run_in_threadpool(state.client.sign, body.uri, body.node, tenant=tenant.name)
+        _admit(state.signs, tenant, "signs", "signs waiting for a worker", "IMAGEGEN_API_MAX_SIGNS", "wait for one")
+        try:
+            sign = functools.partial(state.client.sign, body.uri, body.node, tenant=tenant.name)
+            signed = await anyio.to_thread.run_sync(sign, limiter=state.sign_threads)
+        finally:
+            state.signs.close(tenant.name)
         return SignedView(uri=signed.uri, url=signed.url, url_expires_at=signed.url_expires_at)
+
+
+def _admit(cap: ConcurrencyCap, tenant: Tenant, slug: str, what: str, setting: str, advice: str) -> None:
+    """Count one more of ``what`` for ``tenant``, or refuse: 429 at the tenant's cap (the
+    ``<setting>_PER_TENANT`` setting), 503 at the process's (``<setting>``)."""
+    opened = cap.open(tenant.name)
+    if opened == "tenant":
+        raise ApiProblem(
+            429,
+            f"too-many-{slug}",
+            f"Too many {what}",
+            f"you have {cap.per_tenant} {what} here ({setting}_PER_TENANT); {advice}",
+            headers={"Retry-After": str(RETRY_AFTER_AT_CAP_S)},
+        )
+    if opened == "process":
+        raise ApiProblem(
+            503,
+            "busy",
+            f"Too many {what} on this server",
+            f"this API process has {cap.total} {what} ({setting}); try again shortly",
+            headers={"Retry-After": str(RETRY_AFTER_AT_CAP_S)},
+        )
 
 
 def _problems_of(error: ValidationError) -> NodeValidationError:

@@ -95,7 +95,8 @@ def invalid_field(field: str, value: Any, message: str) -> ApiProblem:
 
 def not_found(job_id: str) -> ApiProblem:
     # The same answer for another tenant's job as for a job that never existed.
-    return ApiProblem(404, "job-not-found", "No such job", f"no job {job_id!r} (never submitted, or it expired)")
+    shown = excerpt(job_id)  # bounded: the id is the caller's, of any length
+    return ApiProblem(404, "job-not-found", "No such job", f"no job {shown!r} (never submitted, or it expired)")
 
 
 def unavailable(detail: str = "the job store (Redis) cannot be reached; try again shortly") -> ApiProblem:

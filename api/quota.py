@@ -1,4 +1,5 @@
-"""The per-tenant cap on jobs in flight (``IMAGEGEN_API_MAX_JOBS_IN_FLIGHT``).
+"""The per-tenant cap on jobs in flight (``IMAGEGEN_API_MAX_JOBS_IN_FLIGHT``), and the caps on
+what a request holds open in one API process (event streams, signs waiting for a worker).
 
 One set per tenant holds the internal ids of its jobs that may still be queued
 or running. Booking a new job adds it if the tenant is below the cap; at the cap,
@@ -84,12 +85,13 @@ class InFlightCap:
         self.client.srem(in_flight_key(tenant), job_id)
 
 
-class StreamCap:
-    """The caps on open event streams, per API process: ``IMAGEGEN_API_MAX_STREAMS_PER_TENANT``
-    for one tenant and ``IMAGEGEN_API_MAX_STREAMS`` for all. Each open stream holds a Redis
+class ConcurrencyCap:
+    """A cap on something each request holds open, per API process: so many per tenant and so
+    many for all. Event streams (``IMAGEGEN_API_MAX_STREAMS[_PER_TENANT]``) each hold a Redis
     connection in a blocking read, and the process's async pool is sized from the total
-    (api/events.py): one tenant's idle streams cannot take the connections every other tenant,
-    and the readiness probe, need."""
+    (api/events.py); signs (``IMAGEGEN_API_MAX_SIGNS[_PER_TENANT]``) each wait for a worker on a
+    thread of their own. Either way one tenant cannot take what every other tenant, and the
+    readiness probe, need."""
 
     def __init__(self, per_tenant: int, total: int):
         self.per_tenant = per_tenant
@@ -97,7 +99,7 @@ class StreamCap:
         self._open: dict[str, int] = {}
 
     def open(self, tenant: str) -> Literal["opened", "tenant", "process"]:
-        """Count one more stream of ``tenant``, or say which cap is reached (nothing counted).
+        """Count one more for ``tenant``, or say which cap is reached (nothing counted).
         Called on the event loop only, so no lock."""
         count = self._open.get(tenant, 0)
         if count >= self.per_tenant:

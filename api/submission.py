@@ -7,8 +7,9 @@ Two body forms, told apart by their top level:
   level with a ``node`` key and no ``type`` key (every node has ``type``, so no node is
   mistaken for an envelope). Unknown envelope keys are refused.
 
-Every problem (envelope, node, job id, webhook) is reported at once, the node's exactly
-as the CLI reports them.
+Every problem (envelope, node, job id, webhook, a secret reference the tenant may not
+name) is reported at once, the node's exactly as the CLI reports them; validate and
+submit apply the same checks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from api.tenants import Tenant
 from contract.errors import MISSING, NodeValidationError, Problem
 from contract.node import ImageGenerationNode, validate_node
 from contract.settings import Settings
+from contract.tenancy import check_refs_of_tenant
 from contract.webhooks import Webhook, parse_webhook
 
 ENVELOPE_KEYS = ("node", "job_id", "webhook", "rerun", "context")
@@ -92,6 +94,12 @@ def parse_submission(
     if webhook_data is not None:
         try:
             webhook = parse_webhook(webhook_data, settings, resolve=resolve_webhook)
+        except NodeValidationError as exc:
+            problems.extend(exc.problems)
+    if parsed is not None:  # the same rule the client applies at submit, so validate agrees with it
+        refs = {**parsed.credential_refs(), "webhook.secret": webhook.secret if webhook else None}
+        try:
+            check_refs_of_tenant(tenant.name, refs, settings)
         except NodeValidationError as exc:
             problems.extend(exc.problems)
     if problems or parsed is None:

@@ -265,6 +265,13 @@ class ImageGenerationNode(BaseModel):
     def _output_type(cls, value: str | None) -> str | None:
         return None if value is None else _bounded_text(value, MAX_OUTPUT_TYPE_CHARS, multiline=False)
 
+    def credential_refs(self) -> dict[str, str | None]:
+        """The credential references by field, for the tenant check (contract/tenancy.py); none
+        when the node writes to the platform's storage."""
+        if not self.inputs.use_cloud:
+            return {}
+        return {f"inputs.{name}": getattr(self.inputs, name, None) for name in sorted(CREDENTIAL_FIELDS)}
+
     def to_task_payload(self) -> dict[str, Any]:
         """JSON-safe form sent to the worker: what the job runs (no description), references only."""
         return self.model_dump(mode="json", exclude_none=True, include={"name", "type", "inputs"})

@@ -37,7 +37,7 @@ from contract.events import MAX_BLOCK_MS, JobEvent, JobEvents, check_event_id
 from contract.job_ids import check_job_id
 from contract.jobs import JobConflict, JobRecords, JobStatus, fingerprint, utcnow
 from contract.lost_jobs import end_if_lost
-from contract.node import CREDENTIAL_FIELDS, ImageGenerationNode, validate_node
+from contract.node import ImageGenerationNode, validate_node
 from contract.prompt_text import UpstreamValueError, check_prompt_path
 from contract.queue import RUN_JOB, RUN_JOB_FROM_UPSTREAM, SIGN_URL, UPSTREAM_FAILED, celery_config, job_task_id
 from contract.redis_client import redis_client, transient_retry
@@ -118,13 +118,6 @@ def _release(outcome: AsyncResult) -> None:
     """Unsubscribe now, not in AsyncResult.__del__ at interpreter exit (a stray traceback then)."""
     with contextlib.suppress(Exception):  # the connection is already gone: nothing to unsubscribe from
         outcome.backend.remove_pending_result(outcome)
-
-
-def _credential_refs(parsed: ImageGenerationNode) -> dict[str, str | None]:
-    """The node's credential references by field (none when it writes to the platform storage)."""
-    if not parsed.inputs.use_cloud:
-        return {}
-    return {f"inputs.{name}": getattr(parsed.inputs, name, None) for name in sorted(CREDENTIAL_FIELDS)}
 
 
 class JobTimeout(ImageGenError, TimeoutError):
@@ -223,7 +216,7 @@ class ImageGenClient:
         job_id = str(uuid.uuid4()) if job_id is None else job_id
         hook = None if webhook is None else parse_webhook(webhook, self.settings, resolve=True)
         check_tenant_refs(
-            job_id, {**_credential_refs(parsed), "webhook.secret": hook.secret if hook else None}, self.settings
+            job_id, {**parsed.credential_refs(), "webhook.secret": hook.secret if hook else None}, self.settings
         )
         payload = parsed.to_task_payload()
         submitted_at = utcnow()
@@ -277,7 +270,7 @@ class ImageGenClient:
                 raise NodeValidationError([Problem("prompt_from", excerpt(prompt_from), str(exc))]) from None
         parsed = validate_node(_with_placeholder_prompt(node, self.settings), self.settings)
         job_id = str(uuid.uuid4()) if job_id is None else check_job_id(job_id)
-        check_tenant_refs(job_id, _credential_refs(parsed), self.settings)
+        check_tenant_refs(job_id, parsed.credential_refs(), self.settings)
         payload = parsed.to_task_payload()
         submitted_at = utcnow()
         claim = self.records.claim(
@@ -477,7 +470,7 @@ class ImageGenClient:
         if node is not None:
             parsed = self.validate(node)
             if parsed.inputs.use_cloud:
-                check_refs_of_tenant(tenant, _credential_refs(parsed), self.settings)
+                check_refs_of_tenant(tenant, parsed.credential_refs(), self.settings)
                 target = node_target(parsed.inputs.model_dump(), self.settings.target_policy)
         request = SignRequest(uri=uri, target=target, tenant=tenant)
         # Not signed after the caller stops waiting: the URL would sit in the backend unread.

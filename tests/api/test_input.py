@@ -43,6 +43,25 @@ def test_malformed_json_is_400(api: ApiServer) -> None:
 
 
 @pytest.mark.usefixtures("nothing_enqueued")
+def test_well_formed_json_with_a_huge_number_is_a_422_naming_the_field(
+    api: ApiServer, offline_node: dict[str, Any]
+) -> None:
+    # Python will not convert an int of more than 4,300 digits: that had been a 400 saying
+    # only "the body is not JSON: ValueError".
+    http = api.client("acme")
+    body = json.dumps(offline_node).replace('"use_cloud"', '"seed": ' + "9" * 4301 + ', "use_cloud"')
+    document = _problem(http.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"}), 422)
+    [problem] = document["problems"]
+    assert "4301" in str(problem["value"]) and "2**63" in problem["message"], problem
+    assert len(json.dumps(document)) < 2000
+
+
+def test_an_unknown_job_id_is_not_echoed_whole(api: ApiServer) -> None:
+    document = _problem(api.client("acme").get("/v1/jobs/" + "a" * 20_000), 404)
+    assert len(document["detail"]) < 200 and "20000 characters" in document["detail"], document["detail"]
+
+
+@pytest.mark.usefixtures("nothing_enqueued")
 def test_a_wrong_content_type_is_415(api: ApiServer, offline_node: dict[str, Any]) -> None:
     http = api.client("acme")
     for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]:

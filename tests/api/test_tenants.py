@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -62,6 +64,44 @@ def test_a_tenant_cannot_read_cancel_or_sign_another_tenants_job(
     theirs = globex.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": "shared-name"})
     assert theirs.status_code == 202 and theirs.json()["created"] is True
     assert wait_finished(globex, "shared-name")["result"]["images"][0]["uri"] != uri
+
+
+def test_signs_waiting_for_a_worker_are_capped_and_stall_no_other_route(
+    start_api: StartApi, start_worker: StartWorker, offline_node: dict[str, Any], store: redis.Redis
+) -> None:
+    """A sign waits for a worker on a thread of its own, so many waiting signs cannot take the
+    threads every other route's blocking calls run on (40: 40 signs from one tenant had stalled
+    every tenant's requests for up to 30 s); and a tenant may hold only so many."""
+    worker = start_worker()
+    api = start_api({"IMAGEGEN_API_MAX_SIGNS_PER_TENANT": "44", "IMAGEGEN_API_MAX_SIGNS": "45"})
+    acme, globex = api.client("acme", timeout=90), api.client("globex", timeout=90)
+    job_id = acme.post("/v1/jobs", json=offline_node).json()["job_id"]
+    uri = wait_finished(acme, job_id)["result"]["images"][0]["uri"]
+    theirs = uri.replace("/t/acme/", "/t/globex/")
+    queue = api.process.env["IMAGEGEN_QUEUE"]
+    worker.stop()  # from here each sign waits for a worker
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        waiting = [pool.submit(acme.post, "/v1/sign", json={"uri": uri}) for _ in range(44)]
+        waiting.append(pool.submit(globex.post, "/v1/sign", json={"uri": theirs}))
+        deadline = time.monotonic() + 30
+        while store.llen(queue) < 45 and time.monotonic() < deadline:  # each admitted sign sent its task
+            time.sleep(0.1)
+        assert store.llen(queue) == 45
+
+        over = acme.post("/v1/sign", json={"uri": uri})
+        assert over.status_code == 429 and over.json()["type"].endswith("/too-many-signs"), over.text
+        assert "IMAGEGEN_API_MAX_SIGNS_PER_TENANT" in over.json()["detail"] and over.headers["retry-after"]
+        busy = globex.post("/v1/sign", json={"uri": theirs})
+        assert busy.status_code == 503 and "IMAGEGEN_API_MAX_SIGNS" in busy.json()["detail"], busy.text
+        # Every other route still answers while all 45 wait (45 > the shared pool's 40 threads).
+        assert globex.get("/v1/models").status_code == 200
+        assert acme.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded"
+        assert not any(future.done() for future in waiting)
+
+        start_worker()
+        answers = [future.result() for future in waiting]
+    assert [a.status_code for a in answers[:44]] == [200] * 44, answers[0].text
+    assert acme.post("/v1/sign", json={"uri": uri}).status_code == 200  # the slots were given back
 
 
 def test_uris_outside_the_tenants_namespace_are_not_signed() -> None:

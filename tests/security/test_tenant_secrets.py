@@ -5,6 +5,7 @@ credentials and webhook key."""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from typing import Any
@@ -167,6 +168,30 @@ def test_the_http_api_does_not_sign_with_another_tenants_credentials(
     assert response.status_code == 422, response.text
     assert [p["field"] for p in response.json()["problems"]] == ["inputs.aws_credentials"]
     assert "AKIAGLOBEX" not in response.text and "TENANT_globex_AWS" not in response.text
+
+
+def test_validate_and_submit_refuse_another_tenants_references_alike(
+    start_api: StartApi, offline_node: dict[str, Any]
+) -> None:
+    """POST /v1/validate (the Playground's live check) applies the tenant rule too: it had said
+    valid for a node or webhook naming another tenant's secret, which submit then refused."""
+    acme = start_api(ENV_POLICY).client("acme")
+    node = _cloud_node(copy.deepcopy(offline_node), "env:TENANT_globex_AWS")
+    webhook = {"url": "https://hooks.example.com/x", "secret": "env:TENANT_globex_HOOK"}
+    for body, fields in [
+        (node, ["inputs.aws_credentials"]),
+        ({"node": offline_node, "webhook": webhook}, ["webhook.secret"]),
+        ({"node": node, "webhook": webhook}, ["inputs.aws_credentials", "webhook.secret"]),
+    ]:
+        checked = acme.post("/v1/validate", json=body)
+        assert checked.status_code == 200 and checked.json()["valid"] is False, checked.text
+        assert [p["field"] for p in checked.json()["problems"]] == fields
+        submitted = acme.post("/v1/jobs", json=body)
+        assert submitted.status_code == 422, submitted.text
+        assert [p["field"] for p in submitted.json()["problems"]] == fields
+        assert "TENANT_globex" not in checked.text + submitted.text
+    own = _cloud_node(copy.deepcopy(offline_node), "env:TENANT_acme_AWS")
+    assert acme.post("/v1/validate", json=own).json()["valid"] is True
 
 
 def test_a_raw_sign_message_is_checked_in_the_worker(
