@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from celery.signals import heartbeat_sent, worker_ready, worker_shutdown
+from celery.signals import heartbeat_sent, worker_init, worker_ready, worker_shutdown
 
 from contract.settings import get_settings
 
@@ -21,6 +21,7 @@ def touch_heartbeat(**_: Any) -> None:
     Path(get_settings().heartbeat_file).touch()
 
 
+@worker_init.connect  # a file left by a killed container (an emptyDir outlives it) is no sign of life
 @worker_shutdown.connect
 def remove_heartbeat(**_: Any) -> None:
     Path(get_settings().heartbeat_file).unlink(missing_ok=True)
