@@ -107,7 +107,13 @@ def shown(value: Any) -> str:
     """An excerpt as JSON for a message: readable in any script, but control and
     invisible characters (newlines, ANSI/C1 escapes, bidi overrides) escaped, so
     a quoted value can neither forge a log line nor drive a terminal."""
-    text = json.dumps(excerpt(value), ensure_ascii=False, default=str)
+    return printable(json.dumps(excerpt(value), ensure_ascii=False, default=str))
+
+
+def printable(text: str) -> str:
+    """``text`` with control and invisible characters escaped as in JSON (``\\n``, ``\\u001b``):
+    text from outside (a provider's error, a quoted value) can neither forge a log line nor
+    drive a terminal."""
     return text if text.isprintable() else "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 

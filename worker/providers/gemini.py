@@ -29,7 +29,7 @@ from typing import Any
 from google import genai
 from google.genai import errors, types
 
-from contract.errors import clipped
+from contract.errors import clipped, printable
 from contract.prompt_text import describe
 from contract.result import GenerationMetadata, Usage
 from contract.settings import Settings
@@ -150,10 +150,11 @@ class GeminiProvider:
         return None
 
     def _scrub(self, text: str) -> str:
-        """Without the API key, and bounded: an error body can be a whole HTML page."""
+        """Without the API key, on one line, and bounded: an error body can be a whole HTML page,
+        and a line break in it would forge a line of the worker's log."""
         for secret in self._secrets:
             text = text.replace(secret, "<redacted>")
-        return clipped(text)
+        return clipped(printable(text))
 
 
 def _secrets(settings: Settings) -> tuple[str, ...]:
@@ -225,7 +226,7 @@ def _raise_if_prompt_blocked(response: types.GenerateContentResponse) -> None:
     feedback = response.prompt_feedback
     if feedback is not None and feedback.block_reason is not None:
         reason = _name(feedback.block_reason)
-        detail = f": {clipped(feedback.block_reason_message, 300)}" if feedback.block_reason_message else ""
+        detail = f": {clipped(printable(feedback.block_reason_message), 300)}" if feedback.block_reason_message else ""
         raise BlockedError(f"Gemini blocked the prompt ({reason}){detail}", reason=reason)
 
 
@@ -244,7 +245,7 @@ def _answer_text(response: types.GenerateContentResponse) -> str:
     candidate = response.candidates[0]
     finish = _name(candidate.finish_reason) if candidate.finish_reason is not None else None
     if finish in BLOCKING_FINISH_REASONS:
-        detail = f": {clipped(candidate.finish_message, 300)}" if candidate.finish_message else ""
+        detail = f": {clipped(printable(candidate.finish_message), 300)}" if candidate.finish_message else ""
         raise BlockedError(f"Gemini wrote no prompt (finishReason {finish}){detail}", reason=finish)
     parts = (candidate.content.parts if candidate.content else None) or []
     text = "".join(p.text for p in parts if p.text and not p.thought)
@@ -284,7 +285,7 @@ def _image_from(response: types.GenerateContentResponse) -> GeneratedImage:
     images = [p.inline_data for p in answer if p.inline_data is not None and p.inline_data.data]
     finish = _name(candidate.finish_reason) if candidate.finish_reason is not None else None
     if finish in BLOCKING_FINISH_REASONS:
-        detail = f": {clipped(candidate.finish_message, 300)}" if candidate.finish_message else ""
+        detail = f": {clipped(printable(candidate.finish_message), 300)}" if candidate.finish_message else ""
         raise BlockedError(f"Gemini returned no image (finishReason {finish}){detail}", reason=finish)
     if not images:
         said = f": {text!r}" if text else ""

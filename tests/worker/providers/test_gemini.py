@@ -302,6 +302,16 @@ def test_key_echoed_by_the_server_is_scrubbed(provider: GeminiProvider, fake: Fa
     assert "<redacted>" in str(exc)
 
 
+def test_a_providers_error_text_stays_on_one_line(provider: GeminiProvider, fake: FakeGemini) -> None:
+    # Its message goes into the worker's log line, the result and the events: a line break in it
+    # would forge a log line (an endpoint behind GOOGLE_GEMINI_BASE_URL may be a proxy).
+    forged = "bad\n2026-11-30 INFO worker: job ok\r\x1b[31mred\u202egnp.exe"
+    exc = failure(provider, fake, Behaviour("error", code=400, message=forged))
+    text = str(exc)
+    assert text.isprintable() and "bad\\n2026-11-30 INFO" in text and "\\u001b[31m" in text, text
+    assert "\\u202e" in text
+
+
 @pytest.mark.parametrize(
     "behaviour",
     [
