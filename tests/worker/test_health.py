@@ -27,9 +27,7 @@ def test_heartbeat_file_is_touched_while_running_and_removed_on_shutdown(
     assert not beat.exists()
 
 
-def test_a_file_left_by_a_killed_worker_does_not_pass_for_the_next_one(
-    job_env: dict[str, str], tmp_path: Path
-) -> None:
+def test_a_file_left_by_a_killed_worker_does_not_pass_for_the_next_one(job_env: dict[str, str], tmp_path: Path) -> None:
     """A SIGKILLed worker leaves its file (the pod's emptyDir outlives the container): the next
     worker, which cannot reach Redis, must not look alive and ready because of it."""
     beat = tmp_path / "heartbeat"
