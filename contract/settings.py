@@ -7,6 +7,9 @@ Outside development, unsafe defaults are refused at start-up.
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from functools import cached_property, lru_cache
 from typing import Any, Literal
 
@@ -17,6 +20,8 @@ from contract.clouds import TargetPolicy, parse_allowed_targets
 from contract.errors import ImageGenError, excerpt
 from contract.rate_limits import RateLimit, parse_rate_limits
 
+SETTING_PREFIX = "IMAGEGEN_"
+MISSPELT_CUTOFF = 0.9  # difflib's ratio: ENVIRONMNET 0.95, WORKER_CONCURENCY 0.98; API_TOKEN_ACME 0.86 is no typo
 POOL_HEADROOM = 16  # connections beyond one per worker slot: see Settings.pool_size
 REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")  # the job store and result backend
 BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", *REDIS_SCHEMES)
@@ -28,9 +33,12 @@ class SettingsError(ImageGenError, ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=SETTING_PREFIX, extra="ignore")
 
     def __init__(self, **values: Any) -> None:
+        misspelt = _misspelt_variables(os.environ)
+        if misspelt:
+            raise SettingsError("invalid settings: " + "; ".join(misspelt))
         try:
             super().__init__(**values)
         except ValidationError as exc:
@@ -268,6 +276,24 @@ class Settings(BaseSettings):
             problems.append("IMAGEGEN_ALLOWED_SECRET_REFS is empty: nodes could name any secret the workers can read")
         if self.offline_latency_s or self.offline_failures:
             problems.append("IMAGEGEN_OFFLINE_LATENCY_S / IMAGEGEN_OFFLINE_FAILURES are test knobs")
+        redelivered = self.visibility_timeout_s + self.redelivery_sweep_s
+        if self.job_deadline_s <= redelivered:
+            problems.append(
+                f"IMAGEGEN_JOB_DEADLINE_S={self.job_deadline_s} is not above the visibility timeout plus one "
+                f"redelivery sweep ({redelivered} s): a killed worker's job would end lost before its "
+                "variations come back"
+            )
+        attempt = self.gemini_timeout_s + self.storage_retry_attempts * (
+            self.storage_timeout_s + self.storage_retry_max_delay_s
+        )
+        if attempt >= self.task_soft_time_limit_s:
+            # The threads pool enforces no time limit: these timeouts are what bound an attempt,
+            # and the visibility timeout and the pods' grace period are sized from the limits.
+            problems.append(
+                f"an attempt may take {attempt:g} s (IMAGEGEN_GEMINI_TIMEOUT_S + IMAGEGEN_STORAGE_RETRY_ATTEMPTS x "
+                "(IMAGEGEN_STORAGE_TIMEOUT_S + IMAGEGEN_STORAGE_RETRY_MAX_DELAY_S)), not below "
+                f"IMAGEGEN_TASK_SOFT_TIME_LIMIT_S={self.task_soft_time_limit_s}"
+            )
         if problems:
             raise ValueError(f"unsafe for environment={self.environment}: " + "; ".join(problems))
 
@@ -293,6 +319,47 @@ class Settings(BaseSettings):
     @property
     def secret_ref_prefixes(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.allowed_secret_refs.split(",") if p.strip())
+
+
+def _variable_names() -> frozenset[str]:
+    """Every environment variable a setting is read from."""
+    names = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice) for choice in alias.choices)
+        else:
+            names.add(alias if isinstance(alias, str) else f"IMAGEGEN_{name.upper()}")
+    return frozenset(names)
+
+
+def _misspelt_variables(environ: Mapping[str, str]) -> list[str]:
+    """``IMAGEGEN_`` variables that are no setting but nearly spell one. pydantic-settings ignores
+    unknown names, so ``IMAGEGEN_ENVIRONMNET=production`` would leave a deployment in development
+    mode, every production refusal off. Names a secret reference may use (``env:`` in
+    IMAGEGEN_API_TOKENS or IMAGEGEN_ALLOWED_SECRET_REFS) are no typo."""
+    ours = sorted(n for n in _variable_names() if n.startswith(SETTING_PREFIX))
+    referenced = [
+        ref.split("=", 1)[-1].strip().removeprefix("env:")
+        for ref in (
+            *environ.get("IMAGEGEN_API_TOKENS", "").split(","),
+            *environ.get("IMAGEGEN_ALLOWED_SECRET_REFS", "").split(","),
+        )
+        if ref.split("=", 1)[-1].strip().startswith("env:")
+    ]
+    problems = []
+    for name in sorted(environ):
+        if not name.startswith(SETTING_PREFIX) or name in ours:
+            continue
+        if any(name.startswith(prefix) for prefix in referenced if prefix):
+            continue
+        close = difflib.get_close_matches(name, ours, n=1, cutoff=MISSPELT_CUTOFF)
+        if close:
+            problems.append(
+                f"{name} is set but is no setting: did you mean {close[0]}? (a misspelt name would be "
+                "ignored and the default used; a variable meant as something else needs another name)"
+            )
+    return problems
 
 
 def _describe(error: ValidationError) -> str:

@@ -48,6 +48,46 @@ def test_production_refuses_local_storage_and_test_knobs(monkeypatch: pytest.Mon
     assert Settings().environment == "production"
 
 
+def test_production_refuses_timeouts_its_limits_do_not_cover(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEGEN_ENVIRONMENT", "production")
+    monkeypatch.setenv("IMAGEGEN_STORAGE_URL", "s3://images/prod")
+    monkeypatch.setenv("IMAGEGEN_ALLOWED_SECRET_REFS", "vault:secret/imagegen/")
+    assert Settings().job_deadline_s == 7200  # the defaults hold together: 120 + 4 x (30 + 2) = 248 s < 300 s
+    monkeypatch.setenv("IMAGEGEN_JOB_DEADLINE_S", "60")
+    monkeypatch.setenv("IMAGEGEN_GEMINI_TIMEOUT_S", "900")
+    with pytest.raises(SettingsError) as caught:
+        Settings()
+    assert "IMAGEGEN_JOB_DEADLINE_S=60 is not above the visibility timeout plus one redelivery sweep (930 s)" in str(
+        caught.value
+    )
+    assert "an attempt may take 1028 s" in str(caught.value) and "IMAGEGEN_TASK_SOFT_TIME_LIMIT_S=300" in str(
+        caught.value
+    )
+    monkeypatch.setenv("IMAGEGEN_ENVIRONMENT", "development")  # tests and chaos runs shrink them on purpose
+    assert Settings().job_deadline_s == 60
+
+
+@pytest.mark.parametrize(
+    ("variable", "meant"),
+    [("IMAGEGEN_ENVIRONMNET", "IMAGEGEN_ENVIRONMENT"), ("IMAGEGEN_WORKER_CONCURENCY", "IMAGEGEN_WORKER_CONCURRENCY")],
+)
+def test_a_misspelt_setting_is_refused_not_ignored(monkeypatch: pytest.MonkeyPatch, variable: str, meant: str) -> None:
+    # Ignored, IMAGEGEN_ENVIRONMNET=production had left a deployment in development mode.
+    monkeypatch.setenv(variable, "production")
+    with pytest.raises(SettingsError, match=f"{variable} is set but is no setting: did you mean {meant}"):
+        Settings()
+
+
+def test_variables_that_are_no_typo_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEGEN_PLAYGROUND_PORT", "8000")  # far from any setting
+    monkeypatch.setenv("IMAGEGEN_API_TOKEN", "a-token-named-by-a-reference")  # one letter from IMAGEGEN_API_TOKENS
+    monkeypatch.setenv("IMAGEGEN_API_TOKENS", "acme=env:IMAGEGEN_API_TOKEN")
+    assert Settings().environment == "development"
+    monkeypatch.setenv("IMAGEGEN_API_TOKENS", "acme=file:/run/acme")
+    with pytest.raises(SettingsError, match="did you mean IMAGEGEN_API_TOKENS"):
+        Settings()
+
+
 def test_celery_reliability_settings() -> None:
     config = celery_config(Settings())
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
