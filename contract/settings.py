@@ -323,7 +323,7 @@ class Settings(BaseSettings):
 
 def _variable_names() -> frozenset[str]:
     """Every environment variable a setting is read from."""
-    names = set()
+    names: set[str] = set()
     for name, field in Settings.model_fields.items():
         alias = field.validation_alias
         if isinstance(alias, AliasChoices):
