@@ -352,7 +352,7 @@ def schedule_delivery(
         event_id=entry_id, event=event, run=run, webhook_id=message_id, state="pending", updated_at=datetime.now(UTC)
     )
     deliveries.record(job_id, pending)
-    delivery = WebhookDelivery(job_id=job_id, run=run, event=event, event_id=entry_id, webhook=webhook)
+    delivery = WebhookDelivery(job_id=job_id, run=run, event=event, event_id=entry_id)
     sender.send_task(
         DELIVER_WEBHOOK,
         args=(delivery.model_dump(mode="json"),),

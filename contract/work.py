@@ -13,12 +13,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contract.clouds import Target
 from contract.result import PromptStepRecord
 from contract.tenancy import TENANT_NAME
-from contract.webhooks import Webhook, WebhookEvent
+from contract.webhooks import WebhookEvent
 
 
 class _Payload(BaseModel):
@@ -83,13 +83,22 @@ class SignRequest(_Payload):
 
 
 class WebhookDelivery(_Payload):
-    """``contract.events.announce`` -> ``imagegen.deliver_webhook``: which event to POST where.
-    The event itself is read from the job's stream by id (no result document in the broker);
-    ``webhook.secret`` is a reference, resolved by the worker."""
+    """``contract.events.announce`` -> ``imagegen.deliver_webhook``: which event of which job.
+    The worker reads the event from the job's stream by id (no result document in the broker)
+    and the webhook from the job's record: its URL may carry a token in the path or query, and
+    task arguments are shown in Flower and kept in task events."""
 
     job_id: str
     run: int = Field(ge=1)
     event: WebhookEvent
     event_id: str = Field(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")
-    webhook: Webhook
     first_attempt_at: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _without_the_webhook(cls, data: Any) -> Any:
+        # Deliveries enqueued by an earlier version carried the webhook: during a rolling
+        # upgrade they are still delivered, to the job record's webhook like every other.
+        if isinstance(data, dict) and "webhook" in data:
+            return {key: value for key, value in data.items() if key != "webhook"}
+        return data

@@ -3,6 +3,8 @@ Prometheus metrics exposed."""
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import requests
 
 from devtools.flower_process import FlowerProcess
+from devtools.redis_server import free_port
 from producer.client import ImageGenClient
 from tests.conftest import StartWorker
 
@@ -42,3 +45,32 @@ def test_flower_shows_the_jobs_tasks(
         assert info["name"] == "imagegen.finalize" and info["state"] == "SUCCESS"
         metrics = requests.get(f"{flower.url}/metrics", timeout=5).text
         assert 'flower_events_total{task="imagegen.generate_variation",type="task-succeeded"' in metrics
+
+
+def test_a_webhook_url_never_reaches_flower(
+    start_worker: StartWorker,
+    client: ImageGenClient,
+    offline_node: dict[str, Any],
+    job_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """A webhook URL may carry a bearer token in its path or query: deliveries name only the job,
+    run and event (the worker reads the webhook from the job record), so Flower, which shows and
+    keeps every task's arguments, never gets it, retries included (it had, 7 times a job)."""
+    secret = "whsec_" + base64.b64encode(b"flower-test-key-0123456789abcdef").decode()
+    start_worker({"WEBHOOK_FLOWER": secret})
+    url = f"http://127.0.0.1:{free_port()}/hook/PATHCANARY7?token=QUERYCANARY7"  # refused: retried
+    with FlowerProcess(job_env, ("ops", "s3cret-pw"), tmp_path) as flower:
+        time.sleep(1)  # let Flower subscribe to events before the job runs
+        webhook = {"url": url, "secret": "env:WEBHOOK_FLOWER"}
+        client.submit(offline_node, job_id="flower-hook-1", webhook=webhook).wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while True:  # the first attempt and its retry (a retry keeps the task's id)
+            tasks = requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).json()
+            if any(t.get("name") == "imagegen.deliver_webhook" and t.get("retries") for t in tasks.values()):
+                break
+            assert time.monotonic() < deadline, "no webhook delivery retried in Flower"
+            time.sleep(0.5)
+        for task_id, task in requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).json().items():
+            info = requests.get(f"{flower.url}/api/task/info/{task_id}", auth=flower.auth, timeout=5).text
+            assert "CANARY7" not in json.dumps(task) + info, task.get("name")

@@ -29,6 +29,7 @@ from contract.webhooks import (
     webhook_json,
 )
 from contract.work import WebhookDelivery
+from devtools.redis_server import free_port
 from producer.client import ImageGenClient
 from tests.conftest import StartWorker, request_keys
 from tests.webhook_receiver import WebhookReceiver
@@ -177,7 +178,7 @@ def test_delivery_rechecks_the_url_in_the_worker(
         webhook=webhook_json(webhook),
     )
     entry_id = events.append("ssrf-bypass", "completed", {"job_id": "ssrf-bypass", "status": "succeeded"})
-    delivery = WebhookDelivery(job_id="ssrf-bypass", run=1, event="completed", event_id=entry_id, webhook=webhook)
+    delivery = WebhookDelivery(job_id="ssrf-bypass", run=1, event="completed", event_id=entry_id)
     client.celery.send_task(DELIVER_WEBHOOK, args=(delivery.model_dump(mode="json"),))
 
     [status] = _settled(client, "ssrf-bypass")
@@ -189,19 +190,25 @@ def test_delivery_rechecks_the_url_in_the_worker(
 def test_delivery_goes_only_to_the_jobs_own_webhook(
     start_worker: StartWorker, client: ImageGenClient, receiver: WebhookReceiver
 ) -> None:
-    """A forged message pointing another job's events at the attacker's URL."""
+    """A forged message naming the attacker's URL (as deliveries once carried the webhook) goes to
+    the job's own webhook, and a job submitted without one gets no delivery at all."""
     start_worker({"WEBHOOK_T1": SECRET})
-    real = Webhook(url="http://127.0.0.1:9/tenant", secret="env:WEBHOOK_T1")
+    real = Webhook(url=f"http://127.0.0.1:{free_port()}/tenant", secret="env:WEBHOOK_T1")
     client.records.claim(
         "ssrf-forged", node_fingerprint="x", model="m", variations=1, submitted_at=utcnow(), webhook=webhook_json(real)
     )
-    entry_id = JobEvents(client.records.client, 600).append("ssrf-forged", "completed", {"secret_stuff": 1})
-    attacker = Webhook(url=receiver.url, secret="env:WEBHOOK_T1")
-    delivery = WebhookDelivery(job_id="ssrf-forged", run=1, event="completed", event_id=entry_id, webhook=attacker)
-    client.celery.send_task(DELIVER_WEBHOOK, args=(delivery.model_dump(mode="json"),))
+    client.records.claim("no-hook", node_fingerprint="x", model="m", variations=1, submitted_at=utcnow())
+    attacker = Webhook(url=receiver.url, secret="env:WEBHOOK_T1").model_dump(mode="json")
+    for job_id in ("ssrf-forged", "no-hook"):
+        entry_id = JobEvents(client.records.client, 600).append(job_id, "completed", {"secret_stuff": 1})
+        forged = {"job_id": job_id, "run": 1, "event": "completed", "event_id": entry_id, "webhook": attacker}
+        client.celery.send_task(DELIVER_WEBHOOK, args=(forged,))
 
-    [status] = _settled(client, "ssrf-forged")
-    assert status.state == "refused" and "not the webhook this job was submitted with" in (status.last_error or "")
+    [to_the_job] = _settled(client, "ssrf-forged")  # tried at its own URL (a closed port): retried later
+    assert to_the_job.state == "pending" and to_the_job.last_error, to_the_job
+    [none] = _settled(client, "no-hook")
+    assert none.state == "refused" and "submitted without a webhook" in (none.last_error or "")
+    time.sleep(0.5)
     assert receiver.received == []
 
 

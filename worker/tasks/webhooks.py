@@ -2,12 +2,13 @@
 
 ``contract.events.announce`` enqueues one delivery per subscribed event; this
 task reads the event from the job's stream by id (no result document in the
-broker; a ``completed`` event's document from the result backend), checks the
-webhook again (the message may bypass the producer: it must be the job's own
-webhook, its URL must pass the rules, its host is resolved and every address checked, and the POST goes to that address:
-worker/webhook_post.py), resolves the signing key from its reference here in
+broker; a ``completed`` event's document from the result backend) and the
+webhook from the job's record, and checks it again (the message may bypass the
+producer: its URL must pass the rules, its host is resolved and every address
+checked, and the POST goes to that address: worker/webhook_post.py), resolves the signing key from its reference here in
 the worker, and POSTs ``{"type": "job.<event>", "timestamp", "data"}`` with the
-``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers.
+``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers. The
+message names only the job, run and event: the webhook is the job record's.
 
 Every attempt of one event carries the same ``webhook-id`` (receivers dedupe on
 it) and a fresh timestamp and signature. 5xx, 408, 429, timeouts and dropped
@@ -42,9 +43,9 @@ from contract.webhooks import (
     DeliveryLog,
     DeliveryState,
     DeliveryStatus,
+    Webhook,
     check_webhook_url,
     public_addresses,
-    webhook_json,
     webhook_message_id,
 )
 from contract.work import WebhookDelivery
@@ -78,7 +79,6 @@ def deliver_webhook(self: Task, delivery: WebhookDelivery) -> None:
     attempt = self.request.retries + 1
     first_attempt_at = delivery.first_attempt_at or time.time()
     message_id = webhook_message_id(delivery.job_id, delivery.run, delivery.event, delivery.event_id)
-    where = _host(delivery.webhook.url)
 
     def note(state: DeliveryState, http_status: int | None = None, error: str | None = None) -> None:
         status = DeliveryStatus(
@@ -99,15 +99,18 @@ def deliver_webhook(self: Task, delivery: WebhookDelivery) -> None:
     except NodeValidationError:
         log.warning("webhook delivery refused: not a job id")
         return None
-    # Only to the webhook the job was submitted with, and only if its URL passes the rules now.
+    # Only to the webhook the job was submitted with (the message names none: its URL may carry
+    # a token, and task arguments show in Flower), and only if its URL passes the rules now.
     stored = records.client.hget(job_key(delivery.job_id), "webhook")
-    if stored is None or _text(stored) != webhook_json(delivery.webhook):
-        log.warning("webhook for job %s refused: not the job's webhook", delivery.job_id[:200])
-        note("refused", error="not the webhook this job was submitted with")
+    if stored is None:
+        log.warning("webhook delivery for job %s refused: the job has no webhook", delivery.job_id[:200])
+        note("refused", error="this job was submitted without a webhook")
         return None
+    webhook = Webhook.model_validate_json(stored)
+    where = _host(webhook.url)
     try:
-        check_webhook_url(delivery.webhook.url, settings)
-        address = public_addresses(delivery.webhook.url, settings)[0]  # resolved once; POST pinned to it
+        check_webhook_url(webhook.url, settings)
+        address = public_addresses(webhook.url, settings)[0]  # resolved once; POST pinned to it
     except NodeValidationError as exc:
         reason = "; ".join(p.message for p in exc.problems)
         log.warning("webhook for job %s refused (%s): %s", delivery.job_id, where, reason)
@@ -122,13 +125,13 @@ def deliver_webhook(self: Task, delivery: WebhookDelivery) -> None:
         return None
 
     try:
-        check_tenant_refs(delivery.job_id, {"webhook.secret": delivery.webhook.secret}, settings)
+        check_tenant_refs(delivery.job_id, {"webhook.secret": webhook.secret}, settings)
     except NodeValidationError as exc:
         log.warning("webhook for job %s refused: %s", delivery.job_id, exc.problems[0].message)
         note("refused", error=exc.problems[0].message)
         return None
     try:
-        signer = standardwebhooks.Webhook(resolve_secret(delivery.webhook.secret, settings))
+        signer = standardwebhooks.Webhook(resolve_secret(webhook.secret, settings))
     except TransientError as exc:
         return _again(self, delivery, first_attempt_at, attempt, note, PostOutcome(None, f"secret: {exc}"))
     except Exception:  # unresolvable, not allowed, or not a whsec_<base64> key: the value is never shown
@@ -156,7 +159,7 @@ def deliver_webhook(self: Task, delivery: WebhookDelivery) -> None:
         "webhook-timestamp": str(int(now.timestamp())),
         "webhook-signature": signer.sign(message_id, now, body),
     }
-    outcome = post_pinned(delivery.webhook.url, address, body.encode(), headers, settings.webhook_timeout_s)
+    outcome = post_pinned(webhook.url, address, body.encode(), headers, settings.webhook_timeout_s)
     if outcome.delivered:
         log.info("webhook for job %s %s delivered to %s (attempt %d)", delivery.job_id, event.event, where, attempt)
         note("delivered", outcome.status)
@@ -209,6 +212,3 @@ def _host(url: str) -> str:
     except ValueError:
         return "?"
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
