@@ -161,6 +161,9 @@ class Settings(BaseSettings):
     # from it (pool_size). 512 is the most measured to work (docs/pools.md).
     worker_concurrency: int = Field(256, ge=1, le=512)
     heartbeat_file: str = "/tmp/imagegen-worker-heartbeat"  # liveness probe checks its age
+    # Prometheus metrics of the worker process (worker/metrics.py); 0: none served.
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"  # scraped from outside the pod
 
     # --- storage --------------------------------------------------------------
     storage_url: str = "./var/images"

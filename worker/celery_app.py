@@ -10,6 +10,7 @@ from celery.signals import worker_init
 from contract.queue import ImageGenCelery, celery_config, is_amqp
 from contract.settings import Settings, get_settings
 from worker.malloc import keep_image_buffers
+from worker.metrics import serve as serve_metrics
 from worker.redaction import install_log_redaction
 
 
@@ -55,6 +56,10 @@ def _reuse_image_buffers(**_: Any) -> None:
     keep_image_buffers()  # worker/malloc.py: no page faults per image
 
 
+def _serve_metrics(**_: Any) -> None:
+    serve_metrics(get_settings())  # worker/metrics.py, when IMAGEGEN_METRICS_PORT is set
+
+
 def _no_result_subscriptions(**_: Any) -> None:
     """A worker never waits for a result, so it subscribes to none.
 
@@ -73,3 +78,4 @@ def _not_watched(result: Any, weak: bool = False, start_drainer: bool = True) ->
 
 worker_init.connect(_reuse_image_buffers, weak=False)
 worker_init.connect(_no_result_subscriptions, weak=False)
+worker_init.connect(_serve_metrics, weak=False)

@@ -15,6 +15,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from contract.lost_jobs import sweep
 from contract.settings import get_settings
+from worker.metrics import JOBS_LOST
 from worker.state import job_records
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def _run(backend: Any) -> None:
         try:
             for job_id in sweep(job_records(), backend, settings.job_deadline_s):
                 log.warning("job %s ended as lost: no progress for %d s", job_id, settings.job_deadline_s)
+                JOBS_LOST.inc()
         except (redis.RedisError, OSError) as exc:
             log.warning("lost-job sweep skipped: %s", type(exc).__name__)
 

@@ -17,6 +17,7 @@ from contract.queue import FINALIZE
 from contract.result import ErrorRecord, ImageRecord, JobResult, PromptStepRecord, Usage
 from contract.settings import get_settings
 from contract.work import JobOrder, JobSummary
+from worker import metrics
 from worker.celery_app import app
 from worker.lifecycle import publish
 from worker.state import job_records
@@ -72,6 +73,7 @@ def finalize(self: Task, outcomes: list[dict[str, Any]], summary: JobSummary) ->
     document = result.model_dump(mode="json")
     self.backend.store_result(self.request.id, document, states.SUCCESS)
     publish(summary.job_id, summary.run, "completed", completed_data(document))
+    metrics.JOBS.labels(result.status).inc()
 
 
 def fail_unstarted_job(backend: Any, result_id: str, order: JobOrder, message: str) -> None:
@@ -80,6 +82,7 @@ def fail_unstarted_job(backend: Any, result_id: str, order: JobOrder, message: s
     ``result_id``, then mark the job failed and announce it (in that order, as finalize does)."""
     document = _unstarted_job_result(order, message)
     backend.store_result(result_id, document, states.SUCCESS)
+    metrics.JOBS.labels("failed").inc()
     if _is_valid_id(order.job_id):
         job_records().mark_finished(order.job_id, order.run, "failed", utcnow())
         publish(order.job_id, order.run, "completed", completed_data(document))

@@ -35,6 +35,7 @@ from contract.result import ErrorKind, ErrorRecord, ImageRecord, SizeMismatch
 from contract.settings import get_settings
 from contract.tenancy import check_tenant_refs
 from contract.work import RetryState, VariationWork
+from worker import metrics
 from worker.celery_app import app
 from worker.errors import BlockedError, PermanentError, StorageError, TransientError
 from worker.imaging import inspect_image
@@ -79,6 +80,7 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None
                 "job %s variation %d: provider quota busy; next slot in %.1f s", work.job_id, work.index, countdown
             )
             next_state = state.model_copy(update={"throttled": state.throttled + 1, "slot_booked": slot.booked})
+            metrics.RETRIES.labels(work.model, "quota").inc()
             _retrying(work, tried + 1, "waiting for the shared provider quota", countdown)
             raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={})
 
@@ -101,6 +103,7 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None
                 countdown,
             )
             next_state = RetryState(first_attempt_at=first_attempt_at, throttled=state.throttled)
+            metrics.RETRIES.labels(work.model, "transient").inc()
             _retrying(work, attempt, str(exc), countdown)
             raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={}) from None
         kind: ErrorKind = "timeout" if exc.timed_out else "transient_exhausted"
@@ -125,6 +128,10 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None
 def _finished(work: VariationWork, record: ImageRecord | ErrorRecord) -> dict[str, Any]:
     """Count the variation, announce it, and give the chord its record."""
     variation_finished(work.job_id, work.run, record)
+    if isinstance(record, ImageRecord):
+        metrics.variation_finished(work.model, "succeeded", record.duration_ms / 1000)
+    else:
+        metrics.variation_finished(work.model, record.kind, None)
     if isinstance(record, ErrorRecord):
         log.warning("job %s variation %d failed: %s (%s)", work.job_id, work.index, record.kind, record.message)
     return _outcome(record)

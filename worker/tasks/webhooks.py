@@ -49,6 +49,7 @@ from contract.webhooks import (
     webhook_message_id,
 )
 from contract.work import WebhookDelivery
+from worker import metrics
 from worker.celery_app import app
 from worker.errors import TransientError
 from worker.retry import RetryPolicy
@@ -57,6 +58,14 @@ from worker.state import job_records
 from worker.webhook_post import PostOutcome, post_pinned
 
 log = logging.getLogger(__name__)
+# A delivery's recorded state -> its metric outcome (worker/metrics.py): "pending" after an
+# attempt means it is retried.
+WEBHOOK_OUTCOMES: dict[DeliveryState, str] = {
+    "pending": "retried",
+    "delivered": "delivered",
+    "failed": "failed",
+    "refused": "refused",
+}
 
 
 def _policy(settings: Settings) -> RetryPolicy:
@@ -93,6 +102,7 @@ def deliver_webhook(self: Task, delivery: WebhookDelivery) -> None:
             updated_at=datetime.now(UTC),
         )
         deliveries.record(delivery.job_id, status)
+        metrics.WEBHOOKS.labels(WEBHOOK_OUTCOMES[state]).inc()
 
     try:
         check_job_id(delivery.job_id)  # again here: the message may bypass the producer

@@ -1,0 +1,62 @@
+"""The worker's own Prometheus metrics count outcomes, which Flower's task events cannot tell
+apart: there every variation, job and webhook delivery ends "task-succeeded"."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from devtools.redis_server import free_port
+from producer.client import ImageGenClient
+from tests.conftest import StartWorker
+
+SECRET = "whsec_" + base64.b64encode(b"metrics-test-key-0123456789abcdef").decode()
+
+
+def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = requests.get(url, timeout=5).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_outcomes_retries_jobs_webhooks_and_the_queue_are_counted(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], job_env: dict[str, str]
+) -> None:
+    port = free_port()
+    start_worker(
+        {
+            "IMAGEGEN_METRICS_PORT": str(port),
+            "IMAGEGEN_METRICS_HOST": "127.0.0.1",
+            # variation 1 fails for good, 2 once (then succeeds), 3 is blocked; 0 succeeds
+            "IMAGEGEN_OFFLINE_FAILURES": "1:permanent,2:transient*1,3:blocked",
+            "IMAGEGEN_RETRY_BASE_DELAY_S": "0.2",
+            "WEBHOOK_METRICS": SECRET,
+        }
+    )
+    offline_node["inputs"]["variations"] = 4
+    hook = {"url": f"http://127.0.0.1:{free_port()}/hook?token=Q", "secret": "env:WEBHOOK_METRICS"}  # refused
+    result = client.submit(offline_node, job_id="metrics-job-1", webhook=hook).wait(timeout=60)
+    assert result.status == "partial"
+
+    url = f"http://127.0.0.1:{port}/metrics"
+    model = (("model", "offline_preview"),)
+    deadline = time.monotonic() + 20
+    while samples(url).get(("imagegen_webhook_deliveries_total", (("outcome", "retried"),)), 0) < 1:
+        assert time.monotonic() < deadline, "no webhook attempt counted"
+        time.sleep(0.2)
+    found = samples(url)
+    for outcome, count in (("succeeded", 2), ("permanent", 1), ("blocked", 1)):
+        assert found[("imagegen_variations_total", (*model, ("outcome", outcome)))] == count, outcome
+    assert found[("imagegen_variation_retries_total", (*model, ("reason", "transient")))] == 1
+    assert found[("imagegen_variation_seconds_count", model)] == 2
+    assert found[("imagegen_jobs_total", (("status", "partial"),))] == 1
+    assert found[("imagegen_queue_messages", (("queue", job_env["IMAGEGEN_QUEUE"]),))] >= 0
+    text = requests.get(url, timeout=5).text
+    assert "metrics-job-1" not in text and "token" not in text  # bounded labels: no ids, no URLs

@@ -1,0 +1,98 @@
+"""Prometheus metrics of one worker process: outcomes operators alert on.
+
+Flower counts Celery's task events, and there every variation, job and webhook
+delivery ends ``task-succeeded``: outcomes are returned as records so the chord
+always runs, never raised. These count the outcomes themselves, at
+``:IMAGEGEN_METRICS_PORT/metrics`` (0, the default, serves nothing: several
+workers share a test machine; the Kubernetes ConfigMap sets it).
+
+Labels are bounded: a model is a catalog name, an outcome one of a fixed list,
+a queue the configured one. Never a tenant, a job id or a message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import redis
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from contract.settings import Settings
+
+log = logging.getLogger(__name__)
+
+VARIATIONS = Counter(
+    "imagegen_variations",
+    "Variations finished, by model and outcome: succeeded, or the error kind of the record "
+    "(transient_exhausted, permanent, blocked, storage, timeout, lost, canceled)",
+    ["model", "outcome"],
+)
+VARIATION_SECONDS = Histogram(
+    "imagegen_variation_seconds",
+    "Time from a variation's first attempt to its stored image, by model (retries included)",
+    ["model"],
+    buckets=(1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600),
+)
+RETRIES = Counter(
+    "imagegen_variation_retries",
+    "Variation attempts put off to later, by model and reason: transient (a failure that is "
+    "retried) or quota (waiting for the shared provider quota: IMAGEGEN_RATE_LIMITS)",
+    ["model", "reason"],
+)
+JOBS = Counter("imagegen_jobs", "Jobs finished by this worker, by status", ["status"])
+JOBS_LOST = Counter(
+    "imagegen_jobs_lost", "Jobs this worker's sweep ended as lost: no progress within IMAGEGEN_JOB_DEADLINE_S"
+)
+WEBHOOKS = Counter(
+    "imagegen_webhook_deliveries",
+    "Webhook delivery attempts, by outcome: delivered, retried, failed (gave up or not retried), "
+    "refused (the URL, its address or the secret reference was refused)",
+    ["outcome"],
+)
+
+
+class QueueLength(Collector):
+    """``imagegen_queue_messages``: messages waiting in the Redis broker's queue (LLEN), read at
+    each scrape; no sample when Redis does not answer. What KEDA scales on, for dashboards."""
+
+    def __init__(self, url: str, queue: str):
+        self._client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._queue = queue
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "imagegen_queue_messages", "Messages waiting in the broker's queue (Redis broker)", labels=["queue"]
+        )
+        try:
+            family.add_metric([self._queue], float(self._client.llen(self._queue)))
+        except (redis.RedisError, OSError) as exc:
+            log.debug("queue length not read: %s", type(exc).__name__)
+        yield family
+
+
+def serve(settings: Settings) -> bool:
+    """Start the metrics endpoint in this process if a port is set; False when not served."""
+    if not settings.metrics_port:
+        return False
+    if settings.worker_pool == "prefork":
+        # Each child would count in its own registry, which this endpoint cannot see.
+        log.warning("IMAGEGEN_METRICS_PORT is set, but the prefork pool is not measured: no metrics endpoint")
+        return False
+    if not settings.broker_url or settings.broker_url.startswith(("redis", "rediss", "unix")):
+        from contract.redis_client import is_sentinel
+
+        url = settings.broker_url or settings.redis_url
+        if not is_sentinel(url):
+            REGISTRY.register(QueueLength(url, settings.queue))
+    start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    log.info("metrics at http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    return True
+
+
+def variation_finished(model: str, outcome: str, seconds: float | None) -> None:
+    VARIATIONS.labels(model, outcome).inc()
+    if outcome == "succeeded" and seconds is not None:
+        VARIATION_SECONDS.labels(model).observe(seconds)
