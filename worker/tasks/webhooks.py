@@ -5,8 +5,9 @@ task reads the event from the job's stream by id (no result document in the
 broker; a ``completed`` event's document from the result backend) and the
 webhook from the job's record, and checks it again (the message may bypass the
 producer: its URL must pass the rules, its host is resolved and every address
-checked, and the POST goes to that address: worker/webhook_post.py), resolves the signing key from its reference here in
-the worker, and POSTs ``{"type": "job.<event>", "timestamp", "data"}`` with the
+checked, and the POST goes to that address: worker/webhook_post.py), resolves
+the signing key from its reference here in the worker, and POSTs
+``{"type": "job.<event>", "timestamp", "data"}`` with the
 ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers. The
 message names only the job, run and event: the webhook is the job record's.
 
