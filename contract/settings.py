@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from functools import cached_property, lru_cache
 from typing import Any, Literal
@@ -324,6 +325,14 @@ class Settings(BaseSettings):
         return tuple(p.strip() for p in self.allowed_secret_refs.split(",") if p.strip())
 
 
+# What Kubernetes sets for each Service in the namespace (unless enableServiceLinks: false):
+# IMAGEGEN_WORKER_PORT=tcp://10.0.0.5:9808 is a link, not a misspelt IMAGEGEN_WORKER_POOL.
+_SERVICE_LINK = re.compile(
+    r"[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)"
+)
+_SERVICE_LINK_VALUE = re.compile(r"(tcp|udp|sctp)(://[0-9a-fA-F.:\[\]]+:[0-9]+)?|[0-9a-fA-F.:]+|[0-9]+")
+
+
 def _variable_names() -> frozenset[str]:
     """Every environment variable a setting is read from."""
     names: set[str] = set()
@@ -356,6 +365,8 @@ def _misspelt_variables(environ: Mapping[str, str]) -> list[str]:
             continue
         if any(name.startswith(prefix) for prefix in referenced if prefix):
             continue
+        if _SERVICE_LINK.fullmatch(name) and _SERVICE_LINK_VALUE.fullmatch(environ[name]):
+            continue  # Kubernetes' variables for a Service named imagegen-<something>
         close = difflib.get_close_matches(name, ours, n=1, cutoff=MISSPELT_CUTOFF)
         if close:
             problems.append(

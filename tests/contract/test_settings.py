@@ -88,6 +88,24 @@ def test_variables_that_are_no_typo_are_left_alone(monkeypatch: pytest.MonkeyPat
         Settings()
 
 
+def test_kubernetes_service_links_are_no_typo(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What Kubernetes sets in every pod for a Service named imagegen-worker (our manifests turn
+    # these off with enableServiceLinks: false; a cluster's other manifests may not).
+    for name, value in {
+        "IMAGEGEN_WORKER_PORT": "tcp://10.0.0.5:9808",  # one letter from IMAGEGEN_WORKER_POOL
+        "IMAGEGEN_WORKER_PORT_9808_TCP": "tcp://10.0.0.5:9808",
+        "IMAGEGEN_WORKER_PORT_9808_TCP_PROTO": "tcp",
+        "IMAGEGEN_WORKER_PORT_9808_TCP_ADDR": "10.0.0.5",
+        "IMAGEGEN_WORKER_SERVICE_HOST": "10.0.0.5",
+        "IMAGEGEN_WORKER_SERVICE_PORT": "9808",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().worker_pool == "threads"
+    monkeypatch.setenv("IMAGEGEN_WORKER_PORT", "gevent")  # not a link's value: a misspelt setting
+    with pytest.raises(SettingsError, match="did you mean IMAGEGEN_WORKER_POOL"):
+        Settings()
+
+
 def test_celery_reliability_settings() -> None:
     config = celery_config(Settings())
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]

@@ -163,6 +163,14 @@ def test_every_container_is_locked_down_and_keeps_secrets_out_of_argv() -> None:
             assert "resources" in container and "livenessProbe" in container, name
 
 
+def test_our_pods_get_no_service_link_variables() -> None:
+    # Kubernetes would set IMAGEGEN_<SERVICE>_PORT=tcp://... for every Service named imagegen-*:
+    # a Service named imagegen-metrics would set IMAGEGEN_METRICS_PORT, a setting.
+    specs = _pod_specs()
+    for name in ("worker-deployment.yaml", "api.yaml", "flower.yaml"):
+        assert specs[name]["enableServiceLinks"] is False, name
+
+
 def test_pods_run_as_service_accounts_that_exist_and_can_log_in_to_vault() -> None:
     accounts = {d["metadata"]["name"] for d in yaml.safe_load_all((K8S / "serviceaccounts.yaml").read_text())}
     for name in ("worker-deployment.yaml", "api.yaml"):
