@@ -81,13 +81,22 @@ def serve(settings: Settings) -> bool:
         # Each child would count in its own registry, which this endpoint cannot see.
         log.warning("IMAGEGEN_METRICS_PORT is set, but the prefork pool is not measured: no metrics endpoint")
         return False
+    try:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    except OSError as exc:  # Celery swallows a start-up hook's exception: say it here
+        log.error(
+            "no metrics endpoint: cannot listen on %s:%d (IMAGEGEN_METRICS_HOST/PORT): %s",
+            settings.metrics_host,
+            settings.metrics_port,
+            exc.strerror or exc,
+        )
+        return False
     if not settings.broker_url or settings.broker_url.startswith(("redis", "rediss", "unix")):
         from contract.redis_client import is_sentinel
 
         url = settings.broker_url or settings.redis_url
         if not is_sentinel(url):
             REGISTRY.register(QueueLength(url, settings.queue))
-    start_http_server(settings.metrics_port, addr=settings.metrics_host)
     log.info("metrics at http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     return True
 

@@ -207,7 +207,7 @@ def test_delivery_goes_only_to_the_jobs_own_webhook(
     [to_the_job] = _settled(client, "ssrf-forged")  # tried at its own URL (a closed port): retried later
     assert to_the_job.state == "pending" and to_the_job.last_error, to_the_job
     [none] = _settled(client, "no-hook")
-    assert none.state == "refused" and "submitted without a webhook" in (none.last_error or "")
+    assert none.state == "refused" and "the job has no webhook" in (none.last_error or "")
     time.sleep(0.5)
     assert receiver.received == []
 

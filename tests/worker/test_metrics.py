@@ -4,6 +4,7 @@ apart: there every variation, job and webhook delivery ends "task-succeeded"."""
 from __future__ import annotations
 
 import base64
+import socket
 import time
 from typing import Any
 
@@ -60,3 +61,13 @@ def test_outcomes_retries_jobs_webhooks_and_the_queue_are_counted(
     assert found[("imagegen_queue_messages", (("queue", job_env["IMAGEGEN_QUEUE"]),))] >= 0
     text = requests.get(url, timeout=5).text
     assert "metrics-job-1" not in text and "token" not in text  # bounded labels: no ids, no URLs
+
+
+def test_a_port_it_cannot_listen_on_is_logged_and_the_worker_runs_on(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        worker = start_worker({"IMAGEGEN_METRICS_PORT": str(port), "IMAGEGEN_METRICS_HOST": "127.0.0.1"})
+        assert client.submit(offline_node).wait(timeout=60).status == "succeeded"
+    assert f"no metrics endpoint: cannot listen on 127.0.0.1:{port}" in worker.log()

@@ -115,7 +115,7 @@ def deliver_webhook(self: Task, delivery: WebhookDelivery) -> None:
     stored = records.client.hget(job_key(delivery.job_id), "webhook")
     if stored is None:
         log.warning("webhook delivery for job %s refused: the job has no webhook", delivery.job_id[:200])
-        note("refused", error="this job was submitted without a webhook")
+        note("refused", error="the job has no webhook (submitted without one, or its record expired)")
         return None
     webhook = Webhook.model_validate_json(stored)
     where = _host(webhook.url)
