@@ -59,7 +59,7 @@ from api.problems import (
     problem_responses,
     unavailable,
 )
-from api.quota import ConcurrencyCap, InFlightCap
+from api.quota import ConcurrencyCap, InFlightCap, TenantThreads
 from api.submission import parse_submission
 from api.tenants import Authenticator, Tenant
 from contract.catalog import load_catalog
@@ -91,6 +91,8 @@ class ApiState:
     # A sign waits up to its timeout for a worker: on threads of its own, never the shared pool
     # that every other route's blocking calls run on (40 threads: 40 signs had stalled them all).
     sign_threads: anyio.CapacityLimiter
+    # A submit resolves its webhook's host: on its tenant's own threads, for the same reason.
+    submit_threads: TenantThreads
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -108,7 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         streams = ConcurrencyCap(settings.api_max_streams_per_tenant, settings.api_max_streams)
         signs = ConcurrencyCap(settings.api_max_signs_per_tenant, settings.api_max_signs)
         sign_threads = anyio.CapacityLimiter(settings.api_max_signs)
-        app.state.api = ApiState(settings, client, auth, cap, aredis, streams, signs, sign_threads)
+        submit_threads = TenantThreads(settings.api_submit_threads_per_tenant)
+        app.state.api = ApiState(settings, client, auth, cap, aredis, streams, signs, sign_threads, submit_threads)
         try:
             yield
         finally:
@@ -285,7 +288,8 @@ def _routes(app: FastAPI) -> None:
         if len(request.headers.getlist("idempotency-key")) > 1:  # which one is the job id? neither
             raise invalid_field("Idempotency-Key", MISSING, "is sent more than once; send it once")
         raw, data = await read_json(request, state.settings.api_max_body_bytes, state.settings.api_body_timeout_s)
-        accepted = await run_in_threadpool(_submit, state, tenant, raw, data, idempotency_key)
+        work = functools.partial(_submit, state, tenant, raw, data, idempotency_key)
+        accepted = await anyio.to_thread.run_sync(work, limiter=state.submit_threads.of(tenant.name))
         return JSONResponse(
             accepted.model_dump(mode="json"),
             status_code=202 if accepted.created else 200,

@@ -1,5 +1,6 @@
-"""The per-tenant cap on jobs in flight (``IMAGEGEN_API_MAX_JOBS_IN_FLIGHT``), and the caps on
-what a request holds open in one API process (event streams, signs waiting for a worker).
+"""The per-tenant cap on jobs in flight (``IMAGEGEN_API_MAX_JOBS_IN_FLIGHT``), the caps on
+what a request holds open in one API process (event streams, signs waiting for a worker), and
+each tenant's own threads for submits.
 
 One set per tenant holds the internal ids of its jobs that may still be queued
 or running. Booking a new job adds it if the tenant is below the cap; at the cap,
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import anyio
 import redis
 
 from contract.queue import KEY_PREFIX, job_key
@@ -115,3 +117,22 @@ class ConcurrencyCap:
             self._open[tenant] = count
         else:
             self._open.pop(tenant, None)
+
+
+class TenantThreads:
+    """One thread limiter per tenant, for work that may block for a while on the tenant's own
+    input: a submit resolves its webhook's host (production), and a name whose DNS server does
+    not answer holds a thread for seconds. On the shared pool (40 threads, every route's blocking
+    calls) 45 such submits had stalled every tenant's requests; here a tenant's extra submits
+    wait for its own threads. Tenants are the configured ones (IMAGEGEN_API_TOKENS), so the
+    limiters are few. Created and read on the event loop only, so no lock."""
+
+    def __init__(self, per_tenant: int):
+        self.per_tenant = per_tenant
+        self._limiters: dict[str, anyio.CapacityLimiter] = {}
+
+    def of(self, tenant: str) -> anyio.CapacityLimiter:
+        limiter = self._limiters.get(tenant)
+        if limiter is None:
+            limiter = self._limiters[tenant] = anyio.CapacityLimiter(self.per_tenant)
+        return limiter

@@ -149,6 +149,7 @@ class Settings(BaseSettings):
     api_max_streams: int = Field(200, ge=1, le=10_000)  # all tenants' open event streams per API process
     api_max_signs_per_tenant: int = Field(4, ge=1)  # POST /v1/sign waiting for a worker, per tenant and process
     api_max_signs: int = Field(16, ge=1, le=1000)  # all tenants' signs waiting, per API process (own threads)
+    api_submit_threads_per_tenant: int = Field(8, ge=1, le=256)  # a tenant's submits at once; more wait
     api_max_body_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)  # a larger body gets 413
     api_body_timeout_s: float = Field(30.0, gt=0, le=600)  # a body not all there by then gets 408
 

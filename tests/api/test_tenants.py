@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -102,6 +103,41 @@ def test_signs_waiting_for_a_worker_are_capped_and_stall_no_other_route(
         answers = [future.result() for future in waiting]
     assert [a.status_code for a in answers[:44]] == [200] * 44, answers[0].text
     assert acme.post("/v1/sign", json={"uri": uri}).status_code == 200  # the slots were given back
+
+
+def test_one_tenants_slow_webhook_lookups_stall_no_other_tenant(
+    start_api: StartApi, offline_node: dict[str, Any]
+) -> None:
+    """In production a submit resolves its webhook's host; behind a DNS server that does not
+    answer, that holds a thread for seconds. 45 such submits on the shared pool (40 threads) had
+    stalled every tenant's requests (GET /v1/models: 0.03 s -> 8.3 s, reproduced with a real
+    resolver that never answered); a tenant's submits now run on threads of its own."""
+    api = start_api(
+        {
+            "IMAGEGEN_ENVIRONMENT": "production",
+            "IMAGEGEN_STORAGE_URL": "s3://images/prod",
+            "IMAGEGEN_ALLOWED_SECRET_REFS": "env:WEBHOOK_",
+            "PYTHONPATH": str(Path(__file__).parent / "slow_dns"),  # *.slow.test resolves in 3 s, to nothing
+            "IMAGEGEN_API_SUBMIT_THREADS_PER_TENANT": "45",  # all at once: more than the shared pool's 40
+        }
+    )
+    acme, globex = api.client("acme", timeout=120), api.client("globex", timeout=30)
+    with ThreadPoolExecutor(max_workers=45) as pool:
+        slow = [
+            pool.submit(
+                acme.post,
+                "/v1/jobs",
+                json={"node": offline_node, "webhook": {"url": f"https://h{n}.slow.test/x", "secret": "env:WEBHOOK_A"}},
+            )
+            for n in range(45)
+        ]
+        time.sleep(0.5)  # they are all in, waiting on their lookups
+        assert globex.get("/v1/models").status_code == 200
+        assert globex.get("/v1/jobs/nothing-here").status_code == 404
+        assert not any(future.done() for future in slow)  # answered while acme's 45 still wait
+        answers = [future.result() for future in slow]
+    assert {a.status_code for a in answers} == {422}
+    assert "does not resolve" in answers[0].text
 
 
 def test_uris_outside_the_tenants_namespace_are_not_signed() -> None:
