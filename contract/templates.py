@@ -5,11 +5,12 @@ outputs); the template is rendered with jinja2's ``SandboxedEnvironment`` and
 ``StrictUndefined``, so a placeholder the context lacks is an error naming it,
 not an empty string. Templates are written by tenants: the sandbox blocks
 attribute tricks, the globals are emptied (no ``range``, ``lipsum``, ...), only
-text filters are kept, ``*`` cannot build big values, and output stops at the
-prompt cap. A template is expressions and ``{% if %}`` only (``_ALLOWED_NODES``):
-no loops, ``{% set %}``, macros, calls, ``**`` or ``%``, so rendering costs no more
-than the template's and the context's length (a few nested loops that print
-nothing would otherwise hold a thread for hours). Context values are data, never
+text filters are kept, ``*``, ``+`` and ``join`` cannot build big values (a
+value's weight counts its items' lengths), and output stops at the prompt cap.
+A template is expressions and ``{% if %}`` only (``_ALLOWED_NODES``): no loops,
+``{% set %}``, macros, calls, ``**`` or ``%``, so rendering costs no more than
+the template's and the context's length (a few nested loops that print nothing
+would otherwise hold a thread for hours). Context values are data, never
 templates: a ``{{`` inside an upstream answer is printed as it is.
 
 Rendering happens once, in the producer; the worker receives the rendered prompt.
@@ -21,8 +22,9 @@ import operator
 from collections.abc import Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta, nodes
+from jinja2 import Environment, StrictUndefined, TemplateError, TemplateSyntaxError, meta, nodes, pass_environment
 from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.filters import make_attrgetter
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import missing
 
@@ -45,7 +47,7 @@ SAFE_FILTERS = (
     "truncate",
     "upper",
 )
-_MAX_REPEAT_CHARS = 10_000  # "ab" * n, [x] * n: refused past this
+_MAX_BUILT_CHARS = 10_000  # "ab" * n, [x] * n, a + b, xs | join: refused past this
 
 # What a prompt template may contain: each node is evaluated once, at bounded cost.
 _ALLOWED_NODES: tuple[type[nodes.Node], ...] = (
@@ -86,15 +88,50 @@ class _Undefined(StrictUndefined):
         return f"uses the placeholder field {name!r}, which the context's {owner} does not have"
 
 
+def _weight(value: Any, budget: int = _MAX_BUILT_CHARS + 1) -> int:
+    """What a value weighs when printed or joined: a string's length, a list's or tuple's items'
+    weights added up (``["a" * 10000] * 10000`` weighs 10**8, not 10,000), anything else 1.
+    Counting stops once past ``budget``, so weighing costs no more than the cap."""
+    if isinstance(value, str):
+        return len(value)
+    if not isinstance(value, list | tuple):
+        return 1
+    total = 0
+    for item in value:
+        total += _weight(item, budget - total)
+        if total > budget:
+            break
+    return total
+
+
 class _Sandbox(SandboxedEnvironment):
-    intercepted_binops = frozenset({"*"})
+    intercepted_binops = frozenset({"*", "+"})
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        if operator_name == "+":
+            if isinstance(left, str | list | tuple) and _weight(left) + _weight(right) > _MAX_BUILT_CHARS:
+                raise SecurityError(f"building a value past {_MAX_BUILT_CHARS} characters is not allowed")
+            return operator.add(left, right)
         for sequence, count in ((left, right), (right, left)):
             repeats = isinstance(sequence, str | list | tuple) and isinstance(count, int)
-            if repeats and len(sequence) * max(count, 0) > _MAX_REPEAT_CHARS:
-                raise SecurityError(f"repeating a value past {_MAX_REPEAT_CHARS} items is not allowed")
+            if repeats and _weight(sequence) * max(count, 0) > _MAX_BUILT_CHARS:
+                raise SecurityError(f"building a value past {_MAX_BUILT_CHARS} characters is not allowed")
         return operator.mul(left, right)
+
+
+@pass_environment
+def _bounded_join(environment: Environment, value: Any, d: str = "", attribute: str | int | None = None) -> str:
+    """jinja's ``join``, but each item must be text (as every placeholder: no ``None`` or dict
+    printed into a prompt) and the result at most ``_MAX_BUILT_CHARS``: joining a list of big
+    strings had built gigabytes before the prompt cap was ever checked."""
+    items = list(value)
+    if attribute is not None:
+        get = make_attrgetter(environment, attribute)
+        items = [get(item) for item in items]
+    texts = [str(_as_text(item)) for item in items]
+    if sum(map(len, texts)) + len(d) * max(len(texts) - 1, 0) > _MAX_BUILT_CHARS:
+        raise SecurityError(f"building a value past {_MAX_BUILT_CHARS} characters is not allowed")
+    return str(d).join(texts)
 
 
 def _as_text(value: Any) -> Any:
@@ -118,6 +155,7 @@ def _environment() -> SandboxedEnvironment:
     env.globals.clear()
     env.filters = {name: env.filters[name] for name in SAFE_FILTERS}
     env.filters["string"] = lambda value: str(_as_text(value))  # not a way round the check
+    env.filters["join"] = _bounded_join
     return env
 
 

@@ -78,8 +78,13 @@ def test_plain_text_is_left_as_written() -> None:
     [
         ("{{ llm_1.__class__.__mro__ }}", "sandbox"),
         ("{{ topic.__class__ }}", "sandbox"),
-        ("{{ 'x' * 100000000 }}", "repeating"),
-        ("{{ [1] * 100000000 }}", "repeating"),
+        ("{{ 'x' * 100000000 }}", "building a value past 10000 characters"),
+        ("{{ [1] * 100000000 }}", "building a value past 10000 characters"),
+        # A 45-character template that had built 2 GB before the prompt cap was checked: a list is
+        # weighed by its items' lengths, and join, + and * are all bounded.
+        ('{{ ([(["a"*10000]*10000)|join]*20) | join }}', "building a value past 10000 characters"),
+        ('{{ (["a"*9000] + ["b"*9000]) | join }}', "building a value past 10000 characters"),
+        ('{{ "a"*6000 + "b"*6000 }}', "building a value past 10000 characters"),
         ("{{ 9 ** 99999999 }}", "the ** operator"),
         ("{{ '%0999999999d' % 1 }}", "the % operator"),  # a 1 GB string from a 20-character template
         ("{{ range(10) }}", "a function or method call"),
@@ -106,6 +111,15 @@ def test_hostile_templates_are_refused(template: str, why: str) -> None:
     with pytest.raises(TemplateProblem) as caught:
         render(template)
     assert why in str(caught.value)
+
+
+def test_join_prints_only_text_and_keeps_its_attribute_form() -> None:
+    assert render("{{ xs | join(', ') }}", {"xs": ["red", "blue", 3]}) == "red, blue, 3"
+    assert render("{{ xs | join(', ', attribute='name') }}", {"xs": [{"name": "a"}, {"name": "b"}]}) == "a, b"
+    assert render('{{ "ab" * 3 }} {{ 2 + 3 }} {{ ([1] + [2]) | length }}', {}) == "ababab 5 2"
+    for items in ([None, "x"], [{"a": 1}], [[1, 2]]):  # printed as None / a dict before
+        with pytest.raises(TemplateProblem, match="not text"):
+            render("{{ xs | join(', ') }}", {"xs": items})
 
 
 def test_expressions_and_if_are_what_a_template_may_hold() -> None:
