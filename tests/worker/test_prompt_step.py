@@ -32,6 +32,8 @@ def test_diversify_keeps_one_prompt_per_variation_in_order() -> None:
         (["a"], "diversify", "returned 1 prompt(s); 2 needed"),
         (["a", "```\n \n```"], "diversify", "prompt 2 is empty (a str of 9 characters)"),
         (["a", "x" * 101], "diversify", "prompt 2 is a str of 101 characters; at most 100"),
+        # A model's answer meets the rule every other prompt source does (it had reached the image model).
+        (["a", "a red car\x1b[2J\x00 evil"], "diversify", "prompt 2 contains the control character U+001B at"),
     ],
 )
 def test_answers_that_cannot_be_prompts_are_permanent(prompts: list[str], mode: str, message: str) -> None:

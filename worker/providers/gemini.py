@@ -97,6 +97,9 @@ class GeminiProvider:
         )
         response = self._call(request.model.model_id, request.prompt, config)
         text = _answer_text(response)
+        if any(secret in text for secret in self._secrets):
+            # It would become an image prompt, sent on and kept in the result: refused, not redacted.
+            raise PermanentError("the text model's answer contains the worker's API key; refused")
         prompts = [text] if request.count is None else _prompts_from_json(text, request.count)
         return GeneratedText(
             prompts,

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from contract.catalog import TextModelEntry, load_catalog
 from contract.node import NodeInputs
-from contract.prompt_text import clean_llm_text, describe
+from contract.prompt_text import clean_llm_text, control_character, describe
 from contract.queue import FINALIZE, PROMPT_STEP, prompt_step_key
 from contract.result import ErrorKind, ErrorRecord, PromptStepRecord
 from contract.settings import Settings, get_settings
@@ -91,6 +91,9 @@ def checked_prompts(written: GeneratedText, mode: Mode, count: int, max_chars: i
             raise PermanentError(
                 f"the prompt step's prompt {number} is {describe(prompt)}; at most {max_chars} are allowed"
             )
+        control = control_character(prompt, multiline=True)  # the rule every other prompt source meets
+        if control is not None:
+            raise PermanentError(f"the prompt step's prompt {number} {control}")
     return prompts * count if mode == "enhance" else prompts
 
 
