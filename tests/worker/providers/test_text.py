@@ -104,9 +104,7 @@ def test_429_is_transient_with_the_servers_delay_and_no_key(provider: GeminiProv
     assert KEY not in str(caught.value) and "<redacted>" in str(caught.value)
 
 
-def test_an_answer_holding_the_workers_key_is_refused_not_passed_on(
-    provider: GeminiProvider, fake: FakeGemini
-) -> None:
+def test_an_answer_holding_the_workers_key_is_refused_not_passed_on(provider: GeminiProvider, fake: FakeGemini) -> None:
     # It would become an image prompt: sent to the image model and kept in the result.
     fake.script(Behaviour("ok", message=f"a red car, key {KEY}"))
     with pytest.raises(PermanentError) as caught:
