@@ -7,9 +7,19 @@ so the chord always fires.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.providers.base import GeneratedText
+
 
 class GenerationError(Exception):
-    """Base: ``str(exc)`` must be safe to show users (no secrets)."""
+    """Base: ``str(exc)`` must be safe to show users (no secrets).
+
+    ``spent``: what a provider call that was made, and billed, reported before its answer was
+    refused (its usage and response id), so the job's cost still counts it."""
+
+    spent: GeneratedText | None = None
 
 
 class TransientError(GenerationError):

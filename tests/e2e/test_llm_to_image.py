@@ -248,7 +248,42 @@ def test_a_blocked_text_prompt_ends_the_job_blocked_with_its_reason(
     assert "prompt step" in result.errors[0].message
     assert image_requests(fake) == []
     assert len(text_requests(fake)) == 1  # a block is not retried
+    assert_paid_for(result)
     assert_matches_published_schema(result)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "why"),
+    [
+        (Behaviour("wrong_count"), "prompt(s)"),
+        (Behaviour("ok", message="not json at all"), "JSON"),
+        (Behaviour("ok", message='{"prompts": ["a car\\u001b[2J", "a bus"]}'), "control character U+001B"),
+    ],
+)
+def test_a_refused_text_answer_is_still_counted_as_paid(
+    gemini_worker: WorkerProcess,
+    client: ImageGenClient,
+    seed_node: dict[str, Any],
+    fake: FakeGemini,
+    behaviour: Behaviour,
+    why: str,
+) -> None:
+    """The call was made and billed though its answer cannot be used: its tokens and cost count
+    in the job's totals (they had been null, understating the spend)."""
+    fake.script(behaviour)
+    result = client.submit(with_inputs(seed_node, variations=2, prompt_enhancement="diversify")).wait(timeout=WAIT_S)
+
+    assert result.status == "failed" and image_requests(fake) == [] and len(text_requests(fake)) == 1
+    assert all(e.kind == "permanent" and why in e.message for e in result.errors), result.errors
+    assert_paid_for(result)
+
+
+def assert_paid_for(result: Any) -> None:
+    step = result.prompt_step
+    assert step is not None and step.usage is not None and step.usage.prompt_tokens > 0, step
+    assert step.response_id and step.estimated_cost_usd is not None and step.estimated_cost_usd > 0
+    assert result.usage == step.usage  # the job's totals (its cost is rounded to 6 decimals)
+    assert result.estimated_cost_usd == pytest.approx(step.estimated_cost_usd, abs=1e-6)
 
 
 def test_the_offline_model_has_an_offline_prompt_step(

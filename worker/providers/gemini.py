@@ -15,6 +15,7 @@ show: the API key is scrubbed from anything built from SDK or HTTP errors.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import importlib
 import importlib.util
@@ -96,17 +97,22 @@ class GeminiProvider:
             response_schema=_prompts_schema(request.count) if request.count is not None else None,
         )
         response = self._call(request.model.model_id, request.prompt, config)
-        text = _answer_text(response)
-        if any(secret in text for secret in self._secrets):
-            # It would become an image prompt, sent on and kept in the result: refused, not redacted.
-            raise PermanentError("the text model's answer contains the worker's API key; refused")
-        prompts = [text] if request.count is None else _prompts_from_json(text, request.count)
-        return GeneratedText(
-            prompts,
+        spent = GeneratedText(
+            [],
             usage=_usage(response.usage_metadata),
             model_version=response.model_version,
             response_id=response.response_id,
         )
+        try:
+            text = _answer_text(response)
+            if any(secret in text for secret in self._secrets):
+                # It would become an image prompt, sent on and kept in the result: refused, not redacted.
+                raise PermanentError("the text model's answer contains the worker's API key; refused")
+            prompts = [text] if request.count is None else _prompts_from_json(text, request.count)
+        except GenerationError as exc:
+            exc.spent = spent  # the call was made and billed, though its answer is refused
+            raise
+        return dataclasses.replace(spent, prompts=prompts)
 
     def _call(self, model_id: str, contents: str, config: types.GenerateContentConfig) -> types.GenerateContentResponse:
         """``generate_content``, with every failure mapped to a ``worker.errors`` outcome."""

@@ -33,7 +33,7 @@ from contract.result import ErrorKind, ErrorRecord, PromptStepRecord
 from contract.settings import Settings, get_settings
 from contract.work import JobSummary, RetryState, VariationWork
 from worker.celery_app import app
-from worker.errors import BlockedError, PermanentError, TransientError
+from worker.errors import BlockedError, GenerationError, PermanentError, TransientError
 from worker.lifecycle import variation_finished
 from worker.providers import GeneratedText, TextRequest, text_provider_for
 from worker.retry import RetryPolicy
@@ -112,7 +112,11 @@ def write_prompts(
         attempt=attempt,
     )
     written = text_provider_for(entry.provider, settings).write_prompts(request)
-    return checked_prompts(written, work.mode, count, settings.max_prompt_chars), written
+    try:
+        return checked_prompts(written, work.mode, count, settings.max_prompt_chars), written
+    except GenerationError as exc:
+        exc.spent = written  # paid for, though its prompts are refused
+        raise
 
 
 def start_prompt_step(result_id: str, inputs: NodeInputs, variations: list[VariationWork], summary: JobSummary) -> None:
@@ -188,8 +192,10 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
         failure = ("timeout", "the prompt step exceeded its time limit", None)
     except BlockedError as exc:
         failure = ("blocked", str(exc), exc.reason)
+        record = _with_usage(record, exc.spent, entry) if exc.spent and entry else record
     except PermanentError as exc:
         failure = ("permanent", str(exc), None)
+        record = _with_usage(record, exc.spent, entry) if exc.spent and entry else record
     except Exception:
         log.exception("job %s prompt step: unexpected error", summary.job_id)
         failure = ("permanent", "internal error in the worker's prompt step (logged)", None)
