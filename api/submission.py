@@ -97,9 +97,8 @@ def parse_submission(
         except NodeValidationError as exc:
             problems.extend(exc.problems)
     if parsed is not None:  # the same rule the client applies at submit, so validate agrees with it
-        refs = {**parsed.credential_refs(), "webhook.secret": webhook.secret if webhook else None}
         try:
-            check_refs_of_tenant(tenant.name, refs, settings)
+            check_refs_of_tenant(tenant.name, parsed.credential_refs(webhook), settings)
         except NodeValidationError as exc:
             problems.extend(exc.problems)
     if problems or parsed is None:

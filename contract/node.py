@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -32,6 +32,9 @@ from contract.prompt_text import control_character
 from contract.secret_refs import HOW_TO, check_allowed, parse_secret_ref
 from contract.settings import Settings, get_settings
 from contract.templates import TemplateProblem, render_prompt
+
+if TYPE_CHECKING:
+    from contract.webhooks import Webhook
 
 CloudProvider = Literal["aws", "azure", "gcp"]  # the keys of contract.clouds.SPECS
 # The prompt step before the images (worker/tasks/prompt_step.py): none, one detailed
@@ -265,12 +268,16 @@ class ImageGenerationNode(BaseModel):
     def _output_type(cls, value: str | None) -> str | None:
         return None if value is None else _bounded_text(value, MAX_OUTPUT_TYPE_CHARS, multiline=False)
 
-    def credential_refs(self) -> dict[str, str | None]:
-        """The credential references by field, for the tenant check (contract/tenancy.py); none
-        when the node writes to the platform's storage."""
-        if not self.inputs.use_cloud:
-            return {}
-        return {f"inputs.{name}": getattr(self.inputs, name, None) for name in sorted(CREDENTIAL_FIELDS)}
+    def credential_refs(self, webhook: Webhook | None = None) -> dict[str, str | None]:
+        """The secret references by field, for the tenant check (contract/tenancy.py): the
+        storage credentials (none when the node writes to the platform's storage), and with a
+        ``webhook`` its signing key's."""
+        refs: dict[str, str | None] = {}
+        if self.inputs.use_cloud:
+            refs = {f"inputs.{name}": getattr(self.inputs, name, None) for name in sorted(CREDENTIAL_FIELDS)}
+        if webhook is not None:
+            refs["webhook.secret"] = webhook.secret
+        return refs
 
     def to_task_payload(self) -> dict[str, Any]:
         """JSON-safe form sent to the worker: what the job runs (no description), references only."""

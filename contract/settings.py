@@ -334,6 +334,7 @@ _SERVICE_LINK = re.compile(
 _SERVICE_LINK_VALUE = re.compile(r"(tcp|udp|sctp)(://[0-9a-fA-F.:\[\]]+:[0-9]+)?|[0-9a-fA-F.:]+|[0-9]+")
 
 
+@lru_cache(maxsize=1)
 def _variable_names() -> frozenset[str]:
     """Every environment variable a setting is read from."""
     names: set[str] = set()
@@ -352,14 +353,14 @@ def _misspelt_variables(environ: Mapping[str, str]) -> list[str]:
     mode, every production refusal off. Names a secret reference may use (``env:`` in
     IMAGEGEN_API_TOKENS or IMAGEGEN_ALLOWED_SECRET_REFS) are no typo."""
     ours = sorted(n for n in _variable_names() if n.startswith(SETTING_PREFIX))
-    referenced = [
-        ref.split("=", 1)[-1].strip().removeprefix("env:")
-        for ref in (
+    refs = (
+        entry.split("=", 1)[-1].strip()  # "tenant=env:NAME" in the tokens, "env:PREFIX" in the allow-list
+        for entry in (
             *environ.get("IMAGEGEN_API_TOKENS", "").split(","),
             *environ.get("IMAGEGEN_ALLOWED_SECRET_REFS", "").split(","),
         )
-        if ref.split("=", 1)[-1].strip().startswith("env:")
-    ]
+    )
+    referenced = [ref.removeprefix("env:") for ref in refs if ref.startswith("env:")]
     problems = []
     for name in sorted(environ):
         if not name.startswith(SETTING_PREFIX) or name in ours:

@@ -215,9 +215,7 @@ class ImageGenClient:
         parsed, job_id = validate_submission(node, job_id, self.settings, context=context)
         job_id = str(uuid.uuid4()) if job_id is None else job_id
         hook = None if webhook is None else parse_webhook(webhook, self.settings, resolve=True)
-        check_tenant_refs(
-            job_id, {**parsed.credential_refs(), "webhook.secret": hook.secret if hook else None}, self.settings
-        )
+        check_tenant_refs(job_id, parsed.credential_refs(hook), self.settings)
         payload = parsed.to_task_payload()
         submitted_at = utcnow()
         # Without a webhook the fingerprint is the node's alone, as it always was.

@@ -20,6 +20,8 @@ from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from contract.queue import is_amqp
+from contract.redis_client import is_sentinel
 from contract.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,12 +93,9 @@ def serve(settings: Settings) -> bool:
             exc.strerror or exc,
         )
         return False
-    if not settings.broker_url or settings.broker_url.startswith(("redis", "rediss", "unix")):
-        from contract.redis_client import is_sentinel
-
-        url = settings.broker_url or settings.redis_url
-        if not is_sentinel(url):
-            REGISTRY.register(QueueLength(url, settings.queue))
+    url = settings.broker_url or settings.redis_url
+    if not is_amqp(url) and not is_sentinel(url):
+        REGISTRY.register(QueueLength(url, settings.queue))
     log.info("metrics at http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     return True
 

@@ -190,12 +190,10 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
         failure = (kind, f"gave up after {attempt} attempt(s) ({refusal}): {exc}", None)
     except SoftTimeLimitExceeded:
         failure = ("timeout", "the prompt step exceeded its time limit", None)
-    except BlockedError as exc:
-        failure = ("blocked", str(exc), exc.reason)
-        record = _with_usage(record, exc.spent, entry) if exc.spent and entry else record
-    except PermanentError as exc:
-        failure = ("permanent", str(exc), None)
-        record = _with_usage(record, exc.spent, entry) if exc.spent and entry else record
+    except (BlockedError, PermanentError) as exc:
+        failure = ("blocked", str(exc), exc.reason) if isinstance(exc, BlockedError) else ("permanent", str(exc), None)
+        if exc.spent is not None and entry is not None:  # the call was billed, though its answer is refused
+            record = _with_usage(record, exc.spent, entry)
     except Exception:
         log.exception("job %s prompt step: unexpected error", summary.job_id)
         failure = ("permanent", "internal error in the worker's prompt step (logged)", None)

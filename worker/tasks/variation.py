@@ -132,7 +132,6 @@ def _finished(work: VariationWork, record: ImageRecord | ErrorRecord) -> dict[st
         metrics.variation_finished(work.model, "succeeded", record.duration_ms / 1000)
     else:
         metrics.variation_finished(work.model, record.kind, None)
-    if isinstance(record, ErrorRecord):
         log.warning("job %s variation %d failed: %s (%s)", work.job_id, work.index, record.kind, record.message)
     return _outcome(record)
 
