@@ -69,7 +69,7 @@ from contract.jobs import JobStatus
 from contract.node import ImageGenerationNode
 from contract.result import JobResult
 from contract.settings import Settings, get_settings
-from producer.client import ImageGenClient, JobNotFound, QueueUnavailable
+from producer.client import ImageGenClient, JobNotFound, QueueUnavailable, check_image_uri
 
 log = logging.getLogger("api")
 
@@ -413,6 +413,10 @@ def _routes(app: FastAPI) -> None:
             body = SignBody.model_validate(data)
         except ValidationError as exc:
             raise invalid(_problems_of(exc)) from None
+        try:
+            check_image_uri(body.uri)  # a signed url given for the uri is told so, not "not found"
+        except NodeValidationError as exc:
+            raise invalid(exc) from None
         if not tenant.owns_uri(body.uri):
             # Another tenant's image and no image at all answer alike.
             raise ApiProblem(404, "image-not-found", "No such image", "no image of your jobs has this uri")

@@ -529,6 +529,12 @@ def check_image_uri(uri: Any) -> str:
     if not uri or len(uri) > MAX_URI_CHARS or not uri.isprintable():
         rule = f"must be the image's uri from the result: 1 to {MAX_URI_CHARS} printable characters"
         raise NodeValidationError([Problem("uri", excerpt(uri), rule)], subject="sign request")
+    if "?" in uri or "#" in uri:
+        # A signed URL given by mistake: its token would travel in the task's arguments (Flower).
+        rule = "must be the image's uri from the result (its 'uri', not its signed 'url'): no query or fragment"
+        raise NodeValidationError(
+            [Problem("uri", excerpt(uri.partition("?")[0].partition("#")[0]), rule)], subject="sign request"
+        )
     return uri
 
 

@@ -55,6 +55,10 @@ def test_a_tenant_cannot_read_cancel_or_sign_another_tenants_job(
     signed = acme.post("/v1/sign", json={"uri": uri})
     assert signed.status_code == 200, signed.text
     assert signed.json()["uri"] == uri and signed.json()["url"]
+    # Its signed url given for the uri (an easy mistake): told which field to give, not "not found".
+    mistaken = acme.post("/v1/sign", json={"uri": uri + "?X-Amz-Signature=abc"})
+    assert mistaken.status_code == 422 and mistaken.json()["problems"][0]["field"] == "uri", mistaken.text
+    assert "not its signed 'url'" in mistaken.text and "X-Amz-Signature" not in mistaken.text
     # A uri in its own namespace but outside the store: 404, like another tenant's, and nothing
     # about where the store is (it was a 502 naming the storage directory).
     refused = acme.post("/v1/sign", json={"uri": "file:///etc/t/acme/j1/variation-0.png"})

@@ -15,6 +15,7 @@ from contract.settings import Settings
 from devtools.emulators import Emulator
 from tests.cloud.conftest import PutSecret
 from tests.cloud.helpers import META, PNG, FlakyProxy, aws_node, store_for_fields
+from worker import storage
 from worker.errors import StorageError
 from worker.storage import object_key
 
@@ -167,3 +168,68 @@ def test_stores_are_cached_per_target_and_shared_by_threads(
 
     other_ref = put_secret({"credentials": aws_keys_json})["credentials"]
     assert store_for_fields(aws_node(s3_bucket, other_ref), cloud_settings)[0] is not seen[0]
+
+
+def test_the_store_cache_is_bounded_least_recently_used_first(
+    cloud_settings: Settings, aws_ref: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tenants name their own buckets: every distinct one is a store, and each used to stay for good.
+    monkeypatch.setattr(storage, "MAX_CACHED_STORES", 4)
+    first = store_for_fields(aws_node("tenant-bucket-0", aws_ref), cloud_settings)[0]
+    for i in range(1, 12):
+        store_for_fields(aws_node(f"tenant-bucket-{i}", aws_ref), cloud_settings)
+        assert store_for_fields(aws_node("tenant-bucket-0", aws_ref), cloud_settings)[0] is first  # used: kept
+    assert len(storage._stores) == 4
+    assert store_for_fields(aws_node("tenant-bucket-1", aws_ref), cloud_settings)[0] is not None
+    assert {target.bucket for target, _ in storage._stores} == {
+        "tenant-bucket-0",
+        "tenant-bucket-10",
+        "tenant-bucket-11",
+        "tenant-bucket-1",
+    }
+
+
+def test_a_slow_store_build_holds_up_only_the_threads_that_want_that_store(
+    cloud_settings: Settings, s3_bucket: str, aws_ref: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cached = store_for_fields(aws_node(s3_bucket, aws_ref), cloud_settings)[0]
+    release, entered = threading.Event(), threading.Event()
+    real_build = storage._build
+
+    def stuck_build(target: Any, options: Any, settings: Settings) -> Any:
+        if target.bucket == "slow-vault-bucket":  # e.g. its Vault read hangs
+            entered.set()
+            release.wait(30)
+        return real_build(target, options, settings)
+
+    monkeypatch.setattr(storage, "_build", stuck_build)
+    slow = threading.Thread(target=lambda: store_for_fields(aws_node("slow-vault-bucket", aws_ref), cloud_settings))
+    slow.start()
+    try:
+        assert entered.wait(10)
+        seen: list[object] = []
+        other = threading.Thread(
+            target=lambda: seen.append(store_for_fields(aws_node(s3_bucket, aws_ref), cloud_settings)[0])
+        )
+        other.start()
+        other.join(20)  # with one lock around every build this waited for the stuck one
+        assert not other.is_alive() and seen == [cached] and not release.is_set()
+    finally:
+        release.set()
+        slow.join(30)
+
+
+def test_stores_share_one_boto3_session_but_keep_their_own_keys(
+    cloud_settings: Settings, s3_admin: Any, s3_bucket: str, put_secret: PutSecret
+) -> None:
+    # A session per store cost ~12 MB (its own copy of the service models); clients of one session
+    # must still sign with their own keys.
+    good = put_secret({"credentials": json.dumps({"aws_access_key_id": "AKIDGOOD", "aws_secret_access_key": "s1"})})
+    other = put_secret({"credentials": json.dumps({"aws_access_key_id": "AKIDOTHER", "aws_secret_access_key": "s2"})})
+    first = store_for_fields(aws_node(s3_bucket, good["credentials"]), cloud_settings)[0]
+    second = store_for_fields(aws_node(s3_bucket, other["credentials"]), cloud_settings)[0]
+    assert "AKIDGOOD" in first.url_for(f"s3://{s3_bucket}/j/variation-0.png").url  # type: ignore[union-attr]
+    assert "AKIDOTHER" in second.url_for(f"s3://{s3_bucket}/j/variation-0.png").url  # type: ignore[union-attr]
+    assert first.client._request_signer._credentials.access_key == "AKIDGOOD"  # type: ignore[attr-defined]
+    assert second.client._request_signer._credentials.access_key == "AKIDOTHER"  # type: ignore[attr-defined]
+    assert first.client._loader is second.client._loader  # type: ignore[attr-defined]  # one copy of the models

@@ -209,7 +209,7 @@ def test_sign_signs_only_images_under_the_callers_target(
         "AWS_ACCESS_KEY_ID": "platform",
         "AWS_SECRET_ACCESS_KEY": "platform",
     }
-    start_worker(env=platform_env)
+    worker = start_worker(env=platform_env)
     [image] = client.submit(offline_node).wait(timeout=60).images
     s3_admin.put_object(Bucket=s3_bucket, Key="billing/report.csv", Body=b"private")
     s3_admin.put_object(Bucket=s3_bucket, Key="platform/other/notes.txt", Body=b"private")
@@ -225,6 +225,17 @@ def test_sign_signs_only_images_under_the_callers_target(
         assert refused.value.kind == "not_found" and "platform" not in str(refused.value), uri
     with pytest.raises(SignError):
         client.sign(f"s3://{s3_bucket}/platform/../billing/report.csv")  # not even a canonical key
+    # The signed url handed in as the uri (an easy mistake): its signature must not reach a task's
+    # arguments (Flower), and a raw message carrying it is refused before any store is opened,
+    # without the signature in the worker's log.
+    assert image.url is not None and "X-Amz-Signature=" in image.url
+    with pytest.raises(NodeValidationError, match="not its signed 'url'") as mistaken:
+        client.sign(image.url)
+    assert mistaken.value.problems[0].field == "uri" and "X-Amz-Signature" not in str(mistaken.value)
+    request = SignRequest(uri=image.url)
+    answer = client.celery.send_task(SIGN_URL, args=(request.model_dump(mode="json"),)).get(timeout=30)
+    assert answer["error"]["kind"] == "not_found" and "url" not in answer
+    assert "X-Amz-Signature" not in worker.log()
     # Naming the platform bucket as one's own cloud without credentials is refused before any message.
     with pytest.raises(NodeValidationError, match="aws_credentials"):
         client.sign(image.uri, cloud(offline_node, cloud_provider="aws", aws_bucket=s3_bucket))

@@ -6,8 +6,8 @@ The worker re-checks the rules the producer checked (a task may bypass it): the
 worker's own identity serves only the platform and ``IMAGEGEN_ALLOWED_TARGETS``;
 endpoints obey the endpoint rules. Stores are cached per worker process, keyed
 by their target without its prefix (bucket and credential *reference*), for
-``IMAGEGEN_SECRET_CACHE_TTL_S`` so rotated credentials are picked up; SDK
-clients are thread-safe and shared by threads.
+``IMAGEGEN_SECRET_CACHE_TTL_S`` so rotated credentials are picked up, at most
+``MAX_CACHED_STORES`` of them; SDK clients are thread-safe and shared by threads.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import importlib
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from contract.clouds import Target, TargetError, platform_target, spec_for
@@ -26,7 +27,7 @@ from worker.errors import PermanentError, StorageError
 from worker.secrets import SecretError, resolve_secret
 from worker.storage.base import ImageStore, StoredObject, check_key
 from worker.storage.common import StoreOptions
-from worker.storage.keys import check_image_key, object_key
+from worker.storage.keys import check_image_key, check_image_uri_shape, object_key
 from worker.storage.local import LocalStore
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "StoredObject",
     "Target",
     "check_image_key",
+    "check_image_uri_shape",
     "check_key",
     "clear_store_cache",
     "location_for",
@@ -100,21 +102,55 @@ def _local_store(root: str, public_base_url: str | None) -> LocalStore:
     return LocalStore(root, public_base_url)
 
 
-_lock = threading.Lock()
-_stores: dict[tuple[Target, StoreOptions], tuple[float, ImageStore]] = {}
+_StoreKey = tuple[Target, StoreOptions]
+# Stores kept per process, least recently used evicted first: tenants name their own buckets and
+# credentials, and each store holds an SDK client and its connections.
+MAX_CACHED_STORES = 64
+_lock = threading.Lock()  # guards the two dicts below; never held while a store is built
+_stores: OrderedDict[_StoreKey, tuple[float, ImageStore]] = OrderedDict()
+_building: dict[_StoreKey, threading.Lock] = {}
 
 
 def _cloud_store(target: Target, options: StoreOptions, settings: Settings) -> ImageStore:
     key = (replace(target, prefix=""), options)
-    # Built under the lock: at a cold start many threads want the same store; one builds it.
     with _lock:
-        cached = _stores.get(key)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        store = _build(key[0], options, settings)
-        if settings.secret_cache_ttl_s > 0:
-            _stores[key] = (time.monotonic() + settings.secret_cache_ttl_s, store)
-        return store
+        store = _cached(key)
+        if store is not None:
+            return store
+        build_lock = _building.setdefault(key, threading.Lock())
+    # One thread builds a given store (a cold start has many threads wanting the same one); a
+    # slow build (a Vault read, a token fetch) holds up only the threads waiting for that store.
+    with build_lock:
+        with _lock:
+            store = _cached(key)
+        if store is not None:
+            return store
+        built: ImageStore | None = None
+        try:
+            built = _build(key[0], options, settings)
+        finally:
+            with _lock:
+                _building.pop(key, None)
+                if built is not None and settings.secret_cache_ttl_s > 0:
+                    _stores[key] = (time.monotonic() + settings.secret_cache_ttl_s, built)
+                    _evict()
+        return built
+
+
+def _cached(key: _StoreKey) -> ImageStore | None:
+    entry = _stores.get(key)
+    if entry is None or entry[0] <= time.monotonic():
+        return None
+    _stores.move_to_end(key)
+    return entry[1]
+
+
+def _evict() -> None:
+    now = time.monotonic()
+    for stale in [key for key, (expires, _) in _stores.items() if expires <= now]:
+        del _stores[stale]
+    while len(_stores) > MAX_CACHED_STORES:
+        _stores.popitem(last=False)
 
 
 def clear_store_cache() -> None:

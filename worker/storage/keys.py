@@ -10,6 +10,7 @@ no job id can produce another job's key.
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from contract.tenancy import tenant_of
 from worker.errors import NotStoredHere
@@ -38,3 +39,16 @@ def check_image_key(key: str, prefix: str | None, tenant: str | None = None) -> 
     if tenant is not None and tenant_of(job_part) != tenant:
         raise NotStoredHere(f"refused to sign {key!r}: it is not an image of tenant {tenant!r}'s jobs")
     return key
+
+
+def check_image_uri_shape(uri: str) -> str:
+    """``uri`` if it could be an image's durable uri as this service returns them (no query or
+    fragment, a ``variation-<i>.<ext>`` file name); NotStoredHere otherwise, before any store is
+    opened or credential read. A signed URL handed in by mistake is refused here, so its token is
+    not logged or quoted."""
+    parts = urlsplit(uri)
+    if parts.query or parts.fragment or "?" in uri or "#" in uri:
+        raise NotStoredHere("refused to sign a uri with a query or fragment (a signed URL, not the image's uri)")
+    if not _FILE.match(parts.path.rpartition("/")[2]):
+        raise NotStoredHere("refused to sign a uri that does not name an image file this service writes")
+    return uri

@@ -32,7 +32,7 @@ from contract.tenancy import check_refs_of_tenant
 from contract.work import SignRequest
 from worker.celery_app import app
 from worker.errors import GenerationError, NotStoredHere, PermanentError, StorageError, TransientError
-from worker.storage import location_for
+from worker.storage import check_image_uri_shape, location_for
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
     settings = get_settings()
     try:
+        check_image_uri_shape(request.uri)  # before a store is opened or a credential read
         if request.target is not None and request.target.credentials:
             try:  # before the credentials are read: the request may not come from our producer
                 check_refs_of_tenant(request.tenant, {"inputs.credentials": request.target.credentials}, settings)
@@ -48,7 +49,7 @@ def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
                 raise PermanentError(f"storage credentials refused: {exc.problems[0].message}") from None
         stored = location_for(request.target, settings).url_for(request.uri, request.tenant)
     except NotStoredHere as exc:  # the caller learns only that there is no such image, not where we looked
-        log.info("sign %s refused: %s", request.uri[:300], exc)
+        log.info("sign %s refused: %s", _printed(request.uri), exc)
         return {
             "uri": request.uri,
             "error": {"kind": "not_found", "message": "no image this service stored has this uri"},
@@ -61,7 +62,7 @@ def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
             if isinstance(exc, TransientError)
             else "permanent"
         )
-        log.warning("sign %s failed: %s", request.uri[:300], exc)
+        log.warning("sign %s failed: %s", _printed(request.uri), exc)
         return {"uri": request.uri, "error": {"kind": kind, "message": str(exc)}}
     if _caller_gone(self.request.expires):
         log.info("signed %s after its caller stopped waiting: not returned", stored.uri)
@@ -76,3 +77,8 @@ def _caller_gone(expires: datetime | str | None) -> bool:
         return False
     deadline = datetime.fromisoformat(expires) if isinstance(expires, str) else expires
     return datetime.now(deadline.tzinfo or UTC) > deadline
+
+
+def _printed(uri: str) -> str:
+    """The uri as logged: without a query or fragment, which may hold a token."""
+    return uri.partition("?")[0].partition("#")[0][:300]
