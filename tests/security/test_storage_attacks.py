@@ -7,7 +7,10 @@ buckets and on a listening socket."""
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ from azure.storage.blob import BlobServiceClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract.clouds import Target, parse_allowed_targets
+from contract.clouds import Target, TargetPolicy, parse_allowed_targets
 from contract.errors import NodeValidationError
 from contract.node import validate_node
 from contract.queue import SIGN_URL, dispatch_key, job_key, job_task_id
@@ -25,10 +28,14 @@ from contract.settings import Settings
 from contract.work import SignRequest
 from devtools.emulators import Emulator, azurite_connection_string
 from producer.client import ImageGenClient, SignError
+from tests.cloud.helpers import service_account_json
 from tests.conftest import StartWorker
 from tests.security.helpers import Listener, files_under, send_raw_job
 from worker.errors import PermanentError, StorageError
 from worker.storage import Location, location_for, object_key
+from worker.storage.azure_blob import AzureBlobStore
+from worker.storage.common import StoreOptions
+from worker.storage.gcs import GCSStore
 from worker.storage.local import LocalStore
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
@@ -306,6 +313,57 @@ def test_a_backslash_blob_endpoint_inside_a_secret_is_refused(monkeypatch: pytes
     with pytest.raises(StorageError, match="blob endpoint must not hold a backslash") as caught:
         location_for(azure, Settings(**PRODUCTION))
     assert account_key not in str(caught.value)
+
+
+class _Redirector(http.server.BaseHTTPRequestHandler):
+    """An endpoint that passes the host rules, then sends every request elsewhere (307)."""
+
+    to = ""
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(307)
+        self.send_header("Location", f"{self.to}/latest/meta-data/iam/security-credentials/")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_PUT = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("provider", ["azure", "gcp"])
+def test_an_allowed_endpoint_cannot_redirect_the_worker_elsewhere(
+    provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The host checks see only the first host: the SDKs followed redirects (Azure's uploads, the
+    # GCS key's token request with its signed assertion) to hosts nobody checked.
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    policy = TargetPolicy(production=True, allowed_endpoint_hosts=("127.0.0.1",))
+    options = StoreOptions(retry_attempts=3, retry_max_delay_s=0.05, timeout_s=5)
+    with Listener() as internal:
+        handler = type("Handler", (_Redirector,), {"to": internal.url})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        try:
+            store: Any
+            if provider == "azure":
+                key = base64.b64encode(b"k" * 32).decode()
+                secret = f"DefaultEndpointsProtocol=http;AccountName=acct;AccountKey={key};BlobEndpoint={endpoint}/acct"
+                store = AzureBlobStore.open(Target("azure", "images", credentials="vault:k#v"), secret, options, policy)
+            else:
+                info = {**json.loads(service_account_json()), "token_uri": f"{endpoint}/token"}
+                store = GCSStore.open(
+                    Target("gcp", "images", credentials="vault:k#v"), json.dumps(info), options, policy
+                )
+            with pytest.raises(StorageError, match="answered with a redirect, which is not followed"):
+                store.put("t/acme/j/variation-0.png", PNG, "image/png", META)
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert internal.connections == 0
 
 
 @pytest.mark.parametrize(

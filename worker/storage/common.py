@@ -56,11 +56,27 @@ class StoreOptions:
 
 def pooled(session: requests.Session, pool_size: int) -> requests.Session:
     """``session`` keeping up to ``pool_size`` connections per host, with no retries of its own
-    (``with_retries`` is the one policy)."""
+    (``with_retries`` is the one policy), refusing redirects: the endpoint's host was checked
+    (contract/clouds), the one a redirect points to was not (``requests.TooManyRedirects``)."""
     adapter = requests.adapters.HTTPAdapter(pool_maxsize=pool_size, max_retries=0)
     for prefix in ("https://", "http://"):
         session.mount(prefix, adapter)
+    session.max_redirects = 0
     return session
+
+
+REDIRECT_REFUSED = "the endpoint answered with a redirect, which is not followed"
+
+
+def is_refused_redirect(exc: BaseException) -> bool:
+    """A redirect ``pooled`` refused, also when an SDK wrapped it in its own error."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, requests.TooManyRedirects):
+            return True
+        # azure-core keeps the transport's error as ``inner_exception``
+        seen = getattr(seen, "inner_exception", None) or seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,15 @@ from contract.clouds import Target, TargetError, TargetPolicy
 from contract.clouds.gcp import GCSSpec
 from worker.errors import NotStoredHere, StorageError
 from worker.storage.base import ImageStore, StoredObject
-from worker.storage.common import ErrorPolicy, StoreOptions, pooled, signed_or_public, with_retries
+from worker.storage.common import (
+    REDIRECT_REFUSED,
+    ErrorPolicy,
+    StoreOptions,
+    is_refused_redirect,
+    pooled,
+    signed_or_public,
+    with_retries,
+)
 
 _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 _MEANING = {404: "the bucket does not exist", 403: "access denied", 401: "the credentials were refused"}
@@ -47,6 +55,8 @@ def _json(text: str) -> dict[str, Any]:
 
 
 def _is_transient(exc: BaseException) -> bool:
+    if is_refused_redirect(exc):
+        return False
     if isinstance(exc, GoogleAPICallError):
         code = int(exc.code or 0)
         return code in (408, 429) or code >= 500
@@ -60,6 +70,8 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
+    if is_refused_redirect(exc):
+        return REDIRECT_REFUSED
     if isinstance(exc, GoogleAPICallError):
         code = int(exc.code or 0)
         return f"{_MEANING.get(code, 'request failed')} ({type(exc).__name__}, HTTP {code})"
@@ -113,7 +125,11 @@ class GCSStore(ImageStore):
         anonymous = emulator or self.signer is None
         client_credentials = AnonymousCredentials() if anonymous else self.signer  # type: ignore[no-untyped-call]
         # The library's own session, with a connection per worker slot (requests keeps 10).
-        authorized = google.auth.transport.requests.AuthorizedSession(client_credentials)  # type: ignore[no-untyped-call]
+        # Token requests (to the key's checked token_uri) get a session of their own that refuses redirects too.
+        self._token_requests = google.auth.transport.requests.Request(pooled(requests.Session(), 2))
+        authorized = google.auth.transport.requests.AuthorizedSession(  # type: ignore[no-untyped-call]
+            client_credentials, auth_request=self._token_requests
+        )
         session = pooled(authorized, self.options.pool_size)
         self.client = storage.Client(project=project, credentials=client_credentials, _http=session)
         self.bucket = self.client.bucket(bucket)
@@ -162,7 +178,7 @@ class GCSStore(ImageStore):
             # Compute Engine / workload identity hold no key: sign through the IAM signBlob API.
             with self._lock:
                 if not self.signer.valid:
-                    self.signer.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
+                    self.signer.refresh(self._token_requests)  # type: ignore[no-untyped-call]
                 extra = {"service_account_email": getattr(self.signer, "service_account_email", None)}
                 extra["access_token"] = self.signer.token
         blob = self.bucket.blob(key)
