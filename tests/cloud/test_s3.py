@@ -123,6 +123,34 @@ def test_credentials_secret_must_be_the_documented_json(
     assert "canary" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("keys", "named"),
+    [
+        ({"aws_access_key_id": "", "aws_secret_access_key": "canary-secret"}, "aws_access_key_id"),
+        ({"aws_access_key_id": "AKIA\nX", "aws_secret_access_key": "canary-secret"}, "aws_access_key_id"),
+        ({"aws_access_key_id": "AKIAX", "aws_secret_access_key": "canary secret"}, "aws_secret_access_key"),
+        (
+            {"aws_access_key_id": "AKIAX", "aws_secret_access_key": "canary-secret", "aws_session_token": "a\tb"},
+            "aws_session_token",
+        ),
+        (
+            {"aws_access_key_id": "AKIAX", "aws_secret_access_key": "canary-secret", "aws_session_token": 7},
+            "aws_session_token",
+        ),
+    ],
+)
+def test_each_aws_key_is_checked_when_the_store_opens(
+    cloud_settings: Settings, s3_bucket: str, put_secret: PutSecret, keys: dict[str, Any], named: str
+) -> None:
+    # An empty key id used to be dropped and fail at signing, after the image was paid for; a
+    # newline in one failed every retry of the upload with "HTTPClientError".
+    ref = put_secret({"credentials": json.dumps(keys)})["credentials"]
+    with pytest.raises(StorageError) as caught:
+        store_for_fields(aws_node(s3_bucket, ref), cloud_settings)
+    assert f"aws_credentials {ref}: {named} must be a non-empty string of printable ASCII" in str(caught.value)
+    assert "canary" not in str(caught.value)
+
+
 def test_platform_s3_url_uses_the_default_credential_chain(
     cloud_settings: Settings, s3_admin: Any, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

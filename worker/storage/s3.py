@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,10 +49,19 @@ def aws_keys(text: str) -> dict[str, str]:
         data = None
     if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in _REQUIRED_KEYS):
         raise ValueError('must be JSON {"aws_access_key_id": ..., "aws_secret_access_key": ..., "aws_session_token"?}')
-    return {k: str(data[k]) for k in (*_REQUIRED_KEYS, "aws_session_token") if data.get(k)}
+    keys = {k: data[k] for k in _REQUIRED_KEYS}
+    if data.get("aws_session_token") not in (None, ""):
+        keys["aws_session_token"] = data["aws_session_token"]
+    for name, value in keys.items():
+        # Found when the store opens, before the image is paid for (an empty key id failed at
+        # signing, a newline in one after every retry); the value is never quoted.
+        if not isinstance(value, str) or not _KEY_TEXT.fullmatch(value):
+            raise ValueError(f"{name} must be a non-empty string of printable ASCII characters without spaces")
+    return keys
 
 
 _REQUIRED_KEYS = ("aws_access_key_id", "aws_secret_access_key")
+_KEY_TEXT = re.compile(r"[\x21-\x7e]{1,4096}")
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -64,6 +64,9 @@ def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
         )
         log.warning("sign %s failed: %s", _printed(request.uri), exc)
         return {"uri": request.uri, "error": {"kind": kind, "message": str(exc)}}
+    except Exception:  # a bug: logged here; the caller gets an outcome, never a worker exception
+        log.exception("sign %s failed with an internal error", _printed(request.uri))
+        return {"uri": request.uri, "error": {"kind": "permanent", "message": "internal error in the worker (logged)"}}
     if _caller_gone(self.request.expires):
         log.info("signed %s after its caller stopped waiting: not returned", stored.uri)
         return {"uri": request.uri, "error": {"kind": "transient", "message": "the caller stopped waiting"}}
