@@ -170,7 +170,9 @@ class Settings(BaseSettings):
     # --- storage --------------------------------------------------------------
     storage_url: str = "./var/images"
     storage_public_base_url: str | None = None
-    signed_url_ttl_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    # At most 7 days less an hour: Azure's user-delegation key, which signs a SAS, lives at most
+    # 7 days from its start (set 5 minutes back for clock skew) and must outlive the URL.
+    signed_url_ttl_s: int = Field(3600, ge=60, le=7 * 24 * 3600 - 3600)
     # Who may write where (contract/clouds): a node without its own credential reference may
     # target only these (comma-separated s3://bucket[/prefix], gs://bucket[/prefix],
     # az://account-host/container[/prefix]); the worker's identity serves nothing else.

@@ -6,10 +6,11 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, UserDelegationKey, generate_container_sas
 
 from contract.settings import Settings
 from devtools.emulators import Emulator, azurite_connection_string
@@ -17,6 +18,8 @@ from tests.cloud.conftest import PutSecret
 from tests.cloud.helpers import META, PNG, FlakyProxy, azure_node, store_for_fields
 from worker.errors import GenerationError, PermanentError, StorageError
 from worker.storage import object_key
+from worker.storage.azure_blob import AzureBlobStore
+from worker.storage.common import StoreOptions
 
 
 @pytest.fixture
@@ -158,3 +161,36 @@ def test_an_account_key_that_is_not_base64_is_named_when_the_store_opens(
     with pytest.raises(GenerationError, match="AccountKey that is not valid base64") as caught:
         store_for_fields(azure_node(azure_container, ref), cloud_settings)
     assert "not-base64!" not in str(caught.value)
+
+
+def test_a_user_delegation_key_outlives_the_longest_sas_and_is_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Azurite has no Azure AD: the key request is the seam. At 7 days the key (7 days from 5
+    # minutes back) expired before the SAS, and was fetched again for every URL.
+    with pytest.raises(
+        ValueError, match="IMAGEGEN_SIGNED_URL_TTL_S=604800: Input should be less than or equal to 601200"
+    ):
+        Settings(signed_url_ttl_s=7 * 24 * 3600)
+    longest = Settings(signed_url_ttl_s=7 * 24 * 3600 - 3600).signed_url_ttl_s
+    store = AzureBlobStore(
+        "images", account_url="https://acct.blob.core.windows.net", options=StoreOptions(signed_url_ttl_s=longest)
+    )
+    fetched: list[tuple[datetime, datetime]] = []
+
+    def user_delegation_key(start: datetime, expiry: datetime, **kwargs: Any) -> UserDelegationKey:
+        fetched.append((start, expiry))
+        key = UserDelegationKey()
+        key.signed_oid = key.signed_tid = "00000000-0000-0000-0000-000000000000"
+        key.signed_start, key.signed_expiry = (t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in (start, expiry))
+        key.signed_service, key.signed_version = "b", "2025-01-05"
+        key.value = base64.b64encode(b"k" * 32).decode()
+        return key
+
+    monkeypatch.setattr(store.service, "get_user_delegation_key", user_delegation_key)
+    signed = [store.url_for(f"{store.base_url}/t/acme/j/variation-{i}.png") for i in range(5)]
+    assert len(fetched) == 1
+    for stored in signed:
+        query = parse_qs(urlsplit(stored.url or "").query)
+        assert query["ske"][0] >= query["se"][0]  # the key outlives the SAS it signs
+        assert (
+            stored.url_expires_at is not None and stored.url_expires_at.strftime("%Y-%m-%dT%H:%M:%SZ") == query["se"][0]
+        )

@@ -85,12 +85,12 @@ def test_transient_errors_are_retried_then_succeed(
     assert gcs_admin.bucket(gcs_bucket).blob("k.png").download_as_bytes() == PNG
 
 
-def test_without_signing_credentials_the_error_says_what_to_give(cloud_settings: Settings, gcs_bucket: str) -> None:
-    # The worker's own identity writes here only because the operator listed the bucket.
+def test_without_signing_credentials_the_store_does_not_open(cloud_settings: Settings, gcs_bucket: str) -> None:
+    # The worker's own identity writes here only because the operator listed the bucket. The
+    # store used to open, upload, then fail to sign: a paid image left behind, unreported.
     allowed = Settings(allowed_targets=f"gs://{gcs_bucket}")
-    store, _ = store_for_fields(gcp_node(gcs_bucket, None), allowed)
     with pytest.raises(StorageError, match="cannot sign a URL without service-account credentials"):
-        store.put("k.png", PNG, "image/png", META)
+        store_for_fields(gcp_node(gcs_bucket, None), allowed)  # the worker opens it before the model is called
 
 
 def test_malformed_service_account_secret_is_named_not_echoed(

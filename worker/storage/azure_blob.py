@@ -195,7 +195,9 @@ class AzureBlobStore(ImageStore):
         return str(generate_blob_sas(user_delegation_key=self._delegation_key(start, expires_at), **common))
 
     def _delegation_key(self, start: datetime, expires_at: datetime) -> Any:
-        """A user-delegation key (Azure AD credentials), reused while it outlives the URL."""
+        """A user-delegation key (Azure AD credentials), reused while it outlives the URL. Azure
+        allows 7 days from ``start``, so the key outlives a URL of up to 7 days less the skew
+        (``signed_url_ttl_s`` is at most 7 days less an hour)."""
         with self._lock:
             if self._delegation is None or self._delegation[0] < expires_at:
                 until = min(start + timedelta(days=7), expires_at + timedelta(days=1))  # Azure allows 7 days

@@ -134,6 +134,16 @@ class GCSStore(ImageStore):
         self.client = storage.Client(project=project, credentials=client_credentials, _http=session)
         self.bucket = self.client.bucket(bucket)
         self._lock = threading.Lock()
+        if self.signer is None and not self.options.public_base_url:
+            # Found now, not after the image was made, paid for and uploaded (an orphan object).
+            raise StorageError(self._cannot_sign)
+
+    @property
+    def _cannot_sign(self) -> str:
+        return (
+            f"{self.where}: cannot sign a URL without service-account credentials "
+            "(give gcp_credentials, or set IMAGEGEN_STORAGE_PUBLIC_BASE_URL)"
+        )
 
     def _default_credentials(self, *, required: bool) -> google.auth.credentials.Credentials | None:
         try:
@@ -169,10 +179,7 @@ class GCSStore(ImageStore):
 
     def _sign(self, key: str) -> str:
         if self.signer is None:
-            raise StorageError(
-                f"{self.where}: cannot sign a URL without service-account credentials "
-                "(give gcp_credentials, or set IMAGEGEN_STORAGE_PUBLIC_BASE_URL)"
-            )
+            raise StorageError(self._cannot_sign)
         extra: dict[str, Any] = {}
         if not isinstance(self.signer, google.auth.credentials.Signing):
             # Compute Engine / workload identity hold no key: sign through the IAM signBlob API.
