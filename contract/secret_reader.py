@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import stat
 import threading
@@ -29,6 +30,8 @@ import requests
 from contract.errors import ImageGenError
 from contract.secret_refs import SecretRef, vault_kv_path
 from contract.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 64 * 1024  # a mounted credential is small; bigger is a mistake or an attack
 
@@ -186,7 +189,9 @@ def _read_kv(ref: SecretRef, settings: Settings, mount: str, path: str) -> dict[
         except hvac.exceptions.VaultError as exc:
             raise SecretReadError(f"{ref}: Vault refused the read ({type(exc).__name__})") from None
         except requests.RequestException as exc:
-            raise SecretUnavailable(f"{ref}: cannot reach Vault at {client.url} ({type(exc).__name__})") from None
+            # The address is the operator's business: logged, not put in an error a tenant reads.
+            log.warning("cannot reach Vault at %s: %s", client.url, type(exc).__name__)
+            raise SecretUnavailable(f"{ref}: cannot reach Vault ({type(exc).__name__})") from None
     raise AssertionError("unreachable")
 
 

@@ -44,6 +44,9 @@ class AzureBlobSpec(CloudSpec):
             )
 
     def cross_field_problems(self, inputs: Mapping[str, Any]) -> dict[str, str]:
+        if inputs.get("azure_account_url") and inputs.get("azure_connection_string"):
+            # The connection string names its own account: the URL would be ignored without a word.
+            return {"azure_account_url": "give azure_account_url or azure_connection_string, not both"}
         if inputs.get("azure_account_url") or inputs.get("azure_connection_string"):
             return {}
         return {

@@ -149,6 +149,18 @@ def test_cloud_provider_fields_required_when_use_cloud(seed_node: dict[str, Any]
     found = problems(with_inputs(seed_node, use_cloud=True, cloud_provider="azure"))
     assert set(found) == {"inputs.azure_container", "inputs.azure_account_url"}
     assert "or give azure_connection_string" in found["inputs.azure_account_url"]
+    both = with_inputs(
+        seed_node,
+        use_cloud=True,
+        cloud_provider="azure",
+        azure_container="images",
+        azure_account_url="https://acct.blob.core.windows.net",
+        azure_connection_string="vault:secret/imagegen/acme#azure",
+    )
+    assert set(problems(both)) == {"inputs.azure_account_url"}
+    assert problems(both)["inputs.azure_account_url"].endswith(
+        "give azure_account_url or azure_connection_string, not both"
+    )
     node = with_inputs(seed_node, use_cloud="true")
     del node["inputs"]["cloud_provider"]
     assert "allowed: aws, azure, gcp" in problems(node)["inputs.cloud_provider"]
