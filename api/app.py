@@ -48,6 +48,7 @@ from api.models import (
     SignedView,
     SubmitEnvelope,
     ValidationReport,
+    is_configured,
 )
 from api.problems import (
     ApiProblem,
@@ -67,6 +68,7 @@ from contract.errors import MISSING, NodeValidationError, Problem, excerpt
 from contract.events import check_event_id
 from contract.jobs import JobStatus
 from contract.node import ImageGenerationNode
+from contract.providers import reported_providers
 from contract.result import JobResult
 from contract.settings import Settings, get_settings
 from producer.client import ImageGenClient, JobNotFound, QueueUnavailable, check_image_uri
@@ -397,7 +399,7 @@ def _routes(app: FastAPI) -> None:
     def models(state: State, tenant: Caller) -> CatalogView:
         """The model catalog: names, sizes with aspect ratio and tier, price per image."""
         catalog = load_catalog(state.settings.model_catalog_file, state.settings.model_catalog_replace)
-        return CatalogView.of(catalog, state.settings)
+        return CatalogView.of(catalog, state.settings, _reported_providers(state))
 
     @app.post(
         f"{API_PREFIX}/sign",
@@ -499,17 +501,38 @@ def _release(state: ApiState, tenant: Tenant, job_id: str) -> None:
         state.cap.release(tenant.name, job_id)
 
 
+def _reported_providers(state: ApiState) -> frozenset[str] | None:
+    """What the workers said they can call (contract/providers.py); None when unknown."""
+    try:
+        return reported_providers(state.client.records.client, state.settings)
+    except (redis.RedisError, OSError):
+        return None
+
+
 def _validate(state: ApiState, tenant: Tenant, raw: bytes, data: dict[str, Any]) -> ValidationReport:
     try:
         submission = parse_submission(raw, data, state.settings, tenant, None, resolve_webhook=False)
     except NodeValidationError as exc:
         return ValidationReport(valid=False, problems=[ProblemItem(**p) for p in exc.as_dicts()])
     inputs = submission.parsed.inputs
-    entry = load_catalog(state.settings.model_catalog_file, state.settings.model_catalog_replace).get(inputs.model)
+    catalog = load_catalog(state.settings.model_catalog_file, state.settings.model_catalog_replace)
+    entry = catalog.get(inputs.model)
     price = entry.price_for(inputs.size) if entry is not None else None
+    warnings = []
+    reported = _reported_providers(state)
+    if entry is not None and is_configured(entry.provider, state.settings, reported) is False:
+        ready = [
+            name for name in catalog.names() if is_configured(catalog.models[name].provider, state.settings, reported)
+        ]
+        message = (
+            f"is not configured on this deployment's workers (provider {entry.provider}: no API key or Vertex AI): "
+            f"a job would fail; configured: {', '.join(ready) or 'none'}"
+        )
+        warnings.append(ProblemItem(field="inputs.model", value=inputs.model, message=message))
     return ValidationReport(
         valid=True,
         problems=[],
+        warnings=warnings,
         model=inputs.model,
         size=inputs.size,
         variations=inputs.variations,

@@ -17,6 +17,7 @@ from contract.catalog import ModelCatalog, SizeTier
 from contract.clouds import SPECS
 from contract.jobs import JobState
 from contract.node import ImageGenerationNode
+from contract.providers import provider_configured
 from contract.result import JobResult
 from contract.settings import Settings
 from contract.webhooks import Webhook
@@ -87,6 +88,11 @@ class ValidationReport(BaseModel):
 
     valid: bool
     problems: list[ProblemItem] = Field(description="Every problem, exactly as the CLI reports them")
+    warnings: list[ProblemItem] = Field(
+        default_factory=list,
+        description="A valid node that would still fail here: its model's provider is not configured on this "
+        "deployment's workers",
+    )
     model: str | None = None
     size: str | None = None
     variations: int | None = None
@@ -109,9 +115,10 @@ class ModelView(BaseModel):
     model_id: str
     description: str
     sizes: list[SizeView]
-    configured: bool = Field(
-        description="Whether this deployment holds what the provider needs (a Gemini key or Vertex AI); "
-        "the offline model always is: it draws a labelled test pattern, not an AI image"
+    configured: bool | None = Field(
+        description="Whether this deployment's workers can call the provider (a Gemini key or Vertex AI), "
+        "as they report it; null: no worker has reported lately and this API cannot tell. The offline "
+        "model always is: it draws a labelled test pattern, not an AI image"
     )
 
 
@@ -130,8 +137,8 @@ class CatalogView(BaseModel):
     max_prompt_chars: int
 
     @classmethod
-    def of(cls, catalog: ModelCatalog, settings: Settings) -> CatalogView:
-        gemini = bool(settings.gemini_api_key or settings.google_api_key or settings.gemini_use_vertexai)
+    def of(cls, catalog: ModelCatalog, settings: Settings, reported: frozenset[str] | None) -> CatalogView:
+        """``reported``: the providers the workers reported (contract/providers.py), None if none did."""
         views = []
         for name in catalog.names():
             entry = catalog.models[name]
@@ -146,7 +153,7 @@ class CatalogView(BaseModel):
                     model_id=entry.model_id,
                     description=entry.description,
                     sizes=sizes,
-                    configured=entry.provider == "offline" or (entry.provider == "gemini" and gemini),
+                    configured=is_configured(entry.provider, settings, reported),
                 )
             )
         clouds = {
@@ -178,3 +185,13 @@ class SignedView(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "ready"]
+
+
+def is_configured(provider: str, settings: Settings, reported: frozenset[str] | None) -> bool | None:
+    """The workers' word when they reported; else this process's own settings, which in
+    production hold no model credentials: there a missing one means "cannot tell" (None)."""
+    if provider == "offline":
+        return True
+    if reported is not None:
+        return provider in reported
+    return True if provider_configured(provider, settings) else None

@@ -4,6 +4,7 @@ producer client, each test on its own queue and storage directory."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,6 +94,19 @@ def client(settings: Settings) -> Iterator[ImageGenClient]:
 def request_keys(client: redis.Redis) -> set[bytes]:
     """Every Redis key but the workers' own housekeeping, which comes and goes with other tests'
     workers and jobs (their in-flight lists and owner keys, worker/reliable_fetch.py; Celery's
-    chord bookkeeping, ``celery-taskset-meta-<group>.*``, written when any chord finishes): what
-    a request that must write nothing is checked against."""
-    return {key for key in client.keys("*") if not key.startswith((b"imagegen:inflight", b"celery-taskset-meta-"))}
+    chord bookkeeping, ``celery-taskset-meta-<group>.*``, written when any chord finishes; the
+    providers each worker reports, contract/providers.py): what a request that must write nothing
+    is checked against."""
+    housekeeping = (b"imagegen:inflight", b"celery-taskset-meta-", b"imagegen:providers:")
+    return {key for key in client.keys("*") if not key.startswith(housekeeping)}
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Whether ``condition`` came true within ``timeout`` seconds (polled): for what a worker
+    does in the background, such as its first report."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

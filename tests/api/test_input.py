@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from tests.api.conftest import TOKENS, ApiServer
+from tests.api.conftest import TOKENS, ApiServer, StartApi
 from tests.cli import imagegen
-from tests.conftest import request_keys
+from tests.conftest import StartWorker, request_keys, wait_for
 
 
 @pytest.fixture
@@ -162,6 +162,32 @@ def test_validate_reports_the_cost_and_enqueues_nothing(
     assert body["price_usd_per_image"] == size["price_usd_per_image"] > 0
     assert body["estimated_cost_usd"] == pytest.approx(3 * size["price_usd_per_image"])
     assert store.llen(job_env["IMAGEGEN_QUEUE"]) == 0 and request_keys(store) == before
+
+
+def test_models_say_what_the_workers_can_call_and_validate_warns_of_the_rest(
+    start_api: StartApi, start_worker: StartWorker, seed_node: dict[str, Any]
+) -> None:
+    # As deployed: the API holds no model credentials, only the workers do. It used to call every
+    # Gemini model "not configured" there, and to call the spec's example node valid, with a
+    # price, where no worker could run it.
+    def gemini(api: ApiServer) -> Any:
+        models = api.client("acme").get("/v1/models").json()["models"]
+        return {m["name"]: m["configured"] for m in models}["gemini_3_image"]
+
+    api = start_api(env={"GEMINI_API_KEY": "", "GOOGLE_API_KEY": ""})
+    assert gemini(api) is None  # no worker has reported: the API cannot tell
+    start_worker(env={"GEMINI_API_KEY": "", "GOOGLE_API_KEY": ""})
+    assert wait_for(lambda: gemini(api) is False)
+    report = api.client("acme").post("/v1/validate", json=seed_node).json()
+    assert report["valid"] is True and report["problems"] == []
+    [warning] = report["warnings"]
+    assert warning["field"] == "inputs.model" and warning["value"] == "gemini_3_image"
+    assert "not configured on this deployment's workers" in warning["message"]
+    assert warning["message"].endswith("configured: offline_preview")
+
+    start_worker(env={"GEMINI_API_KEY": "AIza-test-key-not-used"})  # a worker that holds the key
+    assert wait_for(lambda: gemini(api) is True)
+    assert api.client("acme").post("/v1/validate", json=seed_node).json()["warnings"] == []
 
 
 def test_models_lists_the_catalog(api: ApiServer) -> None:

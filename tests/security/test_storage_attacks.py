@@ -301,7 +301,7 @@ def test_production_account_urls_must_be_public_azure_endpoints(offline_node: di
     with pytest.raises(NodeValidationError) as caught:
         validate_node(node, settings)
     # (The listed target is named by its host, so another host is also not a listed target.)
-    assert [p.field for p in caught.value.problems][0] == "inputs.azure_account_url"
+    assert caught.value.problems[0].field == "inputs.azure_account_url"
     assert url not in str(caught.value)  # may hold a SAS: not echoed
     good = cloud(offline_node, **{**node["inputs"], "azure_account_url": "https://acct.blob.core.windows.net"})
     validate_node(good, settings)
