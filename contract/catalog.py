@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.json")
 
@@ -120,22 +120,51 @@ def parse_size(size: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def _read(path: Path) -> ModelCatalog:
-    raw = json.loads(path.read_text())
-    sections = ("models", "text_models", "default_text_models")
-    return ModelCatalog.model_validate({k: raw[k] for k in sections if k in raw} | {"models": raw.get("models", {})})
+_SECTIONS = ("models", "text_models", "default_text_models")
+
+
+class CatalogError(ValueError):
+    """A catalog file that cannot be used: named with its path, found at start-up (Settings)."""
+
+
+def _sections(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except ValueError as exc:
+        raise CatalogError(f"{path}: is not JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{path}: must be a JSON object with {', '.join(_SECTIONS)}")
+    unknown = sorted(k for k in set(raw) - set(_SECTIONS) if not str(k).startswith("_"))  # "_comment"
+    if unknown:
+        raise CatalogError(f"{path}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(_SECTIONS)}")
+    sections = {name: raw.get(name, {}) for name in _SECTIONS}
+    for name, section in sections.items():
+        if not isinstance(section, dict):
+            raise CatalogError(f"{path}: {name} must be an object of entries by name")
+    return sections
 
 
 @lru_cache(maxsize=8)
 def load_catalog(override_file: str | None = None, replace: bool = False) -> ModelCatalog:
     """The built-in catalog, extended (or replaced) by an operator's file, section by section
-    (image models, text models, default text models)."""
-    base = ModelCatalog(models={}) if (override_file and replace) else _read(BUILTIN_CATALOG)
-    if not override_file:
-        return base
-    extra = _read(Path(override_file))
-    return ModelCatalog(
-        models={**base.models, **extra.models},
-        text_models={**base.text_models, **extra.text_models},
-        default_text_models={**base.default_text_models, **extra.default_text_models},
-    )
+    (image models, text models, default text models). An entry the built-in catalog has is
+    updated field by field: ``{"model_id": "..."}`` alone fixes a retired model id."""
+    base = {name: {} for name in _SECTIONS} if (override_file and replace) else _sections(BUILTIN_CATALOG)
+    merged: dict[str, dict[str, Any]] = {name: dict(section) for name, section in base.items()}
+    if override_file:
+        for name, section in _sections(Path(override_file)).items():
+            for key, entry in section.items():
+                known = merged[name].get(key)
+                both_entries = isinstance(known, dict) and isinstance(entry, dict)
+                merged[name][key] = {**known, **entry} if both_entries else entry  # type: ignore[dict-item]
+    try:
+        return ModelCatalog.model_validate(merged)
+    except ValidationError as exc:
+        where = override_file or BUILTIN_CATALOG
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc'])}: {str(e['msg']).removeprefix('Value error, ')}"
+            for e in exc.errors(include_url=False)[:5]
+        )
+        raise CatalogError(f"{where}: {problems}") from None

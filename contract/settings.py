@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.catalog import CatalogError, ModelCatalog, load_catalog
 from contract.clouds import TargetPolicy, parse_allowed_targets
 from contract.errors import ImageGenError, excerpt
 from contract.rate_limits import RateLimit, parse_rate_limits
@@ -266,11 +267,32 @@ class Settings(BaseSettings):
                 f"IMAGEGEN_EVENTS_RETENTION_S={self.events_retention_s} is shorter than a webhook's "
                 f"retries ({horizon:g} s: attempts x (longest delay + timeout))"
             )
-        parse_rate_limits(self.rate_limits)  # a typo fails at start-up, not at the first job
+        # A bad catalog file or quota fails at start-up, not at the first job.
+        try:
+            catalog = load_catalog(self.model_catalog_file, self.model_catalog_replace)
+        except CatalogError as exc:
+            raise ValueError(f"IMAGEGEN_MODEL_CATALOG_FILE: {exc}") from None
+        self._check_rate_limits(catalog)
         self.target_policy  # noqa: B018  # a bad IMAGEGEN_ALLOWED_TARGETS entry fails at start-up
         if self.environment != "development":
             self._refuse_unsafe_defaults()
         return self
+
+    def _check_rate_limits(self, catalog: ModelCatalog) -> None:
+        """Quotas are keyed by the API's model ids: a node's model name would book nothing."""
+        ids = {e.model_id: name for name, e in catalog.models.items()}
+        ids |= {e.model_id: name for name, e in catalog.text_models.items()}
+        by_name = {name: e.model_id for name, e in (catalog.models | catalog.text_models).items()}
+        for model_id in parse_rate_limits(self.rate_limits):
+            if model_id in ids:
+                continue
+            hint = (
+                f"; {model_id!r} is a model name, its model id is {by_name[model_id]!r}" if model_id in by_name else ""
+            )
+            raise ValueError(
+                f"IMAGEGEN_RATE_LIMITS names {model_id!r}, which is no model id of the catalog{hint}; "
+                f"model ids: {', '.join(sorted(ids))}"
+            )
 
     def _refuse_unsafe_defaults(self) -> None:
         problems = []

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
-from contract.catalog import load_catalog, parse_size
+from contract.catalog import CatalogError, load_catalog, parse_size
 from contract.node import validate_node
 from contract.settings import Settings
 
@@ -64,5 +63,5 @@ def test_replace_mode_limits_models_to_the_file(
 
 def test_a_broken_catalog_file_is_refused(tmp_path: Path) -> None:
     bad = {"m": {"provider": "offline", "model_id": "x", "sizes": {"huge": {"aspect_ratio": "1:1", "tier": "1K"}}}}
-    with pytest.raises(ValidationError, match="WIDTHxHEIGHT"):
+    with pytest.raises(CatalogError, match=r"models\.m\.sizes: size .huge. is not WIDTHxHEIGHT"):
         load_catalog(_write(tmp_path, bad))

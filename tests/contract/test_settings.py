@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from contract.catalog import load_catalog
 from contract.queue import celery_config
 from contract.settings import Settings, SettingsError
 
@@ -154,3 +158,50 @@ def test_a_bad_setting_names_the_variable_and_never_echoes_the_environment(monke
     with pytest.raises(SettingsError, match="REDIS_URL: scheme 'http' is not one of") as caught:
         Settings()
     assert "AIza-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [
+        (None, "cannot be read (No such file or directory)"),
+        ("{not json", "is not JSON"),
+        ('{"modles": {}}', "unknown section(s) modles; allowed: models, text_models, default_text_models"),
+        ('{"models": {"new_model": {"model_id": "x-1"}}}', "models.new_model.provider: Field required"),
+        ('{"models": {"gemini_3_image": {"sizes": {"1024x1024": {"tier": "9K"}}}}}', "models.gemini_3_image.sizes"),
+    ],
+)
+def test_a_bad_catalog_file_fails_at_start_up_naming_the_file_and_the_field(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str | None, complaint: str
+) -> None:
+    # It used to load at the first job: the worker said "ready", crashed every job (left queued
+    # for the job deadline), and the API answered 500 while /readyz said 200.
+    path = tmp_path / "catalog.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("IMAGEGEN_MODEL_CATALOG_FILE", str(path))
+    with pytest.raises(SettingsError) as caught:
+        Settings()
+    assert str(path) in str(caught.value) and complaint in str(caught.value)
+
+
+def test_a_catalog_file_entry_updates_the_built_in_one_field_by_field(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The README's "fix a retired model id": the entry names only what changed.
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps({"models": {"gemini_2_5_image": {"model_id": "gemini-2.5-flash-image-002"}}}))
+    monkeypatch.setenv("IMAGEGEN_MODEL_CATALOG_FILE", str(path))
+    settings = Settings()
+    fixed = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).models["gemini_2_5_image"]
+    built_in = load_catalog().models["gemini_2_5_image"]
+    assert fixed.model_id == "gemini-2.5-flash-image-002"
+    assert fixed.sizes == built_in.sizes and fixed.provider == built_in.provider
+
+
+def test_a_rate_limit_must_name_a_model_id_of_the_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Keyed by the node's model name, the quota was accepted and booked nothing.
+    monkeypatch.setenv("IMAGEGEN_RATE_LIMITS", "gemini_3_image=2:1")
+    with pytest.raises(SettingsError, match="'gemini_3_image' is a model name, its model id is 'gemini-3-pro-image'"):
+        Settings()
+    monkeypatch.setenv("IMAGEGEN_RATE_LIMITS", "gemini-3-pro-image=2:1,gemini-2.5-flash=60")
+    assert set(Settings().rate_limit_table) == {"gemini-3-pro-image", "gemini-2.5-flash"}

@@ -47,6 +47,18 @@ def test_an_unreadable_file_is_a_usage_error(job_env: dict[str, str], tmp_path: 
     assert "queue" not in run.stderr and "Traceback" not in run.stderr
 
 
+def test_a_bad_catalog_file_is_a_settings_error_naming_it(job_env: dict[str, str], tmp_path: Path) -> None:
+    # It was a pydantic traceback from validate, and "cannot reach the queue" for a missing file.
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"models": {"gemini_2_5_image": {"sizes": {"1024x1024": {"tier": "9K"}}}}}))
+    for path in (catalog, tmp_path / "missing.json"):
+        run = imagegen(
+            {**job_env, "IMAGEGEN_MODEL_CATALOG_FILE": str(path)}, "validate", str(ROOT / "examples/seed-node.json")
+        )
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.startswith(f"imagegen: invalid settings: IMAGEGEN_MODEL_CATALOG_FILE: {path}: "), run.stderr
+
+
 def test_validate_accepts_the_seed_from_stdin(job_env: dict[str, str]) -> None:
     run = imagegen(job_env, "validate", "-", stdin=(ROOT / "examples" / "seed-node.json").read_text())
     assert run.returncode == 0 and "1 x gemini_3_image at 1024x1024" in run.stdout
