@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.errors import ImageGenError, NodeValidationError, Problem, excerpt, field_part
 from contract.jobs import JobConflict
+from contract.webhooks import ResolverUnavailable
 from producer.client import JobCrashed, JobNotFound, JobTimeout, QueueUnavailable, SignError
 
 log = logging.getLogger("api")
@@ -122,6 +123,8 @@ def from_service_error(error: ImageGenError) -> ApiProblem:
             return ApiProblem(404, "image-not-found", "No such image", "no image of your jobs has this uri")
         status = {"transient": 503, "storage": 502}.get(error.kind, 422)
         return ApiProblem(status, f"sign-{error.kind}", "Cannot sign this uri", str(error))
+    if isinstance(error, ResolverUnavailable):
+        return unavailable(f"webhook.url: {error}; try again shortly")
     if isinstance(error, JobCrashed):
         return ApiProblem(500, "job-crashed", "The job crashed in the worker", str(error))
     return ApiProblem(500, "internal", "Internal error", "the service could not complete this request")

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from contract.errors import MISSING, NodeValidationError, Problem
+from contract.errors import MISSING, ImageGenError, NodeValidationError, Problem
 from contract.queue import KEY_PREFIX
 from contract.secret_refs import HOW_TO, check_allowed, parse_secret_ref
 
@@ -111,6 +111,16 @@ def check_webhook_url(url: str, settings: Settings, *, resolve: bool = False, re
     return url
 
 
+class ResolverUnavailable(ImageGenError):
+    """The host's name could not be looked up now (a temporary DNS failure or a timeout): a
+    delivery is retried, a submission told to try again; only a name that does not exist is refused."""
+
+
+_DNS_TRY_AGAIN = frozenset(
+    code for code in (getattr(socket, "EAI_AGAIN", None), getattr(socket, "EAI_FAIL", None)) if code is not None
+)
+
+
 def public_addresses(url: str, settings: Settings, resolver: Resolver | None = None) -> list[str]:
     """The addresses to connect to for ``url``, every one checked: outside development all must
     be globally routable (a name that resolves to any internal address is refused as a whole).
@@ -122,8 +132,16 @@ def public_addresses(url: str, settings: Settings, resolver: Resolver | None = N
     else:
         try:
             addresses = (resolver or _resolve)(host, port)
-        except OSError:
+        except socket.gaierror as exc:
+            if exc.errno in _DNS_TRY_AGAIN:  # the resolver's trouble, not the name's: retried
+                raise ResolverUnavailable(
+                    f"host {host!r}: the name could not be resolved now ({exc.strerror})"
+                ) from None
             raise _refuse("webhook.url", url, f"host {host!r} does not resolve") from None
+        except OSError as exc:
+            raise ResolverUnavailable(
+                f"host {host!r}: the name could not be resolved now ({type(exc).__name__})"
+            ) from None
         if not addresses:
             raise _refuse("webhook.url", url, f"host {host!r} does not resolve")
     if _is_production(settings):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from contract.node import NodeValidationError, validate_node
 from contract.redis_client import redacted_url
 from contract.result import JobResult
 from contract.settings import SettingsError, get_settings
+from contract.webhooks import ResolverUnavailable
 from producer.client import (
     ImageGenClient,
     JobConflict,
@@ -89,6 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"imagegen: cannot reach {where}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except ResolverUnavailable as exc:
+        print(f"imagegen: webhook.url: {exc}; try again shortly", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except BrokenPipeError:
+        # The reader stopped reading (`| head`): nothing is wrong with the queue. Python would
+        # complain again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (redis.RedisError, OSError) as exc:
         url = redacted_url(get_settings().redis_url)
         print(f"imagegen: cannot reach the queue at {url} (REDIS_URL): {exc.__class__.__name__}", file=sys.stderr)

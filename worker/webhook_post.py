@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import certifi
 import urllib3
 import urllib3.connection
-from urllib3.exceptions import HTTPError, SSLError
+from urllib3.exceptions import HTTPError, NewConnectionError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 MAX_ANSWER_BYTES = 4096
@@ -101,6 +101,8 @@ def post_pinned(url: str, address: str, body: bytes, headers: dict[str, str], ti
             return PostOutcome(response.status, retry_after_s=_retry_after(response.headers.get("Retry-After")))
     except SSLError as exc:
         return timed_out if deadline.expired else PostOutcome(None, f"tls: {type(exc).__name__}")
+    except NewConnectionError as exc:  # a subclass of the connect timeout in urllib3: refused, unreachable
+        return timed_out if deadline.expired else PostOutcome(None, f"connection: {_connect_failure(exc)}")
     except Urllib3Timeout:
         return timed_out
     except (HTTPError, OSError) as exc:
@@ -177,3 +179,9 @@ def _retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _connect_failure(exc: NewConnectionError) -> str:
+    """ "refused" for a refused connection (the usual case: nothing listens), else the error's name."""
+    cause = exc.__cause__ or exc.__context__
+    return "refused" if isinstance(cause, ConnectionRefusedError) else type(cause or exc).__name__

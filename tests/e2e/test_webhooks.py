@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -137,6 +138,23 @@ def test_retries_stop_at_the_attempts_setting(
     assert (delivery.state, delivery.attempts, delivery.last_http_status) == ("failed", 3, 503)
     assert delivery.last_error is not None and "gave up after 3 attempt(s)" in delivery.last_error
     assert [r.status for r in receiver.received] == [500, 502, 503]
+
+
+def test_a_refused_connection_is_retried_and_reported_as_refused(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    # It was reported as "timeout: no answer within 10 s" (urllib3's NewConnectionError is a
+    # subclass of its connect timeout), though the refusal came back at once.
+    start_worker({**FAST_RETRIES, "IMAGEGEN_WEBHOOK_MAX_ATTEMPTS": "2"})
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there once this socket closes
+    webhook = {"url": f"http://127.0.0.1:{port}/hook", "secret": "env:WEBHOOK_SECRET_T1"}
+    client.submit(offline_node, job_id="hook-refused", webhook=webhook).wait(timeout=60)
+    [delivery] = settled(client, "hook-refused", 1)
+    assert (delivery.state, delivery.attempts) == ("failed", 2)
+    assert delivery.last_error is not None and "connection: refused" in delivery.last_error
+    assert "timeout" not in delivery.last_error
 
 
 def test_an_unresolvable_secret_is_refused_without_a_request(

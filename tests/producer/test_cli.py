@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,22 @@ def test_a_bad_catalog_file_is_a_settings_error_naming_it(job_env: dict[str, str
         )
         assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
         assert run.stderr.startswith(f"imagegen: invalid settings: IMAGEGEN_MODEL_CATALOG_FILE: {path}: "), run.stderr
+
+
+def test_a_reader_that_stops_reading_is_not_a_queue_failure(job_env: dict[str, str]) -> None:
+    # `imagegen status J | head -1` said "cannot reach the queue ... BrokenPipeError", exit 5.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "producer.cli", "validate", str(ROOT / "examples/seed-node.json")],
+        cwd=ROOT,
+        env={**os.environ, **job_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the first line is written
+    errors = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0, errors
+    assert "cannot reach" not in errors and "Traceback" not in errors
 
 
 def test_validate_accepts_the_seed_from_stdin(job_env: dict[str, str]) -> None:

@@ -22,6 +22,7 @@ from contract.settings import Settings
 from contract.webhooks import (
     DELIVER_WEBHOOK,
     DeliveryLog,
+    ResolverUnavailable,
     Webhook,
     check_webhook_url,
     parse_webhook,
@@ -147,6 +148,22 @@ def test_a_name_resolving_to_any_internal_address_is_refused(production: Setting
     ):
         with pytest.raises(NodeValidationError, match=why):
             public_addresses(url, production, resolver=resolver(answers))
+
+
+def test_only_a_name_that_does_not_exist_is_refused_a_resolver_failure_is_retried(production: Settings) -> None:
+    # A temporary DNS failure used to drop the delivery for good as "does not resolve".
+    def failing(code: int) -> Any:
+        def resolve(host: str, port: int) -> list[str]:
+            raise socket.gaierror(code, "resolver says")
+
+        return resolve
+
+    url = "https://hooks.example.com/x"
+    with pytest.raises(NodeValidationError, match="does not resolve"):
+        public_addresses(url, production, resolver=failing(socket.EAI_NONAME))
+    for code in (socket.EAI_AGAIN, socket.EAI_FAIL):
+        with pytest.raises(ResolverUnavailable, match="could not be resolved now"):
+            public_addresses(url, production, resolver=failing(code))
 
 
 def test_secret_must_be_an_allowed_reference(production: Settings) -> None:

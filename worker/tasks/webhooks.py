@@ -44,6 +44,7 @@ from contract.webhooks import (
     DeliveryLog,
     DeliveryState,
     DeliveryStatus,
+    ResolverUnavailable,
     Webhook,
     check_webhook_url,
     public_addresses,
@@ -127,6 +128,8 @@ def deliver_webhook(self: Task, delivery: WebhookDelivery) -> None:
         log.warning("webhook for job %s refused (%s): %s", delivery.job_id, where, reason)
         note("refused", error=reason)
         return None
+    except ResolverUnavailable as exc:
+        return _again(self, delivery, first_attempt_at, attempt, note, PostOutcome(None, f"dns: {exc}"))
 
     event = JobEvents(records.client, settings.result_ttl_s, settings.events_max_len).get(
         delivery.job_id, delivery.event_id
