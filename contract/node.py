@@ -23,7 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from contract.catalog import ModelCatalog, load_catalog, parse_size
-from contract.clouds import SPECS, TargetPolicy, storage_problems
+from contract.clouds import CLOUD_FIELDS, SPECS, TargetPolicy, storage_problems
 from contract.documents import load_document
 from contract.errors import MISSING, excerpt, field_part
 from contract.errors import NodeValidationError as NodeValidationError  # re-exported: contract.node's API
@@ -434,7 +434,17 @@ def _cloud_problems(inputs: Mapping[str, Any], already: list[str], policy: Targe
     except ValidationError:
         return []  # reported on the field
     if not use_cloud:
-        return []
+        # The images would go to the platform storage, not to the bucket the author named.
+        return [
+            Problem(
+                f"inputs.{name}",
+                _REDACTED if name in _NEVER_ECHOED else inputs[name],
+                "is used only when use_cloud is true; with use_cloud false the images go to the platform's "
+                "storage: set use_cloud to true, or remove this field",
+            )
+            for name in sorted(CLOUD_FIELDS)
+            if inputs.get(name) is not None and f"inputs.{name}" not in already
+        ]
     provider = inputs.get("cloud_provider")
     if provider is None:
         allowed = ", ".join(SPECS)

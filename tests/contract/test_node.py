@@ -40,8 +40,19 @@ def test_variations_accept_strings_and_integers(seed_node: dict[str, Any], raw: 
 
 @pytest.mark.parametrize(("raw", "expected"), [("true", True), ("false", False), (True, True), ("False", False)])
 def test_use_cloud_accepts_booleans_and_ui_strings(seed_node: dict[str, Any], raw: Any, expected: bool) -> None:
-    node = with_inputs(seed_node, use_cloud=raw, aws_bucket="bucket", aws_credentials="env:TENANT_AWS")
+    cloud = {"aws_bucket": "bucket", "aws_credentials": "env:TENANT_AWS"} if expected else {}
+    node = with_inputs(seed_node, use_cloud=raw, **cloud)
     assert validate_node(node, Settings()).inputs.use_cloud is expected
+
+
+def test_cloud_fields_with_use_cloud_false_are_named_not_ignored(seed_node: dict[str, Any]) -> None:
+    # They validated, and the images went to the platform storage instead of the named bucket.
+    node = with_inputs(seed_node, use_cloud=False, aws_bucket="bucket", aws_credentials="env:TENANT_AWS")
+    found = problems(node)
+    assert set(found) == {"inputs.aws_bucket", "inputs.aws_credentials"}
+    assert "is used only when use_cloud is true" in found["inputs.aws_bucket"]
+    assert "TENANT_AWS" not in found["inputs.aws_credentials"]
+    validate_node(with_inputs(seed_node, use_cloud=False, cloud_provider="gcp"), Settings())  # the seed's own shape
 
 
 def test_every_problem_is_reported_at_once(seed_node: dict[str, Any]) -> None:

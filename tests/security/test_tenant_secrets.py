@@ -35,14 +35,16 @@ def _settings(**values: Any) -> Settings:
 
 
 def _cloud_node(node: dict[str, Any], credentials: str) -> dict[str, Any]:
-    node["inputs"].update(
-        use_cloud=True,
-        cloud_provider="aws",
-        aws_bucket="acme-images",
-        aws_region="us-east-1",
-        aws_credentials=credentials,
-    )
-    return node
+    """A copy of ``node`` writing to a bucket of its own with ``credentials``."""
+    inputs = {
+        **node["inputs"],
+        "use_cloud": True,
+        "cloud_provider": "aws",
+        "aws_bucket": "acme-images",
+        "aws_region": "us-east-1",
+        "aws_credentials": credentials,
+    }
+    return {**node, "inputs": inputs}
 
 
 def test_whose_job_an_id_is() -> None:
