@@ -90,8 +90,10 @@ def _whole_number(value: Any, example: str) -> Any:
         text = value.strip()
         if text.isascii() and text.isdigit() and len(text) <= 32:
             return value
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        return value  # pydantic refuses 1.5 itself
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif isinstance(value, float) and value.is_integer():
+        return int(value)
     raise _fail(f'must be a whole number such as {example} or "{example}"')
 
 
@@ -141,6 +143,13 @@ class NodeInputs(BaseModel):
         if not value:
             raise _fail("must be a non-empty prompt describing the image")
         return _bounded_text(value, limit, multiline=True)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_name(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):  # pydantic would say only "valid string"
+            raise _fail(f"must be a model name (a string); allowed: {', '.join(_ctx(info).catalog.names())}")
+        return value
 
     @field_validator("model")
     @classmethod
@@ -199,6 +208,13 @@ class NodeInputs(BaseModel):
         top = SEED_LIMIT - _ctx(info).max_variations
         if value is not None and not 0 <= value <= top:
             raise _fail(f"must be from 0 to {top} (variation i uses seed + i, a 32-bit integer)")
+        return value
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size_text(cls, value: Any) -> Any:
+        if not isinstance(value, str):  # 1024 for "1024x1024": pydantic would say only "valid string"
+            raise _fail('must be WIDTHxHEIGHT as a string, e.g. "1024x1024"')
         return value
 
     @field_validator("size")

@@ -244,3 +244,22 @@ def test_payload_for_the_worker_is_json_safe(seed_node: dict[str, Any]) -> None:
     payload = validate_node(seed_node, Settings()).to_task_payload()
     assert json.loads(json.dumps(payload)) == payload
     assert payload["inputs"]["variations"] == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("model", 5, "must be a model name (a string); allowed: gemini_2_5_image, "),
+        ("model", ["gemini_3_image"], "must be a model name (a string); allowed: "),
+        ("size", 1024, 'must be WIDTHxHEIGHT as a string, e.g. "1024x1024"'),
+        ("variations", 2.5, 'must be a whole number such as 1 or "1"'),
+        ("seed", 3.5, 'must be a whole number such as 7 or "7"'),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_told_what_is_allowed(
+    seed_node: dict[str, Any], field: str, value: Any, said: str
+) -> None:
+    # pydantic said only "input should be a valid string" or "a number with a fractional part".
+    found = problems(with_inputs(seed_node, **{field: value}))
+    assert set(found) == {f"inputs.{field}"} and said in found[f"inputs.{field}"]
+    assert "valid string" not in found[f"inputs.{field}"]
