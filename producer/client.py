@@ -257,8 +257,10 @@ class ImageGenClient:
         ``chain(llm_task.s(...), client.signature(node, job_id=..., prompt_from="output.text"))``.
 
         The node is validated now (everything but the prompt) and the job id claimed, so ``status`` and
-        ``wait`` work at once; the value is bounded, picked (``prompt_from``: a dotted path into a dict or
-        JSON text; None: the value is the prompt), cleaned and validated when it arrives, and a value that
+        ``wait`` work at once (the same id and node build the link again while the job is queued, so
+        a link that was never sent can be sent later); the value is bounded, picked (``prompt_from``:
+        a dotted path into a dict or JSON text; None: the value is the prompt), cleaned and validated
+        when it arrives, and a value that
         cannot be a prompt ends the job ``failed`` (contract/prompt_text.py). The engine's Celery app
         must use the same broker. The id is ``signature.kwargs["order"]["job_id"]``."""
         if prompt_from is not None:
@@ -280,8 +282,14 @@ class ImageGenClient:
             rerun=False,
             name=parsed.name,
         )
-        if claim.outcome != "created":
-            raise JobConflict(job_id, "was submitted before; a chain link needs a new job id")
+        # The same node again while nothing has run (a link built but never sent, or its sending
+        # failed) builds the link again, as submit would; the dispatch guard runs a run's chord once.
+        rebuilt = claim.outcome == "exists" and claim.previous_state == "queued"
+        if claim.outcome != "created" and not rebuilt:
+            raise JobConflict(
+                job_id,
+                "was submitted before with another node, or has started; a chain link needs a new job id",
+            )
         order = JobOrder(job_id=job_id, run=claim.run, node=payload, submitted_at=submitted_at)
         return self.celery.signature(
             RUN_JOB_FROM_UPSTREAM,

@@ -17,7 +17,7 @@ from contract.errors import NodeValidationError
 from contract.queue import prompt_step_key
 from devtools.fake_gemini import Behaviour, FakeGemini, RecordedRequest, request_text
 from devtools.worker_process import WorkerProcess
-from producer.client import ImageGenClient, JobNotFound
+from producer.client import ImageGenClient, JobConflict, JobNotFound
 from tests.cli import imagegen
 from tests.conftest import StartWorker
 from tests.e2e.helpers import assert_matches_published_schema
@@ -80,6 +80,33 @@ def test_a_chained_upstream_llm_task_supplies_the_prompt(
     assert result.original_prompt == text
     assert [image.prompt for image in result.images] == [None, None]  # made from original_prompt
     assert_matches_published_schema(result)
+
+
+def test_a_link_never_sent_can_be_built_again_with_the_same_id_and_node(
+    gemini_worker: WorkerProcess,
+    engine: tuple[Celery, str],
+    client: ImageGenClient,
+    seed_node: dict[str, Any],
+    fake: FakeGemini,
+) -> None:
+    # Building a link claims its id: a link that was never sent (the engine failed before
+    # apply_async) left the id refused for good ("a chain link needs a new job id").
+    node = with_inputs(seed_node, variations=1)
+    client.signature(node, job_id="llm-chain-unsent", prompt_from="output.text")  # never sent
+    assert client.status("llm-chain-unsent").state == "queued"
+    link = client.signature(node, job_id="llm-chain-unsent", prompt_from="output.text")
+    chain(app_signature(engine, "A red kite over the dunes"), link).apply_async()
+    assert client.wait("llm-chain-unsent", timeout=WAIT_S).status == "succeeded"
+    assert len(image_requests(fake)) == 1
+    with pytest.raises(JobConflict, match="has started"):  # once it ran, the id is taken
+        client.signature(node, job_id="llm-chain-unsent", prompt_from="output.text")
+    with pytest.raises(JobConflict):  # another node: never
+        client.signature(with_inputs(seed_node, variations=2), job_id="llm-chain-unsent", prompt_from="output.text")
+
+
+def app_signature(engine: tuple[Celery, str], text: str) -> Any:
+    app, queue = engine
+    return app.signature("engine.llm_answer", args=(text,), queue=queue)
 
 
 def test_the_signature_validates_the_node_before_anything_runs(
