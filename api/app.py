@@ -71,6 +71,7 @@ from contract.node import ImageGenerationNode
 from contract.providers import reported_providers
 from contract.result import JobResult
 from contract.settings import Settings, get_settings
+from contract.webhooks import DeliveryStatus
 from producer.client import ImageGenClient, JobNotFound, QueueUnavailable, check_image_uri
 
 log = logging.getLogger("api")
@@ -372,6 +373,18 @@ def _routes(app: FastAPI) -> None:
             changed=outcome.changed,
             message=outcome.message.replace(status.job_id, job_id),
         )
+
+    @app.get(
+        f"{API_PREFIX}/jobs/{{job_id:path}}/webhooks",
+        response_model=list[DeliveryStatus],
+        tags=["jobs"],
+        responses=problem_responses(401, 404, 503),
+    )
+    def webhooks(job_id: str, state: State, tenant: Caller) -> list[DeliveryStatus]:
+        """How each of the job's webhook events fared: state (pending, delivered, failed, refused),
+        attempts, last HTTP status and error, in event order; [] when it has no webhook."""
+        status = _status(state, tenant, job_id)
+        return state.client.webhook_deliveries(status.job_id)
 
     @app.get(
         f"{API_PREFIX}/jobs/{{job_id:path}}",

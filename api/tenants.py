@@ -40,7 +40,7 @@ DEV_TENANT = "dev"
 MAX_TENANT_CHARS = 32
 MIN_TOKEN_CHARS = 16
 # Route suffixes: GET /v1/jobs/<id>/events must not also be the job "<id>/events".
-RESERVED_LAST_SEGMENTS = ("events", "cancel")
+RESERVED_LAST_SEGMENTS = ("events", "cancel", "webhooks")
 _NAMESPACED = re.compile(rf"\b{NAMESPACE_ROOT}/{TENANT_NAME.pattern}/")
 
 

@@ -130,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("job_id")
     status.set_defaults(run=_status)
 
+    webhooks = sub.add_parser("webhooks", help="how each of a job's webhook events was delivered")
+    webhooks.add_argument("job_id")
+    webhooks.set_defaults(run=_webhooks)
+
     result = sub.add_parser("result", help="a job's result document")
     result.add_argument("job_id")
     result.add_argument("--wait", action="store_true", help="wait until it is ready")
@@ -205,6 +209,12 @@ def _status(args: argparse.Namespace) -> int:
     check_job_id(args.job_id)
     status = ImageGenClient().status(args.job_id)
     _print_json({**status.__dict__, "finished": status.finished})
+    return EXIT_OK
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    check_job_id(args.job_id)
+    _print_json([d.model_dump(mode="json") for d in ImageGenClient().webhook_deliveries(args.job_id)])
     return EXIT_OK
 
 

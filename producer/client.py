@@ -454,8 +454,13 @@ class ImageGenClient:
 
     @_reaching_the_queue
     def webhook_deliveries(self, job_id: str) -> list[DeliveryStatus]:
-        """How each of the job's webhook events fared (state, attempts, last HTTP status), in event order."""
-        return DeliveryLog(self.records.client, self.settings.result_ttl_s).read(check_job_id(job_id))
+        """How each of the job's webhook events fared (state, attempts, last HTTP status), in event
+        order; JobNotFound for a job id never submitted (or expired), like ``status``."""
+        job_id = check_job_id(job_id)
+        deliveries = DeliveryLog(self.records.client, self.settings.result_ttl_s).read(job_id)
+        if not deliveries and self.records.read(job_id) is None:
+            raise JobNotFound(job_id)
+        return deliveries
 
     @_reaching_the_queue
     def sign(

@@ -133,6 +133,18 @@ def test_a_webhook_given_over_http_is_delivered(
     # The receiver sees the job id it gave, not the tenant namespace the API stores it under.
     assert delivery["body"]["data"]["job_id"] == "hooked" == view["result"]["job_id"]
 
+    # How it fared, over HTTP too (it was only in the Python client), for its owner only.
+    for _ in range(200):
+        deliveries = http.get("/v1/jobs/hooked/webhooks").json()
+        if deliveries and deliveries[0]["state"] != "pending":
+            break
+        threading.Event().wait(0.1)
+    assert [(d["event"], d["state"], d["last_http_status"]) for d in deliveries] == [("completed", "delivered", 204)]
+    assert api.client("globex").get("/v1/jobs/hooked/webhooks").status_code == 404
+    assert http.get("/v1/jobs/never-submitted/webhooks").status_code == 404
+    refused = http.post("/v1/jobs", json={"node": offline_node, "job_id": "x/webhooks"})
+    assert refused.status_code == 422 and "(API routes)" in refused.text  # the route's segment is no job id
+
     # The webhook is part of the job: the same id with another webhook is a conflict.
     other = {**webhook, "url": url + "/other"}
     assert http.post("/v1/jobs", json={"node": offline_node, "job_id": "hooked", "webhook": other}).status_code == 409

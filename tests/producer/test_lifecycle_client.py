@@ -18,7 +18,8 @@ from contract.jobs import utcnow
 from contract.redis_client import transient_retry
 from contract.settings import Settings
 from devtools.redis_server import start_redis
-from producer.client import ImageGenClient, QueueUnavailable
+from producer.client import ImageGenClient, JobNotFound, QueueUnavailable
+from tests.cli import imagegen
 
 
 @pytest.fixture
@@ -37,6 +38,14 @@ def test_lifecycle_methods_raise_queue_unavailable(broken_client: ImageGenClient
         broken_client.events("some-job")
     with pytest.raises(QueueUnavailable):
         broken_client.webhook_deliveries("some-job")
+
+
+def test_deliveries_of_a_job_never_submitted_are_not_found(client: ImageGenClient, job_env: dict[str, str]) -> None:
+    # They were [], where status, result and events say the job does not exist.
+    with pytest.raises(JobNotFound):
+        client.webhook_deliveries("never-submitted")
+    run = imagegen(job_env, "webhooks", "never-submitted")
+    assert run.returncode == 4 and "never-submitted" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_cancel_and_deliveries_check_the_job_id(client: ImageGenClient) -> None:
