@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a node JSON file; nothing is enqueued")
     validate.add_argument("file", help="node JSON file, or - for standard input")
+    validate.add_argument(
+        "--context", metavar="FILE", help="JSON object filling user_query placeholders such as {{ llm_1.text }}"
+    )
     validate.set_defaults(run=_validate)
 
     submit = sub.add_parser("submit", help="validate and enqueue a node; print the job id")
@@ -178,7 +181,8 @@ def _read(path: str, *, refuse_large: bool = True) -> bytes | str:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    node = validate_node(_read(args.file))
+    context = None if args.context is None else _read(args.context)  # as submit reads it
+    node = validate_node(_read(args.file), context=context)
     print(f"valid: {node.inputs.variations} x {node.inputs.model} at {node.inputs.size}")
     return EXIT_OK
 

@@ -78,6 +78,19 @@ def test_a_reader_that_stops_reading_is_not_a_queue_failure(job_env: dict[str, s
     assert "cannot reach" not in errors and "Traceback" not in errors
 
 
+def test_validate_takes_the_context_submit_takes(job_env: dict[str, str], tmp_path: Path) -> None:
+    # /v1/validate accepted a context; `imagegen validate --context` was "unrecognized arguments".
+    node = json.loads((ROOT / "examples/seed-node.json").read_text())
+    node["inputs"]["user_query"] = "a {{ llm_1.text }} car"
+    (tmp_path / "node.json").write_text(json.dumps(node))
+    (tmp_path / "context.json").write_text(json.dumps({"llm_1": {"text": "red"}}))
+    (tmp_path / "empty.json").write_text("{}")
+    run = imagegen(job_env, "validate", str(tmp_path / "node.json"), "--context", str(tmp_path / "context.json"))
+    assert run.returncode == 0 and run.stdout.startswith("valid: 1 x gemini_3_image"), run.stderr
+    run = imagegen(job_env, "validate", str(tmp_path / "node.json"), "--context", str(tmp_path / "empty.json"))
+    assert run.returncode == 2 and "placeholder(s) 'llm_1' that the context does not provide" in run.stderr
+
+
 def test_validate_accepts_the_seed_from_stdin(job_env: dict[str, str]) -> None:
     run = imagegen(job_env, "validate", "-", stdin=(ROOT / "examples" / "seed-node.json").read_text())
     assert run.returncode == 0 and "1 x gemini_3_image at 1024x1024" in run.stdout
