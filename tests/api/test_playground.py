@@ -31,6 +31,7 @@ SCREENSHOTS = ROOT / "var" / "screenshots"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 375, "height": 812}
 WAIT_MS = 60_000
+QUICK_MS = 15_000  # for what the page does in well under a second: a test of a broken page fails fast
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +43,16 @@ def browser() -> Iterator[Any]:
 
 
 def _page(
-    browser: Any, server: ApiServer, viewport: dict[str, int] = DESKTOP, token: str | None = TOKENS["acme"]
+    browser: Any,
+    server: ApiServer,
+    viewport: dict[str, int] = DESKTOP,
+    token: str | None = TOKENS["acme"],
+    context: Any = None,
 ) -> Any:
-    context = browser.new_context(viewport=viewport)
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    """A new tab on the Playground; ``context``: a browser profile shared with other tabs (local storage)."""
+    if context is None:
+        context = browser.new_context(viewport=viewport)
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -54,7 +61,7 @@ def _page(
     if token is not None:
         page.locator("#token").fill(token)
         page.get_by_role("button", name="Use token").click()
-    if token == TOKENS["acme"]:
+    if token in TOKENS.values():
         page.wait_for_function("() => document.querySelectorAll('#f-model option').length > 0", timeout=WAIT_MS)
     return page
 
@@ -76,8 +83,36 @@ def _paste_node(page: Any, node: dict[str, Any] | str) -> None:
     page.locator("#node-json").fill(text)
 
 
-def _run_enabled(page: Any) -> None:
-    page.wait_for_function("() => !document.getElementById('run').disabled", timeout=WAIT_MS)
+def _run_enabled(page: Any, timeout: int = WAIT_MS) -> None:
+    page.wait_for_function("() => !document.getElementById('run').disabled", timeout=timeout)
+
+
+def _offline_node(**inputs: Any) -> dict[str, Any]:
+    node: dict[str, Any] = json.loads(SEED_NODE.read_text())
+    node["inputs"].update(model="offline_preview", **inputs)
+    return node
+
+
+def _shown_node(page: Any) -> dict[str, Any]:
+    shown: dict[str, Any] = json.loads(page.locator("#node-json").input_value())
+    return shown
+
+
+def _all_problems(page: Any) -> str:
+    """Every problem the form shows, at its fields and below them."""
+    return str(
+        page.evaluate(
+            """() => [...document.querySelectorAll('#node-form .problem')].map((el) => el.textContent)
+                .filter(Boolean).join(' | ')"""
+        )
+    )
+
+
+def _posts(page: Any, path: str) -> list[Any]:
+    """The page's POST requests to ``path`` from now on (Playwright request objects)."""
+    seen: list[Any] = []
+    page.on("request", lambda r: seen.append(r) if r.method == "POST" and r.url.endswith(path) else None)
+    return seen
 
 
 def test_pasting_the_seed_node_verbatim_fills_the_form(browser: Any, start_api: StartApi) -> None:
@@ -269,3 +304,24 @@ def test_every_control_has_a_label_and_is_reachable_by_keyboard(browser: Any, st
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id"))
     assert order[:3] == ["f-prompt", "f-model", "f-size"], order
+
+
+# --- regressions: each of these failed on the page before its fix ----------------------------
+
+
+@pytest.mark.parametrize("width", [320, 375])
+def test_long_unbroken_text_stays_inside_a_narrow_screen(browser: Any, start_api: StartApi, width: int) -> None:
+    server = start_api()
+    page = _page(browser, server, viewport={"width": width, "height": 800})
+    node = _offline_node(user_query="a" * 300)
+    node["name"] = "n" * 150
+    _paste_node(page, node)
+    _run_enabled(page)
+    page.get_by_role("button", name="Run").click()
+    page.locator("#recent li").first.wait_for(timeout=QUICK_MS)
+    page.locator("#reopen-id").fill("x" * 120)  # an unknown id: its message names it
+    page.get_by_role("button", name="Open", exact=True).click()
+    page.wait_for_timeout(1000)
+    _shot(page, f"narrow-{width}")
+    scroll = page.evaluate("document.documentElement.scrollWidth")
+    assert scroll <= width, scroll
