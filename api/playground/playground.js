@@ -1,6 +1,10 @@
 // The Playground: a node form built from GET /v1/models, validated live by POST /v1/validate,
 // run by POST /v1/jobs and followed on its Server-Sent Events stream. No build step, no
 // dependencies: plain modern JavaScript served by the API process itself.
+//
+// The node JSON textarea is the contract: its parsed JSON is exactly what is validated,
+// submitted and copied. The form is a view of that JSON; each form control edits one place
+// of it and leaves the rest as the author wrote it. Values are judged by the API, not here.
 "use strict";
 
 const TOKEN_KEY = "imagegen.playground.token"; // sessionStorage: this tab only
@@ -11,16 +15,38 @@ const REFERENCE = /^(vault:|env:|file:)/; // a credential field holds a referenc
 const $ = (id) => document.getElementById(id);
 const state = {
   catalog: null, // GET /v1/models
-  extras: {}, // node fields the form does not show (description, output_type, ...), kept verbatim
-  extraInputs: {},
+  node: null, // the parsed node JSON: what is validated, submitted and copied
   validateTimer: null,
   validateSeq: 0,
   pendingText: null, // the node last sent for validation (JSON text)
   valid: false,
-  localProblems: {},
   runs: new Map(), // job id -> run view
-  syncingJson: false,
 };
+
+// ---------------------------------------------------------------- small helpers
+
+function isObject(value) {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function inputsOf(node) {
+  return node && isObject(node.inputs) ? node.inputs : {};
+}
+
+function shown(value) {
+  // A node value as a form control shows it: "" for absent, JSON for anything not a string.
+  if (value === undefined || value === null) return "";
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+function numberOrText(text) {
+  // A whole number typed in the form is written as a number; anything else as typed, for the API to judge.
+  return /^-?\d+$/.test(text.trim()) ? Number(text) : text;
+}
+
+function setOrDelete(object, key, value) {
+  if (value === "") delete object[key]; else object[key] = value;
+}
 
 // ---------------------------------------------------------------- API access
 
@@ -56,6 +82,29 @@ async function api(path, { method = "GET", body, headers = {} } = {}) {
   return { status: response.status, body: payload };
 }
 
+function problemText(problem) {
+  // As the CLI prints one: field = value: what is allowed (no value when there is none to show).
+  const value = problem.value === null || problem.value === undefined ? "" : ` = ${JSON.stringify(problem.value)}`;
+  return `${problem.field}${value}: ${problem.message}`;
+}
+
+function problemsOf(error) {
+  const problems = error && error.problem && error.problem.problems;
+  return Array.isArray(problems) ? problems : [];
+}
+
+function describe(error) {
+  const problems = problemsOf(error);
+  if (problems.length) return problems.map(problemText).join("; ");
+  if (error.status === 413) {
+    // The body limit is an operator's setting; what the author can change is the node, mostly its prompt.
+    return "the node is larger than this API accepts; shorten inputs.user_query (the prompt)";
+  }
+  return error.message;
+}
+
+// ---------------------------------------------------------------- token
+
 function askForToken(message) {
   $("auth").hidden = false;
   $("auth-message").textContent = message;
@@ -72,20 +121,25 @@ function modelByName(name) {
   return models().find((m) => m.name === name);
 }
 
+function cloudSpecs() {
+  return (state.catalog && state.catalog.clouds) || {};
+}
+
+function sizesOf(model) {
+  // [{size, aspect_ratio, tier, price_usd_per_image}]
+  return (model && model.sizes) || [];
+}
+
 async function loadCatalog() {
   const { body } = await api("/v1/models");
   state.catalog = body;
   for (const select of [$("f-model"), $("f-compare-model")]) {
     select.replaceChildren(...models().map((m) => new Option(label(m), m.name)));
   }
-  const preferred = models().find((m) => m.configured) || models()[0];
-  if (preferred) $("f-model").value = preferred.name;
-  const second = models().find((m) => m.name !== $("f-model").value);
+  const first = models().find((m) => m.configured) || models()[0];
+  const second = models().find((m) => m !== first);
   if (second) $("f-compare-model").value = second.name;
-  $("f-variations").max = String(body.max_variations || 8);
   showBanner();
-  fillSizes();
-  fillProviderFields();
 }
 
 function label(model) {
@@ -109,132 +163,154 @@ function showBanner() {
   }
 }
 
-function sizesOf(model) {
-  // [{size, aspect_ratio, tier, price_usd_per_image}]
-  return (model && model.sizes) || [];
+function defaultNode() {
+  const model = models().find((m) => m.configured) || models()[0];
+  const size = sizesOf(model)[0];
+  const inputs = { user_query: "a girl driving a red car", model: model ? model.name : "" };
+  if (size) inputs.size = size.size;
+  Object.assign(inputs, { variations: 1, use_cloud: false });
+  return { name: "Playground image", type: "image_generation", inputs };
 }
 
-function fillSizes(keep) {
+// ---------------------------------------------------------------- node -> form (the view)
+
+function showNode(node) {
+  const inputs = inputsOf(node);
+  $("f-name").value = shown(node.name);
+  $("f-prompt").value = shown(inputs.user_query);
+  choose($("f-model"), inputs.model, "not in the catalog");
+  fillSizes(inputs.size);
+  $("f-variations").value = shown(inputs.variations);
+  $("f-seed").value = shown(inputs.seed);
+  const useCloud = $("f-use-cloud");
+  useCloud.checked = inputs.use_cloud === true;
+  // Not a boolean ("yes", 1, ...): shown as neither ticked nor not; the API says what it makes of it.
+  useCloud.indeterminate = inputs.use_cloud !== undefined && typeof inputs.use_cloud !== "boolean";
+  choose($("f-cloud-provider"), inputs.cloud_provider, "not offered");
+  fillProviderFields(inputs);
+  showSections();
+}
+
+function choose(select, value, note) {
+  // Select the node's value; one the list does not offer is added, marked, so the view is faithful.
+  select.querySelectorAll("option[data-extra]").forEach((option) => option.remove());
+  const wanted = shown(value);
+  if (![...select.options].some((option) => option.value === wanted)) {
+    const option = new Option(wanted === "" ? "(not given)" : `${wanted} (${note})`, wanted);
+    option.dataset.extra = "1";
+    select.append(option);
+  }
+  select.value = wanted;
+}
+
+function fillSizes(size) {
   const model = modelByName($("f-model").value);
   const select = $("f-size");
-  const current = keep || select.value;
-  const sizes = sizesOf(model);
-  select.replaceChildren(...sizes.map((s) => new Option(
+  select.replaceChildren(...sizesOf(model).map((s) => new Option(
     `${s.size} (${s.aspect_ratio})${s.price_usd_per_image != null ? ` · $${s.price_usd_per_image}/image` : ""}`, s.size)));
-  if (current && !sizes.some((s) => s.size === current)) {
-    // Keep a pasted size the model does not support visible, so its problem shows at the field.
-    select.append(new Option(`${current} (not offered by ${model ? model.name : "this model"})`, current));
-  }
-  if (current) select.value = current;
+  choose(select, size, `not offered by ${model ? model.name : "this model"}`);
   $("model-hint").textContent = model ? (model.description || "") : "";
 }
 
-function cloudSpecs() {
-  return (state.catalog && state.catalog.clouds) || {};
-}
-
-function fillProviderFields(values = {}) {
+function fillProviderFields(inputs) {
+  // Only the chosen provider's fields, holding the node's values: no hidden field keeps a value.
   const provider = $("f-cloud-provider").value;
   const spec = cloudSpecs()[provider] || { fields: [] };
-  const box = $("provider-fields");
-  const old = collectProviderFields();
-  box.replaceChildren(...spec.fields.map((field) => {
-    const name = typeof field === "string" ? field : field.name;
-    const wrap = document.createElement("div");
-    wrap.className = "field";
-    const id = `f-${name}`;
-    const isCredential = name === spec.credential_field;
-    wrap.innerHTML = `<label for="${id}"></label><input id="${id}" type="text" autocomplete="off">` +
-      `<p class="problem" data-problem-for="inputs.${name}"></p>`;
-    wrap.querySelector("label").textContent = isCredential ? `${name} (a secret reference)` : name;
-    const input = wrap.querySelector("input");
-    input.dataset.field = `inputs.${name}`;
-    input.dataset.providerField = name;
-    if (isCredential) {
-      input.dataset.credential = "1";
-      input.placeholder = "vault:secret/imagegen/acme#key";
-    }
-    input.value = values[name] ?? old[name] ?? "";
-    return wrap;
-  }));
+  $("provider-fields").replaceChildren(...spec.fields.map((name) => providerField(name, spec, inputs[name])));
 }
 
-function collectProviderFields() {
-  const out = {};
-  for (const input of document.querySelectorAll("[data-provider-field]")) {
-    if (input.value.trim()) out[input.dataset.providerField] = input.value.trim();
-  }
-  return out;
+function providerField(name, spec, value) {
+  const isCredential = name === spec.credential_field;
+  const wrap = document.createElement("div");
+  wrap.className = "field";
+  const labelEl = document.createElement("label");
+  labelEl.htmlFor = `f-${name}`;
+  labelEl.textContent = isCredential ? `${name} (a secret reference)` : name;
+  const input = document.createElement("input");
+  input.id = `f-${name}`;
+  input.type = "text";
+  input.autocomplete = "off";
+  input.dataset.field = `inputs.${name}`;
+  input.dataset.providerField = name;
+  if (isCredential) input.placeholder = "vault:secret/imagegen/acme#key";
+  input.value = shown(value);
+  const problem = document.createElement("p");
+  problem.className = "problem";
+  problem.dataset.problemFor = `inputs.${name}`;
+  wrap.append(labelEl, input, problem);
+  return wrap;
 }
 
-// ---------------------------------------------------------------- form <-> node
-
-function formToNode() {
-  const inputs = { ...state.extraInputs };
-  inputs.user_query = $("f-prompt").value;
-  inputs.model = $("f-model").value;
-  inputs.size = $("f-size").value;
-  const variations = $("f-variations").value;
-  inputs.variations = variations === "" ? variations : Number(variations);
-  const seed = $("f-seed").value;
-  if (seed !== "") inputs.seed = Number(seed); else delete inputs.seed;
-  inputs.use_cloud = $("f-use-cloud").checked;
-  for (const spec of Object.values(cloudSpecs())) {
-    for (const field of spec.fields) delete inputs[typeof field === "string" ? field : field.name];
-  }
-  delete inputs.cloud_provider;
-  if (inputs.use_cloud) {
-    inputs.cloud_provider = $("f-cloud-provider").value;
-    Object.assign(inputs, collectProviderFields());
-  }
-  return { ...state.extras, name: $("f-name").value, type: "image_generation", inputs };
+function showSections() {
+  const useCloud = $("f-use-cloud");
+  $("cloud-fields").hidden = !(useCloud.checked || useCloud.indeterminate);
+  $("compare-fields").hidden = !$("f-compare").checked;
 }
 
-function nodeToForm(node) {
-  if (!node || typeof node !== "object" || Array.isArray(node)) throw new Error("the node must be a JSON object");
-  const { name, type, inputs, ...extras } = node;
-  if (inputs !== undefined && (typeof inputs !== "object" || inputs === null || Array.isArray(inputs))) {
-    throw new Error("\"inputs\" must be a JSON object");
+// ---------------------------------------------------------------- form -> node (edits)
+
+// Each control writes its one place of the node; an emptied control removes its key.
+const FORM_EDITS = {
+  "f-name": (el, inputs, node) => { node.name = el.value; },
+  "f-prompt": (el, inputs) => { inputs.user_query = el.value; },
+  "f-model": editModel,
+  "f-size": (el, inputs) => { setOrDelete(inputs, "size", el.value); choose(el, inputs.size, "not offered"); },
+  "f-variations": (el, inputs) => setOrDelete(inputs, "variations", numberOrText(el.value)),
+  "f-seed": (el, inputs) => setOrDelete(inputs, "seed", numberOrText(el.value)),
+  "f-use-cloud": editUseCloud,
+  "f-cloud-provider": editCloudProvider,
+};
+
+function editModel(el, inputs) {
+  setOrDelete(inputs, "model", el.value);
+  choose(el, inputs.model, "not in the catalog"); // a pasted model no longer in the node leaves the list
+  fillSizes(inputs.size);
+}
+
+function editUseCloud(el, inputs) {
+  inputs.use_cloud = el.checked;
+  if (el.checked && inputs.cloud_provider === undefined) {
+    inputs.cloud_provider = $("f-cloud-provider").options[0].value;
+    choose($("f-cloud-provider"), inputs.cloud_provider, "not offered");
   }
-  const given = { ...(inputs || {}) };
-  state.extras = extras;
-  if (type !== undefined && type !== "image_generation") state.extras.type = type;
-  $("f-name").value = name ?? "";
-  $("f-prompt").value = given.user_query ?? "";
-  if (given.model !== undefined && !modelByName(given.model)) {
-    $("f-model").append(new Option(`${given.model} (not in the catalog)`, given.model));
+  // Unticked: the provider's fields go, so no value (a credential above all) hides in the node.
+  if (!el.checked) dropProviderFields(inputs, null);
+  fillProviderFields(inputs);
+}
+
+function editCloudProvider(el, inputs) {
+  setOrDelete(inputs, "cloud_provider", el.value);
+  choose(el, inputs.cloud_provider, "not offered");
+  dropProviderFields(inputs, el.value); // the other providers' fields are no longer shown
+  fillProviderFields(inputs);
+}
+
+function editProviderField(el, inputs) {
+  setOrDelete(inputs, el.dataset.providerField, el.value.trim() ? el.value : "");
+}
+
+function dropProviderFields(inputs, keepProvider) {
+  for (const [provider, spec] of Object.entries(cloudSpecs())) {
+    if (provider === keepProvider) continue;
+    for (const name of spec.fields) delete inputs[name];
   }
-  $("f-model").value = given.model ?? $("f-model").value;
-  fillSizes(given.size !== undefined ? String(given.size) : undefined);
-  $("f-variations").value = given.variations ?? 1;
-  $("f-seed").value = given.seed ?? "";
-  const useCloud = given.use_cloud === true || given.use_cloud === "true";
-  $("f-use-cloud").checked = useCloud;
-  // The seed's node says cloud_provider even when use_cloud is false: keep it, show it only when used.
-  if (given.cloud_provider) $("f-cloud-provider").value = given.cloud_provider;
-  const providerValues = {};
-  for (const spec of Object.values(cloudSpecs())) {
-    for (const field of spec.fields) {
-      const key = typeof field === "string" ? field : field.name;
-      if (key in given) providerValues[key] = String(given[key]);
-    }
-  }
-  $("cloud-fields").hidden = !useCloud;
-  fillProviderFields(providerValues);
-  for (const key of ["user_query", "model", "size", "variations", "seed", "use_cloud", ...Object.keys(providerValues)]) {
-    delete given[key];
-  }
-  if (!useCloud && given.cloud_provider) {
-    // use_cloud false: the provider is informational; keep it in the JSON as the author wrote it.
-  } else {
-    delete given.cloud_provider;
-  }
-  state.extraInputs = given;
+}
+
+function onFormEdited(event) {
+  const el = event.target;
+  showSections();
+  if (!state.node) return;
+  const edit = FORM_EDITS[el.id] || (el.dataset.providerField && editProviderField);
+  if (!edit) return; // the side-by-side controls are not part of the node
+  // A form edit needs an inputs object; one the author wrote as something else is replaced.
+  if (!isObject(state.node.inputs)) state.node.inputs = {};
+  edit(el, state.node.inputs, state.node);
+  writeJson();
+  scheduleValidation();
 }
 
 function writeJson() {
-  if (state.syncingJson) return;
-  $("node-json").value = JSON.stringify(formToNode(), null, 2);
+  $("node-json").value = JSON.stringify(state.node, null, 2);
   $("json-problem").textContent = "";
   $("node-json").removeAttribute("aria-invalid");
 }
@@ -243,28 +319,26 @@ function onJsonEdited() {
   let node;
   try {
     node = JSON.parse($("node-json").value);
-    state.syncingJson = true;
-    nodeToForm(node);
   } catch (error) {
-    $("json-problem").textContent = `Not applied: ${error.message}`;
-    $("node-json").setAttribute("aria-invalid", "true");
-    setRunnable(false);
+    refuseJson(error.message);
     return;
-  } finally {
-    state.syncingJson = false;
   }
+  if (!isObject(node)) {
+    refuseJson("the node must be a JSON object");
+    return;
+  }
+  state.node = node;
+  showNode(node);
   $("json-problem").textContent = "";
   $("node-json").removeAttribute("aria-invalid");
   scheduleValidation();
 }
 
-function onFormEdited(event) {
-  if (event && event.target === $("f-model")) fillSizes();
-  if (event && event.target === $("f-cloud-provider")) fillProviderFields();
-  $("cloud-fields").hidden = !$("f-use-cloud").checked;
-  $("compare-fields").hidden = !$("f-compare").checked;
-  writeJson();
-  scheduleValidation();
+function refuseJson(reason) {
+  $("json-problem").textContent = `Not applied: ${reason}`;
+  $("node-json").setAttribute("aria-invalid", "true");
+  forgetVerdict();
+  showFailure([]);
 }
 
 // ---------------------------------------------------------------- validation
@@ -272,7 +346,7 @@ function onFormEdited(event) {
 function scheduleValidation() {
   // A "change" event on leaving a field repeats the "input" events already handled: the same
   // node keeps its verdict (else clicking Run right after typing would find it disabled).
-  const text = JSON.stringify(formToNode());
+  const text = JSON.stringify(state.node);
   if (text === state.pendingText) return;
   state.pendingText = text;
   setRunnable(false);
@@ -280,65 +354,110 @@ function scheduleValidation() {
   state.validateTimer = setTimeout(validateNow, 300);
 }
 
-function rawSecretProblems() {
-  const problems = [];
-  for (const input of document.querySelectorAll("[data-credential]")) {
-    const value = input.value.trim();
-    if (value && !REFERENCE.test(value)) {
-      problems.push({ field: input.dataset.field, message:
-        "looks like a raw secret; this page does not send it. Write a reference: " +
-        "vault:<path>#<key>, env:<NAME> or file:</path>" });
-    }
-  }
-  return problems;
+function forgetVerdict() {
+  // No verdict in flight or kept: the next node is validated, even one equal to the last.
+  clearTimeout(state.validateTimer);
+  state.validateSeq += 1;
+  state.pendingText = null;
 }
 
 async function validateNow() {
   const seq = ++state.validateSeq;
-  const local = rawSecretProblems();
+  const local = localProblems(state.node);
   if (local.length) {
-    showProblems(local);
-    $("estimate").textContent = "";
+    showFailure(local);
     return;
   }
   let result;
   try {
-    result = await api("/v1/validate", { method: "POST", body: formToNode() });
+    result = await api("/v1/validate", { method: "POST", body: state.node });
   } catch (error) {
-    if (seq === state.validateSeq) $("form-problems").textContent = `Validation unavailable: ${error.message}`;
+    if (seq !== state.validateSeq) return;
+    state.pendingText = null; // not a verdict on the node: asking again may answer
+    const problems = problemsOf(error);
+    showFailure(problems, problems.length ? "" : `Validation unavailable: ${describe(error)}`);
     return;
   }
   if (seq !== state.validateSeq) return; // a newer edit is being validated
-  const problems = (result.body && result.body.problems) || [];
-  showProblems(problems);
-  const cost = result.body && result.body.estimated_cost_usd;
-  $("estimate").textContent = problems.length ? "" :
-    cost == null ? "Estimated cost: unpriced model" : `Estimated cost of this run: $${Number(cost).toFixed(4)}`;
-  setRunnable(problems.length === 0);
+  const report = result.body || {};
+  const problems = report.problems || [];
+  if (!report.valid || problems.length) {
+    showFailure(problems, problems.length ? "" : "The API found this node not valid.");
+    return;
+  }
+  showProblems([]);
+  $("form-problems").textContent = "";
+  const cost = report.estimated_cost_usd;
+  $("estimate").textContent = cost == null ? "Estimated cost: unpriced model" :
+    `Estimated cost of this run: $${Number(cost).toFixed(4)}`;
+  setRunnable(true);
+}
+
+function localProblems(node) {
+  return [...rawSecretProblems(node), ...promptProblems(node)];
+}
+
+function rawSecretProblems(node) {
+  // Every provider's credential field in the node, shown or not: the page never sends a raw secret.
+  const inputs = inputsOf(node);
+  const problems = [];
+  for (const spec of Object.values(cloudSpecs())) {
+    const value = inputs[spec.credential_field];
+    if (value === undefined || value === null || (typeof value === "string" && !value.trim())) continue;
+    if (typeof value === "string" && REFERENCE.test(value.trim())) continue;
+    problems.push({ field: `inputs.${spec.credential_field}`, value: null, message:
+      "looks like a raw secret; this page does not send it. Write a reference: " +
+      "vault:<path>#<key>, env:<NAME> or file:</path>" });
+  }
+  return problems;
+}
+
+function promptProblems(node) {
+  // The API's limit, from the catalog: a prompt past it is named here, not sent (a very long one
+  // would meet the request-size limit instead, whose message is for operators).
+  const max = state.catalog && state.catalog.max_prompt_chars;
+  const query = inputsOf(node).user_query;
+  if (!max || typeof query !== "string") return [];
+  const length = [...query.trim()].length; // characters (code points), as the API counts them
+  if (length <= max) return [];
+  return [{ field: "inputs.user_query", value: null, message: `is ${length} characters; at most ${max} are allowed` }];
+}
+
+function showFailure(problems, message = "") {
+  // Every failure replaces all an earlier verdict showed: no field problem or estimate outlives it.
+  setRunnable(false);
+  $("estimate").textContent = "";
+  const unplaced = showProblems(problems);
+  $("form-problems").textContent = [...unplaced, message].filter(Boolean).join(" · ");
 }
 
 function showProblems(problems) {
-  for (const el of document.querySelectorAll("[data-problem-for]")) el.textContent = "";
-  for (const el of document.querySelectorAll("[aria-invalid]")) {
-    if (el.id !== "node-json") el.removeAttribute("aria-invalid");
-  }
+  // Each problem at its field when that field is shown; the others are returned, to go below the form.
+  clearFieldProblems();
   const unplaced = [];
   for (const problem of problems) {
     const field = normaliseField(problem.field);
     const slot = document.querySelector(`[data-problem-for="${CSS.escape(field)}"]`);
+    if (!slot || slot.closest("[hidden]")) {
+      unplaced.push(problemText(problem));
+      continue;
+    }
+    slot.textContent = slot.textContent ? `${slot.textContent} ${problemText(problem)}` : problemText(problem);
     const input = document.querySelector(`[data-field="${CSS.escape(field)}"]`);
-    if (slot) {
-      slot.textContent = slot.textContent ? `${slot.textContent} ${problem.message}` : problem.message;
-      if (input) {
-        input.setAttribute("aria-invalid", "true");
-        input.setAttribute("aria-describedby", slot.id || (slot.id = `problem-${field.replace(/\W/g, "-")}`));
-      }
-    } else {
-      unplaced.push(`${problem.field}: ${problem.message}`);
+    if (input) {
+      input.setAttribute("aria-invalid", "true");
+      input.setAttribute("aria-describedby", slot.id || (slot.id = `problem-${field.replace(/\W/g, "-")}`));
     }
   }
-  $("form-problems").textContent = unplaced.join(" · ");
-  if (problems.length) setRunnable(false);
+  return unplaced;
+}
+
+function clearFieldProblems() {
+  for (const slot of document.querySelectorAll("[data-problem-for]")) slot.textContent = "";
+  for (const input of document.querySelectorAll("#node-form [data-field]")) {
+    input.removeAttribute("aria-invalid");
+    input.removeAttribute("aria-describedby"); // else it points at an empty slot
+  }
 }
 
 function normaliseField(field) {
@@ -357,16 +476,19 @@ function setRunnable(ok) {
 async function run(event) {
   event.preventDefault();
   if (!state.valid) return;
-  const first = formToNode();
-  const nodes = [{ label: first.inputs.model, node: first }];
+  const first = structuredClone(state.node); // the node as it is at the click
+  const nodes = [{ label: shown(inputsOf(first).model), node: first }];
   if ($("f-compare").checked) {
-    const second = structuredClone(nodes[0].node);
+    const second = structuredClone(first);
+    if (!isObject(second.inputs)) second.inputs = {};
     second.inputs.model = $("f-compare-model").value;
     const sizes = sizesOf(modelByName(second.inputs.model)).map((s) => s.size);
-    if (!sizes.includes(second.inputs.size) && sizes.length) second.inputs.size = sizes[0];
+    if (second.inputs.size !== undefined && sizes.length && !sizes.includes(second.inputs.size)) {
+      second.inputs.size = sizes[0];
+    }
     const seed = $("f-compare-seed").value;
-    if (seed !== "") second.inputs.seed = Number(seed);
-    nodes[0].label = `A · ${nodes[0].node.inputs.model}`;
+    if (seed !== "") second.inputs.seed = numberOrText(seed);
+    nodes[0].label = `A · ${nodes[0].label}`;
     nodes.push({ label: `B · ${second.inputs.model}`, node: second });
   }
   $("runs").replaceChildren();
@@ -384,12 +506,6 @@ async function run(event) {
     }
   }
   updateCancel();
-}
-
-function describe(error) {
-  const problems = error.problem && error.problem.problems;
-  if (problems && problems.length) return problems.map((p) => `${p.field}: ${p.message}`).join("; ");
-  return error.message;
 }
 
 function openRunView(jobId, node, title) {
@@ -643,7 +759,7 @@ async function reopen(jobId, node) {
   }
   const known = node || (body.result && { inputs: { model: body.result.model, size: body.result.size,
     variations: body.result.variations, user_query: "" } }) || { inputs: { model: "?", size: "?", variations: body.total || 1 } };
-  if (node) { nodeToForm(node); writeJson(); scheduleValidation(); }
+  if (node) { state.node = node; showNode(node); writeJson(); scheduleValidation(); }
   $("runs").replaceChildren();
   state.runs.clear();
   const view = openRunView(jobId, known, "Reopened");
@@ -669,6 +785,7 @@ async function start() {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("token").value);
     $("auth").hidden = true;
+    forgetVerdict();
     boot();
   });
   $("node-form").addEventListener("input", onFormEdited);
@@ -698,9 +815,11 @@ async function boot() {
     }
     return;
   }
-  if (!$("f-prompt").value) $("f-prompt").value = "a girl driving a red car";
+  if (!state.node) state.node = defaultNode();
+  showNode(state.node);
   writeJson();
   scheduleValidation();
 }
 
 document.addEventListener("DOMContentLoaded", start);
+

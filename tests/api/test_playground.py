@@ -309,6 +309,112 @@ def test_every_control_has_a_label_and_is_reachable_by_keyboard(browser: Any, st
 # --- regressions: each of these failed on the page before its fix ----------------------------
 
 
+def test_unticking_use_cloud_drops_the_hidden_credential_and_run_works_again(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    page.locator("#f-use-cloud").check()
+    page.locator("#f-cloud-provider").select_option("aws")
+    page.locator("#f-aws_bucket").fill("acme-images")
+    page.locator("#f-aws_credentials").fill("AKIAIOSFODNN7EXAMPLE")
+    page.locator('[data-problem-for="inputs.aws_credentials"]').wait_for(state="visible", timeout=QUICK_MS)
+    page.locator("#f-use-cloud").uncheck()
+    _run_enabled(page, QUICK_MS)
+    assert "raw secret" not in _all_problems(page)
+    inputs = _shown_node(page)["inputs"]
+    assert inputs["use_cloud"] is False and not [k for k in inputs if k.startswith("aws_")], inputs
+    # Another provider: the first one's values, no longer shown, leave the node too.
+    page.locator("#f-use-cloud").check()
+    page.locator("#f-aws_bucket").fill("acme-images")
+    page.locator("#f-cloud-provider").select_option("gcp")
+    inputs = _shown_node(page)["inputs"]
+    assert inputs["cloud_provider"] == "gcp" and not [k for k in inputs if k.startswith("aws_")], inputs
+    assert page.locator("#f-aws_bucket").count() == 0
+    assert page.errors == []
+
+
+def test_a_pasted_raw_secret_goes_with_the_next_paste_and_is_never_sent(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    bodies: list[str] = []
+    page.on("request", lambda request: bodies.append(request.post_data or ""))
+    raw = {"cloud_provider": "aws", "aws_bucket": "b", "aws_credentials": "AKIAIOSFODNN7EXAMPLE"}
+    _paste_node(page, _offline_node(use_cloud=True, **raw))
+    page.locator('[data-problem-for="inputs.aws_credentials"]').wait_for(state="visible", timeout=QUICK_MS)
+    _paste_node(page, SEED_NODE.read_text())
+    _run_enabled(page, QUICK_MS)
+    assert "raw secret" not in _all_problems(page)
+    assert "aws_credentials" not in _shown_node(page)["inputs"]
+    # In a node that does not use the cloud the field is not shown: the problem is named below the form.
+    _paste_node(page, _offline_node(use_cloud=False, **raw))
+    page.wait_for_function(
+        "() => document.getElementById('form-problems').textContent.includes('inputs.aws_credentials')",
+        timeout=QUICK_MS,
+    )
+    assert "raw secret" in page.locator("#form-problems").inner_text()
+    assert page.locator("#run").is_disabled()
+    page.wait_for_timeout(600)  # past the validation debounce
+    assert not any("AKIAIOSFODNN7EXAMPLE" in body for body in bodies)
+
+
+def test_the_node_json_is_exactly_what_is_validated_and_submitted(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    validated = _posts(page, "/v1/validate")
+    submitted = _posts(page, "/v1/jobs")
+    odd = _offline_node(size="512x512", use_cloud="yes", seed="7x")
+    odd["type"] = "text_generation"
+    _paste_node(page, odd)
+    seed_problem = page.locator('[data-problem-for="inputs.seed"]')
+    seed_problem.wait_for(state="visible", timeout=QUICK_MS)
+    assert '"7x"' in seed_problem.inner_text()
+    assert json.loads(validated[-1].post_data) == odd and _shown_node(page) == odd
+    problems = _all_problems(page)
+    assert 'type = "text_generation"' in problems and "inputs.aws_bucket" in problems, problems  # "yes" is true
+    assert page.locator("#run").is_disabled()
+    # The seed node edited in the form keeps every key as written (cloud_provider with use_cloud false).
+    _paste_node(page, SEED_NODE.read_text())
+    page.locator("#f-model").select_option("offline_preview")
+    page.locator("#f-prompt").fill("edited in the form")
+    expected = json.loads(SEED_NODE.read_text())
+    expected["inputs"].update(model="offline_preview", user_query="edited in the form")
+    assert _shown_node(page) == expected
+    _run_enabled(page)
+    assert json.loads(validated[-1].post_data) == expected
+    page.get_by_role("button", name="Run").click()
+    page.locator(".run").first.wait_for(timeout=QUICK_MS)
+    assert json.loads(submitted[-1].post_data) == expected
+
+
+def test_a_later_failure_clears_earlier_messages_and_a_huge_prompt_is_named(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    validated = _posts(page, "/v1/validate")
+    _paste_node(page, _offline_node())
+    _run_enabled(page)
+    assert "$" in page.locator("#estimate").inner_text()
+    page.locator("#node-json").fill('{"name": ')
+    page.locator("#json-problem").wait_for(state="visible", timeout=QUICK_MS)
+    assert page.locator("#estimate").inner_text() == ""
+    # A field problem does not outlive a later failure.
+    _paste_node(page, _offline_node(size="999x999"))
+    size_problem = page.locator('[data-problem-for="inputs.size"]')
+    size_problem.wait_for(state="visible", timeout=QUICK_MS)
+    page.locator("#node-json").fill('{"name": ')
+    size_problem.wait_for(state="hidden", timeout=QUICK_MS)
+    # A prompt past the limit is named at its field before anything is sent.
+    _paste_node(page, _offline_node())
+    _run_enabled(page)
+    page.locator("#f-prompt").fill("y" * 300_000)
+    prompt_problem = page.locator('[data-problem-for="inputs.user_query"]')
+    prompt_problem.wait_for(state="visible", timeout=QUICK_MS)
+    limit = server.client().get("/v1/models").json()["max_prompt_chars"]
+    assert "300000" in prompt_problem.inner_text() and str(limit) in prompt_problem.inner_text()
+    assert "IMAGEGEN_" not in page.locator("#form-problems").inner_text()
+    assert page.locator("#estimate").inner_text() == "" and page.locator("#run").is_disabled()
+    page.wait_for_timeout(600)
+    assert all(len(request.post_data or "") < 300_000 for request in validated)
+
+
 @pytest.mark.parametrize("width", [320, 375])
 def test_long_unbroken_text_stays_inside_a_narrow_screen(browser: Any, start_api: StartApi, width: int) -> None:
     server = start_api()
@@ -325,3 +431,24 @@ def test_long_unbroken_text_stays_inside_a_narrow_screen(browser: Any, start_api
     _shot(page, f"narrow-{width}")
     scroll = page.evaluate("document.documentElement.scrollWidth")
     assert scroll <= width, scroll
+
+
+def test_a_problem_shows_field_value_and_message_and_leaves_no_stale_description(
+    browser: Any, start_api: StartApi
+) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    _paste_node(page, _offline_node(size="999x999"))
+    size_problem = page.locator('[data-problem-for="inputs.size"]')
+    size_problem.wait_for(state="visible", timeout=QUICK_MS)
+    assert 'inputs.size = "999x999": is not a size' in size_problem.inner_text(), size_problem.inner_text()
+    _paste_node(page, _offline_node())
+    _run_enabled(page, QUICK_MS)
+    prompt = page.locator("#f-prompt")
+    prompt.fill("")
+    page.locator('[data-problem-for="inputs.user_query"]').wait_for(state="visible", timeout=QUICK_MS)
+    described = prompt.get_attribute("aria-describedby")
+    assert described and page.locator(f"#{described}").inner_text()
+    prompt.fill("ok now")
+    _run_enabled(page, QUICK_MS)
+    assert prompt.get_attribute("aria-describedby") is None and prompt.get_attribute("aria-invalid") is None
