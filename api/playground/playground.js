@@ -20,7 +20,8 @@ const state = {
   validateSeq: 0,
   pendingText: null, // the node last sent for validation (JSON text)
   valid: false,
-  runs: new Map(), // job id -> run view
+  submitting: false, // a Run click's submits are on their way
+  runs: new Map(), // job id -> run view, for the runs shown (and only those)
 };
 
 // ---------------------------------------------------------------- small helpers
@@ -46,6 +47,19 @@ function numberOrText(text) {
 
 function setOrDelete(object, key, value) {
   if (value === "") delete object[key]; else object[key] = value;
+}
+
+function hex(bytes) {
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function newJobId() {
+  // A UUID, as the API would pick one; getRandomValues works outside secure contexts too.
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const h = hex(bytes);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
 // ---------------------------------------------------------------- API access
@@ -78,7 +92,8 @@ async function api(path, { method = "GET", body, headers = {} } = {}) {
       : "This API needs a bearer token (401). It is kept in this browser tab only.");
     throw new ApiError(401, payload);
   }
-  if (!response.ok && response.status !== 422) throw new ApiError(response.status, payload);
+  // Any other answer but 2xx is a failure (a 422 included): its problems are the caller's to show.
+  if (!response.ok) throw new ApiError(response.status, payload);
   return { status: response.status, body: payload };
 }
 
@@ -468,55 +483,117 @@ function normaliseField(field) {
 
 function setRunnable(ok) {
   state.valid = ok;
-  $("run").disabled = !ok;
+  $("run").disabled = !ok || state.submitting;
 }
 
 // ---------------------------------------------------------------- runs
 
 async function run(event) {
   event.preventDefault();
-  if (!state.valid) return;
-  const first = structuredClone(state.node); // the node as it is at the click
-  const nodes = [{ label: shown(inputsOf(first).model), node: first }];
-  if ($("f-compare").checked) {
-    const second = structuredClone(first);
-    if (!isObject(second.inputs)) second.inputs = {};
-    second.inputs.model = $("f-compare-model").value;
-    const sizes = sizesOf(modelByName(second.inputs.model)).map((s) => s.size);
-    if (second.inputs.size !== undefined && sizes.length && !sizes.includes(second.inputs.size)) {
-      second.inputs.size = sizes[0];
-    }
-    const seed = $("f-compare-seed").value;
-    if (seed !== "") second.inputs.seed = numberOrText(seed);
-    nodes[0].label = `A · ${nodes[0].label}`;
-    nodes.push({ label: `B · ${second.inputs.model}`, node: second });
+  if (!state.valid || state.submitting) return;
+  // Disabled from the click until the submits return: a double click makes one run.
+  state.submitting = true;
+  setRunnable(state.valid);
+  try {
+    const plan = runPlan();
+    stopFollowing();
+    for (const item of plan) await submitOne(item);
+  } finally {
+    state.submitting = false;
+    setRunnable(state.valid);
+    updateCancel();
   }
+}
+
+function ignoreRepeatedClick(event) {
+  // The second click of a double click is no new run, even when the first one's submit has
+  // already returned (a fast API answers within a double click's interval).
+  if (event.detail > 1) event.preventDefault();
+}
+
+function runPlan() {
+  // The node as it is at the click (later edits do not change what is sent), and one job id per
+  // node chosen here: sent as the Idempotency-Key, a POST sent again is the same job.
+  const node = structuredClone(state.node);
+  const first = { title: shown(inputsOf(node).model), node, jobId: newJobId() };
+  if (!$("f-compare").checked) return [first];
+  const second = structuredClone(node);
+  if (!isObject(second.inputs)) second.inputs = {};
+  const inputs = second.inputs;
+  inputs.model = $("f-compare-model").value;
+  const sizes = sizesOf(modelByName(inputs.model)).map((s) => s.size);
+  if (inputs.size !== undefined && sizes.length && !sizes.includes(inputs.size)) inputs.size = sizes[0];
+  const seed = $("f-compare-seed").value;
+  if (seed !== "") inputs.seed = numberOrText(seed);
+  first.title = `A · ${first.title}`;
+  return [first, { title: `B · ${inputs.model}`, node: second, jobId: newJobId() }];
+}
+
+async function submitOne({ title, node, jobId }) {
+  let answer;
+  try {
+    answer = await submitJob(node, jobId);
+  } catch (error) {
+    notStarted(title, describe(error));
+    return;
+  }
+  const accepted = answer.body && answer.body.job_id;
+  if (typeof accepted !== "string" || !accepted) {
+    notStarted(title, `the API answered HTTP ${answer.status} without a job id`);
+    return;
+  }
+  const size = shown(inputsOf(node).size) || "default size";
+  const view = openRunView(accepted, `${title} · ${size}`, inputsOf(node).variations);
+  remember(accepted, node, answer.body.state || "queued");
+  follow(view);
+}
+
+async function submitJob(node, jobId) {
+  const request = { method: "POST", body: node, headers: { "Idempotency-Key": jobId } };
+  try {
+    return await api("/v1/jobs", request);
+  } catch (error) {
+    if (error instanceof ApiError) throw error;
+    // No answer at all (the connection dropped): sending the same key again cannot make a second job.
+    return api("/v1/jobs", request);
+  }
+}
+
+function notStarted(title, text) {
+  const failure = document.createElement("p");
+  failure.className = "problem";
+  failure.textContent = `${title}: not started: ${text}`;
+  $("runs").append(failure);
+}
+
+function stopFollowing() {
+  // A new run (or a reopen, or another token) replaces the runs shown: their streams close and
+  // Cancel no longer reaches them. The jobs go on; Recent runs can reopen them.
+  for (const view of state.runs.values()) {
+    view.stopped = true;
+    view.abort.abort();
+  }
+  state.runs.clear();
   $("runs").replaceChildren();
-  for (const { label: title, node } of nodes) {
-    try {
-      const { body } = await api("/v1/jobs", { method: "POST", body: node });
-      const view = openRunView(body.job_id, node, title);
-      remember(body.job_id, node);
-      follow(view);
-    } catch (error) {
-      const failure = document.createElement("p");
-      failure.className = "problem";
-      failure.textContent = `${title}: not started: ${describe(error)}`;
-      $("runs").append(failure);
-    }
-  }
   updateCancel();
 }
 
-function openRunView(jobId, node, title) {
+function openRunView(jobId, title, variations) {
   const panel = document.createElement("article");
   panel.className = "run";
   panel.dataset.jobId = jobId;
-  panel.innerHTML = `<h3></h3><p class="summary" aria-live="polite"></p><div class="tiles"></div>`;
-  panel.querySelector("h3").textContent = `${title || node.inputs.model} · ${node.inputs.size}`;
+  const heading = document.createElement("h3");
+  heading.textContent = title;
+  const summary = document.createElement("p");
+  summary.className = "summary";
+  summary.setAttribute("aria-live", "polite");
+  const tiles = document.createElement("div");
+  tiles.className = "tiles";
+  panel.append(heading, summary, tiles);
   $("runs").append(panel);
-  const view = { jobId, node, panel, tiles: [], finished: false, lastEventId: null };
-  const count = Number(node.inputs.variations) || 1;
+  const view = { jobId, panel, tiles: [], finished: false, stopped: false, lastEventId: null,
+    abort: new AbortController() };
+  const count = Math.min(Number(variations) || 1, 64);
   for (let index = 0; index < count; index += 1) view.tiles.push(tile(panel, index));
   setSummary(view, `job ${jobId}: queued`);
   state.runs.set(jobId, view);
@@ -527,7 +604,10 @@ function tile(panel, index) {
   const el = document.createElement("figure");
   el.className = "tile queued";
   el.dataset.index = String(index);
-  el.innerHTML = `<div class="state">#${index} queued</div>`;
+  const stateEl = document.createElement("div");
+  stateEl.className = "state";
+  stateEl.textContent = `#${index} queued`;
+  el.append(stateEl);
   panel.querySelector(".tiles").append(el);
   return el;
 }
@@ -613,6 +693,7 @@ function outcomeOf(data) {
 function applyEvent(view, type, data) {
   if (type === "started") {
     setSummary(view, `job ${view.jobId}: running`);
+    setRecentStatus(view.jobId, "running");
   } else if (type === "variation_started") {
     setTile(view, data.index, "running", "running");
   } else if (type === "variation_retrying") {
@@ -637,19 +718,20 @@ function finish(view, result) {
   setSummary(view, `job ${view.jobId}: ${result.status} · ${(result.images || []).length} image(s) · ` +
     `${seconds} · ${cost}`);
   view.panel.dataset.status = result.status;
-  remember(view.jobId, view.node, result.status);
+  setRecentStatus(view.jobId, result.status);
   updateCancel();
 }
 
 async function follow(view) {
   // fetch(), not EventSource: EventSource cannot send the Authorization header.
-  for (let attempt = 0; attempt < 5 && !view.finished; attempt += 1) {
+  for (let attempt = 0; attempt < 5 && !view.finished && !view.stopped; attempt += 1) {
     try {
       const headers = { Accept: "text/event-stream" };
       const token = sessionStorage.getItem(TOKEN_KEY);
       if (token) headers.Authorization = `Bearer ${token}`;
       if (view.lastEventId) headers["Last-Event-ID"] = view.lastEventId;
-      const response = await fetch(`/v1/jobs/${encodeURIComponent(view.jobId)}/events`, { headers });
+      const response = await fetch(`/v1/jobs/${encodeURIComponent(view.jobId)}/events`,
+        { headers, signal: view.abort.signal });
       if (response.status === 401) { askForToken("The API refused this token (401)."); return; }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       await readEvents(response, (type, data, id) => {
@@ -657,11 +739,12 @@ async function follow(view) {
         applyEvent(view, type, data);
       });
     } catch (error) {
+      if (view.stopped) return; // replaced: its stream was closed on purpose
       setSummary(view, `job ${view.jobId}: connection lost (${error.message}); reconnecting…`);
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
   }
-  if (!view.finished) await refresh(view);
+  if (!view.finished && !view.stopped) await refresh(view);
 }
 
 async function readEvents(response, onEvent) {
@@ -705,11 +788,11 @@ async function refresh(view) {
 }
 
 async function cancelRuns() {
-  for (const view of state.runs.values()) {
-    if (view.finished) continue;
+  for (const view of [...state.runs.values()]) {
+    if (view.finished || view.stopped) continue;
     try {
       const { body } = await api(`/v1/jobs/${encodeURIComponent(view.jobId)}/cancel`, { method: "POST" });
-      setSummary(view, `job ${view.jobId}: ${body.message || "cancel requested"}`);
+      setSummary(view, body.message || `job ${view.jobId}: cancel requested`); // the message names the job
     } catch (error) {
       setSummary(view, `job ${view.jobId}: cancel failed: ${describe(error)}`);
     }
@@ -726,12 +809,24 @@ function recent() {
   try { return JSON.parse(localStorage.getItem(RECENT_KEY) || "[]"); } catch { return []; }
 }
 
-function remember(jobId, node, status = "running") {
+function saveRecent(list) {
+  localStorage.setItem(RECENT_KEY, JSON.stringify(list.slice(0, RECENT_MAX)));
+  showRecent();
+}
+
+function remember(jobId, node, status) {
   const list = recent().filter((r) => r.job_id !== jobId);
   list.unshift({ job_id: jobId, model: node.inputs.model, size: node.inputs.size,
     prompt: String(node.inputs.user_query).slice(0, 80), status, at: new Date().toISOString(), node });
-  localStorage.setItem(RECENT_KEY, JSON.stringify(list.slice(0, RECENT_MAX)));
-  showRecent();
+  saveRecent(list);
+}
+
+function setRecentStatus(jobId, status) {
+  const list = recent();
+  const entry = list.find((r) => r.job_id === jobId);
+  if (!entry || entry.status === status) return;
+  entry.status = status;
+  saveRecent(list);
 }
 
 function showRecent() {
@@ -757,13 +852,17 @@ async function reopen(jobId, node) {
     $("form-problems").textContent = `Cannot open job ${jobId}: ${describe(error)}`;
     return;
   }
-  const known = node || (body.result && { inputs: { model: body.result.model, size: body.result.size,
-    variations: body.result.variations, user_query: "" } }) || { inputs: { model: "?", size: "?", variations: body.total || 1 } };
   if (node) { state.node = node; showNode(node); writeJson(); scheduleValidation(); }
-  $("runs").replaceChildren();
-  state.runs.clear();
-  const view = openRunView(jobId, known, "Reopened");
-  if (body.result) finish(view, body.result);
+  stopFollowing();
+  showJob(body, "Reopened");
+}
+
+function showJob(job, title) {
+  // A job known by its GET /v1/jobs/{id} view: its result when finished, else followed.
+  const result = job.result;
+  const view = openRunView(job.job_id, `${title} · ${job.model}${result ? ` · ${result.size}` : ""}`, job.total);
+  setRecentStatus(job.job_id, result ? result.status : job.state);
+  if (result) finish(view, result);
   else follow(view);
   updateCancel();
 }
@@ -785,12 +884,12 @@ async function start() {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("token").value);
     $("auth").hidden = true;
-    forgetVerdict();
     boot();
   });
   $("node-form").addEventListener("input", onFormEdited);
   $("node-form").addEventListener("change", onFormEdited);
   $("node-form").addEventListener("submit", run);
+  $("run").addEventListener("click", ignoreRepeatedClick);
   $("cancel").addEventListener("click", cancelRuns);
   $("node-json").addEventListener("input", onJsonEdited);
   $("copy-json").addEventListener("click", async () => {
@@ -807,11 +906,13 @@ async function start() {
 }
 
 async function boot() {
+  stopFollowing();
+  forgetVerdict();
   try {
     await loadCatalog();
   } catch (error) {
     if (!(error instanceof ApiError && error.status === 401)) {
-      $("banner").textContent = `Cannot load the model catalog: ${error.message}`;
+      $("banner").textContent = `Cannot load the model catalog: ${describe(error)}`;
     }
     return;
   }
@@ -822,4 +923,3 @@ async function boot() {
 }
 
 document.addEventListener("DOMContentLoaded", start);
-

@@ -356,6 +356,77 @@ def test_a_pasted_raw_secret_goes_with_the_next_paste_and_is_never_sent(browser:
     assert not any("AKIAIOSFODNN7EXAMPLE" in body for body in bodies)
 
 
+def test_side_by_side_with_an_invalid_second_seed_names_the_problem_and_follows_nothing(
+    browser: Any, start_api: StartApi
+) -> None:
+    server = start_api()  # no worker: the first job waits queued, which is all this needs
+    page = _page(browser, server)
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    _paste_node(page, _offline_node())
+    page.locator("#f-compare").check()
+    page.locator("#f-compare-model").select_option("offline_preview")
+    page.locator("#f-compare-seed").fill("-5")
+    _run_enabled(page)
+    page.get_by_role("button", name="Run").click()
+    failure = page.locator("#runs .problem")
+    failure.wait_for(timeout=QUICK_MS)
+    text = failure.inner_text()
+    assert "inputs.seed = -5" in text and "must be from 0" in text, text
+    page.wait_for_timeout(1000)
+    assert not [url for url in urls if "undefined" in url], urls
+    assert page.locator(".run").count() == 1  # the first job only
+    assert page.locator("#recent li").count() == 1
+    assert page.errors == []
+
+
+def test_a_double_click_on_run_submits_one_job(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    posts = _posts(page, "/v1/jobs")
+    _paste_node(page, _offline_node())
+    _run_enabled(page)
+    page.locator("#run").dblclick()
+    page.locator(".run").first.wait_for(timeout=QUICK_MS)
+    _run_enabled(page, QUICK_MS)  # enabled again once the submit returned
+    page.wait_for_timeout(500)
+    assert len(posts) == 1, [p.headers for p in posts]
+    key = posts[0].headers.get("idempotency-key")
+    assert key and page.locator(".run").get_attribute("data-job-id") == key
+    # A retried POST (same key, same node) is the same job, not a second one.
+    again = server.client().post(
+        "/v1/jobs", content=posts[0].post_data, headers={"Idempotency-Key": key, "Content-Type": "application/json"}
+    )
+    assert again.status_code == 200 and again.json()["created"] is False and again.json()["job_id"] == key
+
+
+def test_cancel_acts_only_on_the_run_shown(browser: Any, start_api: StartApi) -> None:
+    server = start_api()  # no worker: both jobs wait queued, so either could still be canceled
+    page = _page(browser, server)
+    _paste_node(page, _offline_node())
+    _run_enabled(page)
+    page.get_by_role("button", name="Run").click()
+    page.locator(".run").first.wait_for(timeout=QUICK_MS)
+    first = page.locator(".run").first.get_attribute("data-job-id")
+    page.locator("#f-prompt").fill("a second prompt")
+    _run_enabled(page)
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_function(
+        "first => [...document.querySelectorAll('.run')].some((r) => r.dataset.jobId !== first)",
+        arg=first,
+        timeout=QUICK_MS,
+    )
+    assert page.locator(".run").count() == 1
+    second = page.locator(".run").first.get_attribute("data-job-id")
+    page.get_by_role("button", name="Cancel").click()
+    summary = page.locator(".run .summary")
+    page.wait_for_function("() => /cancel/.test(document.querySelector('.run .summary').textContent)", timeout=QUICK_MS)
+    http = server.client()
+    assert http.get(f"/v1/jobs/{second}").json()["cancel_requested"] is True
+    assert http.get(f"/v1/jobs/{first}").json()["cancel_requested"] is False
+    assert summary.inner_text().count(str(second)) == 1, summary.inner_text()
+
+
 def test_the_node_json_is_exactly_what_is_validated_and_submitted(browser: Any, start_api: StartApi) -> None:
     server = start_api()
     page = _page(browser, server)
