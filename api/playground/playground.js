@@ -8,9 +8,14 @@
 "use strict";
 
 const TOKEN_KEY = "imagegen.playground.token"; // sessionStorage: this tab only
-const RECENT_KEY = "imagegen.playground.recent"; // localStorage: recent runs in this browser
+const RECENT_PREFIX = "imagegen.playground.recent."; // + a digest of the token: one list per tenant
+const SHARED_RECENT_KEY = "imagegen.playground.recent"; // the old list every token shared: removed
 const RECENT_MAX = 20;
 const REFERENCE = /^(vault:|env:|file:)/; // a credential field holds a reference, never the secret
+const FOLLOWED = new Set(["queued", "running"]); // a job in these states has events still to come
+// Jobs followed again after a reload, newest first: each holds one of the browser's six connections
+// to this host open, and the page needs some for itself. Older ones can be reopened from the list.
+const RESUME_MAX = 2;
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -22,6 +27,7 @@ const state = {
   valid: false,
   submitting: false, // a Run click's submits are on their way
   runs: new Map(), // job id -> run view, for the runs shown (and only those)
+  recent: null, // {storage, key}: where this token's recent runs are kept
 };
 
 // ---------------------------------------------------------------- small helpers
@@ -544,7 +550,7 @@ async function submitOne({ title, node, jobId }) {
   }
   const size = shown(inputsOf(node).size) || "default size";
   const view = openRunView(accepted, `${title} · ${size}`, inputsOf(node).variations);
-  remember(accepted, node, answer.body.state || "queued");
+  remember(accepted, shown(node.name), answer.body.state || "queued");
   follow(view);
 }
 
@@ -805,19 +811,37 @@ function updateCancel() {
 
 // ---------------------------------------------------------------- recent runs
 
+async function openRecent(token) {
+  // One list per token (so per tenant): keyed by a digest of it, another token in this browser
+  // sees none of it. crypto.subtle exists in secure contexts only (https, localhost); elsewhere
+  // the list lives in this tab only, as the token does.
+  if (window.crypto && crypto.subtle) {
+    const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(token || ""));
+    state.recent = { storage: localStorage, key: RECENT_PREFIX + hex(new Uint8Array(digest)).slice(0, 32) };
+  } else {
+    state.recent = { storage: sessionStorage, key: `${RECENT_PREFIX}tab` };
+  }
+}
+
 function recent() {
-  try { return JSON.parse(localStorage.getItem(RECENT_KEY) || "[]"); } catch { return []; }
+  if (!state.recent) return [];
+  try {
+    const list = JSON.parse(state.recent.storage.getItem(state.recent.key) || "[]");
+    return Array.isArray(list) ? list.filter(isObject) : [];
+  } catch {
+    return [];
+  }
 }
 
 function saveRecent(list) {
-  localStorage.setItem(RECENT_KEY, JSON.stringify(list.slice(0, RECENT_MAX)));
+  if (state.recent) state.recent.storage.setItem(state.recent.key, JSON.stringify(list.slice(0, RECENT_MAX)));
   showRecent();
 }
 
-function remember(jobId, node, status) {
+function remember(jobId, name, status) {
+  // Only what Reopen needs: no node, no prompt, no bucket or credential reference.
   const list = recent().filter((r) => r.job_id !== jobId);
-  list.unshift({ job_id: jobId, model: node.inputs.model, size: node.inputs.size,
-    prompt: String(node.inputs.user_query).slice(0, 80), status, at: new Date().toISOString(), node });
+  list.unshift({ job_id: jobId, name: name.slice(0, 120), at: new Date().toISOString(), status });
   saveRecent(list);
 }
 
@@ -829,6 +853,12 @@ function setRecentStatus(jobId, status) {
   saveRecent(list);
 }
 
+function clearRecent() {
+  if (state.recent) state.recent.storage.removeItem(state.recent.key);
+  $("recent-status").textContent = "";
+  showRecent();
+}
+
 function showRecent() {
   $("recent").replaceChildren(...recent().map((r) => {
     const li = document.createElement("li");
@@ -836,23 +866,39 @@ function showRecent() {
     button.type = "button";
     button.className = "secondary";
     button.textContent = "Reopen";
-    button.addEventListener("click", () => reopen(r.job_id, r.node));
+    button.addEventListener("click", () => reopen(shown(r.job_id)));
     const text = document.createElement("span");
-    text.textContent = ` ${r.at.slice(0, 19).replace("T", " ")} · ${r.model} · ${r.size} · ${r.status} · “${r.prompt}” (${r.job_id})`;
+    text.textContent = ` ${shown(r.at).slice(0, 19).replace("T", " ")} · ${shown(r.status)} · ${shown(r.name)} (${shown(r.job_id)})`;
     li.append(button, text);
     return li;
   }));
 }
 
-async function reopen(jobId, node) {
+async function refreshRecent() {
+  // On load: each entry's status as the API has it now, and the jobs still queued or running
+  // followed again (a reload would otherwise lose them, with Cancel).
+  const answers = await Promise.all(recent().map(async (entry) => {
+    try {
+      return (await api(`/v1/jobs/${encodeURIComponent(shown(entry.job_id))}`)).body;
+    } catch (error) {
+      // 404: its records expired (results are kept for a while only); else: unknown for now.
+      return error instanceof ApiError && error.status === 404 ? { job_id: entry.job_id, state: "expired" } : null;
+    }
+  }));
+  for (const job of answers.filter(Boolean)) setRecentStatus(job.job_id, job.result ? job.result.status : job.state);
+  const active = answers.filter((job) => job && FOLLOWED.has(job.state));
+  for (const job of active.slice(0, RESUME_MAX)) showJob(job, "Resumed");
+}
+
+async function reopen(jobId) {
+  $("recent-status").textContent = "";
   let body;
   try {
     ({ body } = await api(`/v1/jobs/${encodeURIComponent(jobId)}`));
   } catch (error) {
-    $("form-problems").textContent = `Cannot open job ${jobId}: ${describe(error)}`;
+    $("recent-status").textContent = `Cannot open job ${jobId}: ${describe(error)}`;
     return;
   }
-  if (node) { state.node = node; showNode(node); writeJson(); scheduleValidation(); }
   stopFollowing();
   showJob(body, "Reopened");
 }
@@ -880,6 +926,8 @@ async function copyText(text, button) {
 }
 
 async function start() {
+  // The list every token used to share held whole nodes (prompts, buckets, credential references).
+  localStorage.removeItem(SHARED_RECENT_KEY);
   $("auth-form").addEventListener("submit", (event) => {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("token").value);
@@ -899,9 +947,9 @@ async function start() {
   $("reopen-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const id = $("reopen-id").value.trim();
-    if (id) reopen(id, (recent().find((r) => r.job_id === id) || {}).node);
+    if (id) reopen(id);
   });
-  showRecent();
+  $("clear-recent").addEventListener("click", clearRecent);
   await boot();
 }
 
@@ -916,6 +964,9 @@ async function boot() {
     }
     return;
   }
+  await openRecent(sessionStorage.getItem(TOKEN_KEY));
+  showRecent();
+  await refreshRecent();
   if (!state.node) state.node = defaultNode();
   showNode(state.node);
   writeJson();

@@ -456,6 +456,48 @@ def test_the_node_json_is_exactly_what_is_validated_and_submitted(browser: Any, 
     assert json.loads(submitted[-1].post_data) == expected
 
 
+def test_recent_runs_are_per_tenant_hold_no_prompt_and_can_be_cleared(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    context = browser.new_context(viewport=DESKTOP)
+    acme = _page(browser, server, context=context)
+    _paste_node(acme, _offline_node(user_query="ACME secret product launch: Project Falcon"))
+    _run_enabled(acme)
+    acme.get_by_role("button", name="Run").click()
+    acme.locator("#recent li").first.wait_for(timeout=QUICK_MS)
+    stored = acme.evaluate("JSON.stringify(localStorage)")
+    assert "Falcon" not in stored and "inputs" not in stored, stored
+    globex = _page(browser, server, token=TOKENS["globex"], context=context)  # another tab, same browser
+    globex.wait_for_timeout(1000)
+    assert globex.locator("#recent li").count() == 0, globex.locator("#recent").inner_text()
+    acme.reload()  # the token is kept for the tab: its list is back
+    acme.locator("#recent li").first.wait_for(timeout=QUICK_MS)
+    acme.get_by_role("button", name="Clear").click()
+    assert acme.locator("#recent li").count() == 0
+    acme.reload()
+    acme.wait_for_timeout(1000)
+    assert acme.locator("#recent li").count() == 0
+
+
+def test_a_reload_mid_job_resumes_following_it(browser: Any, start_api: StartApi, start_worker: StartWorker) -> None:
+    server = start_api()  # no worker yet: the job waits queued across the reload
+    page = _page(browser, server)
+    _paste_node(page, _offline_node())
+    _run_enabled(page)
+    page.get_by_role("button", name="Run").click()
+    page.locator(".run").first.wait_for(timeout=QUICK_MS)
+    job_id = page.locator(".run").first.get_attribute("data-job-id")
+    page.reload()
+    page.locator(f'.run[data-job-id="{job_id}"]').wait_for(timeout=QUICK_MS)
+    assert page.locator("#cancel").is_enabled()
+    start_worker({"IMAGEGEN_STORAGE_PUBLIC_BASE_URL": f"{server.url}/files"}, concurrency=1)
+    page.locator(f'.run[data-job-id="{job_id}"][data-status=succeeded] .tile.done').wait_for(timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => document.getElementById('recent').textContent.includes('succeeded')", timeout=QUICK_MS
+    )
+    assert page.locator("#cancel").is_disabled()
+    assert page.errors == []
+
+
 def test_a_later_failure_clears_earlier_messages_and_a_huge_prompt_is_named(browser: Any, start_api: StartApi) -> None:
     server = start_api()
     page = _page(browser, server)
