@@ -132,6 +132,28 @@ function askForToken(message) {
   $("token").focus();
 }
 
+function useToken(event) {
+  event.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $("token").value);
+  $("token").value = "";
+  $("auth").hidden = true;
+  boot();
+}
+
+function forgetToken() {
+  // Another tenant may use this tab next: nothing of this token's runs stays on the page.
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (state.recent && state.recent.storage === sessionStorage) state.recent.storage.removeItem(state.recent.key);
+  state.recent = null;
+  stopFollowing();
+  showRecent();
+  forgetVerdict();
+  showFailure([]);
+  $("forget-token").hidden = true;
+  showNoCatalog("Enter an API token above to load the model catalog.");
+  askForToken("Token forgotten. Enter a token to go on; it is kept in this browser tab only.");
+}
+
 // ---------------------------------------------------------------- catalog
 
 function models() {
@@ -182,6 +204,11 @@ function showBanner() {
     banner.textContent = "No AI image model is configured on this deployment (no Gemini key): " +
       "only offline_preview works here. It draws a labelled test pattern, not an AI image.";
   }
+}
+
+function showNoCatalog(message) {
+  $("banner").className = "banner offline";
+  $("banner").textContent = message;
 }
 
 function defaultNode() {
@@ -928,12 +955,8 @@ async function copyText(text, button) {
 async function start() {
   // The list every token used to share held whole nodes (prompts, buckets, credential references).
   localStorage.removeItem(SHARED_RECENT_KEY);
-  $("auth-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    sessionStorage.setItem(TOKEN_KEY, $("token").value);
-    $("auth").hidden = true;
-    boot();
-  });
+  $("auth-form").addEventListener("submit", useToken);
+  $("forget-token").addEventListener("click", forgetToken);
   $("node-form").addEventListener("input", onFormEdited);
   $("node-form").addEventListener("change", onFormEdited);
   $("node-form").addEventListener("submit", run);
@@ -956,12 +979,13 @@ async function start() {
 async function boot() {
   stopFollowing();
   forgetVerdict();
+  $("forget-token").hidden = !sessionStorage.getItem(TOKEN_KEY);
   try {
     await loadCatalog();
   } catch (error) {
-    if (!(error instanceof ApiError && error.status === 401)) {
-      $("banner").textContent = `Cannot load the model catalog: ${describe(error)}`;
-    }
+    showNoCatalog(error instanceof ApiError && error.status === 401
+      ? "Enter an API token above to load the model catalog."
+      : `Cannot load the model catalog: ${describe(error)}`);
     return;
   }
   await openRecent(sessionStorage.getItem(TOKEN_KEY));

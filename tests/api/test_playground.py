@@ -546,6 +546,24 @@ def test_long_unbroken_text_stays_inside_a_narrow_screen(browser: Any, start_api
     assert scroll <= width, scroll
 
 
+def test_without_a_token_the_page_says_so_and_a_token_can_be_forgotten(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server, token=None)
+    page.locator("#auth").wait_for(state="visible", timeout=QUICK_MS)
+    page.wait_for_function(
+        "() => !document.getElementById('banner').textContent.startsWith('Loading')", timeout=QUICK_MS
+    )
+    assert "token" in page.locator("#banner").inner_text()
+    page.locator("#token").fill(TOKENS["acme"])
+    page.get_by_role("button", name="Use token").click()
+    page.wait_for_function("() => document.querySelectorAll('#f-model option').length > 0", timeout=QUICK_MS)
+    assert page.locator("#auth").is_hidden()
+    page.get_by_role("button", name="Forget token").click()
+    page.locator("#auth").wait_for(state="visible", timeout=QUICK_MS)
+    assert page.evaluate("sessionStorage.length") == 0
+    assert page.locator("#run").is_disabled()
+
+
 def test_a_problem_shows_field_value_and_message_and_leaves_no_stale_description(
     browser: Any, start_api: StartApi
 ) -> None:
