@@ -1,26 +1,72 @@
 // The Playground: a node form built from GET /v1/models, validated live by POST /v1/validate,
 // run by POST /v1/jobs and followed on its Server-Sent Events stream. No build step, no
 // dependencies: plain modern JavaScript served by the API process itself.
+//
+// The node JSON textarea is the contract: its parsed JSON is exactly what is validated,
+// submitted and copied. The form is a view of that JSON; each form control edits one place
+// of it and leaves the rest as the author wrote it. Values are judged by the API, not here.
 "use strict";
 
 const TOKEN_KEY = "imagegen.playground.token"; // sessionStorage: this tab only
-const RECENT_KEY = "imagegen.playground.recent"; // localStorage: recent runs in this browser
+const RECENT_PREFIX = "imagegen.playground.recent."; // + a digest of the token: one list per tenant
+const SHARED_RECENT_KEY = "imagegen.playground.recent"; // the old list every token shared: removed
 const RECENT_MAX = 20;
 const REFERENCE = /^(vault:|env:|file:)/; // a credential field holds a reference, never the secret
+const FOLLOWED = new Set(["queued", "running"]); // a job in these states has events still to come
+// Jobs followed again after a reload, newest first: each holds one of the browser's six connections
+// to this host open, and the page needs some for itself. Older ones can be reopened from the list.
+const RESUME_MAX = 2;
 
 const $ = (id) => document.getElementById(id);
 const state = {
   catalog: null, // GET /v1/models
-  extras: {}, // node fields the form does not show (description, output_type, ...), kept verbatim
-  extraInputs: {},
+  node: null, // the parsed node JSON: what is validated, submitted and copied
   validateTimer: null,
   validateSeq: 0,
   pendingText: null, // the node last sent for validation (JSON text)
   valid: false,
-  localProblems: {},
-  runs: new Map(), // job id -> run view
-  syncingJson: false,
+  submitting: false, // a Run click's submits are on their way
+  runs: new Map(), // job id -> run view, for the runs shown (and only those)
+  recent: null, // {storage, key}: where this token's recent runs are kept
 };
+
+// ---------------------------------------------------------------- small helpers
+
+function isObject(value) {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function inputsOf(node) {
+  return node && isObject(node.inputs) ? node.inputs : {};
+}
+
+function shown(value) {
+  // A node value as a form control shows it: "" for absent, JSON for anything not a string.
+  if (value === undefined || value === null) return "";
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+function numberOrText(text) {
+  // A whole number typed in the form is written as a number; anything else as typed, for the API to judge.
+  return /^-?\d+$/.test(text.trim()) ? Number(text) : text;
+}
+
+function setOrDelete(object, key, value) {
+  if (value === "") delete object[key]; else object[key] = value;
+}
+
+function hex(bytes) {
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function newJobId() {
+  // A UUID, as the API would pick one; getRandomValues works outside secure contexts too.
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const h = hex(bytes);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
 
 // ---------------------------------------------------------------- API access
 
@@ -52,14 +98,60 @@ async function api(path, { method = "GET", body, headers = {} } = {}) {
       : "This API needs a bearer token (401). It is kept in this browser tab only.");
     throw new ApiError(401, payload);
   }
-  if (!response.ok && response.status !== 422) throw new ApiError(response.status, payload);
+  // Any other answer but 2xx is a failure (a 422 included): its problems are the caller's to show.
+  if (!response.ok) throw new ApiError(response.status, payload);
   return { status: response.status, body: payload };
 }
+
+function problemText(problem) {
+  // As the CLI prints one: field = value: what is allowed (no value when there is none to show).
+  const value = problem.value === null || problem.value === undefined ? "" : ` = ${JSON.stringify(problem.value)}`;
+  return `${problem.field}${value}: ${problem.message}`;
+}
+
+function problemsOf(error) {
+  const problems = error && error.problem && error.problem.problems;
+  return Array.isArray(problems) ? problems : [];
+}
+
+function describe(error) {
+  const problems = problemsOf(error);
+  if (problems.length) return problems.map(problemText).join("; ");
+  if (error.status === 413) {
+    // The body limit is an operator's setting; what the author can change is the node, mostly its prompt.
+    return "the node is larger than this API accepts; shorten inputs.user_query (the prompt)";
+  }
+  return error.message;
+}
+
+// ---------------------------------------------------------------- token
 
 function askForToken(message) {
   $("auth").hidden = false;
   $("auth-message").textContent = message;
   $("token").focus();
+}
+
+function useToken(event) {
+  event.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $("token").value);
+  $("token").value = "";
+  $("auth").hidden = true;
+  boot();
+}
+
+function forgetToken() {
+  // Another tenant may use this tab next: nothing of this token's runs stays on the page.
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (state.recent && state.recent.storage === sessionStorage) state.recent.storage.removeItem(state.recent.key);
+  state.recent = null;
+  stopFollowing();
+  showRecent();
+  forgetVerdict();
+  showFailure([]);
+  $("forget-token").hidden = true;
+  showNoCatalog("Enter an API token above to load the model catalog.");
+  askForToken("Token forgotten. Enter a token to go on; it is kept in this browser tab only.");
 }
 
 // ---------------------------------------------------------------- catalog
@@ -72,20 +164,25 @@ function modelByName(name) {
   return models().find((m) => m.name === name);
 }
 
+function cloudSpecs() {
+  return (state.catalog && state.catalog.clouds) || {};
+}
+
+function sizesOf(model) {
+  // [{size, aspect_ratio, tier, price_usd_per_image}]
+  return (model && model.sizes) || [];
+}
+
 async function loadCatalog() {
   const { body } = await api("/v1/models");
   state.catalog = body;
   for (const select of [$("f-model"), $("f-compare-model")]) {
     select.replaceChildren(...models().map((m) => new Option(label(m), m.name)));
   }
-  const preferred = models().find((m) => m.configured) || models()[0];
-  if (preferred) $("f-model").value = preferred.name;
-  const second = models().find((m) => m.name !== $("f-model").value);
+  const first = models().find((m) => m.configured) || models()[0];
+  const second = models().find((m) => m !== first);
   if (second) $("f-compare-model").value = second.name;
-  $("f-variations").max = String(body.max_variations || 8);
   showBanner();
-  fillSizes();
-  fillProviderFields();
 }
 
 function label(model) {
@@ -109,132 +206,159 @@ function showBanner() {
   }
 }
 
-function sizesOf(model) {
-  // [{size, aspect_ratio, tier, price_usd_per_image}]
-  return (model && model.sizes) || [];
+function showNoCatalog(message) {
+  $("banner").className = "banner offline";
+  $("banner").textContent = message;
 }
 
-function fillSizes(keep) {
+function defaultNode() {
+  const model = models().find((m) => m.configured) || models()[0];
+  const size = sizesOf(model)[0];
+  const inputs = { user_query: "a girl driving a red car", model: model ? model.name : "" };
+  if (size) inputs.size = size.size;
+  Object.assign(inputs, { variations: 1, use_cloud: false });
+  return { name: "Playground image", type: "image_generation", inputs };
+}
+
+// ---------------------------------------------------------------- node -> form (the view)
+
+function showNode(node) {
+  const inputs = inputsOf(node);
+  $("f-name").value = shown(node.name);
+  $("f-prompt").value = shown(inputs.user_query);
+  choose($("f-model"), inputs.model, "not in the catalog");
+  fillSizes(inputs.size);
+  $("f-variations").value = shown(inputs.variations);
+  $("f-seed").value = shown(inputs.seed);
+  const useCloud = $("f-use-cloud");
+  useCloud.checked = inputs.use_cloud === true;
+  // Not a boolean ("yes", 1, ...): shown as neither ticked nor not; the API says what it makes of it.
+  useCloud.indeterminate = inputs.use_cloud !== undefined && typeof inputs.use_cloud !== "boolean";
+  choose($("f-cloud-provider"), inputs.cloud_provider, "not offered");
+  fillProviderFields(inputs);
+  showSections();
+}
+
+function choose(select, value, note) {
+  // Select the node's value; one the list does not offer is added, marked, so the view is faithful.
+  select.querySelectorAll("option[data-extra]").forEach((option) => option.remove());
+  const wanted = shown(value);
+  if (![...select.options].some((option) => option.value === wanted)) {
+    const option = new Option(wanted === "" ? "(not given)" : `${wanted} (${note})`, wanted);
+    option.dataset.extra = "1";
+    select.append(option);
+  }
+  select.value = wanted;
+}
+
+function fillSizes(size) {
   const model = modelByName($("f-model").value);
   const select = $("f-size");
-  const current = keep || select.value;
-  const sizes = sizesOf(model);
-  select.replaceChildren(...sizes.map((s) => new Option(
+  select.replaceChildren(...sizesOf(model).map((s) => new Option(
     `${s.size} (${s.aspect_ratio})${s.price_usd_per_image != null ? ` · $${s.price_usd_per_image}/image` : ""}`, s.size)));
-  if (current && !sizes.some((s) => s.size === current)) {
-    // Keep a pasted size the model does not support visible, so its problem shows at the field.
-    select.append(new Option(`${current} (not offered by ${model ? model.name : "this model"})`, current));
-  }
-  if (current) select.value = current;
+  choose(select, size, `not offered by ${model ? model.name : "this model"}`);
   $("model-hint").textContent = model ? (model.description || "") : "";
 }
 
-function cloudSpecs() {
-  return (state.catalog && state.catalog.clouds) || {};
-}
-
-function fillProviderFields(values = {}) {
+function fillProviderFields(inputs) {
+  // Only the chosen provider's fields, holding the node's values: no hidden field keeps a value.
   const provider = $("f-cloud-provider").value;
   const spec = cloudSpecs()[provider] || { fields: [] };
-  const box = $("provider-fields");
-  const old = collectProviderFields();
-  box.replaceChildren(...spec.fields.map((field) => {
-    const name = typeof field === "string" ? field : field.name;
-    const wrap = document.createElement("div");
-    wrap.className = "field";
-    const id = `f-${name}`;
-    const isCredential = name === spec.credential_field;
-    wrap.innerHTML = `<label for="${id}"></label><input id="${id}" type="text" autocomplete="off">` +
-      `<p class="problem" data-problem-for="inputs.${name}"></p>`;
-    wrap.querySelector("label").textContent = isCredential ? `${name} (a secret reference)` : name;
-    const input = wrap.querySelector("input");
-    input.dataset.field = `inputs.${name}`;
-    input.dataset.providerField = name;
-    if (isCredential) {
-      input.dataset.credential = "1";
-      input.placeholder = "vault:secret/imagegen/acme#key";
-    }
-    input.value = values[name] ?? old[name] ?? "";
-    return wrap;
-  }));
+  $("provider-fields").replaceChildren(...spec.fields.map((name) => providerField(name, spec, inputs[name])));
 }
 
-function collectProviderFields() {
-  const out = {};
-  for (const input of document.querySelectorAll("[data-provider-field]")) {
-    if (input.value.trim()) out[input.dataset.providerField] = input.value.trim();
-  }
-  return out;
+function providerField(name, spec, value) {
+  const isCredential = name === spec.credential_field;
+  const wrap = document.createElement("div");
+  wrap.className = "field";
+  const labelEl = document.createElement("label");
+  labelEl.htmlFor = `f-${name}`;
+  labelEl.textContent = isCredential ? `${name} (a secret reference)` : name;
+  const input = document.createElement("input");
+  input.id = `f-${name}`;
+  input.type = "text";
+  input.autocomplete = "off";
+  input.dataset.field = `inputs.${name}`;
+  input.dataset.providerField = name;
+  if (isCredential) input.placeholder = "vault:secret/imagegen/acme#key";
+  input.value = shown(value);
+  const problem = document.createElement("p");
+  problem.className = "problem";
+  problem.dataset.problemFor = `inputs.${name}`;
+  wrap.append(labelEl, input, problem);
+  return wrap;
 }
 
-// ---------------------------------------------------------------- form <-> node
-
-function formToNode() {
-  const inputs = { ...state.extraInputs };
-  inputs.user_query = $("f-prompt").value;
-  inputs.model = $("f-model").value;
-  inputs.size = $("f-size").value;
-  const variations = $("f-variations").value;
-  inputs.variations = variations === "" ? variations : Number(variations);
-  const seed = $("f-seed").value;
-  if (seed !== "") inputs.seed = Number(seed); else delete inputs.seed;
-  inputs.use_cloud = $("f-use-cloud").checked;
-  for (const spec of Object.values(cloudSpecs())) {
-    for (const field of spec.fields) delete inputs[typeof field === "string" ? field : field.name];
-  }
-  delete inputs.cloud_provider;
-  if (inputs.use_cloud) {
-    inputs.cloud_provider = $("f-cloud-provider").value;
-    Object.assign(inputs, collectProviderFields());
-  }
-  return { ...state.extras, name: $("f-name").value, type: "image_generation", inputs };
+function showSections() {
+  const useCloud = $("f-use-cloud");
+  $("cloud-fields").hidden = !(useCloud.checked || useCloud.indeterminate);
+  $("compare-fields").hidden = !$("f-compare").checked;
 }
 
-function nodeToForm(node) {
-  if (!node || typeof node !== "object" || Array.isArray(node)) throw new Error("the node must be a JSON object");
-  const { name, type, inputs, ...extras } = node;
-  if (inputs !== undefined && (typeof inputs !== "object" || inputs === null || Array.isArray(inputs))) {
-    throw new Error("\"inputs\" must be a JSON object");
+// ---------------------------------------------------------------- form -> node (edits)
+
+// Each control writes its one place of the node; an emptied control removes its key.
+const FORM_EDITS = {
+  "f-name": (el, inputs, node) => { node.name = el.value; },
+  "f-prompt": (el, inputs) => { inputs.user_query = el.value; },
+  "f-model": editModel,
+  "f-size": (el, inputs) => { setOrDelete(inputs, "size", el.value); choose(el, inputs.size, "not offered"); },
+  "f-variations": (el, inputs) => setOrDelete(inputs, "variations", numberOrText(el.value)),
+  "f-seed": (el, inputs) => setOrDelete(inputs, "seed", numberOrText(el.value)),
+  "f-use-cloud": editUseCloud,
+  "f-cloud-provider": editCloudProvider,
+};
+
+function editModel(el, inputs) {
+  setOrDelete(inputs, "model", el.value);
+  choose(el, inputs.model, "not in the catalog"); // a pasted model no longer in the node leaves the list
+  fillSizes(inputs.size);
+}
+
+function editUseCloud(el, inputs) {
+  inputs.use_cloud = el.checked;
+  if (el.checked && inputs.cloud_provider === undefined) {
+    inputs.cloud_provider = $("f-cloud-provider").options[0].value;
+    choose($("f-cloud-provider"), inputs.cloud_provider, "not offered");
   }
-  const given = { ...(inputs || {}) };
-  state.extras = extras;
-  if (type !== undefined && type !== "image_generation") state.extras.type = type;
-  $("f-name").value = name ?? "";
-  $("f-prompt").value = given.user_query ?? "";
-  if (given.model !== undefined && !modelByName(given.model)) {
-    $("f-model").append(new Option(`${given.model} (not in the catalog)`, given.model));
+  // Unticked: the provider's fields go, so no value (a credential above all) hides in the node.
+  if (!el.checked) dropProviderFields(inputs, null);
+  fillProviderFields(inputs);
+}
+
+function editCloudProvider(el, inputs) {
+  setOrDelete(inputs, "cloud_provider", el.value);
+  choose(el, inputs.cloud_provider, "not offered");
+  dropProviderFields(inputs, el.value); // the other providers' fields are no longer shown
+  fillProviderFields(inputs);
+}
+
+function editProviderField(el, inputs) {
+  setOrDelete(inputs, el.dataset.providerField, el.value.trim() ? el.value : "");
+}
+
+function dropProviderFields(inputs, keepProvider) {
+  for (const [provider, spec] of Object.entries(cloudSpecs())) {
+    if (provider === keepProvider) continue;
+    for (const name of spec.fields) delete inputs[name];
   }
-  $("f-model").value = given.model ?? $("f-model").value;
-  fillSizes(given.size !== undefined ? String(given.size) : undefined);
-  $("f-variations").value = given.variations ?? 1;
-  $("f-seed").value = given.seed ?? "";
-  const useCloud = given.use_cloud === true || given.use_cloud === "true";
-  $("f-use-cloud").checked = useCloud;
-  // The seed's node says cloud_provider even when use_cloud is false: keep it, show it only when used.
-  if (given.cloud_provider) $("f-cloud-provider").value = given.cloud_provider;
-  const providerValues = {};
-  for (const spec of Object.values(cloudSpecs())) {
-    for (const field of spec.fields) {
-      const key = typeof field === "string" ? field : field.name;
-      if (key in given) providerValues[key] = String(given[key]);
-    }
-  }
-  $("cloud-fields").hidden = !useCloud;
-  fillProviderFields(providerValues);
-  for (const key of ["user_query", "model", "size", "variations", "seed", "use_cloud", ...Object.keys(providerValues)]) {
-    delete given[key];
-  }
-  if (!useCloud && given.cloud_provider) {
-    // use_cloud false: the provider is informational; keep it in the JSON as the author wrote it.
-  } else {
-    delete given.cloud_provider;
-  }
-  state.extraInputs = given;
+}
+
+function onFormEdited(event) {
+  const el = event.target;
+  showSections();
+  if (!state.node) return;
+  const edit = FORM_EDITS[el.id] || (el.dataset.providerField && editProviderField);
+  if (!edit) return; // the side-by-side controls are not part of the node
+  // A form edit needs an inputs object; one the author wrote as something else is replaced.
+  if (!isObject(state.node.inputs)) state.node.inputs = {};
+  edit(el, state.node.inputs, state.node);
+  writeJson();
+  scheduleValidation();
 }
 
 function writeJson() {
-  if (state.syncingJson) return;
-  $("node-json").value = JSON.stringify(formToNode(), null, 2);
+  $("node-json").value = JSON.stringify(state.node, null, 2);
   $("json-problem").textContent = "";
   $("node-json").removeAttribute("aria-invalid");
 }
@@ -243,28 +367,26 @@ function onJsonEdited() {
   let node;
   try {
     node = JSON.parse($("node-json").value);
-    state.syncingJson = true;
-    nodeToForm(node);
   } catch (error) {
-    $("json-problem").textContent = `Not applied: ${error.message}`;
-    $("node-json").setAttribute("aria-invalid", "true");
-    setRunnable(false);
+    refuseJson(error.message);
     return;
-  } finally {
-    state.syncingJson = false;
   }
+  if (!isObject(node)) {
+    refuseJson("the node must be a JSON object");
+    return;
+  }
+  state.node = node;
+  showNode(node);
   $("json-problem").textContent = "";
   $("node-json").removeAttribute("aria-invalid");
   scheduleValidation();
 }
 
-function onFormEdited(event) {
-  if (event && event.target === $("f-model")) fillSizes();
-  if (event && event.target === $("f-cloud-provider")) fillProviderFields();
-  $("cloud-fields").hidden = !$("f-use-cloud").checked;
-  $("compare-fields").hidden = !$("f-compare").checked;
-  writeJson();
-  scheduleValidation();
+function refuseJson(reason) {
+  $("json-problem").textContent = `Not applied: ${reason}`;
+  $("node-json").setAttribute("aria-invalid", "true");
+  forgetVerdict();
+  showFailure([]);
 }
 
 // ---------------------------------------------------------------- validation
@@ -272,7 +394,7 @@ function onFormEdited(event) {
 function scheduleValidation() {
   // A "change" event on leaving a field repeats the "input" events already handled: the same
   // node keeps its verdict (else clicking Run right after typing would find it disabled).
-  const text = JSON.stringify(formToNode());
+  const text = JSON.stringify(state.node);
   if (text === state.pendingText) return;
   state.pendingText = text;
   setRunnable(false);
@@ -280,65 +402,110 @@ function scheduleValidation() {
   state.validateTimer = setTimeout(validateNow, 300);
 }
 
-function rawSecretProblems() {
-  const problems = [];
-  for (const input of document.querySelectorAll("[data-credential]")) {
-    const value = input.value.trim();
-    if (value && !REFERENCE.test(value)) {
-      problems.push({ field: input.dataset.field, message:
-        "looks like a raw secret; this page does not send it. Write a reference: " +
-        "vault:<path>#<key>, env:<NAME> or file:</path>" });
-    }
-  }
-  return problems;
+function forgetVerdict() {
+  // No verdict in flight or kept: the next node is validated, even one equal to the last.
+  clearTimeout(state.validateTimer);
+  state.validateSeq += 1;
+  state.pendingText = null;
 }
 
 async function validateNow() {
   const seq = ++state.validateSeq;
-  const local = rawSecretProblems();
+  const local = localProblems(state.node);
   if (local.length) {
-    showProblems(local);
-    $("estimate").textContent = "";
+    showFailure(local);
     return;
   }
   let result;
   try {
-    result = await api("/v1/validate", { method: "POST", body: formToNode() });
+    result = await api("/v1/validate", { method: "POST", body: state.node });
   } catch (error) {
-    if (seq === state.validateSeq) $("form-problems").textContent = `Validation unavailable: ${error.message}`;
+    if (seq !== state.validateSeq) return;
+    state.pendingText = null; // not a verdict on the node: asking again may answer
+    const problems = problemsOf(error);
+    showFailure(problems, problems.length ? "" : `Validation unavailable: ${describe(error)}`);
     return;
   }
   if (seq !== state.validateSeq) return; // a newer edit is being validated
-  const problems = (result.body && result.body.problems) || [];
-  showProblems(problems);
-  const cost = result.body && result.body.estimated_cost_usd;
-  $("estimate").textContent = problems.length ? "" :
-    cost == null ? "Estimated cost: unpriced model" : `Estimated cost of this run: $${Number(cost).toFixed(4)}`;
-  setRunnable(problems.length === 0);
+  const report = result.body || {};
+  const problems = report.problems || [];
+  if (!report.valid || problems.length) {
+    showFailure(problems, problems.length ? "" : "The API found this node not valid.");
+    return;
+  }
+  showProblems([]);
+  $("form-problems").textContent = "";
+  const cost = report.estimated_cost_usd;
+  $("estimate").textContent = cost == null ? "Estimated cost: unpriced model" :
+    `Estimated cost of this run: $${Number(cost).toFixed(4)}`;
+  setRunnable(true);
+}
+
+function localProblems(node) {
+  return [...rawSecretProblems(node), ...promptProblems(node)];
+}
+
+function rawSecretProblems(node) {
+  // Every provider's credential field in the node, shown or not: the page never sends a raw secret.
+  const inputs = inputsOf(node);
+  const problems = [];
+  for (const spec of Object.values(cloudSpecs())) {
+    const value = inputs[spec.credential_field];
+    if (value === undefined || value === null || (typeof value === "string" && !value.trim())) continue;
+    if (typeof value === "string" && REFERENCE.test(value.trim())) continue;
+    problems.push({ field: `inputs.${spec.credential_field}`, value: null, message:
+      "looks like a raw secret; this page does not send it. Write a reference: " +
+      "vault:<path>#<key>, env:<NAME> or file:</path>" });
+  }
+  return problems;
+}
+
+function promptProblems(node) {
+  // The API's limit, from the catalog: a prompt past it is named here, not sent (a very long one
+  // would meet the request-size limit instead, whose message is for operators).
+  const max = state.catalog && state.catalog.max_prompt_chars;
+  const query = inputsOf(node).user_query;
+  if (!max || typeof query !== "string") return [];
+  const length = [...query.trim()].length; // characters (code points), as the API counts them
+  if (length <= max) return [];
+  return [{ field: "inputs.user_query", value: null, message: `is ${length} characters; at most ${max} are allowed` }];
+}
+
+function showFailure(problems, message = "") {
+  // Every failure replaces all an earlier verdict showed: no field problem or estimate outlives it.
+  setRunnable(false);
+  $("estimate").textContent = "";
+  const unplaced = showProblems(problems);
+  $("form-problems").textContent = [...unplaced, message].filter(Boolean).join(" · ");
 }
 
 function showProblems(problems) {
-  for (const el of document.querySelectorAll("[data-problem-for]")) el.textContent = "";
-  for (const el of document.querySelectorAll("[aria-invalid]")) {
-    if (el.id !== "node-json") el.removeAttribute("aria-invalid");
-  }
+  // Each problem at its field when that field is shown; the others are returned, to go below the form.
+  clearFieldProblems();
   const unplaced = [];
   for (const problem of problems) {
     const field = normaliseField(problem.field);
     const slot = document.querySelector(`[data-problem-for="${CSS.escape(field)}"]`);
+    if (!slot || slot.closest("[hidden]")) {
+      unplaced.push(problemText(problem));
+      continue;
+    }
+    slot.textContent = slot.textContent ? `${slot.textContent} ${problemText(problem)}` : problemText(problem);
     const input = document.querySelector(`[data-field="${CSS.escape(field)}"]`);
-    if (slot) {
-      slot.textContent = slot.textContent ? `${slot.textContent} ${problem.message}` : problem.message;
-      if (input) {
-        input.setAttribute("aria-invalid", "true");
-        input.setAttribute("aria-describedby", slot.id || (slot.id = `problem-${field.replace(/\W/g, "-")}`));
-      }
-    } else {
-      unplaced.push(`${problem.field}: ${problem.message}`);
+    if (input) {
+      input.setAttribute("aria-invalid", "true");
+      input.setAttribute("aria-describedby", slot.id || (slot.id = `problem-${field.replace(/\W/g, "-")}`));
     }
   }
-  $("form-problems").textContent = unplaced.join(" · ");
-  if (problems.length) setRunnable(false);
+  return unplaced;
+}
+
+function clearFieldProblems() {
+  for (const slot of document.querySelectorAll("[data-problem-for]")) slot.textContent = "";
+  for (const input of document.querySelectorAll("#node-form [data-field]")) {
+    input.removeAttribute("aria-invalid");
+    input.removeAttribute("aria-describedby"); // else it points at an empty slot
+  }
 }
 
 function normaliseField(field) {
@@ -349,58 +516,117 @@ function normaliseField(field) {
 
 function setRunnable(ok) {
   state.valid = ok;
-  $("run").disabled = !ok;
+  $("run").disabled = !ok || state.submitting;
 }
 
 // ---------------------------------------------------------------- runs
 
 async function run(event) {
   event.preventDefault();
-  if (!state.valid) return;
-  const first = formToNode();
-  const nodes = [{ label: first.inputs.model, node: first }];
-  if ($("f-compare").checked) {
-    const second = structuredClone(nodes[0].node);
-    second.inputs.model = $("f-compare-model").value;
-    const sizes = sizesOf(modelByName(second.inputs.model)).map((s) => s.size);
-    if (!sizes.includes(second.inputs.size) && sizes.length) second.inputs.size = sizes[0];
-    const seed = $("f-compare-seed").value;
-    if (seed !== "") second.inputs.seed = Number(seed);
-    nodes[0].label = `A · ${nodes[0].node.inputs.model}`;
-    nodes.push({ label: `B · ${second.inputs.model}`, node: second });
+  if (!state.valid || state.submitting) return;
+  // Disabled from the click until the submits return: a double click makes one run.
+  state.submitting = true;
+  setRunnable(state.valid);
+  try {
+    const plan = runPlan();
+    stopFollowing();
+    for (const item of plan) await submitOne(item);
+  } finally {
+    state.submitting = false;
+    setRunnable(state.valid);
+    updateCancel();
   }
+}
+
+function ignoreRepeatedClick(event) {
+  // The second click of a double click is no new run, even when the first one's submit has
+  // already returned (a fast API answers within a double click's interval).
+  if (event.detail > 1) event.preventDefault();
+}
+
+function runPlan() {
+  // The node as it is at the click (later edits do not change what is sent), and one job id per
+  // node chosen here: sent as the Idempotency-Key, a POST sent again is the same job.
+  const node = structuredClone(state.node);
+  const first = { title: shown(inputsOf(node).model), node, jobId: newJobId() };
+  if (!$("f-compare").checked) return [first];
+  const second = structuredClone(node);
+  if (!isObject(second.inputs)) second.inputs = {};
+  const inputs = second.inputs;
+  inputs.model = $("f-compare-model").value;
+  const sizes = sizesOf(modelByName(inputs.model)).map((s) => s.size);
+  if (inputs.size !== undefined && sizes.length && !sizes.includes(inputs.size)) inputs.size = sizes[0];
+  const seed = $("f-compare-seed").value;
+  if (seed !== "") inputs.seed = numberOrText(seed);
+  first.title = `A · ${first.title}`;
+  return [first, { title: `B · ${inputs.model}`, node: second, jobId: newJobId() }];
+}
+
+async function submitOne({ title, node, jobId }) {
+  let answer;
+  try {
+    answer = await submitJob(node, jobId);
+  } catch (error) {
+    notStarted(title, describe(error));
+    return;
+  }
+  const accepted = answer.body && answer.body.job_id;
+  if (typeof accepted !== "string" || !accepted) {
+    notStarted(title, `the API answered HTTP ${answer.status} without a job id`);
+    return;
+  }
+  const size = shown(inputsOf(node).size) || "default size";
+  const view = openRunView(accepted, `${title} · ${size}`, inputsOf(node).variations);
+  remember(accepted, shown(node.name), answer.body.state || "queued");
+  follow(view);
+}
+
+async function submitJob(node, jobId) {
+  const request = { method: "POST", body: node, headers: { "Idempotency-Key": jobId } };
+  try {
+    return await api("/v1/jobs", request);
+  } catch (error) {
+    if (error instanceof ApiError) throw error;
+    // No answer at all (the connection dropped): sending the same key again cannot make a second job.
+    return api("/v1/jobs", request);
+  }
+}
+
+function notStarted(title, text) {
+  const failure = document.createElement("p");
+  failure.className = "problem";
+  failure.textContent = `${title}: not started: ${text}`;
+  $("runs").append(failure);
+}
+
+function stopFollowing() {
+  // A new run (or a reopen, or another token) replaces the runs shown: their streams close and
+  // Cancel no longer reaches them. The jobs go on; Recent runs can reopen them.
+  for (const view of state.runs.values()) {
+    view.stopped = true;
+    view.abort.abort();
+  }
+  state.runs.clear();
   $("runs").replaceChildren();
-  for (const { label: title, node } of nodes) {
-    try {
-      const { body } = await api("/v1/jobs", { method: "POST", body: node });
-      const view = openRunView(body.job_id, node, title);
-      remember(body.job_id, node);
-      follow(view);
-    } catch (error) {
-      const failure = document.createElement("p");
-      failure.className = "problem";
-      failure.textContent = `${title}: not started: ${describe(error)}`;
-      $("runs").append(failure);
-    }
-  }
   updateCancel();
 }
 
-function describe(error) {
-  const problems = error.problem && error.problem.problems;
-  if (problems && problems.length) return problems.map((p) => `${p.field}: ${p.message}`).join("; ");
-  return error.message;
-}
-
-function openRunView(jobId, node, title) {
+function openRunView(jobId, title, variations) {
   const panel = document.createElement("article");
   panel.className = "run";
   panel.dataset.jobId = jobId;
-  panel.innerHTML = `<h3></h3><p class="summary" aria-live="polite"></p><div class="tiles"></div>`;
-  panel.querySelector("h3").textContent = `${title || node.inputs.model} · ${node.inputs.size}`;
+  const heading = document.createElement("h3");
+  heading.textContent = title;
+  const summary = document.createElement("p");
+  summary.className = "summary";
+  summary.setAttribute("aria-live", "polite");
+  const tiles = document.createElement("div");
+  tiles.className = "tiles";
+  panel.append(heading, summary, tiles);
   $("runs").append(panel);
-  const view = { jobId, node, panel, tiles: [], finished: false, lastEventId: null };
-  const count = Number(node.inputs.variations) || 1;
+  const view = { jobId, panel, tiles: [], finished: false, stopped: false, lastEventId: null,
+    abort: new AbortController() };
+  const count = Math.min(Number(variations) || 1, 64);
   for (let index = 0; index < count; index += 1) view.tiles.push(tile(panel, index));
   setSummary(view, `job ${jobId}: queued`);
   state.runs.set(jobId, view);
@@ -411,7 +637,10 @@ function tile(panel, index) {
   const el = document.createElement("figure");
   el.className = "tile queued";
   el.dataset.index = String(index);
-  el.innerHTML = `<div class="state">#${index} queued</div>`;
+  const stateEl = document.createElement("div");
+  stateEl.className = "state";
+  stateEl.textContent = `#${index} queued`;
+  el.append(stateEl);
   panel.querySelector(".tiles").append(el);
   return el;
 }
@@ -497,6 +726,7 @@ function outcomeOf(data) {
 function applyEvent(view, type, data) {
   if (type === "started") {
     setSummary(view, `job ${view.jobId}: running`);
+    setRecentStatus(view.jobId, "running");
   } else if (type === "variation_started") {
     setTile(view, data.index, "running", "running");
   } else if (type === "variation_retrying") {
@@ -521,19 +751,20 @@ function finish(view, result) {
   setSummary(view, `job ${view.jobId}: ${result.status} · ${(result.images || []).length} image(s) · ` +
     `${seconds} · ${cost}`);
   view.panel.dataset.status = result.status;
-  remember(view.jobId, view.node, result.status);
+  setRecentStatus(view.jobId, result.status);
   updateCancel();
 }
 
 async function follow(view) {
   // fetch(), not EventSource: EventSource cannot send the Authorization header.
-  for (let attempt = 0; attempt < 5 && !view.finished; attempt += 1) {
+  for (let attempt = 0; attempt < 5 && !view.finished && !view.stopped; attempt += 1) {
     try {
       const headers = { Accept: "text/event-stream" };
       const token = sessionStorage.getItem(TOKEN_KEY);
       if (token) headers.Authorization = `Bearer ${token}`;
       if (view.lastEventId) headers["Last-Event-ID"] = view.lastEventId;
-      const response = await fetch(`/v1/jobs/${encodeURIComponent(view.jobId)}/events`, { headers });
+      const response = await fetch(`/v1/jobs/${encodeURIComponent(view.jobId)}/events`,
+        { headers, signal: view.abort.signal });
       if (response.status === 401) { askForToken("The API refused this token (401)."); return; }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       await readEvents(response, (type, data, id) => {
@@ -541,11 +772,12 @@ async function follow(view) {
         applyEvent(view, type, data);
       });
     } catch (error) {
+      if (view.stopped) return; // replaced: its stream was closed on purpose
       setSummary(view, `job ${view.jobId}: connection lost (${error.message}); reconnecting…`);
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
   }
-  if (!view.finished) await refresh(view);
+  if (!view.finished && !view.stopped) await refresh(view);
 }
 
 async function readEvents(response, onEvent) {
@@ -589,11 +821,11 @@ async function refresh(view) {
 }
 
 async function cancelRuns() {
-  for (const view of state.runs.values()) {
-    if (view.finished) continue;
+  for (const view of [...state.runs.values()]) {
+    if (view.finished || view.stopped) continue;
     try {
       const { body } = await api(`/v1/jobs/${encodeURIComponent(view.jobId)}/cancel`, { method: "POST" });
-      setSummary(view, `job ${view.jobId}: ${body.message || "cancel requested"}`);
+      setSummary(view, body.message || `job ${view.jobId}: cancel requested`); // the message names the job
     } catch (error) {
       setSummary(view, `job ${view.jobId}: cancel failed: ${describe(error)}`);
     }
@@ -606,15 +838,51 @@ function updateCancel() {
 
 // ---------------------------------------------------------------- recent runs
 
-function recent() {
-  try { return JSON.parse(localStorage.getItem(RECENT_KEY) || "[]"); } catch { return []; }
+async function openRecent(token) {
+  // One list per token (so per tenant): keyed by a digest of it, another token in this browser
+  // sees none of it. crypto.subtle exists in secure contexts only (https, localhost); elsewhere
+  // the list lives in this tab only, as the token does.
+  if (window.crypto && crypto.subtle) {
+    const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(token || ""));
+    state.recent = { storage: localStorage, key: RECENT_PREFIX + hex(new Uint8Array(digest)).slice(0, 32) };
+  } else {
+    state.recent = { storage: sessionStorage, key: `${RECENT_PREFIX}tab` };
+  }
 }
 
-function remember(jobId, node, status = "running") {
+function recent() {
+  if (!state.recent) return [];
+  try {
+    const list = JSON.parse(state.recent.storage.getItem(state.recent.key) || "[]");
+    return Array.isArray(list) ? list.filter(isObject) : [];
+  } catch {
+    return [];
+  }
+}
+
+function saveRecent(list) {
+  if (state.recent) state.recent.storage.setItem(state.recent.key, JSON.stringify(list.slice(0, RECENT_MAX)));
+  showRecent();
+}
+
+function remember(jobId, name, status) {
+  // Only what Reopen needs: no node, no prompt, no bucket or credential reference.
   const list = recent().filter((r) => r.job_id !== jobId);
-  list.unshift({ job_id: jobId, model: node.inputs.model, size: node.inputs.size,
-    prompt: String(node.inputs.user_query).slice(0, 80), status, at: new Date().toISOString(), node });
-  localStorage.setItem(RECENT_KEY, JSON.stringify(list.slice(0, RECENT_MAX)));
+  list.unshift({ job_id: jobId, name: name.slice(0, 120), at: new Date().toISOString(), status });
+  saveRecent(list);
+}
+
+function setRecentStatus(jobId, status) {
+  const list = recent();
+  const entry = list.find((r) => r.job_id === jobId);
+  if (!entry || entry.status === status) return;
+  entry.status = status;
+  saveRecent(list);
+}
+
+function clearRecent() {
+  if (state.recent) state.recent.storage.removeItem(state.recent.key);
+  $("recent-status").textContent = "";
   showRecent();
 }
 
@@ -625,29 +893,49 @@ function showRecent() {
     button.type = "button";
     button.className = "secondary";
     button.textContent = "Reopen";
-    button.addEventListener("click", () => reopen(r.job_id, r.node));
+    button.addEventListener("click", () => reopen(shown(r.job_id)));
     const text = document.createElement("span");
-    text.textContent = ` ${r.at.slice(0, 19).replace("T", " ")} · ${r.model} · ${r.size} · ${r.status} · “${r.prompt}” (${r.job_id})`;
+    text.textContent = ` ${shown(r.at).slice(0, 19).replace("T", " ")} · ${shown(r.status)} · ${shown(r.name)} (${shown(r.job_id)})`;
     li.append(button, text);
     return li;
   }));
 }
 
-async function reopen(jobId, node) {
+async function refreshRecent() {
+  // On load: each entry's status as the API has it now, and the jobs still queued or running
+  // followed again (a reload would otherwise lose them, with Cancel).
+  const answers = await Promise.all(recent().map(async (entry) => {
+    try {
+      return (await api(`/v1/jobs/${encodeURIComponent(shown(entry.job_id))}`)).body;
+    } catch (error) {
+      // 404: its records expired (results are kept for a while only); else: unknown for now.
+      return error instanceof ApiError && error.status === 404 ? { job_id: entry.job_id, state: "expired" } : null;
+    }
+  }));
+  for (const job of answers.filter(Boolean)) setRecentStatus(job.job_id, job.result ? job.result.status : job.state);
+  const active = answers.filter((job) => job && FOLLOWED.has(job.state));
+  for (const job of active.slice(0, RESUME_MAX)) showJob(job, "Resumed");
+}
+
+async function reopen(jobId) {
+  $("recent-status").textContent = "";
   let body;
   try {
     ({ body } = await api(`/v1/jobs/${encodeURIComponent(jobId)}`));
   } catch (error) {
-    $("form-problems").textContent = `Cannot open job ${jobId}: ${describe(error)}`;
+    $("recent-status").textContent = `Cannot open job ${jobId}: ${describe(error)}`;
     return;
   }
-  const known = node || (body.result && { inputs: { model: body.result.model, size: body.result.size,
-    variations: body.result.variations, user_query: "" } }) || { inputs: { model: "?", size: "?", variations: body.total || 1 } };
-  if (node) { nodeToForm(node); writeJson(); scheduleValidation(); }
-  $("runs").replaceChildren();
-  state.runs.clear();
-  const view = openRunView(jobId, known, "Reopened");
-  if (body.result) finish(view, body.result);
+  stopFollowing();
+  showJob(body, "Reopened");
+}
+
+function showJob(job, title) {
+  // A job known by its GET /v1/jobs/{id} view: its result when finished, else followed.
+  const result = job.result;
+  const view = openRunView(job.job_id, `${title} · ${job.model}${result ? ` · ${result.size}` : ""}`, job.total);
+  setRecentStatus(job.job_id, result ? result.status : job.state);
+  if (result) finish(view, result);
   else follow(view);
   updateCancel();
 }
@@ -665,15 +953,14 @@ async function copyText(text, button) {
 }
 
 async function start() {
-  $("auth-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    sessionStorage.setItem(TOKEN_KEY, $("token").value);
-    $("auth").hidden = true;
-    boot();
-  });
+  // The list every token used to share held whole nodes (prompts, buckets, credential references).
+  localStorage.removeItem(SHARED_RECENT_KEY);
+  $("auth-form").addEventListener("submit", useToken);
+  $("forget-token").addEventListener("click", forgetToken);
   $("node-form").addEventListener("input", onFormEdited);
   $("node-form").addEventListener("change", onFormEdited);
   $("node-form").addEventListener("submit", run);
+  $("run").addEventListener("click", ignoreRepeatedClick);
   $("cancel").addEventListener("click", cancelRuns);
   $("node-json").addEventListener("input", onJsonEdited);
   $("copy-json").addEventListener("click", async () => {
@@ -683,22 +970,29 @@ async function start() {
   $("reopen-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const id = $("reopen-id").value.trim();
-    if (id) reopen(id, (recent().find((r) => r.job_id === id) || {}).node);
+    if (id) reopen(id);
   });
-  showRecent();
+  $("clear-recent").addEventListener("click", clearRecent);
   await boot();
 }
 
 async function boot() {
+  stopFollowing();
+  forgetVerdict();
+  $("forget-token").hidden = !sessionStorage.getItem(TOKEN_KEY);
   try {
     await loadCatalog();
   } catch (error) {
-    if (!(error instanceof ApiError && error.status === 401)) {
-      $("banner").textContent = `Cannot load the model catalog: ${error.message}`;
-    }
+    showNoCatalog(error instanceof ApiError && error.status === 401
+      ? "Enter an API token above to load the model catalog."
+      : `Cannot load the model catalog: ${describe(error)}`);
     return;
   }
-  if (!$("f-prompt").value) $("f-prompt").value = "a girl driving a red car";
+  await openRecent(sessionStorage.getItem(TOKEN_KEY));
+  showRecent();
+  await refreshRecent();
+  if (!state.node) state.node = defaultNode();
+  showNode(state.node);
   writeJson();
   scheduleValidation();
 }

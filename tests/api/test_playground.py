@@ -31,6 +31,7 @@ SCREENSHOTS = ROOT / "var" / "screenshots"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 375, "height": 812}
 WAIT_MS = 60_000
+QUICK_MS = 15_000  # for what the page does in well under a second: a test of a broken page fails fast
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +43,16 @@ def browser() -> Iterator[Any]:
 
 
 def _page(
-    browser: Any, server: ApiServer, viewport: dict[str, int] = DESKTOP, token: str | None = TOKENS["acme"]
+    browser: Any,
+    server: ApiServer,
+    viewport: dict[str, int] = DESKTOP,
+    token: str | None = TOKENS["acme"],
+    context: Any = None,
 ) -> Any:
-    context = browser.new_context(viewport=viewport)
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    """A new tab on the Playground; ``context``: a browser profile shared with other tabs (local storage)."""
+    if context is None:
+        context = browser.new_context(viewport=viewport)
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -54,7 +61,7 @@ def _page(
     if token is not None:
         page.locator("#token").fill(token)
         page.get_by_role("button", name="Use token").click()
-    if token == TOKENS["acme"]:
+    if token in TOKENS.values():
         page.wait_for_function("() => document.querySelectorAll('#f-model option').length > 0", timeout=WAIT_MS)
     return page
 
@@ -76,8 +83,36 @@ def _paste_node(page: Any, node: dict[str, Any] | str) -> None:
     page.locator("#node-json").fill(text)
 
 
-def _run_enabled(page: Any) -> None:
-    page.wait_for_function("() => !document.getElementById('run').disabled", timeout=WAIT_MS)
+def _run_enabled(page: Any, timeout: int = WAIT_MS) -> None:
+    page.wait_for_function("() => !document.getElementById('run').disabled", timeout=timeout)
+
+
+def _offline_node(**inputs: Any) -> dict[str, Any]:
+    node: dict[str, Any] = json.loads(SEED_NODE.read_text())
+    node["inputs"].update(model="offline_preview", **inputs)
+    return node
+
+
+def _shown_node(page: Any) -> dict[str, Any]:
+    shown: dict[str, Any] = json.loads(page.locator("#node-json").input_value())
+    return shown
+
+
+def _all_problems(page: Any) -> str:
+    """Every problem the form shows, at its fields and below them."""
+    return str(
+        page.evaluate(
+            """() => [...document.querySelectorAll('#node-form .problem')].map((el) => el.textContent)
+                .filter(Boolean).join(' | ')"""
+        )
+    )
+
+
+def _posts(page: Any, path: str) -> list[Any]:
+    """The page's POST requests to ``path`` from now on (Playwright request objects)."""
+    seen: list[Any] = []
+    page.on("request", lambda r: seen.append(r) if r.method == "POST" and r.url.endswith(path) else None)
+    return seen
 
 
 def test_pasting_the_seed_node_verbatim_fills_the_form(browser: Any, start_api: StartApi) -> None:
@@ -269,3 +304,282 @@ def test_every_control_has_a_label_and_is_reachable_by_keyboard(browser: Any, st
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id"))
     assert order[:3] == ["f-prompt", "f-model", "f-size"], order
+
+
+# --- regressions: each of these failed on the page before its fix ----------------------------
+
+
+def test_unticking_use_cloud_drops_the_hidden_credential_and_run_works_again(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    page.locator("#f-use-cloud").check()
+    page.locator("#f-cloud-provider").select_option("aws")
+    page.locator("#f-aws_bucket").fill("acme-images")
+    page.locator("#f-aws_credentials").fill("AKIAIOSFODNN7EXAMPLE")
+    page.locator('[data-problem-for="inputs.aws_credentials"]').wait_for(state="visible", timeout=QUICK_MS)
+    page.locator("#f-use-cloud").uncheck()
+    _run_enabled(page, QUICK_MS)
+    assert "raw secret" not in _all_problems(page)
+    inputs = _shown_node(page)["inputs"]
+    assert inputs["use_cloud"] is False and not [k for k in inputs if k.startswith("aws_")], inputs
+    # Another provider: the first one's values, no longer shown, leave the node too.
+    page.locator("#f-use-cloud").check()
+    page.locator("#f-aws_bucket").fill("acme-images")
+    page.locator("#f-cloud-provider").select_option("gcp")
+    inputs = _shown_node(page)["inputs"]
+    assert inputs["cloud_provider"] == "gcp" and not [k for k in inputs if k.startswith("aws_")], inputs
+    assert page.locator("#f-aws_bucket").count() == 0
+    assert page.errors == []
+
+
+def test_a_pasted_raw_secret_goes_with_the_next_paste_and_is_never_sent(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    bodies: list[str] = []
+    page.on("request", lambda request: bodies.append(request.post_data or ""))
+    raw = {"cloud_provider": "aws", "aws_bucket": "b", "aws_credentials": "AKIAIOSFODNN7EXAMPLE"}
+    _paste_node(page, _offline_node(use_cloud=True, **raw))
+    page.locator('[data-problem-for="inputs.aws_credentials"]').wait_for(state="visible", timeout=QUICK_MS)
+    _paste_node(page, SEED_NODE.read_text())
+    _run_enabled(page, QUICK_MS)
+    assert "raw secret" not in _all_problems(page)
+    assert "aws_credentials" not in _shown_node(page)["inputs"]
+    # In a node that does not use the cloud the field is not shown: the problem is named below the form.
+    _paste_node(page, _offline_node(use_cloud=False, **raw))
+    page.wait_for_function(
+        "() => document.getElementById('form-problems').textContent.includes('inputs.aws_credentials')",
+        timeout=QUICK_MS,
+    )
+    assert "raw secret" in page.locator("#form-problems").inner_text()
+    assert page.locator("#run").is_disabled()
+    page.wait_for_timeout(600)  # past the validation debounce
+    assert not any("AKIAIOSFODNN7EXAMPLE" in body for body in bodies)
+
+
+def test_side_by_side_with_an_invalid_second_seed_names_the_problem_and_follows_nothing(
+    browser: Any, start_api: StartApi
+) -> None:
+    server = start_api()  # no worker: the first job waits queued, which is all this needs
+    page = _page(browser, server)
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    _paste_node(page, _offline_node())
+    page.locator("#f-compare").check()
+    page.locator("#f-compare-model").select_option("offline_preview")
+    page.locator("#f-compare-seed").fill("-5")
+    _run_enabled(page)
+    page.get_by_role("button", name="Run").click()
+    failure = page.locator("#runs .problem")
+    failure.wait_for(timeout=QUICK_MS)
+    text = failure.inner_text()
+    assert "inputs.seed = -5" in text and "must be from 0" in text, text
+    page.wait_for_timeout(1000)
+    assert not [url for url in urls if "undefined" in url], urls
+    assert page.locator(".run").count() == 1  # the first job only
+    assert page.locator("#recent li").count() == 1
+    assert page.errors == []
+
+
+def test_a_double_click_on_run_submits_one_job(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    posts = _posts(page, "/v1/jobs")
+    _paste_node(page, _offline_node())
+    _run_enabled(page)
+    page.locator("#run").dblclick()
+    page.locator(".run").first.wait_for(timeout=QUICK_MS)
+    _run_enabled(page, QUICK_MS)  # enabled again once the submit returned
+    page.wait_for_timeout(500)
+    assert len(posts) == 1, [p.headers for p in posts]
+    key = posts[0].headers.get("idempotency-key")
+    assert key and page.locator(".run").get_attribute("data-job-id") == key
+    # A retried POST (same key, same node) is the same job, not a second one.
+    again = server.client().post(
+        "/v1/jobs", content=posts[0].post_data, headers={"Idempotency-Key": key, "Content-Type": "application/json"}
+    )
+    assert again.status_code == 200 and again.json()["created"] is False and again.json()["job_id"] == key
+
+
+def test_cancel_acts_only_on_the_run_shown(browser: Any, start_api: StartApi) -> None:
+    server = start_api()  # no worker: both jobs wait queued, so either could still be canceled
+    page = _page(browser, server)
+    _paste_node(page, _offline_node())
+    _run_enabled(page)
+    page.get_by_role("button", name="Run").click()
+    page.locator(".run").first.wait_for(timeout=QUICK_MS)
+    first = page.locator(".run").first.get_attribute("data-job-id")
+    page.locator("#f-prompt").fill("a second prompt")
+    _run_enabled(page)
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_function(
+        "first => [...document.querySelectorAll('.run')].some((r) => r.dataset.jobId !== first)",
+        arg=first,
+        timeout=QUICK_MS,
+    )
+    assert page.locator(".run").count() == 1
+    second = page.locator(".run").first.get_attribute("data-job-id")
+    page.get_by_role("button", name="Cancel").click()
+    summary = page.locator(".run .summary")
+    page.wait_for_function("() => /cancel/.test(document.querySelector('.run .summary').textContent)", timeout=QUICK_MS)
+    http = server.client()
+    assert http.get(f"/v1/jobs/{second}").json()["cancel_requested"] is True
+    assert http.get(f"/v1/jobs/{first}").json()["cancel_requested"] is False
+    assert summary.inner_text().count(str(second)) == 1, summary.inner_text()
+
+
+def test_the_node_json_is_exactly_what_is_validated_and_submitted(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    validated = _posts(page, "/v1/validate")
+    submitted = _posts(page, "/v1/jobs")
+    odd = _offline_node(size="512x512", use_cloud="yes", seed="7x")
+    odd["type"] = "text_generation"
+    _paste_node(page, odd)
+    seed_problem = page.locator('[data-problem-for="inputs.seed"]')
+    seed_problem.wait_for(state="visible", timeout=QUICK_MS)
+    assert '"7x"' in seed_problem.inner_text()
+    assert json.loads(validated[-1].post_data) == odd and _shown_node(page) == odd
+    problems = _all_problems(page)
+    assert 'type = "text_generation"' in problems and "inputs.aws_bucket" in problems, problems  # "yes" is true
+    assert page.locator("#run").is_disabled()
+    # The seed node edited in the form keeps every key as written (cloud_provider with use_cloud false).
+    _paste_node(page, SEED_NODE.read_text())
+    page.locator("#f-model").select_option("offline_preview")
+    page.locator("#f-prompt").fill("edited in the form")
+    expected = json.loads(SEED_NODE.read_text())
+    expected["inputs"].update(model="offline_preview", user_query="edited in the form")
+    assert _shown_node(page) == expected
+    _run_enabled(page)
+    assert json.loads(validated[-1].post_data) == expected
+    page.get_by_role("button", name="Run").click()
+    page.locator(".run").first.wait_for(timeout=QUICK_MS)
+    assert json.loads(submitted[-1].post_data) == expected
+
+
+def test_recent_runs_are_per_tenant_hold_no_prompt_and_can_be_cleared(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    context = browser.new_context(viewport=DESKTOP)
+    acme = _page(browser, server, context=context)
+    _paste_node(acme, _offline_node(user_query="ACME secret product launch: Project Falcon"))
+    _run_enabled(acme)
+    acme.get_by_role("button", name="Run").click()
+    acme.locator("#recent li").first.wait_for(timeout=QUICK_MS)
+    stored = acme.evaluate("JSON.stringify(localStorage)")
+    assert "Falcon" not in stored and "inputs" not in stored, stored
+    globex = _page(browser, server, token=TOKENS["globex"], context=context)  # another tab, same browser
+    globex.wait_for_timeout(1000)
+    assert globex.locator("#recent li").count() == 0, globex.locator("#recent").inner_text()
+    acme.reload()  # the token is kept for the tab: its list is back
+    acme.locator("#recent li").first.wait_for(timeout=QUICK_MS)
+    acme.get_by_role("button", name="Clear").click()
+    assert acme.locator("#recent li").count() == 0
+    acme.reload()
+    acme.wait_for_timeout(1000)
+    assert acme.locator("#recent li").count() == 0
+
+
+def test_a_reload_mid_job_resumes_following_it(browser: Any, start_api: StartApi, start_worker: StartWorker) -> None:
+    server = start_api()  # no worker yet: the job waits queued across the reload
+    page = _page(browser, server)
+    _paste_node(page, _offline_node())
+    _run_enabled(page)
+    page.get_by_role("button", name="Run").click()
+    page.locator(".run").first.wait_for(timeout=QUICK_MS)
+    job_id = page.locator(".run").first.get_attribute("data-job-id")
+    page.reload()
+    page.locator(f'.run[data-job-id="{job_id}"]').wait_for(timeout=QUICK_MS)
+    assert page.locator("#cancel").is_enabled()
+    start_worker({"IMAGEGEN_STORAGE_PUBLIC_BASE_URL": f"{server.url}/files"}, concurrency=1)
+    page.locator(f'.run[data-job-id="{job_id}"][data-status=succeeded] .tile.done').wait_for(timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => document.getElementById('recent').textContent.includes('succeeded')", timeout=QUICK_MS
+    )
+    assert page.locator("#cancel").is_disabled()
+    assert page.errors == []
+
+
+def test_a_later_failure_clears_earlier_messages_and_a_huge_prompt_is_named(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    validated = _posts(page, "/v1/validate")
+    _paste_node(page, _offline_node())
+    _run_enabled(page)
+    assert "$" in page.locator("#estimate").inner_text()
+    page.locator("#node-json").fill('{"name": ')
+    page.locator("#json-problem").wait_for(state="visible", timeout=QUICK_MS)
+    assert page.locator("#estimate").inner_text() == ""
+    # A field problem does not outlive a later failure.
+    _paste_node(page, _offline_node(size="999x999"))
+    size_problem = page.locator('[data-problem-for="inputs.size"]')
+    size_problem.wait_for(state="visible", timeout=QUICK_MS)
+    page.locator("#node-json").fill('{"name": ')
+    size_problem.wait_for(state="hidden", timeout=QUICK_MS)
+    # A prompt past the limit is named at its field before anything is sent.
+    _paste_node(page, _offline_node())
+    _run_enabled(page)
+    page.locator("#f-prompt").fill("y" * 300_000)
+    prompt_problem = page.locator('[data-problem-for="inputs.user_query"]')
+    prompt_problem.wait_for(state="visible", timeout=QUICK_MS)
+    limit = server.client().get("/v1/models").json()["max_prompt_chars"]
+    assert "300000" in prompt_problem.inner_text() and str(limit) in prompt_problem.inner_text()
+    assert "IMAGEGEN_" not in page.locator("#form-problems").inner_text()
+    assert page.locator("#estimate").inner_text() == "" and page.locator("#run").is_disabled()
+    page.wait_for_timeout(600)
+    assert all(len(request.post_data or "") < 300_000 for request in validated)
+
+
+@pytest.mark.parametrize("width", [320, 375])
+def test_long_unbroken_text_stays_inside_a_narrow_screen(browser: Any, start_api: StartApi, width: int) -> None:
+    server = start_api()
+    page = _page(browser, server, viewport={"width": width, "height": 800})
+    node = _offline_node(user_query="a" * 300)
+    node["name"] = "n" * 150
+    _paste_node(page, node)
+    _run_enabled(page)
+    page.get_by_role("button", name="Run").click()
+    page.locator("#recent li").first.wait_for(timeout=QUICK_MS)
+    page.locator("#reopen-id").fill("x" * 120)  # an unknown id: its message names it
+    page.get_by_role("button", name="Open", exact=True).click()
+    page.wait_for_timeout(1000)
+    _shot(page, f"narrow-{width}")
+    scroll = page.evaluate("document.documentElement.scrollWidth")
+    assert scroll <= width, scroll
+
+
+def test_without_a_token_the_page_says_so_and_a_token_can_be_forgotten(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server, token=None)
+    page.locator("#auth").wait_for(state="visible", timeout=QUICK_MS)
+    page.wait_for_function(
+        "() => !document.getElementById('banner').textContent.startsWith('Loading')", timeout=QUICK_MS
+    )
+    assert "token" in page.locator("#banner").inner_text()
+    page.locator("#token").fill(TOKENS["acme"])
+    page.get_by_role("button", name="Use token").click()
+    page.wait_for_function("() => document.querySelectorAll('#f-model option').length > 0", timeout=QUICK_MS)
+    assert page.locator("#auth").is_hidden()
+    page.get_by_role("button", name="Forget token").click()
+    page.locator("#auth").wait_for(state="visible", timeout=QUICK_MS)
+    assert page.evaluate("sessionStorage.length") == 0
+    assert page.locator("#run").is_disabled()
+
+
+def test_a_problem_shows_field_value_and_message_and_leaves_no_stale_description(
+    browser: Any, start_api: StartApi
+) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    _paste_node(page, _offline_node(size="999x999"))
+    size_problem = page.locator('[data-problem-for="inputs.size"]')
+    size_problem.wait_for(state="visible", timeout=QUICK_MS)
+    assert 'inputs.size = "999x999": is not a size' in size_problem.inner_text(), size_problem.inner_text()
+    _paste_node(page, _offline_node())
+    _run_enabled(page, QUICK_MS)
+    prompt = page.locator("#f-prompt")
+    prompt.fill("")
+    page.locator('[data-problem-for="inputs.user_query"]').wait_for(state="visible", timeout=QUICK_MS)
+    described = prompt.get_attribute("aria-describedby")
+    assert described and page.locator(f"#{described}").inner_text()
+    prompt.fill("ok now")
+    _run_enabled(page, QUICK_MS)
+    assert prompt.get_attribute("aria-describedby") is None and prompt.get_attribute("aria-invalid") is None
