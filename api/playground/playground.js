@@ -434,7 +434,9 @@ async function validateNow() {
     return;
   }
   showProblems([]);
-  $("form-problems").textContent = "";
+  // Valid, but the workers cannot call its model here (no key): say so before a run fails.
+  const warnings = Array.isArray(report.warnings) ? report.warnings : [];
+  $("form-problems").textContent = warnings.map(problemText).join("; ");
   const cost = report.estimated_cost_usd;
   $("estimate").textContent = cost == null ? "Estimated cost: unpriced model" :
     `Estimated cost of this run: $${Number(cost).toFixed(4)}`;

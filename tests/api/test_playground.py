@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.api.conftest import TOKENS, ApiServer, StartApi
-from tests.conftest import ROOT, SEED_NODE, StartWorker
+from tests.conftest import ROOT, SEED_NODE, StartWorker, wait_for
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
@@ -583,3 +583,26 @@ def test_a_problem_shows_field_value_and_message_and_leaves_no_stale_description
     prompt.fill("ok now")
     _run_enabled(page, QUICK_MS)
     assert prompt.get_attribute("aria-describedby") is None and prompt.get_attribute("aria-invalid") is None
+
+
+def test_a_model_the_workers_cannot_call_is_named_before_a_run(
+    browser: Any, start_api: StartApi, start_worker: StartWorker
+) -> None:
+    # The spec's own node names gemini_3_image: with no key on the workers it validated, priced,
+    # and failed on the first run with "no Gemini API key".
+    server = _start(start_api, start_worker, GEMINI_API_KEY="", GOOGLE_API_KEY="")
+
+    def reported() -> bool:  # the worker's first report (contract/providers.py) is made as it starts
+        models = server.client("acme").get("/v1/models").json()["models"]
+        return any(m["name"] == "gemini_3_image" and m["configured"] is False for m in models)
+
+    assert wait_for(reported)
+    page = _page(browser, server)
+    _paste_node(page, SEED_NODE.read_text())
+    page.wait_for_function(
+        "() => document.getElementById('form-problems').textContent.includes('not configured')", timeout=WAIT_MS
+    )
+    said = page.locator("#form-problems").text_content() or ""
+    assert said.startswith('inputs.model = "gemini_3_image": is not configured on this deployment\'s workers')
+    assert "configured: offline_preview" in said
+    assert page.errors == []
