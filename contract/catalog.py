@@ -7,6 +7,7 @@ so a retired model id is fixed by configuration, not by a release.
 
 from __future__ import annotations
 
+import difflib
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -136,14 +137,25 @@ def _sections(path: Path) -> dict[str, dict[str, Any]]:
         raise CatalogError(f"{path}: is not JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise CatalogError(f"{path}: must be a JSON object with {', '.join(_SECTIONS)}")
-    unknown = sorted(k for k in set(raw) - set(_SECTIONS) if not str(k).startswith("_"))  # "_comment"
-    if unknown:
-        raise CatalogError(f"{path}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(_SECTIONS)}")
+    # Other top-level keys ("_comment", "$schema", "version") are ignored; a misspelt section is not.
+    misspelt = sorted(k for k in set(raw) - set(_SECTIONS) if difflib.get_close_matches(str(k), _SECTIONS, 1, 0.8))
+    if misspelt:
+        raise CatalogError(f"{path}: unknown section(s) {', '.join(misspelt)}; allowed: {', '.join(_SECTIONS)}")
     sections = {name: raw.get(name, {}) for name in _SECTIONS}
     for name, section in sections.items():
         if not isinstance(section, dict):
             raise CatalogError(f"{path}: {name} must be an object of entries by name")
     return sections
+
+
+def _merged_entry(known: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``known`` field by field, and price tables price by price: {"4K": 0.3}
+    changes one price, not the table."""
+    merged = {**known, **update}
+    for field, value in update.items():
+        if field.startswith("price") and isinstance(value, dict) and isinstance(known.get(field), dict):
+            merged[field] = {**known[field], **value}
+    return merged
 
 
 @lru_cache(maxsize=8)
@@ -158,7 +170,7 @@ def load_catalog(override_file: str | None = None, replace: bool = False) -> Mod
             for key, entry in section.items():
                 known = merged[name].get(key)
                 both_entries = isinstance(known, dict) and isinstance(entry, dict)
-                merged[name][key] = {**known, **entry} if both_entries else entry  # type: ignore[dict-item]
+                merged[name][key] = _merged_entry(known, entry) if both_entries else entry  # type: ignore[arg-type]
     try:
         return ModelCatalog.model_validate(merged)
     except ValidationError as exc:

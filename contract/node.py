@@ -459,7 +459,7 @@ def _cloud_problems(inputs: Mapping[str, Any], already: list[str], policy: Targe
                 "storage: set use_cloud to true, or remove this field",
             )
             for name in sorted(CLOUD_FIELDS)
-            if inputs.get(name) is not None and f"inputs.{name}" not in already
+            if inputs.get(name) not in (None, "") and f"inputs.{name}" not in already  # "": a form's empty field
         ]
     provider = inputs.get("cloud_provider")
     if provider is None:

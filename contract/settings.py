@@ -171,9 +171,9 @@ class Settings(BaseSettings):
     # --- storage --------------------------------------------------------------
     storage_url: str = "./var/images"
     storage_public_base_url: str | None = None
-    # At most 7 days less an hour: Azure's user-delegation key, which signs a SAS, lives at most
-    # 7 days from its start (set 5 minutes back for clock skew) and must outlive the URL.
-    signed_url_ttl_s: int = Field(3600, ge=60, le=7 * 24 * 3600 - 3600)
+    # At most 7 days (S3's limit); Azure user-delegation SAS URLs are capped at 7 days less an hour
+    # (worker/storage/azure_blob.py).
+    signed_url_ttl_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
     # Who may write where (contract/clouds): a node without its own credential reference may
     # target only these (comma-separated s3://bucket[/prefix], gs://bucket[/prefix],
     # az://account-host/container[/prefix]); the worker's identity serves nothing else.
@@ -279,20 +279,17 @@ class Settings(BaseSettings):
         return self
 
     def _check_rate_limits(self, catalog: ModelCatalog) -> None:
-        """Quotas are keyed by the API's model ids: a node's model name would book nothing."""
-        ids = {e.model_id: name for name, e in catalog.models.items()}
-        ids |= {e.model_id: name for name, e in catalog.text_models.items()}
+        """Quotas are keyed by the API's model ids: a node's model name there would book nothing.
+        An id the catalog does not list is allowed (a retired id an override file replaced, a
+        quota kept for a model added later)."""
         by_name = {name: e.model_id for name, e in (catalog.models | catalog.text_models).items()}
+        ids = {e.model_id for e in (catalog.models | catalog.text_models).values()}
         for model_id in parse_rate_limits(self.rate_limits):
-            if model_id in ids:
-                continue
-            hint = (
-                f"; {model_id!r} is a model name, its model id is {by_name[model_id]!r}" if model_id in by_name else ""
-            )
-            raise ValueError(
-                f"IMAGEGEN_RATE_LIMITS names {model_id!r}, which is no model id of the catalog{hint}; "
-                f"model ids: {', '.join(sorted(ids))}"
-            )
+            if model_id in by_name and model_id not in ids:
+                raise ValueError(
+                    f"IMAGEGEN_RATE_LIMITS names {model_id!r}, a model name; quotas are keyed by model id: "
+                    f"{by_name[model_id]!r}"
+                )
 
     def _refuse_unsafe_defaults(self) -> None:
         problems = []

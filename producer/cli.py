@@ -94,11 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ResolverUnavailable as exc:
         print(f"imagegen: webhook.url: {exc}; try again shortly", file=sys.stderr)
         return EXIT_UNREACHABLE
-    except BrokenPipeError:
-        # The reader stopped reading (`| head`): nothing is wrong with the queue. Python would
-        # complain again when it flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except (redis.RedisError, OSError) as exc:
         url = redacted_url(get_settings().redis_url)
         print(f"imagegen: cannot reach the queue at {url} (REDIS_URL): {exc.__class__.__name__}", file=sys.stderr)
@@ -183,7 +178,7 @@ def _read(path: str, *, refuse_large: bool = True) -> bytes | str:
 def _validate(args: argparse.Namespace) -> int:
     context = None if args.context is None else _read(args.context)  # as submit reads it
     node = validate_node(_read(args.file), context=context)
-    print(f"valid: {node.inputs.variations} x {node.inputs.model} at {node.inputs.size}")
+    _out(f"valid: {node.inputs.variations} x {node.inputs.model} at {node.inputs.size}")
     return EXIT_OK
 
 
@@ -204,7 +199,7 @@ def _submit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if not args.wait:
-        print(handle.job_id)
+        _out(handle.job_id)
         return EXIT_OK
     return _print_result(handle.wait(timeout=args.timeout))
 
@@ -291,7 +286,16 @@ def _print_result(result: JobResult) -> int:
 
 
 def _print_json(document: Any) -> None:
-    print(json.dumps(document, indent=2, default=str))
+    _out(json.dumps(document, indent=2, default=str))
+
+
+def _out(text: str) -> None:
+    """A line of output. A reader that stopped reading (`| head`) is no error of the command,
+    whose exit code still stands; Python would complain again when it flushes stdout at exit."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

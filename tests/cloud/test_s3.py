@@ -217,6 +217,26 @@ def test_the_store_cache_is_bounded_least_recently_used_first(
     }
 
 
+def test_a_store_rebuilt_after_it_expired_is_not_the_next_evicted(
+    cloud_settings: Settings, aws_ref: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "MAX_CACHED_STORES", 2)
+    clock = [0.0]
+    monkeypatch.setattr(storage.time, "monotonic", lambda: clock[0])
+    ttl = cloud_settings.secret_cache_ttl_s
+
+    def store(bucket: str) -> Any:
+        return store_for_fields(aws_node(bucket, aws_ref), cloud_settings)[0]
+
+    store("bucket-a")
+    clock[0] = 1.0
+    store("bucket-b")
+    clock[0] = ttl + 0.5  # a expired, b not yet
+    rebuilt = store("bucket-a")
+    store("bucket-c")  # one over the bound: the least recently used goes, which is b
+    assert store("bucket-a") is rebuilt  # it kept its old place at the front and went first
+
+
 def test_a_slow_store_build_holds_up_only_the_threads_that_want_that_store(
     cloud_settings: Settings, s3_bucket: str, aws_ref: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -53,6 +53,9 @@ def test_cloud_fields_with_use_cloud_false_are_named_not_ignored(seed_node: dict
     assert "is used only when use_cloud is true" in found["inputs.aws_bucket"]
     assert "TENANT_AWS" not in found["inputs.aws_credentials"]
     validate_node(with_inputs(seed_node, use_cloud=False, cloud_provider="gcp"), Settings())  # the seed's own shape
+    validate_node(
+        with_inputs(seed_node, use_cloud=False, aws_bucket="", gcp_credentials=None), Settings()
+    )  # a form's blanks
 
 
 def test_every_problem_is_reported_at_once(seed_node: dict[str, Any]) -> None:

@@ -196,12 +196,26 @@ def test_a_catalog_file_entry_updates_the_built_in_one_field_by_field(
     built_in = load_catalog().models["gemini_2_5_image"]
     assert fixed.model_id == "gemini-2.5-flash-image-002"
     assert fixed.sizes == built_in.sizes and fixed.provider == built_in.provider
+    # A price table is updated price by price; other top-level keys ("$schema") are not sections.
+    tiers = dict(load_catalog().models["gemini_3_image"].price_usd_per_image)
+    path.write_text(json.dumps({"$schema": "x", "models": {"gemini_3_image": {"price_usd_per_image": {"4K": 0.3}}}}))
+    priced = load_catalog(str(path)).models["gemini_3_image"].price_usd_per_image
+    assert dict(priced) == {**tiers, "4K": 0.3}
 
 
-def test_a_rate_limit_must_name_a_model_id_of_the_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rate_limit_keyed_by_a_model_name_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Keyed by the node's model name, the quota was accepted and booked nothing.
     monkeypatch.setenv("IMAGEGEN_RATE_LIMITS", "gemini_3_image=2:1")
-    with pytest.raises(SettingsError, match="'gemini_3_image' is a model name, its model id is 'gemini-3-pro-image'"):
+    with pytest.raises(
+        SettingsError, match="'gemini_3_image', a model name; quotas are keyed by model id: 'gemini-3-pro-image'"
+    ):
         Settings()
     monkeypatch.setenv("IMAGEGEN_RATE_LIMITS", "gemini-3-pro-image=2:1,gemini-2.5-flash=60")
     assert set(Settings().rate_limit_table) == {"gemini-3-pro-image", "gemini-2.5-flash"}
+    # An id the catalog no longer lists is no mistake: the deployment's quota for the id a catalog
+    # file replaced (deploy/k8s/configmap.yaml keeps one) must not stop every process.
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps({"models": {"gemini_2_5_image": {"model_id": "gemini-2.5-flash-image-002"}}}))
+    monkeypatch.setenv("IMAGEGEN_MODEL_CATALOG_FILE", str(path))
+    monkeypatch.setenv("IMAGEGEN_RATE_LIMITS", "gemini-2.5-flash-image=100:10")
+    assert set(Settings().rate_limit_table) == {"gemini-2.5-flash-image"}

@@ -130,8 +130,10 @@ def _cloud_store(target: Target, options: StoreOptions, settings: Settings) -> I
             built = _build(key[0], options, settings)
         finally:
             with _lock:
-                _building.pop(key, None)
+                if _building.get(key) is build_lock:  # not a later thread's, made after a failure
+                    del _building[key]
                 if built is not None and settings.secret_cache_ttl_s > 0:
+                    _stores.pop(key, None)  # a rebuilt store is the most recently used, not the oldest
                     _stores[key] = (time.monotonic() + settings.secret_cache_ttl_s, built)
                     _evict()
         return built

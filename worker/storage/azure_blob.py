@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -44,6 +45,7 @@ _MEANING = {
     "AuthorizationPermissionMismatch": "access denied",
     "InvalidAuthenticationInfo": "the credential is not valid",
 }
+MAX_DELEGATED_TTL_S = 7 * 24 * 3600 - 3600  # 7 days less an hour
 _CLOCK_SKEW = timedelta(minutes=5)  # SAS start time slightly in the past: clocks differ
 
 
@@ -136,6 +138,9 @@ class AzureBlobStore(ImageStore):
         self.container = service.get_container_client(container)
         # Account-key credentials sign SAS locally; otherwise a user-delegation key is fetched.
         self.account_key: str | None = getattr(service.credential, "account_key", None)
+        if not self.account_key and self.options.signed_url_ttl_s > MAX_DELEGATED_TTL_S:
+            # The key lives at most 7 days from its start (5 minutes back) and must outlive the SAS.
+            self.options = replace(self.options, signed_url_ttl_s=MAX_DELEGATED_TTL_S)
         if connection_string:  # found now, not after the image was made and paid for
             if self.account_key:
                 try:
@@ -197,7 +202,7 @@ class AzureBlobStore(ImageStore):
     def _delegation_key(self, start: datetime, expires_at: datetime) -> Any:
         """A user-delegation key (Azure AD credentials), reused while it outlives the URL. Azure
         allows 7 days from ``start``, so the key outlives a URL of up to 7 days less the skew
-        (``signed_url_ttl_s`` is at most 7 days less an hour)."""
+        (these URLs live at most ``MAX_DELEGATED_TTL_S``)."""
         with self._lock:
             if self._delegation is None or self._delegation[0] < expires_at:
                 until = min(start + timedelta(days=7), expires_at + timedelta(days=1))  # Azure allows 7 days

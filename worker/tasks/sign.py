@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from contract.errors import NodeValidationError
 from contract.queue import SIGN_URL
@@ -64,6 +65,9 @@ def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
         )
         log.warning("sign %s failed: %s", _printed(request.uri), exc)
         return {"uri": request.uri, "error": {"kind": kind, "message": str(exc)}}
+    except SoftTimeLimitExceeded:  # a slow Vault or IAM: worth asking again
+        log.warning("sign %s ran past its time limit", _printed(request.uri))
+        return {"uri": request.uri, "error": {"kind": "transient", "message": "signing took too long; try again"}}
     except Exception:  # a bug: logged here; the caller gets an outcome, never a worker exception
         log.exception("sign %s failed with an internal error", _printed(request.uri))
         return {"uri": request.uri, "error": {"kind": "permanent", "message": "internal error in the worker (logged)"}}
