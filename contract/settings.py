@@ -282,13 +282,13 @@ class Settings(BaseSettings):
         """Quotas are keyed by the API's model ids: a node's model name there would book nothing.
         An id the catalog does not list is allowed (a retired id an override file replaced, a
         quota kept for a model added later)."""
-        by_name = {name: e.model_id for name, e in (catalog.models | catalog.text_models).items()}
-        ids = {e.model_id for e in (catalog.models | catalog.text_models).values()}
+        entries = catalog.models | catalog.text_models  # by name
+        ids = {entry.model_id for entry in entries.values()}
         for model_id in parse_rate_limits(self.rate_limits):
-            if model_id in by_name and model_id not in ids:
+            if model_id in entries and model_id not in ids:
                 raise ValueError(
                     f"IMAGEGEN_RATE_LIMITS names {model_id!r}, a model name; quotas are keyed by model id: "
-                    f"{by_name[model_id]!r}"
+                    f"{entries[model_id].model_id!r}"
                 )
 
     def _refuse_unsafe_defaults(self) -> None:

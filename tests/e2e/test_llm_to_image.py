@@ -95,18 +95,14 @@ def test_a_link_never_sent_can_be_built_again_with_the_same_id_and_node(
     client.signature(node, job_id="llm-chain-unsent", prompt_from="output.text")  # never sent
     assert client.status("llm-chain-unsent").state == "queued"
     link = client.signature(node, job_id="llm-chain-unsent", prompt_from="output.text")
-    chain(app_signature(engine, "A red kite over the dunes"), link).apply_async()
+    app, queue = engine
+    chain(app.signature("engine.llm_answer", args=("A red kite over the dunes",), queue=queue), link).apply_async()
     assert client.wait("llm-chain-unsent", timeout=WAIT_S).status == "succeeded"
     assert len(image_requests(fake)) == 1
     with pytest.raises(JobConflict, match="has started"):  # once it ran, the id is taken
         client.signature(node, job_id="llm-chain-unsent", prompt_from="output.text")
     with pytest.raises(JobConflict):  # another node: never
         client.signature(with_inputs(seed_node, variations=2), job_id="llm-chain-unsent", prompt_from="output.text")
-
-
-def app_signature(engine: tuple[Celery, str], text: str) -> Any:
-    app, queue = engine
-    return app.signature("engine.llm_answer", args=(text,), queue=queue)
 
 
 def test_the_signature_validates_the_node_before_anything_runs(

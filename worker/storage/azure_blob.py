@@ -25,15 +25,7 @@ from contract.clouds import Target, TargetError, TargetPolicy
 from contract.clouds.azure import AzureBlobSpec
 from worker.errors import NotStoredHere, StorageError
 from worker.storage.base import ImageStore, StoredObject
-from worker.storage.common import (
-    REDIRECT_REFUSED,
-    ErrorPolicy,
-    StoreOptions,
-    is_refused_redirect,
-    pooled,
-    signed_or_public,
-    with_retries,
-)
+from worker.storage.common import ErrorPolicy, StoreOptions, pooled, signed_or_public, with_retries
 
 # It logs every request and response at INFO; ours say what matters.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
@@ -50,8 +42,6 @@ _CLOCK_SKEW = timedelta(minutes=5)  # SAS start time slightly in the past: clock
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if is_refused_redirect(exc):
-        return False
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         return True  # refused, reset, timed out
     if isinstance(exc, HttpResponseError) and not isinstance(exc, ClientAuthenticationError):
@@ -61,8 +51,6 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    if is_refused_redirect(exc):
-        return REDIRECT_REFUSED
     if isinstance(exc, HttpResponseError) and exc.status_code:
         raw = getattr(exc, "error_code", None)  # set by the storage SDK from the x-ms-error-code header
         code = getattr(raw, "value", raw) or exc.reason or "?"

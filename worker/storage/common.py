@@ -87,6 +87,13 @@ class ErrorPolicy:
     is_transient: Callable[[BaseException], bool]
     describe: Callable[[BaseException], str]  # never the request headers or credentials
 
+    # A redirect ``pooled`` refused reads the same in every SDK that wraps it: permanent.
+    def transient(self, exc: BaseException) -> bool:
+        return not is_refused_redirect(exc) and self.is_transient(exc)
+
+    def cause(self, exc: BaseException) -> str:
+        return REDIRECT_REFUSED if is_refused_redirect(exc) else self.describe(exc)
+
 
 def with_retries(options: StoreOptions, policy: ErrorPolicy, where: str, call: Callable[[], T]) -> T:
     """Run ``call``; retry transient failures briefly; raise StorageError naming ``where``."""
@@ -94,7 +101,7 @@ def with_retries(options: StoreOptions, policy: ErrorPolicy, where: str, call: C
     def note(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
-        cause = policy.describe(exc) if exc else "?"
+        cause = policy.cause(exc) if exc else "?"
         log.info(
             "%s: transient error (%s) on attempt %d; retrying in %.2f s", where, cause, state.attempt_number, delay
         )
@@ -102,17 +109,17 @@ def with_retries(options: StoreOptions, policy: ErrorPolicy, where: str, call: C
     retrying = Retrying(
         stop=stop_after_attempt(options.retry_attempts),
         wait=wait_exponential_jitter(initial=0.2, max=options.retry_max_delay_s),
-        retry=retry_if_exception(lambda exc: isinstance(exc, policy.sdk_errors) and policy.is_transient(exc)),
+        retry=retry_if_exception(lambda exc: isinstance(exc, policy.sdk_errors) and policy.transient(exc)),
         before_sleep=note,
         reraise=True,
     )
     try:
         return retrying(call)
     except policy.sdk_errors as exc:
-        if policy.is_transient(exc):
+        if policy.transient(exc):
             attempts = options.retry_attempts
-            raise StorageError(f"{where}: gave up after {attempts} attempt(s): {policy.describe(exc)}") from None
-        raise StorageError(f"{where}: {policy.describe(exc)}") from None
+            raise StorageError(f"{where}: gave up after {attempts} attempt(s): {policy.cause(exc)}") from None
+        raise StorageError(f"{where}: {policy.cause(exc)}") from None
 
 
 def signed_or_public(

@@ -23,15 +23,7 @@ from contract.clouds import Target, TargetError, TargetPolicy
 from contract.clouds.gcp import GCSSpec
 from worker.errors import NotStoredHere, StorageError
 from worker.storage.base import ImageStore, StoredObject
-from worker.storage.common import (
-    REDIRECT_REFUSED,
-    ErrorPolicy,
-    StoreOptions,
-    is_refused_redirect,
-    pooled,
-    signed_or_public,
-    with_retries,
-)
+from worker.storage.common import ErrorPolicy, StoreOptions, pooled, signed_or_public, with_retries
 
 _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 _MEANING = {404: "the bucket does not exist", 403: "access denied", 401: "the credentials were refused"}
@@ -55,8 +47,6 @@ def _json(text: str) -> dict[str, Any]:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if is_refused_redirect(exc):
-        return False
     if isinstance(exc, GoogleAPICallError):
         code = int(exc.code or 0)
         return code in (408, 429) or code >= 500
@@ -70,8 +60,6 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    if is_refused_redirect(exc):
-        return REDIRECT_REFUSED
     if isinstance(exc, GoogleAPICallError):
         code = int(exc.code or 0)
         return f"{_MEANING.get(code, 'request failed')} ({type(exc).__name__}, HTTP {code})"

@@ -46,9 +46,8 @@ def check_image_uri_shape(uri: str) -> str:
     fragment, a ``variation-<i>.<ext>`` file name); NotStoredHere otherwise, before any store is
     opened or credential read. A signed URL handed in by mistake is refused here, so its token is
     not logged or quoted."""
-    parts = urlsplit(uri)
-    if parts.query or parts.fragment or "?" in uri or "#" in uri:
+    if "?" in uri or "#" in uri:
         raise NotStoredHere("refused to sign a uri with a query or fragment (a signed URL, not the image's uri)")
-    if not _FILE.match(parts.path.rpartition("/")[2]):
+    if not _FILE.match(urlsplit(uri).path.rpartition("/")[2]):
         raise NotStoredHere("refused to sign a uri that does not name an image file this service writes")
     return uri

@@ -51,10 +51,7 @@ def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
         stored = location_for(request.target, settings).url_for(request.uri, request.tenant)
     except NotStoredHere as exc:  # the caller learns only that there is no such image, not where we looked
         log.info("sign %s refused: %s", _printed(request.uri), exc)
-        return {
-            "uri": request.uri,
-            "error": {"kind": "not_found", "message": "no image this service stored has this uri"},
-        }
+        return _failed(request.uri, "not_found", "no image this service stored has this uri")
     except GenerationError as exc:
         kind = (
             "storage"
@@ -64,16 +61,16 @@ def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
             else "permanent"
         )
         log.warning("sign %s failed: %s", _printed(request.uri), exc)
-        return {"uri": request.uri, "error": {"kind": kind, "message": str(exc)}}
+        return _failed(request.uri, kind, str(exc))
     except SoftTimeLimitExceeded:  # a slow Vault or IAM: worth asking again
         log.warning("sign %s ran past its time limit", _printed(request.uri))
-        return {"uri": request.uri, "error": {"kind": "transient", "message": "signing took too long; try again"}}
+        return _failed(request.uri, "transient", "signing took too long; try again")
     except Exception:  # a bug: logged here; the caller gets an outcome, never a worker exception
         log.exception("sign %s failed with an internal error", _printed(request.uri))
-        return {"uri": request.uri, "error": {"kind": "permanent", "message": "internal error in the worker (logged)"}}
+        return _failed(request.uri, "permanent", "internal error in the worker (logged)")
     if _caller_gone(self.request.expires):
         log.info("signed %s after its caller stopped waiting: not returned", stored.uri)
-        return {"uri": request.uri, "error": {"kind": "transient", "message": "the caller stopped waiting"}}
+        return _failed(request.uri, "transient", "the caller stopped waiting")
     log.info("signed a fresh URL for %s", stored.uri)
     expires = stored.url_expires_at.isoformat() if stored.url_expires_at else None
     return {"uri": stored.uri, "url": stored.url, "url_expires_at": expires}
@@ -89,3 +86,8 @@ def _caller_gone(expires: datetime | str | None) -> bool:
 def _printed(uri: str) -> str:
     """The uri as logged: without a query or fragment, which may hold a token."""
     return uri.partition("?")[0].partition("#")[0][:300]
+
+
+def _failed(uri: str, kind: str, message: str) -> dict[str, Any]:
+    """The outcome of a sign that gave no URL, as the producer reads it (SignError)."""
+    return {"uri": uri, "error": {"kind": kind, "message": message}}
