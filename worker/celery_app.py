@@ -12,6 +12,7 @@ from contract.settings import Settings, get_settings
 from worker.malloc import keep_image_buffers
 from worker.metrics import serve as serve_metrics
 from worker.redaction import install_log_redaction
+from worker.signal_wakeup import SignalWakeup
 
 
 class ImageGenTask(Task):  # type: ignore[misc]  # Celery ships no type hints
@@ -38,6 +39,7 @@ app = ImageGenCelery("imagegen", task_cls=ImageGenTask)  # whole-second countdow
 app.conf.update(celery_config(get_settings()))
 app.conf.update(worker_pools(get_settings(), app.conf.broker_transport_options))
 app.conf.worker_consumer = "worker.consumer:ResilientConsumer"  # survives a lost Redis broker
+app.steps["consumer"].add(SignalWakeup)  # SIGTERM stops an idle worker at once, not after a poll
 app.conf.include = [
     "worker.health",
     "worker.sweeper",

@@ -224,6 +224,7 @@ def _move_start(brpop_start: Callable[..., None]) -> Callable[..., None]:
                 # reset); Redis may have moved a message whose reply went with it.
                 inflight.leftovers = True
             inflight.put_back_leftovers()
+            _note_client_id(self.client.connection)
             self._imagegen_moving = True
             self._in_poll = self.client.connection
             self._brpop_sent_at = time.monotonic()
@@ -231,6 +232,43 @@ def _move_start(brpop_start: Callable[..., None]) -> Callable[..., None]:
         return None
 
     return move_start
+
+
+def _note_client_id(connection: Any) -> None:
+    """Remember Redis's id for ``connection``'s socket (one ``CLIENT ID`` per socket), so that
+    closing the channel can end its blocking move at once (``_close_unblocking``). Without it
+    (an error, an ACL without CLIENT), closing waits for the move's timeout, as kombu does."""
+    try:
+        connection.connect()  # a no-op when connected: the id belongs to this socket
+        socket_now = connection._sock
+        noted = getattr(connection, "_imagegen_client_id", None)
+        if noted is None or noted[0] is not socket_now:
+            connection.send_command("CLIENT", "ID")
+            connection._imagegen_client_id = (socket_now, int(connection.read_response()))
+    except (redis.RedisError, OSError, ValueError):
+        connection._imagegen_client_id = None
+
+
+def _close_unblocking(close: Callable[..., None]) -> Callable[..., None]:
+    """kombu's ``Channel.close`` reads the reply of the outstanding move before closing (so a
+    message moved meanwhile is not lost), which waits out its timeout (``brpop_timeout``, 1 s)
+    on an idle queue: every worker's stop took that second. ``CLIENT UNBLOCK`` from another
+    connection makes Redis answer the move now: "nothing" if it had not moved a message, the
+    message if it had (delivered and restored as before)."""
+
+    @functools.wraps(close)
+    def close_unblocking(self: Any) -> None:
+        connection = self._in_poll if getattr(self, "_imagegen_moving", False) else None
+        noted = getattr(connection, "_imagegen_client_id", None)
+        inflight: InFlight | None = getattr(self, "_imagegen_inflight", None)
+        if connection is not None and noted is not None and inflight is not None and noted[0] is connection._sock:
+            try:
+                inflight.client().client_unblock(noted[1])
+            except (redis.RedisError, OSError) as exc:
+                log.info("blocked move not cut short at close: %s", type(exc).__name__)
+        close(self)
+
+    return close_unblocking
 
 
 def _move_read(brpop_read: Callable[..., Any]) -> Callable[..., Any]:
@@ -331,6 +369,7 @@ def install() -> None:
     RedisChannel.basic_consume = _consume_noting_no_ack(RedisChannel.basic_consume)  # type: ignore[method-assign]
     RedisChannel._brpop_start = _move_start(RedisChannel._brpop_start)  # type: ignore[method-assign]
     RedisChannel._brpop_read = _move_read(RedisChannel._brpop_read)  # type: ignore[method-assign]
+    RedisChannel.close = _close_unblocking(RedisChannel.close)  # type: ignore[method-assign]
     RedisQoS.append = _append_moved(RedisQoS.append)  # type: ignore[method-assign]
     RedisQoS.restore_visible = _restore_visible_and_orphans(RedisQoS.restore_visible)  # type: ignore[method-assign]
     RedisChannel._imagegen_reliable_fetch = True  # type: ignore[attr-defined]

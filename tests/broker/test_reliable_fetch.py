@@ -25,7 +25,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from devtools.redis_server import RedisServer, start_redis
 from devtools.worker_process import ROOT
 from producer.client import ImageGenClient
-from tests.conftest import StartWorker
+from tests.conftest import StartWorker, wait_for
 from worker import reliable_fetch
 
 QUEUE = "fetch-test"
@@ -301,3 +301,64 @@ def test_workers_started_as_deployed_find_each_other_and_run_jobs(
     assert "whose delivery was cut off back" not in first.log() + second.log()
     results = [client.submit(offline_node).wait(timeout=60) for _ in range(4)]
     assert [r.status for r in results] == ["succeeded"] * 4
+
+
+def _unblocks(raw: redis.Redis) -> int:
+    stats: dict[str, Any] = raw.info("commandstats")  # type: ignore[assignment]
+    return int(stats.get("cmdstat_client|unblock", {}).get("calls", 0))
+
+
+def _blocked_channel(url: str, received: list[dict[str, str]]) -> tuple[Connection, Any]:
+    """A consuming channel whose move is sent and blocked for 60 s (a worker's idle loop)."""
+    connection = Connection(url, transport_options=_options([0]))
+    channel = connection.channel()
+    channel.brpop_timeout = 60
+    consumer = Consumer(channel, [_queue()], callbacks=[lambda body, message: received.append(body)])
+    consumer.consume()
+    connection.transport.cycle._register_BRPOP(channel)
+    return connection, channel
+
+
+def _close_in_background(channel: Any) -> threading.Thread:
+    closing = threading.Thread(target=channel.close, daemon=True)
+    closing.start()
+    closing.join(timeout=20)  # far below the move's 60 s: it was cut short, not waited out
+    return closing
+
+
+def test_closing_a_channel_cuts_its_blocked_move_short(server: RedisServer) -> None:
+    """A worker's stop closes its channel; kombu reads the outstanding move's reply first,
+    which on an idle queue meant waiting out its timeout (every stop took a second)."""
+    reliable_fetch.install()
+    raw = redis.Redis.from_url(server.url)
+    received: list[dict[str, str]] = []
+    connection, channel = _blocked_channel(server.url, received)
+    try:
+        assert wait_for(lambda: _blocked_fetches(raw) == 1)
+        assert not _close_in_background(channel).is_alive()
+        assert _unblocks(raw) == 1
+        assert received == []
+        assert _blocked_fetches(raw) == 0
+    finally:
+        connection.release()
+
+
+def test_a_message_moved_as_its_channel_closes_is_kept(server: RedisServer) -> None:
+    """Redis moved a message to the blocked channel just before the close: the unblock finds
+    nothing blocked, the close reads the message, and it goes back on its queue, not lost."""
+    reliable_fetch.install()
+    raw = redis.Redis.from_url(server.url)
+    received: list[dict[str, str]] = []
+    body = {"marker": uuid.uuid4().hex}
+    connection, channel = _blocked_channel(server.url, received)
+    try:
+        assert wait_for(lambda: _blocked_fetches(raw) == 1)
+        with Connection(server.url, transport_options=_options([0])) as publisher:
+            Producer(publisher.channel()).publish(body, exchange=_queue().exchange, routing_key=QUEUE)
+        assert wait_for(lambda: _moved_messages(raw) == 1)  # in the channel's in-flight list
+        assert not _close_in_background(channel).is_alive()
+        assert received == [body]  # delivered while closing, never acked
+        assert _everything_holding(raw, body["marker"]) == [QUEUE]
+        assert _consume_one(server.url) == body
+    finally:
+        connection.release()
