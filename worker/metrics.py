@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 VARIATIONS = Counter(
     "imagegen_variations",
     "Variations finished, by model and outcome: succeeded, or the error kind of the record "
-    "(transient_exhausted, permanent, blocked, storage, timeout, lost, canceled)",
+    "(transient_exhausted, permanent, blocked, storage, timeout, canceled); a variation whose job's prompt "
+    "step failed counts with the step's error kind",
     ["model", "outcome"],
 )
 VARIATION_SECONDS = Histogram(
@@ -43,6 +44,12 @@ RETRIES = Counter(
     "Variation attempts put off to later, by model and reason: transient (a failure that is "
     "retried) or quota (waiting for the shared provider quota: IMAGEGEN_RATE_LIMITS)",
     ["model", "reason"],
+)
+PROMPT_STEP_RETRIES = Counter(
+    "imagegen_prompt_step_retries",
+    "Prompt-step attempts put off to later, by text model and reason: transient or quota (as "
+    "imagegen_variation_retries for the image calls)",
+    ["text_model", "reason"],
 )
 JOBS = Counter("imagegen_jobs", "Jobs finished by this worker, by status", ["status"])
 JOBS_LOST = Counter(

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from celery import Celery, chain
+from prometheus_client.parser import text_string_to_metric_families
 
 from contract.errors import NodeValidationError
 from contract.queue import prompt_step_key
 from devtools.fake_gemini import Behaviour, FakeGemini, RecordedRequest, request_text
+from devtools.redis_server import free_port
 from devtools.worker_process import WorkerProcess
 from producer.client import ImageGenClient, JobConflict, JobNotFound
 from tests.cli import imagegen
@@ -353,3 +356,34 @@ def test_the_cli_fills_a_template_from_a_context_file(
     run = imagegen(job_env, "submit", str(node_file), "--context", str(context_file), "--wait", "--timeout", "60")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["original_prompt"] == "A poster of a fox"
+
+
+def test_prompt_step_retries_and_failures_reach_the_workers_metrics(
+    start_worker: StartWorker,
+    gemini_worker: WorkerProcess,
+    client: ImageGenClient,
+    seed_node: dict[str, Any],
+    fake: FakeGemini,
+) -> None:
+    """A failed prompt step ends its variations as if they had run: they count under the image
+    model with the step's error kind, and a retried text call counts as a prompt-step retry."""
+    gemini_worker.stop()  # this test's worker serves metrics
+    port = free_port()
+    start_worker(env={**gemini_worker.env, "IMAGEGEN_METRICS_PORT": str(port), "IMAGEGEN_METRICS_HOST": "127.0.0.1"})
+    fake.script(Behaviour("error", code=503), Behaviour("prompt_block", reason="PROHIBITED_CONTENT"))
+    result = client.submit(with_inputs(seed_node, variations=2, prompt_enhancement="diversify")).wait(timeout=WAIT_S)
+    assert [e.kind for e in result.errors] == ["blocked", "blocked"]
+
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    found = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    model = seed_node["inputs"]["model"]
+    assert found[("imagegen_variations_total", (("model", model), ("outcome", "blocked")))] == 2
+    assert (
+        found[("imagegen_prompt_step_retries_total", (("reason", "transient"), ("text_model", "gemini_2_5_flash")))]
+        == 1
+    )
+    assert found[("imagegen_jobs_total", (("status", "failed"),))] == 1

@@ -381,7 +381,15 @@ INVALID_JOB_IDS = [
     "1\u0662",  # Arabic-Indic digit
     "caf\u00e9",
 ]  # fmt: skip
-VALID_JOB_IDS = ["run-42/node-7", "1a312d65-ada8-41a8-ac78-7ef4699b0272", "a", "x" * MAX_JOB_ID_CHARS, "a.b_c-D9", "...", "a/b/c/d"]
+VALID_JOB_IDS = [
+    "run-42/node-7",
+    "1a312d65-ada8-41a8-ac78-7ef4699b0272",
+    "a",
+    "x" * MAX_JOB_ID_CHARS,
+    "a.b_c-D9",
+    "...",
+    "a/b/c/d",
+]
 
 
 @pytest.mark.parametrize("job_id", INVALID_JOB_IDS)

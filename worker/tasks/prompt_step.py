@@ -32,6 +32,7 @@ from contract.queue import FINALIZE, PROMPT_STEP, prompt_step_key
 from contract.result import ErrorKind, ErrorRecord, PromptStepRecord
 from contract.settings import Settings, get_settings
 from contract.work import JobSummary, RetryState, VariationWork
+from worker import metrics
 from worker.celery_app import app
 from worker.errors import BlockedError, GenerationError, PermanentError, TransientError
 from worker.lifecycle import variation_finished
@@ -165,6 +166,7 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
             countdown = slot.wait_s if slot.booked else settings.retry_max_delay_s
             log.info("job %s prompt step: provider quota busy; next slot in %.1f s", summary.job_id, countdown)
             next_state = state.model_copy(update={"throttled": state.throttled + 1, "slot_booked": slot.booked})
+            metrics.PROMPT_STEP_RETRIES.labels(work.text_model, "quota").inc()
             raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={})
 
     first_attempt_at = state.first_attempt_at or time.time()
@@ -185,6 +187,7 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
         if refusal is None:
             log.info("job %s prompt step attempt %d: %s; retrying in %.1f s", summary.job_id, attempt, exc, countdown)
             next_state = RetryState(first_attempt_at=first_attempt_at, throttled=state.throttled)
+            metrics.PROMPT_STEP_RETRIES.labels(work.text_model, "transient").inc()
             raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={}) from None
         kind: ErrorKind = "timeout" if exc.timed_out else "transient_exhausted"
         failure = (kind, f"gave up after {attempt} attempt(s) ({refusal}): {exc}", None)
@@ -247,8 +250,9 @@ def _finish_without_images(
         for v in work.variations
     ]
     outcomes = []
-    for record in records:
+    for variation, record in zip(work.variations, records, strict=True):
         variation_finished(summary.job_id, summary.run, record)
+        metrics.variation_finished(variation.model, kind, None)
         outcomes.append({"kind": "error", "record": record.model_dump(mode="json", exclude_none=True)})
     app.signature(
         FINALIZE,
