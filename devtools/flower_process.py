@@ -1,4 +1,4 @@
-"""Start and stop a real Flower (``celery -A worker flower``) for tests."""
+"""Start and stop a real Flower (``celery -A worker.flower flower``, as deployed) for tests."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class FlowerProcess:
             ["flower", "--address=127.0.0.1", f"--port={self.port}", f"--basic-auth={self.auth[0]}:{self.auth[1]}"],
             self.env,
             self.log_path,
+            app="worker.flower",
         )
         deadline = time.monotonic() + 30
         while True:

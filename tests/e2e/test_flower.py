@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
 import requests
 
 from devtools.flower_process import FlowerProcess
@@ -74,3 +75,43 @@ def test_a_webhook_url_never_reaches_flower(
         for task_id, task in requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).json().items():
             info = requests.get(f"{flower.url}/api/task/info/{task_id}", auth=flower.auth, timeout=5).text
             assert "CANARY7" not in json.dumps(task) + info, task.get("name")
+
+
+def test_flower_reads_no_result_and_sends_no_task(
+    start_worker: StartWorker,
+    client: ImageGenClient,
+    offline_node: dict[str, Any],
+    job_env: dict[str, str],
+    tmp_path: Path,
+    redis_url: str,
+) -> None:
+    """A job's result document holds signed image URLs under the id ``<job id>@<run>`` that
+    /api/tasks lists: Flower's one password must not read it (it did, through
+    /api/task/result), nor run a task with the platform's credentials (/api/task/*apply*)."""
+    start_worker()
+    with FlowerProcess(job_env, ("ops", "s3cret-pw"), tmp_path) as flower:
+        time.sleep(1)  # let Flower subscribe to events before the job runs
+        result = client.submit(offline_node, job_id="flower-result-1").wait(timeout=60)
+        assert result.status == "succeeded"
+        task_id = f"{result.job_id}@1"
+        deadline = time.monotonic() + 20
+        while requests.get(f"{flower.url}/api/task/info/{task_id}", auth=flower.auth, timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, "Flower never saw the job's finalize task"
+            time.sleep(0.5)
+
+        answer = requests.get(f"{flower.url}/api/task/result/{task_id}", auth=flower.auth, timeout=5)
+        assert answer.status_code == 404
+        assert result.images[0].uri not in answer.text
+        queue = job_env["IMAGEGEN_QUEUE"]
+        raw = redis.Redis.from_url(redis_url)
+        for route in ("apply", "async-apply", "send-task"):
+            sent = requests.post(
+                f"{flower.url}/api/task/{route}/imagegen.sign_url",
+                auth=flower.auth,
+                json={"args": [result.images[0].uri], "queue": queue},
+                timeout=10,
+            )
+            assert sent.status_code == 404, (route, sent.status_code)
+        assert raw.llen(queue) == 0  # nothing was sent to the workers
+        # What operators use Flower for still works.
+        assert requests.get(f"{flower.url}/api/workers", auth=flower.auth, timeout=10).status_code == 200
