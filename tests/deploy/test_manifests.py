@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from tests.conftest import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
 CORE_MANIFESTS = [  # KEDA's ScaledObject: a CRD, not validated here
+    "namespace.yaml",
     "configmap.yaml",
     "serviceaccounts.yaml",
     "worker-deployment.yaml",
@@ -207,3 +209,35 @@ def test_the_image_has_a_writable_images_directory() -> None:
     assert (
         "images:/data/images" in services["worker"]["volumes"] and "images:/data/images" in services["api"]["volumes"]
     )
+
+
+def _objects() -> list[dict[str, Any]]:
+    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_every_object_is_in_the_namespace_the_addresses_name() -> None:
+    """REDIS_URL, KEDA's address and Vault's bound namespace say ``imagegen``: an object applied
+    into another namespace would find no Redis and no Vault login."""
+    objects = _objects()
+    (namespace,) = [o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"]
+    assert namespace == "imagegen"
+    placed = {(o["kind"], o["metadata"]["name"]): o["metadata"].get("namespace") for o in objects}
+    assert {key: ns for key, ns in placed.items() if key[0] != "Namespace" and ns != namespace} == {}
+    text = "\n".join(path.read_text() for path in K8S.glob("*.yaml"))
+    assert {m.split(".")[1] for m in re.findall(r"redis\.[a-z0-9-]+\.svc", text)} == {namespace}
+    assert f"bound_service_account_namespaces={namespace}" in text
+
+
+def test_keda_owns_the_worker_count_and_a_drain_can_evict_a_worker() -> None:
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in _objects()}
+    scaled = objects[("ScaledObject", "imagegen-worker")]["spec"]
+    deployment = objects[("Deployment", scaled["scaleTargetRef"]["name"])]
+    assert "replicas" not in deployment["spec"]  # a re-apply would reset KEDA's count
+    behavior = scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 600  # what cooldownPeriod did not do
+    budget = objects[("PodDisruptionBudget", "imagegen-worker")]["spec"]
+    # At KEDA's minimum, the budget must still allow one eviction.
+    allowed = (
+        budget["maxUnavailable"] if "maxUnavailable" in budget else scaled["minReplicaCount"] - budget["minAvailable"]
+    )
+    assert allowed >= 1
