@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -235,18 +236,41 @@ def _move_start(brpop_start: Callable[..., None]) -> Callable[..., None]:
 
 
 def _note_client_id(connection: Any) -> None:
-    """Remember Redis's id for ``connection``'s socket (one ``CLIENT ID`` per socket), so that
-    closing the channel can end its blocking move at once (``_close_unblocking``). Without it
-    (an error, an ACL without CLIENT), closing waits for the move's timeout, as kombu does."""
+    """Remember Redis's id for ``connection``'s socket, asked once per socket, so that closing
+    the channel can end its blocking move at once (``_close_unblocking``). Without one (an
+    error, an ACL without CLIENT: not asked again on this socket), closing waits out the move's
+    timeout, as kombu does."""
     try:
         connection.connect()  # a no-op when connected: the id belongs to this socket
         socket_now = connection._sock
         noted = getattr(connection, "_imagegen_client_id", None)
-        if noted is None or noted[0] is not socket_now:
-            connection.send_command("CLIENT", "ID")
-            connection._imagegen_client_id = (socket_now, int(connection.read_response()))
-    except (redis.RedisError, OSError, ValueError):
-        connection._imagegen_client_id = None
+        if noted is not None and noted[0] is socket_now:
+            return
+        connection._imagegen_client_id = (socket_now, None)
+        connection.send_command("CLIENT", "ID")
+        connection._imagegen_client_id = (socket_now, int(connection.read_response()))
+    except (redis.RedisError, OSError, ValueError) as exc:
+        log.debug("no client id noted: %s", type(exc).__name__)
+
+
+def _tcp_address(address: Any) -> str:
+    """A socket address as Redis's ``CLIENT LIST`` writes it: ``ip:port``, ``[ipv6]:port``."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _blocked_here(client: redis.Redis, client_id: int, sock: socket.socket) -> bool:
+    """Whether ``client_id`` on the server ``client`` reaches is this very socket's blocked move:
+    the pool's connection may reach another server (a restarted Redis reuses ids, a Sentinel
+    failover moves the master), where the id may be someone else's blocking command."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    listed: list[dict[str, Any]] = client.client_list(client_id=[client_id])
+    return (
+        len(listed) == 1
+        and listed[0].get("addr") == _tcp_address(sock.getsockname())
+        and (listed[0].get("cmd") == "blmove")
+    )
 
 
 def _close_unblocking(close: Callable[..., None]) -> Callable[..., None]:
@@ -254,16 +278,20 @@ def _close_unblocking(close: Callable[..., None]) -> Callable[..., None]:
     message moved meanwhile is not lost), which waits out its timeout (``brpop_timeout``, 1 s)
     on an idle queue: every worker's stop took that second. ``CLIENT UNBLOCK`` from another
     connection makes Redis answer the move now: "nothing" if it had not moved a message, the
-    message if it had (delivered and restored as before)."""
+    message if it had (delivered and restored as before). Only when ``CLIENT LIST`` shows the
+    id blocked in a move from this socket's address; otherwise the close waits, as kombu's."""
 
     @functools.wraps(close)
     def close_unblocking(self: Any) -> None:
         connection = self._in_poll if getattr(self, "_imagegen_moving", False) else None
+        sock = getattr(connection, "_sock", None)
         noted = getattr(connection, "_imagegen_client_id", None)
         inflight: InFlight | None = getattr(self, "_imagegen_inflight", None)
-        if connection is not None and noted is not None and inflight is not None and noted[0] is connection._sock:
+        if sock is not None and noted is not None and noted[0] is sock and noted[1] is not None and inflight:
             try:
-                inflight.client().client_unblock(noted[1])
+                client = inflight.client()
+                if _blocked_here(client, noted[1], sock):
+                    client.client_unblock(noted[1])
             except (redis.RedisError, OSError) as exc:
                 log.info("blocked move not cut short at close: %s", type(exc).__name__)
         close(self)

@@ -5,6 +5,7 @@ move into the consumer's in-flight list it is put back once the consumer's owner
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -308,11 +309,11 @@ def _unblocks(raw: redis.Redis) -> int:
     return int(stats.get("cmdstat_client|unblock", {}).get("calls", 0))
 
 
-def _blocked_channel(url: str, received: list[dict[str, str]]) -> tuple[Connection, Any]:
-    """A consuming channel whose move is sent and blocked for 60 s (a worker's idle loop)."""
+def _blocked_channel(url: str, received: list[dict[str, str]], timeout_s: int = 60) -> tuple[Connection, Any]:
+    """A consuming channel whose move is sent and blocked (a worker's idle loop)."""
     connection = Connection(url, transport_options=_options([0]))
     channel = connection.channel()
-    channel.brpop_timeout = 60
+    channel.brpop_timeout = timeout_s
     consumer = Consumer(channel, [_queue()], callbacks=[lambda body, message: received.append(body)])
     consumer.consume()
     connection.transport.cycle._register_BRPOP(channel)
@@ -362,3 +363,57 @@ def test_a_message_moved_as_its_channel_closes_is_kept(server: RedisServer) -> N
         assert _consume_one(server.url) == body
     finally:
         connection.release()
+
+
+def test_an_id_blocked_from_another_socket_is_never_unblocked(server: RedisServer) -> None:
+    """A restarted Redis (or a Sentinel's new master) gives the channel's noted id to another
+    client: the close checks that the id is blocked in a move from this socket's own address,
+    and otherwise waits out its move as kombu does, leaving that client blocked."""
+    reliable_fetch.install()
+    raw = redis.Redis.from_url(server.url)
+    received: list[dict[str, str]] = []
+    connection, channel = _blocked_channel(server.url, received, timeout_s=2)
+    bystander = redis.Redis.from_url(server.url)
+    bystander_id = int(bystander.client_id())
+
+    def wait_in_a_move() -> None:
+        with contextlib.suppress(redis.ConnectionError):  # killed at the end of the test
+            bystander.blmove("other-list", "elsewhere", 30)
+
+    waiting = threading.Thread(target=wait_in_a_move, daemon=True)
+    try:
+        assert wait_for(lambda: _blocked_fetches(raw) == 1)
+        waiting.start()
+        assert wait_for(lambda: _blocked_fetches(raw) == 2)  # the bystander blocks in a move too
+        blocked = channel._in_poll
+        blocked._imagegen_client_id = (blocked._sock, bystander_id)  # as after a restart
+        assert not _close_in_background(channel).is_alive()
+        assert _unblocks(raw) == 0
+        assert waiting.is_alive() and _blocked_fetches(raw) == 1  # the bystander still waits
+    finally:
+        connection.release()
+        raw.client_kill_filter(_id=bystander_id)
+
+
+def test_a_client_id_the_acl_refuses_is_asked_once_per_socket(server: RedisServer) -> None:
+    """An ACL without CLIENT refuses CLIENT ID: the close then waits as kombu's, and the id is
+    not asked again before every move (a round trip per poll and an ACL log entry each)."""
+    reliable_fetch.install()
+    raw = redis.Redis.from_url(server.url)
+    raw.acl_setuser(
+        "consumer", enabled=True, passwords=["+pw"], commands=["+@all", "-client"], keys=["*"], channels=["*"]
+    )
+    url = server.url.replace("redis://", "redis://consumer:pw@")
+    received: list[dict[str, str]] = []
+    with Connection(url, transport_options=_options([0])) as connection:
+        channel = connection.channel()
+        channel.brpop_timeout = 1
+        with (
+            Consumer(channel, [_queue()], callbacks=[lambda body, message: received.append(body)]),
+            contextlib.suppress(socket.timeout),
+        ):
+            connection.drain_events(timeout=3.5)  # several moves, each timing out empty
+    stats: dict[str, Any] = raw.info("commandstats")  # type: ignore[assignment]
+    assert int(stats["cmdstat_blmove"]["calls"]) >= 3
+    refused = [entry for entry in raw.acl_log() if entry.get("object") == "client|id"]
+    assert len(refused) == 1 and int(refused[0]["count"]) == 1
