@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import redis
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from contract.settings import Settings
 from devtools.redis_server import start_redis
@@ -110,3 +112,13 @@ def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def metric_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A worker's Prometheus samples at ``url``, by (name, sorted labels)."""
+    text = requests.get(url, timeout=5).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

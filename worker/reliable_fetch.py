@@ -266,11 +266,7 @@ def _blocked_here(client: redis.Redis, client_id: int, sock: socket.socket) -> b
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return False
     listed: list[dict[str, Any]] = client.client_list(client_id=[client_id])
-    return (
-        len(listed) == 1
-        and listed[0].get("addr") == _tcp_address(sock.getsockname())
-        and (listed[0].get("cmd") == "blmove")
-    )
+    return [(entry.get("addr"), entry.get("cmd")) for entry in listed] == [(_tcp_address(sock.getsockname()), "blmove")]
 
 
 def _close_unblocking(close: Callable[..., None]) -> Callable[..., None]:

@@ -304,9 +304,10 @@ def test_workers_started_as_deployed_find_each_other_and_run_jobs(
     assert [r.status for r in results] == ["succeeded"] * 4
 
 
-def _unblocks(raw: redis.Redis) -> int:
+def _calls(raw: redis.Redis, command: str) -> int:
+    """How often Redis ran ``command`` (``client|unblock`` for a subcommand)."""
     stats: dict[str, Any] = raw.info("commandstats")  # type: ignore[assignment]
-    return int(stats.get("cmdstat_client|unblock", {}).get("calls", 0))
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 def _blocked_channel(url: str, received: list[dict[str, str]], timeout_s: int = 60) -> tuple[Connection, Any]:
@@ -337,7 +338,7 @@ def test_closing_a_channel_cuts_its_blocked_move_short(server: RedisServer) -> N
     try:
         assert wait_for(lambda: _blocked_fetches(raw) == 1)
         assert not _close_in_background(channel).is_alive()
-        assert _unblocks(raw) == 1
+        assert _calls(raw, "client|unblock") == 1
         assert received == []
         assert _blocked_fetches(raw) == 0
     finally:
@@ -388,7 +389,7 @@ def test_an_id_blocked_from_another_socket_is_never_unblocked(server: RedisServe
         blocked = channel._in_poll
         blocked._imagegen_client_id = (blocked._sock, bystander_id)  # as after a restart
         assert not _close_in_background(channel).is_alive()
-        assert _unblocks(raw) == 0
+        assert _calls(raw, "client|unblock") == 0
         assert waiting.is_alive() and _blocked_fetches(raw) == 1  # the bystander still waits
     finally:
         connection.release()
@@ -413,7 +414,6 @@ def test_a_client_id_the_acl_refuses_is_asked_once_per_socket(server: RedisServe
             contextlib.suppress(socket.timeout),
         ):
             connection.drain_events(timeout=3.5)  # several moves, each timing out empty
-    stats: dict[str, Any] = raw.info("commandstats")  # type: ignore[assignment]
-    assert int(stats["cmdstat_blmove"]["calls"]) >= 3
+    assert _calls(raw, "blmove") >= 3
     refused = [entry for entry in raw.acl_log() if entry.get("object") == "client|id"]
     assert len(refused) == 1 and int(refused[0]["count"]) == 1

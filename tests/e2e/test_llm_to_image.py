@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from celery import Celery, chain
-from prometheus_client.parser import text_string_to_metric_families
 
 from contract.errors import NodeValidationError
 from contract.queue import prompt_step_key
@@ -22,7 +20,7 @@ from devtools.redis_server import free_port
 from devtools.worker_process import WorkerProcess
 from producer.client import ImageGenClient, JobConflict, JobNotFound
 from tests.cli import imagegen
-from tests.conftest import StartWorker
+from tests.conftest import StartWorker, metric_samples
 from tests.e2e.helpers import assert_matches_published_schema
 
 WAIT_S = 60
@@ -374,12 +372,7 @@ def test_prompt_step_retries_and_failures_reach_the_workers_metrics(
     result = client.submit(with_inputs(seed_node, variations=2, prompt_enhancement="diversify")).wait(timeout=WAIT_S)
     assert [e.kind for e in result.errors] == ["blocked", "blocked"]
 
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    found = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    found = metric_samples(f"http://127.0.0.1:{port}/metrics")
     model = seed_node["inputs"]["model"]
     assert found[("imagegen_variations_total", (("model", model), ("outcome", "blocked")))] == 2
     assert (

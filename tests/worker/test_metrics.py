@@ -9,22 +9,12 @@ import time
 from typing import Any
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.redis_server import free_port
 from producer.client import ImageGenClient
-from tests.conftest import StartWorker
+from tests.conftest import StartWorker, metric_samples
 
 SECRET = "whsec_" + base64.b64encode(b"metrics-test-key-0123456789abcdef").decode()
-
-
-def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = requests.get(url, timeout=5).text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def test_outcomes_retries_jobs_webhooks_and_the_queue_are_counted(
@@ -49,10 +39,10 @@ def test_outcomes_retries_jobs_webhooks_and_the_queue_are_counted(
     url = f"http://127.0.0.1:{port}/metrics"
     model = (("model", "offline_preview"),)
     deadline = time.monotonic() + 20
-    while samples(url).get(("imagegen_webhook_deliveries_total", (("outcome", "retried"),)), 0) < 1:
+    while metric_samples(url).get(("imagegen_webhook_deliveries_total", (("outcome", "retried"),)), 0) < 1:
         assert time.monotonic() < deadline, "no webhook attempt counted"
         time.sleep(0.2)
-    found = samples(url)
+    found = metric_samples(url)
     for outcome, count in (("succeeded", 2), ("permanent", 1), ("blocked", 1)):
         assert found[("imagegen_variations_total", (*model, ("outcome", outcome)))] == count, outcome
     assert found[("imagegen_variation_retries_total", (*model, ("reason", "transient")))] == 1
