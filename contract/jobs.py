@@ -144,21 +144,34 @@ return 'start'
 )
 
 # KEYS[1]: the dispatch guard of one run; KEYS[2]: the job hash; KEYS[3]: the progress index.
-# ARGV[1]: TTL (s); ARGV[2]: started_at; ARGV[3]: now (epoch s); ARGV[4]: the job id; ARGV[5]: the run.
-# Returns "new" (claimed), "again" (an earlier delivery died while dispatching: claimed again),
-# "done" (dispatched already: nothing changed) or "stale" (the run is not the job's current one,
-# or it ended: nothing changed). Claim and "running" are one round trip.
+# ARGV[1]: TTL (s); ARGV[2]: started_at; ARGV[3]: now (epoch s); ARGV[4]: the job id; ARGV[5]: the run;
+# ARGV[6]: the lease (ms) a claim holds while it publishes.
+# Returns {outcome, ms}: "new" (claimed), "again" (an earlier delivery's lease ran out while it
+# dispatched: it died, so this one claims it), "busy" (another delivery holds a live lease and is
+# publishing now; ms: how long the lease still runs; nothing changed), "done" (dispatched already:
+# nothing changed) or "stale" (the run is not the job's current one, or it ended: nothing
+# changed). Claim and "running" are one round trip. The lease's deadline is on Redis' clock
+# (pods' clocks may differ); a guard of "pending" without one (written by an older worker)
+# counts as run out.
 _BEGIN_DISPATCH = (
     _STALE
     + """
+local guard = redis.call('GET', KEYS[1])
+if guard == 'done' then return {'done', 0} end
+if stale(KEYS[2], ARGV[5]) then return {'stale', 0} end
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local outcome = 'new'
-if redis.call('GET', KEYS[1]) == 'done' then return 'done' end
-if stale(KEYS[2], ARGV[5]) then return 'stale' end
-if not redis.call('SET', KEYS[1], 'pending', 'NX', 'EX', ARGV[1]) then outcome = 'again' end
+if guard then
+  local lease_until = tonumber(string.match(guard, '^pending:(%d+)$') or '0')
+  if lease_until > now_ms then return {'busy', lease_until - now_ms} end
+  outcome = 'again'
+end
+redis.call('SET', KEYS[1], 'pending:' .. (now_ms + tonumber(ARGV[6])), 'EX', ARGV[1])
 redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[4])
-return outcome
+return {outcome, 0}
 """
 )
 
@@ -278,6 +291,12 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class DispatchClaim:
+    outcome: Literal["new", "again", "busy", "done", "stale"]
+    lease_left_s: float = 0.0  # "busy": how long the other delivery's lease still runs
+
+
+@dataclass(frozen=True)
 class JobStatus:
     job_id: str
     state: JobState
@@ -365,16 +384,18 @@ class JobRecords:
     def mark_running(self, job_id: str, started_at: datetime) -> None:
         self._update(job_id, {"state": "running", "started_at": started_at.isoformat()}, progress=True)
 
-    def begin_dispatch(self, job_id: str, run: int, started_at: datetime) -> Literal["new", "again", "done", "stale"]:
-        """Claim the dispatch of ``run`` (``SET NX`` on its guard) and mark the job running, in one
-        round trip. "done": an earlier delivery dispatched it already (acks_late redelivers a job
-        task whose worker died); "again": one died while dispatching, so this one dispatches;
-        "stale": a rerun replaced the run or the lost-job sweep ended it, so nothing starts."""
-        outcome = self._begin_dispatch(
+    def begin_dispatch(self, job_id: str, run: int, started_at: datetime, lease_s: float) -> DispatchClaim:
+        """Claim the dispatch of ``run`` for ``lease_s`` and mark the job running, in one round
+        trip. "done": an earlier delivery dispatched it already (acks_late redelivers a job task
+        whose worker died); "busy": another delivery is publishing it now (a chain link sent
+        twice, a duplicate delivery), so this one must not; "again": one died while dispatching
+        (its lease ran out), so this one dispatches; "stale": a rerun replaced the run or the
+        lost-job sweep ended it, so nothing starts."""
+        outcome, lease_left_ms = self._begin_dispatch(
             keys=[dispatch_key(job_id, run), job_key(job_id), progress_key()],
-            args=[self.ttl_s, started_at.isoformat(), utcnow().timestamp(), job_id, run],
+            args=[self.ttl_s, started_at.isoformat(), utcnow().timestamp(), job_id, run, int(lease_s * 1000)],
         )
-        return _text(outcome)  # type: ignore[return-value]
+        return DispatchClaim(_text(outcome), int(lease_left_ms) / 1000)  # type: ignore[arg-type]
 
     def end_dispatch(self, job_id: str, run: int) -> None:
         """The run's chord is published: a redelivery of its job task stops at ``begin_dispatch``."""

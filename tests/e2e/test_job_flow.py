@@ -209,6 +209,74 @@ def test_a_job_whose_dispatch_died_halfway_is_dispatched_by_the_redelivery(
     assert redis.Redis.from_url(redis_url).get(dispatch_key("half-dispatched-1", 1)) == b"done"
 
 
+def _held_lease(redis_url: str, job_id: str, seconds: float) -> None:
+    """What another delivery of the job task leaves while it publishes the run's chord: its lease."""
+    client = redis.Redis.from_url(redis_url)
+    now_s, now_us = client.time()
+    client.set(dispatch_key(job_id, 1), f"pending:{now_s * 1000 + now_us // 1000 + int(seconds * 1000)}")
+
+
+def _queued(client: ImageGenClient, offline_node: dict[str, Any], job_id: str) -> JobOrder:
+    offline_node["inputs"]["variations"] = 4
+    order = JobOrder(
+        job_id=job_id, node=client.validate(offline_node).to_task_payload(), submitted_at=datetime.now(UTC)
+    )
+    client.records.claim(
+        job_id, node_fingerprint="x", model="offline_preview", variations=4, submitted_at=order.submitted_at
+    )
+    return order
+
+
+def test_a_copy_of_the_job_task_waits_for_the_delivery_dispatching_it_and_publishes_no_second_chord(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], redis_url: str
+) -> None:
+    # A chain link sent twice, or a message delivered twice: one copy is publishing the chord
+    # (its lease is live) when the other arrives. The other must not publish a second one.
+    order = _queued(client, offline_node, "dispatching-1")
+    _held_lease(redis_url, "dispatching-1", 60)
+    worker = start_worker()
+    client.celery.send_task(RUN_JOB, args=(order.model_dump(mode="json"),), task_id="dispatching-1@1")
+    deadline = time.monotonic() + 20
+    while "another delivery is dispatching it; waiting for it" not in worker.log():
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.1)
+    time.sleep(0.5)
+    assert "imagegen.generate_variation[" not in worker.log()
+    redis.Redis.from_url(redis_url).set(dispatch_key("dispatching-1", 1), "done")  # the other delivery published
+    while "already dispatched; ignoring the redelivery" not in worker.log():
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.1)
+    time.sleep(0.5)
+    assert "imagegen.generate_variation[" not in worker.log()
+
+
+def test_a_copy_of_the_job_task_dispatches_once_the_lease_of_a_dead_delivery_runs_out(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], redis_url: str
+) -> None:
+    order = _queued(client, offline_node, "lease-ran-out-1")
+    worker = start_worker()
+    _held_lease(redis_url, "lease-ran-out-1", 3)  # its holder died while publishing
+    client.celery.send_task(RUN_JOB, args=(order.model_dump(mode="json"),), task_id="lease-ran-out-1@1")
+    result = client.wait("lease-ran-out-1", timeout=30)
+    assert result.status == "succeeded" and len(result.images) == 4
+    log = worker.log()
+    assert log.index("waiting for it") < log.index("died while dispatching; dispatching again")
+    assert log.count("imagegen.generate_variation[") // 2 == 4
+
+
+def test_two_copies_of_the_job_task_at_once_run_one_chord(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    order = _queued(client, offline_node, "two-copies-1")
+    worker = start_worker()
+    for _ in range(2):
+        client.celery.send_task(RUN_JOB, args=(order.model_dump(mode="json"),), task_id="two-copies-1@1")
+    assert client.wait("two-copies-1", timeout=30).status == "succeeded"
+    time.sleep(1)  # a second chord, if any, would have run by now
+    assert worker.log().count("imagegen.generate_variation[") // 2 == 4
+    assert worker.log().count("imagegen.finalize[") // 2 == 1
+
+
 def test_job_survives_a_killed_worker(
     start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
 ) -> None:

@@ -3,6 +3,7 @@ counting a variation once however often it is delivered, and finishing."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -12,6 +13,8 @@ import redis
 from contract.events import JobEvents, events_key
 from contract.jobs import JobRecords, utcnow
 from contract.queue import dispatch_key, job_key, progress_key, prompt_step_key
+
+LEASE_S = 60.0
 
 
 @pytest.fixture
@@ -32,19 +35,34 @@ def claimed(records: JobRecords, variations: int = 2) -> str:
 
 def test_dispatch_is_claimed_once_and_a_died_dispatch_is_claimed_again(records: JobRecords) -> None:
     job_id = claimed(records)
-    assert records.begin_dispatch(job_id, 1, utcnow()) == "new"
+    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S).outcome == "new"
     status = records.read(job_id)
     assert status is not None and status.state == "running" and status.started_at
-    assert records.begin_dispatch(job_id, 1, utcnow()) == "again"  # pending: the first delivery died
+    records.client.set(dispatch_key(job_id, 1), "pending")  # an older worker's claim, no lease: run out
+    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S).outcome == "again"  # the first delivery died
     records.end_dispatch(job_id, 1)
-    assert records.begin_dispatch(job_id, 1, utcnow()) == "done"
+    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S).outcome == "done"
     assert 0 < records.client.ttl(dispatch_key(job_id, 1)) <= 600
     records.finish_run(job_id, 1, "failed", utcnow())
     rerun = records.claim(
         job_id, node_fingerprint="f", model="offline_preview", variations=2, submitted_at=utcnow(), rerun=True
     )
     assert rerun.outcome == "rerun"
-    assert records.begin_dispatch(job_id, 2, utcnow()) == "new"  # a rerun has its own guard
+    assert records.begin_dispatch(job_id, 2, utcnow(), LEASE_S).outcome == "new"  # a rerun has its own guard
+
+
+def test_a_live_dispatch_lease_holds_off_another_delivery_until_it_runs_out(records: JobRecords) -> None:
+    job_id = claimed(records)
+    assert records.begin_dispatch(job_id, 1, utcnow(), 0.4).outcome == "new"
+    copy = records.begin_dispatch(job_id, 1, utcnow(), LEASE_S)  # a second delivery, while the first publishes
+    assert copy.outcome == "busy" and 0 < copy.lease_left_s <= 0.4
+    time.sleep(copy.lease_left_s + 0.05)
+    again = records.begin_dispatch(job_id, 1, utcnow(), LEASE_S)  # the first never finished: it died
+    assert again.outcome == "again"
+    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S).outcome == "busy"  # the new claim holds a lease too
+    records.end_dispatch(job_id, 1)
+    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S).outcome == "done"
+    assert 0 < records.client.ttl(dispatch_key(job_id, 1)) <= 600
 
 
 def test_a_variation_counts_once_per_run_however_often_it_is_delivered(records: JobRecords) -> None:
@@ -83,7 +101,7 @@ def test_a_run_the_lost_job_sweep_ended_spends_and_writes_nothing(records: JobRe
     """A worker that picks up a lost run's messages later: the document the sweep stored is final."""
     job_id = claimed(records)
     end_as_lost(records, job_id)
-    assert records.begin_dispatch(job_id, 1, utcnow()) == "stale"
+    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S).outcome == "stale"
     assert not records.client.exists(dispatch_key(job_id, 1))
     assert records.begin_variation(job_id, 1, 0, 1, 100) == "stale"
     assert not records.count_done(job_id, 1, 0)
@@ -100,9 +118,9 @@ def test_a_run_a_rerun_replaced_spends_and_writes_nothing(records: JobRecords) -
         job_id, node_fingerprint="f", model="offline_preview", variations=2, submitted_at=utcnow(), rerun=True
     )
     assert (rerun.outcome, rerun.run) == ("rerun", 2)
-    assert records.begin_dispatch(job_id, 2, utcnow()) == "new"
+    assert records.begin_dispatch(job_id, 2, utcnow(), LEASE_S).outcome == "new"
     # Run 1's late messages: nothing starts, nothing counts into run 2, nothing finishes it.
-    assert records.begin_dispatch(job_id, 1, utcnow()) == "stale"
+    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S).outcome == "stale"
     assert records.begin_variation(job_id, 1, 0, 1, 100) == "stale"
     assert not records.count_done(job_id, 1, 0)
     assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("stale", False)
@@ -115,7 +133,7 @@ def test_a_run_a_rerun_replaced_spends_and_writes_nothing(records: JobRecords) -
 
 def test_a_redelivered_finalize_gets_the_state_its_run_ended_with(records: JobRecords) -> None:
     job_id = claimed(records)
-    records.begin_dispatch(job_id, 1, utcnow())
+    records.begin_dispatch(job_id, 1, utcnow(), LEASE_S)
     assert records.request_cancel(job_id, 100)[0]
     assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("canceled", True)
     assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("canceled", False)  # unchanged

@@ -11,6 +11,7 @@ the document finalize stores), but a crash is still stored as FAILURE."""
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Task
 
@@ -32,6 +33,13 @@ from worker.tasks.prompt_step import start_prompt_step
 
 log = logging.getLogger(__name__)
 
+# How long a claim on a run's dispatch holds off other deliveries of it. Publishing takes
+# milliseconds, but each publish may wait out a Redis restart or failover (up to ~35 s:
+# task_publish_retry_policy in contract/queue.py); a lease that ran out while its holder was
+# still publishing would let a second chord out. A waiting copy holds one worker slot.
+DISPATCH_LEASE_S = 120.0
+_BUSY_POLL_S = 0.25
+
 
 @app.task(name=RUN_JOB, bind=True, pydantic=True, ignore_result=True, store_errors_even_if_ignored=True)
 def run_job(self: Task, order: JobOrder) -> None:
@@ -49,18 +57,27 @@ def run_job(self: Task, order: JobOrder) -> None:
         fail_unstarted_job(self.backend, self.request.id, order, str(exc))
         return None
 
-    # acks_late redelivers this task if the worker dies: after a whole dispatch the
-    # guard says "done" and the redelivery stops here; a worker that died between
-    # claiming and publishing left "pending", and the redelivery dispatches again.
+    # acks_late redelivers this task if the worker dies: after a whole dispatch the guard says
+    # "done" and the redelivery stops here; a worker that died between claiming and publishing
+    # left its lease, and the redelivery dispatches once the lease has run out. A copy that
+    # arrives while another delivery is publishing (a chain link sent twice, a duplicate
+    # delivery) waits for it instead of publishing a second chord, which would pay for every
+    # variation twice.
     started_at = utcnow()
-    claim = records.begin_dispatch(job_id, order.run, started_at)
-    if claim == "done":
+    claim = records.begin_dispatch(job_id, order.run, started_at, DISPATCH_LEASE_S)
+    if claim.outcome == "busy":
+        log.info("job %s run %d: another delivery is dispatching it; waiting for it", job_id, order.run)
+    while claim.outcome == "busy":
+        time.sleep(min(claim.lease_left_s, _BUSY_POLL_S))
+        started_at = utcnow()
+        claim = records.begin_dispatch(job_id, order.run, started_at, DISPATCH_LEASE_S)
+    if claim.outcome == "done":
         log.info("job %s run %d already dispatched; ignoring the redelivery", job_id, order.run)
         return None
-    if claim == "stale":
+    if claim.outcome == "stale":
         log.info("job %s run %d ended (lost) or was replaced by a rerun; not started", job_id, order.run)
         return None
-    if claim == "again":
+    if claim.outcome == "again":
         log.warning("job %s run %d: an earlier delivery died while dispatching; dispatching again", job_id, order.run)
     inputs = parsed.inputs
     started = {"job_id": job_id, "run": order.run, "name": parsed.name, "model": inputs.model}
