@@ -180,8 +180,8 @@ def _read_kv(ref: SecretRef, settings: Settings, mount: str, path: str) -> dict[
         except hvac.exceptions.InvalidPath:
             raise SecretReadError(f"{ref}: no such secret in Vault (KV v2 mount {mount!r})") from None
         except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized):
-            if attempt == 1 and settings.vault_k8s_role:
-                _forget_client(settings)  # the Kubernetes login token may have expired: log in again once
+            if attempt == 1 and settings.vault_k8s_role and not _token_alive(client):
+                _forget_client(settings)  # the Kubernetes login token expired or was revoked: log in again once
                 continue
             raise SecretReadError(f"{ref}: Vault denied access (check the token or role policy)") from None
         except _VAULT_TRANSIENT:
@@ -193,6 +193,19 @@ def _read_kv(ref: SecretRef, settings: Settings, mount: str, path: str) -> dict[
             log.warning("cannot reach Vault at %s: %s", client.url, type(exc).__name__)
             raise SecretUnavailable(f"{ref}: cannot reach Vault ({type(exc).__name__})") from None
     raise AssertionError("unreachable")
+
+
+def _token_alive(client: hvac.Client) -> bool:
+    """Whether Vault still accepts the client's token. A denial with a live token is the policy's
+    answer, which a new login would not change: logging in again on every denied path would let a
+    node naming such paths make the worker log in to Vault once per attempt."""
+    try:
+        client.auth.token.lookup_self()
+    except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized):
+        return False
+    except (hvac.exceptions.VaultError, requests.RequestException):
+        return True  # cannot tell: the denial stands
+    return True
 
 
 def _forget_client(settings: Settings) -> None:

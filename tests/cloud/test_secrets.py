@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from api.tenants import Authenticator, Tenant, TokenConfigError
+from contract import secret_reader
 from contract.node import NodeValidationError, validate_node
 from contract.secret_reader import forget_vault_clients
 from contract.settings import Settings
@@ -169,12 +170,16 @@ def _self_signed_ca() -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
+TOKEN_REVIEWS: list[int] = []
+
+
 @pytest.fixture(scope="session")
 def kubernetes_auth(vault: hvac.Client) -> Iterator[str]:
     """Kubernetes auth enabled in OpenBao, role ``imagegen-worker`` reading ``secret/imagegen/*``."""
 
     class TokenReview(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
+            TOKEN_REVIEWS.append(1)  # one per Kubernetes login to Vault
             review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             status = {
                 "authenticated": review["spec"]["token"] == SA_JWT,
@@ -236,6 +241,32 @@ def test_kubernetes_auth_reads_with_the_service_account_token(
     missing = settings.model_copy(update={"vault_k8s_token_file": str(tmp_path / "absent")})
     with pytest.raises(SecretError, match=r"VAULT_K8S_ROLE is set but the service-account token .* cannot be read"):
         resolve_secret(ref, missing)
+
+
+def test_a_denied_path_does_not_log_in_again_but_a_revoked_token_does(
+    cloud_settings: Settings, kubernetes_auth: str, put_secret: PutSecret, vault: hvac.Client, tmp_path: Path
+) -> None:
+    ref = put_secret({"k": "via-kubernetes"})["k"]
+    vault.secrets.kv.v2.create_or_update_secret(path="outside/x", secret={"k": "v"}, mount_point="secret")
+    token_file = tmp_path / "token"
+    token_file.write_text(SA_JWT)
+    settings = cloud_settings.model_copy(
+        update={"vault_token": None, "vault_k8s_role": kubernetes_auth, "vault_k8s_token_file": str(token_file)}
+    )
+    clear_cache()
+    forget_vault_clients()
+    assert resolve_secret(ref, settings) == "via-kubernetes"
+    logins = len(TOKEN_REVIEWS)
+    for _ in range(3):  # the role's policy does not cover it: the answer, not an expired login
+        with pytest.raises(SecretError, match="Vault denied access"):
+            resolve_secret("vault:secret/outside/x#k", settings)
+    assert len(TOKEN_REVIEWS) == logins
+
+    (client,) = secret_reader._vault.values()
+    vault.auth.token.revoke(client.token)  # as when the login's TTL ran out
+    clear_cache()
+    assert resolve_secret(ref, settings) == "via-kubernetes"  # logged in again, once
+    assert len(TOKEN_REVIEWS) == logins + 1
 
 
 # --- env: and file: ----------------------------------------------------------------
