@@ -23,7 +23,7 @@ from typing import Any
 from contract.errors import ImageGenError
 
 # A dotted path into the upstream value: "output.text", "choices.0.message.content".
-_PATH = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,15}$")
+_PATH = re.compile(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,15}")
 # The whole answer in one fence: ```, ```text, ```markdown ... ```, or the ~~~ form.
 _FENCE = re.compile(r"\A(?P<fence>`{3,}|~{3,})[A-Za-z0-9_+-]*[ \t]*\n(?P<body>.*?)\n?(?P=fence)[ \t]*\Z", re.DOTALL)
 _LABEL = re.compile(r"\A(?:\*\*|__)?\s*(?:image\s+)?prompt\s*:\s*(?:\*\*|__)?\s*", re.IGNORECASE)
@@ -35,7 +35,7 @@ class UpstreamValueError(ImageGenError, ValueError):
 
 def check_prompt_path(path: str) -> str:
     """``prompt_from`` as given by the engine: dotted segments of letters, digits, ``_`` and ``-``."""
-    if not isinstance(path, str) or not _PATH.match(path):
+    if not isinstance(path, str) or not _PATH.fullmatch(path):
         raise UpstreamValueError(
             "prompt_from must be a dotted path of up to 16 names of letters, digits, '_' or '-' "
             "(e.g. 'output.text' or 'choices.0.message.content')"

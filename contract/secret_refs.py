@@ -42,7 +42,7 @@ A trailing ``/`` on an entry makes no difference. An invalid entry fails
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -147,32 +147,43 @@ def vault_kv_path(reference: SecretRef, vault_mount: str = DEFAULT_VAULT_MOUNT) 
     return "/".join(_inside_mount(reference.segments, _mount_segments(vault_mount)))
 
 
-def parse_allowed_ref(entry: str, vault_mount: str = DEFAULT_VAULT_MOUNT) -> AllowedRef:
-    """One allow-list entry; ValueError naming the entry and what is wrong."""
+def parse_allowed_ref(
+    entry: str, vault_mount: str = DEFAULT_VAULT_MOUNT, fill: Callable[[str], str] | None = None
+) -> AllowedRef:
+    """One allow-list entry; ValueError naming the entry and what is wrong. ``fill`` rewrites the
+    entry's path segments, key or name after the mount is resolved (a tenant template's
+    ``{tenant}``, contract/tenancy.py)."""
     text = entry.strip()
     scheme, colon, rest = text.partition(":")
+    put = fill or (lambda value: value)
     problem = ""
     if len(text) > MAX_REF_CHARS:
         problem = f"is longer than {MAX_REF_CHARS} characters"
     elif not colon or scheme not in SCHEMES:
         problem = "must start with vault:, env: or file:"
     elif scheme == "env":
-        if _ENV_NAME.fullmatch(rest) is not None:
-            return AllowedRef(text, "env", name_prefix=rest)
+        if _ENV_NAME.fullmatch(put(rest)) is not None:
+            return AllowedRef(text, "env", name_prefix=put(rest))
         problem = "must be env:<NAME PREFIX> with a non-empty prefix matching [A-Za-z_][A-Za-z0-9_]*"
     elif scheme == "file":
-        segments = _split_path(rest) if rest.startswith("/") else None
+        segments = _split_path(put(rest)) if rest.startswith("/") else None
         if segments:
             return AllowedRef(text, "file", segments)
         problem = f"must be file:</absolute/directory> (not /) and {_SEGMENT_RULE}"
     else:
         path, hash_sign, key = rest.partition("#")
-        segments = _split_path(path)
+        written = tuple(s for s in path.split("/") if s)
         mount = _mount_segments(vault_mount)
-        if segments and not hash_sign:
-            return AllowedRef(text, "vault", () if segments == mount else _inside_mount(segments, mount))
-        if segments and _safe_segment(key):
-            return AllowedRef(text, "vault", _inside_mount(segments, mount), key=key)
+        # The mount is resolved on the entry as written, before anything is filled in: a tenant
+        # named like the mount (or like the segment after it) stays a segment inside the mount,
+        # never read as the mount itself, so "vault:{tenant}" cannot become the whole mount.
+        inside = () if written == mount and not hash_sign else _inside_mount(written, mount)
+        valid = _split_path("/".join(put(s) for s in written))
+        segments = _split_path("/".join(put(s) for s in inside))
+        if valid and segments is not None and not hash_sign:
+            return AllowedRef(text, "vault", segments)
+        if valid and segments and _safe_segment(put(key)):
+            return AllowedRef(text, "vault", segments, key=put(key))
         problem = f"must be vault:<path> or vault:<path>#<key> with a non-empty path and {_SEGMENT_RULE}"
     raise ValueError(f"entry {text!r} {problem}")
 

@@ -222,8 +222,7 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"IMAGEGEN_ALLOWED_SECRET_REFS: {exc}") from None
         try:
-            check_tenant_templates(self.tenant_secret_refs)
-            parse_allow_list(self.tenant_secret_refs.replace("{tenant}", "tenant"), self.vault_mount)
+            check_tenant_templates(self.tenant_secret_refs, self.vault_mount)
         except ValueError as exc:
             raise ValueError(f"IMAGEGEN_TENANT_SECRET_REFS: {exc}") from None
         return self

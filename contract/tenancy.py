@@ -17,7 +17,11 @@ bypass the producer). Jobs outside the ``t/`` namespace are the platform's own (
 Python client of a trusted engine) and follow the global allow-list only.
 
 ``vault:`` and ``file:`` entries match whole path segments, so ``{tenant}`` there
-names one tenant only. ``env:`` entries match a name prefix: ``env:T_{tenant}_``
+names one tenant only; a ``vault:`` entry's KV mount is resolved before ``{tenant}`` is
+filled in, so tenant ``secret`` under ``vault:{tenant}`` gets the folder ``secret/secret``,
+never the whole mount. Entries that could still overlap between tenants (``{tenant}`` inside
+a segment, different parents, a shared entry among the tenants' folders) stop start-up
+(``check_tenant_templates``). ``env:`` entries match a name prefix: ``env:T_{tenant}_``
 filled in for ``acme`` would also match ``T_acme_eu_KEY``, tenant ``acme_eu``'s. So an
 ``env:`` template must follow ``{tenant}`` with ``_``, and only tenants named with
 letters and digits alone may use one (``ENV_TEMPLATE_TENANT``).
@@ -29,7 +33,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from contract.errors import MISSING, NodeValidationError, Problem
-from contract.secret_refs import check_allowed, parse_secret_ref
+from contract.secret_refs import AllowedRef, check_allowed, parse_allowed_ref, parse_secret_ref
 from contract.settings import Settings
 
 NAMESPACE_ROOT = "t"  # t/<tenant>/<the caller's id>
@@ -88,22 +92,86 @@ def _refusal(tenant: str, ref: str, templates: list[str], settings: Settings) ->
     if not templates:  # an empty list would allow anything (check_allowed)
         return refusal
     try:
-        check_allowed(
-            parse_secret_ref(ref), [t.replace(TENANT_PLACEHOLDER, tenant) for t in templates], settings.vault_mount
-        )
+        allowed = [_filled(t, tenant, settings.vault_mount) for t in templates]
+        check_allowed(parse_secret_ref(ref), allowed, settings.vault_mount)
     except ValueError:
         return refusal
     return None
 
 
-def check_tenant_templates(text: str) -> None:
-    """ValueError unless every ``env:`` entry of IMAGEGEN_TENANT_SECRET_REFS follows ``{tenant}`` with ``_``."""
+def _filled(template: str, tenant: str, vault_mount: str) -> AllowedRef:
+    # Filled in after the mount is resolved (parse_allowed_ref): a tenant named "secret" gets
+    # "vault:{tenant}" as the folder secret/secret, never the whole mount "secret".
+    return parse_allowed_ref(template, vault_mount, fill=lambda text: text.replace(TENANT_PLACEHOLDER, tenant))
+
+
+def check_tenant_templates(text: str, vault_mount: str) -> None:
+    """ValueError naming the first IMAGEGEN_TENANT_SECRET_REFS entry that could give one tenant
+    another's secrets. Per scheme the tenants' folders must be one level, ``<root>/{tenant}``:
+
+    * a ``vault:`` or ``file:`` entry has ``{tenant}`` as a whole path segment, not in a key or
+      beside other text (``t-{tenant}-x`` for tenant ``a`` is ``t-{tenant}`` for ``a-x``);
+    * every entry with ``{tenant}`` of a scheme has the same root (with ``vault:{tenant}`` beside
+      ``vault:imagegen/{tenant}``, tenant ``imagegen`` would hold everyone's folder);
+    * an ``env:`` entry follows ``{tenant}`` with ``_``, else one tenant's prefix is another's;
+    * an entry without ``{tenant}`` (shared by all tenants) lies outside the root's folders.
+    """
+    roots: dict[str, tuple[str, AllowedRef]] = {}
     for entry in _templates(text):
-        if _is_env_template(entry) and f"{TENANT_PLACEHOLDER}_" not in entry:
+        scheme = entry.partition(":")[0]
+        if TENANT_PLACEHOLDER not in entry:
+            parse_allowed_ref(entry, vault_mount)
+            continue
+        if scheme == "env" and f"{TENANT_PLACEHOLDER}_" not in entry:
             raise ValueError(
                 f"entry {entry!r}: in an env: entry {TENANT_PLACEHOLDER} must be followed by '_' "
                 f"(env:PREFIX_{TENANT_PLACEHOLDER}_), else one tenant's prefix is another's"
             )
+        path, _, key = entry.partition(":")[2].partition("#")
+        mixed = [s for s in path.split("/") if TENANT_PLACEHOLDER in s and s != TENANT_PLACEHOLDER]
+        if scheme in ("vault", "file") and (mixed or TENANT_PLACEHOLDER in key):
+            raise ValueError(
+                f"entry {entry!r}: {TENANT_PLACEHOLDER} must be a whole path segment "
+                f"({scheme}:<path>/{TENANT_PLACEHOLDER}[/<path>]), not part of one or of a key"
+            )
+        root = _root(entry, vault_mount)
+        if scheme in roots and roots[scheme][1] != root:
+            raise ValueError(
+                f"entries {roots[scheme][0]!r} and {entry!r} put {TENANT_PLACEHOLDER} under different parents; "
+                f"every {scheme}: entry must use the same <parent>/{TENANT_PLACEHOLDER}, else a tenant named like "
+                "a segment of one parent reaches other tenants' folders"
+            )
+        roots.setdefault(scheme, (entry, root))
+    for entry in _templates(text):
+        if TENANT_PLACEHOLDER in entry:
+            continue
+        allowed = parse_allowed_ref(entry, vault_mount)
+        if allowed.scheme in roots and _reaches_folders(allowed, roots[allowed.scheme][1]):
+            raise ValueError(
+                f"entry {entry!r} is shared by every tenant but lies on or inside the tenants' folders "
+                f"({roots[allowed.scheme][0]!r}); name a secret outside them"
+            )
+
+
+def _root(template: str, vault_mount: str) -> AllowedRef:
+    """The parent of ``template``'s tenant folders: filled in twice, up to where the fills differ
+    (text left empty, so two templates' parents compare equal when they are the same)."""
+    one, other = (_filled(template, tenant, vault_mount) for tenant in ("a", "b"))
+    if one.scheme == "env":
+        return AllowedRef("", "env", name_prefix=template.partition(":")[2].partition(TENANT_PLACEHOLDER)[0])
+    pairs = enumerate(zip(one.segments, other.segments, strict=True))
+    depth = next((i for i, (x, y) in pairs if x != y), len(one.segments))
+    return AllowedRef("", one.scheme, one.segments[:depth])
+
+
+def _reaches_folders(entry: AllowedRef, root: AllowedRef) -> bool:
+    """Whether a tenant-less ``entry`` allows something in a tenant's folder under ``root``."""
+    if entry.scheme == "env":
+        return entry.name_prefix.startswith(root.name_prefix) or root.name_prefix.startswith(entry.name_prefix)
+    depth = len(root.segments)
+    if len(entry.segments) > depth:  # inside the folder of the tenant named entry.segments[depth]
+        return entry.segments[:depth] == root.segments
+    return entry.key is None and root.segments[: len(entry.segments)] == entry.segments  # covers them all
 
 
 def check_env_template_tenants(tenants: Iterable[str], settings: Settings) -> None:

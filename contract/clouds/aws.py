@@ -12,10 +12,10 @@ from typing import Any
 
 from contract.clouds.base import CloudSpec, Target, TargetError, TargetPolicy, canonical_prefix, require
 
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_IP = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP = re.compile(r"\d+\.\d+\.\d+\.\d+")
 # us-east-1, eu-central-2, us-gov-west-1, cn-northwest-1, us-isob-east-1
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]{2,10}){1,3}-\d{1,2}$")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]{2,10}){1,3}-\d{1,2}")
 
 
 class S3Spec(CloudSpec):
@@ -29,15 +29,15 @@ class S3Spec(CloudSpec):
     store = "worker.storage.s3:S3Store"
 
     def check_field(self, name: str, value: str, policy: TargetPolicy) -> None:
-        if name == "aws_region" and not _REGION.match(value):
+        if name == "aws_region" and not _REGION.fullmatch(value):
             raise TargetError("must be an AWS region name such as us-east-1 or eu-west-3")
         super().check_field(name, value, policy)
 
     def check_bucket(self, value: str) -> None:
         if (
-            not _BUCKET.match(value)
+            not _BUCKET.fullmatch(value)
             or ".." in value
-            or _IP.match(value)
+            or _IP.fullmatch(value)
             or value.startswith(("xn--", "sthree-"))
             or value.endswith(("-s3alias", "--ol-s3"))
         ):

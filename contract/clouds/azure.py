@@ -15,7 +15,7 @@ from typing import Any
 
 from contract.clouds.base import CloudSpec, Target, TargetError, TargetPolicy, canonical_prefix, require
 
-_CONTAINER = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
+_CONTAINER = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
 # The platform's connection string is read through the same resolver as a node's.
 PLATFORM_CONNECTION_STRING = "env:AZURE_STORAGE_CONNECTION_STRING"
 
@@ -37,7 +37,7 @@ class AzureBlobSpec(CloudSpec):
         super().check_field(name, value, policy)
 
     def check_bucket(self, value: str) -> None:
-        if not _CONTAINER.match(value):
+        if not _CONTAINER.fullmatch(value):
             raise TargetError(
                 "must be an Azure container name: 3-63 lowercase letters, digits and single '-', "
                 "starting and ending with a letter or digit"

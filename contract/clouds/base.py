@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 from urllib3.util import parse_url
 
 PREFIX_MAX_CHARS = 256
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
-_ENDPOINT_PATH = re.compile(r"^(/[A-Za-z0-9-]{1,64})?/?$")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+_ENDPOINT_PATH = re.compile(r"(/[A-Za-z0-9-]{1,64})?/?")
 
 
 class TargetError(ValueError):
@@ -133,7 +133,7 @@ class TargetPolicy:
             raise TargetError(f"{what} must not carry user info")
         if parts.query or parts.fragment:
             raise TargetError(f"{what} must be the endpoint alone, without a query or fragment")
-        if not any_path and not _ENDPOINT_PATH.match(parts.path):  # emulators put the account name in the path
+        if not any_path and not _ENDPOINT_PATH.fullmatch(parts.path):  # emulators put the account name in the path
             raise TargetError(f"{what} may have at most an account name as its path")
         if _host_listed(host, self.allowed_endpoint_hosts):
             return url
@@ -170,7 +170,7 @@ def canonical_prefix(value: str) -> str:
         raise TargetError(f"is {len(value)} characters; at most {PREFIX_MAX_CHARS} are allowed")
     segments = [s for s in value.split("/") if s]
     for segment in segments:
-        if segment in (".", "..") or not _SEGMENT.match(segment):
+        if segment in (".", "..") or not _SEGMENT.fullmatch(segment):
             raise TargetError(
                 "must be path segments of letters, digits, '.', '_' and '-' separated by '/' (no '.' or '..' segments)"
             )

@@ -10,8 +10,8 @@ from typing import Any
 
 from contract.clouds.base import CloudSpec, Target, TargetError, TargetPolicy, canonical_prefix, require
 
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
-_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 
 
 class GCSSpec(CloudSpec):
@@ -27,14 +27,14 @@ class GCSSpec(CloudSpec):
     store = "worker.storage.gcs:GCSStore"
 
     def check_field(self, name: str, value: str, policy: TargetPolicy) -> None:
-        if name == "gcp_project" and not _PROJECT.match(value):
+        if name == "gcp_project" and not _PROJECT.fullmatch(value):
             raise TargetError("must be a Google Cloud project id: 6-30 lowercase letters, digits and '-'")
         super().check_field(name, value, policy)
 
     def check_bucket(self, value: str) -> None:
         parts = value.split(".")
         if (
-            not _BUCKET.match(value)
+            not _BUCKET.fullmatch(value)
             or any(not 1 <= len(part) <= 63 for part in parts)
             or (len(value) > 63 and "." not in value)
             or value.startswith("goog")

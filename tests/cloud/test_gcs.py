@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from google.cloud import storage
 
 from contract.settings import Settings
@@ -103,6 +106,44 @@ def test_malformed_service_account_secret_is_named_not_echoed(
         f"GCS bucket '{gcs_bucket}': gcp_credentials {ref}: "
         "must be a service-account key JSON (type, client_email, private_key, ...)"
     )
+
+
+def _pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, password: bytes = b"") -> str:
+    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption).decode()
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        # google-auth raised a bare TypeError for these: an "internal error" naming no field.
+        ({"private_key": _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048), b"pw")}, "encrypted"),
+        # google-auth loaded these, the upload succeeded, and signing the URL raised TypeError.
+        ({"private_key": _pem(ec.generate_private_key(ec.SECP256R1()))}, "not RSA"),
+        ({"private_key": _pem(ed25519.Ed25519PrivateKey.generate())}, "not RSA"),
+        ({"client_email": ["canary@example.com"]}, "must be a service-account key JSON"),
+    ],
+    ids=["encrypted-rsa", "ec", "ed25519", "non-string-field"],
+)
+def test_a_service_account_key_that_cannot_sign_is_refused_when_the_store_opens(
+    cloud_settings: Settings, gcs_bucket: str, put_secret: PutSecret, sa_json: str, change: dict[str, Any], said: str
+) -> None:
+    ref = put_secret({"sa": json.dumps({**json.loads(sa_json), **change})})["sa"]
+    with pytest.raises(StorageError) as caught:  # before the model is called: nothing paid for
+        store_for_fields(gcp_node(gcs_bucket, ref), cloud_settings)
+    message = str(caught.value)
+    assert message.startswith(f"GCS bucket '{gcs_bucket}': gcp_credentials {ref}: ") and said in message
+    if "private_key" in change:
+        assert "RSA service-account key is required" in message
+    assert "PRIVATE KEY" not in message and "canary" not in message
+
+
+def test_a_deeply_nested_service_account_secret_is_named_not_a_crash(
+    cloud_settings: Settings, gcs_bucket: str, put_secret: PutSecret
+) -> None:
+    ref = put_secret({"sa": "[" * 100_000 + "]" * 100_000})["sa"]  # json.loads: RecursionError
+    with pytest.raises(StorageError, match=f"gcp_credentials {ref}: must be a service-account key JSON"):
+        store_for_fields(gcp_node(gcs_bucket, ref), cloud_settings)
 
 
 def test_platform_gs_url_uses_application_default_credentials(

@@ -113,10 +113,18 @@ def test_persistent_5xx_gives_up_after_the_bounded_attempts(
     assert len(proxy.requests) == cloud_settings.storage_retry_attempts == 4
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        "AKIAIMAGEGEN:not-json-canary-value",
+        "[" * 100_000 + "]" * 100_000,  # json.loads raised RecursionError: an "internal error", no field named
+        '{"canary": ' * 50_000 + "1" + "}" * 50_000,
+    ],
+)
 def test_credentials_secret_must_be_the_documented_json(
-    cloud_settings: Settings, s3_bucket: str, put_secret: PutSecret
+    cloud_settings: Settings, s3_bucket: str, put_secret: PutSecret, content: str
 ) -> None:
-    ref = put_secret({"credentials": "AKIAIMAGEGEN:not-json-canary-value"})["credentials"]
+    ref = put_secret({"credentials": content})["credentials"]
     with pytest.raises(StorageError) as caught:
         store_for_fields(aws_node(s3_bucket, ref), cloud_settings)
     assert str(caught.value).startswith(f"S3 bucket '{s3_bucket}': aws_credentials {ref}: must be JSON")

@@ -222,7 +222,7 @@ def test_bad_upstream_values_say_what_arrived_without_the_text(
     assert "xxxxxxxxxx" not in message and "a fox" not in message  # never the upstream text
 
 
-@pytest.mark.parametrize("path", ["", "a..b", "a b", "__class__.x" + ".y" * 20, "a/b", 7])
+@pytest.mark.parametrize("path", ["", "a..b", "a b", "__class__.x" + ".y" * 20, "a/b", 7, "output.text\n"])
 def test_prompt_from_must_be_a_plain_dotted_path(path: Any) -> None:
     with pytest.raises(UpstreamValueError, match="dotted path"):
         check_prompt_path(path)

@@ -20,7 +20,7 @@ from azure.storage.blob import BlobServiceClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract.clouds import Target, TargetPolicy, parse_allowed_targets
+from contract.clouds import Target, TargetError, TargetPolicy, node_target, parse_allowed_targets
 from contract.errors import NodeValidationError
 from contract.node import validate_node
 from contract.queue import SIGN_URL, dispatch_key, job_key, job_task_id
@@ -36,6 +36,7 @@ from worker.storage import Location, location_for, object_key
 from worker.storage.azure_blob import AzureBlobStore
 from worker.storage.common import StoreOptions
 from worker.storage.gcs import GCSStore
+from worker.storage.keys import check_image_key
 from worker.storage.local import LocalStore
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
@@ -88,6 +89,21 @@ def test_local_store_refuses_keys_and_symlinks_that_leave_its_root(tmp_path: Pat
         location.url_for((root / "notes.txt").as_uri())
     with pytest.raises(StorageError):
         location.url_for((outside / "x.png").as_uri())
+
+
+def test_a_trailing_newline_is_not_a_safe_key_character(tmp_path: Path) -> None:
+    """The key grammar is checked whole: a segment ending in a newline is a control character,
+    refused by every store and by the image checks that confine signing."""
+    store = LocalStore(tmp_path)
+    for key in ("renders\n/x/variation-0.png", "t/acme/job-1/variation-0.png\n"):
+        with pytest.raises(StorageError, match="canonical form"):
+            store.put(key, PNG, "image/png", META)
+    assert files_under(tmp_path) == set()
+    with pytest.raises(StorageError):
+        check_image_key("renders/t/acme/job-1/variation-0.png\n", "renders")
+    inputs = {"use_cloud": True, "cloud_provider": "aws", "aws_bucket": "shared-bucket", "aws_prefix": "renders\n/x"}
+    with pytest.raises(TargetError):  # a raw message's target, past the producer
+        node_target(inputs, Settings(allowed_targets="s3://shared-bucket").target_policy)
 
 
 def test_local_store_never_follows_a_symlink_below_its_root(tmp_path: Path) -> None:
@@ -409,7 +425,7 @@ def test_endpoints_inside_referenced_secrets_are_checked_before_any_connection(
 
 
 def test_aws_region_is_checked_at_submit_and_named(offline_node: dict[str, Any]) -> None:
-    for region in ("us-east-1.attacker.example", "../x", "us-east-1/", "US-EAST-1", "a" * 300):
+    for region in ("us-east-1.attacker.example", "../x", "us-east-1/", "US-EAST-1", "a" * 300, "us-east-1\n"):
         node = cloud(
             offline_node,
             cloud_provider="aws",
@@ -434,6 +450,13 @@ def test_aws_region_is_checked_at_submit_and_named(offline_node: dict[str, Any])
         ("aws_prefix", "../other-tenant"),
         ("azure_prefix", "a/./b"),
         ("gcp_prefix", "a\\b"),
+        # "$" matched before a trailing newline: each of these passed as the name before it.
+        ("aws_bucket", "tenant-bucket\n"),
+        ("azure_container", "images\n"),
+        ("gcp_bucket", "tenant-bucket\n"),
+        ("gcp_project", "my-project\n"),
+        ("aws_prefix", "renders\n/x"),
+        ("gcp_prefix", "renders\n"),
     ],
 )
 def test_bucket_container_and_prefix_rules(offline_node: dict[str, Any], field: str, value: str) -> None:

@@ -95,6 +95,74 @@ def test_an_invalid_template_fails_at_start_up() -> None:
         _settings(tenant_secret_refs="vault:secret/../{tenant}")
 
 
+@pytest.mark.parametrize(
+    ("templates", "mount", "tenant", "own", "others"),
+    [
+        # "vault:{tenant}" filled in for tenant "secret" read as the whole mount "secret".
+        (
+            "vault:{tenant}",
+            "secret",
+            "secret",
+            "vault:secret/secret/aws#k",
+            ["vault:acme/aws#k", "vault:secret/acme#k"],
+        ),
+        # Filled in for "secret", "vault:secret/creds" lost the mount: tenant creds' folder creds/creds.
+        (
+            "vault:{tenant}/creds",
+            "secret",
+            "secret",
+            "vault:secret/secret/creds/aws#k",
+            ["vault:creds/creds/aws#k", "vault:secret/creds/creds#k", "vault:creds/aws#k"],
+        ),
+        ("vault:{tenant}/creds", "secret", "creds", "vault:creds/creds/aws#k", ["vault:secret/creds/aws#k"]),
+        ("vault:team/{tenant}", "team/kv", "kv", "vault:team/kv/team/kv/aws#k", ["vault:team/kv/acme/aws#k"]),
+    ],
+)
+def test_a_tenant_named_like_the_vault_mount_or_a_template_segment_gets_only_its_folder(
+    templates: str, mount: str, tenant: str, own: str, others: list[str]
+) -> None:
+    settings = _settings(allowed_secret_refs="", tenant_secret_refs=templates, vault_mount=mount)
+    check_tenant_refs(f"t/{tenant}/job-1", {"inputs.aws_credentials": own}, settings)
+    for reference in others:
+        with pytest.raises(NodeValidationError, match=f"'{tenant}'"):
+            check_tenant_refs(f"t/{tenant}/job-1", {"inputs.aws_credentials": reference}, settings)
+    # The documented forms still name the same secret: "vault:a#k" is "vault:secret/a#k".
+    plain = _settings(allowed_secret_refs="", tenant_secret_refs="vault:{tenant}")
+    for reference in ("vault:acme/aws#k", "vault:secret/acme/aws#k"):
+        check_tenant_refs("t/acme/job-1", {"inputs.aws_credentials": reference}, plain)
+
+
+@pytest.mark.parametrize(
+    ("templates", "why"),
+    [
+        ("vault:secret/t-{tenant}", "whole path segment"),  # "t-{tenant}-x" for a is "t-{tenant}" for a-x
+        ("vault:secret/imagegen#{tenant}", "whole path segment"),
+        ("file:/run/secrets/{tenant}.d", "whole path segment"),
+        ("vault:{tenant},vault:imagegen/{tenant}", "different parents"),  # tenant imagegen: everyone's
+        ("vault:imagegen/tenants/{tenant}/aws,vault:imagegen/{tenant}", "different parents"),
+        ("env:T_{tenant}_,env:T_X_{tenant}_", "different parents"),  # tenant X: every T_X_<tenant>_
+        ("vault:imagegen/tenants/{tenant},vault:secret/imagegen", "shared by every tenant"),
+        ("vault:imagegen/tenants/{tenant},vault:imagegen/tenants/shared#hook", "shared by every tenant"),
+        ("vault:imagegen/tenants/{tenant},vault:secret", "shared by every tenant"),  # the whole mount
+        ("env:T_{tenant}_,env:T_SHARED_", "shared by every tenant"),  # tenant SHARED's prefix
+    ],
+)
+def test_templates_that_could_overlap_between_tenants_fail_at_start_up(templates: str, why: str) -> None:
+    with pytest.raises(ValueError, match="IMAGEGEN_TENANT_SECRET_REFS") as refused:
+        _settings(allowed_secret_refs="", tenant_secret_refs=templates)
+    assert why in str(refused.value) and any(entry in str(refused.value) for entry in templates.split(","))
+
+
+def test_templates_with_one_parent_and_shared_secrets_beside_it_load() -> None:
+    templates = (
+        "vault:secret/imagegen/tenants/{tenant},vault:imagegen/tenants/{tenant}/hooks#key,"
+        "vault:secret/imagegen/shared#hook,file:/run/secrets/{tenant},env:T_{tenant}_,env:SHARED_HOOK"
+    )
+    settings = _settings(allowed_secret_refs="", tenant_secret_refs=templates)
+    check_tenant_refs("t/acme/job-1", {"webhook.secret": "vault:imagegen/shared#hook"}, settings)
+    check_tenant_refs("t/acme/job-1", {"inputs.aws_credentials": "file:/run/secrets/acme/aws"}, settings)
+
+
 def test_the_client_refuses_another_tenants_credentials_and_webhook_key(
     settings: Settings, offline_node: dict[str, Any]
 ) -> None:

@@ -13,7 +13,7 @@ from datetime import datetime
 from worker.errors import StorageError
 
 KEY_MAX_CHARS = 1024
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def check_key(key: str) -> str:
     if (
         not key
         or len(key) > KEY_MAX_CHARS
-        or any(segment in ("", ".", "..") or not _SEGMENT.match(segment) for segment in segments)
+        or any(segment in ("", ".", "..") or not _SEGMENT.fullmatch(segment) for segment in segments)
     ):
         raise StorageError(
             "refused an object key outside the store's canonical form (no '..', '.', '//' or unsafe characters)"

@@ -14,6 +14,9 @@ import google.auth.credentials
 import google.auth.exceptions
 import google.auth.transport.requests
 import requests
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from google.api_core.exceptions import GoogleAPICallError
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
@@ -29,14 +32,41 @@ _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 _MEANING = {404: "the bucket does not exist", 403: "access denied", 401: "the credentials were refused"}
 
 
+_NOT_A_KEY = "must be a service-account key JSON (type, client_email, private_key, ...)"
+
+
 def service_account_info(text: str) -> dict[str, Any]:
-    """The service-account key JSON a ``gcp_credentials`` reference points at."""
+    """The service-account key JSON a ``gcp_credentials`` reference points at. Everything wrong
+    with it is found here, when the store opens, not at signing after the image was paid for;
+    messages never quote the secret."""
     try:
         info = _json(text)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        raise ValueError(_NOT_A_KEY) from None
+    # Every field of a key file is a string; google-auth takes others and fails only when signing.
+    if not all(isinstance(value, str) for value in info.values()):
+        raise ValueError(_NOT_A_KEY)
+    _check_private_key(info.get("private_key"))
+    try:
         service_account.Credentials.from_service_account_info(info)  # type: ignore[no-untyped-call]  # validates the fields and the key
     except ValueError:
-        raise ValueError("must be a service-account key JSON (type, client_email, private_key, ...)") from None
+        raise ValueError(_NOT_A_KEY) from None
     return info
+
+
+def _check_private_key(pem: object) -> None:
+    """ValueError unless ``pem`` is an unencrypted RSA private key: google-auth loads an encrypted
+    one with a TypeError, and loads an EC or Ed25519 key that then fails when signing a URL."""
+    if not isinstance(pem, str):
+        raise ValueError(_NOT_A_KEY)
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except TypeError:
+        raise ValueError("has an encrypted private_key; an unencrypted RSA service-account key is required") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError(_NOT_A_KEY) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("has a private_key that is not RSA; an RSA service-account key is required")
 
 
 def _json(text: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from contract.tenancy import tenant_of
 from worker.errors import NotStoredHere
 from worker.storage.base import check_key
 
-_FILE = re.compile(r"^variation-(?P<index>\d{1,3})(\.run(?P<run>\d{1,6}))?\.(?P<ext>[a-z0-9]{2,5})$")
+_FILE = re.compile(r"variation-(?P<index>\d{1,3})(\.run(?P<run>\d{1,6}))?\.(?P<ext>[a-z0-9]{2,5})")
 
 
 def object_key(prefix: str | None, job_id: str, index: int, extension: str, run: int = 1) -> str:
@@ -33,7 +33,7 @@ def check_image_key(key: str, prefix: str | None, tenant: str | None = None) -> 
     check_key(key)
     head, _, name = key.rpartition("/")
     job_part = head.removeprefix(f"{base}/") if base else head
-    if (base and not head.startswith(f"{base}/")) or not job_part or not _FILE.match(name):
+    if (base and not head.startswith(f"{base}/")) or not job_part or not _FILE.fullmatch(name):
         where = f"under the prefix {base!r}" if base else "in this store"
         raise NotStoredHere(f"refused to sign {key!r}: it is not an image this service stored {where}")
     if tenant is not None and tenant_of(job_part) != tenant:
@@ -48,6 +48,6 @@ def check_image_uri_shape(uri: str) -> str:
     not logged or quoted."""
     if "?" in uri or "#" in uri:
         raise NotStoredHere("refused to sign a uri with a query or fragment (a signed URL, not the image's uri)")
-    if not _FILE.match(urlsplit(uri).path.rpartition("/")[2]):
+    if not _FILE.fullmatch(urlsplit(uri).path.rpartition("/")[2]):
         raise NotStoredHere("refused to sign a uri that does not name an image file this service writes")
     return uri

@@ -45,7 +45,7 @@ def aws_keys(text: str) -> dict[str, str]:
     """``{"aws_access_key_id", "aws_secret_access_key", "aws_session_token"?}`` from the secret's JSON."""
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         data = None
     if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in _REQUIRED_KEYS):
         raise ValueError('must be JSON {"aws_access_key_id": ..., "aws_secret_access_key": ..., "aws_session_token"?}')
