@@ -7,6 +7,10 @@
 * Every response says: no framing by other sites, no MIME sniffing, no referrer, and (for the
   pages) scripts, styles and connections from this origin only. Images may come from anywhere
   over http(s): the stores' signed URLs.
+* Every ``/v1`` answer says ``Cache-Control: no-store``: job reads and ``/v1/sign`` carry signed
+  image URLs (bearer credentials), and every answer is one tenant's; no browser or proxy cache
+  may keep one. (api/problems.py sets it on every problem document too: the catch-all 500 is
+  answered outside this middleware.)
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+API_PREFIX = "/v1/"
+NO_STORE = "no-store"
 
 
 class BrowserSafety:
@@ -42,12 +48,16 @@ class BrowserSafety:
             await self.app(scope, receive, send)
             return
 
+        api = scope["path"].startswith(API_PREFIX)
+
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in HEADERS.items():
                     if name not in headers:
                         headers[name] = value
+                if api:  # a route's own Cache-Control (the event stream's) stays
+                    headers.setdefault("Cache-Control", NO_STORE)
             await send(message)
 
         if scope["method"] not in SAFE_METHODS and _cross_site(Headers(scope=scope)):

@@ -1,16 +1,20 @@
 """What the API tells and refuses a browser (api/browser.py), and its other HTTP edges: a
 cross-site page cannot change anything, no page of another site can frame the Playground,
-probes answer HEAD, a slow body and a doubled Idempotency-Key are refused."""
+no cache keeps an answer of /v1, probes answer HEAD, a slow body and a doubled
+Idempotency-Key are refused."""
 
 from __future__ import annotations
 
 import contextlib
 import select
 import socket
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.api.conftest import TOKENS, ApiServer, StartApi
+from api.problems import ApiProblem, problem_response
+from tests.api.conftest import TOKENS, ApiServer, StartApi, wait_finished
+from tests.conftest import StartWorker
 
 
 def test_a_page_of_another_site_cannot_cancel_a_job(api: ApiServer, offline_node: dict[str, Any]) -> None:
@@ -35,6 +39,36 @@ def test_every_answer_forbids_framing_and_sniffing(api: ApiServer) -> None:
         assert "script-src 'self'" in headers["content-security-policy"]
         assert (headers["x-frame-options"], headers["x-content-type-options"]) == ("DENY", "nosniff")
         assert headers["referrer-policy"] == "no-referrer"
+
+
+def test_no_answer_of_v1_is_kept_by_a_cache(
+    api: ApiServer, start_worker: StartWorker, offline_node: dict[str, Any]
+) -> None:
+    """Job reads and /v1/sign carry image URLs, which are bearer credentials (presigned on
+    S3/GCS/Azure): a browser's or a proxy's cache must not keep them, nor any tenant's answer."""
+    start_worker()
+    acme = api.client("acme")
+    job_id = f"no-store-{uuid.uuid4().hex[:8]}"
+    assert acme.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": job_id}).status_code == 202
+    image = wait_finished(acme, job_id)["result"]["images"][0]
+    assert image["url"]
+    signed = acme.post("/v1/sign", json={"uri": image["uri"]})
+    assert signed.status_code == 200 and signed.json()["url"]
+    answers = {
+        "job": acme.get(f"/v1/jobs/{job_id}"),
+        "sign": signed,
+        "models": acme.get("/v1/models"),
+        "unknown job (404)": acme.get("/v1/jobs/no-such-job"),
+        "no token (401)": api.client(None).get(f"/v1/jobs/{job_id}"),
+        "invalid sign (422)": acme.post("/v1/sign", json={"uri": 5}),
+    }
+    seen = {name: answer.headers.get("cache-control") for name, answer in answers.items()}
+    assert all(value == "no-store" for value in seen.values()), seen
+    with acme.stream("GET", f"/v1/jobs/{job_id}/events") as stream:  # the route's own header stays
+        assert stream.status_code == 200 and stream.headers["cache-control"] == "no-store"
+    # The catch-all 500 is answered outside the middleware: the problem document says it itself.
+    internal = ApiProblem(500, "internal", "Internal error", "the service could not complete this request")
+    assert problem_response(internal).headers["cache-control"] == "no-store"
 
 
 def test_probes_answer_head(api: ApiServer) -> None:
