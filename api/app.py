@@ -502,6 +502,8 @@ def _submit(
             _release(state, tenant, job_id)
         raise
     if handle.created:
+        if not booking.added:  # the id was a member (another request's booking, maybe released since)
+            _keep(state, tenant, job_id)
         return JobAccepted(job_id=caller_id, state="queued", created=True, run=handle.run, links=_links(caller_id))
     if booking.added:
         _release(state, tenant, job_id)
@@ -512,6 +514,11 @@ def _submit(
 def _release(state: ApiState, tenant: Tenant, job_id: str) -> None:
     with contextlib.suppress(redis.RedisError, OSError):  # else the next booking prunes it
         state.cap.release(tenant.name, job_id)
+
+
+def _keep(state: ApiState, tenant: Tenant, job_id: str) -> None:
+    with contextlib.suppress(redis.RedisError, OSError):  # the job is enqueued: the answer is 202 all the same
+        state.cap.keep(tenant.name, job_id)
 
 
 def _reported_providers(state: ApiState) -> frozenset[str] | None:
