@@ -34,7 +34,7 @@ from pydantic.json_schema import models_json_schema
 from sse_starlette import EventSourceResponse
 
 from api.body import read_json
-from api.browser import BrowserSafety
+from api.browser import LOOPBACK_HOSTS, BrowserSafety
 from api.events import KEEP_ALIVE_S, async_redis, job_events
 from api.models import (
     CancelView,
@@ -132,7 +132,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_handlers(app)
-    app.add_middleware(BrowserSafety)
+    # Without tokens, only this machine's own names: a DNS-rebound page must not act as "dev".
+    hosts = LOOPBACK_HOSTS | settings.api_allowed_host_names if auth.anonymous else None
+    app.add_middleware(BrowserSafety, allowed_hosts=hosts)
     _routes(app)
     _pages(app, settings)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
