@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import redis
 
 from api.app import ApiState, _submit
 from api.quota import InFlightCap, in_flight_key
-from api.tenants import Tenant, parse_api_tokens
+from api.tenants import Authenticator, Tenant, TokenConfigError, parse_api_tokens
 from contract.jobs import JobConflict
 from contract.settings import Settings
 from producer.client import ImageGenClient
@@ -183,6 +184,31 @@ def test_token_settings_are_checked() -> None:
             assert "raw-token-value" not in str(exc)
         else:
             raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_two_tenants_with_one_token_are_refused_at_start_and_on_a_reread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two tenants whose references resolve to one token: every caller with it was the last tenant
+    listed, so acme's callers read and canceled globex's jobs."""
+    shared, acme_token, globex_token = "shared-token-0123456789", "acme-token-0123456789", "globex-token-0123456789"
+    acme, globex = tmp_path / "acme", tmp_path / "globex"
+    acme.write_text(shared)
+    globex.write_text(shared)
+    tokens = f"acme=file:{acme},globex=file:{globex}"
+    with pytest.raises(TokenConfigError) as refused:
+        Authenticator(Settings(api_tokens=tokens, environment="development"))
+    assert "'acme' and 'globex'" in str(refused.value) and shared not in str(refused.value)
+
+    acme.write_text(acme_token)
+    globex.write_text(globex_token)
+    auth = Authenticator(Settings(api_tokens=tokens, environment="development", secret_cache_ttl_s=0))
+    globex.write_text(acme_token)  # a rotation gone wrong: globex's file now holds acme's token
+    with caplog.at_level(logging.ERROR, logger="api.tenants"):
+        auth.refresh()
+    assert auth.tenant_for(acme_token) == Tenant("acme") and auth.tenant_for(globex_token) == Tenant("globex")
+    assert "'acme' and 'globex' have the same token" in caplog.text and "keeping the tokens in use" in caplog.text
+    assert acme_token not in caplog.text
 
 
 def test_production_refuses_to_start_without_tokens(job_env: dict[str, str]) -> None:
