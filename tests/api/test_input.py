@@ -136,7 +136,7 @@ def test_envelope_and_job_id_problems_are_422(api: ApiServer, offline_node: dict
         ({"node": offline_node, "rerun": True}, {}, "rerun"),
         ({"node": offline_node, "webhook": {"url": "ftp://x", "secret": "env:W"}}, {}, "webhook.url"),
         ({"node": offline_node, "webhook": {"url": "http://h.example/", "secret": "whsec_raw"}}, {}, "webhook.secret"),
-        (offline_node, {"Idempotency-Key": "bad key"}, "job_id"),
+        (offline_node, {"Idempotency-Key": "bad key"}, "Idempotency-Key"),
     ]
     for body, headers, field in cases:
         document = _problem(http.post("/v1/jobs", json=body, headers=headers), 422)
@@ -146,6 +146,28 @@ def test_envelope_and_job_id_problems_are_422(api: ApiServer, offline_node: dict
     _problem(http.post("/v1/jobs", json=[offline_node]), 422)
     duplicated = b'{"type": "image_generation", "type": "image_generation", "inputs": {}}'
     _problem(http.post("/v1/jobs", content=duplicated, headers={"Content-Type": "application/json"}), 422)
+
+
+@pytest.mark.usefixtures("nothing_enqueued")
+def test_an_invalid_idempotency_key_is_named_with_its_value_and_what_is_allowed(
+    api: ApiServer, offline_node: dict[str, Any]
+) -> None:
+    """The header is the job id, but the problem named the envelope's field "job_id", which the
+    caller never sent."""
+    http = api.client("acme")
+    for key, value, allowed in [
+        ("bad key", "bad key", "a job id is 1 to 128 characters"),
+        ("k" * 300, f"{'k' * 48}… (300 characters)", "a job id is 1 to 128 characters"),  # bounded
+        ("run-1/events", "run-1/events", "must not end with the segment 'events'"),
+    ]:
+        [problem] = _problem(http.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": key}), 422)[
+            "problems"
+        ]
+        assert (problem["field"], problem["value"]) == ("Idempotency-Key", value), problem
+        assert allowed in problem["message"], problem
+    # The envelope's own job_id is still named so.
+    [problem] = _problem(http.post("/v1/jobs", json={"node": offline_node, "job_id": "bad key"}), 422)["problems"]
+    assert problem["field"] == "job_id"
 
 
 def test_validate_reports_the_cost_and_enqueues_nothing(
