@@ -37,6 +37,7 @@ from api.body import read_json
 from api.browser import LOOPBACK_HOSTS, BrowserSafety
 from api.events import KEEP_ALIVE_S, async_redis, job_events
 from api.models import (
+    MAX_URI_CHARS,
     CancelView,
     CatalogView,
     Health,
@@ -64,7 +65,7 @@ from api.quota import ConcurrencyCap, InFlightCap, TenantThreads
 from api.submission import parse_submission
 from api.tenants import Authenticator, Tenant
 from contract.catalog import load_catalog
-from contract.errors import MISSING, NodeValidationError, Problem, excerpt
+from contract.errors import MISSING, NodeValidationError, Problem
 from contract.events import check_event_id
 from contract.jobs import JobStatus
 from contract.node import ImageGenerationNode
@@ -429,7 +430,7 @@ def _routes(app: FastAPI) -> None:
         try:
             body = SignBody.model_validate(data)
         except ValidationError as exc:
-            raise invalid(_problems_of(exc)) from None
+            raise invalid(_sign_problems(exc)) from None
         try:
             check_image_uri(body.uri)  # a signed url given for the uri is told so, not "not found"
         except NodeValidationError as exc:
@@ -468,11 +469,26 @@ def _admit(cap: ConcurrencyCap, tenant: Tenant, slug: str, what: str, setting: s
         )
 
 
-def _problems_of(error: ValidationError) -> NodeValidationError:
-    problems = [
-        Problem(".".join(str(p) for p in e["loc"]) or "(document)", excerpt(e.get("input")), e["msg"])
-        for e in error.errors()
-    ]
+SIGN_FIELDS = ("uri", "node")
+_SIGN_RULES = {
+    "uri": f"must be the image's durable uri from the result document, a string of at most {MAX_URI_CHARS} "
+    "characters (e.g. s3://bucket/images/t/acme/run-42/variation-0.png)",
+    "node": "must be the job's node JSON object, or left out (needed only for an image in the node's own cloud)",
+}
+
+
+def _sign_problems(error: ValidationError) -> NodeValidationError:
+    """A /v1/sign body's problems, each saying what is allowed (not pydantic's own words)."""
+    problems = []
+    for e in error.errors():
+        field = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            problems.append(Problem(field, MISSING, f"is not a known field; allowed: {', '.join(SIGN_FIELDS)}"))
+        elif e["type"] == "missing":
+            problems.append(Problem(field, MISSING, f"is required: it {_SIGN_RULES.get(field, 'must be given')}"))
+        else:
+            rule = _SIGN_RULES.get(field, f"must be a JSON object with {' and, optionally, '.join(SIGN_FIELDS)}")
+            problems.append(Problem(field or "(document)", e.get("input"), rule))
     return NodeValidationError(problems, subject="request")
 
 

@@ -170,6 +170,22 @@ def test_an_invalid_idempotency_key_is_named_with_its_value_and_what_is_allowed(
     assert problem["field"] == "job_id"
 
 
+def test_a_wrong_sign_body_says_what_is_allowed(api: ApiServer) -> None:
+    """Not pydantic's words ("Extra inputs are not permitted", "Input should be a valid string")."""
+    http = api.client("acme")
+    uri = "file:///tmp/images/t/acme/job/variation-0.png"
+    for body, field, value, allowed in [
+        ({"uri": uri, "url": "x"}, "url", None, "is not a known field; allowed: uri, node"),
+        ({}, "uri", None, "is required: it must be the image's durable uri from the result document"),
+        ({"uri": 5}, "uri", 5, "a string of at most 2048 characters"),
+        ({"uri": uri, "node": "x"}, "node", "x", "must be the job's node JSON object, or left out"),
+    ]:
+        document = _problem(http.post("/v1/sign", json=body), 422)
+        assert [(p["field"], p["value"]) for p in document["problems"]] == [(field, value)], document
+        assert allowed in document["problems"][0]["message"], document
+        assert "Input should" not in document["detail"] and "Extra inputs" not in document["detail"]
+
+
 def test_validate_reports_the_cost_and_enqueues_nothing(
     api: ApiServer, seed_node: dict[str, Any], store: redis.Redis, job_env: dict[str, str]
 ) -> None:
