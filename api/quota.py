@@ -46,7 +46,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return {1, count + 1}
 """
 
-# KEYS[1]: the tenant's in-flight set; KEYS[2]: the job's hash. ARGV[1]: the job's id; ARGV[2]: the set's TTL (s).
+# KEYS[1]: the tenant's in-flight set; KEYS[2]: the job's hash. ARGV[1]: the job's id.
 # Release: removes the id unless its job is queued or running. A request that booked a slot and
 # then enqueued nothing may have lost to another (the same id sent twice at once, a rerun that
 # found another's rerun queued): that job is in flight, and the other request took no slot for it.
@@ -57,9 +57,10 @@ if state == 'queued' or state == 'running' then return 0 end
 return redis.call('SREM', KEYS[1], ARGV[1])
 """
 
+# KEYS[1]: the tenant's in-flight set. ARGV[1]: the job's id; ARGV[2]: the set's TTL (s).
 # Keep: adds the id of a job this request enqueued without booking a slot (its booking found the
 # id a member: another request's booking, whose submit then enqueued nothing and released it).
-# Over the cap if need be: the job is in flight, so it is counted.
+# Over the cap if need be: the job is in flight, so it is counted. Returns 1.
 _KEEP = """
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -111,11 +112,11 @@ class InFlightCap:
     def release(self, tenant: str, job_id: str) -> None:
         """The submit did not enqueue after all (conflict, Redis error, another request's submit of the
         same id won): give the slot back, unless a job of this id is in flight (_RELEASE)."""
-        self._release(keys=[in_flight_key(tenant), job_key(job_id)], args=[job_id, self.ttl_s])
+        self._release(keys=[in_flight_key(tenant), job_key(job_id)], args=[job_id])
 
     def keep(self, tenant: str, job_id: str) -> None:
         """This submit enqueued a job its booking took no slot for (_KEEP): count it."""
-        self._keep(keys=[in_flight_key(tenant), job_key(job_id)], args=[job_id, self.ttl_s])
+        self._keep(keys=[in_flight_key(tenant)], args=[job_id, self.ttl_s])
 
 
 class ConcurrencyCap:
