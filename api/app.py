@@ -34,9 +34,10 @@ from pydantic.json_schema import models_json_schema
 from sse_starlette import EventSourceResponse
 
 from api.body import read_json
-from api.browser import BrowserSafety
+from api.browser import LOOPBACK_HOSTS, BrowserSafety
 from api.events import KEEP_ALIVE_S, async_redis, job_events
 from api.models import (
+    MAX_URI_CHARS,
     CancelView,
     CatalogView,
     Health,
@@ -64,7 +65,7 @@ from api.quota import ConcurrencyCap, InFlightCap, TenantThreads
 from api.submission import parse_submission
 from api.tenants import Authenticator, Tenant
 from contract.catalog import load_catalog
-from contract.errors import MISSING, NodeValidationError, Problem, excerpt
+from contract.errors import MISSING, NodeValidationError, Problem
 from contract.events import check_event_id
 from contract.jobs import JobStatus
 from contract.node import ImageGenerationNode
@@ -132,7 +133,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_handlers(app)
-    app.add_middleware(BrowserSafety)
+    # Without tokens, only this machine's own names: a DNS-rebound page must not act as "dev".
+    hosts = LOOPBACK_HOSTS | settings.api_allowed_host_names if auth.anonymous else None
+    app.add_middleware(BrowserSafety, allowed_hosts=hosts)
     _routes(app)
     _pages(app, settings)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
@@ -427,7 +430,7 @@ def _routes(app: FastAPI) -> None:
         try:
             body = SignBody.model_validate(data)
         except ValidationError as exc:
-            raise invalid(_problems_of(exc)) from None
+            raise invalid(_sign_problems(exc)) from None
         try:
             check_image_uri(body.uri)  # a signed url given for the uri is told so, not "not found"
         except NodeValidationError as exc:
@@ -466,11 +469,26 @@ def _admit(cap: ConcurrencyCap, tenant: Tenant, slug: str, what: str, setting: s
         )
 
 
-def _problems_of(error: ValidationError) -> NodeValidationError:
-    problems = [
-        Problem(".".join(str(p) for p in e["loc"]) or "(document)", excerpt(e.get("input")), e["msg"])
-        for e in error.errors()
-    ]
+SIGN_FIELDS = ("uri", "node")
+_SIGN_RULES = {
+    "uri": f"must be the image's durable uri from the result document, a string of at most {MAX_URI_CHARS} "
+    "characters (e.g. s3://bucket/images/t/acme/run-42/variation-0.png)",
+    "node": "must be the job's node JSON object, or left out (needed only for an image in the node's own cloud)",
+}
+
+
+def _sign_problems(error: ValidationError) -> NodeValidationError:
+    """A /v1/sign body's problems, each saying what is allowed (not pydantic's own words)."""
+    problems = []
+    for e in error.errors():
+        field = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            problems.append(Problem(field, MISSING, f"is not a known field; allowed: {', '.join(SIGN_FIELDS)}"))
+        elif e["type"] == "missing":
+            problems.append(Problem(field, MISSING, f"is required: it {_SIGN_RULES.get(field, 'must be given')}"))
+        else:
+            rule = _SIGN_RULES.get(field, f"must be a JSON object with {' and, optionally, '.join(SIGN_FIELDS)}")
+            problems.append(Problem(field or "(document)", e.get("input"), rule))
     return NodeValidationError(problems, subject="request")
 
 
@@ -502,6 +520,8 @@ def _submit(
             _release(state, tenant, job_id)
         raise
     if handle.created:
+        if not booking.added:  # the id was a member (another request's booking, maybe released since)
+            _keep(state, tenant, job_id)
         return JobAccepted(job_id=caller_id, state="queued", created=True, run=handle.run, links=_links(caller_id))
     if booking.added:
         _release(state, tenant, job_id)
@@ -512,6 +532,11 @@ def _submit(
 def _release(state: ApiState, tenant: Tenant, job_id: str) -> None:
     with contextlib.suppress(redis.RedisError, OSError):  # else the next booking prunes it
         state.cap.release(tenant.name, job_id)
+
+
+def _keep(state: ApiState, tenant: Tenant, job_id: str) -> None:
+    with contextlib.suppress(redis.RedisError, OSError):  # the job is enqueued: the answer is 202 all the same
+        state.cap.keep(tenant.name, job_id)
 
 
 def _reported_providers(state: ApiState) -> frozenset[str] | None:

@@ -170,10 +170,13 @@ class CatalogView(BaseModel):
         )
 
 
+MAX_URI_CHARS = 2048
+
+
 class SignBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    uri: str = Field(max_length=2048, description="The image's durable uri from the result document")
+    uri: str = Field(max_length=MAX_URI_CHARS, description="The image's durable uri from the result document")
     node: dict[str, Any] | None = Field(None, description="The job's node, when the image is in the node's own cloud")
 
 

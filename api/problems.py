@@ -81,7 +81,9 @@ def problem_response(problem: ApiProblem) -> JSONResponse:
     return JSONResponse(
         body,
         status_code=problem.status,
-        headers=problem.headers,
+        # One caller's error, of this moment: never kept by a cache (api/browser.py sets it on every
+        # /v1 answer, but the catch-all 500 is sent from outside that middleware).
+        headers={"Cache-Control": "no-store", **problem.headers},
         media_type=PROBLEM_JSON,
     )
 

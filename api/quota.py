@@ -7,6 +7,10 @@ or running. Booking a new job adds it if the tenant is below the cap; at the cap
 the members whose record says finished (or is gone) are pruned first. Both are
 one Lua script: two API processes booking for the same tenant at once cannot
 both take the last slot.
+
+A slot is given back only while no job of its id is queued or running: requests
+sending the same id at once share one member, and the one that enqueued nothing
+must not take it from the job the other enqueued.
 """
 
 from __future__ import annotations
@@ -42,6 +46,27 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return {1, count + 1}
 """
 
+# KEYS[1]: the tenant's in-flight set; KEYS[2]: the job's hash. ARGV[1]: the job's id.
+# Release: removes the id unless its job is queued or running. A request that booked a slot and
+# then enqueued nothing may have lost to another (the same id sent twice at once, a rerun that
+# found another's rerun queued): that job is in flight, and the other request took no slot for it.
+# Returns 1 when removed.
+_RELEASE = """
+local state = redis.call('HGET', KEYS[2], 'state')
+if state == 'queued' or state == 'running' then return 0 end
+return redis.call('SREM', KEYS[1], ARGV[1])
+"""
+
+# KEYS[1]: the tenant's in-flight set. ARGV[1]: the job's id; ARGV[2]: the set's TTL (s).
+# Keep: adds the id of a job this request enqueued without booking a slot (its booking found the
+# id a member: another request's booking, whose submit then enqueued nothing and released it).
+# Over the cap if need be: the job is in flight, so it is counted. Returns 1.
+_KEEP = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 PRUNE_BATCH = 1000  # members read when pruning: bounded work per request
 PRUNE_SLACK = 16  # a lowered cap leaves more members than it allows: read some more
 
@@ -63,6 +88,8 @@ class InFlightCap:
         self.cap = cap
         self.ttl_s = ttl_s
         self._book = client.register_script(_BOOK)
+        self._release = client.register_script(_RELEASE)
+        self._keep = client.register_script(_KEEP)
 
     def book(self, tenant: str, job_id: str, *, rerun: bool = False) -> Booking:
         """One round trip below the cap; at the cap, the members are read and the finished ones
@@ -83,8 +110,13 @@ class InFlightCap:
         return Booking(booked=int(outcome) != 0, added=int(outcome) == 1, in_flight=int(count))
 
     def release(self, tenant: str, job_id: str) -> None:
-        """The submit did not enqueue after all (invalid, conflict, Redis error): give the slot back."""
-        self.client.srem(in_flight_key(tenant), job_id)
+        """The submit did not enqueue after all (conflict, Redis error, another request's submit of the
+        same id won): give the slot back, unless a job of this id is in flight (_RELEASE)."""
+        self._release(keys=[in_flight_key(tenant), job_key(job_id)], args=[job_id])
+
+    def keep(self, tenant: str, job_id: str) -> None:
+        """This submit enqueued a job its booking took no slot for (_KEEP): count it."""
+        self._keep(keys=[in_flight_key(tenant)], args=[job_id, self.ttl_s])
 
 
 class ConcurrencyCap:

@@ -14,7 +14,7 @@ submit apply the same checks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from api.tenants import Tenant
@@ -25,6 +25,7 @@ from contract.tenancy import check_refs_of_tenant
 from contract.webhooks import Webhook, parse_webhook
 
 ENVELOPE_KEYS = ("node", "job_id", "webhook", "rerun", "context")
+IDEMPOTENCY_KEY = "Idempotency-Key"
 
 
 def is_envelope(data: dict[str, Any]) -> bool:
@@ -90,7 +91,10 @@ def parse_submission(
         try:
             job_id = tenant.job_id(caller_id)
         except NodeValidationError as exc:
-            problems.extend(exc.problems)
+            if idempotency_key is not None:  # the id came from the header: name the header, not job_id
+                problems.extend(replace(p, field=IDEMPOTENCY_KEY) for p in exc.problems)
+            else:
+                problems.extend(exc.problems)
     if webhook_data is not None:
         try:
             webhook = parse_webhook(webhook_data, settings, resolve=resolve_webhook)

@@ -132,8 +132,9 @@ def strip_namespaces(text: str) -> str:
 
 
 class Authenticator:
-    """Bearer token -> tenant. Tokens are resolved at start (a bad reference stops the start) and
-    re-read every ``IMAGEGEN_SECRET_CACHE_TTL_S``; a failed re-read keeps the tokens in use."""
+    """Bearer token -> tenant. Tokens are resolved at start (a bad reference, or one token for two
+    tenants, stops the start) and re-read every ``IMAGEGEN_SECRET_CACHE_TTL_S``; a failed re-read
+    keeps the tokens in use."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -160,6 +161,16 @@ class Authenticator:
             (tenant, hashlib.sha256(resolve_token(ref, self.settings).encode()).digest())
             for tenant, ref in self.references.items()
         ]
+        # One token for two tenants would make every caller with it the last one listed (it would
+        # see and cancel the other's jobs): refused at start; on a re-read, the tokens in use stay.
+        owners: dict[bytes, str] = {}
+        for tenant, digest in digests:
+            if digest in owners:
+                raise TokenConfigError(
+                    f"IMAGEGEN_API_TOKENS: tenants {owners[digest]!r} and {tenant!r} have the same token; "
+                    "give each tenant its own"
+                )
+            owners[digest] = tenant
         with self._lock:
             self._digests = digests
             self._expires = time.monotonic() + self.settings.secret_cache_ttl_s

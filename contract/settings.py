@@ -23,6 +23,7 @@ from contract.errors import ImageGenError, excerpt
 from contract.rate_limits import RateLimit, parse_rate_limits
 
 SETTING_PREFIX = "IMAGEGEN_"
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\]")  # IMAGEGEN_API_ALLOWED_HOSTS
 MISSPELT_CUTOFF = 0.9  # difflib's ratio: ENVIRONMNET 0.95, WORKER_CONCURENCY 0.98; API_TOKEN_ACME 0.86 is no typo
 POOL_HEADROOM = 16  # connections beyond one per worker slot: see Settings.pool_size
 REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")  # the job store and result backend
@@ -153,6 +154,21 @@ class Settings(BaseSettings):
     api_submit_threads_per_tenant: int = Field(8, ge=1, le=256)  # a tenant's submits at once; more wait
     api_max_body_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)  # a larger body gets 413
     api_body_timeout_s: float = Field(30.0, gt=0, le=600)  # a body not all there by then gets 408
+    # Without tokens (development: every caller is the tenant "dev") the API answers only requests
+    # whose Host is localhost, 127.0.0.1 or [::1] (any port), so a page whose name was re-pointed at
+    # this machine (DNS rebinding) cannot use it; comma-separated host names or addresses (no port)
+    # named here are answered too (api/browser.py). With tokens, any Host is answered.
+    api_allowed_hosts: str = ""
+
+    @model_validator(mode="after")
+    def _api_allowed_hosts_parse(self) -> Settings:
+        for entry in self.api_allowed_host_names:
+            if _HOST_NAME.fullmatch(entry) is None:
+                raise ValueError(
+                    f"IMAGEGEN_API_ALLOWED_HOSTS: entry {excerpt(entry)!r} must be a host name or address without "
+                    "a port (an IPv6 address in brackets: [fd00::1])"
+                )
+        return self
 
     # --- provider quota, shared by all workers (contract/rate_limits.py) -------
     rate_limits: str = ""  # API model id = calls per minute[:burst], comma-separated
@@ -340,6 +356,11 @@ class Settings(BaseSettings):
             allowed_targets=parse_allowed_targets(self.allowed_targets),
             allowed_endpoint_hosts=hosts,
         )
+
+    @property
+    def api_allowed_host_names(self) -> frozenset[str]:
+        """IMAGEGEN_API_ALLOWED_HOSTS' entries, lowercased (checked by _api_allowed_hosts_parse)."""
+        return frozenset(h.strip().lower() for h in self.api_allowed_hosts.split(",") if h.strip())
 
     @property
     def secret_ref_prefixes(self) -> tuple[str, ...]:

@@ -1,16 +1,24 @@
 """What the API tells and refuses a browser (api/browser.py), and its other HTTP edges: a
 cross-site page cannot change anything, no page of another site can frame the Playground,
-probes answer HEAD, a slow body and a doubled Idempotency-Key are refused."""
+no cache keeps an answer of /v1, without tokens only this machine's own names are answered
+(DNS rebinding), probes answer HEAD, a slow body and a doubled
+Idempotency-Key are refused."""
 
 from __future__ import annotations
 
 import contextlib
 import select
 import socket
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.api.conftest import TOKENS, ApiServer, StartApi
+import pytest
+
+from api.problems import ApiProblem, problem_response
+from contract.settings import Settings, SettingsError
+from tests.api.conftest import TOKENS, ApiServer, StartApi, wait_finished
+from tests.conftest import StartWorker
 
 
 def test_a_page_of_another_site_cannot_cancel_a_job(api: ApiServer, offline_node: dict[str, Any]) -> None:
@@ -35,6 +43,67 @@ def test_every_answer_forbids_framing_and_sniffing(api: ApiServer) -> None:
         assert "script-src 'self'" in headers["content-security-policy"]
         assert (headers["x-frame-options"], headers["x-content-type-options"]) == ("DENY", "nosniff")
         assert headers["referrer-policy"] == "no-referrer"
+
+
+def test_no_answer_of_v1_is_kept_by_a_cache(
+    api: ApiServer, start_worker: StartWorker, offline_node: dict[str, Any]
+) -> None:
+    """Job reads and /v1/sign carry image URLs, which are bearer credentials (presigned on
+    S3/GCS/Azure): a browser's or a proxy's cache must not keep them, nor any tenant's answer."""
+    start_worker()
+    acme = api.client("acme")
+    job_id = f"no-store-{uuid.uuid4().hex[:8]}"
+    assert acme.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": job_id}).status_code == 202
+    image = wait_finished(acme, job_id)["result"]["images"][0]
+    assert image["url"]
+    signed = acme.post("/v1/sign", json={"uri": image["uri"]})
+    assert signed.status_code == 200 and signed.json()["url"]
+    answers = {
+        "job": acme.get(f"/v1/jobs/{job_id}"),
+        "sign": signed,
+        "models": acme.get("/v1/models"),
+        "unknown job (404)": acme.get("/v1/jobs/no-such-job"),
+        "no token (401)": api.client(None).get(f"/v1/jobs/{job_id}"),
+        "invalid sign (422)": acme.post("/v1/sign", json={"uri": 5}),
+    }
+    seen = {name: answer.headers.get("cache-control") for name, answer in answers.items()}
+    assert all(value == "no-store" for value in seen.values()), seen
+    with acme.stream("GET", f"/v1/jobs/{job_id}/events") as stream:  # the route's own header stays
+        assert stream.status_code == 200 and stream.headers["cache-control"] == "no-store"
+    # The catch-all 500 is answered outside the middleware: the problem document says it itself.
+    internal = ApiProblem(500, "internal", "Internal error", "the service could not complete this request")
+    assert problem_response(internal).headers["cache-control"] == "no-store"
+
+
+def test_without_tokens_only_this_machines_names_are_answered(
+    start_api: StartApi, api: ApiServer, offline_node: dict[str, Any]
+) -> None:
+    """A page on attacker.example whose name is re-pointed at 127.0.0.1 (DNS rebinding) is
+    same-origin to the browser (Origin and Host both attacker.example), so the cross-site check
+    passes it; without tokens it would submit, read and cancel the tenant dev's jobs."""
+    anonymous = start_api({"IMAGEGEN_API_ALLOWED_HOSTS": "imagegen.test, Dev-Box"}, tokens=False)
+    http = anonymous.client(None)
+    port = urlsplit(anonymous.url).port
+    rebound = {
+        "Host": "attacker.example:8000",
+        "Origin": "http://attacker.example:8000",
+        "Sec-Fetch-Site": "same-origin",
+    }
+    for method, path in (("POST", "/v1/jobs"), ("GET", "/v1/jobs/rebound"), ("GET", "/playground/"), ("GET", "/")):
+        refused = http.request(method, path, json=offline_node, headers={**rebound, "Idempotency-Key": "rebound"})
+        problem = refused.json()
+        assert refused.status_code == 403 and problem["type"].endswith("/host-not-allowed"), (path, refused.text)
+        assert "'attacker.example:8000'" in problem["detail"] and "localhost" in problem["detail"]
+        assert "IMAGEGEN_API_ALLOWED_HOSTS" in problem["detail"] and refused.headers["x-frame-options"] == "DENY"
+    assert http.get("/v1/jobs/rebound").status_code == 404  # nothing was submitted
+    long_host = http.get("/healthz", headers={"Host": "a" * 300})
+    assert long_host.status_code == 403 and "a" * 100 not in long_host.text  # the value is bounded
+    for host in ("localhost", f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "imagegen.test:80", "dev-box"):
+        assert http.get("/v1/models", headers={"Host": host}).status_code == 200, host
+    # With tokens, a request must carry one: any Host is answered (a load balancer's, a Service's name).
+    assert api.client("acme").get("/v1/models", headers={"Host": "attacker.example"}).status_code == 200
+    with pytest.raises(SettingsError, match="IMAGEGEN_API_ALLOWED_HOSTS"):
+        Settings(api_allowed_hosts="imagegen.test:8000")
 
 
 def test_probes_answer_head(api: ApiServer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import redis
 
 from tests.api.conftest import TOKENS, ApiServer, StartApi
 from tests.cli import imagegen
-from tests.conftest import StartWorker, request_keys, wait_for
+from tests.conftest import ROOT, StartWorker, request_keys, wait_for
 
 
 @pytest.fixture
@@ -136,7 +137,7 @@ def test_envelope_and_job_id_problems_are_422(api: ApiServer, offline_node: dict
         ({"node": offline_node, "rerun": True}, {}, "rerun"),
         ({"node": offline_node, "webhook": {"url": "ftp://x", "secret": "env:W"}}, {}, "webhook.url"),
         ({"node": offline_node, "webhook": {"url": "http://h.example/", "secret": "whsec_raw"}}, {}, "webhook.secret"),
-        (offline_node, {"Idempotency-Key": "bad key"}, "job_id"),
+        (offline_node, {"Idempotency-Key": "bad key"}, "Idempotency-Key"),
     ]
     for body, headers, field in cases:
         document = _problem(http.post("/v1/jobs", json=body, headers=headers), 422)
@@ -146,6 +147,44 @@ def test_envelope_and_job_id_problems_are_422(api: ApiServer, offline_node: dict
     _problem(http.post("/v1/jobs", json=[offline_node]), 422)
     duplicated = b'{"type": "image_generation", "type": "image_generation", "inputs": {}}'
     _problem(http.post("/v1/jobs", content=duplicated, headers={"Content-Type": "application/json"}), 422)
+
+
+@pytest.mark.usefixtures("nothing_enqueued")
+def test_an_invalid_idempotency_key_is_named_with_its_value_and_what_is_allowed(
+    api: ApiServer, offline_node: dict[str, Any]
+) -> None:
+    """The header is the job id, but the problem named the envelope's field "job_id", which the
+    caller never sent."""
+    http = api.client("acme")
+    for key, value, allowed in [
+        ("bad key", "bad key", "a job id is 1 to 128 characters"),
+        ("k" * 300, f"{'k' * 48}… (300 characters)", "a job id is 1 to 128 characters"),  # bounded
+        ("run-1/events", "run-1/events", "must not end with the segment 'events'"),
+    ]:
+        [problem] = _problem(http.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": key}), 422)[
+            "problems"
+        ]
+        assert (problem["field"], problem["value"]) == ("Idempotency-Key", value), problem
+        assert allowed in problem["message"], problem
+    # The envelope's own job_id is still named so.
+    [problem] = _problem(http.post("/v1/jobs", json={"node": offline_node, "job_id": "bad key"}), 422)["problems"]
+    assert problem["field"] == "job_id"
+
+
+def test_a_wrong_sign_body_says_what_is_allowed(api: ApiServer) -> None:
+    """Not pydantic's words ("Extra inputs are not permitted", "Input should be a valid string")."""
+    http = api.client("acme")
+    uri = "file:///tmp/images/t/acme/job/variation-0.png"
+    for body, field, value, allowed in [
+        ({"uri": uri, "url": "x"}, "url", None, "is not a known field; allowed: uri, node"),
+        ({}, "uri", None, "is required: it must be the image's durable uri from the result document"),
+        ({"uri": 5}, "uri", 5, "a string of at most 2048 characters"),
+        ({"uri": uri, "node": "x"}, "node", "x", "must be the job's node JSON object, or left out"),
+    ]:
+        document = _problem(http.post("/v1/sign", json=body), 422)
+        assert [(p["field"], p["value"]) for p in document["problems"]] == [(field, value)], document
+        assert allowed in document["problems"][0]["message"], document
+        assert "Input should" not in document["detail"] and "Extra inputs" not in document["detail"]
 
 
 def test_validate_reports_the_cost_and_enqueues_nothing(
@@ -208,3 +247,76 @@ def test_unknown_routes_and_methods_are_problems(api: ApiServer) -> None:
     http = api.client("acme")
     _problem(http.get("/v2/anything"), 404)
     _problem(http.delete("/v1/models"), 405)
+
+
+def _hostile_bodies(node: dict[str, Any]) -> list[Any]:
+    def prompt(text: str) -> dict[str, Any]:
+        return {**node, "inputs": {**node["inputs"], "user_query": text}}
+
+    return [
+        *([], "x", 1, None, {}, {"node": {}}, {"node": None}, {"node": []}, {**node, "node": 1}),
+        *({"node": node, "context": c} for c in ("x", [], 5, "{}", {"a": [1, {"b": None}]}, {"": 1})),
+        *({"node": node, "webhook": w} for w in ("x", {}, {"url": 5}, None, {"url": "http://127.0.0.1/h"})),
+        {"node": node, "webhook": {"url": "https://example.com/h", "events": "all", "secret": 5}},
+        {"node": node, "webhook": {"url": "https://example.com/h", "events": ["x"], "secret": "vault:a/b#c"}},
+        *({"node": node, "job_id": j} for j in ([], "", "a" * 500)),
+        *({"node": node, "rerun": r} for r in ("yes", True, None)),
+        {"node": node, "extra": 1},
+        {**node, "inputs": None},
+        {**node, "inputs": {"user_query": {"x": 1}}},
+        {**node, "inputs": {**node["inputs"], "variations": 10**18}},
+        {**node, "inputs": {**node["inputs"], "seed": -1}},
+        prompt("{{ x.y }}"),
+        {"node": prompt("{{ x.y }}"), "context": {"x": {"y": 5}}},
+        {"node": prompt("{{ x.y }}"), "context": {"x": {"y": "a" * 100_000}}},
+        {"node": prompt("{{ x }}"), "context": {"x": [1] * 1000}},
+    ]
+
+
+def test_hostile_requests_get_a_problem_never_a_500(
+    api: ApiServer, start_worker: StartWorker, offline_node: dict[str, Any]
+) -> None:
+    start_worker()  # signs with a node reach a worker
+    acme = api.client("acme", timeout=60)
+    failures = []
+
+    def check(label: str, response: Any) -> None:
+        text = response.text
+        if response.status_code >= 500 or "Traceback" in text or str(ROOT) in text or 'File "' in text:
+            failures.append((label, response.status_code, text[:400]))
+
+    for body in _hostile_bodies(offline_node):
+        for path in ("/v1/jobs", "/v1/validate"):
+            check(f"{path} {json.dumps(body)[:120]}", acme.post(path, json=body))
+    for key in ["", "a" * 5000, "../x", "t/globex/x", "x/events", "x\\y", "%2e%2e", "é".encode("latin-1")]:
+        check(
+            f"Idempotency-Key {key!r:.60}", acme.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": key})
+        )
+    cloud = copy.deepcopy(offline_node)
+    cloud["inputs"].update(use_cloud=True, cloud_provider="aws", aws_bucket="b", aws_region="us-east-1")
+    uri = "file:///tmp/x/t/acme/j/variation-0.png"
+    for sign in [
+        *({"uri": u} for u in (5, None, "", "x" * 5000, "t/acme/j/variation-0.png", "https://h/t/acme/j/v-0.png")),
+        *({"uri": uri, "node": n} for n in ("x", {}, offline_node, cloud)),
+        {},
+        {"uri": uri, "x": 1},
+        {"uri": "s3://b/t/acme/j/variation-0.png", "node": cloud},
+        {"uri": "s3://b/t/acme/j/variation-0.png", "node": {**cloud, "inputs": None}},
+    ]:
+        check(f"/v1/sign {json.dumps(sign)[:120]}", acme.post("/v1/sign", json=sign))
+    for path in [
+        *("/v1/jobs/%00", "/v1/jobs/x%0A", "/v1/jobs/" + "a" * 8000, "/v1/jobs/%C3%A9", "/v1/jobs/..%2F.."),
+        *("/v1/jobs//x", "/v1/jobs/x/events?after=" + "9" * 5000, "/v1/jobs/x/events?after=1-1&after=2-2"),
+        *("/v1/jobs/x/events?after=%00", "/v1/jobs/x/webhooks", "/v1/jobs/", "/v1/jobs"),
+    ]:
+        check(f"GET {path[:80]}", acme.get(path))
+    for cursor in ["x" * 5000, "", "18446744073709551616-0"]:
+        check(f"Last-Event-ID {cursor[:20]}", acme.get("/v1/jobs/x/events", headers={"Last-Event-ID": cursor}))
+    node_bytes = json.dumps(offline_node).encode()
+    for content_type in ["application/json; charset=utf-16", "application/x+json", "APPLICATION/JSON"]:
+        check(content_type, acme.post("/v1/jobs", content=node_bytes, headers={"Content-Type": content_type}))
+    as_json = {"Content-Type": "application/json"}
+    check("utf-16 body", acme.post("/v1/jobs", content=json.dumps(offline_node).encode("utf-16"), headers=as_json))
+    check("BOM body", acme.post("/v1/jobs", content=b"\xef\xbb\xbf" + node_bytes, headers=as_json))
+    assert not failures, "\n".join(map(str, failures))
+    assert "Traceback" not in api.log()

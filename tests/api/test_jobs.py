@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
 from contract.result import JobResult
 from producer.client import ImageGenClient
-from tests.api.conftest import ApiServer, read_sse, wait_finished
+from tests.api.conftest import TOKENS, ApiServer, StartApi, read_sse, wait_finished
 from tests.cli import imagegen
-from tests.conftest import StartWorker
+from tests.conftest import StartWorker, wait_for
 
 
 def test_a_job_submitted_over_http_ends_as_the_clients_do(
@@ -213,3 +215,28 @@ def test_a_tenant_can_open_only_so_many_event_streams(start_api: Any, offline_no
     while (status := status_of_a_new_stream()) == 429 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert status == 200
+
+
+def test_heads_and_clients_gone_before_the_stream_starts_hold_no_stream_slot(
+    start_api: StartApi, offline_node: dict[str, Any]
+) -> None:
+    """A HEAD of /events, or a client that hangs up before the stream's first byte, counts a stream
+    whose generator never runs: its place must be given back all the same."""
+    api = start_api({"IMAGEGEN_API_MAX_STREAMS_PER_TENANT": "2"})
+    acme = api.client("acme", timeout=10)
+    job_id = acme.post("/v1/jobs", json=offline_node).json()["job_id"]  # no worker: it stays queued
+    url = f"/v1/jobs/{job_id}/events"
+
+    def status_of_a_new_stream() -> int:
+        with acme.stream("GET", url) as response:
+            return response.status_code
+
+    for _ in range(3):
+        acme.head(url)
+    assert wait_for(lambda: status_of_a_new_stream() == 200, timeout=10)
+    address = urlsplit(api.url)
+    request = f"GET {url} HTTP/1.1\r\nHost: {address.netloc}\r\nAuthorization: Bearer {TOKENS['acme']}\r\n\r\n"
+    for _ in range(20):
+        with socket.create_connection((address.hostname, address.port)) as gone:
+            gone.sendall(request.encode())  # and closed at once
+    assert wait_for(lambda: status_of_a_new_stream() == 200, timeout=10)

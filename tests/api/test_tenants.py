@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
+import pytest
 import redis
 
-from api.tenants import Tenant, parse_api_tokens
+from api.app import ApiState, _submit
+from api.quota import InFlightCap, in_flight_key
+from api.tenants import Authenticator, Tenant, TokenConfigError, parse_api_tokens
+from contract.jobs import JobConflict
+from contract.settings import Settings
+from producer.client import ImageGenClient
 from tests.api.conftest import TOKENS, ApiServer, StartApi, wait_finished
 from tests.cli import imagegen
 from tests.conftest import StartWorker, request_keys
@@ -176,6 +186,31 @@ def test_token_settings_are_checked() -> None:
             raise AssertionError(f"{bad!r} was accepted")
 
 
+def test_two_tenants_with_one_token_are_refused_at_start_and_on_a_reread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two tenants whose references resolve to one token: every caller with it was the last tenant
+    listed, so acme's callers read and canceled globex's jobs."""
+    shared, acme_token, globex_token = "shared-token-0123456789", "acme-token-0123456789", "globex-token-0123456789"
+    acme, globex = tmp_path / "acme", tmp_path / "globex"
+    acme.write_text(shared)
+    globex.write_text(shared)
+    tokens = f"acme=file:{acme},globex=file:{globex}"
+    with pytest.raises(TokenConfigError) as refused:
+        Authenticator(Settings(api_tokens=tokens, environment="development"))
+    assert "'acme' and 'globex'" in str(refused.value) and shared not in str(refused.value)
+
+    acme.write_text(acme_token)
+    globex.write_text(globex_token)
+    auth = Authenticator(Settings(api_tokens=tokens, environment="development", secret_cache_ttl_s=0))
+    globex.write_text(acme_token)  # a rotation gone wrong: globex's file now holds acme's token
+    with caplog.at_level(logging.ERROR, logger="api.tenants"):
+        auth.refresh()
+    assert auth.tenant_for(acme_token) == Tenant("acme") and auth.tenant_for(globex_token) == Tenant("globex")
+    assert "'acme' and 'globex' have the same token" in caplog.text and "keeping the tokens in use" in caplog.text
+    assert acme_token not in caplog.text
+
+
 def test_production_refuses_to_start_without_tokens(job_env: dict[str, str]) -> None:
     production = {
         **job_env,
@@ -227,6 +262,88 @@ def test_the_in_flight_cap_answers_429_with_retry_after(
     assert acme.post("/v1/jobs/cap-0/cancel").json()["changed"] is True
     store.hset(f"imagegen:job:t/{tenant}/cap-0", "state", "canceled")
     assert acme.post("/v1/jobs", json=offline_node, headers={"Idempotency-Key": "cap-2"}).status_code == 202
+
+
+class _SubmitsAfter:
+    """The client, but its first submit first runs ``before``: another request's steps, interleaved
+    as two requests' threads can be."""
+
+    def __init__(self, client: ImageGenClient, before: Callable[[], object]):
+        self.client, self.before, self.done = client, before, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.done:
+            self.done = True
+            self.before()
+        return self.client.submit(*args, **kwargs)
+
+
+def _api_state(settings: Settings, client: ImageGenClient | _SubmitsAfter, cap: InFlightCap) -> ApiState:
+    return cast(ApiState, SimpleNamespace(settings=settings, client=client, cap=cap))
+
+
+def _cap_of_one(settings: Settings, client: ImageGenClient) -> tuple[Tenant, InFlightCap]:
+    return Tenant(f"race{uuid.uuid4().hex[:6]}"), InFlightCap(client.records.client, 1, settings.result_ttl_s)
+
+
+def test_a_submit_that_loses_to_the_same_id_sent_at_once_leaves_the_job_its_slot(
+    settings: Settings, client: ImageGenClient, offline_node: dict[str, Any], store: redis.Redis
+) -> None:
+    """Request A books the slot; B (same id) books nothing, as the id is a member, and enqueues the
+    job before A's claim; A then finds the job and enqueues nothing. A gave its slot back, and the
+    queued job was counted no more: one tenant could go past IMAGEGEN_API_MAX_JOBS_IN_FLIGHT."""
+    tenant, cap = _cap_of_one(settings, client)
+    raw = json.dumps(offline_node).encode()
+
+    def b() -> None:
+        assert _submit(_api_state(settings, client, cap), tenant, raw, offline_node, "same").created
+
+    a = _submit(_api_state(settings, _SubmitsAfter(client, b), cap), tenant, raw, offline_node, "same")
+    job_id = tenant.job_id("same")
+    assert a.created is False and client.status(job_id).state == "queued"
+    assert store.smembers(in_flight_key(tenant.name)) == {job_id.encode()}
+    assert not cap.book(tenant.name, tenant.job_id("other")).booked  # the cap of one is taken
+
+
+def test_a_rerun_that_loses_to_another_leaves_the_job_its_slot(
+    settings: Settings, client: ImageGenClient, offline_node: dict[str, Any], store: redis.Redis
+) -> None:
+    tenant, cap = _cap_of_one(settings, client)
+    job_id = tenant.job_id("failed")
+    client.submit(offline_node, job_id)
+    store.hset(f"imagegen:job:{job_id}", "state", "failed")  # ended by hand, as a worker would
+    data = {"node": offline_node, "job_id": "failed", "rerun": True}
+    raw = json.dumps(data).encode()
+
+    def b() -> None:
+        assert _submit(_api_state(settings, client, cap), tenant, raw, data, None).created
+
+    with pytest.raises(JobConflict):  # 409: the job is queued again, by B
+        _submit(_api_state(settings, _SubmitsAfter(client, b), cap), tenant, raw, data, None)
+    assert client.status(job_id).state == "queued" and client.status(job_id).run == 2
+    assert store.smembers(in_flight_key(tenant.name)) == {job_id.encode()}
+
+
+def test_a_job_enqueued_on_another_requests_released_booking_is_counted(
+    settings: Settings, client: ImageGenClient, offline_node: dict[str, Any], store: redis.Redis
+) -> None:
+    """A booked the id and B's booking took no slot (a member already); A's submit then failed, and A
+    gave the slot back before B enqueued the job."""
+    tenant, cap = _cap_of_one(settings, client)
+    job_id = tenant.job_id("again")
+    assert cap.book(tenant.name, job_id).added  # A
+    raw = json.dumps(offline_node).encode()
+    b = _submit(
+        _api_state(settings, _SubmitsAfter(client, lambda: cap.release(tenant.name, job_id)), cap),
+        tenant,
+        raw,
+        offline_node,
+        "again",
+    )
+    assert b.created and store.smembers(in_flight_key(tenant.name)) == {job_id.encode()}
 
 
 def test_a_rotated_token_file_is_picked_up(start_api: StartApi, tmp_path: Any) -> None:
