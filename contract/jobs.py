@@ -129,17 +129,33 @@ local function stale(job, run)
 end
 """
 
-# KEYS[1]: the job hash; KEYS[2]: the run's prompt-step guard. ARGV[1]: the run.
-# Returns "done" (the step published the run's chord already: a redelivery), "stale"
-# (``_STALE``), "canceled", else "start": the checks before the step's paid text call, in one
-# round trip (as ``_BEGIN_VARIATION`` for a variation).
+# KEYS[1]: the job hash; KEYS[2]: the run's prompt-step guard. ARGV[1]: the run; ARGV[2]: this
+# delivery's owner (its Celery task id: the same for the step's own retries and redeliveries,
+# another for a copy sent again); ARGV[3]: the lease (ms); ARGV[4]: the guard's TTL (s).
+# Returns {outcome, ms}: "done" (the step published the run's chord already: a redelivery),
+# "stale" (``_STALE``), "busy" (another copy of the step holds a live lease: it is writing the
+# prompts, publishing, or waiting for its next attempt; ms: how long the lease still runs;
+# nothing changed), "canceled", else "start" with the guard claimed for the lease
+# ("pending:<deadline ms>:<owner>", on Redis' clock). Checks and claim are one step, so two
+# copies at once cannot both pay for the text call and publish two chords. A guard without a
+# live lease (run out, or "pending" from an older worker) is claimed again.
 _BEGIN_PROMPT_STEP = (
     _STALE
     + """
-if redis.call('GET', KEYS[2]) == 'done' then return 'done' end
-if stale(KEYS[1], ARGV[1]) then return 'stale' end
-if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then return 'canceled' end
-return 'start'
+local guard = redis.call('GET', KEYS[2])
+if guard == 'done' then return {'done', 0} end
+if stale(KEYS[1], ARGV[1]) then return {'stale', 0} end
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+if guard then
+  local lease_until, owner = string.match(guard, '^pending:(%d+):(.+)$')
+  if owner and owner ~= ARGV[2] and tonumber(lease_until) > now_ms then
+    return {'busy', tonumber(lease_until) - now_ms}
+  end
+end
+if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then return {'canceled', 0} end
+redis.call('SET', KEYS[2], 'pending:' .. (now_ms + tonumber(ARGV[3])) .. ':' .. ARGV[2], 'EX', ARGV[4])
+return {'start', 0}
 """
 )
 
@@ -294,6 +310,12 @@ class Claim:
 class DispatchClaim:
     outcome: Literal["new", "again", "busy", "done", "stale"]
     lease_left_s: float = 0.0  # "busy": how long the other delivery's lease still runs
+
+
+@dataclass(frozen=True)
+class PromptStepClaim:
+    outcome: Literal["start", "busy", "canceled", "stale", "done"]
+    lease_left_s: float = 0.0  # "busy": how long the other copy's lease still runs
 
 
 @dataclass(frozen=True)
@@ -455,12 +477,16 @@ class JobRecords:
         )
         return _text(outcome)  # type: ignore[return-value]
 
-    def begin_prompt_step(self, job_id: str, run: int) -> Literal["start", "canceled", "stale", "done"]:
-        """Before the prompt step's text call, in one round trip: "start", "done" (the step
-        published the run's chord already), "stale" (a rerun replaced the run, or the lost-job
-        sweep ended it) or "canceled". Only "start" may spend."""
-        outcome = self._begin_prompt_step(keys=[job_key(job_id), prompt_step_key(job_id, run)], args=[run])
-        return _text(outcome)  # type: ignore[return-value]
+    def begin_prompt_step(self, job_id: str, run: int, owner: str, lease_s: float) -> PromptStepClaim:
+        """Before the prompt step's text call, in one round trip: "start" (the step is claimed by
+        ``owner``, its task id, for ``lease_s``), "busy" (another copy of the step holds a live
+        lease: it must neither pay nor publish), "done" (the step published the run's chord
+        already), "stale" (a rerun replaced the run, or the lost-job sweep ended it) or
+        "canceled". Only "start" may spend."""
+        outcome, lease_left_ms = self._begin_prompt_step(
+            keys=[job_key(job_id), prompt_step_key(job_id, run)], args=[run, owner, int(lease_s * 1000), self.ttl_s]
+        )
+        return PromptStepClaim(_text(outcome), int(lease_left_ms) / 1000)  # type: ignore[arg-type]
 
     def stalled(self, deadline_s: float, limit: int = 500) -> list[str]:
         """Ids of unfinished jobs with no progress for ``deadline_s`` (candidates for ``end_lost``)."""
