@@ -180,6 +180,33 @@ def test_a_failed_upstream_task_ends_the_job_at_once(
     assert fake.requests == []
 
 
+@pytest.mark.parametrize("upstream", ["engine.boom", "engine.echo"])
+def test_a_chained_job_canceled_while_it_waits_for_its_prompt_ends_canceled(
+    gemini_worker: WorkerProcess,
+    engine: tuple[Celery, str],
+    client: ImageGenClient,
+    seed_node: dict[str, Any],
+    fake: FakeGemini,
+    upstream: str,
+) -> None:
+    """The cancel was accepted (``changed``), so the job ends ``canceled`` whichever way its
+    upstream ends it (it failed, or gave a value that cannot be a prompt), as a started run would."""
+    app, queue = engine
+    job_id = f"llm-canceled-{uuid.uuid4().hex[:6]}"
+    chained = client.chain(app.signature(upstream, args=("",), queue=queue), seed_node, job_id=job_id)
+    assert client.cancel(job_id).changed
+    chained.apply_async()
+
+    result = client.wait(job_id, timeout=WAIT_S)
+
+    assert result.status == "canceled", result.errors
+    assert [e.kind for e in result.errors] == ["canceled"]
+    assert client.status(job_id).state == "canceled"
+    events = [e.event for e in client.events(job_id, timeout=5)]
+    assert events == ["canceled", "completed"]
+    assert fake.requests == []
+
+
 def test_a_hand_built_chain_takes_the_errback_too(
     gemini_worker: WorkerProcess, engine: tuple[Celery, str], client: ImageGenClient, seed_node: dict[str, Any]
 ) -> None:
