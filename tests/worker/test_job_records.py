@@ -175,3 +175,13 @@ def test_a_live_prompt_step_lease_holds_off_another_copy_but_not_the_steps_own_r
     assert records.begin_prompt_step(job_id, 1, "step-a", LEASE_S).outcome == "busy"
     records.client.set(prompt_step_key(job_id, 1), "done")
     assert records.begin_prompt_step(job_id, 1, "step-a", LEASE_S).outcome == "done"
+
+
+def test_a_variation_is_announced_only_when_counted_now(records: JobRecords) -> None:
+    job_id = claimed(records)
+    counted, entry_id, _ = records.announce_variation(job_id, 1, 0, '{"index":0}', 100)
+    assert counted and entry_id
+    assert records.announce_variation(job_id, 1, 0, '{"index":0}', 100) == (False, "", None)  # a copy
+    end_as_lost(records, job_id)
+    assert records.announce_variation(job_id, 1, 1, '{"index":1}', 100) == (False, "", None)  # a late one
+    assert [e.event for e in JobEvents(records.client, 600).read(job_id)] == ["variation"]
