@@ -229,6 +229,16 @@ class JobEvents:
                     found[record.index] = record
         return found
 
+    def announced(self, job_id: str, run: int, event: EventType) -> bool:
+        """Whether the log holds ``event`` of ``run`` (read newest first: a run's ending is at its
+        end, bounded by the stream's MAXLEN)."""
+        entries: Any = self.client.xrevrange(events_key(job_id))
+        for _, fields in entries:
+            values = {_text(k): _text(v) for k, v in fields.items()}
+            if values.get("event") == event and int(values.get("run") or 1) == run:
+                return True
+        return False
+
     def get(self, job_id: str, entry_id: str) -> JobEvent | None:
         """One event by its id (None: trimmed or expired)."""
         entries: Any = self.client.xrange(events_key(job_id), check_event_id(entry_id, "id"), entry_id, count=1)

@@ -10,7 +10,7 @@ from celery import Task, states
 
 from contract.catalog import load_catalog
 from contract.errors import NodeValidationError
-from contract.events import completed_data
+from contract.events import JobEvents, completed_data
 from contract.job_ids import check_job_id
 from contract.jobs import JobState, utcnow
 from contract.queue import FINALIZE
@@ -44,7 +44,7 @@ def finalize(self: Task, outcomes: list[dict[str, Any]], summary: JobSummary) ->
     if status == "stale":  # the lost-job sweep ended the run, or a rerun replaced it: its document stands
         log.info("job %s run %d ended or was replaced; this late result is dropped", summary.job_id, summary.run)
         return None
-    if not now and self.backend.get_task_meta(self.request.id).get("status") == states.SUCCESS:
+    if not now and _stored_and_announced(self.backend, self.request.id, summary.job_id, summary.run):
         # A second finalize of the run (redelivered, or a second chord's after a dispatch died
         # halfway): its document is stored and announced already, and may hold fuller records.
         log.info("job %s run %d finished already; this finalize stores nothing", summary.job_id, summary.run)
@@ -88,8 +88,8 @@ def fail_unstarted_job(backend: Any, result_id: str, order: JobOrder, message: s
         if ended == "stale":
             log.info("job %s run %d ended or was replaced; its late failure is dropped", order.job_id, order.run)
             return None
-        if not now and backend.get_task_meta(result_id).get("status") == states.SUCCESS:
-            return None  # ended and stored before (a redelivery): nothing more to say
+        if not now and _stored_and_announced(backend, result_id, order.job_id, order.run):
+            return None  # ended, stored and announced before (a redelivery): nothing more to say
         state = ended
     document = _unstarted_job_result(order, message, state)
     backend.store_result(result_id, document, states.SUCCESS)
@@ -97,6 +97,19 @@ def fail_unstarted_job(backend: Any, result_id: str, order: JobOrder, message: s
     if _is_valid_id(order.job_id):
         publish(order.job_id, order.run, "completed", completed_data(document))
     return None
+
+
+def _stored_and_announced(backend: Any, result_id: str, job_id: str, run: int) -> bool:
+    """Whether an ended run's document is stored; if it is but its "completed" is not in the log
+    (the delivery that stored it died before announcing it), it is announced now, once, so that
+    followers and the webhook still hear of the ending."""
+    meta = backend.get_task_meta(result_id)
+    if meta.get("status") != states.SUCCESS or not isinstance(meta.get("result"), dict):
+        return False
+    if not JobEvents(job_records().client, job_records().ttl_s).announced(job_id, run, "completed"):
+        log.warning("job %s run %d: its document was stored but never announced; announcing it", job_id, run)
+        publish(job_id, run, "completed", completed_data(meta["result"]))
+    return True
 
 
 def _unstarted_job_result(order: JobOrder, message: str, state: JobState = "failed") -> dict[str, Any]:
