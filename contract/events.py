@@ -117,6 +117,12 @@ def _json_value(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime | date) else str(value)
 
 
+def _entry_data(data: Mapping[str, Any]) -> str:
+    """An entry's ``data`` field: its JSON, without what the entry implies (``_IMPLIED``)."""
+    stored = {k: v for k, v in data.items() if k not in _IMPLIED}
+    return json.dumps(stored, separators=(",", ":"), default=_json_value)
+
+
 def event_record(record: BaseModel) -> dict[str, Any]:
     """A variation's record as its ``variation`` event carries it: what a follower shows (URL,
     size, cost, the error) without the provider's metadata or the null fields; the result
@@ -195,9 +201,7 @@ class JobEvents:
     def queue_append(self, pipe: Any, job_id: str, event: EventType, data: Mapping[str, Any], run: int = 1) -> None:
         """Queue on ``pipe`` what ``append_for_delivery`` sends: XADD, EXPIRE, HGET webhook (3 replies)."""
         key = events_key(job_id)
-        stored = {k: v for k, v in data.items() if k not in _IMPLIED}
-        text = json.dumps(stored, separators=(",", ":"), default=_json_value)
-        fields = {"event": event, "run": str(run), "data": text}
+        fields = {"event": event, "run": str(run), "data": _entry_data(data)}
         pipe.xadd(key, fields, maxlen=self.max_len, approximate=True)
         pipe.expire(key, self.retention_s if event == "completed" else self.ttl_s)
         pipe.hget(job_key(job_id), "webhook")
@@ -225,6 +229,16 @@ class JobEvents:
                     found[record.index] = record
         return found
 
+    def announced(self, job_id: str, run: int, event: EventType) -> bool:
+        """Whether the log holds ``event`` of ``run`` (read newest first: a run's ending is at its
+        end, bounded by the stream's MAXLEN)."""
+        entries: Any = self.client.xrevrange(events_key(job_id))
+        for _, fields in entries:
+            values = {_text(k): _text(v) for k, v in fields.items()}
+            if values.get("event") == event and int(values.get("run") or 1) == run:
+                return True
+        return False
+
     def get(self, job_id: str, entry_id: str) -> JobEvent | None:
         """One event by its id (None: trimmed or expired)."""
         entries: Any = self.client.xrange(events_key(job_id), check_event_id(entry_id, "id"), entry_id, count=1)
@@ -234,16 +248,15 @@ class JobEvents:
 def announce_variation(
     records: JobRecords, sender: TaskSender, job_id: str, run: int, index: int, data: Mapping[str, Any], max_len: int
 ) -> bool:
-    """Count variation ``index`` of ``run`` once (``JobRecords.count_done``) and append its
-    ``variation`` event, in one round trip; whether it was counted now. Unlike ``announce``, a
-    Redis fault propagates: the count is what lets a redelivered copy skip the work."""
-    pipe = records.client.pipeline(transaction=False)
-    records.queue_count_done(pipe, job_id, run, index)
-    JobEvents(records.client, records.ttl_s, max_len).queue_append(pipe, job_id, "variation", data, run)
-    counted, entry_id, _, webhook = pipe.execute()
-    if webhook:
-        _schedule(records, sender, job_id, run, "variation", _text(entry_id), _text(webhook))
-    return bool(counted)
+    """Count variation ``index`` of ``run`` once and append its ``variation`` event, in one step
+    (``JobRecords.announce_variation``); whether it was counted now. Only a variation counted now
+    is announced: a copy of one counted before, or a late one of a run that ended (lost) or was
+    replaced, adds no event and no webhook delivery. Unlike ``announce``, a Redis fault
+    propagates: the count is what lets a redelivered copy skip the work."""
+    counted, entry_id, webhook = records.announce_variation(job_id, run, index, _entry_data(data), max_len)
+    if counted and webhook:
+        _schedule(records, sender, job_id, run, "variation", entry_id, webhook)
+    return counted
 
 
 def _schedule(

@@ -129,17 +129,33 @@ local function stale(job, run)
 end
 """
 
-# KEYS[1]: the job hash; KEYS[2]: the run's prompt-step guard. ARGV[1]: the run.
-# Returns "done" (the step published the run's chord already: a redelivery), "stale"
-# (``_STALE``), "canceled", else "start": the checks before the step's paid text call, in one
-# round trip (as ``_BEGIN_VARIATION`` for a variation).
+# KEYS[1]: the job hash; KEYS[2]: the run's prompt-step guard. ARGV[1]: the run; ARGV[2]: this
+# delivery's owner (its Celery task id: the same for the step's own retries and redeliveries,
+# another for a copy sent again); ARGV[3]: the lease (ms); ARGV[4]: the guard's TTL (s).
+# Returns {outcome, ms}: "done" (the step published the run's chord already: a redelivery),
+# "stale" (``_STALE``), "busy" (another copy of the step holds a live lease: it is writing the
+# prompts, publishing, or waiting for its next attempt; ms: how long the lease still runs;
+# nothing changed), "canceled", else "start" with the guard claimed for the lease
+# ("pending:<deadline ms>:<owner>", on Redis' clock). Checks and claim are one step, so two
+# copies at once cannot both pay for the text call and publish two chords. A guard without a
+# live lease (run out, or "pending" from an older worker) is claimed again.
 _BEGIN_PROMPT_STEP = (
     _STALE
     + """
-if redis.call('GET', KEYS[2]) == 'done' then return 'done' end
-if stale(KEYS[1], ARGV[1]) then return 'stale' end
-if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then return 'canceled' end
-return 'start'
+local guard = redis.call('GET', KEYS[2])
+if guard == 'done' then return {'done', 0} end
+if stale(KEYS[1], ARGV[1]) then return {'stale', 0} end
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+if guard then
+  local lease_until, owner = string.match(guard, '^pending:(%d+):(.+)$')
+  if owner and owner ~= ARGV[2] and tonumber(lease_until) > now_ms then
+    return {'busy', tonumber(lease_until) - now_ms}
+  end
+end
+if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then return {'canceled', 0} end
+redis.call('SET', KEYS[2], 'pending:' .. (now_ms + tonumber(ARGV[3])) .. ':' .. ARGV[2], 'EX', ARGV[4])
+return {'start', 0}
 """
 )
 
@@ -175,20 +191,42 @@ return {outcome, 0}
 """
 )
 
+# Count variation ``field`` ("v<index>") of ``run`` once per run, whatever the deliveries: its
+# field (the run that finished it) lets a redelivered copy skip the work. Nothing is created for
+# a job without a record. 1 when counted now, 0 when counted before (or no record, or the run is
+# stale: ``_STALE``).
+_COUNT = """
+local function count(job, progress, field, run, now, job_id)
+  if redis.call('EXISTS', job) == 0 or stale(job, run) then return 0 end
+  redis.call('ZADD', progress, 'XX', now, job_id)
+  if redis.call('HGET', job, field) == run then return 0 end
+  redis.call('HSET', job, field, run)
+  redis.call('HINCRBY', job, 'done', 1)
+  return 1
+end
+"""
+
 # KEYS[1]: the job hash; KEYS[2]: the progress index. ARGV[1]: "v<index>" (the variation's
 # field); ARGV[2]: the run; ARGV[3]: now (epoch s); ARGV[4]: the job id.
-# A variation counts once per run, whatever the deliveries; its field (the run that finished
-# it) lets a redelivered copy skip the work. Nothing is created for a job without a record.
-# Returns 1 when counted now, 0 when counted before (or no record, or the run is stale).
-_COUNT_DONE = (
+# Returns 1 when counted now, else 0 (``_COUNT``).
+_COUNT_DONE = _STALE + _COUNT + "return count(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
+
+# KEYS[1]: the job hash; KEYS[2]: the progress index; KEYS[3]: the job's event stream.
+# ARGV[1..4]: as ``_COUNT_DONE``; ARGV[5]: the "variation" event's data (JSON); ARGV[6]: the
+# stream's MAXLEN; ARGV[7]: the stream's TTL (s).
+# Returns {counted, stream id, webhook}: counted now (1), its event's id and the job's webhook
+# (JSON, or ""); {0, "", ""} when not counted now, and then nothing is appended: a copy of a
+# variation counted before, or a late variation of a run the lost-job sweep ended or a rerun
+# replaced, announces nothing (no "variation" after its run's "completed", no second webhook).
+_ANNOUNCE_VARIATION = (
     _STALE
+    + _COUNT
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 or stale(KEYS[1], ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[4])
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'done', 1)
-return 1
+if count(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) == 0 then return {0, '', ''} end
+local id = redis.call(
+  'XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'event', 'variation', 'run', ARGV[2], 'data', ARGV[5])
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+return {1, id, redis.call('HGET', KEYS[1], 'webhook') or ''}
 """
 )
 
@@ -297,6 +335,12 @@ class DispatchClaim:
 
 
 @dataclass(frozen=True)
+class PromptStepClaim:
+    outcome: Literal["start", "busy", "canceled", "stale", "done"]
+    lease_left_s: float = 0.0  # "busy": how long the other copy's lease still runs
+
+
+@dataclass(frozen=True)
 class JobStatus:
     job_id: str
     state: JobState
@@ -332,6 +376,7 @@ class JobRecords:
         self._lost_recovered = client.register_script(_LOST_RECOVERED)
         self._begin_dispatch = client.register_script(_BEGIN_DISPATCH)
         self._count_done = client.register_script(_COUNT_DONE)
+        self._announce_variation = client.register_script(_ANNOUNCE_VARIATION)
         self._cancel = client.register_script(_CANCEL)
         self._finish_run = client.register_script(_FINISH_RUN)
         self._begin_variation = client.register_script(_BEGIN_VARIATION)
@@ -407,12 +452,17 @@ class JobRecords:
         keys, args = _count_done_call(job_id, run, index)
         return bool(self._count_done(keys=keys, args=args))
 
-    def queue_count_done(self, pipe: Any, job_id: str, run: int, index: int) -> None:
-        """``count_done`` queued on ``pipe``; its reply there is 1 when counted now, else 0."""
+    def announce_variation(
+        self, job_id: str, run: int, index: int, event_data: str, max_len: int
+    ) -> tuple[bool, str, str | None]:
+        """Count variation ``index`` of ``run`` and append its "variation" event (``event_data``:
+        the stream entry's JSON) in one step: (counted now, the event's stream id, the job's
+        webhook JSON or None). Appended only when counted now (``_ANNOUNCE_VARIATION``)."""
         keys, args = _count_done_call(job_id, run, index)
-        # EVAL with the text: a registered script in a pipeline costs a SCRIPT EXISTS round
-        # trip first (redis-py checks the cache on every execute); Redis caches it anyway.
-        pipe.eval(_COUNT_DONE, len(keys), *keys, *args)
+        counted, entry_id, webhook = self._announce_variation(
+            keys=[*keys, events_key(job_id)], args=[*args, event_data, max_len, self.ttl_s]
+        )
+        return bool(counted), _text(entry_id), (_text(webhook) or None)
 
     def mark_finished(self, job_id: str, run: int, state: JobState, finished_at: datetime) -> None:
         """The run's result document is stored: it becomes the job's current result (one round trip)."""
@@ -455,12 +505,16 @@ class JobRecords:
         )
         return _text(outcome)  # type: ignore[return-value]
 
-    def begin_prompt_step(self, job_id: str, run: int) -> Literal["start", "canceled", "stale", "done"]:
-        """Before the prompt step's text call, in one round trip: "start", "done" (the step
-        published the run's chord already), "stale" (a rerun replaced the run, or the lost-job
-        sweep ended it) or "canceled". Only "start" may spend."""
-        outcome = self._begin_prompt_step(keys=[job_key(job_id), prompt_step_key(job_id, run)], args=[run])
-        return _text(outcome)  # type: ignore[return-value]
+    def begin_prompt_step(self, job_id: str, run: int, owner: str, lease_s: float) -> PromptStepClaim:
+        """Before the prompt step's text call, in one round trip: "start" (the step is claimed by
+        ``owner``, its task id, for ``lease_s``), "busy" (another copy of the step holds a live
+        lease: it must neither pay nor publish), "done" (the step published the run's chord
+        already), "stale" (a rerun replaced the run, or the lost-job sweep ended it) or
+        "canceled". Only "start" may spend."""
+        outcome, lease_left_ms = self._begin_prompt_step(
+            keys=[job_key(job_id), prompt_step_key(job_id, run)], args=[run, owner, int(lease_s * 1000), self.ttl_s]
+        )
+        return PromptStepClaim(_text(outcome), int(lease_left_ms) / 1000)  # type: ignore[arg-type]
 
     def stalled(self, deadline_s: float, limit: int = 500) -> list[str]:
         """Ids of unfinished jobs with no progress for ``deadline_s`` (candidates for ``end_lost``)."""

@@ -43,7 +43,8 @@ def dispatch_key(job_id: str, run: int) -> str:
 
 
 def prompt_step_key(job_id: str, run: int) -> str:
-    """The prompt step's dispatch guard: "pending" while it publishes the run's chord (or its failure), then "done"."""
+    """The prompt step's guard: claimed ("pending:<deadline>:<task id>") from its text call until it
+    has published the run's chord (or its failure), then "done" (contract/jobs.py ``_BEGIN_PROMPT_STEP``)."""
     return f"{KEY_PREFIX}:promptstep:{job_id}@{run}"
 
 

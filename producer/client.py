@@ -459,7 +459,7 @@ class ImageGenClient:
         job_id = check_job_id(job_id)
         deliveries = DeliveryLog(self.records.client, self.settings.result_ttl_s).read(job_id)
         if not deliveries and self.records.read(job_id) is None:
-            raise JobNotFound(job_id)
+            raise JobNotFound.unknown(job_id)  # the message status gives, not the bare id
         return deliveries
 
     @_reaching_the_queue

@@ -13,7 +13,7 @@ import pytest
 import redis
 from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC, decompress_payload
 
-from contract.events import NOT_KEPT, announce_variation, event_record
+from contract.events import NOT_KEPT, announce_variation, event_record, events_key
 from contract.queue import FINALIZE, GENERATE_VARIATION, RUN_JOB, dispatch_key
 from contract.result import GenerationMetadata, ImageRecord
 from contract.settings import Settings
@@ -418,3 +418,34 @@ def test_a_second_finalize_of_a_finished_run_stores_and_announces_nothing(
     assert client.result("finalize-twice") == result
     completed = [e for e in client.job_events.read("finalize-twice") if e.event == "completed"]
     assert len(completed) == 1
+
+
+def test_a_finalize_that_died_before_announcing_is_announced_by_its_redelivery(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], redis_url: str
+) -> None:
+    """The first finalize stored the document and died before appending "completed" (and so
+    before scheduling its webhook); acks_late redelivers it. The redelivery must announce the run's
+    ending once, or followers and the webhook never hear of it."""
+    worker = start_worker()
+    result = client.submit(offline_node, job_id="finalize-died").wait(timeout=60)
+    [completed] = [e for e in client.job_events.read("finalize-died") if e.event == "completed"]
+    redis.Redis.from_url(redis_url).xdel(events_key("finalize-died"), completed.id)  # never appended
+    summary = JobSummary(
+        job_id="finalize-died",
+        run=1,
+        name=result.name,
+        model=result.model,
+        size=result.size,
+        variations=result.variations,
+        submitted_at=result.submitted_at,
+        started_at=result.started_at,
+    )
+    client.celery.send_task(FINALIZE, args=([], summary.model_dump(mode="json")), task_id="finalize-died@1")
+    deadline = time.monotonic() + 20
+    while "finished already" not in worker.log():
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.2)
+    time.sleep(0.3)
+    assert client.result("finalize-died") == result  # the stored document stands
+    announced = [e for e in client.job_events.read("finalize-died") if e.event == "completed"]
+    assert [(e.run, e.data["status"], e.data["images"]) for e in announced] == [(1, "succeeded", 1)]

@@ -5,8 +5,10 @@ google-genai SDK against FakeGemini (whose request log shows what each model was
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import pytest
 from celery import Celery, chain
 
 from contract.errors import NodeValidationError
-from contract.queue import prompt_step_key
+from contract.queue import PROMPT_STEP, job_task_id, prompt_step_key
 from devtools.fake_gemini import Behaviour, FakeGemini, RecordedRequest, request_text
 from devtools.redis_server import free_port
 from devtools.worker_process import WorkerProcess
@@ -178,6 +180,33 @@ def test_a_failed_upstream_task_ends_the_job_at_once(
     assert fake.requests == []
 
 
+@pytest.mark.parametrize("upstream", ["engine.boom", "engine.echo"])
+def test_a_chained_job_canceled_while_it_waits_for_its_prompt_ends_canceled(
+    gemini_worker: WorkerProcess,
+    engine: tuple[Celery, str],
+    client: ImageGenClient,
+    seed_node: dict[str, Any],
+    fake: FakeGemini,
+    upstream: str,
+) -> None:
+    """The cancel was accepted (``changed``), so the job ends ``canceled`` whichever way its
+    upstream ends it (it failed, or gave a value that cannot be a prompt), as a started run would."""
+    app, queue = engine
+    job_id = f"llm-canceled-{uuid.uuid4().hex[:6]}"
+    chained = client.chain(app.signature(upstream, args=("",), queue=queue), seed_node, job_id=job_id)
+    assert client.cancel(job_id).changed
+    chained.apply_async()
+
+    result = client.wait(job_id, timeout=WAIT_S)
+
+    assert result.status == "canceled", result.errors
+    assert [e.kind for e in result.errors] == ["canceled"]
+    assert client.status(job_id).state == "canceled"
+    events = [e.event for e in client.events(job_id, timeout=5)]
+    assert events == ["canceled", "completed"]
+    assert fake.requests == []
+
+
 def test_a_hand_built_chain_takes_the_errback_too(
     gemini_worker: WorkerProcess, engine: tuple[Celery, str], client: ImageGenClient, seed_node: dict[str, Any]
 ) -> None:
@@ -336,6 +365,45 @@ def test_a_prompt_step_whose_earlier_delivery_died_while_publishing_is_finished(
     result = handle.wait(timeout=WAIT_S)
     assert result.status == "succeeded" and len(result.images) == 2
     assert client.records.client.get(prompt_step_key(handle.job_id, 1)) == b"done"
+
+
+def test_two_copies_of_the_prompt_step_at_once_pay_for_one_text_call_and_one_chord(
+    gemini_worker: WorkerProcess, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
+) -> None:
+    """A prompt step sent twice (a job task redelivered once its dispatch lease ran out while the
+    step still ran, a message delivered twice): one copy writes the prompts and publishes the
+    chord; the other must pay neither for the text call nor for every variation again."""
+    fake.latency_s = 1.0  # both copies are in the step at once
+    inputs = with_inputs(seed_node, variations=2, prompt_enhancement="diversify")["inputs"]
+    job_id, now = "prompt-step-twice", datetime.now(UTC).isoformat()
+    client.records.claim(
+        job_id, node_fingerprint="x", model=inputs["model"], variations=2, submitted_at=datetime.now(UTC)
+    )
+    variation = {"job_id": job_id, "run": 1, "prompt": inputs["user_query"], "model": inputs["model"]}
+    step = {  # worker/tasks/prompt_step.py PromptStepWork, as run_job sends it
+        "result_id": job_task_id(job_id, 1),
+        "mode": "diversify",
+        "text_model": "gemini_2_5_flash",
+        "variations": [{**variation, "index": i, "size": inputs["size"]} for i in range(2)],
+        "summary": {
+            "job_id": job_id,
+            "run": 1,
+            "name": seed_node["name"],
+            "model": inputs["model"],
+            "size": inputs["size"],
+            "variations": 2,
+            "submitted_at": now,
+            "started_at": now,
+            "original_prompt": inputs["user_query"],
+        },
+    }
+    for _ in range(2):
+        client.celery.send_task(PROMPT_STEP, args=(step,))
+    result = client.wait(job_id, timeout=WAIT_S)
+    assert result.status == "succeeded", result.errors
+    time.sleep(3)  # a second step or chord, if any, would have called the provider by now
+    assert len(text_requests(fake)) == 1, gemini_worker.log()[-3000:]
+    assert len(image_requests(fake)) == 2
 
 
 def test_the_cli_fills_a_template_from_a_context_file(

@@ -5,6 +5,7 @@ and a run whose cancel was asked ends `canceled`."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -163,3 +164,27 @@ def test_a_worker_back_after_the_deadline_runs_nothing_of_the_lost_run(
         assert rerun.status == "succeeded" and len(rerun.images) == 1
     finally:
         client.close()
+
+
+def test_a_variation_that_finishes_after_its_run_ended_lost_announces_nothing(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    """The sweep ends a run whose one variation is still running (slower than the deadline); the
+    variation then finishes. The run's document is final: no "variation" event may follow its
+    "completed" (nor go to a webhook), and nothing is counted."""
+    offline_node["inputs"]["variations"] = 1
+    worker = start_worker({**FAST, "IMAGEGEN_OFFLINE_LATENCY_S": "5"}, concurrency=1)
+    client.submit(offline_node, job_id="lost-then-late")
+    deadline = time.monotonic() + 30
+    while not client.status("lost-then-late").lost:
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.2)
+    while not re.search(r"imagegen\.generate_variation\[[^]]*\] succeeded", worker.log()):
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.2)
+    time.sleep(0.5)
+    events = [e.event for e in client.job_events.read("lost-then-late")]
+    assert events[-1] == "completed", events
+    assert "variation" not in events, worker.log()[-4000:]
+    status = client.status("lost-then-late")
+    assert (status.state, status.done, status.lost) == ("failed", 0, True)

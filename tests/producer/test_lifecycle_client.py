@@ -42,10 +42,11 @@ def test_lifecycle_methods_raise_queue_unavailable(broken_client: ImageGenClient
 
 def test_deliveries_of_a_job_never_submitted_are_not_found(client: ImageGenClient, job_env: dict[str, str]) -> None:
     # They were [], where status, result and events say the job does not exist.
-    with pytest.raises(JobNotFound):
+    with pytest.raises(JobNotFound, match="no job 'never-submitted' \\(never submitted"):
         client.webhook_deliveries("never-submitted")
     run = imagegen(job_env, "webhooks", "never-submitted")
-    assert run.returncode == 4 and "never-submitted" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 4 and "Traceback" not in run.stderr
+    assert "no job 'never-submitted'" in run.stderr, run.stderr  # as status says it, not the bare id
 
 
 def test_cancel_and_deliveries_check_the_job_id(client: ImageGenClient) -> None:

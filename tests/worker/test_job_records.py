@@ -106,7 +106,7 @@ def test_a_run_the_lost_job_sweep_ended_spends_and_writes_nothing(records: JobRe
     assert records.begin_variation(job_id, 1, 0, 1, 100) == "stale"
     assert not records.count_done(job_id, 1, 0)
     assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("stale", False)
-    assert records.begin_prompt_step(job_id, 1) == "stale"
+    assert records.begin_prompt_step(job_id, 1, "step-a", LEASE_S).outcome == "stale"
     status = records.read(job_id)
     assert status is not None and (status.state, status.done, status.lost) == ("failed", 0, True)
 
@@ -127,8 +127,8 @@ def test_a_run_a_rerun_replaced_spends_and_writes_nothing(records: JobRecords) -
     status = records.read(job_id)
     assert status is not None and (status.run, status.state, status.done, status.result_run) == (2, "running", 0, 1)
     assert records.begin_variation(job_id, 2, 0, 1, 100) == "start"
-    assert records.begin_prompt_step(job_id, 1) == "stale"
-    assert records.begin_prompt_step(job_id, 2) == "start"
+    assert records.begin_prompt_step(job_id, 1, "step-a", LEASE_S).outcome == "stale"
+    assert records.begin_prompt_step(job_id, 2, "step-a", LEASE_S).outcome == "start"
 
 
 def test_a_redelivered_finalize_gets_the_state_its_run_ended_with(records: JobRecords) -> None:
@@ -157,8 +157,31 @@ def test_a_runs_finished_records_are_found_at_the_end_of_a_long_log(records: Job
 
 def test_the_prompt_steps_checks_are_one_step(records: JobRecords) -> None:
     job_id = claimed(records)
-    assert records.begin_prompt_step(job_id, 1) == "start"
+    assert records.begin_prompt_step(job_id, 1, "step-a", LEASE_S).outcome == "start"
     assert records.request_cancel(job_id, 100)[0]
-    assert records.begin_prompt_step(job_id, 1) == "canceled"
+    assert records.begin_prompt_step(job_id, 1, "step-a", LEASE_S).outcome == "canceled"
     records.client.set(prompt_step_key(job_id, 1), "done")
-    assert records.begin_prompt_step(job_id, 1) == "done"  # published already: a redelivery stops
+    assert records.begin_prompt_step(job_id, 1, "step-a", LEASE_S).outcome == "done"  # published: a redelivery stops
+
+
+def test_a_live_prompt_step_lease_holds_off_another_copy_but_not_the_steps_own_retry(records: JobRecords) -> None:
+    job_id = claimed(records)
+    assert records.begin_prompt_step(job_id, 1, "step-a", 0.4).outcome == "start"
+    copy = records.begin_prompt_step(job_id, 1, "step-b", LEASE_S)  # sent again while the first pays
+    assert copy.outcome == "busy" and 0 < copy.lease_left_s <= 0.4
+    assert records.begin_prompt_step(job_id, 1, "step-a", 0.4).outcome == "start"  # its own retry
+    time.sleep(0.45)
+    assert records.begin_prompt_step(job_id, 1, "step-b", LEASE_S).outcome == "start"  # the first died
+    assert records.begin_prompt_step(job_id, 1, "step-a", LEASE_S).outcome == "busy"
+    records.client.set(prompt_step_key(job_id, 1), "done")
+    assert records.begin_prompt_step(job_id, 1, "step-a", LEASE_S).outcome == "done"
+
+
+def test_a_variation_is_announced_only_when_counted_now(records: JobRecords) -> None:
+    job_id = claimed(records)
+    counted, entry_id, _ = records.announce_variation(job_id, 1, 0, '{"index":0}', 100)
+    assert counted and entry_id
+    assert records.announce_variation(job_id, 1, 0, '{"index":0}', 100) == (False, "", None)  # a copy
+    end_as_lost(records, job_id)
+    assert records.announce_variation(job_id, 1, 1, '{"index":1}', 100) == (False, "", None)  # a late one
+    assert [e.event for e in JobEvents(records.client, 600).read(job_id)] == ["variation"]

@@ -10,7 +10,7 @@ from celery import Task, states
 
 from contract.catalog import load_catalog
 from contract.errors import NodeValidationError
-from contract.events import completed_data
+from contract.events import JobEvents, completed_data
 from contract.job_ids import check_job_id
 from contract.jobs import JobState, utcnow
 from contract.queue import FINALIZE
@@ -44,7 +44,7 @@ def finalize(self: Task, outcomes: list[dict[str, Any]], summary: JobSummary) ->
     if status == "stale":  # the lost-job sweep ended the run, or a rerun replaced it: its document stands
         log.info("job %s run %d ended or was replaced; this late result is dropped", summary.job_id, summary.run)
         return None
-    if not now and self.backend.get_task_meta(self.request.id).get("status") == states.SUCCESS:
+    if not now and _stored_and_announced(self.backend, self.request.id, summary.job_id, summary.run):
         # A second finalize of the run (redelivered, or a second chord's after a dispatch died
         # halfway): its document is stored and announced already, and may hold fuller records.
         log.info("job %s run %d finished already; this finalize stores nothing", summary.job_id, summary.run)
@@ -78,32 +78,62 @@ def finalize(self: Task, outcomes: list[dict[str, Any]], summary: JobSummary) ->
 
 def fail_unstarted_job(backend: Any, result_id: str, order: JobOrder, message: str) -> None:
     """End a job the worker could not start (an invalid node, an unusable upstream value, a failed
-    upstream task): store a ``failed`` document under
-    ``result_id``, then mark the job failed and announce it (in that order, as finalize does)."""
-    document = _unstarted_job_result(order, message)
-    backend.store_result(result_id, document, states.SUCCESS)
-    metrics.JOBS.labels("failed").inc()
+    upstream task): mark the run ended, store its document under ``result_id``, then announce it
+    (in that order, as finalize does). As finalize, through ``finish_run``: a run whose cancel was
+    asked ends ``canceled``, and a run the lost-job sweep ended or a rerun replaced is left alone
+    (its document stands)."""
+    state: JobState = "failed"
     if _is_valid_id(order.job_id):
-        job_records().mark_finished(order.job_id, order.run, "failed", utcnow())
+        ended, now = job_records().finish_run(order.job_id, order.run, "failed", utcnow())
+        if ended == "stale":
+            log.info("job %s run %d ended or was replaced; its late failure is dropped", order.job_id, order.run)
+            return None
+        if not now and _stored_and_announced(backend, result_id, order.job_id, order.run):
+            return None  # ended, stored and announced before (a redelivery): nothing more to say
+        state = ended
+    document = _unstarted_job_result(order, message, state)
+    backend.store_result(result_id, document, states.SUCCESS)
+    metrics.JOBS.labels(state).inc()
+    if _is_valid_id(order.job_id):
         publish(order.job_id, order.run, "completed", completed_data(document))
+    return None
 
 
-def _unstarted_job_result(order: JobOrder, message: str) -> dict[str, Any]:
-    """A ``failed`` document for a job the worker could not even start."""
+def _stored_and_announced(backend: Any, result_id: str, job_id: str, run: int) -> bool:
+    """Whether an ended run's document is stored; if it is but its "completed" is not in the log
+    (the delivery that stored it died before announcing it), it is announced now, once, so that
+    followers and the webhook still hear of the ending."""
+    meta = backend.get_task_meta(result_id)
+    if meta.get("status") != states.SUCCESS or not isinstance(meta.get("result"), dict):
+        return False
+    if not JobEvents(job_records().client, job_records().ttl_s).announced(job_id, run, "completed"):
+        log.warning("job %s run %d: its document was stored but never announced; announcing it", job_id, run)
+        publish(job_id, run, "completed", completed_data(meta["result"]))
+    return True
+
+
+def _unstarted_job_result(order: JobOrder, message: str, state: JobState = "failed") -> dict[str, Any]:
+    """The document of a job the worker could not even start: ``failed``, or ``canceled`` when its
+    cancel was asked before (the error then says so, and why it could not have run anyway)."""
     now = utcnow()
     raw_inputs = order.node.get("inputs")
     inputs: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
+    error = ErrorRecord(index=0, kind="permanent", message=message, attempts=0, duration_ms=0)
+    if state == "canceled":
+        error = error.model_copy(
+            update={"kind": "canceled", "message": f"the job was canceled before it started; {message}"}
+        )
     result = JobResult(
         job_id=order.job_id[:200],
         name=str(order.node.get("name", ""))[:200],
-        status="failed",
+        status=state,
         model=str(inputs.get("model", ""))[:200],
         model_id="",
         provider="",
         size=str(inputs.get("size", ""))[:32],
         variations=0,
         images=[],
-        errors=[ErrorRecord(index=0, kind="permanent", message=message, attempts=0, duration_ms=0)],
+        errors=[error],
         submitted_at=order.submitted_at,
         started_at=now,
         finished_at=now,

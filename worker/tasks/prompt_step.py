@@ -43,6 +43,10 @@ from worker.tasks.dispatch import dispatch_variations
 
 log = logging.getLogger(__name__)
 
+# Beyond an attempt (the task's time limit) and the wait for the next (IMAGEGEN_RETRY_MAX_DELAY_S),
+# what publishing the chord may take while Redis fails over (~40 s: contract/queue.py).
+PUBLISH_S = 60.0
+
 Mode = Literal["enhance", "diversify"]
 
 ENHANCE = (
@@ -147,7 +151,24 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
     summary = work.summary
     state = work.retry
     guard = prompt_step_key(summary.job_id, summary.run)
-    begun = job_records().begin_prompt_step(summary.job_id, summary.run)  # before the text call is paid
+    # Before the text call is paid, the step is claimed for one attempt and the wait for the next
+    # (its retries keep the task id, so they claim it again); a copy sent again holds off.
+    lease_s = settings.task_time_limit_s + settings.retry_max_delay_s + PUBLISH_S
+    claim = job_records().begin_prompt_step(summary.job_id, summary.run, self.request.id, lease_s)
+    begun = claim.outcome
+    if begun == "busy":
+        # Another copy (a job task redelivered once its dispatch lease ran out, a message
+        # delivered twice) is writing the prompts or waits for its retry: ask again later,
+        # without a worker slot, until it has published ("done") or its lease ran out (it died).
+        countdown = max(0.1, min(claim.lease_left_s, settings.retry_max_delay_s))
+        log.info(
+            "job %s run %d: another copy of the prompt step holds it; asking again in %.1f s",
+            summary.job_id,
+            summary.run,
+            countdown,
+        )
+        next_state = state.model_copy(update={"throttled": state.throttled + 1})  # not a failed attempt
+        raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={})
     if begun == "done":
         log.info("job %s run %d: prompt step dispatched already; ignoring the redelivery", summary.job_id, summary.run)
         return None
@@ -202,10 +223,8 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
         failure = ("permanent", "internal error in the worker's prompt step (logged)", None)
 
     summary = summary.model_copy(update={"prompt_step": record})
-    # "pending" until what follows is published, then "done": as run_job's dispatch guard, a
-    # delivery that died in between is finished by the redelivery (before, it was claimed first
-    # and the redelivery then did nothing: the job was never dispatched and ended lost).
-    job_records().client.set(guard, "pending", ex=settings.result_ttl_s)
+    # Claimed ("pending") until what follows is published, then "done": as run_job's dispatch
+    # guard, a delivery that died in between is finished by its redelivery (the same task id).
     if failure is not None:
         kind, message, reason = failure
         log.warning("job %s prompt step failed: %s (%s)", summary.job_id, kind, message)
