@@ -371,7 +371,7 @@ def test_two_copies_of_the_prompt_step_at_once_pay_for_one_text_call_and_one_cho
     gemini_worker: WorkerProcess, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
 ) -> None:
     """A prompt step sent twice (a job task redelivered once its dispatch lease ran out while the
-    step still ran, a message delivered twice): one copy writes the prompts and publishes the
+    step still ran): one copy writes the prompts and publishes the
     chord; the other must pay neither for the text call nor for every variation again."""
     fake.latency_s = 1.0  # both copies are in the step at once
     inputs = with_inputs(seed_node, variations=2, prompt_enhancement="diversify")["inputs"]

@@ -157,8 +157,8 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
     claim = job_records().begin_prompt_step(summary.job_id, summary.run, self.request.id, lease_s)
     begun = claim.outcome
     if begun == "busy":
-        # Another copy (a job task redelivered once its dispatch lease ran out, a message
-        # delivered twice) is writing the prompts or waits for its retry: ask again later,
+        # Another copy (sent by a job task redelivered once its dispatch lease ran out) is
+        # writing the prompts or waits for its retry: ask again later,
         # without a worker slot, until it has published ("done") or its lease ran out (it died).
         countdown = max(0.1, min(claim.lease_left_s, settings.retry_max_delay_s))
         log.info(
