@@ -15,10 +15,11 @@ from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC, decompress_payload
 
 from contract.events import NOT_KEPT, announce_variation, event_record, events_key
 from contract.queue import FINALIZE, GENERATE_VARIATION, RUN_JOB, dispatch_key
-from contract.result import GenerationMetadata, ImageRecord
+from contract.result import GenerationMetadata, ImageRecord, JobResult
 from contract.settings import Settings
 from contract.work import JobOrder, JobSummary, VariationWork
 from devtools.redis_server import start_redis
+from devtools.worker_process import WorkerProcess
 from producer.client import ImageGenClient
 from tests.conftest import StartWorker
 from tests.e2e.helpers import assert_images_on_disk, assert_matches_published_schema, image_file
@@ -392,16 +393,10 @@ def test_a_copy_of_a_finished_variation_still_completes_the_chord(
     assert "variation 0 finished already; skipping a copy" in worker.log()
 
 
-def test_a_second_finalize_of_a_finished_run_stores_and_announces_nothing(
-    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
-) -> None:
-    """A finalize delivered again (or a second chord's, after a dispatch that died halfway)
-    would otherwise announce "completed" twice and send its webhook twice."""
-    worker = start_worker()
-    result = client.submit(offline_node, job_id="finalize-twice").wait(timeout=60)
-    assert result.status == "succeeded"
+def _finalize_again(client: ImageGenClient, worker: WorkerProcess, result: JobResult) -> None:
+    """Send run 1's finalize of a finished job again (a redelivery) and wait until it has run."""
     summary = JobSummary(
-        job_id="finalize-twice",
+        job_id=result.job_id,
         run=1,
         name=result.name,
         model=result.model,
@@ -410,11 +405,22 @@ def test_a_second_finalize_of_a_finished_run_stores_and_announces_nothing(
         submitted_at=result.submitted_at,
         started_at=result.started_at,
     )
-    client.celery.send_task(FINALIZE, args=([], summary.model_dump(mode="json")), task_id="finalize-twice@1")
+    client.celery.send_task(FINALIZE, args=([], summary.model_dump(mode="json")), task_id=f"{result.job_id}@1")
     deadline = time.monotonic() + 20
     while "finished already; this finalize stores nothing" not in worker.log():
         assert time.monotonic() < deadline, worker.log()[-3000:]
         time.sleep(0.2)
+
+
+def test_a_second_finalize_of_a_finished_run_stores_and_announces_nothing(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    """A finalize delivered again (or a second chord's, after a dispatch that died halfway)
+    would otherwise announce "completed" twice and send its webhook twice."""
+    worker = start_worker()
+    result = client.submit(offline_node, job_id="finalize-twice").wait(timeout=60)
+    assert result.status == "succeeded"
+    _finalize_again(client, worker, result)
     assert client.result("finalize-twice") == result
     completed = [e for e in client.job_events.read("finalize-twice") if e.event == "completed"]
     assert len(completed) == 1
@@ -430,21 +436,7 @@ def test_a_finalize_that_died_before_announcing_is_announced_by_its_redelivery(
     result = client.submit(offline_node, job_id="finalize-died").wait(timeout=60)
     [completed] = [e for e in client.job_events.read("finalize-died") if e.event == "completed"]
     redis.Redis.from_url(redis_url).xdel(events_key("finalize-died"), completed.id)  # never appended
-    summary = JobSummary(
-        job_id="finalize-died",
-        run=1,
-        name=result.name,
-        model=result.model,
-        size=result.size,
-        variations=result.variations,
-        submitted_at=result.submitted_at,
-        started_at=result.started_at,
-    )
-    client.celery.send_task(FINALIZE, args=([], summary.model_dump(mode="json")), task_id="finalize-died@1")
-    deadline = time.monotonic() + 20
-    while "finished already" not in worker.log():
-        assert time.monotonic() < deadline, worker.log()[-3000:]
-        time.sleep(0.2)
+    _finalize_again(client, worker, result)
     time.sleep(0.3)
     assert client.result("finalize-died") == result  # the stored document stands
     announced = [e for e in client.job_events.read("finalize-died") if e.event == "completed"]
