@@ -167,10 +167,14 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        from api.browser import HEADERS  # api.browser answers its refusals with problem_response
+
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(
-            ApiProblem(500, "internal", "Internal error", "the service could not complete this request")
-        )
+        # Starlette answers this one outside every middleware: the browser headers are set here.
+        problem = ApiProblem(500, "internal", "Internal error", "the service could not complete this request")
+        response = problem_response(problem)
+        response.headers.update(HEADERS)
+        return response
 
 
 # For routes' OpenAPI: every error answer has this shape.

@@ -14,8 +14,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from fastapi import FastAPI
+from starlette.testclient import TestClient
 
-from api.problems import ApiProblem, problem_response
+from api.browser import HEADERS, BrowserSafety
+from api.problems import install_handlers
 from contract.settings import Settings, SettingsError
 from tests.api.conftest import TOKENS, ApiServer, StartApi, wait_finished
 from tests.conftest import StartWorker
@@ -70,9 +73,23 @@ def test_no_answer_of_v1_is_kept_by_a_cache(
     assert all(value == "no-store" for value in seen.values()), seen
     with acme.stream("GET", f"/v1/jobs/{job_id}/events") as stream:  # the route's own header stays
         assert stream.status_code == 200 and stream.headers["cache-control"] == "no-store"
-    # The catch-all 500 is answered outside the middleware: the problem document says it itself.
-    internal = ApiProblem(500, "internal", "Internal error", "the service could not complete this request")
-    assert problem_response(internal).headers["cache-control"] == "no-store"
+
+
+def test_an_unexpected_error_is_a_problem_with_every_browser_header() -> None:
+    """Starlette answers the catch-all 500 outside every middleware (BrowserSafety included)."""
+    app = FastAPI()
+    install_handlers(app)
+    app.add_middleware(BrowserSafety)
+
+    @app.get("/v1/boom")
+    def boom() -> None:
+        raise RuntimeError("/srv/secret/path went wrong")
+
+    answer = TestClient(app, raise_server_exceptions=False).get("/v1/boom")
+    assert answer.status_code == 500 and answer.json()["type"].endswith("/internal")
+    assert "/srv/secret" not in answer.text
+    assert answer.headers["cache-control"] == "no-store"
+    assert {name.lower(): value for name, value in HEADERS.items()}.items() <= answer.headers.items()
 
 
 def test_without_tokens_only_this_machines_names_are_answered(
