@@ -161,14 +161,15 @@ return {'start', 0}
 
 # KEYS[1]: the dispatch guard of one run; KEYS[2]: the job hash; KEYS[3]: the progress index.
 # ARGV[1]: TTL (s); ARGV[2]: started_at; ARGV[3]: now (epoch s); ARGV[4]: the job id; ARGV[5]: the run;
-# ARGV[6]: the lease (ms) a claim holds while it publishes.
+# ARGV[6]: the lease (ms) a claim holds while it publishes (renewed by its holder: _RENEW_DISPATCH);
+# ARGV[7]: this delivery's token.
 # Returns {outcome, ms}: "new" (claimed), "again" (an earlier delivery's lease ran out while it
 # dispatched: it died, so this one claims it), "busy" (another delivery holds a live lease and is
 # publishing now; ms: how long the lease still runs; nothing changed), "done" (dispatched already:
 # nothing changed) or "stale" (the run is not the job's current one, or it ended: nothing
-# changed). Claim and "running" are one round trip. The lease's deadline is on Redis' clock
-# (pods' clocks may differ); a guard of "pending" without one (written by an older worker)
-# counts as run out.
+# changed). Claim and "running" are one round trip. The guard reads
+# "pending:<deadline ms>:<token>", the deadline on Redis' clock (pods' clocks may differ); a
+# guard of "pending" without one (written by an older worker) counts as run out.
 _BEGIN_DISPATCH = (
     _STALE
     + """
@@ -179,17 +180,29 @@ local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local outcome = 'new'
 if guard then
-  local lease_until = tonumber(string.match(guard, '^pending:(%d+)$') or '0')
+  local lease_until = tonumber(string.match(guard, '^pending:(%d+)') or '0')
   if lease_until > now_ms then return {'busy', lease_until - now_ms} end
   outcome = 'again'
 end
-redis.call('SET', KEYS[1], 'pending:' .. (now_ms + tonumber(ARGV[6])), 'EX', ARGV[1])
+redis.call('SET', KEYS[1], 'pending:' .. (now_ms + tonumber(ARGV[6])) .. ':' .. ARGV[7], 'EX', ARGV[1])
 redis.call('HSET', KEYS[2], 'state', 'running', 'started_at', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[4])
 return {outcome, 0}
 """
 )
+
+# KEYS[1]: the dispatch guard of one run. ARGV[1]: the holder's token; ARGV[2]: the lease (ms).
+# Extends the lease while the guard is still this holder's claim (not "done", not claimed
+# again by another delivery after the lease ran out). Returns 1 when extended, else 0.
+_RENEW_DISPATCH = """
+local guard = redis.call('GET', KEYS[1])
+if not guard or string.match(guard, '^pending:%d+:(.+)$') ~= ARGV[1] then return 0 end
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('SET', KEYS[1], 'pending:' .. (now_ms + tonumber(ARGV[2])) .. ':' .. ARGV[1], 'KEEPTTL')
+return 1
+"""
 
 # Count variation ``field`` ("v<index>") of ``run`` once per run, whatever the deliveries: its
 # field (the run that finished it) lets a redelivered copy skip the work. Nothing is created for
@@ -375,6 +388,7 @@ class JobRecords:
         self._end_lost = client.register_script(_END_LOST)
         self._lost_recovered = client.register_script(_LOST_RECOVERED)
         self._begin_dispatch = client.register_script(_BEGIN_DISPATCH)
+        self._renew_dispatch = client.register_script(_RENEW_DISPATCH)
         self._count_done = client.register_script(_COUNT_DONE)
         self._announce_variation = client.register_script(_ANNOUNCE_VARIATION)
         self._cancel = client.register_script(_CANCEL)
@@ -429,18 +443,23 @@ class JobRecords:
     def mark_running(self, job_id: str, started_at: datetime) -> None:
         self._update(job_id, {"state": "running", "started_at": started_at.isoformat()}, progress=True)
 
-    def begin_dispatch(self, job_id: str, run: int, started_at: datetime, lease_s: float) -> DispatchClaim:
-        """Claim the dispatch of ``run`` for ``lease_s`` and mark the job running, in one round
-        trip. "done": an earlier delivery dispatched it already (acks_late redelivers a job task
-        whose worker died); "busy": another delivery is publishing it now (a chain link sent
-        twice, a duplicate delivery), so this one must not; "again": one died while dispatching
-        (its lease ran out), so this one dispatches; "stale": a rerun replaced the run or the
-        lost-job sweep ended it, so nothing starts."""
+    def begin_dispatch(self, job_id: str, run: int, started_at: datetime, lease_s: float, token: str) -> DispatchClaim:
+        """Claim the dispatch of ``run`` for ``lease_s`` (as ``token``, this delivery) and mark the
+        job running, in one round trip. "done": an earlier delivery dispatched it already
+        (acks_late redelivers a job task whose worker died); "busy": another delivery is
+        publishing it now (a chain link sent twice, a duplicate delivery), so this one must not;
+        "again": one died while dispatching (its lease ran out), so this one dispatches;
+        "stale": a rerun replaced the run or the lost-job sweep ended it, so nothing starts."""
         outcome, lease_left_ms = self._begin_dispatch(
             keys=[dispatch_key(job_id, run), job_key(job_id), progress_key()],
-            args=[self.ttl_s, started_at.isoformat(), utcnow().timestamp(), job_id, run, int(lease_s * 1000)],
+            args=[self.ttl_s, started_at.isoformat(), utcnow().timestamp(), job_id, run, int(lease_s * 1000), token],
         )
         return DispatchClaim(_text(outcome), int(lease_left_ms) / 1000)  # type: ignore[arg-type]
+
+    def renew_dispatch(self, job_id: str, run: int, token: str, lease_s: float) -> bool:
+        """Extend ``token``'s claim on the dispatch of ``run`` by ``lease_s`` from now; False when
+        the claim is no longer its (dispatched, or claimed again after its lease ran out)."""
+        return bool(self._renew_dispatch(keys=[dispatch_key(job_id, run)], args=[token, int(lease_s * 1000)]))
 
     def end_dispatch(self, job_id: str, run: int) -> None:
         """The run's chord is published: a redelivery of its job task stops at ``begin_dispatch``."""

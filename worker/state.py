@@ -1,4 +1,4 @@
-"""Per-process handles the tasks share: Redis, job records, the shared rate limiter."""
+"""Per-process handles the tasks share: Redis, job records, the shared rate limiter, the dispatch leases."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from functools import lru_cache
 from contract.jobs import JobRecords
 from contract.redis_client import redis_client
 from contract.settings import get_settings
+from worker.dispatch_lease import LeaseKeeper
 from worker.rate_limit import SharedRateLimiter
 
 
@@ -23,3 +24,8 @@ def rate_limiter() -> SharedRateLimiter:
     # A booked wait is an unacked countdown message: keep it within the retry
     # ceiling that the visibility timeout is checked against.
     return SharedRateLimiter(job_records().client, settings.rate_limit_table, settings.retry_max_delay_s)
+
+
+@lru_cache(maxsize=1)
+def dispatch_leases() -> LeaseKeeper:
+    return LeaseKeeper(job_records().renew_dispatch)

@@ -13,6 +13,7 @@ import redis
 from contract.events import JobEvents, events_key
 from contract.jobs import JobRecords, utcnow
 from contract.queue import dispatch_key, job_key, progress_key, prompt_step_key
+from worker.dispatch_lease import LeaseKeeper
 
 LEASE_S = 60.0
 
@@ -35,34 +36,50 @@ def claimed(records: JobRecords, variations: int = 2) -> str:
 
 def test_dispatch_is_claimed_once_and_a_died_dispatch_is_claimed_again(records: JobRecords) -> None:
     job_id = claimed(records)
-    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S).outcome == "new"
+    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S, "t1").outcome == "new"
     status = records.read(job_id)
     assert status is not None and status.state == "running" and status.started_at
     records.client.set(dispatch_key(job_id, 1), "pending")  # an older worker's claim, no lease: run out
-    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S).outcome == "again"  # the first delivery died
+    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S, "t1").outcome == "again"  # the first delivery died
     records.end_dispatch(job_id, 1)
-    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S).outcome == "done"
+    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S, "t1").outcome == "done"
     assert 0 < records.client.ttl(dispatch_key(job_id, 1)) <= 600
     records.finish_run(job_id, 1, "failed", utcnow())
     rerun = records.claim(
         job_id, node_fingerprint="f", model="offline_preview", variations=2, submitted_at=utcnow(), rerun=True
     )
     assert rerun.outcome == "rerun"
-    assert records.begin_dispatch(job_id, 2, utcnow(), LEASE_S).outcome == "new"  # a rerun has its own guard
+    assert records.begin_dispatch(job_id, 2, utcnow(), LEASE_S, "t1").outcome == "new"  # a rerun has its own guard
 
 
 def test_a_live_dispatch_lease_holds_off_another_delivery_until_it_runs_out(records: JobRecords) -> None:
     job_id = claimed(records)
-    assert records.begin_dispatch(job_id, 1, utcnow(), 0.4).outcome == "new"
-    copy = records.begin_dispatch(job_id, 1, utcnow(), LEASE_S)  # a second delivery, while the first publishes
+    assert records.begin_dispatch(job_id, 1, utcnow(), 0.4, "t1").outcome == "new"
+    copy = records.begin_dispatch(job_id, 1, utcnow(), LEASE_S, "t2")  # a second delivery, while the first publishes
     assert copy.outcome == "busy" and 0 < copy.lease_left_s <= 0.4
     time.sleep(copy.lease_left_s + 0.05)
-    again = records.begin_dispatch(job_id, 1, utcnow(), LEASE_S)  # the first never finished: it died
+    again = records.begin_dispatch(job_id, 1, utcnow(), LEASE_S, "t2")  # the first never finished: it died
     assert again.outcome == "again"
-    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S).outcome == "busy"  # the new claim holds a lease too
+    assert not records.renew_dispatch(job_id, 1, "t1", LEASE_S)  # nor take it back from the new holder
+    assert (
+        records.begin_dispatch(job_id, 1, utcnow(), LEASE_S, "t1").outcome == "busy"
+    )  # the new claim holds a lease too
     records.end_dispatch(job_id, 1)
-    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S).outcome == "done"
+    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S, "t1").outcome == "done"
     assert 0 < records.client.ttl(dispatch_key(job_id, 1)) <= 600
+
+
+def test_a_holder_that_renews_its_dispatch_lease_keeps_other_deliveries_off(records: JobRecords) -> None:
+    job_id = claimed(records)
+    assert records.begin_dispatch(job_id, 1, utcnow(), 0.5, "holder").outcome == "new"
+    keeper = LeaseKeeper(records.renew_dispatch, lease_s=0.5)
+    with keeper.holding(job_id, 1, "holder"):  # a publish that takes four leases (a Redis failover)
+        for _ in range(8):
+            time.sleep(0.25)
+            assert records.begin_dispatch(job_id, 1, utcnow(), 0.5, "copy").outcome == "busy"
+        records.end_dispatch(job_id, 1)
+    assert records.begin_dispatch(job_id, 1, utcnow(), 0.5, "copy").outcome == "done"
+    assert not records.renew_dispatch(job_id, 1, "holder", 0.5)  # "done" is nobody's claim
 
 
 def test_a_variation_counts_once_per_run_however_often_it_is_delivered(records: JobRecords) -> None:
@@ -101,7 +118,7 @@ def test_a_run_the_lost_job_sweep_ended_spends_and_writes_nothing(records: JobRe
     """A worker that picks up a lost run's messages later: the document the sweep stored is final."""
     job_id = claimed(records)
     end_as_lost(records, job_id)
-    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S).outcome == "stale"
+    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S, "t1").outcome == "stale"
     assert not records.client.exists(dispatch_key(job_id, 1))
     assert records.begin_variation(job_id, 1, 0, 1, 100) == "stale"
     assert not records.count_done(job_id, 1, 0)
@@ -118,9 +135,9 @@ def test_a_run_a_rerun_replaced_spends_and_writes_nothing(records: JobRecords) -
         job_id, node_fingerprint="f", model="offline_preview", variations=2, submitted_at=utcnow(), rerun=True
     )
     assert (rerun.outcome, rerun.run) == ("rerun", 2)
-    assert records.begin_dispatch(job_id, 2, utcnow(), LEASE_S).outcome == "new"
+    assert records.begin_dispatch(job_id, 2, utcnow(), LEASE_S, "t1").outcome == "new"
     # Run 1's late messages: nothing starts, nothing counts into run 2, nothing finishes it.
-    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S).outcome == "stale"
+    assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S, "t1").outcome == "stale"
     assert records.begin_variation(job_id, 1, 0, 1, 100) == "stale"
     assert not records.count_done(job_id, 1, 0)
     assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("stale", False)
@@ -133,7 +150,7 @@ def test_a_run_a_rerun_replaced_spends_and_writes_nothing(records: JobRecords) -
 
 def test_a_redelivered_finalize_gets_the_state_its_run_ended_with(records: JobRecords) -> None:
     job_id = claimed(records)
-    records.begin_dispatch(job_id, 1, utcnow(), LEASE_S)
+    records.begin_dispatch(job_id, 1, utcnow(), LEASE_S, "t1")
     assert records.request_cancel(job_id, 100)[0]
     assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("canceled", True)
     assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("canceled", False)  # unchanged

@@ -12,33 +12,31 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
+from datetime import datetime
 
 from celery import Task
 
-from contract.clouds import TargetError, node_target
+from contract.clouds import Target, TargetError, node_target
 from contract.errors import NodeValidationError
 from contract.job_ids import check_job_id
 from contract.jobs import utcnow
-from contract.node import validate_node
+from contract.node import ImageGenerationNode, validate_node
 from contract.queue import RUN_JOB
 from contract.settings import get_settings
 from contract.tenancy import check_tenant_refs
 from contract.work import JobOrder, JobSummary, VariationWork
 from worker.celery_app import app
+from worker.dispatch_lease import DISPATCH_LEASE_S
 from worker.lifecycle import publish
-from worker.state import job_records
+from worker.state import dispatch_leases, job_records
 from worker.tasks.dispatch import dispatch_variations
 from worker.tasks.finalize import fail_unstarted_job
 from worker.tasks.prompt_step import start_prompt_step
 
 log = logging.getLogger(__name__)
 
-# How long a claim on a run's dispatch holds off other deliveries of it. Publishing takes
-# milliseconds, but each publish may wait out a Redis restart or failover (up to ~35 s:
-# task_publish_retry_policy in contract/queue.py); a lease that ran out while its holder was
-# still publishing would let a second chord out. A waiting copy holds one worker slot.
-DISPATCH_LEASE_S = 120.0
-_BUSY_POLL_S = 0.25
+_BUSY_POLL_S = 0.25  # a copy that finds another delivery dispatching asks again this often
 
 
 @app.task(name=RUN_JOB, bind=True, pydantic=True, ignore_result=True, store_errors_even_if_ignored=True)
@@ -59,18 +57,19 @@ def run_job(self: Task, order: JobOrder) -> None:
 
     # acks_late redelivers this task if the worker dies: after a whole dispatch the guard says
     # "done" and the redelivery stops here; a worker that died between claiming and publishing
-    # left its lease, and the redelivery dispatches once the lease has run out. A copy that
-    # arrives while another delivery is publishing (a chain link sent twice, a duplicate
-    # delivery) waits for it instead of publishing a second chord, which would pay for every
-    # variation twice.
+    # left its claim, and the redelivery dispatches once the claim's lease has run out (its
+    # holder renews it while alive: worker/dispatch_lease.py). A copy that arrives while another
+    # delivery is publishing (a chain link sent twice, a duplicate delivery) waits for it instead
+    # of publishing a second chord, which would pay for every variation twice.
+    token = uuid.uuid4().hex
     started_at = utcnow()
-    claim = records.begin_dispatch(job_id, order.run, started_at, DISPATCH_LEASE_S)
+    claim = records.begin_dispatch(job_id, order.run, started_at, DISPATCH_LEASE_S, token)
     if claim.outcome == "busy":
         log.info("job %s run %d: another delivery is dispatching it; waiting for it", job_id, order.run)
     while claim.outcome == "busy":
         time.sleep(min(claim.lease_left_s, _BUSY_POLL_S))
         started_at = utcnow()
-        claim = records.begin_dispatch(job_id, order.run, started_at, DISPATCH_LEASE_S)
+        claim = records.begin_dispatch(job_id, order.run, started_at, DISPATCH_LEASE_S, token)
     if claim.outcome == "done":
         log.info("job %s run %d already dispatched; ignoring the redelivery", job_id, order.run)
         return None
@@ -79,6 +78,21 @@ def run_job(self: Task, order: JobOrder) -> None:
         return None
     if claim.outcome == "again":
         log.warning("job %s run %d: an earlier delivery died while dispatching; dispatching again", job_id, order.run)
+    with dispatch_leases().holding(job_id, order.run, token):
+        _dispatch(self.request.id, job_id, order, parsed, target, started_at)
+        records.end_dispatch(job_id, order.run)
+    return None
+
+
+def _dispatch(
+    result_id: str,
+    job_id: str,
+    order: JobOrder,
+    parsed: ImageGenerationNode,
+    target: Target | None,
+    started_at: datetime,
+) -> None:
+    """Announce the run and publish its chord (or its prompt step, which publishes the chord)."""
     inputs = parsed.inputs
     started = {"job_id": job_id, "run": order.run, "name": parsed.name, "model": inputs.model}
     publish(job_id, order.run, "started", {**started, "variations": inputs.variations, "started_at": started_at})
@@ -109,8 +123,6 @@ def run_job(self: Task, order: JobOrder) -> None:
     log.info("job %s run %d: %d variation(s) of %s at %s", job_id, order.run, len(works), inputs.model, inputs.size)
     if inputs.prompt_enhancement != "off":
         # The prompt step writes the prompt(s) first, then publishes this chord with them (prompt_step.py).
-        start_prompt_step(self.request.id, inputs, works, summary)
+        start_prompt_step(result_id, inputs, works, summary)
     else:
-        dispatch_variations(works, summary, self.request.id)
-    records.end_dispatch(job_id, order.run)
-    return None
+        dispatch_variations(works, summary, result_id)
