@@ -256,3 +256,22 @@ def test_compose_images_are_shown_by_the_playground() -> None:
     base = worker_env.get("IMAGEGEN_STORAGE_PUBLIC_BASE_URL", "")
     served = rf"http://{re.escape(host)}:{port}/files"
     assert re.fullmatch(rf"(\$\{{IMAGEGEN_STORAGE_PUBLIC_BASE_URL:-)?{served}\}}?", base), base
+
+
+def test_every_worker_pool_can_be_installed_as_documented() -> None:
+    """IMAGEGEN_WORKER_POOL accepts gevent, whose package a production install (and the image)
+    lacks: the worker would die at start with ModuleNotFoundError. It needs an extra of its own,
+    named in the README's settings table."""
+    import tomllib
+    from typing import get_args
+
+    from contract.settings import Settings
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    installed = {re.split(r"[\[<>=!~ ;]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
+    readme = (ROOT / "README.md").read_text()
+    [row] = [line for line in readme.splitlines() if line.startswith("| `IMAGEGEN_WORKER_POOL` |")]
+    for pool in get_args(Settings.model_fields["worker_pool"].annotation):
+        if pool == "gevent" and "gevent" not in installed:
+            assert any(dep.startswith("gevent") for dep in project["optional-dependencies"].get("gevent", [])), pool
+            assert "[gevent]" in row, row
