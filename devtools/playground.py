@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+from contract.redis_client import redacted_url
 from contract.settings import Settings
 from devtools.api_process import ApiProcess
 from devtools.redis_server import ensure_redis
@@ -29,7 +30,7 @@ def main() -> int:
     }
     try:
         with ApiProcess(env, port=port) as api, WorkerProcess(env, concurrency=8) as worker:
-            print(f"redis:      {'embedded server at ' if redis.embedded else ''}{redis.url}")
+            print(f"redis:      {'embedded server at ' if redis.embedded else ''}{redacted_url(redis.url)}")
             print(f"worker:     log {worker.log_path}")
             print(f"api:        log {api.log_path}")
             print(f"\nPlayground: {api.url}/playground/   (Ctrl-C to stop)\n", flush=True)

@@ -241,3 +241,37 @@ def test_keda_owns_the_worker_count_and_a_drain_can_evict_a_worker() -> None:
         budget["maxUnavailable"] if "maxUnavailable" in budget else scaled["minReplicaCount"] - budget["minAvailable"]
     )
     assert allowed >= 1
+
+
+def test_compose_images_are_shown_by_the_playground() -> None:
+    """The worker's images are on the volume the API serves at /files (development): a record's
+    ``url`` must point there, or the Playground (which shows only http(s) URLs) shows no image."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    worker_env, api = services["worker"]["environment"], services["api"]
+    root = worker_env["IMAGEGEN_STORAGE_URL"]
+    assert "://" not in root
+    assert f"images:{root}" in services["worker"]["volumes"] and f"images:{root}" in api["volumes"]
+    [published] = [p for p in api["ports"] if p.endswith(":8000")]
+    host, port = published.rsplit(":", 2)[:2]
+    base = worker_env.get("IMAGEGEN_STORAGE_PUBLIC_BASE_URL", "")
+    served = rf"http://{re.escape(host)}:{port}/files"
+    assert re.fullmatch(rf"(\$\{{IMAGEGEN_STORAGE_PUBLIC_BASE_URL:-)?{served}\}}?", base), base
+
+
+def test_every_worker_pool_can_be_installed_as_documented() -> None:
+    """IMAGEGEN_WORKER_POOL accepts gevent, whose package a production install (and the image)
+    lacks: the worker would die at start with ModuleNotFoundError. It needs an extra of its own,
+    named in the README's settings table."""
+    import tomllib
+    from typing import get_args
+
+    from contract.settings import Settings
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    installed = {re.split(r"[\[<>=!~ ;]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
+    readme = (ROOT / "README.md").read_text()
+    [row] = [line for line in readme.splitlines() if line.startswith("| `IMAGEGEN_WORKER_POOL` |")]
+    for pool in get_args(Settings.model_fields["worker_pool"].annotation):
+        if pool == "gevent" and "gevent" not in installed:
+            assert any(dep.startswith("gevent") for dep in project["optional-dependencies"].get("gevent", [])), pool
+            assert "[gevent]" in row, row
