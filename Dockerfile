@@ -13,7 +13,8 @@ COPY producer ./producer
 COPY api ./api
 # /data/images: where compose's volume mounts local storage; owned by the user, so a fresh named
 # volume (Docker copies the owner from the image) is writable without root.
-RUN pip install -c constraints.txt . && useradd --system --uid 10001 imagegen \
+RUN pip install -c constraints.txt . && rm -rf build ./*.egg-info \
+    && useradd --system --uid 10001 imagegen \
     && mkdir -p /data/images && chown 10001 /data/images
 USER 10001
 

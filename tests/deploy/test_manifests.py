@@ -211,6 +211,22 @@ def test_the_image_has_a_writable_images_directory() -> None:
     )
 
 
+def test_the_build_context_is_what_the_image_copies() -> None:
+    """Without .dockerignore, docker sends the whole checkout (a virtualenv, npm tools, test
+    output) to the daemon on every build, and a COPY of a package takes its __pycache__ along."""
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    ignored.discard("")
+    copied = [
+        word
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+        for word in line.split()[1:-1]
+    ]
+    assert copied and not any(path in ignored for path in copied), copied
+    assert {".venv", ".tools", "var", "tests", "devtools", "**/__pycache__"} <= ignored
+    assert "rm -rf build ./*.egg-info" in (ROOT / "Dockerfile").read_text()  # pip's in-tree build leftovers
+
+
 def _objects() -> list[dict[str, Any]]:
     return [doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
 
