@@ -129,6 +129,14 @@ local function stale(job, run)
 end
 """
 
+# The leases' deadlines are on Redis' clock, in ms (the pods' clocks may differ).
+_NOW_MS = """
+local function redis_now_ms()
+  local clock = redis.call('TIME')
+  return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+end
+"""
+
 # KEYS[1]: the job hash; KEYS[2]: the run's prompt-step guard. ARGV[1]: the run; ARGV[2]: this
 # delivery's owner (its Celery task id: the same for the step's own retries and redeliveries,
 # another for a copy sent again); ARGV[3]: the lease (ms); ARGV[4]: the guard's TTL (s).
@@ -141,12 +149,12 @@ end
 # live lease (run out, or "pending" from an older worker) is claimed again.
 _BEGIN_PROMPT_STEP = (
     _STALE
+    + _NOW_MS
     + """
 local guard = redis.call('GET', KEYS[2])
 if guard == 'done' then return {'done', 0} end
 if stale(KEYS[1], ARGV[1]) then return {'stale', 0} end
-local clock = redis.call('TIME')
-local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local now_ms = redis_now_ms()
 if guard then
   local lease_until, owner = string.match(guard, '^pending:(%d+):(.+)$')
   if owner and owner ~= ARGV[2] and tonumber(lease_until) > now_ms then
@@ -172,12 +180,12 @@ return {'start', 0}
 # guard of "pending" without one (written by an older worker) counts as run out.
 _BEGIN_DISPATCH = (
     _STALE
+    + _NOW_MS
     + """
 local guard = redis.call('GET', KEYS[1])
 if guard == 'done' then return {'done', 0} end
 if stale(KEYS[2], ARGV[5]) then return {'stale', 0} end
-local clock = redis.call('TIME')
-local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local now_ms = redis_now_ms()
 local outcome = 'new'
 if guard then
   local lease_until = tonumber(string.match(guard, '^pending:(%d+)') or '0')
@@ -195,14 +203,16 @@ return {outcome, 0}
 # KEYS[1]: the dispatch guard of one run. ARGV[1]: the holder's token; ARGV[2]: the lease (ms).
 # Extends the lease while the guard is still this holder's claim (not "done", not claimed
 # again by another delivery after the lease ran out). Returns 1 when extended, else 0.
-_RENEW_DISPATCH = """
+_RENEW_DISPATCH = (
+    _NOW_MS
+    + """
 local guard = redis.call('GET', KEYS[1])
 if not guard or string.match(guard, '^pending:%d+:(.+)$') ~= ARGV[1] then return 0 end
-local clock = redis.call('TIME')
-local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local now_ms = redis_now_ms()
 redis.call('SET', KEYS[1], 'pending:' .. (now_ms + tonumber(ARGV[2])) .. ':' .. ARGV[1], 'KEEPTTL')
 return 1
 """
+)
 
 # Count variation ``field`` ("v<index>") of ``run`` once per run, whatever the deliveries: its
 # field (the run that finished it) lets a redelivered copy skip the work. Nothing is created for
@@ -483,19 +493,12 @@ class JobRecords:
         )
         return bool(counted), _text(entry_id), (_text(webhook) or None)
 
-    def mark_finished(self, job_id: str, run: int, state: JobState, finished_at: datetime) -> None:
-        """The run's result document is stored: it becomes the job's current result (one round trip)."""
-        pipe = self.client.pipeline()
-        pipe.hset(job_key(job_id), mapping={"state": state, "finished_at": finished_at.isoformat(), "result_run": run})
-        pipe.expire(job_key(job_id), self.ttl_s)
-        pipe.zrem(progress_key(), job_id)
-        pipe.execute()
-
     def finish_run(
         self, job_id: str, run: int, state: JobState, finished_at: datetime
     ) -> tuple[JobState | Literal["stale"], bool]:
-        """``mark_finished``, except that a run whose cancel was requested ends ``canceled``: the
-        state it ended with, and whether it ended now (one round trip). False: it had ended
+        """The run's result document is stored: it becomes the job's current result, ended with
+        ``state``, except that a run whose cancel was requested ends ``canceled``: the state it
+        ended with, and whether it ended now (one round trip). False: it had ended
         before (a finalize delivered again), nothing changed. "stale": the run is not the job's
         current one, or the lost-job sweep ended it; nothing changed."""
         ended, now = self._finish_run(

@@ -127,7 +127,7 @@ def test_a_submit_whose_message_cannot_be_sent_changes_nothing(
         assert client.records.read("unsent-1") is None
 
         client.submit(offline_node, job_id="unsent-2")  # no worker: queued; then it ends failed
-        client.records.mark_finished("unsent-2", 1, "failed", utcnow())
+        client.records.finish_run("unsent-2", 1, "failed", utcnow())
         before = client.status("unsent-2")
         with pytest.raises(QueueUnavailable):
             no_broker.submit(offline_node, job_id="unsent-2", rerun=True)

@@ -103,7 +103,7 @@ def test_counting_creates_no_record_for_an_unknown_job(records: JobRecords) -> N
 
 def test_finishing_is_one_step(records: JobRecords) -> None:
     job_id = claimed(records)
-    records.mark_finished(job_id, 1, "succeeded", utcnow())
+    assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("succeeded", True)
     status = records.read(job_id)
     assert status is not None and (status.state, status.result_run) == ("succeeded", 1)
     assert records.client.zscore(progress_key(), job_id) is None
