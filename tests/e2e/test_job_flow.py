@@ -412,6 +412,16 @@ def _finalize_again(client: ImageGenClient, worker: WorkerProcess, result: JobRe
         time.sleep(0.2)
 
 
+def _announced_completed(client: ImageGenClient, job_id: str) -> list[Any]:
+    """The job's "completed" events, once there is one: the client's wait returns when the
+    document is stored, which finalize does just before it announces the ending."""
+    deadline = time.monotonic() + 10
+    while not (completed := [e for e in client.job_events.read(job_id) if e.event == "completed"]):
+        assert time.monotonic() < deadline, f"job {job_id} was never announced completed"
+        time.sleep(0.05)
+    return completed
+
+
 def test_a_second_finalize_of_a_finished_run_stores_and_announces_nothing(
     start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
 ) -> None:
@@ -420,6 +430,7 @@ def test_a_second_finalize_of_a_finished_run_stores_and_announces_nothing(
     worker = start_worker()
     result = client.submit(offline_node, job_id="finalize-twice").wait(timeout=60)
     assert result.status == "succeeded"
+    assert len(_announced_completed(client, "finalize-twice")) == 1  # the first finalize has ended
     _finalize_again(client, worker, result)
     assert client.result("finalize-twice") == result
     completed = [e for e in client.job_events.read("finalize-twice") if e.event == "completed"]
@@ -434,7 +445,7 @@ def test_a_finalize_that_died_before_announcing_is_announced_by_its_redelivery(
     ending once, or followers and the webhook never hear of it."""
     worker = start_worker()
     result = client.submit(offline_node, job_id="finalize-died").wait(timeout=60)
-    [completed] = [e for e in client.job_events.read("finalize-died") if e.event == "completed"]
+    [completed] = _announced_completed(client, "finalize-died")
     redis.Redis.from_url(redis_url).xdel(events_key("finalize-died"), completed.id)  # never appended
     _finalize_again(client, worker, result)
     time.sleep(0.3)
