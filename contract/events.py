@@ -288,7 +288,8 @@ def announce(
 ) -> str | None:
     """Append ``event`` to the job's log and, if the job's webhook subscribed to it, enqueue its
     delivery; the stream id, or None when Redis or the broker refused (logged, never raised:
-    the event log is a notification, the result document and job record stay authoritative)."""
+    the event log is a notification, the result document and job record stay authoritative).
+    A run's "completed" is appended once (``JobRecords.announce_ending``): None when it was before."""
     if max_len is None or retention_s is None:
         from contract.settings import get_settings
 
@@ -297,7 +298,13 @@ def announce(
         retention_s = settings.events_retention_s if retention_s is None else retention_s
     events = JobEvents(records.client, records.ttl_s, max_len, retention_s)
     try:
-        entry_id, webhook = events.append_for_delivery(job_id, event, data, run)
+        if event == "completed":  # once per run, however many deliveries end it
+            appended, entry_id, webhook = records.announce_ending(job_id, run, _entry_data(data), max_len, retention_s)
+            if not appended:
+                log.info("job %s run %d: its ending was announced already", job_id, run)
+                return None
+        else:
+            entry_id, webhook = events.append_for_delivery(job_id, event, data, run)
     except (redis.RedisError, OSError) as exc:
         log.warning("job %s run %d: event %s not recorded: %s", job_id, run, event, type(exc).__name__)
         return None

@@ -255,6 +255,24 @@ return {1, id, redis.call('HGET', KEYS[1], 'webhook') or ''}
 
 
 # KEYS[1]: the job hash; KEYS[2]: the job's event stream (contract/events.py).
+# ARGV[1]: the run; ARGV[2]: the event's data (JSON); ARGV[3]: the stream's MAXLEN; ARGV[4]: the
+# stream's TTL (s). Returns {appended (1/0), stream id, webhook JSON or ''}. A run's "completed"
+# is appended once whatever the deliveries: two finalizes of one run (a redelivery while the first
+# is between storing its document and announcing it) would each find it missing and each send it
+# (and its webhook). The job's ``completed_run`` field remembers the last run announced; a job
+# without a record (expired) gets no new one.
+_ANNOUNCE_ENDING = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'completed_run') == ARGV[1] then return {0, '', ''} end
+  redis.call('HSET', KEYS[1], 'completed_run', ARGV[1])
+end
+local id = redis.call(
+  'XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', 'completed', 'run', ARGV[1], 'data', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {1, id, redis.call('HGET', KEYS[1], 'webhook') or ''}
+"""
+
+# KEYS[1]: the job hash; KEYS[2]: the job's event stream (contract/events.py).
 # ARGV[1]: requested_at (ISO); ARGV[2]: the stream's MAXLEN; ARGV[3]: TTL (s).
 # Returns {changed (1/0), state, run}. A queued or running job gets its run's cancel flag
 # (``cancel_run``) and a "canceled" event, in one step: the flag is either seen by the run's
@@ -401,6 +419,7 @@ class JobRecords:
         self._renew_dispatch = client.register_script(_RENEW_DISPATCH)
         self._count_done = client.register_script(_COUNT_DONE)
         self._announce_variation = client.register_script(_ANNOUNCE_VARIATION)
+        self._announce_ending = client.register_script(_ANNOUNCE_ENDING)
         self._cancel = client.register_script(_CANCEL)
         self._finish_run = client.register_script(_FINISH_RUN)
         self._begin_variation = client.register_script(_BEGIN_VARIATION)
@@ -492,6 +511,17 @@ class JobRecords:
             keys=[*keys, events_key(job_id)], args=[*args, event_data, max_len, self.ttl_s]
         )
         return bool(counted), _text(entry_id), (_text(webhook) or None)
+
+    def announce_ending(
+        self, job_id: str, run: int, event_data: str, max_len: int, retention_s: int
+    ) -> tuple[bool, str, str | None]:
+        """Append the "completed" event of ``run`` (``event_data``: the stream entry's JSON) unless
+        it was appended before (``_ANNOUNCE_ENDING``): (appended now, its stream id, the job's
+        webhook JSON or None)."""
+        appended, entry_id, webhook = self._announce_ending(
+            keys=[job_key(job_id), events_key(job_id)], args=[run, event_data, max_len, retention_s]
+        )
+        return bool(appended), _text(entry_id), (_text(webhook) or None)
 
     def finish_run(
         self, job_id: str, run: int, state: JobState, finished_at: datetime

@@ -14,7 +14,7 @@ import redis
 from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC, decompress_payload
 
 from contract.events import NOT_KEPT, announce_variation, event_record, events_key
-from contract.queue import FINALIZE, GENERATE_VARIATION, RUN_JOB, dispatch_key
+from contract.queue import FINALIZE, GENERATE_VARIATION, RUN_JOB, dispatch_key, job_key
 from contract.result import GenerationMetadata, ImageRecord, JobResult
 from contract.settings import Settings
 from contract.work import JobOrder, JobSummary, VariationWork
@@ -446,7 +446,9 @@ def test_a_finalize_that_died_before_announcing_is_announced_by_its_redelivery(
     worker = start_worker()
     result = client.submit(offline_node, job_id="finalize-died").wait(timeout=60)
     [completed] = _announced_completed(client, "finalize-died")
-    redis.Redis.from_url(redis_url).xdel(events_key("finalize-died"), completed.id)  # never appended
+    raw = redis.Redis.from_url(redis_url)
+    raw.xdel(events_key("finalize-died"), completed.id)  # never appended: neither the event
+    raw.hdel(job_key("finalize-died"), "completed_run")  # nor the run's mark that it was announced
     _finalize_again(client, worker, result)
     time.sleep(0.3)
     assert client.result("finalize-died") == result  # the stored document stands

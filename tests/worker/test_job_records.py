@@ -6,13 +6,16 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import redis
 
-from contract.events import JobEvents, events_key
+from contract.events import JobEvents, announce, events_key
 from contract.jobs import JobRecords, utcnow
 from contract.queue import dispatch_key, job_key, progress_key, prompt_step_key
+from contract.webhooks import Webhook
 from worker.dispatch_lease import LeaseKeeper
 
 LEASE_S = 60.0
@@ -202,3 +205,56 @@ def test_a_variation_is_announced_only_when_counted_now(records: JobRecords) -> 
     end_as_lost(records, job_id)
     assert records.announce_variation(job_id, 1, 1, '{"index":1}', 100) == (False, "", None)  # a late one
     assert [e.event for e in JobEvents(records.client, 600).read(job_id)] == ["variation"]
+
+
+class SentTasks:
+    """What ``announce`` sends the broker (the webhook deliveries), kept instead of sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+
+    def send_task(self, name: str, *args: Any, **kwargs: Any) -> None:
+        self.sent.append((name, kwargs))
+
+
+def test_a_runs_ending_is_announced_once_however_many_deliveries_end_it(records: JobRecords) -> None:
+    """Two finalizes of one run (a redelivery while the first is between storing its document
+    and announcing it) each find "completed" missing: only one may append it, and schedule its
+    webhook."""
+    job_id = claimed(records)
+    webhook = Webhook(url="https://hooks.example.com/x", secret="env:HOOK_SECRET")
+    records.client.hset(job_key(job_id), "webhook", webhook.model_dump_json())
+    records.finish_run(job_id, 1, "succeeded", utcnow())
+    sender = SentTasks()
+
+    def deliver(_: int) -> str | None:
+        return announce(records, sender, job_id, 1, "completed", {"status": "succeeded"}, 100, 60)
+
+    with ThreadPoolExecutor(8) as pool:
+        appended = [entry for entry in pool.map(deliver, range(16)) if entry is not None]
+    assert len(appended) == 1
+    assert [(e.event, e.run) for e in JobEvents(records.client, 600).read(job_id)] == [("completed", 1)]
+    assert len(sender.sent) == 1  # one webhook delivery
+    assert 0 < records.client.ttl(events_key(job_id)) <= 60  # the log's retention after the ending
+
+    records.finish_run(job_id, 1, "failed", utcnow())  # (already ended: no change)
+    records.client.hset(job_key(job_id), mapping={"state": "failed"})
+    assert (
+        records.claim(
+            job_id, node_fingerprint="f", model="offline_preview", variations=2, submitted_at=utcnow(), rerun=True
+        ).outcome
+        == "rerun"
+    )
+    assert deliver(0) is None  # run 1 still announced
+    assert announce(records, sender, job_id, 2, "completed", {"status": "failed"}, 100, 60) is not None  # the rerun's
+    assert [(e.event, e.run) for e in JobEvents(records.client, 600).read(job_id)] == [
+        ("completed", 1),
+        ("completed", 2),
+    ]
+
+
+def test_the_ending_of_a_job_without_a_record_is_appended_without_making_one(records: JobRecords) -> None:
+    job_id = f"records-gone-{uuid.uuid4().hex[:8]}"  # its record expired
+    appended, entry_id, webhook = records.announce_ending(job_id, 1, '{"status":"failed"}', 100, 60)
+    assert appended and entry_id and webhook is None
+    assert not records.client.exists(job_key(job_id))

@@ -10,7 +10,7 @@ from celery import Task, states
 
 from contract.catalog import load_catalog
 from contract.errors import NodeValidationError
-from contract.events import JobEvents, completed_data
+from contract.events import completed_data
 from contract.job_ids import check_job_id
 from contract.jobs import JobState, utcnow
 from contract.queue import FINALIZE
@@ -101,14 +101,14 @@ def fail_unstarted_job(backend: Any, result_id: str, order: JobOrder, message: s
 
 def _stored_and_announced(backend: Any, result_id: str, job_id: str, run: int) -> bool:
     """Whether an ended run's document is stored; if it is but its "completed" is not in the log
-    (the delivery that stored it died before announcing it), it is announced now, once, so that
-    followers and the webhook still hear of the ending."""
+    (the delivery that stored it died before announcing it), it is announced now. Once: a first
+    delivery still between storing and announcing, and this one, cannot both append it
+    (``JobRecords.announce_ending``)."""
     meta = backend.get_task_meta(result_id)
     if meta.get("status") != states.SUCCESS or not isinstance(meta.get("result"), dict):
         return False
-    if not JobEvents(job_records().client, job_records().ttl_s).announced(job_id, run, "completed"):
-        log.warning("job %s run %d: its document was stored but never announced; announcing it", job_id, run)
-        publish(job_id, run, "completed", completed_data(meta["result"]))
+    if publish(job_id, run, "completed", completed_data(meta["result"])) is not None:
+        log.warning("job %s run %d: its document was stored but never announced; announced it now", job_id, run)
     return True
 
 
