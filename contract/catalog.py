@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,7 +49,7 @@ class ModelEntry(BaseModel):
             raise ValueError("a model needs at least one size")
         return sizes
 
-    @property
+    @cached_property  # read for every image; an entry is frozen and lives with its catalog
     def largest_pixels(self) -> int:
         """Width x height of the model's largest size: what bounds the images it may return."""
         return max(width * height for width, height in map(parse_size, self.sizes))
