@@ -54,7 +54,7 @@ $(VENV)/.bench: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'
 	touch $@
 
-bench: install $(VENV)/.bench
+bench: install tools $(VENV)/.bench
 	$(BIN)/python -m benchmarks.figures
 
 clean:

@@ -392,6 +392,7 @@ def cost(bench: Bench, pool: str, concurrency: int, jobs: int) -> None:
             image_cpu(bench, worker, client, "gemini_3_image", label, jobs)
     memory(bench, pool, concurrency, jobs=4 * jobs)
     decode_breakdown(bench)
+    upload_breakdown(bench)
 
 
 def image_cpu(bench: Bench, worker: WorkerProcess, client: ImageGenClient, model: str, label: str, jobs: int) -> None:
@@ -576,6 +577,25 @@ def decode_breakdown(bench: Bench) -> None:
         f"{stages['decode_ms']:.1f} ms, reading the header {stages['verify_ms']:.2f} ms, sha256 "
         f"{stages['hash_ms']:.2f} ms, the worker's whole check (every chunk verified + sha256) "
         f"{stages['inspect_ms']:.2f} ms, upload (local disk) {stages['upload_ms']:.2f} ms"
+    )
+
+
+def upload_breakdown(bench: Bench) -> None:
+    """CPU and copies per upload of the same PNG through each backend's platform store, against the
+    emulators (benchmarks/upload_cost.py), in a separate process."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "upload_cost.py")],
+        cwd=bench.root,
+        env={**os.environ, "PYTHONPATH": str(bench.root)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = [json.loads(line) for line in out.stdout.strip().splitlines() if line.startswith("{")]
+    bench.say(
+        f"  upload of one {rows[0]['png_bytes'] / 1e6:.2f} MB PNG, CPU in the worker's process (emulators apart, "
+        "plain HTTP): "
+        + ", ".join(f"{r['backend']} {r['cpu_ms']:.2f} ms ({r['copies']:.1f} copies held)" for r in rows)
     )
 
 

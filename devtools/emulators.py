@@ -7,6 +7,7 @@ that is not installed raises with the command that installs it."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import shutil
@@ -19,6 +20,9 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devtools.redis_server import free_port
 
@@ -119,6 +123,25 @@ def start_openbao() -> Emulator:
     )
     emulator.extra["token"] = token
     return emulator
+
+
+def service_account_json(project: str = "imagegen-test") -> str:
+    """A throwaway service-account key: real RSA, never known to Google."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return json.dumps(
+        {
+            "type": "service_account",
+            "project_id": project,
+            "private_key_id": "test-key-1",
+            "private_key": pem,
+            "client_email": f"imagegen-worker@{project}.iam.gserviceaccount.com",
+            "client_id": "1",
+            "token_uri": "https://oauth2.googleapis.com/token",
+        }
+    )
 
 
 def _tool(name: str, install: str) -> str:

@@ -17,8 +17,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from contract.settings import Settings
-from devtools.emulators import Emulator, start_azurite, start_gcs, start_moto, start_openbao
-from tests.cloud.helpers import service_account_json
+from devtools.emulators import Emulator, service_account_json, start_azurite, start_gcs, start_moto, start_openbao
 from worker.secrets import clear_cache
 from worker.storage import clear_store_cache
 

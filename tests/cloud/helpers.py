@@ -4,15 +4,11 @@ fault-injecting HTTP proxy and a throwaway GCP service-account key."""
 from __future__ import annotations
 
 import http.client
-import json
 import threading
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from contract.clouds import node_target
 from contract.settings import Settings
@@ -104,25 +100,6 @@ class FlakyProxy:
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
 
         return Handler
-
-
-def service_account_json(project: str = "imagegen-test") -> str:
-    """A throwaway service-account key: real RSA, never known to Google."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return json.dumps(
-        {
-            "type": "service_account",
-            "project_id": project,
-            "private_key_id": "test-key-1",
-            "private_key": pem,
-            "client_email": f"imagegen-worker@{project}.iam.gserviceaccount.com",
-            "client_id": "1",
-            "token_uri": "https://oauth2.googleapis.com/token",
-        }
-    )
 
 
 def store_for_fields(fields: dict[str, Any], settings: Settings) -> tuple[ImageStore, str]:

@@ -26,9 +26,8 @@ from contract.node import validate_node
 from contract.queue import SIGN_URL, dispatch_key, job_key, job_task_id
 from contract.settings import Settings
 from contract.work import SignRequest
-from devtools.emulators import Emulator, azurite_connection_string
+from devtools.emulators import Emulator, azurite_connection_string, service_account_json
 from producer.client import ImageGenClient, SignError
-from tests.cloud.helpers import service_account_json
 from tests.conftest import StartWorker
 from tests.security.helpers import Listener, files_under, send_raw_job
 from worker.errors import PermanentError, StorageError
