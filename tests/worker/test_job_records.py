@@ -75,8 +75,8 @@ def test_a_live_dispatch_lease_holds_off_another_delivery_until_it_runs_out(reco
 def test_a_holder_that_renews_its_dispatch_lease_keeps_other_deliveries_off(records: JobRecords) -> None:
     job_id = claimed(records)
     assert records.begin_dispatch(job_id, 1, utcnow(), 0.5, "holder").outcome == "new"
-    keeper = LeaseKeeper(records.renew_dispatch, lease_s=0.5)
-    with keeper.holding(job_id, 1, "holder"):  # a publish that takes four leases (a Redis failover)
+    keeper = LeaseKeeper(records.renew_dispatches, lease_s=0.5)
+    with keeper.holding((job_id, 1, "holder")):  # a publish that takes four leases (a Redis failover)
         for _ in range(8):
             time.sleep(0.25)
             assert records.begin_dispatch(job_id, 1, utcnow(), 0.5, "copy").outcome == "busy"
