@@ -1,4 +1,4 @@
-"""Keeping short leases alive while their holder works: a run's dispatch.
+"""Keeping short leases alive while their holder works: a run's dispatch, a variation's attempt.
 
 The job task claims a run's dispatch with a short lease (``_BEGIN_DISPATCH`` in
 contract/jobs.py): a copy of the task that arrives meanwhile (a chain link sent twice, a
@@ -6,6 +6,11 @@ message delivered twice) waits instead of publishing a second chord, and if this
 mid-dispatch its redelivery claims the run again within one lease. Publishing takes
 milliseconds, but each message may wait out a Redis failover (~35 s: ``task_publish_retry_policy``
 in contract/queue.py).
+
+A variation's attempt leases the variation the same way (``_BEGIN_VARIATION``): a copy of its
+message delivered while it generates (RabbitMQ requeues an unacked message when the worker's
+connection drops, and Celery keeps running the task) retries later instead of paying for the
+image a second time; the provider call takes 10-35 s or more.
 
 One thread per process and kind renews every lease of that kind it holds, every third of a
 lease, in one round trip per pass, until each is released. A process that dies stops renewing,
@@ -28,6 +33,9 @@ log = logging.getLogger(__name__)
 # Short, so that a dead holder's claim runs out soon after it died (its redelivery waits at most
 # this long); long beside the renewal period, so that a busy process renews in time.
 DISPATCH_LEASE_S = 10.0
+# The same trade for a variation: a copy of a SIGKILLed worker's variation starts at most this
+# long after the worker's last renewal (the chaos settings give a job 60 s to make progress).
+VARIATION_LEASE_S = 10.0
 
 Lease = TypeVar("Lease", bound=Hashable)
 # (the leases held, the lease length) -> whether each is still held; one round trip for them all.
@@ -37,8 +45,8 @@ RenewAll = Callable[[Sequence[Lease], float], object]
 class LeaseKeeper(Generic[Lease]):
     """Renews the leases of one kind this process holds (``holding``) until each is released.
 
-    ``renew_all`` gets every held lease at once (e.g. ``JobRecords.renew_dispatches``): one round
-    trip per pass however many are held."""
+    ``renew_all`` gets every held lease at once (e.g. ``JobRecords.renew_dispatches`` or
+    ``renew_variations``): a process with 512 variations running renews them in one call."""
 
     def __init__(self, renew_all: RenewAll[Lease], lease_s: float = DISPATCH_LEASE_S, kind: str = "dispatch"):
         self.lease_s = lease_s
