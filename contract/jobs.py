@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -215,15 +215,17 @@ return 1
 )
 
 # Count variation ``field`` ("v<index>") of ``run`` once per run, whatever the deliveries: its
-# field (the run that finished it) lets a redelivered copy skip the work. Nothing is created for
-# a job without a record. 1 when counted now, 0 when counted before (or no record, or the run is
-# stale: ``_STALE``).
+# field (the run that finished it) lets a redelivered copy skip the work, and its lease
+# ("lease:v<index>", ``_BEGIN_VARIATION``) goes in the same step (a copy now finds "done"). Nothing
+# is created for a job without a record. 1 when counted now, 0 when counted before (or no record,
+# or the run is stale: ``_STALE``).
 _COUNT = """
 local function count(job, progress, field, run, now, job_id)
   if redis.call('EXISTS', job) == 0 or stale(job, run) then return 0 end
   redis.call('ZADD', progress, 'XX', now, job_id)
   if redis.call('HGET', job, field) == run then return 0 end
   redis.call('HSET', job, field, run)
+  redis.call('HDEL', job, 'lease:' .. field)
   redis.call('HINCRBY', job, 'done', 1)
   return 1
 end
@@ -291,22 +293,91 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {1, state, tonumber(run)}
 """
 
+# A variation's lease lives in the job hash: field "lease:v<index>" = "<run>:<deadline ms>:<token>"
+# (the deadline on Redis' clock, the token the attempt's own, drawn per execution). It guards the
+# provider call against a second copy of the same message running at once (a broker that
+# requeued it when the first's connection dropped); counting the variation (``_COUNT``) removes it.
+_VARIATION_LEASE = """
+local function variation_lease(job, index)
+  local lease = redis.call('HGET', job, 'lease:v' .. index)
+  if not lease then return nil end
+  local run, lease_until, owner = string.match(lease, '^(%d+):(%d+):(.+)$')
+  if not owner then return nil end
+  return {run = run, lease_until = tonumber(lease_until), owner = owner}
+end
+"""
+
 # KEYS[1]: the job hash; KEYS[2]: the job's event stream. ARGV[1]: the run; ARGV[2]: the
-# variation's index; ARGV[3]: the stream's MAXLEN; ARGV[4]: TTL (s); ARGV[5]: the attempt.
-# Returns "done" when this variation of the run finished already (a copy: skip the work),
-# "stale" when the run is (``_STALE``), "canceled" when it was canceled (the variation must not
-# start), else appends "variation_started" and returns "start": the checks a variation makes
-# anyway and its progress event cost one round trip together.
+# variation's index; ARGV[3]: the stream's MAXLEN; ARGV[4]: TTL (s); ARGV[5]: the attempt;
+# ARGV[6]: this execution's token; ARGV[7]: the lease (ms).
+# Returns {outcome, ms}: "done" when this variation of the run finished already (a copy: skip the
+# work), "stale" when the run is (``_STALE``), "busy" when another execution (another token)
+# holds a live lease on this variation of this run (a copy delivered while the first is still
+# generating; ms: how long the lease still runs; nothing changed, no event), "canceled" when the
+# run was canceled (the variation must not start), else takes the lease ("lease:v<index>", see
+# ``_VARIATION_LEASE``; only in an existing record), appends "variation_started" and returns
+# "start": the checks a variation makes anyway, its lease and its progress event cost one round
+# trip together. "busy" comes before "canceled": the holder is generating already, and its own
+# outcome (an image, paid for) is what the copy hands the chord once it finds "done".
 _BEGIN_VARIATION = (
     _STALE
+    + _NOW_MS
+    + _VARIATION_LEASE
     + """
-if redis.call('HGET', KEYS[1], 'v' .. ARGV[2]) == ARGV[1] then return 'done' end
-if stale(KEYS[1], ARGV[1]) then return 'stale' end
-if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then return 'canceled' end
+if redis.call('HGET', KEYS[1], 'v' .. ARGV[2]) == ARGV[1] then return {'done', 0} end
+if stale(KEYS[1], ARGV[1]) then return {'stale', 0} end
+local now_ms = redis_now_ms()
+local lease = variation_lease(KEYS[1], ARGV[2])
+if lease and lease.run == ARGV[1] and lease.owner ~= ARGV[6] and lease.lease_until > now_ms then
+  return {'busy', lease.lease_until - now_ms}
+end
+if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then return {'canceled', 0} end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'lease:v' .. ARGV[2], ARGV[1] .. ':' .. (now_ms + tonumber(ARGV[7])) .. ':' .. ARGV[6])
+end
 local data = cjson.encode({index = tonumber(ARGV[2]), attempt = tonumber(ARGV[5])})
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', 'variation_started', 'run', ARGV[1], 'data', data)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return 'start'
+return {'start', 0}
+"""
+)
+
+# KEYS[1..n]: job hashes. ARGV[1]: the lease (ms); ARGV[2..]: for each key in turn, three values:
+# the run, the variation's index and the holder's token.
+# Extends each lease that is still that holder's (not released, not counted, not taken over by
+# another execution after it ran out) to the lease from now. Returns one 1 (extended) or 0 per
+# key, in order: one call renews every variation lease a worker process holds.
+_RENEW_VARIATIONS = (
+    _NOW_MS
+    + _VARIATION_LEASE
+    + """
+local now_ms = redis_now_ms()
+local renewed = {}
+for i, job in ipairs(KEYS) do
+  local run, index, token = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  local lease = variation_lease(job, index)
+  if lease and lease.run == run and lease.owner == token then
+    redis.call('HSET', job, 'lease:v' .. index, run .. ':' .. (now_ms + tonumber(ARGV[1])) .. ':' .. token)
+    renewed[i] = 1
+  else
+    renewed[i] = 0
+  end
+end
+return renewed
+"""
+)
+
+# KEYS[1]: the job hash. ARGV[1]: the run; ARGV[2]: the variation's index; ARGV[3]: the holder's token.
+# Removes the variation's lease while it is that holder's: an attempt that ends without an
+# outcome (it retries later, or waits for quota) lets its next attempt, or a copy, start at once.
+# Returns 1 when removed, else 0 (not held by that token).
+_RELEASE_VARIATION = (
+    _VARIATION_LEASE
+    + """
+local lease = variation_lease(KEYS[1], ARGV[2])
+if not lease or lease.run ~= ARGV[1] or lease.owner ~= ARGV[3] then return 0 end
+redis.call('HDEL', KEYS[1], 'lease:v' .. ARGV[2])
+return 1
 """
 )
 
@@ -376,6 +447,12 @@ class DispatchClaim:
 
 
 @dataclass(frozen=True)
+class VariationClaim:
+    outcome: Literal["start", "busy", "canceled", "stale", "done"]
+    lease_left_s: float = 0.0  # "busy": how long the other execution's lease still runs
+
+
+@dataclass(frozen=True)
 class PromptStepClaim:
     outcome: Literal["start", "busy", "canceled", "stale", "done"]
     lease_left_s: float = 0.0  # "busy": how long the other copy's lease still runs
@@ -423,6 +500,8 @@ class JobRecords:
         self._cancel = client.register_script(_CANCEL)
         self._finish_run = client.register_script(_FINISH_RUN)
         self._begin_variation = client.register_script(_BEGIN_VARIATION)
+        self._renew_variations = client.register_script(_RENEW_VARIATIONS)
+        self._release_variation = client.register_script(_RELEASE_VARIATION)
         self._begin_prompt_step = client.register_script(_BEGIN_PROMPT_STEP)
 
     def claim(
@@ -490,6 +569,15 @@ class JobRecords:
         the claim is no longer its (dispatched, or claimed again after its lease ran out)."""
         return bool(self._renew_dispatch(keys=[dispatch_key(job_id, run)], args=[token, int(lease_s * 1000)]))
 
+    def renew_dispatches(self, claims: Sequence[tuple[str, int, str]], lease_s: float) -> list[bool]:
+        """``renew_dispatch`` for each (job id, run, token) claim, in one round trip (a pipeline)."""
+        if not claims:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, run, token in claims:
+            self._renew_dispatch(keys=[dispatch_key(job_id, run)], args=[token, int(lease_s * 1000)], client=pipe)
+        return [bool(flag) for flag in pipe.execute()]
+
     def end_dispatch(self, job_id: str, run: int) -> None:
         """The run's chord is published: a redelivery of its job task stops at ``begin_dispatch``."""
         self.client.set(dispatch_key(job_id, run), "done", xx=True, keepttl=True)
@@ -546,16 +634,37 @@ class JobRecords:
         return bool(changed), _text(state), int(run)
 
     def begin_variation(
-        self, job_id: str, run: int, index: int, attempt: int, events_max_len: int
-    ) -> Literal["start", "canceled", "stale", "done"]:
-        """Before an attempt's provider call, in one round trip: "start" (with a
-        "variation_started" event on the job's log), "canceled" (the run was canceled), "stale"
-        (a rerun replaced the run, or the lost-job sweep ended it) or "done" (this variation of
-        the run finished already: a copy the broker delivered again). Only "start" may spend."""
-        outcome = self._begin_variation(
-            keys=[job_key(job_id), events_key(job_id)], args=[run, index, events_max_len, self.ttl_s, attempt]
+        self, job_id: str, run: int, index: int, attempt: int, events_max_len: int, token: str, lease_s: float
+    ) -> VariationClaim:
+        """Before an attempt's provider call, in one round trip: "start" (the variation is leased
+        to ``token``, this execution, for ``lease_s``, and a "variation_started" event is on the
+        job's log), "busy" (another execution holds a live lease on it: a copy of the message
+        delivered while the first is generating; nothing changed), "canceled" (the run was
+        canceled), "stale" (a rerun replaced the run, or the lost-job sweep ended it) or "done"
+        (this variation of the run finished already: a copy the broker delivered again). Only
+        "start" may spend; its holder renews the lease (``renew_variations``) until the outcome is
+        counted (which removes it) or it releases it (``release_variation``)."""
+        outcome, lease_left_ms = self._begin_variation(
+            keys=[job_key(job_id), events_key(job_id)],
+            args=[run, index, events_max_len, self.ttl_s, attempt, token, int(lease_s * 1000)],
         )
-        return _text(outcome)  # type: ignore[return-value]
+        return VariationClaim(_text(outcome), int(lease_left_ms) / 1000)  # type: ignore[arg-type]
+
+    def renew_variations(self, leases: Sequence[tuple[str, int, int, str]], lease_s: float) -> list[bool]:
+        """Extend each (job id, run, index, token) lease still held by its token to ``lease_s``
+        from now, in one round trip; whether each was (False: counted, released, or taken over)."""
+        if not leases:
+            return []
+        args: list[str | int] = [int(lease_s * 1000)]
+        for _, run, index, token in leases:
+            args += [run, index, token]
+        renewed = self._renew_variations(keys=[job_key(job_id) for job_id, *_ in leases], args=args)
+        return [bool(flag) for flag in renewed]
+
+    def release_variation(self, job_id: str, run: int, index: int, token: str) -> bool:
+        """Give up ``token``'s lease on variation ``index`` of ``run`` (its attempt retries
+        later): whether it held it."""
+        return bool(self._release_variation(keys=[job_key(job_id)], args=[run, index, token]))
 
     def begin_prompt_step(self, job_id: str, run: int, owner: str, lease_s: float) -> PromptStepClaim:
         """Before the prompt step's text call, in one round trip: "start" (the step is claimed by

@@ -42,7 +42,8 @@ VARIATION_SECONDS = Histogram(
 RETRIES = Counter(
     "imagegen_variation_retries",
     "Variation attempts put off to later, by model and reason: transient (a failure that is "
-    "retried) or quota (waiting for the shared provider quota: IMAGEGEN_RATE_LIMITS)",
+    "retried), quota (waiting for the shared provider quota: IMAGEGEN_RATE_LIMITS) or copy (a copy "
+    "of the message, delivered while another execution holds the variation's lease, looks again later)",
     ["model", "reason"],
 )
 PROMPT_STEP_RETRIES = Counter(

@@ -1,4 +1,5 @@
-"""Per-process handles the tasks share: Redis, job records, the shared rate limiter, the dispatch leases."""
+"""Per-process handles the tasks share: Redis, job records, the shared rate limiter, the dispatch and
+variation leases."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from functools import lru_cache
 from contract.jobs import JobRecords
 from contract.redis_client import redis_client
 from contract.settings import get_settings
-from worker.dispatch_lease import LeaseKeeper
+from worker.dispatch_lease import DISPATCH_LEASE_S, VARIATION_LEASE_S, LeaseKeeper
 from worker.rate_limit import SharedRateLimiter
 
 
@@ -27,5 +28,12 @@ def rate_limiter() -> SharedRateLimiter:
 
 
 @lru_cache(maxsize=1)
-def dispatch_leases() -> LeaseKeeper:
-    return LeaseKeeper(job_records().renew_dispatch)
+def dispatch_leases() -> LeaseKeeper[tuple[str, int, str]]:
+    """(job id, run, token) claims on runs' dispatches."""
+    return LeaseKeeper(job_records().renew_dispatches, DISPATCH_LEASE_S, kind="dispatch")
+
+
+@lru_cache(maxsize=1)
+def variation_leases() -> LeaseKeeper[tuple[str, int, int, str]]:
+    """(job id, run, index, token) leases on variations being generated."""
+    return LeaseKeeper(job_records().renew_variations, VARIATION_LEASE_S, kind="variation")

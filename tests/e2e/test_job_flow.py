@@ -83,6 +83,7 @@ def test_transient_failures_are_retried_then_succeed(
     attempts = {i.index: i.attempts for i in result.images}
     assert attempts == {0: 3, 1: 1}
     assert worker.log().count("retrying in") == 2  # Celery retries with a countdown, not sleeps
+    assert "another delivery is generating it" not in worker.log()  # each attempt released its lease
 
 
 def test_exhausted_retries_blocked_and_timeouts_are_error_records(
@@ -334,6 +335,7 @@ def test_a_quota_shared_by_two_workers_spaces_the_calls(
     assert [i.attempts for i in result.images] == [1] * 6
     assert (result.finished_at - result.started_at).total_seconds() >= 2.5
     assert any("provider quota busy" in w.log() for w in workers)
+    assert not any("another delivery is generating it" in w.log() for w in workers)  # a quota wait released it
 
 
 def test_a_redelivered_variation_that_finished_is_skipped(
@@ -360,6 +362,49 @@ def test_a_redelivered_variation_that_finished_is_skipped(
         time.sleep(0.2)
     assert stored.stat().st_mtime_ns == written
     assert client.status("redelivered-variation-1").done == 2
+
+
+def test_two_copies_of_a_variation_at_once_generate_it_once(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    """RabbitMQ requeues an unacked message when the worker's connection drops during the
+    provider call, and Celery keeps running the first execution: a copy that starts meanwhile
+    finds the variation's lease "busy", looks again later without spending an attempt, and
+    hands over the first execution's record once it is done. Before the lease both called the
+    provider (and paid)."""
+    worker = start_worker({"IMAGEGEN_OFFLINE_LATENCY_S": "3"}, concurrency=4)
+    handle = client.submit(offline_node, job_id="variation-copies-1")
+    deadline = time.monotonic() + 20
+    while not any(e.event == "variation_started" for e in client.job_events.read("variation-copies-1")):
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.05)
+    inputs = offline_node["inputs"]
+    work = VariationWork(
+        job_id="variation-copies-1",
+        run=1,
+        index=0,
+        prompt=inputs["user_query"],
+        model=inputs["model"],
+        size=inputs["size"],
+        seed=inputs.get("seed"),
+    )
+    client.celery.send_task(GENERATE_VARIATION, args=(work.model_dump(mode="json"),), task_id="variation-copies-1-copy")
+    result = handle.wait(timeout=60)
+    assert result.status == "succeeded" and [(i.index, i.attempts) for i in result.images] == [(0, 1)]
+    written = image_file(result.images[0].uri).stat().st_mtime_ns
+    while "variation 0 finished already; skipping a copy" not in worker.log():
+        assert time.monotonic() < deadline + 20, worker.log()[-3000:]
+        time.sleep(0.1)
+    log = worker.log()
+    assert "variation-copies-1 variation 0: another delivery is generating it" in log
+    assert log.index("another delivery is generating it") < log.index("finished already; skipping a copy")
+    time.sleep(0.5)
+    assert image_file(result.images[0].uri).stat().st_mtime_ns == written  # not generated and stored again
+    events = [e.event for e in client.job_events.read("variation-copies-1")]
+    assert (events.count("variation_started"), events.count("variation")) == (1, 1)  # one provider call
+    assert "variation_retrying" not in events  # the copy's wait is nobody's retry
+    status = client.status("variation-copies-1")
+    assert (status.state, status.done) == ("succeeded", 1)
 
 
 def test_a_copy_of_a_finished_variation_still_completes_the_chord(

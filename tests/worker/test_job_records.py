@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from contract.events import JobEvents, announce, events_key
-from contract.jobs import JobRecords, utcnow
+from contract.jobs import JobRecords, VariationClaim, utcnow
 from contract.queue import dispatch_key, job_key, progress_key, prompt_step_key
 from contract.webhooks import Webhook
 from worker.dispatch_lease import LeaseKeeper
@@ -75,8 +75,8 @@ def test_a_live_dispatch_lease_holds_off_another_delivery_until_it_runs_out(reco
 def test_a_holder_that_renews_its_dispatch_lease_keeps_other_deliveries_off(records: JobRecords) -> None:
     job_id = claimed(records)
     assert records.begin_dispatch(job_id, 1, utcnow(), 0.5, "holder").outcome == "new"
-    keeper = LeaseKeeper(records.renew_dispatch, lease_s=0.5)
-    with keeper.holding(job_id, 1, "holder"):  # a publish that takes four leases (a Redis failover)
+    keeper = LeaseKeeper(records.renew_dispatches, lease_s=0.5)
+    with keeper.holding((job_id, 1, "holder")):  # a publish that takes four leases (a Redis failover)
         for _ in range(8):
             time.sleep(0.25)
             assert records.begin_dispatch(job_id, 1, utcnow(), 0.5, "copy").outcome == "busy"
@@ -87,15 +87,133 @@ def test_a_holder_that_renews_its_dispatch_lease_keeps_other_deliveries_off(reco
 
 def test_a_variation_counts_once_per_run_however_often_it_is_delivered(records: JobRecords) -> None:
     job_id = claimed(records)
-    assert records.begin_variation(job_id, 1, 0, 1, 100) == "start"
+    assert records.begin_variation(job_id, 1, 0, 1, 100, "t1", LEASE_S).outcome == "start"
     assert records.count_done(job_id, 1, 0)
     assert not records.count_done(job_id, 1, 0)  # a redelivered copy
-    assert records.begin_variation(job_id, 1, 0, 1, 100) == "done"  # a copy skips the work
-    assert records.begin_variation(job_id, 1, 1, 1, 100) == "start"
+    assert records.begin_variation(job_id, 1, 0, 1, 100, "t1", LEASE_S).outcome == "done"  # a copy skips the work
+    assert records.begin_variation(job_id, 1, 1, 1, 100, "t1", LEASE_S).outcome == "start"
     assert records.count_done(job_id, 1, 1)
     status = records.read(job_id)
     assert status is not None and status.done == 2
     assert records.client.zscore(progress_key(), job_id) is not None  # progress for the lost-job sweep
+
+
+def begin(records: JobRecords, job_id: str, token: str, lease_s: float = LEASE_S, run: int = 1) -> VariationClaim:
+    """Variation 0 of ``run``, begun by the execution ``token``."""
+    return records.begin_variation(job_id, run, 0, 1, 100, token, lease_s)
+
+
+def started_events(records: JobRecords, job_id: str) -> int:
+    return [e.event for e in JobEvents(records.client, 600).read(job_id)].count("variation_started")
+
+
+def test_a_live_variation_lease_holds_off_a_copy_without_an_event(records: JobRecords) -> None:
+    """A copy of the message delivered while the first execution generates (RabbitMQ requeued it
+    when that worker's connection dropped) must not call the provider too."""
+    job_id = claimed(records)
+    assert begin(records, job_id, "first", lease_s=5).outcome == "start"
+    copy = begin(records, job_id, "copy")
+    assert copy.outcome == "busy" and 4 < copy.lease_left_s <= 5
+    assert started_events(records, job_id) == 1  # the copy appended nothing
+    assert begin(records, job_id, "first").outcome == "start"  # its holder's own token is not held off
+    assert records.begin_variation(job_id, 1, 1, 1, 100, "copy", LEASE_S).outcome == "start"  # another variation
+
+
+def test_a_released_variation_lease_lets_the_next_attempt_start_at_once(records: JobRecords) -> None:
+    job_id = claimed(records)
+    assert begin(records, job_id, "attempt-1").outcome == "start"
+    assert not records.release_variation(job_id, 1, 0, "someone-else")  # only its owner releases it
+    assert begin(records, job_id, "attempt-2").outcome == "busy"
+    assert records.release_variation(job_id, 1, 0, "attempt-1")  # it retries later
+    assert not records.release_variation(job_id, 1, 0, "attempt-1")
+    assert begin(records, job_id, "attempt-2").outcome == "start"  # its retry
+    assert started_events(records, job_id) == 2
+
+
+def test_a_variation_lease_that_ran_out_is_taken_over_and_renewed_only_by_its_owner(records: JobRecords) -> None:
+    job_id = claimed(records)
+    assert begin(records, job_id, "died", lease_s=0.3).outcome == "start"
+    assert records.renew_variations([(job_id, 1, 0, "died")], 0.3) == [True]  # renewed while alive
+    copy = begin(records, job_id, "copy")
+    assert copy.outcome == "busy" and 0.2 < copy.lease_left_s <= 0.3
+    time.sleep(0.35)  # the holder stopped renewing: SIGKILLed
+    assert begin(records, job_id, "copy", lease_s=0.3).outcome == "start"
+    assert records.renew_variations([(job_id, 1, 0, "died"), (job_id, 1, 0, "copy")], 0.3) == [False, True]
+    assert not records.release_variation(job_id, 1, 0, "died")  # nor can it release the new holder's
+    assert begin(records, job_id, "died").outcome == "busy"
+    assert records.renew_variations([], 1.0) == []
+
+
+def test_a_holder_that_renews_its_variation_lease_keeps_copies_off(records: JobRecords) -> None:
+    jobs = [claimed(records) for _ in range(3)]
+    keeper = LeaseKeeper(records.renew_variations, lease_s=0.5, kind="variation")
+    for job_id in jobs:
+        assert begin(records, job_id, "holder", lease_s=0.5).outcome == "start"
+    with keeper.holding((jobs[0], 1, 0, "holder")), keeper.holding((jobs[1], 1, 0, "holder")):
+        for _ in range(6):  # a provider call that takes three leases
+            time.sleep(0.25)
+            assert [begin(records, job_id, "copy", lease_s=0.5).outcome for job_id in jobs[:2]] == ["busy"] * 2
+    assert begin(records, jobs[2], "copy").outcome == "start"  # not renewed: ran out long ago
+
+
+def test_counting_a_variation_removes_its_lease(records: JobRecords) -> None:
+    job_id = claimed(records)
+    assert begin(records, job_id, "first").outcome == "start"
+    assert records.client.hexists(job_key(job_id), "lease:v0")
+    counted, _, _ = records.announce_variation(job_id, 1, 0, '{"index":0}', 100)
+    assert counted
+    assert not records.client.hexists(job_key(job_id), "lease:v0")
+    assert begin(records, job_id, "copy").outcome == "done"
+    assert records.renew_variations([(job_id, 1, 0, "first")], LEASE_S) == [False]  # nothing to renew
+    assert not records.client.hexists(job_key(job_id), "lease:v0")
+
+
+def test_done_and_stale_win_over_a_live_variation_lease(records: JobRecords) -> None:
+    job_id = claimed(records)
+    assert begin(records, job_id, "first").outcome == "start"
+    records.client.hset(job_key(job_id), "v0", 1)  # counted (by a holder whose lease was taken over)
+    assert begin(records, job_id, "copy").outcome == "done"
+    records.client.hdel(job_key(job_id), "v0")
+    end_as_lost(records, job_id)
+    assert begin(records, job_id, "copy").outcome == "stale"
+
+
+def test_a_canceled_run_is_told_canceled_once_the_lease_is_gone_and_a_copy_waits_for_the_holder(
+    records: JobRecords,
+) -> None:
+    """Cancel stops variations from starting; a copy of one that started already waits for the
+    holder's outcome (its image, paid for) rather than counting the variation "canceled"."""
+    job_id = claimed(records)
+    assert begin(records, job_id, "first").outcome == "start"
+    assert records.request_cancel(job_id, 100)[0]
+    assert begin(records, job_id, "copy").outcome == "busy"
+    assert records.release_variation(job_id, 1, 0, "first")  # e.g. the holder retries after a failure
+    assert begin(records, job_id, "copy").outcome == "canceled"
+    assert not records.client.hexists(job_key(job_id), "lease:v0")  # "canceled" takes no lease
+    assert records.begin_variation(job_id, 1, 1, 1, 100, "other", LEASE_S).outcome == "canceled"
+
+
+def test_a_rerun_is_not_held_off_by_the_previous_runs_variation_lease(records: JobRecords) -> None:
+    job_id = claimed(records)
+    assert begin(records, job_id, "run-1").outcome == "start"
+    records.finish_run(job_id, 1, "failed", utcnow())
+    rerun = records.claim(
+        job_id, node_fingerprint="f", model="offline_preview", variations=2, submitted_at=utcnow(), rerun=True
+    )
+    assert (rerun.outcome, rerun.run) == ("rerun", 2)
+    assert begin(records, job_id, "run-2", run=2).outcome == "start"
+    assert begin(records, job_id, "run-1").outcome == "stale"
+    assert records.renew_variations([(job_id, 1, 0, "run-1"), (job_id, 2, 0, "run-2")], LEASE_S) == [False, True]
+    assert not records.release_variation(job_id, 1, 0, "run-1")  # run 1's holder cannot free run 2's lease
+    assert begin(records, job_id, "copy", run=2).outcome == "busy"
+
+
+def test_a_variation_of_a_job_without_a_record_makes_no_record(records: JobRecords) -> None:
+    job_id = f"records-gone-{uuid.uuid4().hex[:8]}"  # its record expired
+    assert begin(records, job_id, "first").outcome == "start"
+    assert not records.client.exists(job_key(job_id))
+    assert records.renew_variations([(job_id, 1, 0, "first")], LEASE_S) == [False]
+    assert not records.client.exists(job_key(job_id))
 
 
 def test_counting_creates_no_record_for_an_unknown_job(records: JobRecords) -> None:
@@ -123,7 +241,7 @@ def test_a_run_the_lost_job_sweep_ended_spends_and_writes_nothing(records: JobRe
     end_as_lost(records, job_id)
     assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S, "t1").outcome == "stale"
     assert not records.client.exists(dispatch_key(job_id, 1))
-    assert records.begin_variation(job_id, 1, 0, 1, 100) == "stale"
+    assert records.begin_variation(job_id, 1, 0, 1, 100, "t1", LEASE_S).outcome == "stale"
     assert not records.count_done(job_id, 1, 0)
     assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("stale", False)
     assert records.begin_prompt_step(job_id, 1, "step-a", LEASE_S).outcome == "stale"
@@ -141,12 +259,12 @@ def test_a_run_a_rerun_replaced_spends_and_writes_nothing(records: JobRecords) -
     assert records.begin_dispatch(job_id, 2, utcnow(), LEASE_S, "t1").outcome == "new"
     # Run 1's late messages: nothing starts, nothing counts into run 2, nothing finishes it.
     assert records.begin_dispatch(job_id, 1, utcnow(), LEASE_S, "t1").outcome == "stale"
-    assert records.begin_variation(job_id, 1, 0, 1, 100) == "stale"
+    assert records.begin_variation(job_id, 1, 0, 1, 100, "t1", LEASE_S).outcome == "stale"
     assert not records.count_done(job_id, 1, 0)
     assert records.finish_run(job_id, 1, "succeeded", utcnow()) == ("stale", False)
     status = records.read(job_id)
     assert status is not None and (status.run, status.state, status.done, status.result_run) == (2, "running", 0, 1)
-    assert records.begin_variation(job_id, 2, 0, 1, 100) == "start"
+    assert records.begin_variation(job_id, 2, 0, 1, 100, "t1", LEASE_S).outcome == "start"
     assert records.begin_prompt_step(job_id, 1, "step-a", LEASE_S).outcome == "stale"
     assert records.begin_prompt_step(job_id, 2, "step-a", LEASE_S).outcome == "start"
 

@@ -78,7 +78,7 @@ def run_job(self: Task, order: JobOrder) -> None:
         return None
     if claim.outcome == "again":
         log.warning("job %s run %d: an earlier delivery died while dispatching; dispatching again", job_id, order.run)
-    with dispatch_leases().holding(job_id, order.run, token):
+    with dispatch_leases().holding((job_id, order.run, token)):
         _dispatch(self.request.id, job_id, order, parsed, target, started_at)
         records.end_dispatch(job_id, order.run)
     return None

@@ -10,7 +10,11 @@ also says which variations of the run finished, so a copy of one that finished
 (redelivered after a worker lost mid-ack or a Redis restart, or dispatched
 twice) is skipped instead of generating, paying for and overwriting the image
 again; and whether the run is still current, so a run that the lost-job sweep
-ended, or a rerun replaced, spends nothing more.
+ended, or a rerun replaced, spends nothing more. Each execution also takes a
+short lease on the variation in that round trip (renewed while it runs): a copy
+delivered while another is still generating (RabbitMQ requeues an unacked
+message when the worker's connection drops) looks again later instead of
+paying for the image a second time.
 
 A canceled run (ImageGenClient.cancel) is checked at the start of every
 attempt, before a quota slot is booked or the provider called: a variation not
@@ -22,8 +26,10 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any
 
+import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -37,15 +43,19 @@ from contract.tenancy import check_tenant_refs
 from contract.work import RetryState, VariationWork
 from worker import metrics
 from worker.celery_app import app
+from worker.dispatch_lease import VARIATION_LEASE_S
 from worker.errors import BlockedError, PermanentError, StorageError, TransientError
 from worker.imaging import inspect_image
 from worker.lifecycle import publish, variation_finished
 from worker.providers import GenerationRequest, provider_for
 from worker.retry import RetryPolicy
-from worker.state import job_records, rate_limiter
+from worker.state import job_records, rate_limiter, variation_leases
 from worker.storage import location_for
 
 log = logging.getLogger(__name__)
+
+
+_BUSY_POLL_S = 1.0  # a copy that finds another execution generating its variation looks again this often
 
 
 @app.task(name=GENERATE_VARIATION, bind=True, max_retries=None, pydantic=True, ignore_result=True)
@@ -54,22 +64,52 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None
     settings = get_settings()
     tried = self.request.retries - state.throttled
     first = state.first_attempt_at or time.time()
-    begun = job_records().begin_variation(work.job_id, work.run, work.index, tried + 1, settings.events_max_len)
-    if begun == "done":
+    # This execution's lease on the variation: a copy of the message running at the same time (a
+    # broker requeued it when this worker's connection dropped mid-call) draws another token and
+    # finds the lease "busy" instead of paying for the image again. Renewed while the attempt
+    # runs (worker/dispatch_lease.py), removed when its outcome is counted or it retries.
+    token = uuid.uuid4().hex
+    begun = job_records().begin_variation(
+        work.job_id, work.run, work.index, tried + 1, settings.events_max_len, token, VARIATION_LEASE_S
+    )
+    if begun.outcome == "busy":
+        # Not a failure, and no attempt: look again soon; by then it is usually "done" (and this
+        # copy hands the chord the finished record), or the holder died and its lease ran out.
+        countdown = max(0.1, min(begun.lease_left_s, _BUSY_POLL_S))
+        log.info(
+            "job %s variation %d: another delivery is generating it; looking again in %.1f s",
+            work.job_id,
+            work.index,
+            countdown,
+        )
+        metrics.RETRIES.labels(work.model, "copy").inc()
+        next_state = state.model_copy(update={"throttled": state.throttled + 1})
+        raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={})
+    if begun.outcome == "done":
         # A copy (a redelivery after a lost ack, a second dispatch): the work was done and paid
         # for. Its record still goes to the chord, which counts each header entry once, in case
         # the first copy died before its entry reached the chord.
         log.info("job %s variation %d finished already; skipping a copy", work.job_id, work.index)
         return _outcome(_record_of_finished(work, tried, first))
-    if begun == "stale":
+    if begun.outcome == "stale":
         log.info("job %s run %d ended or was replaced; variation %d not started", work.job_id, work.run, work.index)
         message = "the run ended (lost, or replaced by a rerun) before this variation started"
         return _outcome(_error(work.index, "lost", message, tried, first))  # not counted, not announced
-    if begun == "canceled":
+    if begun.outcome == "canceled":
         message = "the job was canceled before this variation started"
         if tried:
             message = f"the job was canceled while this variation waited to retry (after {tried} attempt(s))"
         return _finished(work, _error(work.index, "canceled", message, tried, first))
+    with variation_leases().holding((work.job_id, work.run, work.index, token)):
+        return _attempt(self, work, token)
+
+
+def _attempt(task: Task, work: VariationWork, token: str) -> dict[str, Any]:
+    """One attempt of a variation this execution holds the lease on: book quota, generate,
+    store, count and announce; or give the lease up and retry later."""
+    state = work.retry
+    settings = get_settings()
+    tried = task.request.retries - state.throttled
     entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get(work.model)
     if not state.slot_booked and entry is not None:
         slot = rate_limiter().book(entry.model_id)
@@ -82,10 +122,11 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None
             next_state = state.model_copy(update={"throttled": state.throttled + 1, "slot_booked": slot.booked})
             metrics.RETRIES.labels(work.model, "quota").inc()
             _retrying(work, tried + 1, "waiting for the shared provider quota", countdown)
-            raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={})
+            _release(work, token)
+            raise task.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={})
 
     first_attempt_at = state.first_attempt_at or time.time()
-    retries = self.request.retries - state.throttled  # retries after real failures
+    retries = task.request.retries - state.throttled  # retries after real failures
     attempt = retries + 1
     try:
         record: ImageRecord | ErrorRecord = _make_image(work, attempt, first_attempt_at, entry)
@@ -105,7 +146,8 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None
             next_state = RetryState(first_attempt_at=first_attempt_at, throttled=state.throttled)
             metrics.RETRIES.labels(work.model, "transient").inc()
             _retrying(work, attempt, str(exc), countdown)
-            raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={}) from None
+            _release(work, token)
+            raise task.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={}) from None
         kind: ErrorKind = "timeout" if exc.timed_out else "transient_exhausted"
         message = f"gave up after {attempt} attempt(s) ({refusal}): {exc}"
         record = _error(work.index, kind, message, attempt, first_attempt_at)
@@ -122,7 +164,16 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None
         log.exception("job %s variation %d: unexpected error", work.job_id, work.index)
         record = _error(work.index, "permanent", "internal error in the worker (logged)", attempt, first_attempt_at)
 
-    return _finished(work, record)
+    return _finished(work, record)  # counting removes the lease
+
+
+def _release(work: VariationWork, token: str) -> None:
+    """Give up this attempt's lease before it retries, so that its next attempt (or a copy) starts
+    at once. Best effort: if Redis is away, the lease runs out within one lease anyway."""
+    try:
+        job_records().release_variation(work.job_id, work.run, work.index, token)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("job %s variation %d: lease not released: %s", work.job_id, work.index, type(exc).__name__)
 
 
 def _finished(work: VariationWork, record: ImageRecord | ErrorRecord) -> dict[str, Any]:
