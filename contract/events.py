@@ -229,16 +229,6 @@ class JobEvents:
                     found[record.index] = record
         return found
 
-    def announced(self, job_id: str, run: int, event: EventType) -> bool:
-        """Whether the log holds ``event`` of ``run`` (read newest first: a run's ending is at its
-        end, bounded by the stream's MAXLEN)."""
-        entries: Any = self.client.xrevrange(events_key(job_id))
-        for _, fields in entries:
-            values = {_text(k): _text(v) for k, v in fields.items()}
-            if values.get("event") == event and int(values.get("run") or 1) == run:
-                return True
-        return False
-
     def get(self, job_id: str, entry_id: str) -> JobEvent | None:
         """One event by its id (None: trimmed or expired)."""
         entries: Any = self.client.xrange(events_key(job_id), check_event_id(entry_id, "id"), entry_id, count=1)
@@ -296,7 +286,6 @@ def announce(
         settings = get_settings()
         max_len = settings.events_max_len if max_len is None else max_len
         retention_s = settings.events_retention_s if retention_s is None else retention_s
-    events = JobEvents(records.client, records.ttl_s, max_len, retention_s)
     try:
         if event == "completed":  # once per run, however many deliveries end it
             appended, entry_id, webhook = records.announce_ending(job_id, run, _entry_data(data), max_len, retention_s)
@@ -304,6 +293,7 @@ def announce(
                 log.info("job %s run %d: its ending was announced already", job_id, run)
                 return None
         else:
+            events = JobEvents(records.client, records.ttl_s, max_len, retention_s)
             entry_id, webhook = events.append_for_delivery(job_id, event, data, run)
     except (redis.RedisError, OSError) as exc:
         log.warning("job %s run %d: event %s not recorded: %s", job_id, run, event, type(exc).__name__)

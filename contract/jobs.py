@@ -305,6 +305,9 @@ local function variation_lease(job, index)
   if not owner then return nil end
   return {run = run, lease_until = tonumber(lease_until), owner = owner}
 end
+local function set_variation_lease(job, index, run, lease_until, token)
+  redis.call('HSET', job, 'lease:v' .. index, run .. ':' .. lease_until .. ':' .. token)
+end
 """
 
 # KEYS[1]: the job hash; KEYS[2]: the job's event stream. ARGV[1]: the run; ARGV[2]: the
@@ -333,7 +336,7 @@ if lease and lease.run == ARGV[1] and lease.owner ~= ARGV[6] and lease.lease_unt
 end
 if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then return {'canceled', 0} end
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'lease:v' .. ARGV[2], ARGV[1] .. ':' .. (now_ms + tonumber(ARGV[7])) .. ':' .. ARGV[6])
+  set_variation_lease(KEYS[1], ARGV[2], ARGV[1], now_ms + tonumber(ARGV[7]), ARGV[6])
 end
 local data = cjson.encode({index = tonumber(ARGV[2]), attempt = tonumber(ARGV[5])})
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', 'variation_started', 'run', ARGV[1], 'data', data)
@@ -357,7 +360,7 @@ for i, job in ipairs(KEYS) do
   local run, index, token = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
   local lease = variation_lease(job, index)
   if lease and lease.run == run and lease.owner == token then
-    redis.call('HSET', job, 'lease:v' .. index, run .. ':' .. (now_ms + tonumber(ARGV[1])) .. ':' .. token)
+    set_variation_lease(job, index, run, now_ms + tonumber(ARGV[1]), token)
     renewed[i] = 1
   else
     renewed[i] = 0
@@ -564,13 +567,10 @@ class JobRecords:
         )
         return DispatchClaim(_text(outcome), int(lease_left_ms) / 1000)  # type: ignore[arg-type]
 
-    def renew_dispatch(self, job_id: str, run: int, token: str, lease_s: float) -> bool:
-        """Extend ``token``'s claim on the dispatch of ``run`` by ``lease_s`` from now; False when
-        the claim is no longer its (dispatched, or claimed again after its lease ran out)."""
-        return bool(self._renew_dispatch(keys=[dispatch_key(job_id, run)], args=[token, int(lease_s * 1000)]))
-
     def renew_dispatches(self, claims: Sequence[tuple[str, int, str]], lease_s: float) -> list[bool]:
-        """``renew_dispatch`` for each (job id, run, token) claim, in one round trip (a pipeline)."""
+        """Extend each (job id, run, token) claim on a run's dispatch by ``lease_s`` from now, in one
+        round trip (a pipeline); whether each was (False: the claim is no longer its token's:
+        dispatched, or claimed again after its lease ran out)."""
         if not claims:
             return []
         pipe = self.client.pipeline(transaction=False)

@@ -63,7 +63,7 @@ def test_a_live_dispatch_lease_holds_off_another_delivery_until_it_runs_out(reco
     time.sleep(copy.lease_left_s + 0.05)
     again = records.begin_dispatch(job_id, 1, utcnow(), LEASE_S, "t2")  # the first never finished: it died
     assert again.outcome == "again"
-    assert not records.renew_dispatch(job_id, 1, "t1", LEASE_S)  # nor take it back from the new holder
+    assert records.renew_dispatches([(job_id, 1, "t1")], LEASE_S) == [False]  # nor take it back from the new holder
     assert (
         records.begin_dispatch(job_id, 1, utcnow(), LEASE_S, "t1").outcome == "busy"
     )  # the new claim holds a lease too
@@ -82,7 +82,7 @@ def test_a_holder_that_renews_its_dispatch_lease_keeps_other_deliveries_off(reco
             assert records.begin_dispatch(job_id, 1, utcnow(), 0.5, "copy").outcome == "busy"
         records.end_dispatch(job_id, 1)
     assert records.begin_dispatch(job_id, 1, utcnow(), 0.5, "copy").outcome == "done"
-    assert not records.renew_dispatch(job_id, 1, "holder", 0.5)  # "done" is nobody's claim
+    assert records.renew_dispatches([(job_id, 1, "holder")], 0.5) == [False]  # "done" is nobody's claim
 
 
 def test_a_variation_counts_once_per_run_however_often_it_is_delivered(records: JobRecords) -> None:
