@@ -546,6 +546,20 @@ def count_round_trips(url: str, action: Callable[[], Any]) -> tuple[float, float
     return float(trips), float(commands)
 
 
+def measure_in_process(bench: Bench, script: str, *args: str) -> list[dict[str, Any]]:
+    """Run one of this folder's single-process measurements against the measured checkout; the
+    JSON objects it prints, one per line."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=bench.root,
+        env={**os.environ, "PYTHONPATH": str(bench.root)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
 def decode_breakdown(bench: Bench) -> None:
     """Stage by stage in a separate process, against a fake server in a third one."""
     port_file = bench.workdir / f"fake-{uuid.uuid4().hex[:6]}.out"
@@ -560,18 +574,10 @@ def decode_breakdown(bench: Bench) -> None:
             assert time.monotonic() < deadline, "fake Gemini did not start"
             time.sleep(0.05)
         base_url = port_file.read_text().split("listening on", 1)[1].split()[0]
-        out = subprocess.run(
-            [sys.executable, str(ROOT / "benchmarks" / "decode_cost.py"), "--base-url", base_url],
-            cwd=bench.root,
-            env={**os.environ, "PYTHONPATH": str(bench.root)},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        [stages] = measure_in_process(bench, "decode_cost.py", "--base-url", base_url)
     finally:
         fake.terminate()
         fake.wait()
-    stages = json.loads(out.stdout.strip().splitlines()[-1])
     bench.say(
         f"  in one process, per {stages['png_bytes'] / 1e6:.2f} MB PNG: SDK decode (HTTP, JSON, base64, types) "
         f"{stages['decode_ms']:.1f} ms, reading the header {stages['verify_ms']:.2f} ms, sha256 "
@@ -583,15 +589,7 @@ def decode_breakdown(bench: Bench) -> None:
 def upload_breakdown(bench: Bench) -> None:
     """CPU and copies per upload of the same PNG through each backend's platform store, against the
     emulators (benchmarks/upload_cost.py), in a separate process."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "upload_cost.py")],
-        cwd=bench.root,
-        env={**os.environ, "PYTHONPATH": str(bench.root)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    rows = [json.loads(line) for line in out.stdout.strip().splitlines() if line.startswith("{")]
+    rows = measure_in_process(bench, "upload_cost.py")
     bench.say(
         f"  upload of one {rows[0]['png_bytes'] / 1e6:.2f} MB PNG, CPU in the worker's process (emulators apart, "
         "plain HTTP): "
