@@ -99,14 +99,16 @@ def render_pattern(prompt: str, index: int, seed: int | None, width: int, height
     """Deterministic PNG of exactly ``width`` x ``height``: the size's cached test pattern
     (bands, a grid, "OFFLINE PREVIEW - NOT AI") with one band of per-variation lines drawn in.
 
-    Only that band is drawn and compressed per image: the rows above and below it are
-    compressed once per size (raw deflate, ending on a full flush) and spliced around it,
-    so an image costs a few milliseconds whatever its size (docs/pools.md)."""
+    A palette image (one byte a pixel; its nine colours are a test pattern's, the swatch's
+    taken from the digest). Only the label band is drawn and compressed per image: the rows
+    above and below it are compressed once per size (raw deflate, ending on a full flush) and
+    spliced around it, so an image costs well under a millisecond whatever its size
+    (docs/pools.md)."""
     base = _base_pattern(width, height)
     digest = hashlib.sha256(f"{prompt}\x00{index}\x00{seed}".encode()).digest()
-    band = Image.frombytes("RGB", (width, base.band_height), base.band_pixels)
+    band = Image.frombytes("P", (width, base.band_height), base.band_pixels)
     left, swatch = width // 3 + 12, base.band_height - 2 * base.margin  # right of the colour bands
-    ImageDraw.Draw(band).rectangle((left, base.margin, left + swatch, base.margin + swatch), fill=tuple(digest[:3]))
+    ImageDraw.Draw(band).rectangle((left, base.margin, left + swatch, base.margin + swatch), fill=_SWATCH)
     # The first two lines repeat across a job's variations (and jobs): their masks are cached.
     masks = (
         _cached_line_mask(base.font, f"{width}x{height}  variation {index}  seed {seed}"),
@@ -115,8 +117,8 @@ def render_pattern(prompt: str, index: int, seed: int | None, width: int, height
     )
     text_left = left + swatch + base.margin
     for number, mask in enumerate(masks):
-        band.paste((255, 255, 255), (text_left, base.margin + number * base.line_height), mask)
-    rows = _scanlines(band.tobytes(), width * 3)
+        band.paste(_WHITE, (text_left, base.margin + number * base.line_height), mask)
+    rows = _scanlines(band.tobytes(), width)
     deflate = zlib.compressobj(_BAND_LEVEL, zlib.DEFLATED, -15)
     middle = deflate.compress(rows) + deflate.flush(zlib.Z_FULL_FLUSH)
     adler = _adler32_combine(zlib.adler32(rows, base.head_adler), base.tail_adler, base.tail_raw_len)
@@ -124,11 +126,26 @@ def render_pattern(prompt: str, index: int, seed: int | None, width: int, height
     crc = zlib.crc32(trailer, zlib.crc32(base.tail, zlib.crc32(middle, base.head_crc)))
     length = len(base.head) + len(middle) + len(base.tail) + 4
     idat = (length.to_bytes(4, "big"), b"IDAT", base.head, middle, base.tail, trailer, crc.to_bytes(4, "big"))
-    return b"".join((base.preamble, *idat, _IEND))
+    palette = _chunk(b"PLTE", _PALETTE + digest[:3])
+    return b"".join((base.preamble, palette, *idat, _IEND))
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _BAND_LEVEL = 1  # the band is mostly flat colour: level 1 is as small here and several times faster
+# The pattern's colours, by palette index; the swatch's (index 8) comes from each image's digest.
+_COLOURS = (
+    (28, 34, 48),  # background
+    (200, 60, 60),
+    (230, 160, 40),
+    (70, 170, 90),
+    (60, 120, 200),
+    (150, 80, 190),
+    (90, 90, 90),  # the six bands
+    (255, 255, 255),  # grid and text
+)
+_BANDS = range(1, 7)
+_WHITE, _SWATCH = 7, 8
+_PALETTE = bytes(channel for colour in _COLOURS for channel in colour)
 _ADLER_MOD = 65521
 
 
@@ -143,14 +160,14 @@ _IEND = _chunk(b"IEND", b"")
 class _Base:
     """One size's pattern, ready to splice: the compressed rows around the label band."""
 
-    preamble: bytes  # PNG signature and IHDR
+    preamble: bytes  # PNG signature and IHDR (the palette follows, per image)
     head: bytes  # zlib header + raw deflate of the rows above the band, ending on a full flush
     head_adler: int  # adler32 of those rows (filter bytes included)
     head_crc: int  # CRC-32 of b"IDAT" + head
     tail: bytes  # raw deflate of the rows below the band, final block
     tail_adler: int
     tail_raw_len: int
-    band_pixels: bytes  # the band's background (RGB), drawn on per image
+    band_pixels: bytes  # the band's background (palette indices), drawn on per image
     band_height: int
     margin: int
     line_height: int
@@ -159,20 +176,19 @@ class _Base:
 
 @functools.lru_cache(maxsize=8)
 def _base_pattern(width: int, height: int) -> _Base:
-    image = Image.new("RGB", (width, height), (28, 34, 48))
-    draw = ImageDraw.Draw(image)
-    palette = ((200, 60, 60), (230, 160, 40), (70, 170, 90), (60, 120, 200), (150, 80, 190), (90, 90, 90))
-    for band, colour in enumerate(palette):
-        top = height * band // len(palette)
-        draw.rectangle((0, top, width // 3, height * (band + 1) // len(palette)), fill=colour)
+    image = Image.new("P", (width, height), 0)  # palette indices: _COLOURS
+    draw = ImageDraw.Draw(image)  # in a palette image, text is drawn without anti-aliasing
+    for band, colour in enumerate(_BANDS):
+        top = height * band // len(_BANDS)
+        draw.rectangle((0, top, width // 3, height * (band + 1) // len(_BANDS)), fill=colour)
     step = max(16, min(width, height) // 8)
     for x in range(0, width, step):
-        draw.line((x, 0, x, height), fill=(255, 255, 255), width=1)
+        draw.line((x, 0, x, height), fill=_WHITE, width=1)
     for y in range(0, height, step):
-        draw.line((0, y, width, y), fill=(255, 255, 255), width=1)
+        draw.line((0, y, width, y), fill=_WHITE, width=1)
     title = ImageFont.load_default(size=max(10, min(width, height) // 28))
     margin = max(4, min(width, height) // 64)
-    draw.text((width // 3 + 12, margin), "OFFLINE PREVIEW - NOT AI", fill=(255, 255, 255), font=title)
+    draw.text((width // 3 + 12, margin), "OFFLINE PREVIEW - NOT AI", fill=_WHITE, font=title)
     top = min(height - 1, 2 * margin + _line_height(title))
     # The per-image lines use half the title's size: the band is drawn, filtered and compressed
     # for every image, so its height is most of an image's cost.
@@ -180,14 +196,13 @@ def _base_pattern(width: int, height: int) -> _Base:
     line = _line_height(font)
     band_height = max(1, min(height - top, 3 * line + 2 * margin))
     raw = image.tobytes()
-    stride = width * 3
-    head_rows = _scanlines(raw[: top * stride], stride)
-    tail_rows = _scanlines(raw[(top + band_height) * stride :], stride)
+    head_rows = _scanlines(raw[: top * width], width)
+    tail_rows = _scanlines(raw[(top + band_height) * width :], width)
     deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
     head = b"\x78\x9c" + deflate.compress(head_rows) + deflate.flush(zlib.Z_FULL_FLUSH)
     deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
     tail = deflate.compress(tail_rows) + deflate.flush(zlib.Z_FINISH)
-    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes((8, 2, 0, 0, 0))  # 8-bit RGB
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes((8, 3, 0, 0, 0))  # 8-bit palette
     return _Base(
         preamble=_PNG_SIGNATURE + _chunk(b"IHDR", ihdr),
         head=head,
@@ -196,7 +211,7 @@ def _base_pattern(width: int, height: int) -> _Base:
         tail=tail,
         tail_adler=zlib.adler32(tail_rows),
         tail_raw_len=len(tail_rows),
-        band_pixels=raw[top * stride : (top + band_height) * stride],
+        band_pixels=raw[top * width : (top + band_height) * width],
         band_height=band_height,
         margin=margin,
         line_height=line,
@@ -212,12 +227,13 @@ def _line_height(font: Font) -> int:
 
 
 def _line_mask(font: Font, text: str) -> Image.Image:
-    """White text's coverage for one line, composed from cached glyphs (rasterizing the whole
-    line with FreeType was most of an image's cost); no kerning, which a test pattern does without."""
+    """White text's pixels for one line (a 1-bit mask: a palette image has no blending), composed
+    from cached glyphs (rasterizing the whole line with FreeType was most of an image's cost); no
+    kerning, which a test pattern does without."""
     glyphs = [_glyph(font, char) for char in text]
     # Each glyph starts where the previous one's advance ends; the last one's mask is at least its advance.
     width = max(1, sum(advance for _, advance in glyphs[:-1]) + max((g.width for g, _ in glyphs[-1:]), default=0))
-    mask = Image.new("L", (width, max((g.height for g, _ in glyphs), default=1)))
+    mask = Image.new("1", (width, max((g.height for g, _ in glyphs), default=1)))
     x = 0
     for glyph, advance in glyphs:
         mask.paste(255, (x, 0), glyph)
@@ -230,10 +246,10 @@ _cached_line_mask = functools.lru_cache(maxsize=512)(_line_mask)
 
 @functools.lru_cache(maxsize=2048)
 def _glyph(font: Font, char: str) -> tuple[Image.Image, int]:
-    """One character's coverage mask (drawn at the line's origin, so glyphs line up) and advance."""
+    """One character's 1-bit mask (drawn at the line's origin, so glyphs line up) and advance."""
     _, _, right, bottom = font.getbbox(char)
     advance = max(1, round(font.getlength(char)))
-    mask = Image.new("L", (max(1, int(right), advance), max(1, int(bottom))))
+    mask = Image.new("1", (max(1, int(right), advance), max(1, int(bottom))))
     ImageDraw.Draw(mask).text((0, 0), char, fill=255, font=font)
     return mask, advance
 
