@@ -106,8 +106,10 @@ def render_pattern(prompt: str, index: int, seed: int | None, width: int, height
     (docs/pools.md)."""
     base = _base_pattern(width, height)
     digest = hashlib.sha256(f"{prompt}\x00{index}\x00{seed}".encode()).digest()
-    band = Image.frombytes("P", (width, base.band_height), base.band_pixels)
-    left, swatch = width // 3 + 12, base.band_height - 2 * base.margin  # right of the colour bands
+    # The band's rows as PNG scanlines: column 0 is each row's filter byte (0: none), so pixel x
+    # is drawn at x + 1 and the image's bytes are the rows to compress as they are.
+    band = Image.frombytes("P", (width + 1, base.band_height), base.band_rows)
+    left, swatch = width // 3 + 13, base.band_height - 2 * base.margin  # right of the colour bands
     ImageDraw.Draw(band).rectangle((left, base.margin, left + swatch, base.margin + swatch), fill=_SWATCH)
     # The first two lines repeat across a job's variations (and jobs): their masks are cached.
     masks = (
@@ -118,7 +120,7 @@ def render_pattern(prompt: str, index: int, seed: int | None, width: int, height
     text_left = left + swatch + base.margin
     for number, mask in enumerate(masks):
         band.paste(_WHITE, (text_left, base.margin + number * base.line_height), mask)
-    rows = _scanlines(band.tobytes(), width)
+    rows = band.tobytes()
     deflate = zlib.compressobj(_BAND_LEVEL, zlib.DEFLATED, -15)
     middle = deflate.compress(rows) + deflate.flush(zlib.Z_FULL_FLUSH)
     adler = _adler32_combine(zlib.adler32(rows, base.head_adler), base.tail_adler, base.tail_raw_len)
@@ -167,7 +169,7 @@ class _Base:
     tail: bytes  # raw deflate of the rows below the band, final block
     tail_adler: int
     tail_raw_len: int
-    band_pixels: bytes  # the band's background (palette indices), drawn on per image
+    band_rows: bytes  # the band's background as scanlines (a filter byte, palette indices), drawn on per image
     band_height: int
     margin: int
     line_height: int
@@ -195,9 +197,11 @@ def _base_pattern(width: int, height: int) -> _Base:
     font = ImageFont.load_default(size=max(10, min(width, height) // 56))
     line = _line_height(font)
     band_height = max(1, min(height - top, 3 * line + 2 * margin))
-    raw = image.tobytes()
-    head_rows = _scanlines(raw[: top * width], width)
-    tail_rows = _scanlines(raw[(top + band_height) * width :], width)
+    scanlines = Image.new("P", (width + 1, height), 0)  # a zero filter byte before each row
+    scanlines.paste(image, (1, 0))
+    raw, stride = scanlines.tobytes(), width + 1
+    head_rows = raw[: top * stride]
+    tail_rows = raw[(top + band_height) * stride :]
     deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
     head = b"\x78\x9c" + deflate.compress(head_rows) + deflate.flush(zlib.Z_FULL_FLUSH)
     deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
@@ -211,7 +215,7 @@ def _base_pattern(width: int, height: int) -> _Base:
         tail=tail,
         tail_adler=zlib.adler32(tail_rows),
         tail_raw_len=len(tail_rows),
-        band_pixels=raw[top * width : (top + band_height) * width],
+        band_rows=raw[top * stride : (top + band_height) * stride],
         band_height=band_height,
         margin=margin,
         line_height=line,
@@ -252,11 +256,6 @@ def _glyph(font: Font, char: str) -> tuple[Image.Image, int]:
     mask = Image.new("1", (max(1, int(right), advance), max(1, int(bottom))))
     ImageDraw.Draw(mask).text((0, 0), char, fill=255, font=font)
     return mask, advance
-
-
-def _scanlines(pixels: bytes, stride: int) -> bytes:
-    """PNG scanlines with filter type 0 (none): a zero byte before each row."""
-    return b"".join(b"\x00" + pixels[start : start + stride] for start in range(0, len(pixels), stride))
 
 
 def _adler32_combine(adler1: int, adler2: int, len2: int) -> int:
