@@ -36,11 +36,12 @@ from redis.sentinel import SentinelManagedConnection
 
 from contract.redis_client import SentinelConnection, is_transient, transient_retry
 from worker import reliable_fetch
+from worker.event_batching import BatchedTaskEvents
 
 log = logging.getLogger(__name__)
 
 
-class ResilientConsumer(Consumer):  # type: ignore[misc]  # Celery ships no type hints
+class ResilientConsumer(BatchedTaskEvents, Consumer):  # type: ignore[misc]  # Celery ships no type hints
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         qos = getattr(getattr(self.task_consumer, "channel", None), "_qos", None)
         if isinstance(qos, RedisQoS):
