@@ -20,6 +20,7 @@ import requests
 from azure.storage.blob import BlobServiceClient
 from google.cloud import storage
 
+from contract.queue import SIGN_URL
 from contract.result import ImageRecord, JobResult
 from devtools.emulators import Emulator, azurite_connection_string
 from devtools.fake_gemini import FakeGemini
@@ -222,7 +223,13 @@ def test_secret_values_never_reach_redis_logs_or_results(
         results.append(client.submit(cloud_node(offline_node, "aws", missing)).wait(timeout=60))
         assert [r.status for r in results] == ["succeeded", "succeeded", "succeeded", "failed"]
         signed = client.sign(results[1].images[0].uri, cloud_node(offline_node, "azure", azure.fields))
-        flower_tasks = requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).text
+        # Workers publish task events in batches (worker/event_batching.py): Flower lags a moment.
+        deadline = time.monotonic() + 10
+        while True:
+            flower_tasks = requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).text
+            if SIGN_URL in flower_tasks or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
 
     canaries = {
         "aws secret key": json.loads(aws_keys_json)["aws_secret_access_key"],
