@@ -19,8 +19,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 EVENT_WINDOW_S = 0.05
-# A window still open after this long lost its timer (the hub was reset around a broker
-# reconnect): the next event opens another, so events are never held for longer.
+# A safeguard: should a window's timer ever be lost (kombu's hub keeps its timer and runs
+# pending callbacks when it is reset around a reconnect), the next event after this long
+# opens another window, so events are never held for much longer.
 STALE_WINDOW_S = 1.0
 
 
