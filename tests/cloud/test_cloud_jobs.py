@@ -28,7 +28,7 @@ from devtools.flower_process import FlowerProcess
 from producer.client import ImageGenClient, SignError
 from tests.cli import imagegen
 from tests.cloud.conftest import PutSecret
-from tests.conftest import StartWorker
+from tests.conftest import StartWorker, wait_for
 from tests.redis_scan import redis_dump
 
 Read = Callable[[str], tuple[bytes, str, dict[str, str]]]  # uri -> bytes, content type, metadata
@@ -223,13 +223,13 @@ def test_secret_values_never_reach_redis_logs_or_results(
         results.append(client.submit(cloud_node(offline_node, "aws", missing)).wait(timeout=60))
         assert [r.status for r in results] == ["succeeded", "succeeded", "succeeded", "failed"]
         signed = client.sign(results[1].images[0].uri, cloud_node(offline_node, "azure", azure.fields))
+
+        def listed() -> str:
+            return requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).text
+
         # Workers publish task events in batches (worker/event_batching.py): Flower lags a moment.
-        deadline = time.monotonic() + 10
-        while True:
-            flower_tasks = requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).text
-            if SIGN_URL in flower_tasks or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        assert wait_for(lambda: SIGN_URL in listed(), timeout=10), "Flower never listed the sign task"
+        flower_tasks = listed()
 
     canaries = {
         "aws secret key": json.loads(aws_keys_json)["aws_secret_access_key"],
