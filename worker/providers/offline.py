@@ -109,7 +109,7 @@ def render_pattern(prompt: str, index: int, seed: int | None, width: int, height
     # The band's rows as PNG scanlines: column 0 is each row's filter byte (0: none), so pixel x
     # is drawn at x + 1 and the image's bytes are the rows to compress as they are.
     band = Image.frombytes("P", (width + 1, base.band_height), base.band_rows)
-    left, swatch = width // 3 + 13, base.band_height - 2 * base.margin  # right of the colour bands
+    left, swatch = base.label_left + 1, base.band_height - 2 * base.margin  # + 1: the filter column
     ImageDraw.Draw(band).rectangle((left, base.margin, left + swatch, base.margin + swatch), fill=_SWATCH)
     # The first two lines repeat across a job's variations (and jobs): their masks are cached.
     masks = (
@@ -171,6 +171,7 @@ class _Base:
     tail_raw_len: int
     band_rows: bytes  # the band's background as scanlines (a filter byte, palette indices), drawn on per image
     band_height: int
+    label_left: int  # x of the title, and of the band's swatch: right of the colour bands
     margin: int
     line_height: int
     font: ImageFont.FreeTypeFont | ImageFont.ImageFont
@@ -190,7 +191,8 @@ def _base_pattern(width: int, height: int) -> _Base:
         draw.line((0, y, width, y), fill=_WHITE, width=1)
     title = ImageFont.load_default(size=max(10, min(width, height) // 28))
     margin = max(4, min(width, height) // 64)
-    draw.text((width // 3 + 12, margin), "OFFLINE PREVIEW - NOT AI", fill=_WHITE, font=title)
+    label_left = width // 3 + 12
+    draw.text((label_left, margin), "OFFLINE PREVIEW - NOT AI", fill=_WHITE, font=title)
     top = min(height - 1, 2 * margin + _line_height(title))
     # The per-image lines use half the title's size: the band is drawn, filtered and compressed
     # for every image, so its height is most of an image's cost.
@@ -217,6 +219,7 @@ def _base_pattern(width: int, height: int) -> _Base:
         tail_raw_len=len(tail_rows),
         band_rows=raw[top * stride : (top + band_height) * stride],
         band_height=band_height,
+        label_left=label_left,
         margin=margin,
         line_height=line,
         font=font,
