@@ -11,8 +11,10 @@ Here a message is moved, never popped (the reliable-queue pattern of Resque's RP
 
 * ``BLMOVE queue -> in-flight list`` of the consuming channel: one atomic step, so the
   message is always in some Redis list;
-* the unacked record and the ``LREM`` from the in-flight list go in one ``MULTI``: from then
-  on kombu's unacked hash and visibility timeout take over, as before;
+* the unacked record and the ``LREM`` from the in-flight list go in one script: from then
+  on kombu's unacked hash and visibility timeout take over, as before (the ack, too, is one
+  script instead of kombu's ``MULTI``: one command to pack and parse on the worker's GIL
+  instead of four);
 * each channel owns its list through a key with a TTL, refreshed by a thread of the worker
   (every ``redelivery_sweep_s / 3``, TTL ``2 x redelivery_sweep_s``) whatever the event
   loop is doing;
@@ -49,6 +51,7 @@ from kombu.transport.redis import Channel as RedisChannel
 from kombu.transport.redis import QoS as RedisQoS
 from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils.json import dumps, loads
+from redis.commands.core import Script
 
 from contract.queue import KEY_PREFIX
 from contract.redis_client import is_transient
@@ -91,6 +94,35 @@ while redis.call('LMOVE', KEYS[2], KEYS[4], 'LEFT', 'RIGHT') do moved = moved + 
 if ARGV[2] == 'orphan' then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return moved
 """
+
+
+# KEYS[1]: kombu's unacked index (zset); KEYS[2]: its unacked hash; KEYS[3]: the channel's
+# in-flight list. ARGV[1]: the delivery tag; ARGV[2]: the time it was taken (the score);
+# ARGV[3]: the message as moved; ARGV[4]: the record's tail, ``, "exchange", "routing key"]``.
+# Records the moved message as kombu does (``[message, exchange, routing key]``), from its bytes
+# as moved rather than re-encoded, and takes it off the in-flight list, in one step.
+_RECORD_MOVED = b"""
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], '[' .. ARGV[3] .. ARGV[4])
+redis.call('LREM', KEYS[3], 1, ARGV[3])
+return 1
+"""
+
+# KEYS[1]: kombu's unacked index (zset); KEYS[2]: its unacked hash. ARGV[1]: the delivery tag.
+# kombu's ack (its ``_remove_from_indices``) in one step.
+_ACK = b"""
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+
+_record_moved = Script(None, _RECORD_MOVED)  # type: ignore[arg-type]  # bytes: hashed without a client; each call names one
+_ack = Script(None, _ACK)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=64)
+def _record_tail(exchange: str, routing_key: str) -> str:
+    return f", {dumps(exchange)}, {dumps(routing_key)}]"  # type: ignore[no-untyped-call]
 
 
 class InFlight:
@@ -353,21 +385,37 @@ def _append_moved(append: Callable[..., None]) -> Callable[..., None]:
             return append(self, message, delivery_tag)
         inflight.moved = None
         delivery = message.delivery_info
-        record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
-        try:
-            with self.pipe_or_acquire() as pipe:
-                pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()}).hset(
-                    self.unacked_key, delivery_tag, record
-                ).lrem(inflight.list, 1, raw).execute()
-        except redis.ResponseError as exc:
-            if is_transient(exc):  # OOM refuses ZADD/HSET but not LREM: the message runs untracked
-                with self.channel.conn_or_acquire() as client:
+        keys = [self.unacked_index_key, self.unacked_key, inflight.list]
+        tail = _record_tail(delivery["exchange"], delivery["routing_key"])
+        with self.channel.conn_or_acquire() as client:
+            try:
+                _record_moved(keys, [delivery_tag, time.time(), raw, tail], client=client)
+            except redis.ResponseError as exc:
+                # OOM refuses the script's first write, so nothing of it ran, but not a lone
+                # LREM: the message leaves the list and runs untracked
+                if is_transient(exc):
                     client.lrem(inflight.list, 1, raw)
-            raise
+                raise
         VirtualQoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
         return None
 
     return append_moved
+
+
+def _ack_in_one_script(ack: Callable[..., None]) -> Callable[..., None]:
+    """kombu's ack (ZREM and HDEL in a ``MULTI``) as one script; kombu's own where keys are
+    prefixed (``global_keyprefix``: its client prefixes commands' keys, not a script's)."""
+
+    @functools.wraps(ack)
+    def ack_in_one_script(self: RedisQoS, delivery_tag: Any) -> None:
+        if self.channel.global_keyprefix:
+            return ack(self, delivery_tag)
+        with self.channel.conn_or_acquire() as client:
+            _ack([self.unacked_index_key, self.unacked_key], [delivery_tag], client=client)
+        VirtualQoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+        return None
+
+    return ack_in_one_script
 
 
 def _restore_visible_and_orphans(restore_visible: Callable[..., Any]) -> Callable[..., Any]:
@@ -395,5 +443,6 @@ def install() -> None:
     RedisChannel._brpop_read = _move_read(RedisChannel._brpop_read)  # type: ignore[method-assign]
     RedisChannel.close = _close_unblocking(RedisChannel.close)  # type: ignore[method-assign]
     RedisQoS.append = _append_moved(RedisQoS.append)  # type: ignore[method-assign]
+    RedisQoS.ack = _ack_in_one_script(RedisQoS.ack)  # type: ignore[method-assign]
     RedisQoS.restore_visible = _restore_visible_and_orphans(RedisQoS.restore_visible)  # type: ignore[method-assign]
     RedisChannel._imagegen_reliable_fetch = True  # type: ignore[attr-defined]

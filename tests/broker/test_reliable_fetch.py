@@ -182,6 +182,38 @@ def test_a_live_consumer_records_what_it_moved_and_empties_its_list(server: Redi
     assert lists == []
 
 
+def test_the_unacked_record_is_kombus_own_and_restores_whole(server: RedisServer) -> None:
+    """The script records the moved bytes in kombu's format, ``[message, exchange, routing key]``:
+    kombu's restore (the visibility timeout's sweep) puts the message back whole, and the ack's
+    script leaves neither the record nor its index entry."""
+    reliable_fetch.install()
+    raw = redis.Redis.from_url(server.url)
+    body = {"marker": uuid.uuid4().hex}
+    held: list[Any] = []
+
+    with (
+        Connection(server.url, transport_options=_options([0])) as connection,
+        Consumer(connection.channel(), [_queue()], callbacks=[lambda _body, message: held.append(message)]) as consumer,
+    ):
+        Producer(connection.channel()).publish(body, exchange=_queue().exchange, routing_key=QUEUE)
+        connection.drain_events(timeout=5)
+        first = held[0]
+        qos = consumer.channel.qos
+        record = json.loads(raw.hget(qos.unacked_key, first.delivery_tag))  # type: ignore[arg-type]
+        assert record == [first._raw, QUEUE, QUEUE]
+        assert raw.zscore(qos.unacked_index_key, first.delivery_tag) is not None
+
+        qos.restore_by_tag(first.delivery_tag)  # what the sweep does once the visibility timeout ends
+        connection.drain_events(timeout=5)
+        again = held[1]
+        assert again.payload == body
+        assert again.delivery_info["redelivered"] is True
+        again.ack()
+        assert raw.hget(qos.unacked_key, again.delivery_tag) is None
+        assert raw.zscore(qos.unacked_index_key, again.delivery_tag) is None
+    assert _everything_holding(raw, body["marker"]) == []
+
+
 def _blocked_fetches(raw: redis.Redis) -> int:
     return sum(1 for c in raw.client_list() if c.get("cmd") == "blmove" and "b" in c.get("flags", ""))
 
