@@ -110,3 +110,20 @@ def test_a_killed_worker_s_variation_is_finished_by_another_within_seconds(
     # Redelivered at once, but generated again only once the dead execution's variation lease
     # has run out (at most one lease after its last renewal; a live holder would still be paying).
     assert finished_at - killed_at < 15 + VARIATION_LEASE_S
+
+
+def test_retries_on_every_pool_thread_never_stall_the_worker(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    """Eight pool threads retrying at once buffer task events faster than the 50 ms window drains
+    them. Celery's dispatcher flushed a full buffer on the sending pool thread, which then waited
+    for RabbitMQ's publisher confirm holding the dispatcher's lock while the hub waited for the
+    lock: the worker took no message until RabbitMQ dropped the connection a minute later
+    (worker/event_batching.py). Every flush now runs on the hub's thread."""
+    worker = start_worker({"IMAGEGEN_OFFLINE_FAILURES": "0:transient*4,1:transient*4,2:transient*4,3:transient*4"})
+    offline_node["inputs"]["variations"] = 4
+    handles = [client.submit(offline_node) for _ in range(8)]  # 32 variations, 128 retries
+    results = [handle.wait(timeout=45) for handle in handles]  # a stall lasts about a minute
+
+    assert [r.status for r in results] == ["succeeded"] * 8, worker.log()[-3000:]
+    assert all(image.attempts == 5 for r in results for image in r.images)

@@ -12,7 +12,7 @@ import redis
 
 from producer.client import ImageGenClient
 from tests.conftest import StartWorker
-from worker.event_batching import EVENT_WINDOW_S, STALE_WINDOW_S, BatchedTaskEvents
+from worker.event_batching import EVENT_WINDOW_S, FLUSH_AT, STALE_WINDOW_S, BatchedTaskEvents
 
 
 class FakeHub:
@@ -93,6 +93,33 @@ def test_shutdown_flushes_then_shuts_down_even_when_the_flush_fails() -> None:
     consumer._flush_events = broken  # type: ignore[method-assign]
     consumer.shutdown()
     assert consumer.shut_down == 2
+
+
+class Dispatcher:
+    """What the mixin touches of Celery's EventDispatcher: its limit and its buffers."""
+
+    def __init__(self) -> None:
+        self.buffer_limit = 24
+        self._group_buffer: dict[str, list[dict[str, Any]]] = {"task": []}
+
+
+def test_a_full_buffer_is_flushed_on_the_hubs_thread_not_the_senders() -> None:
+    consumer = Consumer()
+    dispatcher = Dispatcher()
+    consumer.event_dispatcher = dispatcher  # as Celery's Events bootstep sets it
+    assert consumer.event_dispatcher is dispatcher
+    assert dispatcher.buffer_limit > 10**9  # Celery's own flush on the sending thread: never
+
+    for n in range(FLUSH_AT + 5):
+        dispatcher._group_buffer["task"].append({"n": n})
+        consumer.on_send_event_buffered()
+    assert consumer.flushes == 0  # nothing published on the sending (pool) thread
+    flushes_asked = [c for c in consumer.hub.soon if getattr(c, "__name__", "") == "_flush_full_buffer"]
+    assert len(flushes_asked) == 1  # one request while it waits for the hub
+    consumer.hub.turn()
+    assert consumer.flushes == 1
+    consumer.event_dispatcher = None  # the bootstep stopping
+    assert consumer.event_dispatcher is None
 
 
 def test_a_real_workers_task_events_arrive_batched_and_whole_after_it_stops(
