@@ -58,6 +58,7 @@ class BatchedTaskEvents:
         if dispatcher is not None:
             dispatcher.buffer_limit = sys.maxsize
         self._dispatcher = dispatcher
+        self._flush_asked = False  # a request lost with a reset hub (a reconnect) must not block the next
 
     def on_send_event_buffered(self) -> None:
         # Called from pool threads too. Timers belong to the hub's own thread, so the window is

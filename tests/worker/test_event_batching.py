@@ -118,8 +118,14 @@ def test_a_full_buffer_is_flushed_on_the_hubs_thread_not_the_senders() -> None:
     assert len(flushes_asked) == 1  # one request while it waits for the hub
     consumer.hub.turn()
     assert consumer.flushes == 1
-    consumer.event_dispatcher = None  # the bootstep stopping
+
+    consumer.on_send_event_buffered()  # still full: asked again
+    consumer.hub = FakeHub()  # a reconnect resets the hub, and the request with it
+    consumer.event_dispatcher = None  # the Events bootstep stopping ...
     assert consumer.event_dispatcher is None
+    consumer.event_dispatcher = dispatcher  # ... and starting again on the new connection
+    consumer.on_send_event_buffered()
+    assert [getattr(c, "__name__", "") for c in consumer.hub.soon].count("_flush_full_buffer") == 1
 
 
 def test_a_real_workers_task_events_arrive_batched_and_whole_after_it_stops(
