@@ -103,6 +103,11 @@ class Dispatcher:
         self._group_buffer: dict[str, list[dict[str, Any]]] = {"task": []}
 
 
+def _flush_requests(hub: FakeHub) -> int:
+    """How many full-buffer flushes wait for the hub's next turn."""
+    return [getattr(callback, "__name__", "") for callback in hub.soon].count("_flush_full_buffer")
+
+
 def test_a_full_buffer_is_flushed_on_the_hubs_thread_not_the_senders() -> None:
     consumer = Consumer()
     dispatcher = Dispatcher()
@@ -114,8 +119,7 @@ def test_a_full_buffer_is_flushed_on_the_hubs_thread_not_the_senders() -> None:
         dispatcher._group_buffer["task"].append({"n": n})
         consumer.on_send_event_buffered()
     assert consumer.flushes == 0  # nothing published on the sending (pool) thread
-    flushes_asked = [c for c in consumer.hub.soon if getattr(c, "__name__", "") == "_flush_full_buffer"]
-    assert len(flushes_asked) == 1  # one request while it waits for the hub
+    assert _flush_requests(consumer.hub) == 1  # one request while it waits for the hub
     consumer.hub.turn()
     assert consumer.flushes == 1
 
@@ -125,7 +129,7 @@ def test_a_full_buffer_is_flushed_on_the_hubs_thread_not_the_senders() -> None:
     assert consumer.event_dispatcher is None
     consumer.event_dispatcher = dispatcher  # ... and starting again on the new connection
     consumer.on_send_event_buffered()
-    assert [getattr(c, "__name__", "") for c in consumer.hub.soon].count("_flush_full_buffer") == 1
+    assert _flush_requests(consumer.hub) == 1
 
 
 def test_a_real_workers_task_events_arrive_batched_and_whole_after_it_stops(
