@@ -180,6 +180,9 @@ class Settings(BaseSettings):
     # from it (pool_size). 512 is the most measured to work (docs/pools.md).
     worker_concurrency: int = Field(256, ge=1, le=512)
     heartbeat_file: str = "/tmp/imagegen-worker-heartbeat"  # liveness probe checks its age
+    # Celery's "Task x[id] received" line for every task (worker/celery_app.py). Off: Flower's
+    # task-received event and the job's own lines say the same, and it was a third of the log.
+    log_task_received: bool = False
     # Prometheus metrics of the worker process (worker/metrics.py); 0: none served.
     metrics_port: int = Field(0, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"  # scraped from outside the pod

@@ -54,6 +54,8 @@ def job_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
         "IMAGEGEN_STORAGE_URL": str(tmp_path / "images"),
         "IMAGEGEN_RETRY_BASE_DELAY_S": "0.2",
         "IMAGEGEN_RETRY_MAX_DELAY_S": "2",
+        # The tests read Celery's "received" line as the sign that a worker holds a task.
+        "IMAGEGEN_LOG_TASK_RECEIVED": "true",
     }
 
 

@@ -169,6 +169,20 @@ def test_same_job_id_enqueues_once(
     assert worker.log().count("imagegen.generate_variation[") // 2 == 2  # "received" + "succeeded" per task
 
 
+def test_by_default_a_worker_logs_no_received_line_per_task(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    assert Settings.model_fields["log_task_received"].default is False  # what a pod runs with
+    worker = start_worker({"IMAGEGEN_LOG_TASK_RECEIVED": "false"})
+    offline_node["inputs"]["variations"] = 2
+    assert client.submit(offline_node, job_id="quiet-1").wait(timeout=60).status == "succeeded"
+    log = worker.log()
+    # Each task's "succeeded" line stays (job task, 2 variations, finalize); no "received" line.
+    assert log.count("] succeeded in ") == 4, log[-3000:]
+    assert "imagegen.run_job[quiet-1@1] succeeded in " in log
+    assert "] received" not in log, log[-3000:]
+
+
 def test_redelivered_job_task_does_not_start_a_second_chord(
     start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
 ) -> None:
