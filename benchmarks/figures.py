@@ -69,6 +69,19 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
+def context_switches(pid: int) -> int:
+    """Context switches of all a process's threads so far (voluntary and not). Under one GIL each
+    blocking call a thread makes while others want the lock costs a pair of them."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        total += sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
+    return total
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -321,12 +334,15 @@ class LoopRun:
     rate: float  # jobs per second, each submitter's warm-up job left out
     cpu_ms: dict[str, float]  # CPU per job (warm-ups included) of each process measured
     cores: dict[str, float]  # CPU seconds per second of each process measured
+    switches: dict[str, float]  # context switches per job of each process measured
 
 
 def cpu_split(runs: list[LoopRun]) -> str:
-    """The mean CPU per job of each process over ``runs``, e.g. "worker 46.6 + Redis 4.0 + ... ms"."""
+    """The mean CPU per job of each process over ``runs``, e.g. "worker 46.6 + Redis 4.0 + ... ms",
+    and the worker's context switches per job."""
     names = runs[0].cpu_ms
-    return " + ".join(f"{name} {statistics.mean(r.cpu_ms[name] for r in runs):.1f}" for name in names) + " ms"
+    split = " + ".join(f"{name} {statistics.mean(r.cpu_ms[name] for r in runs):.1f}" for name in names) + " ms"
+    return f"{split}, worker context switches {statistics.mean(r.switches['worker'] for r in runs):.0f}"
 
 
 def closed_loop(
@@ -353,6 +369,7 @@ def closed_loop(
 
     pids = processes or {}
     before = {name: cpu_s(pid) for name, pid in pids.items()}
+    switches_before = {name: context_switches(pid) for name, pid in pids.items()}
     own_before = sum(os.times()[:2])
     started = time.perf_counter()
     threads = [threading.Thread(target=submitter, args=(slot,)) for slot in range(8)]
@@ -362,12 +379,14 @@ def closed_loop(
         thread.join()
     elapsed = time.perf_counter() - started
     spent = {name: cpu_s(pid) - before[name] for name, pid in pids.items()}
+    switched = {name: context_switches(pid) - switches_before[name] for name, pid in pids.items()}
     spent["submitters"] = sum(os.times()[:2]) - own_before
     jobs = max(1, sum(done) + sum(warmed))
     return LoopRun(
         sum(done) / elapsed,
         {name: seconds_ * 1000 / jobs for name, seconds_ in spent.items()},
         {name: seconds_ / elapsed for name, seconds_ in spent.items()},
+        {name: count / jobs for name, count in switched.items()},
     )
 
 
