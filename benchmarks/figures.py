@@ -46,6 +46,7 @@ from devtools.fake_gemini import FakeGemini
 from devtools.redis_server import RedisServer, start_redis
 from devtools.worker_process import ROOT, WorkerProcess
 from producer.client import ImageGenClient
+from worker.cpu_affinity import pin_threads
 
 API_KEY = "benchmark-key"
 QUICK = os.environ.get("IMAGEGEN_BENCH_QUICK", "") not in ("", "0")
@@ -304,9 +305,54 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
                     f"  {what}, jobs/s {floor_run.rate:.1f}: {floor_run.rate / bare_rate:.2f}x the bare chord "
                     f"(ours {ours_rate / floor_run.rate:.2f}x that); CPU per job: {cpu_split([floor_run])}"
                 )
+        if len(os.sched_getaffinity(0)) > 1:
+            with closing(bench.client(env)) as client:
+                pinned_per_job(bench, ours_worker, bare_worker, env, client, sender, runs, seconds)
         gc.collect()  # the bare chords' results unsubscribe when collected: while their Redis is up
         sender.close()
         settled_sender.close()
+
+
+def pinned_per_job(
+    bench: Bench,
+    ours_worker: WorkerProcess,
+    bare_worker: WorkerProcess,
+    env: dict[str, str],
+    client: ImageGenClient,
+    sender: Any,
+    runs: int,
+    seconds: float,
+) -> None:
+    """The same figures with both workers' threads on one CPU (what IMAGEGEN_WORKER_CPU does to
+    ours, done here from outside to both, so the bare chord gets it too and any --root works)."""
+    cpu = min(os.sched_getaffinity(0))
+    for worker in (ours_worker, bare_worker):
+        pin_threads(cpu, worker.pid)  # threads they start later inherit it
+    bench.say(f"  both workers pinned to CPU {cpu} (IMAGEGEN_WORKER_CPU), 4 variations, L=0:")
+    for model, label in (("offline_preview", "offline"), ("gemini_3_image", "Gemini SDK + local server")):
+        document = node(model, 4)
+        ours, bare = [], []
+        for _ in range(runs):
+            started = time.perf_counter()
+            client.submit(document).wait(timeout=60)
+            ours.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            submit_bare(sender).get(timeout=60)
+            bare.append(time.perf_counter() - started)
+        ours_runs, bare_runs = [], []
+        for _ in range(2):
+            ours_runs.append(
+                closed_loop(functools.partial(ours_submitter, env, document), seconds, {"worker": ours_worker.pid})
+            )
+            bare_runs.append(closed_loop(functools.partial(bare_submitter, env), seconds, {"worker": bare_worker.pid}))
+        ours_rate = statistics.mean(r.rate for r in ours_runs)
+        bare_rate = statistics.mean(r.rate for r in bare_runs)
+        mid_ours, mid_bare = statistics.median(ours), statistics.median(bare)
+        bench.say(
+            f"    {label}: submit -> result {mid_ours * 1000:.1f} vs {mid_bare * 1000:.1f} ms: "
+            f"{mid_ours / mid_bare:.2f}x; jobs/s {ours_rate:.1f} vs {bare_rate:.1f}: {ours_rate / bare_rate:.2f}x"
+        )
+        bench.say(f"      CPU per job, ours: {cpu_split(ours_runs)}; bare chord: {cpu_split(bare_runs)}")
 
 
 def ours_submitter(env: dict[str, str], document: dict[str, Any]) -> tuple[Callable[[], None], Callable[[], None]]:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from functools import cached_property, lru_cache
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.catalog import CatalogError, ModelCatalog, load_catalog
@@ -179,6 +179,22 @@ class Settings(BaseSettings):
     # broker, result backend and job store; the Gemini and storage HTTP clients) is sized
     # from it (pool_size). 512 is the most measured to work (docs/pools.md).
     worker_concurrency: int = Field(256, ge=1, le=512)
+    # All of the worker's threads on one CPU (worker/cpu_affinity.py): "" leaves them to the OS;
+    # "first" is the lowest CPU the process may run on; a number is that CPU. Only where the pod
+    # owns its CPUs (docs/pools.md): workers pinned alike on shared CPUs pile onto one.
+    worker_cpu: str = ""
+
+    @field_validator("worker_cpu")
+    @classmethod
+    def _cpu_named(cls, value: str) -> str:
+        value = value.strip()
+        if value and value != "first" and not (value.isascii() and value.isdigit() and len(value) <= 4):
+            raise ValueError(
+                "not a CPU: use a CPU number, 'first' (the lowest CPU this process may run on) "
+                "or leave it empty (threads left to the OS)"
+            )
+        return value
+
     heartbeat_file: str = "/tmp/imagegen-worker-heartbeat"  # liveness probe checks its age
     # Celery's "Task x[id] received" line for every task (worker/celery_app.py). Off: Flower's
     # task-received event and the job's own lines say the same, and it was a third of the log.
@@ -266,6 +282,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.worker_cpu and self.worker_pool == "prefork":
+            raise ValueError(
+                f"IMAGEGEN_WORKER_CPU={self.worker_cpu} with IMAGEGEN_WORKER_POOL=prefork: its child processes "
+                "would all share the one CPU; pin with the threads, gevent or solo pool"
+            )
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
             raise ValueError("IMAGEGEN_TASK_SOFT_TIME_LIMIT_S must be below IMAGEGEN_TASK_TIME_LIMIT_S")
         # An unacked message older than the visibility timeout is redelivered:

@@ -6,10 +6,11 @@ import logging
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_init
+from celery.signals import celeryd_after_setup, worker_init
 
 from contract.queue import ImageGenCelery, celery_config, is_amqp
 from contract.settings import Settings, get_settings
+from worker.cpu_affinity import CpuAffinityError, pin_worker
 from worker.malloc import keep_image_buffers
 from worker.metrics import serve as serve_metrics
 from worker.redaction import install_log_redaction
@@ -91,6 +92,17 @@ def _not_watched(result: Any, weak: bool = False, start_drainer: bool = True) ->
     return result
 
 
+def _pin_to_one_cpu(**_: Any) -> None:
+    """IMAGEGEN_WORKER_CPU (worker/cpu_affinity.py): once logging is set up, before the pool and
+    the consumer start their threads (they inherit the CPU)."""
+    try:
+        pin_worker(get_settings().worker_cpu)
+    except CpuAffinityError as exc:
+        logging.getLogger(__name__).critical("the worker cannot start: %s", exc)
+        raise SystemExit(1) from None  # Celery logs and swallows an Exception raised here
+
+
+celeryd_after_setup.connect(_pin_to_one_cpu, weak=False)
 worker_init.connect(_reuse_image_buffers, weak=False)
 worker_init.connect(_no_result_subscriptions, weak=False)
 worker_init.connect(_serve_metrics, weak=False)
