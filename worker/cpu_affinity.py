@@ -5,7 +5,7 @@ blocking on a socket or a file while another waits for the lock) wakes the waiti
 another CPU at once, and the first then waits for the lock in its turn: about 660 context
 switches a 4-variation job at L = 0, and a fifth of the worker's CPU in the kernel switching
 threads (perf). On one CPU the woken thread waits for its turn instead: about 100 switches a
-job, and a third less CPU per job (docs/pools.md). What runs outside the GIL (zlib, hashing,
+job, and about 30 % less CPU per job (docs/pools.md). What runs outside the GIL (zlib, hashing,
 TLS) then shares that CPU too.
 
 Opt-in: it is safe only where the CPU is this worker's alone, as in a Kubernetes pod of the
