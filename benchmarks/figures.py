@@ -215,6 +215,7 @@ def offline_burst(bench: Bench, pool: str, concurrency: int, jobs: int, latency_
 # --- 3./4. submit -> result and jobs/s, against the bare chord -------------------------------------
 FLOOR = "the design's floor: a task publishing the bare chord"
 SETTLED_FLOOR = "the same with our late acks, prefetch 1 and task events"
+PER_JOB_MODELS = (("offline_preview", "offline"), ("gemini_3_image", "Gemini SDK + local server"))
 
 
 def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float) -> None:
@@ -231,27 +232,20 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
         sender = make_app(env["REDIS_URL"], env["BARE_CHORD_QUEUE"])
         settled_sender = make_app(env["REDIS_URL"], settled["BARE_CHORD_QUEUE"])
         with closing(bench.client(env)) as client:
-            for model, label in (("offline_preview", "offline"), ("gemini_3_image", "Gemini SDK + local server")):
+            for model, label in PER_JOB_MODELS:
                 document = node(model, 4)
                 for _ in range(3):  # warm-up
                     client.submit(document).wait(timeout=60)
                     submit_bare(sender).get(timeout=60)
                     submit_split(sender).get(timeout=60)
                     submit_split(settled_sender).get(timeout=60)
-                ours, bare, shaped, shaped_settled = [], [], [], []
-                for _ in range(runs):
-                    started = time.perf_counter()
-                    client.submit(document).wait(timeout=60)
-                    ours.append(time.perf_counter() - started)
-                    started = time.perf_counter()
-                    submit_bare(sender).get(timeout=60)
-                    bare.append(time.perf_counter() - started)
-                    started = time.perf_counter()
-                    submit_split(sender).get(timeout=60)
-                    shaped.append(time.perf_counter() - started)
-                    started = time.perf_counter()
-                    submit_split(settled_sender).get(timeout=60)
-                    shaped_settled.append(time.perf_counter() - started)
+                ours, bare, shaped, shaped_settled = alternating_walls(
+                    runs,
+                    functools.partial(run_one_job, client, document),
+                    lambda: submit_bare(sender).get(timeout=60),
+                    lambda: submit_split(sender).get(timeout=60),
+                    lambda: submit_split(settled_sender).get(timeout=60),
+                )
                 ratio = statistics.median(ours) / statistics.median(bare)
                 bench.say(
                     f"  submit -> result, 4 variations, L=0, {label}: {statistics.median(ours) * 1000:.1f} ms vs "
@@ -266,7 +260,7 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
                             f"(ours {mid_ours / floor:.2f}x that)"
                         )
         redis_pid = {"Redis": bench.redis.process.pid} if bench.redis.process is not None else {}
-        for model, label in (("offline_preview", "offline"), ("gemini_3_image", "Gemini SDK + local server")):
+        for model, label in PER_JOB_MODELS:
             document = node(model, 4)
             ours_runs, bare_runs = [], []
             for _ in range(2):  # alternate, so drift in the machine's load hits both
@@ -329,16 +323,11 @@ def pinned_per_job(
     for worker in (ours_worker, bare_worker):
         pin_threads(cpu, worker.pid)  # threads they start later inherit it
     bench.say(f"  both workers pinned to CPU {cpu} (IMAGEGEN_WORKER_CPU), 4 variations, L=0:")
-    for model, label in (("offline_preview", "offline"), ("gemini_3_image", "Gemini SDK + local server")):
+    for model, label in PER_JOB_MODELS:
         document = node(model, 4)
-        ours, bare = [], []
-        for _ in range(runs):
-            started = time.perf_counter()
-            client.submit(document).wait(timeout=60)
-            ours.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            submit_bare(sender).get(timeout=60)
-            bare.append(time.perf_counter() - started)
+        ours, bare = alternating_walls(
+            runs, functools.partial(run_one_job, client, document), lambda: submit_bare(sender).get(timeout=60)
+        )
         ours_runs, bare_runs = [], []
         for _ in range(2):
             ours_runs.append(
@@ -353,6 +342,21 @@ def pinned_per_job(
             f"{mid_ours / mid_bare:.2f}x; jobs/s {ours_rate:.1f} vs {bare_rate:.1f}: {ours_rate / bare_rate:.2f}x"
         )
         bench.say(f"      CPU per job, ours: {cpu_split(ours_runs)}; bare chord: {cpu_split(bare_runs)}")
+
+
+def run_one_job(client: ImageGenClient, document: dict[str, Any]) -> None:
+    client.submit(document).wait(timeout=60)
+
+
+def alternating_walls(runs: int, *actions: Callable[[], Any]) -> list[list[float]]:
+    """Each action's wall time, ``runs`` times, taking turns: drift in the machine's load hits all."""
+    walls: list[list[float]] = [[] for _ in actions]
+    for _ in range(runs):
+        for action, times in zip(actions, walls, strict=True):
+            started = time.perf_counter()
+            action()
+            times.append(time.perf_counter() - started)
+    return walls
 
 
 def ours_submitter(env: dict[str, str], document: dict[str, Any]) -> tuple[Callable[[], None], Callable[[], None]]:

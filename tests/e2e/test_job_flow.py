@@ -21,6 +21,7 @@ from contract.work import JobOrder, JobSummary, VariationWork
 from devtools.redis_server import start_redis
 from devtools.worker_process import WorkerProcess
 from producer.client import ImageGenClient
+from tests.broker.conftest import wait_for_log
 from tests.conftest import StartWorker
 from tests.e2e.helpers import assert_images_on_disk, assert_matches_published_schema, image_file
 from tests.redis_scan import all_redis_entries
@@ -176,9 +177,10 @@ def test_by_default_a_worker_logs_no_received_line_per_task(
     worker = start_worker({"IMAGEGEN_LOG_TASK_RECEIVED": "false"})
     offline_node["inputs"]["variations"] = 2
     assert client.submit(offline_node, job_id="quiet-1").wait(timeout=60).status == "succeeded"
+    # Each task's "succeeded" line stays (job task, 2 variations, finalize; finalize's comes
+    # after the result is stored); no "received" line.
+    wait_for_log(worker, "] succeeded in ", count=4)
     log = worker.log()
-    # Each task's "succeeded" line stays (job task, 2 variations, finalize); no "received" line.
-    assert log.count("] succeeded in ") == 4, log[-3000:]
     assert "imagegen.run_job[quiet-1@1] succeeded in " in log
     assert "] received" not in log, log[-3000:]
 
