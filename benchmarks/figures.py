@@ -454,6 +454,13 @@ def cost(bench: Bench, pool: str, concurrency: int, jobs: int) -> None:
             image_cpu(bench, worker, client, model, label, jobs)
         bench.fake.image_kind = "solid"
         round_trips(bench, client, env, concurrency)
+    if len(os.sched_getaffinity(0)) > 1:  # the same worker on one CPU, as IMAGEGEN_WORKER_CPU does
+        env = bench.env()
+        with bench.worker(env, pool, concurrency) as worker, closing(bench.client(env)) as client:
+            pin_threads(min(os.sched_getaffinity(0)), worker.pid)
+            bench.fake.image_kind = "photo"
+            image_cpu(bench, worker, client, "gemini_3_image", "Gemini path, 1.65 MB PNG, pinned to one CPU", jobs)
+            bench.fake.image_kind = "solid"
     with secure_fake(bench) as (secure, trust):
         secure_env = bench.env(GOOGLE_GEMINI_BASE_URL=secure.base_url, SSL_CERT_FILE=str(trust))
         with bench.worker(secure_env, pool, concurrency) as worker, closing(bench.client(secure_env)) as client:
