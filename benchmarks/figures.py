@@ -46,7 +46,7 @@ from devtools.fake_gemini import FakeGemini
 from devtools.redis_server import RedisServer, start_redis
 from devtools.worker_process import ROOT, WorkerProcess
 from producer.client import ImageGenClient
-from worker.cpu_affinity import pin_threads
+from worker.cpu_affinity import allowed_cpus, pin_threads
 
 API_KEY = "benchmark-key"
 QUICK = os.environ.get("IMAGEGEN_BENCH_QUICK", "") not in ("", "0")
@@ -262,20 +262,11 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
         redis_pid = {"Redis": bench.redis.process.pid} if bench.redis.process is not None else {}
         for model, label in PER_JOB_MODELS:
             document = node(model, 4)
-            ours_runs, bare_runs = [], []
-            for _ in range(2):  # alternate, so drift in the machine's load hits both
-                ours_runs.append(
-                    closed_loop(
-                        functools.partial(ours_submitter, env, document),
-                        seconds,
-                        {"worker": ours_worker.pid, **redis_pid},
-                    )
-                )
-                bare_runs.append(
-                    closed_loop(
-                        functools.partial(bare_submitter, env), seconds, {"worker": bare_worker.pid, **redis_pid}
-                    )
-                )
+            ours_runs, bare_runs = alternating_loops(
+                seconds,
+                (functools.partial(ours_submitter, env, document), {"worker": ours_worker.pid, **redis_pid}),
+                (functools.partial(bare_submitter, env), {"worker": bare_worker.pid, **redis_pid}),
+            )
             ours_rate = statistics.mean(r.rate for r in ours_runs)
             bare_rate = statistics.mean(r.rate for r in bare_runs)
             bench.say(
@@ -299,7 +290,7 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
                     f"  {what}, jobs/s {floor_run.rate:.1f}: {floor_run.rate / bare_rate:.2f}x the bare chord "
                     f"(ours {ours_rate / floor_run.rate:.2f}x that); CPU per job: {cpu_split([floor_run])}"
                 )
-        if len(os.sched_getaffinity(0)) > 1:
+        if len(allowed_cpus()) > 1:
             with closing(bench.client(env)) as client:
                 pinned_per_job(bench, ours_worker, bare_worker, env, client, sender, runs, seconds)
         gc.collect()  # the bare chords' results unsubscribe when collected: while their Redis is up
@@ -319,7 +310,7 @@ def pinned_per_job(
 ) -> None:
     """The same figures with both workers' threads on one CPU (what IMAGEGEN_WORKER_CPU does to
     ours, done here from outside to both, so the bare chord gets it too and any --root works)."""
-    cpu = min(os.sched_getaffinity(0))
+    cpu = min(allowed_cpus())
     for worker in (ours_worker, bare_worker):
         pin_threads(cpu, worker.pid)  # threads they start later inherit it
     bench.say(f"  both workers pinned to CPU {cpu} (IMAGEGEN_WORKER_CPU), 4 variations, L=0:")
@@ -328,12 +319,11 @@ def pinned_per_job(
         ours, bare = alternating_walls(
             runs, functools.partial(run_one_job, client, document), lambda: submit_bare(sender).get(timeout=60)
         )
-        ours_runs, bare_runs = [], []
-        for _ in range(2):
-            ours_runs.append(
-                closed_loop(functools.partial(ours_submitter, env, document), seconds, {"worker": ours_worker.pid})
-            )
-            bare_runs.append(closed_loop(functools.partial(bare_submitter, env), seconds, {"worker": bare_worker.pid}))
+        ours_runs, bare_runs = alternating_loops(
+            seconds,
+            (functools.partial(ours_submitter, env, document), {"worker": ours_worker.pid}),
+            (functools.partial(bare_submitter, env), {"worker": bare_worker.pid}),
+        )
         ours_rate = statistics.mean(r.rate for r in ours_runs)
         bare_rate = statistics.mean(r.rate for r in bare_runs)
         mid_ours, mid_bare = statistics.median(ours), statistics.median(bare)
@@ -357,6 +347,18 @@ def alternating_walls(runs: int, *actions: Callable[[], Any]) -> list[list[float
             action()
             times.append(time.perf_counter() - started)
     return walls
+
+
+def alternating_loops(
+    seconds: float, *sides: tuple[Callable[[], tuple[Callable[[], None], Callable[[], None]]], dict[str, int]]
+) -> list[list[LoopRun]]:
+    """Two closed loops of each side (its submitter factory and the processes it measures),
+    taking turns, so drift in the machine's load hits all."""
+    runs: list[list[LoopRun]] = [[] for _ in sides]
+    for _ in range(2):
+        for (make, processes), side_runs in zip(sides, runs, strict=True):
+            side_runs.append(closed_loop(make, seconds, processes))
+    return runs
 
 
 def ours_submitter(env: dict[str, str], document: dict[str, Any]) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -454,10 +456,10 @@ def cost(bench: Bench, pool: str, concurrency: int, jobs: int) -> None:
             image_cpu(bench, worker, client, model, label, jobs)
         bench.fake.image_kind = "solid"
         round_trips(bench, client, env, concurrency)
-    if len(os.sched_getaffinity(0)) > 1:  # the same worker on one CPU, as IMAGEGEN_WORKER_CPU does
+    if len(allowed_cpus()) > 1:  # the same worker on one CPU, as IMAGEGEN_WORKER_CPU does
         env = bench.env()
         with bench.worker(env, pool, concurrency) as worker, closing(bench.client(env)) as client:
-            pin_threads(min(os.sched_getaffinity(0)), worker.pid)
+            pin_threads(min(allowed_cpus()), worker.pid)
             bench.fake.image_kind = "photo"
             image_cpu(bench, worker, client, "gemini_3_image", "Gemini path, 1.65 MB PNG, pinned to one CPU", jobs)
             bench.fake.image_kind = "solid"

@@ -64,9 +64,7 @@ def pin_threads(cpu: int, pid: int | None = None) -> int:
 
 def pin_worker(setting: str) -> int | None:
     """Apply ``setting`` at the worker's start; the CPU, or None when left to the OS."""
-    if not setting:
-        return None
-    cpu = chosen_cpu(setting, allowed_cpus())
+    cpu = chosen_cpu(setting, allowed_cpus()) if setting else None  # unset: no platform check either
     if cpu is None:
         return None
     threads = pin_threads(cpu)
