@@ -5,7 +5,8 @@
 Run as a script with ``PYTHONPATH`` set to the checkout to measure. The fake
 Gemini server at ``--base-url`` must answer with photo-like images
 (``image_kind="photo"``) and run in another process, so its CPU is not counted.
-Prints one JSON object: milliseconds of this thread's CPU per image for each stage.
+Prints one JSON object: milliseconds of this thread's CPU per image for each stage, and per
+whole SDK call for a tiny PNG with and without ``worker/providers/genai_lookup.py``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,30 @@ def main() -> None:
         "inspect_ms": cpu_ms(lambda: inspect_image(data), n),  # verify + hash as the worker does it
         "upload_ms": cpu_ms(lambda: store.put("job/variation-0.png", data, "image/png", {}), n),  # local disk
     }
+    figures.update(tiny_call_ms(provider, request, args.base_url, n))
     print(json.dumps(figures))
+
+
+def tiny_call_ms(provider: Any, request: Any, base_url: str, n: int) -> dict[str, float]:
+    """A whole SDK call whose answer is a tiny PNG (its cost is the request and the SDK's types),
+    as the worker makes it and with the SDK's own ``in`` (a checkout without the module: both alike)."""
+    from google.genai import _common
+
+    from devtools.fake_gemini import FakeGeminiControl
+
+    fake = FakeGeminiControl(base_url)
+    fake.set_image_kind("solid")
+    ours = vars(_common.BaseModel).get("__contains__")
+    try:
+        figures = {"call_ms": cpu_ms(lambda: provider.generate(request), 3 * n)}
+        if ours is not None:
+            delattr(_common.BaseModel, "__contains__")
+        figures["call_plain_ms"] = cpu_ms(lambda: provider.generate(request), 3 * n)
+    finally:
+        if ours is not None:
+            _common.BaseModel.__contains__ = ours  # type: ignore[operator]
+        fake.set_image_kind("photo")
+    return figures
 
 
 if __name__ == "__main__":

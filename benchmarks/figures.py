@@ -662,6 +662,10 @@ def decode_breakdown(bench: Bench) -> None:
         f"{stages['hash_ms']:.2f} ms, the worker's whole check (every chunk verified + sha256) "
         f"{stages['inspect_ms']:.2f} ms, upload (local disk) {stages['upload_ms']:.2f} ms"
     )
+    bench.say(
+        f"  in one process, a whole SDK call answered with a tiny PNG: {stages['call_ms']:.2f} ms; "
+        f"{stages['call_plain_ms']:.2f} ms with the SDK's own `in` on its types (genai_lookup off)"
+    )
 
 
 def upload_breakdown(bench: Bench) -> None:

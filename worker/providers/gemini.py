@@ -35,8 +35,11 @@ from contract.prompt_text import describe
 from contract.result import GenerationMetadata, Usage
 from contract.settings import Settings
 from worker.errors import BlockedError, GenerationError, PermanentError, TransientError
+from worker.providers import genai_lookup
 from worker.providers.base import GeneratedImage, GeneratedText, GenerationRequest, TextRequest
 from worker.providers.http_budget import ResponseTooLarge, call_budget, install_budget
+
+genai_lookup.install()  # 0.65 ms less CPU per request built (the module says why)
 
 # finishReason values that mean "no image, by policy or by choice": not retried
 # (the same prompt gets the same answer, at the same cost).
