@@ -464,10 +464,13 @@ def cost(bench: Bench, pool: str, concurrency: int, jobs: int) -> None:
             image_cpu(bench, worker, client, "gemini_3_image", "Gemini path, 1.65 MB PNG, pinned to one CPU", jobs)
             bench.fake.image_kind = "solid"
     with secure_fake(bench) as (secure, trust):
-        secure_env = bench.env(GOOGLE_GEMINI_BASE_URL=secure.base_url, SSL_CERT_FILE=str(trust))
-        with bench.worker(secure_env, pool, concurrency) as worker, closing(bench.client(secure_env)) as client:
-            label = "Gemini path over HTTPS (the real API's transport), 1.65 MB PNG"
-            image_cpu(bench, worker, client, "gemini_3_image", label, jobs)
+        label = "Gemini path over HTTPS (the real API's transport), 1.65 MB PNG"
+        for pinned in (False, True) if len(allowed_cpus()) > 1 else (False,):
+            secure_env = bench.env(GOOGLE_GEMINI_BASE_URL=secure.base_url, SSL_CERT_FILE=str(trust))
+            with bench.worker(secure_env, pool, concurrency) as worker, closing(bench.client(secure_env)) as client:
+                if pinned:
+                    pin_threads(min(allowed_cpus()), worker.pid)
+                image_cpu(bench, worker, client, "gemini_3_image", f"{label}{', pinned' if pinned else ''}", jobs)
     memory(bench, pool, concurrency, jobs=4 * jobs)
     decode_breakdown(bench)
     upload_breakdown(bench)
