@@ -16,6 +16,7 @@ from an earlier call obeys the current call's budget.
 from __future__ import annotations
 
 import importlib
+import socket
 import ssl
 import time
 from collections.abc import Iterable, Iterator
@@ -85,13 +86,38 @@ def _remaining(core: ModuleType, error: type[Exception], timeout: float | None) 
     return left if timeout is None else min(timeout, left)
 
 
+def _timeout_slack(budget: _Budget | None) -> float:
+    """How far a socket's timeout may run past what is left of the call before it is set again."""
+    return 0.0 if budget is None else min(_MAX_SLACK_S, budget.timeout_s * _SLACK_SHARE)
+
+
+_SLACK_SHARE = 0.01  # of the call's budget: a 120 s call ends at most 1 s late, a 1 s call 10 ms
+_MAX_SLACK_S = 1.0
+
+
 class _BudgetedStream:
+    """httpcore's stream, bounded by the call's budget.
+
+    Reads of a plain socket stream skip httpcore's ``settimeout`` before every ``recv`` while the
+    socket's timeout is still right to within a small slack: CPython's ``settimeout`` always
+    makes an ``ioctl`` with the GIL released, one for each TLS record of an answer (about 140 for
+    a 1.65 MB image), and each release lets another thread take the GIL. Other streams (TLS
+    inside a proxy's TLS) are read through httpcore as they are."""
+
     def __init__(self, stream: Any, core: ModuleType):
         self._stream = stream
         self._core = core
+        plain = type(stream).__name__ == "SyncStream"
+        self._socket: socket.socket | None = stream.get_extra_info("socket") if plain else None
+        self._timeout_known = False  # whether _timeout_set is the socket's timeout now
+        self._timeout_set: float | None = None
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data: bytes = self._stream.read(max_bytes, _remaining(self._core, self._core.ReadTimeout, timeout))
+        wanted = _remaining(self._core, self._core.ReadTimeout, timeout)
+        if self._socket is None:
+            data: bytes = self._stream.read(max_bytes, wanted)
+        else:
+            data = self._recv(self._socket, max_bytes, wanted)
         budget = _current.get()
         if budget is not None:
             budget.bytes_left -= len(data)
@@ -99,7 +125,28 @@ class _BudgetedStream:
                 raise ResponseTooLarge(f"the answer is larger than its {budget.max_bytes // 2**20} MiB cap")
         return data
 
+    def _recv(self, sock: socket.socket, max_bytes: int, wanted: float | None) -> bytes:
+        """httpcore's ``SyncStream.read``, with the timeout set only when it has to change."""
+        if not self._timeout_close_enough(wanted):
+            sock.settimeout(wanted)
+            self._timeout_known, self._timeout_set = True, wanted
+        try:
+            return sock.recv(max_bytes)
+        except TimeoutError as exc:  # socket.timeout; the same mapping as httpcore's
+            raise self._core.ReadTimeout(exc) from exc
+        except OSError as exc:
+            raise self._core.ReadError(exc) from exc
+
+    def _timeout_close_enough(self, wanted: float | None) -> bool:
+        """True if the socket's timeout, for a read starting now, runs past ``wanted`` by no more
+        than the slack, and is no shorter (that could time out a read the call still allows)."""
+        if not self._timeout_known or self._timeout_set is None or wanted is None:
+            return self._timeout_known and self._timeout_set is None and wanted is None
+        return 0.0 <= self._timeout_set - wanted <= _timeout_slack(_current.get())
+
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # httpcore sets the socket's timeout for each write (a call makes only one or two).
+        self._timeout_known = False
         self._stream.write(buffer, _remaining(self._core, self._core.WriteTimeout, timeout))
 
     def close(self) -> None:
