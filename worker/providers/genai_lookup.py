@@ -15,19 +15,27 @@ only while no class of it defines one (a later SDK or pydantic may).
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.genai import _common
 
 
-def _contains(self: _common.BaseModel, item: object) -> bool:
+def _contains(self: Any, item: object) -> bool:
     if isinstance(item, str):
         return False  # iterating a model yields (name, value) tuples: never a str
     return any(member is item or member == item for member in self)
 
 
 def install() -> bool:
-    """Give the SDK's models the fast ``in``; True if it is (now or already) ours."""
-    current = getattr(_common.BaseModel, "__contains__", None)
+    """Give the SDK's models the fast ``in``; True if it is (now or already) ours.
+
+    An SDK without that base class is left as it is (False): a speed-up must never stop the
+    worker; the tests say when it no longer applies."""
+    base = getattr(_common, "BaseModel", None)
+    if not isinstance(base, type):
+        return False
+    current = getattr(base, "__contains__", None)
     if current is None:
-        _common.BaseModel.__contains__ = _contains  # type: ignore[operator]
+        base.__contains__ = _contains  # type: ignore[operator]
         return True
     return current is _contains

@@ -66,6 +66,11 @@ def test_an_sdk_or_pydantic_contains_is_left_alone(monkeypatch: pytest.MonkeyPat
     assert _common.BaseModel.__contains__ is theirs
 
 
+def test_an_sdk_without_that_base_class_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(_common, "BaseModel")
+    assert not genai_lookup.install()  # no error: the worker still starts
+
+
 def test_the_sdk_asks_it_on_every_request(fake: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> None:
     """It is on the path it was written for (if a later SDK stops asking, the module can go)."""
     asked: list[object] = []
