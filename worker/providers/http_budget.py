@@ -10,7 +10,9 @@ which then pays for the image again.
 (or greenlet). They are enforced by a wrapper around the network backend of
 the SDK's HTTP client, on every connect, TLS handshake, read and write, so the
 response headers are bounded as well as the body, and a connection kept alive
-from an earlier call obeys the current call's budget.
+from an earlier call obeys the current call's budget. A read may end up to a
+small slack after the deadline (1 % of the budget, at most 1 s): the price of
+setting the socket's timeout once per answer rather than once per TLS record.
 """
 
 from __future__ import annotations
