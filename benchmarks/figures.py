@@ -290,16 +290,25 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
                     f"  {what}, jobs/s {floor_run.rate:.1f}: {floor_run.rate / bare_rate:.2f}x the bare chord "
                     f"(ours {ours_rate / floor_run.rate:.2f}x that); CPU per job: {cpu_split([floor_run])}"
                 )
-        if len(allowed_cpus()) > 1:
+        cpu = pinning_cpu()
+        if cpu is not None:
             with closing(bench.client(env)) as client:
-                pinned_per_job(bench, ours_worker, bare_worker, env, client, sender, runs, seconds)
+                pinned_per_job(bench, cpu, ours_worker, bare_worker, env, client, sender, runs, seconds)
         gc.collect()  # the bare chords' results unsubscribe when collected: while their Redis is up
         sender.close()
         settled_sender.close()
 
 
+def pinning_cpu() -> int | None:
+    """The CPU the bench pins a worker to, as IMAGEGEN_WORKER_CPU=first does; None where the
+    process has only one CPU (nothing to compare with)."""
+    cpus = allowed_cpus()
+    return min(cpus) if len(cpus) > 1 else None
+
+
 def pinned_per_job(
     bench: Bench,
+    cpu: int,
     ours_worker: WorkerProcess,
     bare_worker: WorkerProcess,
     env: dict[str, str],
@@ -310,7 +319,6 @@ def pinned_per_job(
 ) -> None:
     """The same figures with both workers' threads on one CPU (what IMAGEGEN_WORKER_CPU does to
     ours, done here from outside to both, so the bare chord gets it too and any --root works)."""
-    cpu = min(allowed_cpus())
     for worker in (ours_worker, bare_worker):
         pin_threads(cpu, worker.pid)  # threads they start later inherit it
     bench.say(f"  both workers pinned to CPU {cpu} (IMAGEGEN_WORKER_CPU), 4 variations, L=0:")
@@ -456,24 +464,32 @@ def cost(bench: Bench, pool: str, concurrency: int, jobs: int) -> None:
             image_cpu(bench, worker, client, model, label, jobs)
         bench.fake.image_kind = "solid"
         round_trips(bench, client, env, concurrency)
-    if len(allowed_cpus()) > 1:  # the same worker on one CPU, as IMAGEGEN_WORKER_CPU does
-        env = bench.env()
-        with bench.worker(env, pool, concurrency) as worker, closing(bench.client(env)) as client:
-            pin_threads(min(allowed_cpus()), worker.pid)
-            bench.fake.image_kind = "photo"
-            image_cpu(bench, worker, client, "gemini_3_image", "Gemini path, 1.65 MB PNG, pinned to one CPU", jobs)
-            bench.fake.image_kind = "solid"
+    cpu = pinning_cpu()
+    if cpu is not None:  # the same worker on one CPU, as IMAGEGEN_WORKER_CPU does
+        bench.fake.image_kind = "photo"
+        gemini_image_cpu(
+            bench, bench.env(), pool, concurrency, cpu, "Gemini path, 1.65 MB PNG, pinned to one CPU", jobs
+        )
+        bench.fake.image_kind = "solid"
     with secure_fake(bench) as (secure, trust):
         label = "Gemini path over HTTPS (the real API's transport), 1.65 MB PNG"
-        for pinned in (False, True) if len(allowed_cpus()) > 1 else (False,):
+        for pin in (None, cpu) if cpu is not None else (None,):
             secure_env = bench.env(GOOGLE_GEMINI_BASE_URL=secure.base_url, SSL_CERT_FILE=str(trust))
-            with bench.worker(secure_env, pool, concurrency) as worker, closing(bench.client(secure_env)) as client:
-                if pinned:
-                    pin_threads(min(allowed_cpus()), worker.pid)
-                image_cpu(bench, worker, client, "gemini_3_image", f"{label}{', pinned' if pinned else ''}", jobs)
+            shown = label if pin is None else f"{label}, pinned"
+            gemini_image_cpu(bench, secure_env, pool, concurrency, pin, shown, jobs)
     memory(bench, pool, concurrency, jobs=4 * jobs)
     decode_breakdown(bench)
     upload_breakdown(bench)
+
+
+def gemini_image_cpu(
+    bench: Bench, env: dict[str, str], pool: str, concurrency: int, cpu: int | None, label: str, jobs: int
+) -> None:
+    """``image_cpu`` of the Gemini path on a worker of its own, its threads on ``cpu`` if given."""
+    with bench.worker(env, pool, concurrency) as worker, closing(bench.client(env)) as client:
+        if cpu is not None:
+            pin_threads(cpu, worker.pid)  # threads it starts later inherit it
+        image_cpu(bench, worker, client, "gemini_3_image", label, jobs)
 
 
 def image_cpu(bench: Bench, worker: WorkerProcess, client: ImageGenClient, model: str, label: str, jobs: int) -> None:

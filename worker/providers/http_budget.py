@@ -142,8 +142,10 @@ class _BudgetedStream:
     def _timeout_close_enough(self, wanted: float | None) -> bool:
         """True if the socket's timeout, for a read starting now, runs past ``wanted`` by no more
         than the slack, and is no shorter (that could time out a read the call still allows)."""
-        if not self._timeout_known or self._timeout_set is None or wanted is None:
-            return self._timeout_known and self._timeout_set is None and wanted is None
+        if not self._timeout_known:
+            return False
+        if self._timeout_set is None or wanted is None:
+            return self._timeout_set is wanted  # both None: the socket blocks, as wanted
         return 0.0 <= self._timeout_set - wanted <= _timeout_slack(_current.get())
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
