@@ -11,13 +11,11 @@ import ssl
 import struct
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpcore2
 import httpx2
 import pytest
-import trustme
 
 from devtools.fake_gemini import FakeGemini
 from worker.providers.http_budget import _BudgetedStream, call_budget, install_budget
@@ -50,16 +48,12 @@ class CountingSSLSocket(ssl.SSLSocket):
 
 
 @pytest.fixture
-def tls(tmp_path: Path) -> Iterator[tuple[ssl.SSLContext, ssl.SSLContext]]:
-    """A server context for 127.0.0.1 and a client context that trusts it and counts."""
-    authority = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("127.0.0.1").configure_cert(server)
-    client = ssl.create_default_context()
-    authority.configure_trust(client)
+def tls(tls_server_context: ssl.SSLContext) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """The server context of conftest.py and a client context that trusts it and counts."""
+    client = ssl.create_default_context()  # trusts the throwaway CA through SSL_CERT_FILE
     client.sslsocket_class = CountingSSLSocket
     CountingSSLSocket.counts = Counts()
-    yield server, client
+    return tls_server_context, client
 
 
 def post(client: httpx2.Client, fake: FakeGemini) -> bytes:
