@@ -22,7 +22,7 @@ from devtools.redis_server import free_port
 from devtools.worker_process import WorkerProcess
 from producer.client import ImageGenClient, JobConflict, JobNotFound
 from tests.cli import imagegen
-from tests.conftest import StartWorker, metric_samples
+from tests.conftest import StartWorker, metric_samples, wait_for
 from tests.e2e.helpers import assert_matches_published_schema
 
 WAIT_S = 60
@@ -440,11 +440,15 @@ def test_prompt_step_retries_and_failures_reach_the_workers_metrics(
     result = client.submit(with_inputs(seed_node, variations=2, prompt_enhancement="diversify")).wait(timeout=WAIT_S)
     assert [e.kind for e in result.errors] == ["blocked", "blocked"]
 
-    found = metric_samples(f"http://127.0.0.1:{port}/metrics")
+    url, ended = f"http://127.0.0.1:{port}/metrics", ("imagegen_jobs_total", (("status", "failed"),))
+    # finalize counts the job after it stores and announces the result, so a waiting client
+    # can read its result a moment before the count is there
+    assert wait_for(lambda: metric_samples(url).get(ended, 0) >= 1), "the failed job was never counted"
+    found = metric_samples(url)
     model = seed_node["inputs"]["model"]
     assert found[("imagegen_variations_total", (("model", model), ("outcome", "blocked")))] == 2
     assert (
         found[("imagegen_prompt_step_retries_total", (("reason", "transient"), ("text_model", "gemini_2_5_flash")))]
         == 1
     )
-    assert found[("imagegen_jobs_total", (("status", "failed"),))] == 1
+    assert found[ended] == 1

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import base64
 import socket
-import time
 from typing import Any
 
 import requests
 
 from devtools.redis_server import free_port
 from producer.client import ImageGenClient
-from tests.conftest import StartWorker, metric_samples
+from tests.conftest import StartWorker, metric_samples, wait_for
 
 SECRET = "whsec_" + base64.b64encode(b"metrics-test-key-0123456789abcdef").decode()
 
@@ -38,16 +37,19 @@ def test_outcomes_retries_jobs_webhooks_and_the_queue_are_counted(
 
     url = f"http://127.0.0.1:{port}/metrics"
     model = (("model", "offline_preview"),)
-    deadline = time.monotonic() + 20
-    while metric_samples(url).get(("imagegen_webhook_deliveries_total", (("outcome", "retried"),)), 0) < 1:
-        assert time.monotonic() < deadline, "no webhook attempt counted"
-        time.sleep(0.2)
+    retried, ended = (
+        ("imagegen_webhook_deliveries_total", (("outcome", "retried"),)),
+        ("imagegen_jobs_total", (("status", "partial"),)),
+    )
+    # both are counted after the result a waiting client reads: the job once it is stored and
+    # announced, the webhook by its own task
+    assert wait_for(lambda: min(metric_samples(url).get(key, 0) for key in (retried, ended)) >= 1, timeout=20)
     found = metric_samples(url)
     for outcome, count in (("succeeded", 2), ("permanent", 1), ("blocked", 1)):
         assert found[("imagegen_variations_total", (*model, ("outcome", outcome)))] == count, outcome
     assert found[("imagegen_variation_retries_total", (*model, ("reason", "transient")))] == 1
     assert found[("imagegen_variation_seconds_count", model)] == 2
-    assert found[("imagegen_jobs_total", (("status", "partial"),))] == 1
+    assert found[ended] == 1
     assert found[("imagegen_queue_messages", (("queue", job_env["IMAGEGEN_QUEUE"]),))] >= 0
     text = requests.get(url, timeout=5).text
     assert "metrics-job-1" not in text and "token" not in text  # bounded labels: no ids, no URLs
