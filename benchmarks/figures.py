@@ -40,6 +40,7 @@ import redis
 
 from benchmarks.bare_chord import make_app, submit_split
 from benchmarks.bare_chord import submit as submit_bare
+from benchmarks.harness import rss_mib
 from contract.result import JobResult
 from contract.settings import POOL_HEADROOM, Settings
 from devtools.fake_gemini import FakeGemini
@@ -478,6 +479,7 @@ def cost(bench: Bench, pool: str, concurrency: int, jobs: int) -> None:
             shown = label if pin is None else f"{label}, pinned"
             gemini_image_cpu(bench, secure_env, pool, concurrency, pin, shown, jobs)
     memory(bench, pool, concurrency, jobs=4 * jobs)
+    answer_memory(bench, pool, concurrency)
     decode_breakdown(bench)
     upload_breakdown(bench)
 
@@ -527,6 +529,36 @@ def secure_fake(bench: Bench) -> Iterator[tuple[FakeGemini, Path]]:
     authority.cert_pem.write_to_path(str(trust))
     with FakeGemini(api_key=API_KEY, image_kind="photo", tls=context) as secure:
         yield secure, trust
+
+
+def answer_memory(bench: Bench, pool: str, concurrency: int, jobs: int = 2) -> None:
+    """The worker's peak RSS when 4K answers (26.5 MB PNGs, ~35 MB of JSON each) arrive together:
+    ``jobs`` jobs of 8 at L = 1 s, with the answer gate at its default (worker/providers/answer_gate.py)
+    and off."""
+    default = Settings.model_fields["answer_memory_mb"].default
+    big = node("gemini_3_image", 8)
+    big["inputs"]["size"] = "4096x4096"
+    bench.fake.image_kind = "photo"
+    try:
+        for limit in (default, 0):
+            env = bench.env(IMAGEGEN_ANSWER_MEMORY_MB=str(limit))
+            with bench.worker(env, pool, concurrency) as worker, closing(bench.client(env)) as client:
+                bench.fake.latency_s = 0.0
+                run_jobs(client, {**big, "inputs": {**big["inputs"], "variations": 1}}, 1, 300)  # warm-up
+                before = rss_mib(worker.pid)
+                bench.fake.latency_s = 1.0  # all of them answered together
+                started = time.perf_counter()
+                results = run_jobs(client, big, jobs, 300)
+                wall = time.perf_counter() - started
+                images = sum(len(result.images) for result in results)
+                bench.say(
+                    f"  worker peak RSS with {jobs * 8} answers of 4096x4096 arriving together, "
+                    f"IMAGEGEN_ANSWER_MEMORY_MB={limit}{' (off)' if not limit else ''}: "
+                    f"{peak_rss_mib(worker.pid):.0f} MiB (before {before:.0f}); "
+                    f"{images}/{jobs * 8} images in {wall:.1f} s"
+                )
+    finally:
+        bench.fake.image_kind, bench.fake.latency_s = "solid", 0.0
 
 
 def memory(bench: Bench, pool: str, concurrency: int, jobs: int) -> None:

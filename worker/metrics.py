@@ -17,12 +17,13 @@ from collections.abc import Iterator
 
 import redis
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from contract.queue import is_amqp
 from contract.redis_client import is_sentinel
 from contract.settings import Settings
+from worker.providers.answer_gate import process_gate
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,34 @@ class QueueLength(Collector):
         yield family
 
 
+class AnswerMemory(Collector):
+    """The answer gate's state (worker/providers/answer_gate.py), read at each scrape: how much of
+    the providers' answers the process holds now and at most, and how many waited their turn.
+    No samples when the gate is off (IMAGEGEN_ANSWER_MEMORY_MB=0)."""
+
+    def __init__(self, settings: Settings):
+        self._gate = process_gate(settings.answer_memory_mb)
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        gate = self._gate
+        held = GaugeMetricFamily(
+            "imagegen_answer_memory_bytes", "Image answers being read, decoded or stored, by estimated size"
+        )
+        peak = GaugeMetricFamily(
+            "imagegen_answer_memory_peak_bytes",
+            "The most imagegen_answer_memory_bytes has been (IMAGEGEN_ANSWER_MEMORY_MB)",
+        )
+        waits = CounterMetricFamily(
+            "imagegen_answer_memory_waits", "Image answers that waited for IMAGEGEN_ANSWER_MEMORY_MB before being read"
+        )
+        if gate is not None:
+            stats = gate.stats()
+            held.add_metric([], stats.held_bytes)
+            peak.add_metric([], stats.peak_bytes)
+            waits.add_metric([], stats.waits)
+        yield from (held, peak, waits)
+
+
 def serve(settings: Settings) -> bool:
     """Start the metrics endpoint in this process if a port is set; False when not served."""
     if not settings.metrics_port:
@@ -104,6 +133,7 @@ def serve(settings: Settings) -> bool:
     url = settings.broker_url or settings.redis_url
     if not is_amqp(url) and not is_sentinel(url):
         REGISTRY.register(QueueLength(url, settings.queue))
+    REGISTRY.register(AnswerMemory(settings))
     log.info("metrics at http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     return True
 

@@ -8,9 +8,13 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from devtools.fake_gemini import Behaviour, FakeGemini
+from devtools.redis_server import free_port
+from devtools.worker_process import WorkerProcess
 from producer.client import ImageGenClient
+from tests.conftest import StartWorker, metric_samples
 from tests.e2e.conftest import GEMINI_KEY
 from tests.redis_scan import all_redis_entries
+from worker.providers.answer_gate import estimated_answer_bytes
 
 WAIT_S = 30
 
@@ -138,3 +142,42 @@ def test_api_key_appears_nowhere(
     assert GEMINI_KEY not in gemini_worker.log()
     entries = all_redis_entries(redis_url)
     assert entries and not any(GEMINI_KEY.encode() in key + value for key, value in entries.items())
+
+
+def test_answers_arriving_together_are_held_one_at_a_time_under_a_small_answer_memory(
+    gemini_worker: WorkerProcess, start_worker: StartWorker, client: ImageGenClient, seed_node: dict[str, Any]
+) -> None:
+    """IMAGEGEN_ANSWER_MEMORY_MB=1 and 2K answers (about 8.8 MB each as the gate counts them):
+    each is larger than the limit, so each is read, decoded and stored alone. Every image is made;
+    the gate never held more than one answer, and holds nothing once the job is done."""
+    gemini_worker.stop()
+    port = free_port()
+    start_worker(
+        env={
+            **gemini_worker.env,
+            "IMAGEGEN_ANSWER_MEMORY_MB": "1",
+            "IMAGEGEN_METRICS_PORT": str(port),
+            "IMAGEGEN_METRICS_HOST": "127.0.0.1",
+        }
+    )
+    seed_node["inputs"]["size"] = "2048x2048"
+    result = client.submit(with_variations(seed_node, 4)).wait(timeout=WAIT_S)
+
+    assert result.status == "succeeded", result.errors
+    assert sorted((i.width, i.height) for i in result.images) == [(2048, 2048)] * 4
+    found = metric_samples(f"http://127.0.0.1:{port}/metrics")
+    assert found[("imagegen_answer_memory_peak_bytes", ())] == estimated_answer_bytes(2048, 2048)
+    assert found[("imagegen_answer_memory_bytes", ())] == 0
+    assert ("imagegen_answer_memory_waits_total", ()) in found  # whether they met depends on timing
+
+
+def test_with_no_answer_memory_limit_the_gate_is_off(
+    gemini_worker: WorkerProcess, start_worker: StartWorker, client: ImageGenClient, seed_node: dict[str, Any]
+) -> None:
+    gemini_worker.stop()
+    port = free_port()
+    env = {**gemini_worker.env, "IMAGEGEN_ANSWER_MEMORY_MB": "0", "IMAGEGEN_METRICS_PORT": str(port)}
+    start_worker(env={**env, "IMAGEGEN_METRICS_HOST": "127.0.0.1"})
+    assert client.submit(with_variations(seed_node, 2)).wait(timeout=WAIT_S).status == "succeeded"
+    found = metric_samples(f"http://127.0.0.1:{port}/metrics")
+    assert not [name for name, _ in found if name.startswith("imagegen_answer_memory")]

@@ -13,6 +13,9 @@ response headers are bounded as well as the body, and a connection kept alive
 from an earlier call obeys the current call's budget. A read may end up to a
 small slack after the deadline (1 % of the budget, at most 1 s): the price of
 setting the socket's timeout once per answer rather than once per TLS record.
+
+The stream also tells the answer gate (answer_gate.py) when an answer's first bytes arrive, and
+gives the call back the time it waited there.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
+
+from worker.providers.answer_gate import answer_arriving, request_sent
 
 
 class ResponseTooLarge(Exception):
@@ -121,6 +126,10 @@ class _BudgetedStream:
         else:
             data = self._recv(self._socket, max_bytes, wanted)
         budget = _current.get()
+        if data:  # an answer's first bytes wait here for the memory they will take (answer_gate.py)
+            waited = answer_arriving()
+            if waited and budget is not None:
+                budget.deadline += waited  # the budget bounds the server, and its answer is here
         if budget is not None:
             budget.bytes_left -= len(data)
             if budget.bytes_left < 0:
@@ -151,6 +160,7 @@ class _BudgetedStream:
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         # httpcore sets the socket's timeout for each write (a call makes only one or two).
         self._timeout_known = False
+        request_sent()
         self._stream.write(buffer, _remaining(self._core, self._core.WriteTimeout, timeout))
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from contract.catalog import ModelEntry, load_catalog
+from contract.catalog import ModelEntry, load_catalog, parse_size
 from contract.errors import NodeValidationError
 from contract.events import JobEvents
 from contract.queue import GENERATE_VARIATION
@@ -48,6 +48,7 @@ from worker.errors import BlockedError, PermanentError, StorageError, TransientE
 from worker.imaging import inspect_image
 from worker.lifecycle import publish, variation_finished
 from worker.providers import GenerationRequest, provider_for
+from worker.providers.answer_gate import answer_scope, estimated_answer_bytes, process_gate
 from worker.retry import RetryPolicy
 from worker.state import job_records, rate_limiter, variation_leases
 from worker.storage import location_for
@@ -227,17 +228,20 @@ def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entr
 
     # The store first: a missing secret or a bad credential fails before the image is paid for.
     location = location_for(work.target, settings)
-    image = provider_for(entry.provider, settings).generate(request)
-    facts = inspect_image(image.data, max_pixels=2 * entry.largest_pixels)  # room for a near miss
-    stored = location.put(
-        work.job_id,
-        work.index,
-        work.run,
-        facts.extension,
-        image.data,
-        facts.mime_type,
-        {"job_id": work.job_id, "model": work.model, "model_id": entry.model_id, "variation": str(work.index)},
-    )
+    # From its first bytes until it is stored, the answer counts against the process's memory for
+    # answers (its turn waits there; the generation before it does not).
+    with answer_scope(process_gate(settings.answer_memory_mb), estimated_answer_bytes(*parse_size(work.size))):
+        image = provider_for(entry.provider, settings).generate(request)
+        facts = inspect_image(image.data, max_pixels=2 * entry.largest_pixels)  # room for a near miss
+        stored = location.put(
+            work.job_id,
+            work.index,
+            work.run,
+            facts.extension,
+            image.data,
+            facts.mime_type,
+            {"job_id": work.job_id, "model": work.model, "model_id": entry.model_id, "variation": str(work.index)},
+        )
     metadata = image.metadata
     if facts.size != work.size:
         metadata = metadata.model_copy(update={"size_mismatch": SizeMismatch(requested=work.size, returned=facts.size)})
