@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 import tracemalloc
 import uuid
 from collections.abc import Iterator
@@ -19,11 +20,13 @@ from contract.documents import MAX_DEPTH
 from contract.errors import MISSING, ImageGenError, NodeValidationError, Problem, excerpt
 from contract.job_ids import MAX_JOB_ID_CHARS, check_job_id, is_job_id
 from contract.node import SEED_LIMIT, validate_node
+from contract.queue import GENERATE_VARIATION
 from contract.settings import Settings, get_settings
+from contract.work import VariationWork
 from producer import cli
 from producer.client import ImageGenClient
 from tests.cli import imagegen
-from tests.conftest import request_keys
+from tests.conftest import StartWorker, request_keys
 
 TEN_MB = 10 * 1024 * 1024
 SHORT = 2048  # an error about any one value fits in a couple of KB
@@ -507,3 +510,23 @@ def test_the_cli_job_id_checks_in_a_real_process(job_env: dict[str, str], tmp_pa
     for args in (("submit", str(path), "--job-id", "a\nb"), ("status", "../x"), ("result", "a//b", "--wait")):
         run = imagegen(job_env, *args)
         assert run.returncode == 2 and "job_id" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("size", ["99999x99999", "../../1024x1024", "1024x1024\nFORGED LINE", "x" * 5000])
+def test_a_raw_variation_with_a_size_its_model_does_not_make_fails_before_any_cost(
+    start_worker: StartWorker, client: ImageGenClient, size: str
+) -> None:
+    """A variation sent on its own, past the job task, with a size the catalog does not list for
+    its model: a permanent error naming it (bounded, escaped), not an unexpected error."""
+    worker = start_worker()
+    job_id = f"raw-size-{uuid.uuid4().hex[:6]}"
+    work = VariationWork(job_id=job_id, run=1, index=0, prompt="x", model="offline_preview", size=size)
+    client.celery.send_task(GENERATE_VARIATION, args=(work.model_dump(mode="json"),))
+    deadline = time.monotonic() + 30
+    while f"job {job_id} variation 0 failed" not in worker.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    [line] = [line for line in worker.log().splitlines() if f"job {job_id} variation 0 failed" in line]
+    assert "permanent (size " in line and "is not one model 'offline_preview' makes" in line
+    assert "FORGED LINE" not in worker.log().replace("\\nFORGED LINE", "")  # escaped, not a line of its own
+    assert "x" * 100 not in line  # an excerpt, not the 5,000 characters
+    assert "unexpected error" not in worker.log()

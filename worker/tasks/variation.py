@@ -34,7 +34,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from contract.catalog import ModelEntry, load_catalog, parse_size
-from contract.errors import NodeValidationError
+from contract.errors import NodeValidationError, excerpt
 from contract.events import JobEvents
 from contract.queue import GENERATE_VARIATION
 from contract.result import ErrorKind, ErrorRecord, ImageRecord, SizeMismatch
@@ -218,6 +218,8 @@ def _with(work: VariationWork, state: RetryState) -> dict[str, Any]:
 def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entry: ModelEntry | None) -> ImageRecord:
     if entry is None:
         raise PermanentError(f"model {work.model!r} is no longer in the model catalog")
+    if work.size not in entry.sizes:  # a message may bypass the job task, or the catalog changed
+        raise PermanentError(f"size {excerpt(work.size)!r} is not one model {work.model!r} makes (its catalog sizes)")
     settings = get_settings()
     if work.target is not None and work.target.credentials:
         try:  # before any cost: a message may bypass the job task (contract/tenancy.py)
