@@ -1,4 +1,4 @@
-"""How much of the providers' answers one worker process reads and decodes at once.
+"""How much of the providers' answers one worker process reads, decodes and stores at once.
 
 An image answer is read and decoded whole: the SDK reads the body, decodes it as text, parses
 the JSON and decodes the base64 image. A 4096x4096 PNG arrives as about 35 MB of JSON and the
