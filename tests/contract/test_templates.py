@@ -3,11 +3,16 @@ cleaned, and the prompt step's node inputs and text models."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import sys
+import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from contract import templates
 from contract.catalog import load_catalog
 from contract.errors import NodeValidationError
 from contract.node import validate_node
@@ -19,7 +24,7 @@ from contract.prompt_text import (
     prompt_from_upstream,
 )
 from contract.settings import Settings
-from contract.templates import TemplateProblem, placeholders, render_prompt
+from contract.templates import MAX_NESTING, TemplateProblem, placeholders, render_prompt
 
 CTX = {"llm_1": {"text": "a red fox in the snow"}, "topic": "winter"}
 
@@ -59,7 +64,11 @@ def test_context_values_are_data_never_templates() -> None:
 )
 def test_a_null_or_a_structure_is_not_printed_into_the_prompt(value: Any, message: str) -> None:
     """Printed, they would become "A poster of None" or a Python dict in a paid prompt."""
-    for template in ("A poster of {{ llm_1.text }}", "A poster of {{ llm_1.text | string }}"):
+    for template in (
+        "A poster of {{ llm_1.text }}",
+        "A poster of {{ llm_1.text | string }}",
+        "A poster of {{ llm_1.text ~ '' }}",  # ~ had printed None or the dict
+    ):
         with pytest.raises(TemplateProblem, match=message.replace("(", r"\(").replace(")", r"\)")):
             render_prompt(template, {"llm_1": {"text": value}}, 1000)
     # Tested, defaulted or picked, they are fine.
@@ -133,6 +142,197 @@ def test_expressions_and_if_are_what_a_template_may_hold() -> None:
 def test_a_long_prompt_renders_at_the_cap_and_no_further() -> None:
     with pytest.raises(TemplateProblem, match="more than 500 characters"):
         render("{{ llm_1.text * 30 }}")
+
+
+def peak_bytes(work: Callable[[], object]) -> tuple[int, object]:
+    """The most memory ``work`` held at once (tracemalloc), and what it returned or raised."""
+    tracemalloc.start()
+    try:
+        try:
+            outcome: object = work()
+        except Exception as exc:
+            outcome = exc
+        return tracemalloc.get_traced_memory()[1], outcome
+    finally:
+        tracemalloc.stop()
+
+
+MB = 1_000_000
+BIG = {"a": "x" * 60_000, "b": "hi"}  # about what a 65,536-byte context allows
+
+
+def test_a_chain_of_tildes_is_refused_before_it_is_built() -> None:
+    """The review's repro: 1,991 operands of 60,000 characters had built a 120 MB string before
+    the prompt cap refused it (the API process grew 100 -> 218 MB for one request)."""
+    template = "{{ a" + " ~ a" * 1990 + " }}"
+    assert len(template) <= 8000  # within the default prompt cap: nothing refuses it earlier
+    peak, outcome = peak_bytes(lambda: render_prompt(template, BIG, 8000))
+    assert isinstance(outcome, TemplateProblem)
+    assert "building a value past 10000 characters is not allowed" in str(outcome)
+    # Parsing and compiling an 8,000-character template costs ~15 MB under tracemalloc; joining cost 120.
+    assert peak < 40 * MB, peak
+    assert render_prompt("{{ b" + " ~ b" * 1990 + " }}", BIG, 8000) == "hi" * 1991  # short operands are fine
+
+
+A100 = "a" + " ~ a" * 99  # 100 operands: 6 MB if joined unchecked
+
+
+@pytest.mark.parametrize(
+    ("template", "why", "unbounded"),
+    [
+        # Nested: every inner concatenation is bounded too, not only the outermost.
+        ("{{ " + " ~ ".join([f"({A100})"] * 4) + " }}", "building a value past 10000", 400 * 60_000),
+        ("{{ " + "(" * 15 + "a" + (" ~ a" * 10 + ")") * 15 + " }}", "building a value past 10000", 151 * 60_000),
+        # Through filters, as a filter's argument, in an {% if %} test, in an inline if.
+        ("{{ a|string" + " ~ a|string" * 99 + " }}", "building a value past 10000", 100 * 60_000),
+        (f"{{{{ ({A100})|length }}}}", "building a value past 10000", 100 * 60_000),
+        (f"{{{{ b|default({A100}, true) }}}}", "building a value past 10000", 100 * 60_000),
+        (f"{{% if ({A100}) == b %}}x{{% endif %}}", "building a value past 10000", 100 * 60_000),
+        (f"{{{{ ({A100}) if b else '' }}}}", "building a value past 10000", 100 * 60_000),
+        (f"{{{{ [{A100}] | join }}}}", "building a value past 10000", 100 * 60_000),
+        # A structure printed through ~ is refused as with {{ }} and string: not weighed as its repr.
+        ("{{ [" + ", ".join(["a"] * 100) + "] ~ '' }}", "a list of 100 item(s), not text", 100 * 60_000),
+        # A list of empty strings weighs its items: [""] * 10**8 had built 800 MB of pointers.
+        ("{{ ([''] * 100000000) | length }}", "building a value past 10000", 800 * MB),
+        ("{{ ([[]] * 100000000) | length }}", "building a value past 10000", 800 * MB),
+        # What would keep values or accumulate output is refused before anything runs.
+        (f"{{% set s = {A100} %}}{{{{ s ~ s }}}}", "{% set %}", 200 * 60_000),
+        ("{% for i in range(2000) %}{{ a }}{% endfor %}", "a {% for %} loop", 2000 * 60_000),
+        (f"{{% for i in [1, 2, 3] %}}{{{{ {A100} }}}}{{% endfor %}}", "a {% for %} loop", 300 * 60_000),
+        (f"{{% macro m() %}}{{{{ {A100} }}}}{{% endmacro %}}{{{{ m() ~ m() }}}}", "{% macro %}", 200 * 60_000),
+        (f"{{% filter upper %}}{{{{ {A100} }}}}{{% endfilter %}}", "{% filter %}", 100 * 60_000),
+        # Output itself is streamed: 1,000 placeholders stop at the cap, not after 60 MB of pieces.
+        ("{{ a }}" * 1000, "renders to more than 8000 characters", 1000 * 60_000),
+        ("{% if b %}" + "{{ a }}" * 1000 + "{% endif %}", "renders to more than 8000 characters", 1000 * 60_000),
+    ],
+)
+def test_values_and_output_cannot_grow_past_their_bounds(template: str, why: str, unbounded: int) -> None:
+    peak, outcome = peak_bytes(lambda: render_prompt(template, BIG, 8000))
+    assert isinstance(outcome, TemplateProblem), outcome
+    assert why in str(outcome)
+    # What rendering adds over parsing and compiling the same template with a 1-character ``a``: at
+    # most a piece or two of output, far below what building the value or the output would hold.
+    baseline, _ = peak_bytes(lambda: render_prompt(template, {"a": "x", "b": "hi"}, 8000))
+    assert peak - baseline < 250_000, (peak, baseline)
+    assert peak < unbounded // 4, (peak, unbounded)
+    assert "xxxxxxxxxx" not in str(outcome)  # never the context's values
+
+
+@pytest.mark.parametrize(
+    ("template", "why"),
+    [
+        # jinja's truncate checks its arguments with assert: an AssertionError had become a 500.
+        ("{{ topic|truncate(-1) }}", "calls truncate with a length that is not a whole number at least"),
+        ("{{ topic|truncate(2) }}", "at least as long as its end (3 character(s))"),
+        ("{{ topic|truncate(3, false, '...', -5) }}", "calls truncate with a leeway that is not a whole number"),
+        ("{{ topic|truncate(10, end=5) }}", "calls truncate with an end that is not text"),
+        # jinja's parser and code generator recurse ~11 Python frames a level: RecursionError before.
+        ("{{ " + "(" * 90 + "topic" + ")" * 90 + " }}", "nests more than 20 levels deep"),
+        ("{{ " + "-" * 400 + "1 }}", "nests more than 20 levels deep"),
+        ("{{ " + "not " * 400 + "topic }}", "nests more than 20 levels deep"),
+        ("{{ " + "topic if topic else " * 200 + "topic }}", "nests more than 20 levels deep"),  # SyntaxError
+        ("{{ " + "[" * 90 + "topic" + "]" * 90 + " }}", "nests more than 20 levels deep"),
+        ("{% if topic %}" * 150 + "x" + "{% endif %}" * 150, "nests more than 20 levels deep"),  # IndentationError
+        # Chains parse in a loop but into one deep tree, which the code generator walks recursively.
+        ("{{ " + "1 + " * 400 + "1 }}", "nests more than 20 levels deep"),
+        ("{{ " + "topic and " * 400 + "topic }}", "nests more than 20 levels deep"),
+        ("{{ topic" + "|upper" * 400 + " }}", "nests more than 20 levels deep"),
+        ("{{ llm_1" + ".text" * 400 + " }}", "nests more than 20 levels deep"),
+        ("{{ topic" + "[0]" * 400 + " }}", "nests more than 20 levels deep"),
+        # Refused constructs nested deeply are refused the same way, not by a RecursionError.
+        ("{% for x in y %}" * 200 + "{% endfor %}" * 200, "nests more than 20 levels deep"),
+    ],
+)
+def test_templates_jinja_chokes_on_are_problems_on_the_field(
+    seed_node: dict[str, Any], template: str, why: str
+) -> None:
+    with pytest.raises(TemplateProblem) as caught:
+        render(template)
+    assert why in str(caught.value)
+    seed_node["inputs"]["user_query"] = template
+    with pytest.raises(NodeValidationError) as node_error:
+        validate_node(seed_node, Settings(), context=CTX)
+    [problem] = node_error.value.problems
+    assert problem.field == "inputs.user_query" and why in problem.message
+    assert problem.value == (template if len(template) <= 64 else f"{template[:48]}… ({len(template)} characters)")
+    assert "Error" not in problem.message and "Traceback" not in problem.message
+
+
+def nested(kind: str, levels: int) -> str:
+    """A template nesting ``levels`` levels of one construct."""
+    return {
+        "brackets": "{{ " + "(" * levels + "topic" + ")" * levels + " }}",
+        "minus": "{{ " + "-" * levels + "1 }}",
+        "not": "{{ " + "not " * levels + "topic }}",
+        "inline if": "{{ " + "topic if topic else " * levels + "topic }}",
+        "lists": "{{ " + "[" * (levels - 1) + "topic" + "]" * (levels - 1) + " }}",
+        "ifs": "{% if topic %}" * levels + "x" + "{% endif %}" * levels,
+        "plus chain": "{{ " + "1 + " * (levels - 1) + "1 }}",
+        "filter chain": "{{ topic" + "|upper" * (levels - 1) + " }}",
+        "attribute chain": "{{ topic" + ".x" * (levels - 1) + " }}",
+    }[kind]
+
+
+KINDS = ["brackets", "minus", "not", "inline if", "lists", "ifs", "plus chain", "filter chain", "attribute chain"]
+
+
+def too_deep(template: str) -> bool:
+    try:
+        placeholders(template)
+    except TemplateProblem as exc:
+        return "nests more than" in str(exc)
+    return False
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nesting_is_refused_past_the_limit_and_is_cheap_up_to_it(kind: str) -> None:
+    """Well below what recursion allows: the deepest template allowed of each kind renders (or fails
+    for its own reason) within 500 frames of the caller's stack; one level more is refused."""
+    assert too_deep(nested(kind, MAX_NESTING + 1))
+    deepest = max(n for n in range(1, MAX_NESTING + 1) if not too_deep(nested(kind, n)))
+    assert deepest >= MAX_NESTING - 2  # a wrapper (a literal, a filter) may take a level or two
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + 500)
+    try:
+        _, outcome = peak_bytes(lambda: render(nested(kind, deepest), {"topic": "a fox"}))
+    finally:
+        sys.setrecursionlimit(limit)
+    # A RecursionError would have become "nests more than …" (or escaped as itself).
+    assert isinstance(outcome, str) or (isinstance(outcome, TemplateProblem) and "nests" not in str(outcome)), outcome
+
+
+def test_a_normal_template_is_well_inside_the_nesting_limit() -> None:
+    template = (
+        "{% if topic %}{% if llm_1.text %}{% if topic == 'winter' and not (llm_1.text | length) < 3 %}"
+        "{{ ((llm_1.text | trim | truncate(12, true, '…', 0)) ~ ', ' ~ (topic | upper)) | title }} "
+        "{{ -(2 + (3 * 4)) }} {{ [topic, 'x'] | join('+') }}"
+        "{% endif %}{% endif %}{% endif %}"
+    )
+    assert render(template) == "A Red Fox I…, Winter -14 winter+x"
+
+
+def test_an_unexpected_jinja_error_is_a_problem_without_its_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever else jinja raises is a TemplateProblem naming what failed, never the exception's
+    text, which can quote internals."""
+
+    def broken(value: Any) -> str:
+        raise LookupError("/srv/app/secret.py internals")
+
+    monkeypatch.setitem(templates._ENV.filters, "upper", broken)
+    with pytest.raises(TemplateProblem) as caught:
+        render("{{ topic | upper }}")
+    assert str(caught.value) == (
+        "cannot be rendered: jinja failed on it (LookupError); check the filters' arguments and the types "
+        "of the values they are given"
+    )
+
+    def broken_parse(source: str) -> Any:
+        raise AssertionError("/srv/app/secret.py internals")
+
+    monkeypatch.setattr(templates._ENV, "parse", broken_parse)
+    with pytest.raises(TemplateProblem, match=r"cannot be compiled: jinja failed on it \(AssertionError\)") as caught:
+        placeholders("{{ topic }}")
+    assert "secret" not in str(caught.value)
 
 
 def test_the_rendered_prompt_is_what_the_node_validates_and_returns(seed_node: dict[str, Any]) -> None:
