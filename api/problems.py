@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.errors import ImageGenError, NodeValidationError, Problem, excerpt, field_part
 from contract.jobs import JobConflict
+from contract.tenancy import tenant_of
 from contract.webhooks import ResolverUnavailable
 from producer.client import JobCrashed, JobNotFound, JobTimeout, QueueUnavailable, SignError
 
@@ -113,7 +114,7 @@ def from_service_error(error: ImageGenError) -> ApiProblem:
     if isinstance(error, NodeValidationError):
         return invalid(error)
     if isinstance(error, JobConflict):
-        return ApiProblem(409, "job-conflict", "Job id conflict", _caller_view(str(error)))
+        return ApiProblem(409, "job-conflict", "Job id conflict", _caller_view(str(error), tenant_of(error.job_id)))
     if isinstance(error, JobNotFound):
         return ApiProblem(404, "job-not-found", "No such job", _caller_view(str(error)))
     if isinstance(error, QueueUnavailable):
@@ -132,11 +133,13 @@ def from_service_error(error: ImageGenError) -> ApiProblem:
     return ApiProblem(500, "internal", "Internal error", "the service could not complete this request")
 
 
-def _caller_view(message: str) -> str:
-    """Messages name the internal job id ``t/<tenant>/<id>``: show the caller its own id."""
+def _caller_view(message: str, tenant: str | None = None) -> str:
+    """Messages name the internal job id ``t/<tenant>/<id>``: show the caller its own id, whole
+    (only the tenant's namespace prefix of the internal id is removed; ``tenant`` None: the
+    namespace of the first id the message names, the job's own)."""
     from api.tenants import strip_namespaces  # here: tenants imports this module
 
-    return strip_namespaces(message)
+    return strip_namespaces(message, tenant)
 
 
 def install_handlers(app: FastAPI) -> None:

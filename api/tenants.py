@@ -41,7 +41,9 @@ MAX_TENANT_CHARS = 32
 MIN_TOKEN_CHARS = 16
 # Route suffixes: GET /v1/jobs/<id>/events must not also be the job "<id>/events".
 RESERVED_LAST_SEGMENTS = ("events", "cancel", "webhooks")
-_NAMESPACED = re.compile(rf"\b{NAMESPACE_ROOT}/{TENANT_NAME.pattern}/")
+# A namespace prefix that begins a job id in a message: not preceded by a job id character, so
+# a ``t/<x>/`` inside the caller's own id (``t/acme/t/globex/zz``: acme's job "t/globex/zz") is not one.
+_NAMESPACED = re.compile(rf"(?<![A-Za-z0-9._/-]){NAMESPACE_ROOT}/({TENANT_NAME.pattern})/(?=[A-Za-z0-9._-])")
 
 
 class TokenConfigError(ValueError):
@@ -126,9 +128,18 @@ def _job_id_problem(value: str, message: str) -> NodeValidationError:
     return NodeValidationError([Problem("job_id", value, f"{message}; {GRAMMAR}")], subject="job id")
 
 
-def strip_namespaces(text: str) -> str:
-    """Messages written with internal ids (``t/<tenant>/<id>``), shown with the caller's."""
-    return _NAMESPACED.sub("", text)
+def strip_namespaces(text: str, tenant: str | None = None) -> str:
+    """Messages written with internal ids (``t/<tenant>/<id>``), shown with the caller's: the
+    namespace prefix that begins an id is removed, and only ``tenant``'s (None: the tenant of the
+    first id the message names, the job's own). The rest of an id is the caller's and stays whole
+    (``t/acme/t/globex/zz`` is shown ``t/globex/zz``, never ``zz``); an id in another tenant's
+    namespace is left as written, never shown as if it were one of the caller's."""
+    if tenant is None:
+        first = _NAMESPACED.search(text)
+        if first is None:
+            return text
+        tenant = first.group(1)
+    return _NAMESPACED.sub(lambda found: "" if found.group(1) == tenant else found.group(0), text)
 
 
 class Authenticator:

@@ -89,6 +89,19 @@ def _refuse(field: str, value: Any, message: str) -> NodeValidationError:
     return NodeValidationError([Problem(field, value, message)], subject="webhook")
 
 
+def _shown_url(url: str) -> str:
+    """What a refusal may quote of a webhook URL: at most ``scheme://host[:port]/path`` as given,
+    never its user info, query or fragment, where a token may ride (docs/security.md §8); the
+    Problem excerpts it as any value. Cut by hand, not by ``urlsplit``: a URL it cannot parse
+    (or parses unlike a receiver would) is refused and quoted too."""
+    head = re.split(r"[?#]", url, maxsplit=1)[0]
+    scheme, sep, rest = head.partition("://")
+    if not sep:  # "javascript:alert(1)", "user:pw@host/": what precedes the path is all authority
+        scheme, rest = "", head
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{authority.rpartition('@')[2]}{slash}{path}"
+
+
 def _is_production(settings: Settings) -> bool:
     return settings.environment != "development"
 
@@ -100,12 +113,12 @@ def check_webhook_url(url: str, settings: Settings, *, resolve: bool = False, re
     host, _, scheme = _parts(url)
     if _is_production(settings):
         if scheme != "https":
-            raise _refuse("webhook.url", url, "must be an https:// URL outside development")
+            raise _refuse("webhook.url", _shown_url(url), "must be an https:// URL outside development")
         literal = _ip_literal(host)
         if literal is not None:
             _check_address(url, literal)
         elif host in _LOCAL_NAMES or host.endswith(_LOCAL_SUFFIXES):
-            raise _refuse("webhook.url", url, f"host {host!r} is a local name; use a public host")
+            raise _refuse("webhook.url", _shown_url(url), f"host {host!r} is a local name; use a public host")
         elif resolve:
             public_addresses(url, settings, resolver)
     return url
@@ -137,13 +150,13 @@ def public_addresses(url: str, settings: Settings, resolver: Resolver | None = N
                 raise ResolverUnavailable(
                     f"host {host!r}: the name could not be resolved now ({exc.strerror})"
                 ) from None
-            raise _refuse("webhook.url", url, f"host {host!r} does not resolve") from None
+            raise _refuse("webhook.url", _shown_url(url), f"host {host!r} does not resolve") from None
         except OSError as exc:
             raise ResolverUnavailable(
                 f"host {host!r}: the name could not be resolved now ({type(exc).__name__})"
             ) from None
         if not addresses:
-            raise _refuse("webhook.url", url, f"host {host!r} does not resolve")
+            raise _refuse("webhook.url", _shown_url(url), f"host {host!r} does not resolve")
     if _is_production(settings):
         for address in addresses:
             _check_address(url, ipaddress.ip_address(address))
@@ -163,28 +176,30 @@ def _parts(url: str) -> tuple[str, int, str]:
     if not isinstance(url, str) or not url:
         raise _refuse("webhook.url", MISSING if not isinstance(url, str) else url, "must be an http(s) URL")
     if len(url) > MAX_URL_CHARS:
-        raise _refuse("webhook.url", url, f"is {len(url)} characters; at most {MAX_URL_CHARS} are allowed")
+        raise _refuse("webhook.url", _shown_url(url), f"is {len(url)} characters; at most {MAX_URL_CHARS} are allowed")
     if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
-        raise _refuse("webhook.url", url, "must be ASCII without spaces or control characters (use punycode)")
+        raise _refuse(
+            "webhook.url", _shown_url(url), "must be ASCII without spaces or control characters (use punycode)"
+        )
     try:
         parts = urlsplit(url)
         raw_host = parts.hostname or ""
         port = parts.port
     except ValueError:
-        raise _refuse("webhook.url", url, "is not a valid URL") from None
+        raise _refuse("webhook.url", _shown_url(url), "is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not raw_host:
-        raise _refuse("webhook.url", url, "must be an http:// or https:// URL with a host")
+        raise _refuse("webhook.url", _shown_url(url), "must be an http:// or https:// URL with a host")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise _refuse("webhook.url", MISSING, "must not carry user info (user:password@); not echoed")
     if parts.fragment or "#" in url:
-        raise _refuse("webhook.url", url, "must not have a fragment (#...)")
+        raise _refuse("webhook.url", _shown_url(url), "must not have a fragment (#...)")
     if "\\" in url:
-        raise _refuse("webhook.url", url, "must not contain backslashes")
+        raise _refuse("webhook.url", _shown_url(url), "must not contain backslashes")
     host = raw_host.lower().rstrip(".")
     if _ip_literal(host) is None and not _is_dns_name(host):
         raise _refuse(
             "webhook.url",
-            url,
+            _shown_url(url),
             "host must be a DNS name (labels of a-z 0-9 -, a letter in the last one) or an IP address",
         )
     return host, port or (443 if parts.scheme == "https" else 80), parts.scheme
@@ -219,7 +234,7 @@ def _embedded(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ip
 def _check_address(url: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
     for candidate in (address, *_embedded(address)):
         if candidate in METADATA_ADDRESSES:
-            raise _refuse("webhook.url", url, f"resolves to {candidate}, a cloud metadata service")
+            raise _refuse("webhook.url", _shown_url(url), f"resolves to {candidate}, a cloud metadata service")
         if (
             not candidate.is_global
             or candidate.is_multicast
@@ -231,7 +246,7 @@ def _check_address(url: str, address: ipaddress.IPv4Address | ipaddress.IPv6Addr
         ):
             raise _refuse(
                 "webhook.url",
-                url,
+                _shown_url(url),
                 f"resolves to {candidate}, which is not a public address (loopback, private, link-local, "
                 "multicast or reserved addresses are refused outside development)",
             )
@@ -263,7 +278,8 @@ def parse_webhook(
     elif isinstance(value, Mapping):
         raw = dict(value)
     else:
-        raise _refuse("webhook", value, "must be an object with url, events and secret")
+        given = _shown_url(value) if isinstance(value, str) else value  # a bare URL, perhaps with a token
+        raise _refuse("webhook", given, "must be an object with url, events and secret")
     problems: list[Problem] = []
     secret = raw.get("secret")
     if not isinstance(secret, str):
@@ -293,6 +309,8 @@ def parse_webhook(
                 continue
             allowed = f"; allowed events: {', '.join(WEBHOOK_EVENTS)}" if field == "webhook.events" else ""
             shown = MISSING if field == "webhook.secret" else error.get("input", MISSING)
+            if field == "webhook.url" and isinstance(shown, str):
+                shown = _shown_url(shown)
             problems.append(Problem(field, shown, error["msg"] + allowed))
     if problems or webhook is None:
         raise NodeValidationError(problems, subject="webhook")

@@ -171,6 +171,31 @@ def test_an_invalid_idempotency_key_is_named_with_its_value_and_what_is_allowed(
     assert problem["field"] == "job_id"
 
 
+@pytest.mark.usefixtures("nothing_enqueued")
+def test_a_refused_webhook_url_is_never_quoted_with_its_query_or_fragment(
+    api: ApiServer, offline_node: dict[str, Any]
+) -> None:
+    """A webhook URL may carry a token (docs/security.md §8) and a 422 value is never a credential:
+    every refusal quotes at most scheme://host[:port]/path (user info was already never echoed)."""
+    http = api.client("acme")
+    for url, quoted, why in [
+        ("ftp://hooks.example.com/x?token=SECRET123", "ftp://hooks.example.com/x", "http:// or https://"),
+        ("https://hooks.example.com/x#SECRET123", "https://hooks.example.com/x", "fragment"),
+        ("https://hooks.example.com:8443/x?t=SECRET123#f", "https://hooks.example.com:8443/x", "fragment"),
+        ("https://hooks_example.com/x?token=SECRET123", "https://hooks_example.com/x", "DNS name"),
+        ("https://hooks.example.com/x\\y?token=SECRET123", "https://hooks.example.com/x\\y", "backslashes"),
+        (f"https://hooks.example.com/{'p' * 2100}?token=SECRET123", "https://hooks.example.com/ppp", "characters"),
+        (f"https://u:SECRET123@hooks.example.com/{'p' * 2100}", "https://hooks.example.com/ppp", "characters"),
+    ]:
+        body = {"node": offline_node, "webhook": {"url": url, "secret": "env:WEBHOOK_T1"}}
+        response = http.post("/v1/jobs", json=body)
+        [problem] = _problem(response, 422)["problems"]
+        assert problem["field"] == "webhook.url" and why in problem["message"], (url, problem)
+        assert str(problem["value"]).startswith(quoted), (url, problem)
+        assert "SECRET123" not in response.text, (url, response.text)
+    assert "SECRET123" not in api.log()
+
+
 def test_a_wrong_sign_body_says_what_is_allowed(api: ApiServer) -> None:
     """Not pydantic's words ("Extra inputs are not permitted", "Input should be a valid string")."""
     http = api.client("acme")

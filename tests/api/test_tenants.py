@@ -16,11 +16,12 @@ import pytest
 import redis
 
 from api.app import ApiState, _submit
+from api.problems import from_service_error
 from api.quota import InFlightCap, in_flight_key
-from api.tenants import Authenticator, Tenant, TokenConfigError, parse_api_tokens
+from api.tenants import Authenticator, Tenant, TokenConfigError, parse_api_tokens, strip_namespaces
 from contract.jobs import JobConflict
 from contract.settings import Settings
-from producer.client import ImageGenClient
+from producer.client import ImageGenClient, JobNotFound
 from tests.api.conftest import TOKENS, ApiServer, StartApi, wait_finished
 from tests.cli import imagegen
 from tests.conftest import StartWorker, request_keys
@@ -173,6 +174,45 @@ def test_uris_outside_the_tenants_namespace_are_not_signed() -> None:
         "s3://bucket/images/t/acme-evil/job/variation-0.png",
     ]:
         assert not acme.owns_uri(uri), uri
+
+
+# Caller ids that themselves hold a "t/<tenant>/" segment: a message names them whole.
+IDS_WITH_NAMESPACES = ["t/globex/zz", "x/t/acme/y", "t/acme/t/acme/z", "t/acme/t/globex/w"]
+
+
+def test_messages_name_the_callers_own_id_whole() -> None:
+    acme = Tenant("acme")
+    for caller_id in [*IDS_WITH_NAMESPACES, "zz", "run-42/node-7"]:
+        job_id = acme.job_id(caller_id)  # t/acme/<caller_id>
+        conflict = from_service_error(JobConflict(job_id, "was submitted before with a different node or webhook"))
+        assert conflict.status == 409
+        assert conflict.detail == f"job {caller_id}: was submitted before with a different node or webhook"
+        gone = from_service_error(JobNotFound.unknown(job_id))
+        assert gone.status == 404 and gone.detail.startswith(f"no job {caller_id!r} "), gone.detail
+    # Only the namespace of the message's job: another tenant's id is not shown as the caller's.
+    assert strip_namespaces("job t/acme/a: like t/globex/b", "acme") == "job a: like t/globex/b"
+    assert strip_namespaces("no job 't/acme/a', nor t/globex/b") == "no job 'a', nor t/globex/b"
+    assert strip_namespaces("job t/globex/b", "acme") == "job t/globex/b"
+    assert strip_namespaces("at/acme/x not/t/acme/y") == "at/acme/x not/t/acme/y"  # no id begins there
+
+
+def test_a_409_and_a_404_name_the_callers_id_whole(api: ApiServer, offline_node: dict[str, Any]) -> None:
+    """acme's job "t/globex/zz" (stored as t/acme/t/globex/zz) was "job zz" in a 409."""
+    acme, globex = api.client("acme"), api.client("globex")
+    for caller_id in IDS_WITH_NAMESPACES:
+        first = acme.post("/v1/jobs", json={"node": offline_node, "job_id": caller_id})
+        assert first.status_code == 202 and first.json()["job_id"] == caller_id, first.text
+        other = {**offline_node, "inputs": {**offline_node["inputs"], "user_query": "something else"}}
+        conflict = acme.post("/v1/jobs", json={"node": other, "job_id": caller_id})
+        assert conflict.status_code == 409, conflict.text
+        assert conflict.json()["detail"].startswith(f"job {caller_id}: was submitted before"), conflict.text
+        assert acme.get(f"/v1/jobs/{caller_id}").json()["job_id"] == caller_id
+        for unknown in (f"{caller_id}/none", caller_id.rsplit("/", 1)[-1]):
+            missing = acme.get(f"/v1/jobs/{unknown}")
+            assert missing.status_code == 404 and f"no job {unknown!r} " in missing.json()["detail"], missing.text
+        # The other tenant has no such job: acme's "t/globex/zz" is not globex's "zz".
+        theirs = globex.get(f"/v1/jobs/{caller_id}")
+        assert theirs.status_code == 404 and f"no job {caller_id!r} " in theirs.json()["detail"], theirs.text
 
 
 def test_token_settings_are_checked() -> None:

@@ -307,3 +307,63 @@ def test_an_unknown_webhook_field_is_named_with_the_allowed_ones_and_not_echoed(
     assert (problem.field, problem.value) == ("webhook.colour", MISSING)
     assert "is not a webhook field; allowed: url, events, secret" in problem.message
     assert "whsec_LEAK" not in str(refused.value)
+
+
+# Each refusal of a webhook URL, with a token where a receiver might expect one: in the query,
+# in the fragment, in user info. A refusal quotes at most scheme://host[:port]/path (excerpted).
+TOKEN = "SECRET123"
+LONG = "p" * 2100
+TOKEN_URLS = [  # (url, what the message says, the value quoted)
+    ("ftp://hooks.example.com/x?token=SECRET123", "http:// or https://", "ftp://hooks.example.com/x"),
+    ("https://hooks.example.com/x#SECRET123", "fragment", "https://hooks.example.com/x"),
+    ("https://hooks.example.com/x?token=SECRET123#f", "fragment", "https://hooks.example.com/x"),
+    (f"https://hooks.example.com/{LONG}?token=SECRET123", "characters", "https://hooks.example.com/ppp"),
+    (f"https://u:SECRET123@hooks.example.com/{LONG}", "characters", "https://hooks.example.com/ppp"),
+    ("https://hooks_example.com/x?token=SECRET123", "DNS name", "https://hooks_example.com/x"),
+    ("https://hooks.example.com/x y?token=SECRET123", "ASCII", "https://hooks.example.com/x y"),
+    ("https://[::1/x?token=SECRET123", "not a valid URL", "https://[::1/x"),
+    ("https://hooks.example.com/x\\y?token=SECRET123", "backslashes", "https://hooks.example.com/x\\y"),
+    ("http://hooks.example.com/x?token=SECRET123", "https:// URL outside development", "http://hooks.example.com/x"),
+    ("https://printer.local/x?token=SECRET123", "local name", "https://printer.local/x"),
+    ("https://10.0.0.5:8443/x?token=SECRET123", "not a public address", "https://10.0.0.5:8443/x"),
+    ("https://169.254.169.254/x?token=SECRET123", "cloud metadata", "https://169.254.169.254/x"),
+]
+
+
+@pytest.mark.parametrize(("url", "why", "quoted"), TOKEN_URLS)
+def test_a_refused_url_is_quoted_without_its_query_fragment_or_user_info(
+    production: Settings, url: str, why: str, quoted: str
+) -> None:
+    def resolver(host: str, port: int) -> list[str]:
+        return ["93.184.216.34"]
+
+    with pytest.raises(NodeValidationError) as refused:
+        parse_webhook({"url": url, "secret": "env:WEBHOOK_T1"}, production, resolver=resolver)
+    [problem] = refused.value.problems
+    assert problem.field == "webhook.url" and why in problem.message, problem
+    assert TOKEN not in str(refused.value) and TOKEN not in str(problem.value), problem
+    assert str(problem.value).startswith(quoted), problem  # the rest: an excerpt's "… (N characters)"
+
+
+def test_a_url_refused_after_resolving_is_quoted_without_its_query(production: Settings) -> None:
+    def answering(answers: list[str]) -> Any:
+        return lambda host, port: answers
+
+    def no_such_name(host: str, port: int) -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "resolver says")
+
+    url = "https://hooks.example.com/x?token=SECRET123"
+    for resolver, why in (
+        (answering(["10.0.0.7"]), "not a public address"),
+        (answering(["169.254.169.254"]), "cloud metadata"),
+        (answering([]), "does not resolve"),
+        (no_such_name, "does not resolve"),
+    ):
+        with pytest.raises(NodeValidationError, match=why) as refused:
+            public_addresses(url, production, resolver=resolver)
+        [problem] = refused.value.problems
+        assert problem.value == "https://hooks.example.com/x" and TOKEN not in str(refused.value)
+    # A webhook given as a bare URL, not an object: quoted the same way.
+    with pytest.raises(NodeValidationError) as refused:
+        parse_webhook(url, production)  # type: ignore[arg-type]
+    assert refused.value.problems[0].value == "https://hooks.example.com/x" and TOKEN not in str(refused.value)
