@@ -11,11 +11,12 @@ targets carry credential *references*.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from contract.clouds import Target
+from contract.job_ids import check_job_id
 from contract.result import PromptStepRecord
 from contract.tenancy import TENANT_NAME
 from contract.webhooks import WebhookEvent
@@ -25,11 +26,20 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 
+# A message may reach the broker without the producer: every field that becomes part of a key, a
+# log line or a provider request is bounded here, where the task's payload is parsed.
+JobId = Annotated[str, AfterValidator(check_job_id)]  # Redis keys, object keys, log lines
+MAX_RUN = 999_999  # an image's object key names its run in at most 6 digits (worker/storage/keys.py)
+MAX_VARIATION_INDEX = 999  # ... and its variation in at most 3
+Run = Annotated[int, Field(ge=1, le=MAX_RUN)]
+SEED_MAX = 2**31 - 1  # the providers' seed is a signed 32-bit integer (contract/node.py)
+
+
 class JobOrder(_Payload):
     """Producer -> ``imagegen.run_job``."""
 
-    job_id: str
-    run: int = Field(1, ge=1)
+    job_id: str  # checked by the job task, which ends a job whose id it can name (run_job.py)
+    run: Run = 1
     node: dict[str, Any]  # name, type and inputs, as validated by the producer
     submitted_at: datetime
 
@@ -45,14 +55,14 @@ class RetryState(_Payload):
 class VariationWork(_Payload):
     """``imagegen.run_job`` -> ``imagegen.generate_variation`` (one per image)."""
 
-    job_id: str
-    run: int
-    index: int
-    prompt: str
+    job_id: JobId
+    run: Run
+    index: int = Field(ge=0, le=MAX_VARIATION_INDEX)
+    prompt: str = Field(min_length=1)  # its length and characters: the variation checks them by the settings
     prompt_from_step: bool = False  # the prompt step wrote it: the image record names it
     model: str  # the node's catalog name; the worker looks the entry up (a catalog fix applies)
     size: str
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     target: Target | None = None  # None: the platform storage
     retry: RetryState = RetryState()
 
@@ -60,12 +70,12 @@ class VariationWork(_Payload):
 class JobSummary(_Payload):
     """``imagegen.run_job`` -> ``imagegen.finalize`` (the chord body)."""
 
-    job_id: str
-    run: int
+    job_id: JobId
+    run: Run
     name: str
     model: str
     size: str
-    variations: int
+    variations: int = Field(ge=1, le=MAX_VARIATION_INDEX + 1)
     submitted_at: datetime
     started_at: datetime
     original_prompt: str | None = None  # the job's prompt (after templates / from the upstream task)
@@ -88,8 +98,8 @@ class WebhookDelivery(_Payload):
     and the webhook from the job's record: its URL may carry a token in the path or query, and
     task arguments are shown in Flower and kept in task events."""
 
-    job_id: str
-    run: int = Field(ge=1)
+    job_id: JobId
+    run: Run
     event: WebhookEvent
     event_id: str = Field(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")
     first_attempt_at: float | None = None

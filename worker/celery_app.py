@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -13,6 +14,7 @@ from contract.settings import Settings, get_settings
 from worker.cpu_affinity import CpuAffinityError, pin_worker
 from worker.malloc import keep_image_buffers
 from worker.metrics import serve as serve_metrics
+from worker.payloads import PayloadRefused, parse_arguments
 from worker.redaction import install_log_redaction
 from worker.signal_wakeup import SignalWakeup
 
@@ -24,6 +26,30 @@ class ImageGenTask(Task):  # type: ignore[misc]  # Celery ships no type hints
     # Celery writes a repr of every return value for the success log line and event, which
     # redaction then replaces: a character is all it needs to build (was up to 1 KB per task).
     resultrepr_maxsize = 1
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The task's payloads parsed first: a message that does not parse is refused in one
+        line and answered by ``refused`` (worker/payloads.py), not a pydantic traceback."""
+        run = self.run
+        owner = (self,) if inspect.ismethod(run) else ()  # bind=True: the function takes the task
+        try:
+            bound = parse_arguments(run.__func__ if owner else run, (*owner, *args), kwargs)
+        except PayloadRefused as refusal:
+            logging.getLogger(__name__).warning(
+                "task %s[%s]: message refused, its payload does not parse: %s",
+                self.name,
+                self.request.id,
+                refusal.problem,
+            )
+            return self.refused(refusal)
+        if bound is None:
+            return super().__call__(*args, **kwargs)
+        return super().__call__(*bound.args[len(owner) :], **bound.kwargs)
+
+    def refused(self, refusal: PayloadRefused) -> Any:
+        """What a task whose message does not parse returns; a task may set its own
+        (``@app.task(refused=...)``)."""
+        return None
 
 
 def worker_pools(settings: Settings, transport_options: dict[str, Any]) -> dict[str, Any]:

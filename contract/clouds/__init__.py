@@ -20,6 +20,7 @@ from contract.clouds.base import (
     without_default_port,
 )
 from contract.clouds.gcp import GCSSpec
+from contract.errors import excerpt
 
 __all__ = [
     "SPECS",
@@ -44,7 +45,7 @@ CLOUD_FIELDS = frozenset(name for spec in SPECS.values() for name in spec.fields
 def spec_for(provider: str) -> CloudSpec:
     spec = SPECS.get(provider)
     if spec is None:
-        raise TargetError(f"cloud_provider {provider!r} is not supported; allowed: {', '.join(SPECS)}")
+        raise TargetError(f"cloud_provider {excerpt(provider)!r} is not supported; allowed: {', '.join(SPECS)}")
     return spec
 
 

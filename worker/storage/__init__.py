@@ -76,11 +76,14 @@ def location_for(target: Target | None, settings: Settings) -> Location:
         return _platform_location(settings)
     if target.platform:
         raise PermanentError("a node's target cannot claim to be the platform storage")
-    policy = settings.target_policy
     try:
-        policy.check_identity(target)
+        spec = spec_for(target.provider)  # a message may name any provider
     except TargetError as exc:
-        raise PermanentError(f"{spec_for(target.provider).credential_field} {exc}") from None
+        raise PermanentError(str(exc)) from None
+    try:
+        settings.target_policy.check_identity(target)
+    except TargetError as exc:
+        raise PermanentError(f"{spec.credential_field} {exc}") from None
     return Location(_cloud_store(target, StoreOptions.from_settings(settings, platform=False), settings), target.prefix)
 
 

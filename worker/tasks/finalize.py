@@ -31,11 +31,13 @@ log = logging.getLogger(__name__)
 def finalize(self: Task, outcomes: list[dict[str, Any]], summary: JobSummary) -> None:
     settings = get_settings()
     entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get(summary.model)
+    # Each variation returns {"kind", "record"}; a refused message's (worker/payloads.py) may be None.
+    outcomes = [o for o in outcomes if isinstance(o, dict)]
     images = sorted(
-        (ImageRecord.model_validate(o["record"]) for o in outcomes if o["kind"] == "image"), key=lambda r: r.index
+        (ImageRecord.model_validate(o["record"]) for o in outcomes if o.get("kind") == "image"), key=lambda r: r.index
     )
     errors = sorted(
-        (ErrorRecord.model_validate(o["record"]) for o in outcomes if o["kind"] == "error"), key=lambda r: r.index
+        (ErrorRecord.model_validate(o["record"]) for o in outcomes if o.get("kind") == "error"), key=lambda r: r.index
     )
     finished_at = utcnow()
     # The run's state, unless a cancel was requested before it finished (then "canceled",

@@ -33,12 +33,21 @@ from contract.tenancy import check_refs_of_tenant
 from contract.work import SignRequest
 from worker.celery_app import app
 from worker.errors import GenerationError, NotStoredHere, PermanentError, StorageError, TransientError
+from worker.payloads import PayloadRefused
 from worker.storage import check_image_uri_shape, location_for
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name=SIGN_URL, pydantic=True, bind=True)
+def _refused(task: Task, refusal: PayloadRefused) -> dict[str, Any]:
+    """A request that does not parse gets a failure, as every sign does: its caller is waiting."""
+    request = refusal.arguments.get("request")
+    uri = request.get("uri") if isinstance(request, dict) else None
+    printed = _printed(uri) if isinstance(uri, str) else ""
+    return _failed(printed, "permanent", f"the sign request was refused: {refusal.problem}")
+
+
+@app.task(name=SIGN_URL, pydantic=True, bind=True, refused=_refused)
 def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
     settings = get_settings()
     try:
@@ -50,7 +59,7 @@ def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
                 raise PermanentError(f"storage credentials refused: {exc.problems[0].message}") from None
         stored = location_for(request.target, settings).url_for(request.uri, request.tenant)
     except NotStoredHere as exc:  # the caller learns only that there is no such image, not where we looked
-        log.info("sign %s refused: %s", _printed(request.uri), exc)
+        log.info("sign %s refused: %s", _printed(request.uri), _escaped(str(exc)))
         return _failed(request.uri, "not_found", "no image this service stored has this uri")
     except GenerationError as exc:
         kind = (
@@ -60,7 +69,7 @@ def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
             if isinstance(exc, TransientError)
             else "permanent"
         )
-        log.warning("sign %s failed: %s", _printed(request.uri), exc)
+        log.warning("sign %s failed: %s", _printed(request.uri), _escaped(str(exc)))
         return _failed(request.uri, kind, str(exc))
     except SoftTimeLimitExceeded:  # a slow Vault or IAM: worth asking again
         log.warning("sign %s ran past its time limit", _printed(request.uri))
@@ -84,8 +93,14 @@ def _caller_gone(expires: datetime | str | None) -> bool:
 
 
 def _printed(uri: str) -> str:
-    """The uri as logged: without a query or fragment, which may hold a token."""
-    return uri.partition("?")[0].partition("#")[0][:300]
+    """The uri as logged: without a query or fragment, which may hold a token; escaped unless
+    plain printable ASCII (a request may not come from our producer: no forged log lines)."""
+    return _escaped(uri.partition("?")[0].partition("#")[0][:300])
+
+
+def _escaped(text: str) -> str:
+    """``text`` as one log line of its own: escaped unless plain printable ASCII."""
+    return text if text.isascii() and text.isprintable() else ascii(text)
 
 
 def _failed(uri: str, kind: str, message: str) -> dict[str, Any]:

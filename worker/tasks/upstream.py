@@ -13,14 +13,19 @@ import logging
 from typing import Any
 
 from celery import Task
+from pydantic import ValidationError
 
+from contract.errors import excerpt
+from contract.job_ids import is_job_id
 from contract.prompt_text import UpstreamValueError, bounded_args_repr, prompt_from_upstream
 from contract.queue import RUN_JOB, RUN_JOB_FROM_UPSTREAM, UPSTREAM_FAILED, job_task_id
 from contract.settings import get_settings
 from contract.work import JobOrder
 from worker.celery_app import app
+from worker.payloads import describe
 from worker.state import job_records
 from worker.tasks.finalize import fail_unstarted_job
+from worker.tasks.run_job import end_refused_order
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +34,14 @@ log = logging.getLogger(__name__)
 def run_job_from_upstream(self: Task, upstream: Any, order: dict[str, Any], prompt_from: str | None = None) -> None:
     """A chain's link: the upstream value becomes the node's ``user_query``, then the job runs."""
     settings = get_settings()
-    job = JobOrder.model_validate(order)
+    job = _order(self, order)
+    if job is None:
+        return None
     result_id = job_task_id(job.job_id, job.run)
+    inputs = job.node.get("inputs", {})
+    if not isinstance(inputs, dict):
+        fail_unstarted_job(self.backend, result_id, job, "inputs: must be a JSON object {...}")
+        return None
     try:
         prompt = prompt_from_upstream(
             upstream, prompt_from, max_chars=settings.max_prompt_chars, max_bytes=settings.max_node_bytes
@@ -40,8 +51,7 @@ def run_job_from_upstream(self: Task, upstream: Any, order: dict[str, Any], prom
         log.warning("job %s: %s refused as a prompt: %s", job.job_id[:200], bounded_args_repr(upstream), exc)
         fail_unstarted_job(self.backend, result_id, job, f"inputs.user_query (from the upstream task): {exc}")
         return None
-    inputs = {**job.node.get("inputs", {}), "user_query": prompt}
-    forwarded = job.model_copy(update={"node": {**job.node, "inputs": inputs}})
+    forwarded = job.model_copy(update={"node": {**job.node, "inputs": {**inputs, "user_query": prompt}}})
     log.info("job %s run %d: prompt of %d characters from the upstream task", job.job_id, job.run, len(prompt))
     # run_job validates the node again, prompt included, and runs it under the run's task id.
     app.send_task(
@@ -60,7 +70,9 @@ def upstream_failed(self: Task, upstream: Any, *_: Any, order: dict[str, Any]) -
 
     Celery calls it with the failed task's id when it runs in another worker (this one), or with
     ``(request, exc, traceback)`` when both run in one process: only ``order`` is read."""
-    job = JobOrder.model_validate(order)
+    job = _order(self, order)
+    if job is None:
+        return None
     status = job_records().read(job.job_id)
     if status is None or status.run != job.run or status.state != "queued":
         return None  # the link ran after all, or the job ended otherwise
@@ -72,3 +84,20 @@ def upstream_failed(self: Task, upstream: Any, *_: Any, order: dict[str, Any]) -
     log.warning("job %s run %d: %s", job.job_id, job.run, message)
     fail_unstarted_job(self.backend, job_task_id(job.job_id, job.run), job, message)
     return None
+
+
+def _order(task: Task, order: Any) -> JobOrder | None:
+    """The link's job order, or None once a refused one is logged (and its job ended if it names one)."""
+    try:
+        job = JobOrder.model_validate(order)
+    except ValidationError as exc:
+        problem = describe(exc, "order")
+        log.warning("task %s[%s]: job order refused: %s", task.name, task.request.id, problem)
+        end_refused_order(task, order, problem)
+        return None
+    if not is_job_id(job.job_id):  # it becomes keys and log lines: no job of that id can exist
+        log.warning(
+            "task %s[%s]: job order refused: job_id %r is not a job id", task.name, task.request.id, excerpt(job.job_id)
+        )
+        return None
+    return job

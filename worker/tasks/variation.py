@@ -36,17 +36,19 @@ from celery.exceptions import SoftTimeLimitExceeded
 from contract.catalog import ModelEntry, load_catalog, parse_size
 from contract.errors import NodeValidationError, excerpt
 from contract.events import JobEvents
+from contract.prompt_text import control_character
 from contract.queue import GENERATE_VARIATION
 from contract.result import ErrorKind, ErrorRecord, ImageRecord, SizeMismatch
-from contract.settings import get_settings
+from contract.settings import Settings, get_settings
 from contract.tenancy import check_tenant_refs
-from contract.work import RetryState, VariationWork
+from contract.work import MAX_VARIATION_INDEX, RetryState, VariationWork
 from worker import metrics
 from worker.celery_app import app
 from worker.dispatch_lease import VARIATION_LEASE_S
 from worker.errors import BlockedError, PermanentError, StorageError, TransientError
 from worker.imaging import inspect_image
 from worker.lifecycle import publish, variation_finished
+from worker.payloads import PayloadRefused
 from worker.providers import GenerationRequest, provider_for
 from worker.providers.answer_gate import answer_scope, estimated_answer_bytes, process_gate
 from worker.retry import RetryPolicy
@@ -59,7 +61,19 @@ log = logging.getLogger(__name__)
 _BUSY_POLL_S = 1.0  # a copy that finds another execution generating its variation looks again this often
 
 
-@app.task(name=GENERATE_VARIATION, bind=True, max_retries=None, pydantic=True, ignore_result=True)
+def _refused(task: Task, refusal: PayloadRefused) -> dict[str, Any] | None:
+    """A variation whose message does not parse (sent past the job task): nothing is generated,
+    counted or announced (its job id may name no job); a chord it belongs to gets an error
+    record when the message says which variation it was."""
+    work = refusal.arguments.get("work")
+    index = work.get("index") if isinstance(work, dict) else None
+    if type(index) is not int or not 0 <= index <= MAX_VARIATION_INDEX:
+        return None
+    message = f"the variation's message was refused: {refusal.problem}"
+    return _outcome(_error(index, "permanent", message, 0, time.time()))
+
+
+@app.task(name=GENERATE_VARIATION, bind=True, max_retries=None, pydantic=True, ignore_result=True, refused=_refused)
 def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None:
     state = work.retry
     settings = get_settings()
@@ -83,7 +97,7 @@ def generate_variation(self: Task, work: VariationWork) -> dict[str, Any] | None
             work.index,
             countdown,
         )
-        metrics.RETRIES.labels(work.model, "copy").inc()
+        metrics.RETRIES.labels(_model_label(work.model), "copy").inc()
         next_state = state.model_copy(update={"throttled": state.throttled + 1})
         raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={})
     if begun.outcome == "done":
@@ -121,7 +135,7 @@ def _attempt(task: Task, work: VariationWork, token: str) -> dict[str, Any]:
                 "job %s variation %d: provider quota busy; next slot in %.1f s", work.job_id, work.index, countdown
             )
             next_state = state.model_copy(update={"throttled": state.throttled + 1, "slot_booked": slot.booked})
-            metrics.RETRIES.labels(work.model, "quota").inc()
+            metrics.RETRIES.labels(_model_label(work.model), "quota").inc()
             _retrying(work, tried + 1, "waiting for the shared provider quota", countdown)
             _release(work, token)
             raise task.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={})
@@ -145,7 +159,7 @@ def _attempt(task: Task, work: VariationWork, token: str) -> dict[str, Any]:
                 countdown,
             )
             next_state = RetryState(first_attempt_at=first_attempt_at, throttled=state.throttled)
-            metrics.RETRIES.labels(work.model, "transient").inc()
+            metrics.RETRIES.labels(_model_label(work.model), "transient").inc()
             _retrying(work, attempt, str(exc), countdown)
             _release(work, token)
             raise task.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={}) from None
@@ -181,9 +195,9 @@ def _finished(work: VariationWork, record: ImageRecord | ErrorRecord) -> dict[st
     """Count the variation, announce it, and give the chord its record."""
     variation_finished(work.job_id, work.run, record)
     if isinstance(record, ImageRecord):
-        metrics.variation_finished(work.model, "succeeded", record.duration_ms / 1000)
+        metrics.variation_finished(_model_label(work.model), "succeeded", record.duration_ms / 1000)
     else:
-        metrics.variation_finished(work.model, record.kind, None)
+        metrics.variation_finished(_model_label(work.model), record.kind, None)
         log.warning("job %s variation %d failed: %s (%s)", work.job_id, work.index, record.kind, record.message)
     return _outcome(record)
 
@@ -217,10 +231,13 @@ def _with(work: VariationWork, state: RetryState) -> dict[str, Any]:
 
 def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entry: ModelEntry | None) -> ImageRecord:
     if entry is None:
-        raise PermanentError(f"model {work.model!r} is no longer in the model catalog")
+        raise PermanentError(f"model {excerpt(work.model)!r} is no longer in the model catalog")
     if work.size not in entry.sizes:  # a message may bypass the job task, or the catalog changed
-        raise PermanentError(f"size {excerpt(work.size)!r} is not one model {work.model!r} makes (its catalog sizes)")
+        raise PermanentError(
+            f"size {excerpt(work.size)!r} is not one model {excerpt(work.model)!r} makes (its catalog sizes)"
+        )
     settings = get_settings()
+    _check_prompt(work.prompt, settings)
     if work.target is not None and work.target.credentials:
         try:  # before any cost: a message may bypass the job task (contract/tenancy.py)
             check_tenant_refs(work.job_id, {"inputs.credentials": work.target.credentials}, settings)
@@ -264,6 +281,29 @@ def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entr
         estimated_cost_usd=entry.price_for(work.size),
         metadata=metadata,
     )
+
+
+def _model_label(model: str) -> str:
+    """The model as a metrics label: a catalog name, else "unknown" (a message's own name would add
+    a time series per name, without bound)."""
+    settings = get_settings()
+    return model if load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get(model) else "unknown"
+
+
+def _check_prompt(prompt: str, settings: Settings) -> None:
+    """The node's rules for a prompt, again before any cost: a message may bypass the job task."""
+    problem = control_character(prompt, multiline=True)
+    if len(prompt) > settings.max_prompt_chars:
+        problem = f"is {len(prompt)} characters; at most {settings.max_prompt_chars} are allowed"
+    elif problem is None and not prompt.strip():
+        problem = "is empty"
+    elif problem is None:
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "is not valid Unicode (a lone surrogate)"
+    if problem is not None:
+        raise PermanentError(f"prompt refused: it {problem}")
 
 
 def _error(
