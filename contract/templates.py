@@ -26,7 +26,16 @@ import operator
 from collections.abc import Mapping
 from typing import Any
 
-from jinja2 import Environment, StrictUndefined, TemplateError, TemplateSyntaxError, meta, nodes, pass_environment
+from jinja2 import (
+    Environment,
+    StrictUndefined,
+    TemplateError,
+    TemplateSyntaxError,
+    Undefined,
+    meta,
+    nodes,
+    pass_environment,
+)
 from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.filters import do_truncate, make_attrgetter
@@ -210,6 +219,12 @@ def _as_text(value: Any) -> Any:
         raise TemplateProblem(
             f"has a placeholder whose value is {describe(value)}, not text; name the field that holds "
             "the text, e.g. {{ llm_1.text }}"
+        )
+    if not isinstance(value, str | int | float | Undefined):  # bool is an int; JSON has no other value
+        # ``{{ a.upper }}`` is the str's method: its repr would print a memory address into the prompt.
+        raise TemplateProblem(
+            f"has a placeholder whose value is a {type(value).__name__}, not text (a method of the value, not a "
+            "field of it?); name the field that holds the text, e.g. {{ llm_1.text }}"
         )
     return value
 

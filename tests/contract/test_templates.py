@@ -78,6 +78,26 @@ def test_a_null_or_a_structure_is_not_printed_into_the_prompt(value: Any, messag
     assert render_prompt('{{ t | default("a fox", true) }}', {"t": None}, 1000) == "a fox"
 
 
+@pytest.mark.parametrize(
+    ("template", "kind"),
+    [
+        ("{{ a.upper }}", "builtin_function_or_method"),
+        ("{{ a.format }}", "function"),
+        ("A poster of {{ llm_1.items }}", "builtin_function_or_method"),  # the dict's method, not a field
+        ("{{ a.upper ~ '' }}", "builtin_function_or_method"),
+        ("{{ a.upper | string }}", "builtin_function_or_method"),
+    ],
+)
+def test_a_method_is_not_printed_into_the_prompt(template: str, kind: str) -> None:
+    """Printed, a method's repr put a memory address of the process into a paid prompt."""
+    with pytest.raises(TemplateProblem, match=f"value is a {kind}, not text") as refused:
+        render_prompt(template, {"a": "hi", "llm_1": {"text": "x"}}, 1000)
+    assert "0x" not in str(refused.value)
+    assert render_prompt("{{ a }} {{ n }} {{ f }} {{ b }}", {"a": "hi", "n": 3, "f": 1.5, "b": True}, 100) == (
+        "hi 3 1.5 True"
+    )
+
+
 def test_plain_text_is_left_as_written() -> None:
     assert render("a girl driving a red car\n", {}) == "a girl driving a red car\n"
 
