@@ -10,6 +10,7 @@ targets carry credential *references*.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -33,6 +34,9 @@ MAX_RUN = 999_999  # an image's object key names its run in at most 6 digits (wo
 MAX_VARIATION_INDEX = 999  # ... and its variation in at most 3
 Run = Annotated[int, Field(ge=1, le=MAX_RUN)]
 SEED_MAX = 2**31 - 1  # the providers' seed is a signed 32-bit integer (contract/node.py)
+# When a task's first attempt began (epoch seconds): never later than now, so that the time
+# budget of its retries runs from a message's first attempt whatever the message says.
+PastTime = Annotated[float, Field(ge=0, allow_inf_nan=False), AfterValidator(lambda at: min(at, time.time()))]
 
 
 class JobOrder(_Payload):
@@ -47,8 +51,8 @@ class JobOrder(_Payload):
 class RetryState(_Payload):
     """Carried from one attempt of a variation to the next."""
 
-    first_attempt_at: float | None = None
-    throttled: int = 0  # retries spent waiting for the shared provider quota (not failures)
+    first_attempt_at: PastTime | None = None
+    throttled: int = Field(0, ge=0)  # retries spent waiting for the shared provider quota (not failures)
     slot_booked: bool = False
 
 
@@ -102,7 +106,7 @@ class WebhookDelivery(_Payload):
     run: Run
     event: WebhookEvent
     event_id: str = Field(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")
-    first_attempt_at: float | None = None
+    first_attempt_at: PastTime | None = None
 
     @model_validator(mode="before")
     @classmethod

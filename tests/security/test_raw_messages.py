@@ -252,3 +252,14 @@ def test_a_prefix_with_a_namespace_does_not_move_the_tenant_of_a_key() -> None:
     with pytest.raises(NotStoredHere):
         check_image_key(key, "t/globex/x", "acme")
     assert check_image_key("img/t/acme/y/variation-0.png", "img", "acme") == "img/t/acme/y/variation-0.png"
+
+
+def test_a_first_attempt_in_the_future_is_taken_as_now() -> None:
+    """A message's own start time cannot stretch its retries' time budget without end."""
+    state = VariationWork.model_validate(variation(retry={"first_attempt_at": time.time() + 10**9})).retry
+    assert state.first_attempt_at is not None and state.first_attempt_at <= time.time()
+    for bad in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(ValueError, match="first_attempt_at"):
+            VariationWork.model_validate(variation(retry={"first_attempt_at": bad}))
+    with pytest.raises(ValueError, match="throttled"):
+        VariationWork.model_validate(variation(retry={"throttled": -5}))
