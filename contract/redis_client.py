@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote
 
 import redis
 from redis.backoff import EqualJitterBackoff
@@ -238,9 +238,14 @@ def redis_client(url: str, **kwargs: Any) -> redis.Redis:
 
 
 def redacted_url(url: str) -> str:
-    """``url`` with its password shown as ``***``: for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
+    """``url`` for messages and logs: a password in its user info shown as ``***``, and its query
+    (redis-py and kombu also read ``?password=``) and fragment left out. Textual, never parsed: a
+    URL whose port does not parse (or a list of sentinels) must still be printable."""
+    head = re.split(r"[?#]", url, maxsplit=1)[0]
+    scheme, sep, rest = head.partition("://")
+    authority, slash, path = rest.partition("/")
+    user_info, at, hosts = authority.rpartition("@")
+    if at and ":" in user_info:
+        authority = f"{user_info.partition(':')[0]}:***@{hosts}"
+    shown = f"{scheme}{sep}{authority}{slash}{path}"
+    return shown if head == url else f"{shown}?…"

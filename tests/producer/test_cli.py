@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 
+from contract.redis_client import redacted_url
 from tests.cli import imagegen
 from tests.conftest import ROOT, StartWorker, request_keys
 
@@ -150,6 +151,39 @@ def test_unknown_job_and_unreachable_queue_are_clear_errors(job_env: dict[str, s
         and "cannot reach the broker at amqp://guest:***@127.0.0.1:1//" in broker_down.stderr
     )
     assert "(IMAGEGEN_BROKER_URL)" in broker_down.stderr and "s3cret" not in broker_down.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("redis://127.0.0.1:1/0?password=s3cretpw", "s3cretpw"),  # redis-py reads ?password= too
+        ("sentinel://:s3cretpw@127.0.0.1:1,127.0.0.1:2/mymaster/0", "s3cretpw"),  # the HA form: two sentinels
+    ],
+)
+def test_an_unreachable_queue_is_named_without_its_password_whatever_the_url_form(
+    job_env: dict[str, str], url: str, secret: str
+) -> None:
+    """Both had been printed (the query's password) or had crashed the message with a traceback
+    (a netloc of two hosts has no single port)."""
+    down = imagegen({**job_env, "REDIS_URL": url, "IMAGEGEN_CLIENT_REDIS_PATIENCE_S": "0"}, "status", "x")
+    assert down.returncode == 5 and "cannot reach the queue at" in down.stderr, down.stderr
+    assert secret not in down.stderr and "Traceback" not in down.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://user:pw@[::1]:6379/0", "redis://user:***@[::1]:6379/0"),
+        ("rediss://h:6380/0?password=pw&ssl_cert_reqs=none", "rediss://h:6380/0?…"),
+        ("sentinel://:pw@a:1,b:2/svc/0", "sentinel://:***@a:1,b:2/svc/0"),
+        ("amqp://guest:p@w:d@host:notaport//", "amqp://guest:***@host:notaport//"),
+        ("redis://h:6379/0#pw", "redis://h:6379/0?…"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+    ],
+)
+def test_redacted_url_shows_no_password_and_never_raises(url: str, shown: str) -> None:
+    assert redacted_url(url) == shown
 
 
 def test_cancel_a_queued_job_then_again(job_env: dict[str, str], tmp_path: Path, offline_node: dict[str, Any]) -> None:
