@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from functools import cached_property, lru_cache
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,52 @@ BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", *REDIS_SCHEMES)
 class SettingsError(ImageGenError, ValueError):
     """A setting cannot be used. The message names each variable and what is allowed; it never
     carries the environment's values wholesale, as pydantic's own error does (API keys included)."""
+
+
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _plaintext_problem(url: str | None, plaintext_hosts: set[str]) -> str | None:
+    """Why ``url`` may not carry the platform's secrets or images outside development, or None:
+    it must be https://, unless its host is loopback or listed in IMAGEGEN_PLAINTEXT_HOSTS."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme == "https":
+        return None
+    if parts.scheme != "http" or not host:
+        return "must be an https:// URL"
+    if host in _LOOPBACK_HOSTS or host in plaintext_hosts:
+        return None
+    return (
+        f"is plain http:// to {host!r}: what it carries would cross the network unencrypted; use https://, "
+        "or list the host in IMAGEGEN_PLAINTEXT_HOSTS (a mesh's mTLS, on purpose)"
+    )
+
+
+def _check_url_parses(name: str, url: str, is_redis: bool) -> None:
+    """A URL its client would refuse only at its first connection (a port that is not a number, a
+    query value redis-py cannot read, a database that is not one) is refused at start-up, naming
+    the setting and never quoting the URL (it may hold a password)."""
+    from kombu.utils.url import parse_url as kombu_parse_url
+    from redis.connection import parse_url as redis_parse_url
+
+    try:
+        if is_redis:
+            redis_parse_url(url)  # type: ignore[no-untyped-call]
+            database = urlsplit(url).path.strip("/")
+            if not url.startswith("unix:") and database and not database.isdigit():  # unix: a socket's path
+                raise ValueError("the path must be a database number, e.g. /0")
+        else:
+            kombu_parse_url(url)
+            urlsplit(url).port  # noqa: B018  # raises on a port that is not a number
+    except ValueError as exc:
+        reason = str(exc).split(": '", 1)[0].split(" as '", 1)[0]  # without any part of the URL
+        raise ValueError(f"{name} is not a URL its client can use: {reason}") from None
 
 
 class Settings(BaseSettings):
@@ -83,6 +130,8 @@ class Settings(BaseSettings):
                     SentinelURL.parse(url)
                 except ValueError as exc:
                     raise ValueError(f"{name}: {exc}") from None
+            else:
+                _check_url_parses(name, url, scheme in REDIS_SCHEMES)
         return self
 
     # How long the producer (Python client, CLI, HTTP API) waits out an unreachable, full or
@@ -216,6 +265,11 @@ class Settings(BaseSettings):
     # Endpoint hosts a node or a referenced secret may name beyond the clouds' public ones
     # ("host" exactly, ".suffix" for any name under it); production accepts nothing else.
     allowed_endpoint_hosts: str = ""
+    # Outside development, the platform's own endpoints that carry secrets or images (VAULT_ADDR,
+    # GOOGLE_GEMINI_BASE_URL, IMAGEGEN_STORAGE_PUBLIC_BASE_URL) must be https://, or a loopback host
+    # (a sidecar such as Vault Agent), or a host named here (comma-separated, exact): plain HTTP on
+    # purpose, e.g. an in-cluster service behind a mesh's mTLS. Never a node's endpoint.
+    plaintext_hosts: str = ""
 
     # --- cloud storage and secret references (worker only) ----------------------
     # Uploads: a few quick retries of throttling/5xx/dropped connections, then a
@@ -362,6 +416,15 @@ class Settings(BaseSettings):
                 "(IMAGEGEN_STORAGE_TIMEOUT_S + IMAGEGEN_STORAGE_RETRY_MAX_DELAY_S)), not below "
                 f"IMAGEGEN_TASK_SOFT_TIME_LIMIT_S={self.task_soft_time_limit_s}"
             )
+        plaintext = {host.strip().lower() for host in self.plaintext_hosts.split(",") if host.strip()}
+        for variable, url in (
+            ("VAULT_ADDR", self.vault_addr),
+            ("GOOGLE_GEMINI_BASE_URL", self.gemini_base_url),
+            ("IMAGEGEN_STORAGE_PUBLIC_BASE_URL", self.storage_public_base_url),
+        ):
+            problem = _plaintext_problem(url, plaintext)
+            if problem is not None:
+                problems.append(f"{variable} {problem}")
         if problems:
             raise ValueError(f"unsafe for environment={self.environment}: " + "; ".join(problems))
 

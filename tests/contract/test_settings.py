@@ -52,6 +52,60 @@ def test_production_refuses_local_storage_and_test_knobs(monkeypatch: pytest.Mon
     assert Settings().environment == "production"
 
 
+@pytest.mark.parametrize("variable", ["VAULT_ADDR", "GOOGLE_GEMINI_BASE_URL", "IMAGEGEN_STORAGE_PUBLIC_BASE_URL"])
+def test_production_refuses_plain_http_for_the_platforms_own_endpoints(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """The Vault token and every secret read, the Gemini key, the images' public URLs: over plain
+    HTTP they would cross the network unencrypted."""
+    monkeypatch.setenv("IMAGEGEN_ENVIRONMENT", "production")
+    monkeypatch.setenv("IMAGEGEN_STORAGE_URL", "s3://images/prod")
+    monkeypatch.setenv("IMAGEGEN_ALLOWED_SECRET_REFS", "vault:secret/imagegen/")
+    monkeypatch.setenv(variable, "http://vault.example:8200")
+    with pytest.raises(SettingsError, match=f"{variable} is plain http:// to 'vault.example'"):
+        Settings()
+    for fine in ("https://vault.example:8200", "http://127.0.0.1:8200", "http://localhost:8200", "http://[::1]:8200"):
+        monkeypatch.setenv(variable, fine)
+        assert Settings().environment == "production"
+    monkeypatch.setenv(variable, "http://vault.example:8200")
+    monkeypatch.setenv("IMAGEGEN_PLAINTEXT_HOSTS", "other.example, vault.example")
+    assert Settings().environment == "production"
+    monkeypatch.setenv(variable, "ftp://vault.example")
+    with pytest.raises(SettingsError, match=f"{variable} must be an https:// URL"):
+        Settings()
+    monkeypatch.setenv("IMAGEGEN_ENVIRONMENT", "development")
+    monkeypatch.setenv(variable, "http://vault.example:8200")
+    assert Settings().environment == "development"
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "why"),
+    [
+        ("REDIS_URL", "redis://:s3cretpw@127.0.0.1:notaport/0", "Port could not be cast to integer value"),
+        ("REDIS_URL", "redis://127.0.0.1:6379/12?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
+        ("REDIS_URL", "redis://:s3cretpw@127.0.0.1:6379/notadb", "the path must be a database number"),
+        ("IMAGEGEN_BROKER_URL", "amqp://user:s3cretpw@127.0.0.1:notaport//", "Port could not be cast"),
+    ],
+)
+def test_a_url_its_client_cannot_use_is_refused_at_start_up_without_quoting_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, url: str, why: str
+) -> None:
+    """Each had passed and then raised a bare ValueError (a traceback from the CLI) at the first
+    connection, for the broker only after the job was claimed."""
+    monkeypatch.setenv(variable, url)
+    with pytest.raises(SettingsError, match=f"{variable} is not a URL its client can use: {why}") as caught:
+        Settings()
+    assert "s3cretpw" not in str(caught.value) and "notaport" not in str(caught.value)
+
+
+def test_urls_of_every_supported_form_still_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in ("redis://h:6379/0", "rediss://:pw@h:6380/3?ssl_cert_reqs=none", "unix:///tmp/r.sock?db=2", "redis://h"):
+        monkeypatch.setenv("REDIS_URL", url)
+        assert Settings().redis_url == url
+    monkeypatch.setenv("IMAGEGEN_BROKER_URL", "amqp://guest:guest@rabbit:5672//")
+    assert Settings().broker == "amqp://guest:guest@rabbit:5672//"
+
+
 def test_production_refuses_timeouts_its_limits_do_not_cover(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGEGEN_ENVIRONMENT", "production")
     monkeypatch.setenv("IMAGEGEN_STORAGE_URL", "s3://images/prod")

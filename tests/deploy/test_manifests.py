@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import compose
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -49,9 +50,15 @@ def test_compose_file_validates() -> None:
     assert run.returncode == 0, run.stderr
 
 
-def test_configmap_is_a_valid_production_configuration() -> None:
+@pytest.mark.parametrize("manifest", ["worker-deployment.yaml", "api.yaml"])
+def test_configmap_is_a_valid_production_configuration(manifest: str) -> None:
     data = yaml.safe_load((K8S / "configmap.yaml").read_text())["data"]
     env = {key: str(value) for key, value in data.items()}
+    # With the Deployment's own literal values (VAULT_ADDR: plain http to an in-cluster Vault).
+    deployment = next(d for d in yaml.safe_load_all((K8S / manifest).read_text()) if d["kind"] == "Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env |= {item["name"]: str(item["value"]) for item in container.get("env", []) if "value" in item}
+    assert "VAULT_ADDR" in env
     # Settings reads the environment; validate the ConfigMap exactly as a pod would see it.
     proc = subprocess.run(
         [sys.executable, "-c", "from contract.settings import Settings; s = Settings(); print(s.environment)"],
