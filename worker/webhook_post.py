@@ -170,7 +170,7 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit() and len(text) <= 10:  # isdigit() alone: also "²" (a latin-1 header)
         return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)

@@ -246,6 +246,30 @@ def test_the_post_is_pinned_to_the_checked_address(receiver: WebhookReceiver) ->
     assert len(receiver.received) == 2
 
 
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [(b"120", 120.0), (b"\xb2", None), (b"\xb9\xb2", None), (b"9" * 400, None), (b"soon", None)],
+)
+def test_a_receivers_retry_after_is_read_or_ignored_never_raised(header: bytes, seconds: float | None) -> None:
+    """``str.isdigit()`` is true of "²" (a header is latin-1), which ``float()`` refuses: one byte
+    from a receiver had raised out of the delivery, leaving it pending with a traceback."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 503 Busy\r\nRetry-After: " + header + b"\r\nContent-Length: 0\r\n\r\n")
+
+    server = threading.Thread(target=answer, daemon=True)
+    server.start()
+    port = listener.getsockname()[1]
+    outcome = post_pinned(f"http://hook.example:{port}/x", "127.0.0.1", b"{}", {}, timeout_s=5)
+    server.join(5)
+    listener.close()
+    assert (outcome.status, outcome.retryable, outcome.retry_after_s) == (503, True, seconds)
+
+
 def _settled(client: ImageGenClient, job_id: str, timeout: float = 30) -> list[Any]:
     deliveries = DeliveryLog(client.records.client, 600)
     deadline = time.monotonic() + timeout
