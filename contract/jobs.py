@@ -67,10 +67,13 @@ return {'rerun', run, state}
 # KEYS[1]: the job hash. ARGV[1]: the run a rerun claimed; ARGV[2]: that claim's nonce.
 # Returns 1 when the rerun was undone: its message could not be sent, so the record goes back to
 # the finished run it was (state, run, counts, times), and the caller may rerun it again. Only
-# while that claim is the record's latest and nothing has started it.
+# while that claim is the record's latest and nothing has started it, and no cancel was asked for
+# it: that cancel stands (the run ends "canceled" at the lost-job deadline), rather than waiting
+# in the record for the next rerun, which would take its number and find itself canceled.
 _UNDO_RERUN = """
 if redis.call('HGET', KEYS[1], 'run') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'claim') ~= ARGV[2] then return 0 end
 if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
+if redis.call('HGET', KEYS[1], 'cancel_run') == ARGV[1] then return 0 end
 local saved = redis.call('HGET', KEYS[1], 'undo')
 if not saved then return 0 end
 local undo = cjson.decode(saved)
@@ -79,6 +82,21 @@ for _, name in ipairs({'done', 'submitted_at', 'started_at', 'finished_at', 'los
   if undo[name] then redis.call('HSET', KEYS[1], name, undo[name]) else redis.call('HDEL', KEYS[1], name) end
 end
 redis.call('HDEL', KEYS[1], 'undo')
+return 1
+"""
+
+# KEYS[1]: the job hash; KEYS[2]: the progress index; KEYS[3]: the job's event log.
+# ARGV[1]: the job id; ARGV[2]: the nonce of the claim that created the record.
+# Returns 1 when the record was removed: its first message could not be sent, so the caller may
+# submit the id again. Only while that claim is the record's latest and nothing has started or
+# canceled it (a cancel stands: the run ends "canceled" at the lost-job deadline); the event log
+# goes with it, so a new job under the id does not begin with the old one's events.
+_FORGET = """
+if redis.call('HGET', KEYS[1], 'claim') ~= ARGV[2] then return 0 end
+if (redis.call('HGET', KEYS[1], 'state') or 'queued') ~= 'queued' then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'cancel_run') == 1 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -493,6 +511,7 @@ class JobRecords:
         self.ttl_s = ttl_s
         self._claim = client.register_script(_CLAIM)
         self._undo_rerun = client.register_script(_UNDO_RERUN)
+        self._forget = client.register_script(_FORGET)
         self._end_lost = client.register_script(_END_LOST)
         self._lost_recovered = client.register_script(_LOST_RECOVERED)
         self._begin_dispatch = client.register_script(_BEGIN_DISPATCH)
@@ -545,11 +564,11 @@ class JobRecords:
         """Put a rerun whose message could not be sent back to the run it was; whether it was."""
         return bool(self._undo_rerun(keys=[job_key(job_id)], args=[claim.run, claim.nonce]))
 
-    def forget(self, job_id: str) -> None:
-        pipe = self.client.pipeline()
-        pipe.delete(job_key(job_id))
-        pipe.zrem(progress_key(), job_id)
-        pipe.execute()
+    def forget(self, job_id: str, claim: Claim) -> bool:
+        """Remove a record ``claim`` created whose message could not be sent; whether it was."""
+        return bool(
+            self._forget(keys=[job_key(job_id), progress_key(), events_key(job_id)], args=[job_id, claim.nonce])
+        )
 
     def mark_running(self, job_id: str, started_at: datetime) -> None:
         self._update(job_id, {"state": "running", "started_at": started_at.isoformat()}, progress=True)

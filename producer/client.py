@@ -243,7 +243,7 @@ class ImageGenClient:
             except Exception:
                 # Let the caller retry with the same id: nothing was sent.
                 if claim.outcome == "created":
-                    self.records.forget(job_id)
+                    self.records.forget(job_id, claim)
                 elif claim.outcome == "rerun":
                     self.records.undo_rerun(job_id, claim)
                 raise

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import pytest
 import redis
+from kombu.exceptions import OperationalError
 
 from contract.errors import NodeValidationError
-from producer.client import ImageGenClient, JobCrashed, JobNotFound, JobTimeout
+from contract.events import events_key
+from contract.lost_jobs import end_if_lost
+from contract.queue import job_key
+from producer.client import ImageGenClient, JobCrashed, JobNotFound, JobTimeout, QueueUnavailable
 from tests.conftest import StartWorker
 
 
@@ -82,3 +87,76 @@ def test_a_rerun_needs_a_job_id_and_a_boolean(
     """Before, ``rerun=True`` without an id quietly created a new job, and ``rerun="no"`` reran."""
     with pytest.raises(NodeValidationError, match=r"rerun = .*a rerun needs the job_id"):
         client.submit(offline_node, job_id=job_id, rerun=rerun)
+
+
+def _unsent(client: ImageGenClient, cancel_first: bool) -> Any:
+    """A send_task that fails as a broker that went away does, after another caller's cancel."""
+
+    def send(job_id: str) -> Any:
+        def failing(*_: Any, **__: Any) -> None:
+            if cancel_first:
+                client.cancel(job_id)
+            raise OperationalError("broker down")
+
+        return failing
+
+    return send
+
+
+def test_a_first_submit_that_cannot_be_sent_leaves_nothing_of_the_job(
+    client: ImageGenClient, offline_node: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller may submit the id again: no record, and no event log a new job would inherit."""
+    job_id = f"unsent-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(client.celery, "send_task", _unsent(client, cancel_first=False)(job_id))
+    with pytest.raises(QueueUnavailable):
+        client.submit(offline_node, job_id=job_id)
+    assert client.records.read(job_id) is None
+    assert not client.records.client.exists(events_key(job_id), job_key(job_id))
+
+
+def test_a_cancel_of_a_submit_that_cannot_be_sent_stands(
+    client: ImageGenClient, offline_node: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the record and its "canceled" were dropped apart: the record went, the event log
+    stayed, and a new job under the id began with another's "canceled"."""
+    job_id = f"unsent-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(client.celery, "send_task", _unsent(client, cancel_first=True)(job_id))
+    with pytest.raises(QueueUnavailable):
+        client.submit(offline_node, job_id=job_id)
+    status = client.records.read(job_id)
+    assert status is not None and status.state == "queued" and status.cancel_requested
+    time.sleep(1.1)
+    ended = end_if_lost(client.records, client.celery.backend, job_id, 0)
+    assert ended is not None and ended.status == "canceled"
+
+
+def test_a_rerun_canceled_before_it_could_be_sent_stays_canceled(
+    client: ImageGenClient, offline_node: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Undoing the rerun had left its cancel (run 2) in the record: the next rerun took run 2 and
+    found itself canceled before it began."""
+    job_id = f"unsent-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(client.celery, "send_task", lambda *_, **__: None)  # sent to no worker
+    client.submit(offline_node, job_id=job_id)
+    time.sleep(1.1)
+    assert end_if_lost(client.records, client.celery.backend, job_id, 0) is not None  # run 1 ends failed
+    monkeypatch.setattr(client.celery, "send_task", _unsent(client, cancel_first=True)(job_id))
+    with pytest.raises(QueueUnavailable):
+        client.submit(offline_node, job_id=job_id, rerun=True)
+    status = client.records.read(job_id)
+    assert status is not None and (status.run, status.state, status.cancel_requested) == (2, "queued", True)
+    # Without a cancel, an unsent rerun is undone and may be asked again.
+    monkeypatch.setattr(client.celery, "send_task", lambda *_, **__: None)
+    time.sleep(1.1)
+    ended = end_if_lost(client.records, client.celery.backend, job_id, 0)
+    assert ended is not None and ended.status == "canceled"
+    other = f"unsent-{uuid.uuid4().hex[:8]}"
+    client.submit(offline_node, job_id=other)
+    time.sleep(1.1)
+    end_if_lost(client.records, client.celery.backend, other, 0)
+    monkeypatch.setattr(client.celery, "send_task", _unsent(client, cancel_first=False)(other))
+    with pytest.raises(QueueUnavailable):
+        client.submit(offline_node, job_id=other, rerun=True)
+    undone = client.records.read(other)
+    assert undone is not None and (undone.run, undone.state) == (1, "failed")
