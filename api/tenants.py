@@ -32,7 +32,7 @@ from contract.job_ids import GRAMMAR, MAX_JOB_ID_CHARS, check_job_id
 from contract.secret_reader import SecretReadError, read_secret
 from contract.secret_refs import SecretRef, parse_secret_ref
 from contract.settings import Settings
-from contract.tenancy import NAMESPACE_ROOT, TENANT_NAME, check_env_template_tenants
+from contract.tenancy import NAMESPACE_ROOT, TENANT_NAME, check_env_template_tenants, first_namespace
 
 log = logging.getLogger("api.tenants")
 
@@ -118,10 +118,9 @@ class Tenant:
         if not sep or not scheme:
             return False
         segments = rest.split("/")[1:]  # the path after the host (file:/// has an empty host)
-        if any(s in ("", ".", "..") for s in segments) or NAMESPACE_ROOT not in segments:
+        if any(s in ("", ".", "..") for s in segments) or first_namespace(segments) != self.name:
             return False
-        at = segments.index(NAMESPACE_ROOT)
-        return segments[at + 1 : at + 2] == [self.name] and len(segments) >= at + 4
+        return len(segments) >= segments.index(NAMESPACE_ROOT) + 4  # t/<tenant>/<job...>/<file>
 
 
 def _job_id_problem(value: str, message: str) -> NodeValidationError:

@@ -30,7 +30,7 @@ letters and digits alone may use one (``ENV_TEMPLATE_TENANT``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from contract.errors import MISSING, NodeValidationError, Problem
 from contract.secret_refs import AllowedRef, check_allowed, parse_allowed_ref, parse_secret_ref
@@ -49,6 +49,16 @@ def tenant_of(job_id: str) -> str | None:
     if len(segments) >= 3 and segments[0] == NAMESPACE_ROOT and segments[1]:
         return segments[1]
     return None
+
+
+def first_namespace(segments: Sequence[str]) -> str | None:
+    """The tenant an object path names: the segment after its first ``t`` segment. A job id of
+    another tenant that holds ``t/<name>`` comes after its own ``t/<other>``, and a prefix that
+    moved the first ``t`` would name the prefix's tenant, not the caller's (fails closed)."""
+    if NAMESPACE_ROOT not in segments:
+        return None
+    at = segments.index(NAMESPACE_ROOT)
+    return segments[at + 1] if at + 1 < len(segments) else None
 
 
 def caller_id(job_id: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from contract.tenancy import NAMESPACE_ROOT, tenant_of
+from contract.tenancy import first_namespace, tenant_of
 from worker.errors import NotStoredHere
 from worker.storage.base import check_key
 
@@ -36,20 +36,10 @@ def check_image_key(key: str, prefix: str | None, tenant: str | None = None) -> 
     if (base and not head.startswith(f"{base}/")) or not job_part or not _FILE.fullmatch(name):
         where = f"under the prefix {base!r}" if base else "in this store"
         raise NotStoredHere(f"refused to sign {key!r}: it is not an image this service stored {where}")
-    if tenant is not None and (tenant_of(job_part) != tenant or _first_namespace(key) != tenant):
+    # The key's first ``t`` segment too: a prefix the caller names (``t/globex/x``) cannot move it.
+    if tenant is not None and (tenant_of(job_part) != tenant or first_namespace(key.split("/")) != tenant):
         raise NotStoredHere(f"refused to sign {key!r}: it is not an image of tenant {tenant!r}'s jobs")
     return key
-
-
-def _first_namespace(key: str) -> str | None:
-    """The tenant after the key's first ``t`` segment: a prefix the caller names cannot move that
-    segment (``t/globex/x`` + ``t/acme/y`` is globex's job ``x/t/acme/y``), as the HTTP API reads
-    uris (api/tenants.py ``owns_uri``); an operator prefix with its own ``t`` segment fails closed."""
-    segments = key.split("/")
-    if NAMESPACE_ROOT not in segments:
-        return None
-    at = segments.index(NAMESPACE_ROOT)
-    return segments[at + 1] if at + 1 < len(segments) else None
 
 
 def check_image_uri_shape(uri: str) -> str:
