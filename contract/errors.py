@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,29 @@ def printable(text: str) -> str:
     text from outside (a provider's error, a quoted value) can neither forge a log line nor
     drive a terminal."""
     return text if text.isprintable() else "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
+
+
+@dataclass(frozen=True)
+class UrlText:
+    """A URL cut into its parts by hand, for a message that must not quote all of it. Never
+    parsed: a URL a parser refuses (a port that is not a number, a list of hosts) or reads
+    unlike its client would is quoted too."""
+
+    scheme: str  # with its "://"; "" when there is none
+    user_info: str | None  # before the last "@" of the authority; None without an "@"
+    hosts: str
+    path: str  # from the "/" that ends the authority
+    cut: bool  # a query or fragment (where a token or ?password= rides) was left out
+
+
+def url_text(url: str) -> UrlText:
+    head = re.split(r"[?#]", url, maxsplit=1)[0]
+    scheme, sep, rest = head.partition("://")
+    if not sep:  # "javascript:alert(1)", "user:pw@host/": what precedes the path is all authority
+        scheme, rest = "", head
+    authority, slash, path = rest.partition("/")
+    user_info, at, hosts = authority.rpartition("@")
+    return UrlText(scheme + sep, user_info if at else None, hosts, slash + path, head != url)
 
 
 def _count(count: int, noun: str) -> str:

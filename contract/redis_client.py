@@ -27,6 +27,8 @@ from redis.commands.core import Script
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
+from contract.errors import url_text
+
 SENTINEL_PORT = 26379
 
 
@@ -241,11 +243,9 @@ def redacted_url(url: str) -> str:
     """``url`` for messages and logs: a password in its user info shown as ``***``, and its query
     (redis-py and kombu also read ``?password=``) and fragment left out. Textual, never parsed: a
     URL whose port does not parse (or a list of sentinels) must still be printable."""
-    head = re.split(r"[?#]", url, maxsplit=1)[0]
-    scheme, sep, rest = head.partition("://")
-    authority, slash, path = rest.partition("/")
-    user_info, at, hosts = authority.rpartition("@")
-    if at and ":" in user_info:
-        authority = f"{user_info.partition(':')[0]}:***@{hosts}"
-    shown = f"{scheme}{sep}{authority}{slash}{path}"
-    return shown if head == url else f"{shown}?…"
+    parts = url_text(url)
+    user = parts.user_info
+    if user is not None and ":" in user:
+        user = f"{user.partition(':')[0]}:***"
+    shown = f"{parts.scheme}{'' if user is None else f'{user}@'}{parts.hosts}{parts.path}"
+    return f"{shown}?…" if parts.cut else shown

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from contract.errors import MISSING, ImageGenError, NodeValidationError, Problem
+from contract.errors import MISSING, ImageGenError, NodeValidationError, Problem, url_text
 from contract.queue import KEY_PREFIX
 from contract.secret_refs import HOW_TO, check_allowed, parse_secret_ref
 
@@ -94,12 +94,8 @@ def _shown_url(url: str) -> str:
     never its user info, query or fragment, where a token may ride (docs/security.md §8); the
     Problem excerpts it as any value. Cut by hand, not by ``urlsplit``: a URL it cannot parse
     (or parses unlike a receiver would) is refused and quoted too."""
-    head = re.split(r"[?#]", url, maxsplit=1)[0]
-    scheme, sep, rest = head.partition("://")
-    if not sep:  # "javascript:alert(1)", "user:pw@host/": what precedes the path is all authority
-        scheme, rest = "", head
-    authority, slash, path = rest.partition("/")
-    return f"{scheme}{sep}{authority.rpartition('@')[2]}{slash}{path}"
+    parts = url_text(url)
+    return f"{parts.scheme}{parts.hosts}{parts.path}"
 
 
 def _is_production(settings: Settings) -> bool:
