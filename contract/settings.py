@@ -36,10 +36,15 @@ class SettingsError(ImageGenError, ValueError):
     carries the environment's values wholesale, as pydantic's own error does (API keys included)."""
 
 
+def _host_names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of host names, as the settings that name hosts take it: trimmed, lowercased."""
+    return tuple(name.strip().lower() for name in text.split(",") if name.strip())
+
+
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def _plaintext_problem(url: str | None, plaintext_hosts: set[str]) -> str | None:
+def _plaintext_problem(url: str | None, plaintext_hosts: tuple[str, ...]) -> str | None:
     """Why ``url`` may not carry the platform's secrets or images outside development, or None:
     it must be https://, unless its host is loopback or listed in IMAGEGEN_PLAINTEXT_HOSTS."""
     if not url:
@@ -416,7 +421,7 @@ class Settings(BaseSettings):
                 "(IMAGEGEN_STORAGE_TIMEOUT_S + IMAGEGEN_STORAGE_RETRY_MAX_DELAY_S)), not below "
                 f"IMAGEGEN_TASK_SOFT_TIME_LIMIT_S={self.task_soft_time_limit_s}"
             )
-        plaintext = {host.strip().lower() for host in self.plaintext_hosts.split(",") if host.strip()}
+        plaintext = _host_names(self.plaintext_hosts)
         for variable, url in (
             ("VAULT_ADDR", self.vault_addr),
             ("GOOGLE_GEMINI_BASE_URL", self.gemini_base_url),
@@ -440,17 +445,16 @@ class Settings(BaseSettings):
 
     @cached_property
     def target_policy(self) -> TargetPolicy:
-        hosts = tuple(h.strip().lower() for h in self.allowed_endpoint_hosts.split(",") if h.strip())
         return TargetPolicy(
             production=self.environment != "development",
             allowed_targets=parse_allowed_targets(self.allowed_targets),
-            allowed_endpoint_hosts=hosts,
+            allowed_endpoint_hosts=_host_names(self.allowed_endpoint_hosts),
         )
 
     @property
     def api_allowed_host_names(self) -> frozenset[str]:
         """IMAGEGEN_API_ALLOWED_HOSTS' entries, lowercased (checked by _api_allowed_hosts_parse)."""
-        return frozenset(h.strip().lower() for h in self.api_allowed_hosts.split(",") if h.strip())
+        return frozenset(_host_names(self.api_allowed_hosts))
 
     @property
     def secret_ref_prefixes(self) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from contract.errors import NodeValidationError
+from contract.errors import NodeValidationError, printable
 from contract.queue import SIGN_URL
 from contract.settings import get_settings
 from contract.tenancy import check_refs_of_tenant
@@ -59,7 +59,7 @@ def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
                 raise PermanentError(f"storage credentials refused: {exc.problems[0].message}") from None
         stored = location_for(request.target, settings).url_for(request.uri, request.tenant)
     except NotStoredHere as exc:  # the caller learns only that there is no such image, not where we looked
-        log.info("sign %s refused: %s", _printed(request.uri), _escaped(str(exc)))
+        log.info("sign %s refused: %s", _printed(request.uri), printable(str(exc)))
         return _failed(request.uri, "not_found", "no image this service stored has this uri")
     except GenerationError as exc:
         kind = (
@@ -69,7 +69,7 @@ def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
             if isinstance(exc, TransientError)
             else "permanent"
         )
-        log.warning("sign %s failed: %s", _printed(request.uri), _escaped(str(exc)))
+        log.warning("sign %s failed: %s", _printed(request.uri), printable(str(exc)))
         return _failed(request.uri, kind, str(exc))
     except SoftTimeLimitExceeded:  # a slow Vault or IAM: worth asking again
         log.warning("sign %s ran past its time limit", _printed(request.uri))
@@ -93,14 +93,9 @@ def _caller_gone(expires: datetime | str | None) -> bool:
 
 
 def _printed(uri: str) -> str:
-    """The uri as logged: without a query or fragment, which may hold a token; escaped unless
-    plain printable ASCII (a request may not come from our producer: no forged log lines)."""
-    return _escaped(uri.partition("?")[0].partition("#")[0][:300])
-
-
-def _escaped(text: str) -> str:
-    """``text`` as one log line of its own: escaped unless plain printable ASCII."""
-    return text if text.isascii() and text.isprintable() else ascii(text)
+    """The uri as logged: without a query or fragment, which may hold a token; control characters
+    escaped (a request may not come from our producer: no forged log lines)."""
+    return printable(uri.partition("?")[0].partition("#")[0][:300])
 
 
 def _failed(uri: str, kind: str, message: str) -> dict[str, Any]:
