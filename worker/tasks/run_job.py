@@ -17,16 +17,17 @@ from datetime import datetime
 from typing import Any
 
 from celery import Task
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from contract.clouds import Target, TargetError, node_target
 from contract.errors import NodeValidationError
-from contract.job_ids import check_job_id, is_job_id
+from contract.job_ids import check_job_id
 from contract.jobs import utcnow
 from contract.node import ImageGenerationNode, validate_node
 from contract.queue import RUN_JOB, job_task_id
 from contract.settings import get_settings
 from contract.tenancy import check_tenant_refs
-from contract.work import MAX_RUN, JobOrder, JobSummary, VariationWork
+from contract.work import JobId, JobOrder, JobSummary, Run, VariationWork
 from worker.celery_app import app
 from worker.dispatch_lease import DISPATCH_LEASE_S
 from worker.lifecycle import publish
@@ -41,23 +42,30 @@ log = logging.getLogger(__name__)
 _BUSY_POLL_S = 0.25  # a copy that finds another delivery dispatching asks again this often
 
 
+class _NamedRun(BaseModel):
+    """The run a refused order names, by the payloads' own bounds (contract/work.py)."""
+
+    model_config = ConfigDict(extra="ignore")
+    job_id: JobId
+    run: Run = 1
+
+
 def end_refused_order(task: Task, order: Any, problem: str, result_id: str | None = None) -> None:
     """A job order that does not parse (a message sent past the producer) ends its job ``failed``
     with the problem, when the order names a job (a valid id and run) whose run's task id is the
     message's; else it is only logged (a message may not end another run than its own)."""
-    if not isinstance(order, dict) or not is_job_id(order.get("job_id")):
+    try:
+        named = _NamedRun.model_validate(order, strict=True)
+    except ValidationError:
         return None
-    run = order.get("run", 1)
-    if type(run) is not int or not 1 <= run <= MAX_RUN:
-        return None
-    own_id = job_task_id(order["job_id"], run)
+    own_id = job_task_id(named.job_id, named.run)
     if result_id is not None and result_id != own_id:
         return None
     node = order.get("node")
     submitted_at = order.get("submitted_at")
     ending = JobOrder.model_construct(
-        job_id=order["job_id"],
-        run=run,
+        job_id=named.job_id,
+        run=named.run,
         node=node if isinstance(node, dict) else {},
         submitted_at=submitted_at if isinstance(submitted_at, datetime) else utcnow(),
     )
