@@ -44,6 +44,9 @@ def test_seed_node_succeeds_with_the_gemini_3_model(
     [seen] = fake.requests
     assert seen.model == "gemini-3-pro-image" and seen.api_key_ok
     assert seen.body["generationConfig"]["imageConfig"] == {"aspectRatio": "1:1", "imageSize": "1K"}
+    # The worker logs at INFO; the HTTP library and the SDK add no line per call.
+    log = gemini_worker.log()
+    assert "generateContent" not in log and "AFC is enabled" not in log, log[-2000:]
 
 
 def test_mislabelled_and_wrong_size_images_are_reported_as_they_are(

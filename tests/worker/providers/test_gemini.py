@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import ssl
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from devtools.redis_server import free_port
 from worker.errors import BlockedError, GenerationError, PermanentError, TransientError
 from worker.imaging import inspect_image
 from worker.providers import FACTORIES
-from worker.providers.base import GenerationRequest
+from worker.providers.base import GenerationRequest, TextRequest
 from worker.providers.gemini import BLOCKING_FINISH_REASONS, GeminiProvider
 
 KEY = "AIzaFAKE-canary-7f3c9d2e1b"
@@ -88,6 +89,23 @@ def test_the_server_sees_model_image_config_seed_and_key(provider: GeminiProvide
     assert config["seed"] == 42
     assert config["responseModalities"] == ["TEXT", "IMAGE"]
     assert seen.body["contents"][0]["parts"][0]["text"] == "a girl driving a red car"
+
+
+def test_a_call_logs_no_info_line_and_sends_the_same_request(
+    provider: GeminiProvider, fake: FakeGemini, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx's per-request line and the SDK's "AFC is enabled" line are gone (a worker logs at
+    INFO); turning the SDK's function calling off is client-side: nothing of it is sent."""
+    with caplog.at_level(logging.INFO):
+        provider.generate(request())
+        text_model = load_catalog().text_models["gemini_2_5_flash"]
+        provider.write_prompts(TextRequest("a red car", "Rewrite it.", "gemini_2_5_flash", text_model, None, 1))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == []
+    for seen in fake.requests:
+        assert not {"automaticFunctionCalling", "automatic_function_calling", "tools"} & {
+            *seen.body,
+            *seen.body.get("generationConfig", {}),
+        }, seen.body
 
 
 @pytest.mark.parametrize(
