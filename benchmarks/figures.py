@@ -6,7 +6,9 @@
     python -m benchmarks.figures --pools threads:256,gevent:256,threads:512   # in-flight candidates
 
 Everything runs on this machine: a private redis-server, the fake Gemini server
-(devtools/fake_gemini.py) in this process, and real ``celery worker`` processes.
+(devtools/fake_gemini.py) in a process of its own (the real API is remote: it must not
+share a GIL with the submitters; the cost section's HTTPS one runs in this process), and
+real ``celery worker`` processes.
 Per-job figures are ratios to a bare Celery chord (4 no-op tasks + a callback,
 benchmarks/bare_chord.py) on the same Redis, run by a worker with the same pool
 and concurrency, alternating with ours; CPU and memory are per image or per job.
@@ -43,7 +45,7 @@ from benchmarks.bare_chord import submit as submit_bare
 from benchmarks.harness import rss_mib
 from contract.result import JobResult
 from contract.settings import POOL_HEADROOM, Settings
-from devtools.fake_gemini import FakeGemini
+from devtools.fake_gemini import FakeGemini, FakeGeminiProcess
 from devtools.redis_server import RedisServer, start_redis
 from devtools.worker_process import ROOT, WorkerProcess
 from producer.client import ImageGenClient
@@ -100,7 +102,7 @@ def percentile(values: list[float], pct: float) -> float:
 class Bench:
     root: Path
     redis: RedisServer
-    fake: FakeGemini
+    fake: FakeGeminiProcess  # in a process of its own: the real API is remote
     workdir: Path
     lines: list[str] = field(default_factory=list)
 
@@ -263,9 +265,13 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
         redis_pid = {"Redis": bench.redis.process.pid} if bench.redis.process is not None else {}
         for model, label in PER_JOB_MODELS:
             document = node(model, 4)
+            provider = {"fake Gemini": bench.fake.pid} if label != "offline" else {}
             ours_runs, bare_runs = alternating_loops(
                 seconds,
-                (functools.partial(ours_submitter, env, document), {"worker": ours_worker.pid, **redis_pid}),
+                (
+                    functools.partial(ours_submitter, env, document),
+                    {"worker": ours_worker.pid, **redis_pid, **provider},
+                ),
                 (functools.partial(bare_submitter, env), {"worker": bare_worker.pid, **redis_pid}),
             )
             ours_rate = statistics.mean(r.rate for r in ours_runs)
@@ -274,7 +280,8 @@ def per_job(bench: Bench, pool: str, concurrency: int, runs: int, seconds: float
                 f"  jobs/s, 8 submitters, L=0, {label}: {ours_rate:.1f} vs bare chord {bare_rate:.1f}: "
                 f"{ours_rate / bare_rate:.2f}x"
             )
-            if label != "offline":
+            if label != "offline":  # the provider's stand-in shares this machine's two cores
+                bench.say(f"    CPU per job, ours: {cpu_split(ours_runs)}")
                 continue
             # Where the CPU goes: one worker process is bound by its GIL (about one core), and the bare
             # chord's submitters build and publish its chord, which the job's design puts in the worker.
@@ -691,22 +698,8 @@ def measure_in_process(bench: Bench, script: str, *args: str) -> list[dict[str, 
 
 def decode_breakdown(bench: Bench) -> None:
     """Stage by stage in a separate process, against a fake server in a third one."""
-    port_file = bench.workdir / f"fake-{uuid.uuid4().hex[:6]}.out"
-    fake = subprocess.Popen(
-        [sys.executable, "-m", "devtools.fake_gemini", "--port", "0", "--image-kind", "photo"],
-        cwd=ROOT,
-        stdout=port_file.open("w"),
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while "listening on" not in port_file.read_text():
-            assert time.monotonic() < deadline, "fake Gemini did not start"
-            time.sleep(0.05)
-        base_url = port_file.read_text().split("listening on", 1)[1].split()[0]
-        [stages] = measure_in_process(bench, "decode_cost.py", "--base-url", base_url)
-    finally:
-        fake.terminate()
-        fake.wait()
+    with FakeGeminiProcess(image_kind="photo") as fake:
+        [stages] = measure_in_process(bench, "decode_cost.py", "--base-url", fake.base_url)
     bench.say(
         f"  in one process, per {stages['png_bytes'] / 1e6:.2f} MB PNG: SDK decode (HTTP, JSON, base64, types) "
         f"{stages['decode_ms']:.1f} ms, reading the header {stages['verify_ms']:.2f} ms, sha256 "
@@ -784,7 +777,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="imagegen-bench-") as workdir:
         server = start_redis()
         try:
-            with FakeGemini(api_key=API_KEY) as fake:
+            with FakeGeminiProcess(api_key=API_KEY) as fake:
                 bench = Bench(args.root.resolve(), server, fake, Path(workdir))
                 bench.say(f"imagegen figures: {bench.root}, {pool}x{concurrency}, {'quick' if QUICK else 'full'} mode")
                 if "per_job" in sections:

@@ -21,7 +21,9 @@ In-process::
 
 From another process: ``python -m devtools.fake_gemini --port N --api-key K``,
 driven with ``FakeGeminiControl(base_url)`` (``POST /_fake/script``,
-``GET /_fake/requests``, ``POST /_fake/reset``, ``POST /_fake/config``).
+``GET /_fake/requests``, ``GET /_fake/stats``, ``POST /_fake/reset``,
+``POST /_fake/config``); ``FakeGeminiProcess`` starts one and offers
+FakeGemini's attributes (the benchmarks use it).
 
 It keeps hundreds of slow requests in flight at once (a thread per connection,
 HTTP/1.1 keep-alive as on the real API, a listen backlog of ``BACKLOG``) and
@@ -46,6 +48,8 @@ import re
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -54,6 +58,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -153,6 +158,13 @@ class _State:
     def next_behaviour(self) -> Behaviour:
         with self.lock:
             return self.script.popleft() if self.script else Behaviour()
+
+    def reset(self) -> None:
+        """Forget the script and the recorded requests; count the most in flight from now."""
+        with self.lock:
+            self.script.clear()
+            self.requests.clear()
+            self.max_in_flight = self.in_flight
 
 
 def pixel_sizes(catalog: ModelCatalog) -> dict[tuple[str, str, str], tuple[int, int]]:
@@ -287,10 +299,7 @@ class FakeGemini:
             self._state.script.extend(items)
 
     def reset(self) -> None:
-        with self._state.lock:
-            self._state.script.clear()
-            self._state.requests.clear()
-            self._state.max_in_flight = self._state.in_flight
+        self._state.reset()
 
     def start(self) -> FakeGemini:
         self._state.stopping.clear()
@@ -341,6 +350,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/_fake/requests":
             self._send_json(200, [asdict(r) for r in _copy(self.state)])
+        elif self.path == "/_fake/stats":
+            with self.state.lock:
+                self._send_json(200, {"in_flight": self.state.in_flight, "max_in_flight": self.state.max_in_flight})
         else:
             self._send_error(404, f"no route for GET {self.path}")
 
@@ -362,9 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.script.extend(items)
         elif self.path == "/_fake/reset":
-            with state.lock:
-                state.script.clear()
-                state.requests.clear()
+            state.reset()
         elif self.path == "/_fake/config":
             kind = body.get("image_kind", state.image_kind)
             if kind not in IMAGE_KINDS:
@@ -659,6 +669,11 @@ class FakeGeminiControl:
         result: list[dict[str, Any]] = self._call("GET", "/_fake/requests", None)
         return result
 
+    def stats(self) -> dict[str, int]:
+        """``in_flight`` and ``max_in_flight`` (since the start or the last reset)."""
+        result: dict[str, int] = self._call("GET", "/_fake/stats", None)
+        return result
+
     def _call(self, method: str, path: str, payload: Any) -> Any:
         data = None if payload is None else json.dumps(payload).encode()
         request = urllib.request.Request(
@@ -666,6 +681,84 @@ class FakeGeminiControl:
         )
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
             return json.loads(response.read())
+
+
+class FakeGeminiProcess:
+    """The server in a process of its own, with FakeGemini's attributes (driven over HTTP by
+    ``FakeGeminiControl``); a context manager. For benchmarks: the real API is remote, so its
+    stand-in must not share a GIL with the process that submits jobs and times them."""
+
+    def __init__(self, api_key: str | None = None, *, latency_s: float = 0.0, image_kind: str = "solid"):
+        self._command = [sys.executable, "-m", "devtools.fake_gemini", "--port", "0", "--image-kind", image_kind]
+        self._command += ["--latency", str(latency_s)] + (["--api-key", api_key] if api_key else [])
+        self._latency_s, self._image_kind = latency_s, image_kind
+        self._process: subprocess.Popen[str] | None = None
+        self.base_url = ""
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
+
+    @property
+    def control(self) -> FakeGeminiControl:
+        return FakeGeminiControl(self.base_url)
+
+    @property
+    def latency_s(self) -> float:
+        return self._latency_s
+
+    @latency_s.setter
+    def latency_s(self, value: float) -> None:
+        self.control.set_latency(value)
+        self._latency_s = value
+
+    @property
+    def image_kind(self) -> str:
+        return self._image_kind
+
+    @image_kind.setter
+    def image_kind(self, value: str) -> None:
+        self.control.set_image_kind(value)
+        self._image_kind = value
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        return [RecordedRequest(**item) for item in self.control.requests()]
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.control.stats()["max_in_flight"]
+
+    def reset(self) -> None:
+        self.control.reset()
+
+    def start(self) -> FakeGeminiProcess:
+        root = Path(__file__).resolve().parent.parent
+        self._process = subprocess.Popen(self._command, cwd=root, stdout=subprocess.PIPE, text=True)
+        assert self._process.stdout is not None
+        first = self._process.stdout.readline()  # "fake Gemini listening on URL", or EOF if it died
+        if "listening on" not in first:
+            self.stop()
+            raise RuntimeError(f"fake Gemini did not start (exit code {self._process.returncode})")
+        self.base_url = first.split("listening on", 1)[1].strip()
+        return self
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def __enter__(self) -> FakeGeminiProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

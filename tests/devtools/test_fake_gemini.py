@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from devtools.fake_gemini import Behaviour, FakeGemini, FakeGeminiControl, request_text
+from devtools.fake_gemini import Behaviour, FakeGemini, FakeGeminiControl, FakeGeminiProcess, request_text
 from devtools.redis_server import free_port
 from devtools.worker_process import ROOT
 from tests.conftest import wait_for
@@ -126,6 +127,29 @@ def test_command_line_server_starts_answers_and_stops() -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
+
+
+def test_a_server_in_its_own_process_is_driven_like_one_in_this_process() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with FakeGeminiProcess(api_key=KEY, image_kind="photo") as server:
+        assert server.pid != os.getpid()
+        code, answer = post(server.base_url, MODEL_PATH, prompt())
+        data = answer["candidates"][0]["content"]["parts"][-1]["inlineData"]["data"]
+        assert code == 200 and len(base64.b64decode(data)) > 1_000_000  # a photo-like PNG
+        server.image_kind, server.latency_s = "solid", 0.3
+        with ThreadPoolExecutor(3) as pool:
+            codes = list(pool.map(lambda _: post(server.base_url, MODEL_PATH, prompt())[0], range(3)))
+        assert codes == [200] * 3 and server.max_in_flight == 3
+        seen = server.requests
+        assert [r.model for r in seen] == ["gemini-3-pro-image"] * 4 and all(r.api_key_ok for r in seen)
+        assert seen[-1].timestamp - seen[0].timestamp < 60
+        server.reset()
+        assert server.requests == [] and server.max_in_flight == 0
+        assert post(server.base_url, MODEL_PATH, prompt(), key="wrong")[0] == 403
+        process = server.pid
+    with pytest.raises(ProcessLookupError):  # stopped and reaped
+        os.kill(process, 0)
 
 
 def test_hundreds_of_slow_requests_are_in_flight_at_once() -> None:
