@@ -42,7 +42,7 @@ from worker.providers.http_budget import ResponseTooLarge, call_budget, install_
 genai_lookup.install()  # 0.65 ms less CPU per request built (the module says why)
 # httpx logs every request at INFO ("HTTP Request: POST ... 200 OK"): a line per image that says
 # nothing the variation's own outcome does not, and cost, with the SDK's "AFC is enabled" line
-# (gone with AFC off, below), 0.3 ms of CPU per call in a worker logging at INFO (docs/pools.md).
+# (gone with AFC off, below), 0.17-0.19 ms of CPU per call where the process logs at INFO (docs/pools.md).
 # Its warnings and errors still log.
 for _library in ("httpx", "httpx2"):
     logging.getLogger(_library).setLevel(logging.WARNING)
