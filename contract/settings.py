@@ -339,7 +339,7 @@ class Settings(BaseSettings):
     # A 4K PNG in base64 stays well under this; it bounds a broken or hostile endpoint's answer.
     gemini_max_response_mb: int = Field(128, ge=1, le=1024)
     # Image answers one worker process reads, decodes and stores at once, by their estimated size
-    # (worker/providers/answer_gate.py): about 3 answers of 4096x4096, 58 of 1024x1024. 0: no limit.
+    # (worker/providers/answer_gate.py): about 3 answers of 4096x4096, 60 of 1024x1024. 0: no limit.
     answer_memory_mb: int = Field(128, ge=0, le=65536)
 
     @model_validator(mode="after")
