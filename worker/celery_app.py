@@ -46,6 +46,16 @@ class ImageGenTask(Task):  # type: ignore[misc]  # Celery ships no type hints
             return super().__call__(*args, **kwargs)
         return super().__call__(*bound.args[len(owner) :], **bound.kwargs)
 
+    def retry(self, *args: Any, **options: Any) -> Any:
+        """Celery's retry, keeping the message's short label (``argsrepr``, ``kwargsrepr``, set
+        where a task is sent): Celery leaves it off the new message, whose task events then
+        carry the whole payload, and Flower shows and keeps it (a tenant's prompt, its target)."""
+        for label in ("argsrepr", "kwargsrepr"):
+            shown = getattr(self.request, label, None)
+            if shown is not None:
+                options.setdefault(label, shown)
+        return super().retry(*args, **options)
+
     def refused(self, refusal: PayloadRefused) -> Any:
         """What a task whose message does not parse returns; a task may set its own
         (``@app.task(refused=...)``)."""

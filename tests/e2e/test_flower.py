@@ -77,6 +77,34 @@ def test_a_webhook_url_never_reaches_flower(
             assert "CANARY7" not in json.dumps(task) + info, task.get("name")
 
 
+def test_a_retried_variation_shows_its_label_not_its_prompt_in_flower(
+    start_worker: StartWorker,
+    client: ImageGenClient,
+    offline_node: dict[str, Any],
+    job_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """A variation's message carries a short label for Flower; its retry kept it (Celery leaves
+    it off a retry's message, which Flower then showed whole: the tenant's prompt, its target)."""
+    start_worker({"IMAGEGEN_OFFLINE_FAILURES": "0:transient*1", "IMAGEGEN_RETRY_BASE_DELAY_S": "0.1"})
+    offline_node["inputs"]["user_query"] = "PROMPTCANARY9 a confidential product launch"
+    with FlowerProcess(job_env, ("ops", "s3cret-pw"), tmp_path) as flower:
+        time.sleep(1)  # let Flower subscribe to events before the job runs
+        assert client.submit(offline_node, job_id="flower-retry-1").wait(timeout=60).status == "succeeded"
+        deadline = time.monotonic() + 20
+        while True:  # the retried attempt (a retry keeps the task's id)
+            tasks = requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).json()
+            retried = [t for t in tasks.values() if t.get("name") == "imagegen.generate_variation" and t.get("retries")]
+            if retried and retried[0].get("state") == "SUCCESS":
+                break
+            assert time.monotonic() < deadline, "no variation retried in Flower"
+            time.sleep(0.5)
+        assert retried[0]["args"] == "(job flower-retry-1 run 1 variation 0)", retried[0]["args"]
+        for task_id, task in tasks.items():
+            info = requests.get(f"{flower.url}/api/task/info/{task_id}", auth=flower.auth, timeout=5).text
+            assert "PROMPTCANARY9" not in json.dumps(task) + info, task.get("name")
+
+
 def test_flower_reads_no_result_and_sends_no_task(
     start_worker: StartWorker,
     client: ImageGenClient,
