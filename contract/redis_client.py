@@ -105,6 +105,8 @@ _REFUSAL = re.compile(r"(?:^|-|caused error: )(?:" + "|".join(code.strip() for c
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is a Redis fault that passes within seconds: a lost connection, a timeout,
     or a refusal listed above. A script error, a wrong type or a bad argument is not."""
+    if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
+        return False  # a wrong or missing password, or an ACL refusal: the same on every try
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | TimeoutError | ConnectionError):
         return True
     if isinstance(exc, redis.BusyLoadingError | redis.OutOfMemoryError | redis.ReadOnlyError):

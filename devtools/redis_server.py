@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import redis
 
@@ -87,7 +87,9 @@ class RedisServer:
             self.process = None
 
 
-def start_redis(port: int | None = None) -> RedisServer:
+def start_redis(port: int | None = None, password: str | None = None) -> RedisServer:
+    """A redis-server on loopback; with ``password``, it refuses clients without it (as the
+    Kubernetes manifests' Redis does) and the URL carries it."""
     port = port or free_port()
     if not _port_free(port):  # else a server already there would answer as if it were ours
         raise RuntimeError(f"cannot start a Redis on port {port}: the port is in use")
@@ -107,11 +109,13 @@ def start_redis(port: int | None = None) -> RedisServer:
             workdir,
             "--loglevel",
             "warning",
+            *(["--requirepass", password] if password else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"redis://127.0.0.1:{port}/0"
+    credentials = f":{quote(password, safe='')}@" if password else ""
+    url = f"redis://{credentials}127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while not answers(url):
         if process.poll() is not None or time.monotonic() > deadline:

@@ -137,6 +137,9 @@ def test_a_job_store_script_runs_where_the_server_never_saw_it(own_redis: RedisS
             False,
         ),
         (redis.exceptions.NoScriptError("No matching script. Please use EVAL."), False),
+        # ConnectionError's subclasses, but a password or an ACL is as wrong on the next try.
+        (redis.AuthenticationError("invalid username-password pair or user is disabled."), False),
+        (redis.exceptions.AuthorizationError("NOPERM this user has no permissions"), False),
         (redis.ResponseError("ERR value is not an integer; the OOM killer is not involved"), False),
     ],
 )

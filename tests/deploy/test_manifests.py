@@ -23,7 +23,9 @@ CORE_MANIFESTS = [  # KEDA's ScaledObject: a CRD, not validated here
     "flower.yaml",
     "redis.yaml",
     "api.yaml",
+    "network-policy.yaml",
 ]
+REDIS_SECRET = {"REDIS_PASSWORD": "0123456789abcdef0123456789abcdef"}  # what `openssl rand -hex` gives
 
 
 def test_kubernetes_manifests_validate_strictly() -> None:
@@ -52,13 +54,13 @@ def test_compose_file_validates() -> None:
 
 @pytest.mark.parametrize("manifest", ["worker-deployment.yaml", "api.yaml"])
 def test_configmap_is_a_valid_production_configuration(manifest: str) -> None:
-    data = yaml.safe_load((K8S / "configmap.yaml").read_text())["data"]
-    env = {key: str(value) for key, value in data.items()}
-    # With the Deployment's own literal values (VAULT_ADDR: plain http to an in-cluster Vault).
-    deployment = next(d for d in yaml.safe_load_all((K8S / manifest).read_text()) if d["kind"] == "Deployment")
-    [container] = deployment["spec"]["template"]["spec"]["containers"]
-    env |= {item["name"]: str(item["value"]) for item in container.get("env", []) if "value" in item}
-    assert "VAULT_ADDR" in env
+    # With the Deployment's own values (VAULT_ADDR: plain http to an in-cluster Vault; REDIS_URL
+    # with the password from its Secret).
+    env = _pod_env(manifest, {**REDIS_SECRET, "IMAGEGEN_API_TOKEN_ACME": "k8s-secret-token-0123456789"})
+    assert (
+        "VAULT_ADDR" in env
+        and env["REDIS_URL"] == f"redis://:{REDIS_SECRET['REDIS_PASSWORD']}@redis.imagegen.svc:6379/0"
+    )
     # Settings reads the environment; validate the ConfigMap exactly as a pod would see it.
     proc = subprocess.run(
         [sys.executable, "-c", "from contract.settings import Settings; s = Settings(); print(s.environment)"],
@@ -85,12 +87,13 @@ def test_redis_keeps_its_data_across_restarts() -> None:
     assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--appendfsync") + 1] == "everysec"
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
     [claim] = statefulset["spec"]["volumeClaimTemplates"]
-    assert statefulset["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] == [
-        {"name": claim["metadata"]["name"], "mountPath": "/data"}
-    ]
-    # The ConfigMap's REDIS_URL names this Service.
-    data = yaml.safe_load((K8S / "configmap.yaml").read_text())["data"]
-    assert data["REDIS_URL"].startswith(f"redis://{service['metadata']['name']}.")
+    assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in statefulset["spec"]["template"]["spec"][
+        "containers"
+    ][0]["volumeMounts"]
+    # Every Deployment's REDIS_URL names this Service.
+    for manifest in ("worker-deployment.yaml", "api.yaml", "flower.yaml"):
+        url = _pod_env(manifest, REDIS_SECRET)["REDIS_URL"]
+        assert url.split("@", 1)[1].startswith(f"{service['metadata']['name']}."), manifest
 
     redis = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["redis"]
     command = redis["command"]
@@ -99,18 +102,25 @@ def test_redis_keeps_its_data_across_restarts() -> None:
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
 
 
-def _api_pod_env(secrets: dict[str, str]) -> dict[str, str]:
-    """The API container's environment as Kubernetes builds it: the ConfigMap, then its own
-    ``env`` (a secretKeyRef read from ``secrets``, keyed by the variable's name)."""
-    deployment = next(yaml.safe_load_all((K8S / "api.yaml").read_text()))
+def _pod_env(manifest: str, secrets: dict[str, str]) -> dict[str, str]:
+    """A Deployment's container environment as Kubernetes builds it: the ConfigMap, then its own
+    ``env`` in order (a secretKeyRef read from ``secrets``, keyed by the variable's name; a
+    ``$(NAME)`` in a value replaced by a variable defined before it)."""
+    deployment = next(d for d in yaml.safe_load_all((K8S / manifest).read_text()) if d["kind"] == "Deployment")
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     env = {k: str(v) for k, v in yaml.safe_load((K8S / "configmap.yaml").read_text())["data"].items()}
     for item in container["env"]:
         if "value" in item:
-            env[item["name"]] = str(item["value"])
+            env[item["name"]] = re.sub(
+                r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), str(item["value"])
+            )
         elif item["name"] in secrets:
             env[item["name"]] = secrets[item["name"]]
     return env
+
+
+def _api_pod_env(secrets: dict[str, str]) -> dict[str, str]:
+    return _pod_env("api.yaml", {**REDIS_SECRET, **secrets})
 
 
 def test_the_api_pod_starts_in_production_only_with_its_tokens() -> None:
@@ -298,3 +308,68 @@ def test_every_worker_pool_can_be_installed_as_documented() -> None:
         if pool == "gevent" and "gevent" not in installed:
             assert any(dep.startswith("gevent") for dep in project["optional-dependencies"].get("gevent", [])), pool
             assert "[gevent]" in row, row
+
+
+def test_redis_asks_for_a_password_that_every_client_and_keda_has() -> None:
+    """Any pod that reached Redis could read every tenant's results and send tasks past the API's
+    tenancy: Redis loads ``requirepass`` from the Secret (a file, not its argv), and every
+    client gets the password from the same Secret."""
+    spec = _pod_specs()["redis.yaml"]
+    [container] = spec["containers"]
+    config = container["args"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    [volume] = [v for v in spec["volumes"] if config.startswith(mounts[v["name"]] + "/")]
+    assert volume["secret"]["secretName"] == "imagegen-redis"
+    assert volume["secret"]["items"] == [{"key": "redis-auth.conf", "path": config.rsplit("/", 1)[1]}]
+    assert volume["secret"]["defaultMode"] & 0o040 and spec["securityContext"]["fsGroup"] == 999  # Redis reads it
+    probe_auth = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}["REDISCLI_AUTH"]
+    assert probe_auth == {"name": "imagegen-redis", "key": "password"}
+    assert "redis-cli" in container["readinessProbe"]["exec"]["command"]
+
+    assert "REDIS_URL" not in yaml.safe_load((K8S / "configmap.yaml").read_text())["data"]
+    for manifest in ("worker-deployment.yaml", "api.yaml", "flower.yaml"):
+        [client] = _pod_specs()[manifest]["containers"]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in client["env"] if "valueFrom" in e}
+        assert refs["REDIS_PASSWORD"] == {"name": "imagegen-redis", "key": "password"}, manifest
+        assert _pod_env(manifest, REDIS_SECRET)["REDIS_URL"].startswith(f"redis://:{REDIS_SECRET['REDIS_PASSWORD']}@")
+
+    keda = {(o["kind"], o["metadata"]["name"]): o for o in _objects()}
+    [trigger] = keda[("ScaledObject", "imagegen-worker")]["spec"]["triggers"]
+    authentication = keda[("TriggerAuthentication", trigger["authenticationRef"]["name"])]["spec"]
+    assert authentication["secretTargetRef"] == [{"parameter": "password", "name": "imagegen-redis", "key": "password"}]
+
+
+def test_only_the_services_pods_and_keda_reach_redis() -> None:
+    objects = _objects()
+    [policy] = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    redis_labels = _pod_specs_labels()["redis.yaml"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    pods, keda = rule["from"]
+    assert keda["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}
+
+    def admitted(labels: dict[str, str]) -> bool:
+        selector = pods["podSelector"]
+        if not selector["matchLabels"].items() <= labels.items():
+            return False
+        return all(labels.get(e["key"]) in e["values"] for e in selector["matchExpressions"])
+
+    by_file = _pod_specs_labels()
+    assert {name for name, labels in by_file.items() if admitted(labels)} == {
+        "worker-deployment.yaml",
+        "api.yaml",
+        "flower.yaml",
+    }
+    assert not admitted({"app.kubernetes.io/name": "imagegen", "app.kubernetes.io/component": "playground"})
+
+
+def _pod_specs_labels() -> dict[str, dict[str, str]]:
+    """Each workload's pod labels by its file."""
+    labels = {}
+    for name in ("worker-deployment.yaml", "api.yaml", "flower.yaml", "redis.yaml"):
+        for document in yaml.safe_load_all((K8S / name).read_text()):
+            if document and document["kind"] in ("Deployment", "StatefulSet"):
+                labels[name] = document["spec"]["template"]["metadata"]["labels"]
+    return labels

@@ -1,0 +1,67 @@
+"""The service against a Redis that requires a password, as the Kubernetes manifests run it
+(deploy/k8s/redis.yaml, the Secret imagegen-redis): a job runs end to end through a real
+worker and Flower, and the password shows in no log, result, Redis value or Flower page."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from contract.settings import Settings
+from devtools.flower_process import FlowerProcess
+from devtools.redis_server import start_redis
+from devtools.worker_process import WorkerProcess
+from producer.client import ImageGenClient, QueueUnavailable
+from tests.redis_scan import redis_dump
+
+
+def test_a_job_runs_against_a_redis_with_a_password_that_shows_nowhere(
+    offline_node: dict[str, Any], tmp_path: Path
+) -> None:
+    password = f"redispw{secrets.token_hex(12)}"
+    server = start_redis(password=password)
+    try:
+        queue = f"test-{uuid.uuid4().hex[:8]}"
+        env = {"REDIS_URL": server.url, "IMAGEGEN_QUEUE": queue, "IMAGEGEN_STORAGE_URL": str(tmp_path / "images")}
+        with (
+            WorkerProcess(env, concurrency=4, log_dir=str(tmp_path)) as worker,
+            FlowerProcess(env, ("ops", "s3cret-pw"), tmp_path) as flower,
+        ):
+            client = ImageGenClient(Settings(REDIS_URL=server.url, queue=queue))
+            try:
+                result = client.submit(offline_node, job_id="password-1").wait(timeout=60)
+            finally:
+                client.close()
+            assert result.status == "succeeded" and len(result.images) == 1
+            pages = [
+                requests.get(f"{flower.url}/{page}", auth=flower.auth, timeout=10).text
+                for page in ("api/workers", "broker", "workers", "api/tasks")
+            ]
+            assert any(worker.name.split("@")[0] in page for page in pages)  # Flower sees the worker
+            time.sleep(0.5)  # the last log lines
+            shown = {
+                "the worker's log": worker.log(),
+                "Flower's log": flower.log_path.read_text(),
+                "Flower's pages": "\n".join(pages),
+                "the result": json.dumps(result.model_dump(mode="json")),
+                "Redis": redis_dump(server.url).decode(errors="replace"),
+            }
+            assert [where for where, text in shown.items() if password in text] == []
+
+        # Without the password: refused at once, by the error root's queue error.
+        anonymous = server.url.replace(f":{password}@", "")
+        refused = ImageGenClient(Settings(REDIS_URL=anonymous, queue=queue))
+        try:
+            with pytest.raises(QueueUnavailable, match=r"authenticated|NOAUTH|Authentication"):
+                refused.submit(offline_node, job_id="password-2")
+        finally:
+            refused.close()
+    finally:
+        server.stop()
