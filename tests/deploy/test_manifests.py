@@ -373,3 +373,15 @@ def _pod_specs_labels() -> dict[str, dict[str, str]]:
             if document and document["kind"] in ("Deployment", "StatefulSet"):
                 labels[name] = document["spec"]["template"]["metadata"]["labels"]
     return labels
+
+
+def test_the_shipped_quota_covers_every_gemini_model_the_catalog_offers() -> None:
+    """A model without a quota goes unthrottled (worker/rate_limit.py): with KEDA at 20 pods of
+    256 slots, its calls would hit the project's shared quota as a storm of 429s."""
+    from contract.catalog import load_catalog
+    from contract.rate_limits import parse_rate_limits
+
+    catalog = load_catalog()
+    offered = {e.model_id for e in (catalog.models | catalog.text_models).values() if e.provider == "gemini"}
+    data = yaml.safe_load((K8S / "configmap.yaml").read_text())["data"]
+    assert offered and offered <= set(parse_rate_limits(data["IMAGEGEN_RATE_LIMITS"])), offered
