@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 import re
+import ssl
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -107,6 +109,8 @@ def is_transient(exc: BaseException) -> bool:
     or a refusal listed above. A script error, a wrong type or a bad argument is not."""
     if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
         return False  # a wrong or missing password, or an ACL refusal: the same on every try
+    if any(isinstance(cause, ssl.SSLCertVerificationError) for cause in _causes(exc)):
+        return False  # a certificate this client does not trust: redis-py wraps it as a lost connection
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | TimeoutError | ConnectionError):
         return True
     if isinstance(exc, redis.BusyLoadingError | redis.OutOfMemoryError | redis.ReadOnlyError):
@@ -117,6 +121,16 @@ def is_transient(exc: BaseException) -> bool:
         # ("Command # 1 (EVALSHA ...) of pipeline caused error: NOREPLICAS ...").
         return _REFUSAL.search(str(exc)) is not None
     return False
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions ``exc`` was raised from or while handling, nearest first (bounded)."""
+    cause = exc.__cause__ or exc.__context__
+    for _ in range(8):
+        if cause is None:
+            return
+        yield cause
+        cause = cause.__cause__ or cause.__context__
 
 
 class TransientRetry(Retry):

@@ -87,9 +87,20 @@ class RedisServer:
             self.process = None
 
 
-def start_redis(port: int | None = None, password: str | None = None) -> RedisServer:
-    """A redis-server on loopback; with ``password``, it refuses clients without it (as the
-    Kubernetes manifests' Redis does) and the URL carries it."""
+@dataclass(frozen=True)
+class RedisTls:
+    """PEM files for a Redis that speaks only TLS: its certificate and key, and the CA its
+    clients verify it with."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+
+
+def start_redis(port: int | None = None, password: str | None = None, tls: RedisTls | None = None) -> RedisServer:
+    """A redis-server on loopback. With ``password`` it refuses clients without it (as the
+    Kubernetes manifests' Redis does); with ``tls`` it speaks only TLS, and the URL
+    (``rediss://``) verifies its certificate with the CA. The URL carries both."""
     port = port or free_port()
     if not _port_free(port):  # else a server already there would answer as if it were ours
         raise RuntimeError(f"cannot start a Redis on port {port}: the port is in use")
@@ -110,12 +121,15 @@ def start_redis(port: int | None = None, password: str | None = None) -> RedisSe
             "--loglevel",
             "warning",
             *(["--requirepass", password] if password else []),
+            *(_tls_arguments(port, tls) if tls else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     credentials = f":{quote(password, safe='')}@" if password else ""
     url = f"redis://{credentials}127.0.0.1:{port}/0"
+    if tls:
+        url = f"rediss://{credentials}127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={quote(tls.ca_file)}"
     deadline = time.monotonic() + 10
     while not answers(url):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -123,6 +137,24 @@ def start_redis(port: int | None = None, password: str | None = None) -> RedisSe
             raise RuntimeError(f"could not start {redis_binary()} on port {port}")
         time.sleep(0.05)
     return RedisServer(url, process, workdir)
+
+
+def _tls_arguments(port: int, tls: RedisTls) -> list[str]:
+    """TLS on ``port`` and no plain port; clients show no certificate of their own."""
+    return [
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--tls-cert-file",
+        tls.cert_file,
+        "--tls-key-file",
+        tls.key_file,
+        "--tls-ca-cert-file",
+        tls.ca_file,
+        "--tls-auth-clients",
+        "no",
+    ]
 
 
 class RedisUnusable(RuntimeError):

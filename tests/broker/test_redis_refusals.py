@@ -8,6 +8,7 @@ kombu's unacked record or blocking pop was refused. Real Redis, real worker, one
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -113,6 +114,17 @@ def test_a_job_store_script_runs_where_the_server_never_saw_it(own_redis: RedisS
     assert increment(keys=["counter"], args=[3]) == 5
 
 
+def _raised_while(error: Exception, handling: Exception) -> Exception:
+    """``error`` as redis-py raises it while handling ``handling`` (its ``__context__``)."""
+    try:
+        try:
+            raise handling
+        except type(handling):
+            raise error  # noqa: B904  # the implicit context is what redis-py leaves
+    except type(error) as raised:
+        return raised
+
+
 @pytest.mark.parametrize(
     ("error", "transient"),
     [
@@ -140,6 +152,8 @@ def test_a_job_store_script_runs_where_the_server_never_saw_it(own_redis: RedisS
         # ConnectionError's subclasses, but a password or an ACL is as wrong on the next try.
         (redis.AuthenticationError("invalid username-password pair or user is disabled."), False),
         (redis.exceptions.AuthorizationError("NOPERM this user has no permissions"), False),
+        (_raised_while(redis.ConnectionError("Error 1 connecting"), ssl.SSLCertVerificationError(1, "verify")), False),
+        (_raised_while(redis.ConnectionError("Error 104 connecting"), ConnectionResetError(104, "reset")), True),
         (redis.ResponseError("ERR value is not an integer; the OOM killer is not involved"), False),
     ],
 )

