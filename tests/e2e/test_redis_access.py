@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 
+from contract.result import JobResult
 from contract.settings import Settings
 from devtools.flower_process import FlowerProcess
 from devtools.redis_server import RedisTls, redis_binary, start_redis
@@ -36,11 +37,7 @@ def test_a_job_runs_against_a_redis_with_a_password_that_shows_nowhere(
             WorkerProcess(env, concurrency=4, log_dir=str(tmp_path)) as worker,
             FlowerProcess(env, ("ops", "s3cret-pw"), tmp_path) as flower,
         ):
-            client = ImageGenClient(Settings(REDIS_URL=server.url, queue=queue))
-            try:
-                result = client.submit(offline_node, job_id="password-1").wait(timeout=60)
-            finally:
-                client.close()
+            result = _run_job(server.url, queue, offline_node)
             assert result.status == "succeeded" and len(result.images) == 1
             pages = [
                 requests.get(f"{flower.url}/{page}", auth=flower.auth, timeout=10).text
@@ -59,12 +56,7 @@ def test_a_job_runs_against_a_redis_with_a_password_that_shows_nowhere(
 
         # Without the password: refused at once, by the error root's queue error.
         anonymous = server.url.replace(f":{password}@", "")
-        refused = ImageGenClient(Settings(REDIS_URL=anonymous, queue=queue))
-        try:
-            with pytest.raises(QueueUnavailable, match=r"authenticated|NOAUTH|Authentication"):
-                refused.submit(offline_node, job_id="password-2")
-        finally:
-            refused.close()
+        _refused(anonymous, queue, offline_node, r"authenticated|NOAUTH|Authentication")
     finally:
         server.stop()
 
@@ -87,19 +79,28 @@ def test_a_job_runs_over_tls_to_redis_and_a_client_without_the_ca_is_refused(
         queue = f"test-{uuid.uuid4().hex[:8]}"
         env = {"REDIS_URL": server.url, "IMAGEGEN_QUEUE": queue, "IMAGEGEN_STORAGE_URL": str(tmp_path / "images")}
         with WorkerProcess(env, concurrency=4, log_dir=str(tmp_path)):
-            client = ImageGenClient(Settings(REDIS_URL=server.url, queue=queue))
-            try:
-                result = client.submit(offline_node, job_id="tls-1").wait(timeout=60)
-            finally:
-                client.close()
+            result = _run_job(server.url, queue, offline_node)
         assert result.status == "succeeded" and len(result.images) == 1
 
         # A client that does not trust the server's CA (the system's CAs only) is refused at once.
-        untrusting = ImageGenClient(Settings(REDIS_URL=server.url.split("&ssl_ca_certs=")[0], queue=queue))
-        try:
-            with pytest.raises(QueueUnavailable, match="certificate verify failed"):
-                untrusting.submit(offline_node, job_id="tls-2")
-        finally:
-            untrusting.close()
+        _refused(server.url.split("&ssl_ca_certs=")[0], queue, offline_node, "certificate verify failed")
     finally:
         server.stop()
+
+
+def _run_job(url: str, queue: str, node: dict[str, Any]) -> JobResult:
+    client = ImageGenClient(Settings(REDIS_URL=url, queue=queue))
+    try:
+        return client.submit(node).wait(timeout=60)
+    finally:
+        client.close()
+
+
+def _refused(url: str, queue: str, node: dict[str, Any], match: str) -> None:
+    """A client with ``url`` is refused, naming why (tests/broker: not waited out as transient)."""
+    client = ImageGenClient(Settings(REDIS_URL=url, queue=queue))
+    try:
+        with pytest.raises(QueueUnavailable, match=match):
+            client.submit(node)
+    finally:
+        client.close()
