@@ -408,7 +408,10 @@ def _routes(app: FastAPI) -> None:
     )
     async def validate(request: Request, state: State, tenant: Caller) -> ValidationReport:
         """Every problem of a node (as `imagegen validate` reports them) and its estimated cost; nothing is enqueued."""
-        raw, data = await read_json(request, state.settings.api_max_body_bytes, state.settings.api_body_timeout_s)
+        try:
+            raw, data = await read_json(request, state.settings.api_max_body_bytes, state.settings.api_body_timeout_s)
+        except NodeValidationError as exc:  # the document's own (a key twice, a number, the depth): reported alike
+            return ValidationReport(valid=False, problems=[ProblemItem(**p) for p in exc.as_dicts()])
         return await run_in_threadpool(_validate, state, tenant, raw, data)
 
     @app.get(f"{API_PREFIX}/models", response_model=CatalogView, tags=["nodes"], responses=problem_responses(401))

@@ -125,6 +125,32 @@ def test_an_invalid_node_is_422_with_the_clis_problems(
 
 
 @pytest.mark.usefixtures("nothing_enqueued")
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        (b'{"name": "n", "name": "m"}', "name", "more than once"),
+        (b'{"name": "n", "type": "image_generation", "inputs": {"seed": 1e400}}', "inputs.seed", "finite"),
+        (b"[1]", "(document)", "JSON object"),
+        (b'{"inputs": ' + b'{"a": ' * 40 + b"1" + b"}" * 41, "(document)", "more than 32 deep"),
+    ],
+)
+def test_a_documents_own_problem_is_a_validation_report_and_a_422_on_submit(
+    api: ApiServer, body: bytes, field: str, words: str
+) -> None:
+    """/v1/validate answers 200 with ``valid: false`` for every problem of the node, the
+    document's own included (it answered 422, which its contract does not list); /v1/jobs
+    answers 422 with the same problems."""
+    http = api.client("acme")
+    headers = {"Content-Type": "application/json"}
+    report = http.post("/v1/validate", content=body, headers=headers)
+    assert report.status_code == 200, report.text
+    assert report.json()["valid"] is False
+    [problem] = report.json()["problems"]
+    assert problem["field"] == field and words in problem["message"], problem
+    assert _problem(http.post("/v1/jobs", content=body, headers=headers), 422)["problems"] == [problem]
+
+
+@pytest.mark.usefixtures("nothing_enqueued")
 def test_envelope_and_job_id_problems_are_422(api: ApiServer, offline_node: dict[str, Any]) -> None:
     http = api.client("acme")
     cases: list[tuple[dict[str, Any], dict[str, str], str]] = [
