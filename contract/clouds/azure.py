@@ -43,15 +43,18 @@ class AzureBlobSpec(CloudSpec):
                 "starting and ending with a letter or digit"
             )
 
-    def cross_field_problems(self, inputs: Mapping[str, Any]) -> dict[str, str]:
+    def cross_field_problems(self, inputs: Mapping[str, Any], policy: TargetPolicy) -> dict[str, str]:
         if inputs.get("azure_account_url") and inputs.get("azure_connection_string"):
             # The connection string names its own account: the URL would be ignored without a word.
             return {"azure_account_url": "give azure_account_url or azure_connection_string, not both"}
         if inputs.get("azure_account_url") or inputs.get("azure_connection_string"):
             return {}
+        if not policy.allows_identity_for(self.name):
+            return {}  # only a connection string will do: the credential's own problem says so
         return {
-            "azure_account_url": "is required when use_cloud is true and cloud_provider is azure "
-            "(or give azure_connection_string)"
+            "azure_account_url": "is required when use_cloud is true and cloud_provider is azure, unless "
+            "azure_connection_string is given (a credential reference); the URL alone writes with the "
+            "worker's own identity, for a container in IMAGEGEN_ALLOWED_TARGETS"
         }
 
     def target(self, inputs: Mapping[str, Any]) -> Target:

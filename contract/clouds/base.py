@@ -99,6 +99,10 @@ class TargetPolicy:
     allowed_targets: tuple[AllowedTarget, ...] = ()
     allowed_endpoint_hosts: tuple[str, ...] = ()  # "host" exact, ".suffix" any subdomain
 
+    def allows_identity_for(self, provider: str) -> bool:
+        """Whether any node target of ``provider`` may be written with the worker's own identity."""
+        return any(allowed.provider == provider for allowed in self.allowed_targets)
+
     def check_identity(self, target: Target) -> None:
         """The worker's own identity serves only the platform and allow-listed targets."""
         if target.credentials or target.platform:
@@ -206,12 +210,22 @@ class CloudSpec(ABC):
                 found[name] = str(exc)
         if not inputs.get(self.bucket_field):
             found.setdefault(self.bucket_field, f"is required when use_cloud is true and cloud_provider is {self.name}")
-        found.update(self.cross_field_problems(inputs))
+        found.update(self.cross_field_problems(inputs, policy))
         if self.credential_field not in found and not (found.keys() & {self.bucket_field, self.prefix_field}):
             try:
                 policy.check_identity(self.target(inputs))
             except TargetError as exc:
                 found[self.credential_field] = str(exc)
+        elif not (self.credential_field in found or inputs.get(self.credential_field)) and not (
+            policy.allows_identity_for(self.name)
+        ):
+            # No target to check yet; with no allow-listed one of this cloud, a credential is
+            # required whatever the bucket: said now, not after the bucket is mended.
+            found[self.credential_field] = (
+                f"is required when use_cloud is true and cloud_provider is {self.name}: a credential "
+                "reference (the worker's own identity serves only the platform storage and "
+                "IMAGEGEN_ALLOWED_TARGETS, which lists none here)"
+            )
         return found
 
     def check_field(self, name: str, value: str, policy: TargetPolicy) -> None:
@@ -221,7 +235,7 @@ class CloudSpec(ABC):
         elif name == self.bucket_field:
             self.check_bucket(value)
 
-    def cross_field_problems(self, inputs: Mapping[str, Any]) -> dict[str, str]:
+    def cross_field_problems(self, inputs: Mapping[str, Any], policy: TargetPolicy) -> dict[str, str]:
         return {}
 
     @abstractmethod

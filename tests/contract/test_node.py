@@ -160,9 +160,25 @@ def test_a_far_name_gets_no_guess(seed_node: dict[str, Any]) -> None:
 
 
 def test_cloud_provider_fields_required_when_use_cloud(seed_node: dict[str, Any]) -> None:
+    # Every missing field at once: with no allow-listed Azure target, only a credential will do.
     found = problems(with_inputs(seed_node, use_cloud=True, cloud_provider="azure"))
+    assert set(found) == {"inputs.azure_container", "inputs.azure_connection_string"}
+    assert "a credential reference" in found["inputs.azure_connection_string"]
+    for cloud, bucket, credential in (
+        ("aws", "aws_bucket", "aws_credentials"),
+        ("gcp", "gcp_bucket", "gcp_credentials"),
+    ):
+        found = problems(with_inputs(seed_node, use_cloud=True, cloud_provider=cloud))
+        assert set(found) == {f"inputs.{bucket}", f"inputs.{credential}"}, cloud
+    # With one, the account URL alone (the worker's identity) is the other way for Azure, and an
+    # allow-listed bucket needs no credential: only the bucket is named until it is given.
+    allowing = Settings(allowed_targets="az://acct.blob.core.windows.net/images,s3://platform-bucket")
+    found = problems(with_inputs(seed_node, use_cloud=True, cloud_provider="azure"), allowing)
     assert set(found) == {"inputs.azure_container", "inputs.azure_account_url"}
-    assert "or give azure_connection_string" in found["inputs.azure_account_url"]
+    assert "unless azure_connection_string is given" in found["inputs.azure_account_url"]
+    assert set(problems(with_inputs(seed_node, use_cloud=True, cloud_provider="aws"), allowing)) == {
+        "inputs.aws_bucket"
+    }
     both = with_inputs(
         seed_node,
         use_cloud=True,
@@ -186,7 +202,7 @@ def test_every_true_the_model_reads_gets_the_storage_checks(seed_node: dict[str,
     """The cloud checks read use_cloud as the model does: a "y" that the model takes for true
     cannot skip them and reach the worker with a missing bucket."""
     node = with_inputs(seed_node, use_cloud=raw, cloud_provider="azure")
-    assert set(problems(node)) == {"inputs.azure_container", "inputs.azure_account_url"}
+    assert set(problems(node)) == {"inputs.azure_container", "inputs.azure_connection_string"}
 
 
 def test_raw_secret_is_refused_and_never_echoed(seed_node: dict[str, Any]) -> None:
