@@ -2,9 +2,11 @@
 // run by POST /v1/jobs and followed on its Server-Sent Events stream. No build step, no
 // dependencies: plain modern JavaScript served by the API process itself.
 //
-// The node JSON textarea is the contract: its parsed JSON is exactly what is validated,
-// submitted and copied. The form is a view of that JSON; each form control edits one place
-// of it and leaves the rest as the author wrote it. Values are judged by the API, not here.
+// The node JSON textarea is the contract: its text, as the author wrote it, is exactly what is
+// validated, submitted and copied (so the API's own checks, a key given twice or a number past
+// what JSON.parse keeps, apply to it). The form is a view of that JSON, parsed; each form control
+// edits one place of it and leaves the rest as the author wrote it. Values are judged by the API,
+// not here. While the text cannot be parsed the form is locked: an edit there would rewrite it.
 "use strict";
 
 const TOKEN_KEY = "imagegen.playground.token"; // sessionStorage: this tab only
@@ -20,11 +22,16 @@ const RESUME_MAX = 2;
 const $ = (id) => document.getElementById(id);
 const state = {
   catalog: null, // GET /v1/models
-  node: null, // the parsed node JSON: what is validated, submitted and copied
+  text: null, // the node JSON as the author wrote it: what is validated, submitted and copied
+  node: null, // that text parsed: what the form shows and edits
+  unreadable: false, // the JSON box holds text that does not parse: the form is locked
   validateTimer: null,
   validateSeq: 0,
-  pendingText: null, // the node last sent for validation (JSON text)
-  valid: false,
+  validation: null, // the validation under way (a promise), for a run that waits for its verdict
+  pendingKey: null, // the node(s) last sent for validation (their JSON texts)
+  verdict: null, // "pending" (an edit not judged yet), "valid" or "invalid"; null: no node judged
+  checked: [], // the nodes the valid verdict was for: exactly what Run submits
+  secondChosen: false, // the author picked the side-by-side model: the page no longer picks it
   submitting: false, // a Run click's submits are on their way
   runs: new Map(), // job id -> run view, for the runs shown (and only those)
   recent: null, // {storage, key}: where this token's recent runs are kept
@@ -78,13 +85,14 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, { method = "GET", body, headers = {} } = {}) {
+async function api(path, { method = "GET", body, raw, headers = {} } = {}) {
+  // `raw`: JSON text sent as it is, byte for byte (the author's node); `body`: a value the page serialises.
   const token = sessionStorage.getItem(TOKEN_KEY);
   const init = { method, headers: { Accept: "application/json", ...headers } };
   if (token) init.headers.Authorization = `Bearer ${token}`;
-  if (body !== undefined) {
+  if (raw !== undefined || body !== undefined) {
     init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    init.body = raw !== undefined ? raw : JSON.stringify(body);
   }
   const response = await fetch(path, init);
   let payload = null;
@@ -114,14 +122,75 @@ function problemsOf(error) {
   return Array.isArray(problems) ? problems : [];
 }
 
-function describe(error) {
+function describe(error, item) {
+  // `item`: the node sent ({text, node}), when the request carried one.
   const problems = problemsOf(error);
   if (problems.length) return problems.map(problemText).join("; ");
-  if (error.status === 413) {
-    // The body limit is an operator's setting; what the author can change is the node, mostly its prompt.
-    return "the node is larger than this API accepts; shorten inputs.user_query (the prompt)";
-  }
+  if (error.status === 413) return tooLargeText(error, item);
   return error.message;
+}
+
+// ---------------------------------------------------------------- a node too large
+
+function count(n) {
+  return n.toLocaleString("en-US");
+}
+
+function limitIn(text) {
+  // The limit a size refusal names ("... at most 262144 bytes are allowed ..."); null if it names none.
+  const match = /at most (\d+) bytes/.exec(text || "");
+  return match ? Number(match[1]) : null;
+}
+
+function tooLargeText(error, item) {
+  // The body limit is an operator's setting; what the author can change is the node: its longest
+  // fields, whichever they are (the prompt has its own, smaller limit, checked before sending).
+  const limit = limitIn(error.problem.detail);
+  const accepts = limit ? `this API accepts at most ${count(limit)} bytes` : "more than this API accepts";
+  if (!item) return `The request is larger than this API accepts${limit ? ` (at most ${count(limit)} bytes)` : ""}`;
+  const size = new TextEncoder().encode(item.text).length; // the body is the text itself
+  return `Not accepted: the node is ${count(size)} bytes (${count([...item.text].length)} characters); ` +
+    `${accepts}. To fit, ${shortenAdvice(item.node, limit ? size - limit : 0)}.`;
+}
+
+function shortenAdvice(node, excess) {
+  // The longest strings, as many as it takes to cut `excess` (at most three; the longest alone when
+  // the limit is unknown): the fields to shorten, not always the prompt.
+  const named = [];
+  let cut = 0;
+  for (const item of longestStrings(node)) {
+    if (named.length === 3 || (named.length && cut >= excess)) break;
+    named.push(item);
+    cut += item.length;
+  }
+  if (!named.length) return "shorten the node";
+  const list = named.map((item) => `${item.field} (${count(item.length)} characters)`).join(", ");
+  return `shorten its longest field${named.length > 1 ? "s" : ""}: ${list}`;
+}
+
+function longestStrings(node) {
+  // Every string in the node with its place, longest first. A stack, not recursion: a node may nest deep.
+  const found = [];
+  const stack = [[node, ""]];
+  while (stack.length) {
+    const [value, path] = stack.pop();
+    if (typeof value === "string") {
+      found.push({ field: path, length: [...value].length });
+    } else if (Array.isArray(value)) {
+      value.forEach((item, index) => stack.push([item, `${path}[${index}]`]));
+    } else if (isObject(value)) {
+      for (const [key, item] of Object.entries(value)) stack.push([item, path ? `${path}.${key}` : key]);
+    }
+  }
+  return found.sort((a, b) => b.length - a.length);
+}
+
+function withSizeAdvice(problems, item) {
+  // The API's node-size limit names the document, not what to shorten: the longest fields are named too.
+  const tooLarge = problems.find((p) => p.field === "(document)" && limitIn(p.message) !== null);
+  if (!tooLarge) return problems;
+  const excess = new TextEncoder().encode(item.text).length - limitIn(tooLarge.message);
+  return [...problems, { field: "(document)", value: null, message: `to fit, ${shortenAdvice(item.node, excess)}` }];
 }
 
 // ---------------------------------------------------------------- token
@@ -179,10 +248,28 @@ async function loadCatalog() {
   for (const select of [$("f-model"), $("f-compare-model")]) {
     select.replaceChildren(...models().map((m) => new Option(label(m), m.name)));
   }
-  const first = models().find((m) => m.configured) || models()[0];
-  const second = models().find((m) => m !== first);
-  if (second) $("f-compare-model").value = second.name;
+  pickSecondModel();
   showBanner();
+}
+
+function pickSecondModel() {
+  // Side by side defaults to a model the workers can call, other than the node's: a second run bound
+  // to fail compares nothing. A real model the workers reported first, then one they may call (not
+  // reported either way), then the test pattern. The author's own pick is left alone.
+  if (state.secondChosen) return;
+  const current = shown(inputsOf(state.node).model);
+  const rank = (m) => (m.provider === "offline" ? 2 : m.configured === true ? 0 : 1);
+  const others = models().filter((m) => m.name !== current && m.configured !== false);
+  const pick = others.sort((a, b) => rank(a) - rank(b))[0];
+  const select = $("f-compare-model");
+  if (pick) {
+    select.value = pick.name;
+    $("compare-note").textContent = "";
+    return;
+  }
+  if (modelByName(current)) select.value = current;
+  $("compare-note").textContent = `No other model is configured on this deployment: the second run uses ` +
+    `${select.value} too; give it a second seed to compare.`;
 }
 
 function label(model) {
@@ -237,6 +324,7 @@ function showNode(node) {
   choose($("f-cloud-provider"), inputs.cloud_provider, "not offered");
   fillProviderFields(inputs);
   showSections();
+  pickSecondModel();
 }
 
 function choose(select, value, note) {
@@ -313,6 +401,7 @@ function editModel(el, inputs) {
   setOrDelete(inputs, "model", el.value);
   choose(el, inputs.model, "not in the catalog"); // a pasted model no longer in the node leaves the list
   fillSizes(inputs.size);
+  pickSecondModel();
 }
 
 function editUseCloud(el, inputs) {
@@ -344,12 +433,20 @@ function dropProviderFields(inputs, keepProvider) {
   }
 }
 
+const SECOND_CONTROLS = new Set(["f-compare", "f-compare-model", "f-compare-seed"]);
+
 function onFormEdited(event) {
   const el = event.target;
   showSections();
-  if (!state.node) return;
+  // Locked (its fieldset disabled) while the JSON cannot be read: an edit would rewrite the
+  // author's unfinished text from the last node that parsed.
+  if (!state.node || state.unreadable) return;
+  if (SECOND_CONTROLS.has(el.id)) {
+    onSecondEdited(el);
+    return;
+  }
   const edit = FORM_EDITS[el.id] || (el.dataset.providerField && editProviderField);
-  if (!edit) return; // the side-by-side controls are not part of the node
+  if (!edit) return;
   // A form edit needs an inputs object; one the author wrote as something else is replaced.
   if (!isObject(state.node.inputs)) state.node.inputs = {};
   edit(el, state.node.inputs, state.node);
@@ -357,16 +454,26 @@ function onFormEdited(event) {
   scheduleValidation();
 }
 
+function onSecondEdited(el) {
+  // Not part of the node, but of what Run submits side by side: the second node is validated too.
+  if (el.id === "f-compare-model") state.secondChosen = true;
+  if (el.id === "f-compare" && el.checked) pickSecondModel();
+  scheduleValidation();
+}
+
 function writeJson() {
-  $("node-json").value = JSON.stringify(state.node, null, 2);
+  // A form edit writes the whole node: from now on this text is what is validated, run and copied.
+  state.text = JSON.stringify(state.node, null, 2);
+  $("node-json").value = state.text;
   $("json-problem").textContent = "";
   $("node-json").removeAttribute("aria-invalid");
 }
 
 function onJsonEdited() {
+  const text = $("node-json").value;
   let node;
   try {
-    node = JSON.parse($("node-json").value);
+    node = JSON.parse(text);
   } catch (error) {
     refuseJson(error.message);
     return;
@@ -375,7 +482,9 @@ function onJsonEdited() {
     refuseJson("the node must be a JSON object");
     return;
   }
+  state.text = text; // verbatim: JSON.parse keeps the last of a key given twice, the API sees both
   state.node = node;
+  lockForm(false);
   showNode(node);
   $("json-problem").textContent = "";
   $("node-json").removeAttribute("aria-invalid");
@@ -385,81 +494,203 @@ function onJsonEdited() {
 function refuseJson(reason) {
   $("json-problem").textContent = `Not applied: ${reason}`;
   $("node-json").setAttribute("aria-invalid", "true");
+  lockForm(true);
   forgetVerdict();
   showFailure([]);
 }
 
+function lockForm(locked) {
+  // The form follows the JSON; while the JSON cannot be read there is nothing for it to follow, and
+  // the author's text is theirs to finish. The note says why the fields are disabled.
+  state.unreadable = locked;
+  const fields = $("node-fields");
+  fields.disabled = locked;
+  $("form-locked").hidden = !locked;
+  if (locked) fields.setAttribute("aria-describedby", "form-locked");
+  else fields.removeAttribute("aria-describedby");
+}
+
 // ---------------------------------------------------------------- validation
+
+function plannedNodes() {
+  // What Run would submit now: the node as the author wrote it and, side by side, the second node
+  // made from it. Each is validated before a run, as it will be sent.
+  const first = { title: shown(inputsOf(state.node).model), text: state.text, node: state.node };
+  if (!$("f-compare").checked) return [first];
+  const node = secondNode(state.node);
+  first.title = `A · ${first.title}`;
+  return [first, { title: `B · ${shown(node.inputs.model)}`, text: JSON.stringify(node), node, second: true }];
+}
+
+function secondNode(node) {
+  // The node with the second model (at a size it offers) and seed. Built from the parsed node, so
+  // written by the page: the first node is the author's text, already judged by the API as written.
+  const second = structuredClone(node);
+  if (!isObject(second.inputs)) second.inputs = {};
+  const inputs = second.inputs;
+  inputs.model = $("f-compare-model").value;
+  const sizes = sizesOf(modelByName(inputs.model)).map((s) => s.size);
+  if (inputs.size !== undefined && sizes.length && !sizes.includes(inputs.size)) inputs.size = sizes[0];
+  const seed = $("f-compare-seed").value;
+  if (seed !== "") inputs.seed = numberOrText(seed);
+  return second;
+}
 
 function scheduleValidation() {
   // A "change" event on leaving a field repeats the "input" events already handled: the same
   // node keeps its verdict (else clicking Run right after typing would find it disabled).
-  const text = JSON.stringify(state.node);
-  if (text === state.pendingText) return;
-  state.pendingText = text;
-  setRunnable(false);
+  const key = JSON.stringify(plannedNodes().map((item) => item.text));
+  if (key === state.pendingKey) return;
+  state.pendingKey = key;
+  state.validateSeq += 1; // a validation under way is of an older node: its verdict is not this one's
+  // Run stays enabled meanwhile: a run asked for now waits for this verdict (verdictNow).
+  setVerdict("pending");
   clearTimeout(state.validateTimer);
-  state.validateTimer = setTimeout(validateNow, 300);
+  state.validateTimer = setTimeout(startValidation, 300);
+}
+
+function startValidation() {
+  clearTimeout(state.validateTimer);
+  state.validateTimer = null;
+  state.validation = validateNow();
+  return state.validation;
+}
+
+async function verdictNow() {
+  // The verdict on the node as it is now: a pending one is reached at once (the debounce cut short),
+  // so Enter right after typing, or Run right after a paste, runs that node or shows its problems.
+  for (let round = 0; round < 3 && state.verdict === "pending"; round += 1) {
+    if (state.validateTimer !== null) startValidation();
+    await state.validation;
+  }
+  return state.verdict === "valid";
 }
 
 function forgetVerdict() {
   // No verdict in flight or kept: the next node is validated, even one equal to the last.
   clearTimeout(state.validateTimer);
+  state.validateTimer = null;
   state.validateSeq += 1;
-  state.pendingText = null;
+  state.pendingKey = null;
+  setVerdict(null);
 }
 
 async function validateNow() {
   const seq = ++state.validateSeq;
-  const local = localProblems(state.node);
+  const plan = plannedNodes();
+  const local = localProblems(state.node, state.text);
   if (local.length) {
     showFailure(local);
     return;
   }
-  let result;
-  try {
-    result = await api("/v1/validate", { method: "POST", body: state.node });
-  } catch (error) {
-    if (seq !== state.validateSeq) return;
-    state.pendingText = null; // not a verdict on the node: asking again may answer
-    const problems = problemsOf(error);
-    showFailure(problems, problems.length ? "" : `Validation unavailable: ${describe(error)}`);
+  // The second node only once the first is valid: the first's problems are the ones to fix first.
+  const reports = [];
+  for (const item of plan) {
+    let report;
+    try {
+      report = (await api("/v1/validate", { method: "POST", raw: item.text })).body || {};
+    } catch (error) {
+      if (seq === state.validateSeq) refused(item, error);
+      return;
+    }
+    if (seq !== state.validateSeq) return; // a newer edit is being validated
+    const problems = Array.isArray(report.problems) ? report.problems : [];
+    if (!report.valid || problems.length) {
+      failed(item, withSizeAdvice(problems, item), problems.length ? "" : "The API found this node not valid.");
+      return;
+    }
+    reports.push(report);
+  }
+  showValid(plan, reports);
+}
+
+function refused(item, error) {
+  // No report. A 413 (too large) or a 422 is a verdict on the node; anything else is not, and
+  // asking again may answer.
+  if (error.status === 413) {
+    failed(item, [], tooLargeText(error, item));
     return;
   }
-  if (seq !== state.validateSeq) return; // a newer edit is being validated
-  const report = result.body || {};
-  const problems = report.problems || [];
-  if (!report.valid || problems.length) {
-    showFailure(problems, problems.length ? "" : "The API found this node not valid.");
+  const problems = problemsOf(error);
+  if (!problems.length) state.pendingKey = null;
+  failed(item, problems, problems.length ? "" : `Validation unavailable: ${describe(error, item)}`);
+}
+
+function failed(item, problems, message = "") {
+  if (!item.second) {
+    showFailure(problems, message);
     return;
   }
+  // The first node is valid: the second's problems go beside the side-by-side controls.
+  showFailure([]);
+  showSecondProblems(problems, message);
+}
+
+function showValid(plan, reports) {
   showProblems([]);
-  // Valid, but the workers cannot call its model here (no key): say so before a run fails.
-  const warnings = Array.isArray(report.warnings) ? report.warnings : [];
-  $("form-problems").textContent = warnings.map(problemText).join("; ");
-  const cost = report.estimated_cost_usd;
-  $("estimate").textContent = cost == null ? "Estimated cost: unpriced model" :
-    `Estimated cost of this run: $${Number(cost).toFixed(4)}`;
-  setRunnable(true);
+  state.checked = plan;
+  // Valid, but the workers cannot call a model here (no key): say so before a run fails.
+  const warnings = reports.flatMap((report, index) => (Array.isArray(report.warnings) ? report.warnings : [])
+    .map((warning) => `${plan[index].second ? "Second run: " : ""}${problemText(warning)}`));
+  $("form-problems").textContent = warnings.join("; ");
+  $("estimate").textContent = estimateText(reports);
+  setVerdict("valid");
 }
 
-function localProblems(node) {
-  return [...rawSecretProblems(node), ...promptProblems(node)];
+function estimateText(reports) {
+  const costs = reports.map((report) => report.estimated_cost_usd);
+  if (costs.some((cost) => cost == null)) return "Estimated cost: unpriced model";
+  const total = costs.reduce((sum, cost) => sum + Number(cost), 0);
+  return `Estimated cost of ${reports.length > 1 ? "these runs" : "this run"}: $${total.toFixed(4)}`;
 }
 
-function rawSecretProblems(node) {
-  // Every provider's credential field in the node, shown or not: the page never sends a raw secret.
-  const inputs = inputsOf(node);
+function localProblems(node, text) {
+  return [...rawSecretProblems(text), ...promptProblems(node)];
+}
+
+function rawSecretProblems(text) {
+  // Every provider's credential field in the text, shown or not, each time it is given: the page
+  // never sends a raw secret. The text, not the parsed node: the text is what is sent, and of a key
+  // given twice JSON.parse keeps only the last (a reference may hide a raw secret before it).
   const problems = [];
   for (const spec of Object.values(cloudSpecs())) {
-    const value = inputs[spec.credential_field];
-    if (value === undefined || value === null || (typeof value === "string" && !value.trim())) continue;
-    if (typeof value === "string" && REFERENCE.test(value.trim())) continue;
+    if (!valuesOfKey(text, spec.credential_field).some(isRawSecret)) continue;
     problems.push({ field: `inputs.${spec.credential_field}`, value: null, message:
       "looks like a raw secret; this page does not send it. Write a reference: " +
       "vault:<path>#<key>, env:<NAME> or file:</path>" });
   }
   return problems;
+}
+
+const NOT_A_STRING = Symbol("not a string");
+
+function valuesOfKey(text, key) {
+  // Every value `key` has in the JSON text, at any depth, each occurrence: a string as parsed, null,
+  // or NOT_A_STRING. In JSON text every quote opens or closes a string, so reading the strings in
+  // order meets each key; a key is a string followed by a colon.
+  const strings = /"[^"\\]*(?:\\.[^"\\]*)*"/g;
+  const colon = /\s*:\s*/y;
+  const values = [];
+  let match;
+  while ((match = strings.exec(text)) !== null) {
+    colon.lastIndex = strings.lastIndex;
+    if (!colon.test(text) || JSON.parse(match[0]) !== key) continue;
+    const at = colon.lastIndex;
+    if (text[at] === '"') {
+      strings.lastIndex = at;
+      values.push(JSON.parse(strings.exec(text)[0]));
+    } else {
+      values.push(text.startsWith("null", at) ? null : NOT_A_STRING);
+    }
+  }
+  return values;
+}
+
+function isRawSecret(value) {
+  // Absent, null or blank is no secret; a reference names one; anything else may be one (a number, an object).
+  if (value === null || value === undefined) return false;
+  if (typeof value !== "string") return true;
+  return value.trim() !== "" && !REFERENCE.test(value.trim());
 }
 
 function promptProblems(node) {
@@ -475,7 +706,7 @@ function promptProblems(node) {
 
 function showFailure(problems, message = "") {
   // Every failure replaces all an earlier verdict showed: no field problem or estimate outlives it.
-  setRunnable(false);
+  setVerdict("invalid");
   $("estimate").textContent = "";
   const unplaced = showProblems(problems);
   $("form-problems").textContent = [...unplaced, message].filter(Boolean).join(" · ");
@@ -502,9 +733,23 @@ function showProblems(problems) {
   return unplaced;
 }
 
+function showSecondProblems(problems, message) {
+  // As the first node's, but all in one place beside the second model and seed, which are marked
+  // when a problem is theirs.
+  const texts = [...problems.map(problemText), message].filter(Boolean);
+  $("compare-problems").textContent = `Second run: ${texts.join("; ")}`;
+  for (const problem of problems) {
+    const input = document.querySelector(`[data-second-field="${CSS.escape(normaliseField(problem.field))}"]`);
+    if (!input) continue;
+    input.setAttribute("aria-invalid", "true");
+    input.setAttribute("aria-describedby", "compare-problems");
+  }
+}
+
 function clearFieldProblems() {
   for (const slot of document.querySelectorAll("[data-problem-for]")) slot.textContent = "";
-  for (const input of document.querySelectorAll("#node-form [data-field]")) {
+  $("compare-problems").textContent = "";
+  for (const input of document.querySelectorAll("#node-form [data-field], #node-form [data-second-field]")) {
     input.removeAttribute("aria-invalid");
     input.removeAttribute("aria-describedby"); // else it points at an empty slot
   }
@@ -516,26 +761,41 @@ function normaliseField(field) {
   return `inputs.${field}`;
 }
 
-function setRunnable(ok) {
-  state.valid = ok;
-  $("run").disabled = !ok || state.submitting;
+function setVerdict(verdict) {
+  state.verdict = verdict;
+  $("node-form").dataset.verdict = verdict || "none"; // for a test to wait on
+  updateRun();
+}
+
+function updateRun() {
+  // Enabled while a verdict is pending, not only once valid: Enter in a field (the form's implicit
+  // submission) and a click are refused outright by a disabled button, and would say nothing.
+  const runnable = state.verdict === "valid" || state.verdict === "pending";
+  $("run").disabled = !runnable || state.submitting;
 }
 
 // ---------------------------------------------------------------- runs
 
 async function run(event) {
   event.preventDefault();
-  if (!state.valid || state.submitting) return;
+  if (state.submitting) return;
   // Disabled from the click until the submits return: a double click makes one run.
   state.submitting = true;
-  setRunnable(state.valid);
+  updateRun();
   try {
+    if (!(await verdictNow())) {
+      // Not valid: its problems are shown. Still unjudged (edits kept coming): say so, not nothing.
+      if (state.verdict === "pending") {
+        $("form-problems").textContent = "Not run: the node is still being checked; run it again.";
+      }
+      return;
+    }
     const plan = runPlan();
     stopFollowing();
     for (const item of plan) await submitOne(item);
   } finally {
     state.submitting = false;
-    setRunnable(state.valid);
+    updateRun();
     updateCancel();
   }
 }
@@ -547,29 +807,19 @@ function ignoreRepeatedClick(event) {
 }
 
 function runPlan() {
-  // The node as it is at the click (later edits do not change what is sent), and one job id per
-  // node chosen here: sent as the Idempotency-Key, a POST sent again is the same job.
-  const node = structuredClone(state.node);
-  const first = { title: shown(inputsOf(node).model), node, jobId: newJobId() };
-  if (!$("f-compare").checked) return [first];
-  const second = structuredClone(node);
-  if (!isObject(second.inputs)) second.inputs = {};
-  const inputs = second.inputs;
-  inputs.model = $("f-compare-model").value;
-  const sizes = sizesOf(modelByName(inputs.model)).map((s) => s.size);
-  if (inputs.size !== undefined && sizes.length && !sizes.includes(inputs.size)) inputs.size = sizes[0];
-  const seed = $("f-compare-seed").value;
-  if (seed !== "") inputs.seed = numberOrText(seed);
-  first.title = `A · ${first.title}`;
-  return [first, { title: `B · ${inputs.model}`, node: second, jobId: newJobId() }];
+  // The nodes the valid verdict was for, as validated (later edits do not change what is sent; the
+  // parsed node, which form edits change in place, is copied), and one job id per node chosen here:
+  // sent as the Idempotency-Key, a POST sent again is the same job.
+  return state.checked.map((item) => ({ ...item, node: structuredClone(item.node), jobId: newJobId() }));
 }
 
-async function submitOne({ title, node, jobId }) {
+async function submitOne(item) {
+  const { title, node, jobId } = item;
   let answer;
   try {
-    answer = await submitJob(node, jobId);
+    answer = await submitJob(item.text, jobId);
   } catch (error) {
-    notStarted(title, describe(error));
+    notStarted(title, describe(error, item));
     return;
   }
   const accepted = answer.body && answer.body.job_id;
@@ -583,8 +833,8 @@ async function submitOne({ title, node, jobId }) {
   follow(view);
 }
 
-async function submitJob(node, jobId) {
-  const request = { method: "POST", body: node, headers: { "Idempotency-Key": jobId } };
+async function submitJob(text, jobId) {
+  const request = { method: "POST", raw: text, headers: { "Idempotency-Key": jobId } };
   try {
     return await api("/v1/jobs", request);
   } catch (error) {
@@ -993,10 +1243,13 @@ async function boot() {
   await openRecent(sessionStorage.getItem(TOKEN_KEY));
   showRecent();
   await refreshRecent();
-  if (!state.node) state.node = defaultNode();
-  showNode(state.node);
-  writeJson();
-  scheduleValidation();
+  if (state.text === null) {
+    state.node = defaultNode(); // the first load: a node to start from
+    writeJson();
+  }
+  // The box as it stands (after a new token too): read, shown and validated, or, if it cannot be
+  // read, left as the author wrote it with the form locked.
+  onJsonEdited();
 }
 
 document.addEventListener("DOMContentLoaded", start);

@@ -84,7 +84,12 @@ def _paste_node(page: Any, node: dict[str, Any] | str) -> None:
 
 
 def _run_enabled(page: Any, timeout: int = WAIT_MS) -> None:
-    page.wait_for_function("() => !document.getElementById('run').disabled", timeout=timeout)
+    """Run enabled on a valid verdict (Run is enabled too while an edit's verdict is pending)."""
+    page.wait_for_function(
+        "() => !document.getElementById('run').disabled"
+        " && document.getElementById('node-form').dataset.verdict === 'valid'",
+        timeout=timeout,
+    )
 
 
 def _offline_node(**inputs: Any) -> dict[str, Any]:
@@ -359,24 +364,25 @@ def test_a_pasted_raw_secret_goes_with_the_next_paste_and_is_never_sent(browser:
 def test_side_by_side_with_an_invalid_second_seed_names_the_problem_and_follows_nothing(
     browser: Any, start_api: StartApi
 ) -> None:
-    server = start_api()  # no worker: the first job waits queued, which is all this needs
+    server = start_api()
     page = _page(browser, server)
     urls: list[str] = []
     page.on("request", lambda request: urls.append(request.url))
+    submitted = _posts(page, "/v1/jobs")
     _paste_node(page, _offline_node())
     page.locator("#f-compare").check()
     page.locator("#f-compare-model").select_option("offline_preview")
     page.locator("#f-compare-seed").fill("-5")
-    _run_enabled(page)
-    page.get_by_role("button", name="Run").click()
-    failure = page.locator("#runs .problem")
+    # The second node is validated before a run: its problem is named and neither node is submitted.
+    failure = page.locator("#compare-problems")
     failure.wait_for(timeout=QUICK_MS)
     text = failure.inner_text()
     assert "inputs.seed = -5" in text and "must be from 0" in text, text
+    assert page.locator("#run").is_disabled()
     page.wait_for_timeout(1000)
     assert not [url for url in urls if "undefined" in url], urls
-    assert page.locator(".run").count() == 1  # the first job only
-    assert page.locator("#recent li").count() == 1
+    assert submitted == [] and page.locator(".run").count() == 0
+    assert page.locator("#recent li").count() == 0
     assert page.errors == []
 
 
@@ -606,3 +612,203 @@ def test_a_model_the_workers_cannot_call_is_named_before_a_run(
     assert said.startswith('inputs.model = "gemini_3_image": is not configured on this deployment\'s workers')
     assert "configured: offline_preview" in said
     assert page.errors == []
+
+
+def test_while_the_json_cannot_be_read_the_form_is_locked_and_the_authors_text_kept(
+    browser: Any, start_api: StartApi
+) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    _paste_node(page, _offline_node())
+    _run_enabled(page)
+    # Half-way through an edit: the author's text does not parse yet.
+    unfinished = json.dumps(_offline_node(user_query="a cat on a piano"), indent=2)[:-2] + ',\n  "description": "half'
+    _paste_node(page, unfinished)
+    page.locator("#json-problem").wait_for(state="visible", timeout=QUICK_MS)
+    note = page.locator("#form-locked")
+    note.wait_for(state="visible", timeout=QUICK_MS)
+    assert "JSON" in note.inner_text()
+    assert page.locator("#f-prompt").is_disabled() and page.locator("#f-model").is_disabled()
+    assert page.locator("#node-fields").get_attribute("aria-describedby") == "form-locked"
+    page.locator("#f-prompt").click(force=True)  # a disabled field takes no typing
+    page.keyboard.type("typed in the form")
+    page.wait_for_timeout(400)
+    assert page.locator("#node-json").input_value() == unfinished
+    assert page.locator("#run").is_disabled()
+    _shot(page, "desktop-json-unreadable")
+    # A new token reloads the catalog and reads the box again: the unfinished text is kept, still locked.
+    page.get_by_role("button", name="Forget token").click()
+    page.locator("#token").fill(TOKENS["acme"])
+    page.get_by_role("button", name="Use token").click()
+    page.wait_for_function(
+        "() => !document.getElementById('banner').textContent.includes('Enter an API token')", timeout=QUICK_MS
+    )
+    page.wait_for_timeout(400)
+    assert page.locator("#node-json").input_value() == unfinished and page.locator("#f-prompt").is_disabled()
+    # Readable again: the form follows the JSON and can be edited.
+    _paste_node(page, _offline_node(user_query="a cat on a piano"))
+    note.wait_for(state="hidden", timeout=QUICK_MS)
+    assert page.locator("#f-prompt").is_enabled()
+    assert page.locator("#f-prompt").input_value() == "a cat on a piano"
+    page.locator("#f-prompt").fill("a dog on a piano")
+    assert _shown_node(page)["inputs"]["user_query"] == "a dog on a piano"
+    _run_enabled(page)
+    assert page.errors == []
+
+
+def test_the_authors_text_is_sent_verbatim_so_the_api_judges_a_key_given_twice_and_a_huge_number(
+    browser: Any, start_api: StartApi
+) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    validated = _posts(page, "/v1/validate")
+    submitted = _posts(page, "/v1/jobs")
+    written = json.dumps(_offline_node(), indent=2)
+    twice = written.replace('"size": "1024x1024"', '"size": "512x512", "size": "1024x1024"')
+    assert twice.count('"size"') == 2
+    _paste_node(page, twice)
+    size_problem = page.locator('[data-problem-for="inputs.size"]')
+    size_problem.wait_for(state="visible", timeout=QUICK_MS)
+    assert "more than once" in size_problem.inner_text()
+    assert validated[-1].post_data == twice
+    assert page.locator("#run").is_disabled()
+    huge = json.dumps(_offline_node(), indent=2).replace('"variations"', '"seed": 1e400,\n    "variations"')
+    _paste_node(page, huge)
+    seed_problem = page.locator('[data-problem-for="inputs.seed"]')
+    seed_problem.wait_for(state="visible", timeout=QUICK_MS)
+    assert "finite number" in seed_problem.inner_text()
+    assert validated[-1].post_data == huge and page.locator("#run").is_disabled()
+    # A credential given twice, the raw secret first: JSON.parse keeps the reference, the text holds both.
+    secret = json.dumps(_offline_node(use_cloud=True, cloud_provider="aws", aws_bucket="b"), indent=2).replace(
+        '"aws_bucket"', '"aws_credentials": "AKIAIOSFODNN7EXAMPLE", "aws_credentials": "env:ACME_AWS", "aws_bucket"'
+    )
+    _paste_node(page, secret)
+    page.locator('[data-problem-for="inputs.aws_credentials"]').wait_for(state="visible", timeout=QUICK_MS)
+    assert "raw secret" in _all_problems(page)
+    page.wait_for_timeout(600)  # past the validation debounce
+    assert not any("AKIAIOSFODNN7EXAMPLE" in (r.post_data or "") for r in validated)
+    # A valid node as the author wrote it (compact, keys in their order) is validated and run as it is.
+    compact = json.dumps(_offline_node(seed=3), separators=(",", ":"))
+    _paste_node(page, compact)
+    _run_enabled(page)
+    assert validated[-1].post_data == compact
+    page.get_by_role("button", name="Run").click()
+    page.locator(".run").first.wait_for(timeout=QUICK_MS)
+    assert submitted[-1].post_data == compact
+    page.get_by_role("button", name="Copy node JSON").click()
+    assert page.evaluate("navigator.clipboard.readText()") == compact
+    assert page.errors == []
+
+
+def test_side_by_side_defaults_to_a_configured_second_model_and_validates_it_before_running(
+    browser: Any, start_api: StartApi, start_worker: StartWorker
+) -> None:
+    server = _start(start_api, start_worker, GEMINI_API_KEY="", GOOGLE_API_KEY="")
+
+    def reported() -> bool:  # the worker's first report says which providers it can call
+        models = server.client("acme").get("/v1/models").json()["models"]
+        return any(m["name"] == "gemini_3_image" and m["configured"] is False for m in models)
+
+    assert wait_for(reported)
+    page = _page(browser, server)
+    submitted = _posts(page, "/v1/jobs")
+    _paste_node(page, _offline_node(seed=7))
+    _run_enabled(page)
+    page.locator("#f-compare").check()
+    second = page.locator("#f-compare-model")
+    chosen = second.evaluate("(select) => select.selectedOptions[0].textContent")
+    assert "not configured" not in chosen and second.input_value() == "offline_preview", chosen
+    assert "No other model is configured" in page.locator("#compare-note").inner_text()
+    # The second node is validated before a run: its problem named, Run disabled, nothing submitted.
+    page.locator("#f-compare-seed").fill("-5")
+    problems = page.locator("#compare-problems")
+    problems.wait_for(state="visible", timeout=QUICK_MS)
+    assert "inputs.seed = -5" in problems.inner_text() and "must be from 0" in problems.inner_text()
+    assert page.locator("#f-compare-seed").get_attribute("aria-invalid") == "true"
+    assert page.locator("#f-compare-seed").get_attribute("aria-describedby") == "compare-problems"
+    assert page.locator("#run").is_disabled()
+    _shot(page, "desktop-side-by-side-second-invalid")
+    page.locator("#f-seed").press("Enter")  # a run asked for now waits for the verdict: still refused
+    page.wait_for_timeout(600)
+    assert submitted == [] and page.locator(".run").count() == 0
+    page.locator("#f-compare-seed").fill("8")
+    _run_enabled(page)
+    assert problems.is_hidden() and page.locator("#f-compare-seed").get_attribute("aria-invalid") is None
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('.run[data-status=succeeded]').length === 2", timeout=WAIT_MS
+    )
+    assert len(submitted) == 2
+    assert page.errors == []
+
+
+def test_a_run_asked_for_right_after_an_edit_waits_for_its_verdict(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    submitted = _posts(page, "/v1/jobs")
+    _paste_node(page, _offline_node())
+    _run_enabled(page)
+    # Enter at once after typing: no pause for the validation's debounce.
+    page.locator("#f-seed").fill("5")
+    page.locator("#f-seed").press("Enter")
+    page.locator(".run").first.wait_for(timeout=QUICK_MS)
+    assert len(submitted) == 1 and json.loads(submitted[0].post_data)["inputs"]["seed"] == 5
+    # Run clicked right after a JSON edit (a click on the element, as a person's lands): the edited node runs.
+    first = page.locator(".run").first.get_attribute("data-job-id")
+    _paste_node(page, _offline_node(seed=6))
+    page.evaluate("document.getElementById('run').click()")
+    page.wait_for_function(
+        "first => [...document.querySelectorAll('.run')].some((r) => r.dataset.jobId !== first)",
+        arg=first,
+        timeout=QUICK_MS,
+    )
+    assert len(submitted) == 2 and json.loads(submitted[1].post_data)["inputs"]["seed"] == 6
+    # An edit that makes the node invalid: the run asked for at once is refused with the problem shown.
+    page.locator("#f-seed").fill("-5")
+    page.locator("#f-seed").press("Enter")
+    page.locator('[data-problem-for="inputs.seed"]').wait_for(state="visible", timeout=QUICK_MS)
+    page.wait_for_timeout(600)
+    assert len(submitted) == 2
+    assert page.errors == []
+
+
+def test_a_node_too_large_for_the_api_names_its_size_the_limit_and_its_longest_field(
+    browser: Any, start_api: StartApi
+) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    node = _offline_node()
+    node["description"] = "d" * 300_000
+    _paste_node(page, node)
+    page.wait_for_function(
+        "() => document.getElementById('form-problems').textContent.includes('description')", timeout=QUICK_MS
+    )
+    said = page.locator("#form-problems").inner_text()
+    size = len(json.dumps(node, indent=2).encode())
+    assert f"{size:,}" in said and "262,144" in said, said  # IMAGEGEN_API_MAX_BODY_BYTES's default
+    assert "300,000 characters" in said and "user_query" not in said and "unavailable" not in said, said
+    assert page.locator("#run").is_disabled() and page.locator("#estimate").inner_text() == ""
+    _shot(page, "desktop-node-too-large")
+    # Within the body limit but past the node's own (IMAGEGEN_MAX_NODE_BYTES): the API's problem names
+    # the document, the page the field to shorten.
+    node["description"] = "d" * 100_000
+    _paste_node(page, node)
+    page.wait_for_function(
+        "() => document.getElementById('form-problems').textContent.includes('100,000 characters')", timeout=QUICK_MS
+    )
+    said = page.locator("#form-problems").inner_text()
+    assert "65536 bytes" in said and "longest field: description (100,000 characters)" in said, said
+    assert page.errors == []
+
+
+@pytest.mark.parametrize("width", [375, 390])
+def test_each_checkbox_stays_beside_its_label_on_a_phone(browser: Any, start_api: StartApi, width: int) -> None:
+    server = start_api()
+    page = _page(browser, server, viewport={"width": width, "height": 812})
+    for box_id in ("f-use-cloud", "f-compare"):
+        box = page.locator(f"#{box_id}").bounding_box()
+        label = page.locator(f'label[for="{box_id}"]').bounding_box()
+        assert box and label
+        assert label["x"] >= box["x"] + box["width"], (box_id, box, label)  # to its right
+        assert box["y"] <= label["y"] + 4 <= box["y"] + box["height"], (box_id, box, label)  # on its line
+    _shot(page, f"phone-{width}-checkboxes")
