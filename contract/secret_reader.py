@@ -33,7 +33,7 @@ from contract.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_FILE_BYTES = 64 * 1024  # a mounted credential is small; bigger is a mistake or an attack
+MAX_FILE_BYTES = 64 * 1024  # a credential (a file's, a Vault value) is small; bigger is a mistake or an attack
 
 
 class SecretReadError(ImageGenError):
@@ -166,7 +166,10 @@ def _from_vault(ref: SecretRef, settings: Settings) -> str:
         raise SecretReadError(f"{ref}: the Vault secret has no key {ref.key!r}")
     value = data[ref.key]
     # KV values may be JSON objects (e.g. AWS keys stored as a map): hand them over as JSON text.
-    return value if isinstance(value, str) else json.dumps(value)
+    text = value if isinstance(value, str) else json.dumps(value)
+    if len(text) > MAX_FILE_BYTES:  # cached and handed to the SDKs: bounded as a file's is
+        raise SecretReadError(f"{ref}: the Vault value is larger than {MAX_FILE_BYTES} characters; not used")
+    return text
 
 
 def _read_kv(ref: SecretRef, settings: Settings, mount: str, path: str) -> dict[str, Any]:

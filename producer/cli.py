@@ -58,6 +58,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+MAX_SERVE_WORKERS = 64  # each is a whole API process with its own Redis pools
+
+
+def _workers(text: str) -> int:
+    """``serve --workers``: 1 to MAX_SERVE_WORKERS processes, a usage error otherwise (uvicorn took
+    0 or -1 without a word, and a thousand would start a thousand processes)."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_SERVE_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes from 1 to {MAX_SERVE_WORKERS}")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -151,7 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP API (uvicorn; docs/api.md)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    serve.add_argument(
+        "--workers", type=_workers, default=1, help=f"uvicorn worker processes, 1-{MAX_SERVE_WORKERS} (default 1)"
+    )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(run=_serve)
     return parser

@@ -56,6 +56,14 @@ def test_a_json_object_value_comes_back_as_json_text(cloud_settings: Settings, p
     assert json.loads(resolve_secret(ref, cloud_settings)) == keys
 
 
+def test_a_vault_value_larger_than_a_credential_is_refused(cloud_settings: Settings, put_secret: PutSecret) -> None:
+    """Values are cached and handed to the cloud SDKs: bounded as a secret file is (64 KiB)."""
+    refs = put_secret({"huge": "x" * (secret_reader.MAX_FILE_BYTES + 1), "fits": "y" * secret_reader.MAX_FILE_BYTES})
+    with pytest.raises(SecretError, match=r"the Vault value is larger than 65536 characters; not used"):
+        resolve_secret(refs["huge"], cloud_settings)
+    assert resolve_secret(refs["fits"], cloud_settings) == "y" * secret_reader.MAX_FILE_BYTES
+
+
 def test_missing_path_and_missing_key_name_the_reference(cloud_settings: Settings, put_secret: PutSecret) -> None:
     with pytest.raises(SecretError, match=r"^vault:secret/imagegen/nope#k: no such secret in Vault \(KV v2 mount"):
         resolve_secret("vault:secret/imagegen/nope#k", cloud_settings)

@@ -222,6 +222,9 @@ def test_a_canceled_job_has_its_own_exit_code(
 def test_serve_refuses_bad_settings_in_one_line(job_env: dict[str, str]) -> None:
     bad_port = imagegen(job_env, "serve", "--port", "70000")
     assert bad_port.returncode == 2 and "not a TCP port" in bad_port.stderr
+    for workers in ("0", "-1", "65", "two", "1e3"):
+        bad_workers = imagegen(job_env, "serve", "--workers", workers)
+        assert bad_workers.returncode == 2 and "is not a number of processes from 1 to 64" in bad_workers.stderr
     bad_tokens = imagegen({**job_env, "IMAGEGEN_API_TOKENS": "acme=the-token-itself"}, "serve", "--port", "1")
     assert bad_tokens.returncode == 2 and "IMAGEGEN_API_TOKENS" in bad_tokens.stderr
     assert "the-token-itself" not in bad_tokens.stderr and "Traceback" not in bad_tokens.stderr
