@@ -13,7 +13,17 @@ const TOKEN_KEY = "imagegen.playground.token"; // sessionStorage: this tab only
 const RECENT_PREFIX = "imagegen.playground.recent."; // + a digest of the token: one list per tenant
 const SHARED_RECENT_KEY = "imagegen.playground.recent"; // the old list every token shared: removed
 const RECENT_MAX = 20;
-const REFERENCE = /^(vault:|env:|file:)/; // a credential field holds a reference, never the secret
+// A credential field holds a reference, never the secret: the API's grammar (contract/secret_refs.py
+// parse_secret_ref), applied to the value as written (not trimmed). Anything else is not sent.
+const MAX_REF_CHARS = 512;
+const REF_SEGMENT = /^[A-Za-z0-9_.@+=-]+$/; // ASCII only; a segment of dots only is refused
+const REF_ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+// Credential fields checked whatever the catalog says (it may not be loaded: no token yet, or
+// GET /v1/models failed); the catalog's own are added to these.
+const CREDENTIAL_FIELDS = ["aws_credentials", "azure_connection_string", "gcp_credentials"];
+// Within this long of the last run asked for, the same run asked for again (a double Enter, a
+// held Enter, Enter after a click) is the same action: ignored, as a double click's second click is.
+const REPEAT_MS = 800;
 const FOLLOWED = new Set(["queued", "running"]); // a job in these states has events still to come
 // Jobs followed again after a reload, newest first: each holds one of the browser's six connections
 // to this host open, and the page needs some for itself. Older ones can be reopened from the list.
@@ -32,6 +42,8 @@ const state = {
   verdict: null, // "pending" (an edit not judged yet), "valid" or "invalid"; null: no node judged
   checked: [], // the nodes the valid verdict was for: exactly what Run submits
   secondChosen: false, // the author picked the side-by-side model: the page no longer picks it
+  secondModel: null, // that pick, restored when the catalog is loaded again (another token)
+  lastRun: null, // {at, key}: the last run asked for, so a repeated keypress is not a second run
   submitting: false, // a Run click's submits are on their way
   runs: new Map(), // job id -> run view, for the runs shown (and only those)
   recent: null, // {storage, key}: where this token's recent runs are kept
@@ -148,23 +160,39 @@ function tooLargeText(error, item) {
   const limit = limitIn(error.problem.detail);
   const accepts = limit ? `this API accepts at most ${count(limit)} bytes` : "more than this API accepts";
   if (!item) return `The request is larger than this API accepts${limit ? ` (at most ${count(limit)} bytes)` : ""}`;
-  const size = new TextEncoder().encode(item.text).length; // the body is the text itself
-  return `Not accepted: the node is ${count(size)} bytes (${count([...item.text].length)} characters); ` +
+  const size = utf8Bytes(item.text); // the body is the text itself
+  return `Not accepted: the node is ${sizeText(size, [...item.text].length)}; ` +
     `${accepts}. To fit, ${shortenAdvice(item.node, limit ? size - limit : 0)}.`;
 }
 
+function utf8Bytes(text) {
+  return new TextEncoder().encode(text).length;
+}
+
+function sizeText(bytes, characters) {
+  // Every size the page names, the node's and each field's, in the same form.
+  return `${count(bytes)} bytes (${count(characters)} characters)`;
+}
+
+// A field whose value the contract fixes ("type") cannot be shortened; one shorter than this
+// cuts too little to be worth naming.
+const FIXED_FIELDS = new Set(["type"]);
+const MIN_ADVISED_BYTES = 64;
+
 function shortenAdvice(node, excess) {
-  // The longest strings, as many as it takes to cut `excess` (at most three; the longest alone when
-  // the limit is unknown): the fields to shorten, not always the prompt.
+  // The longest strings in UTF-8 bytes (what the limit counts), as many as it takes to cut `excess`
+  // bytes (at most three; the longest alone when the limit is unknown): the fields to shorten, not
+  // always the prompt. Never one the contract fixes, nor one too short to help.
   const named = [];
   let cut = 0;
   for (const item of longestStrings(node)) {
     if (named.length === 3 || (named.length && cut >= excess)) break;
+    if (FIXED_FIELDS.has(item.field) || item.bytes < MIN_ADVISED_BYTES) continue;
     named.push(item);
-    cut += item.length;
+    cut += item.bytes;
   }
   if (!named.length) return "shorten the node";
-  const list = named.map((item) => `${item.field} (${count(item.length)} characters)`).join(", ");
+  const list = named.map((item) => `${item.field}: ${sizeText(item.bytes, item.length)}`).join(", ");
   return `shorten its longest field${named.length > 1 ? "s" : ""}: ${list}`;
 }
 
@@ -175,21 +203,21 @@ function longestStrings(node) {
   while (stack.length) {
     const [value, path] = stack.pop();
     if (typeof value === "string") {
-      found.push({ field: path, length: [...value].length });
+      found.push({ field: path, length: [...value].length, bytes: utf8Bytes(value) });
     } else if (Array.isArray(value)) {
       value.forEach((item, index) => stack.push([item, `${path}[${index}]`]));
     } else if (isObject(value)) {
       for (const [key, item] of Object.entries(value)) stack.push([item, path ? `${path}.${key}` : key]);
     }
   }
-  return found.sort((a, b) => b.length - a.length);
+  return found.sort((a, b) => b.bytes - a.bytes);
 }
 
 function withSizeAdvice(problems, item) {
   // The API's node-size limit names the document, not what to shorten: the longest fields are named too.
   const tooLarge = problems.find((p) => p.field === "(document)" && limitIn(p.message) !== null);
   if (!tooLarge) return problems;
-  const excess = new TextEncoder().encode(item.text).length - limitIn(tooLarge.message);
+  const excess = utf8Bytes(item.text) - limitIn(tooLarge.message);
   return [...problems, { field: "(document)", value: null, message: `to fit, ${shortenAdvice(item.node, excess)}` }];
 }
 
@@ -255,13 +283,24 @@ async function loadCatalog() {
 function pickSecondModel() {
   // Side by side defaults to a model the workers can call, other than the node's: a second run bound
   // to fail compares nothing. A real model the workers reported first, then one they may call (not
-  // reported either way), then the test pattern. The author's own pick is left alone.
-  if (state.secondChosen) return;
+  // reported either way), then the test pattern. The author's own pick is kept, across catalog
+  // loads too (the options are rebuilt for another token), while the catalog still offers it.
+  const select = $("f-compare-model");
+  if (state.secondChosen) {
+    if (modelByName(state.secondModel)) {
+      select.value = state.secondModel;
+      showCompareNote();
+      return;
+    }
+    if (!state.catalog) return; // no catalog to judge it by: the pick stands
+  }
+  // No pick, or the catalog no longer offers it: the page picks.
+  state.secondChosen = false;
+  state.secondModel = null;
   const current = shown(inputsOf(state.node).model);
   const rank = (m) => (m.provider === "offline" ? 2 : m.configured === true ? 0 : 1);
   const others = models().filter((m) => m.name !== current && m.configured !== false);
   const pick = others.sort((a, b) => rank(a) - rank(b))[0];
-  const select = $("f-compare-model");
   if (pick) {
     select.value = pick.name;
     $("compare-note").textContent = "";
@@ -270,6 +309,14 @@ function pickSecondModel() {
   if (modelByName(current)) select.value = current;
   $("compare-note").textContent = `No other model is configured on this deployment: the second run uses ` +
     `${select.value} too; give it a second seed to compare.`;
+}
+
+function showCompareNote() {
+  // The author's pick: a note only when it is the node's own model (then only a seed differs).
+  const same = $("f-compare-model").value === shown(inputsOf(state.node).model);
+  $("compare-note").textContent = same
+    ? "The second run uses the same model as the first; give it a second seed to compare."
+    : "";
 }
 
 function label(model) {
@@ -456,7 +503,11 @@ function onFormEdited(event) {
 
 function onSecondEdited(el) {
   // Not part of the node, but of what Run submits side by side: the second node is validated too.
-  if (el.id === "f-compare-model") state.secondChosen = true;
+  if (el.id === "f-compare-model") {
+    state.secondChosen = true;
+    state.secondModel = el.value;
+    showCompareNote(); // a note about the page's pick no longer applies
+  }
   if (el.id === "f-compare" && el.checked) pickSecondModel();
   scheduleValidation();
 }
@@ -652,13 +703,19 @@ function rawSecretProblems(text) {
   // Every provider's credential field in the text, shown or not, each time it is given: the page
   // never sends a raw secret. The text, not the parsed node: the text is what is sent, and of a key
   // given twice JSON.parse keeps only the last (a reference may hide a raw secret before it).
-  const problems = [];
+  // The built-in fields whether or not a catalog is loaded, and any more the catalog names. A
+  // "secret" key anywhere (a webhook's signing key, in an envelope or not) is held to the same rule.
+  const fields = new Set(CREDENTIAL_FIELDS);
   for (const spec of Object.values(cloudSpecs())) {
-    if (!valuesOfKey(text, spec.credential_field).some(isRawSecret)) continue;
-    problems.push({ field: `inputs.${spec.credential_field}`, value: null, message:
-      "looks like a raw secret; this page does not send it. Write a reference: " +
-      "vault:<path>#<key>, env:<NAME> or file:</path>" });
+    if (spec && typeof spec.credential_field === "string") fields.add(spec.credential_field);
   }
+  const problems = [];
+  const message = "looks like a raw secret (it is not a valid secret reference); this page does not send it. " +
+    "Write a reference: vault:<path>#<key>, env:<NAME> or file:</path>";
+  for (const field of fields) {
+    if (valuesOfKey(text, field).some(isRawSecret)) problems.push({ field: `inputs.${field}`, value: null, message });
+  }
+  if (valuesOfKey(text, "secret").some(isRawSecret)) problems.push({ field: "webhook.secret", value: null, message });
   return problems;
 }
 
@@ -687,10 +744,34 @@ function valuesOfKey(text, key) {
 }
 
 function isRawSecret(value) {
-  // Absent, null or blank is no secret; a reference names one; anything else may be one (a number, an object).
-  if (value === null || value === undefined) return false;
-  if (typeof value !== "string") return true;
-  return value.trim() !== "" && !REFERENCE.test(value.trim());
+  // Absent, null or empty is no secret; a reference names one; anything else may be one (a number,
+  // an object, a string that only starts like a reference).
+  if (value === null || value === undefined || value === "") return false;
+  return typeof value !== "string" || !isSecretReference(value);
+}
+
+function isSecretReference(text) {
+  // contract/secret_refs.py parse_secret_ref, rule for rule, on the text as written.
+  if (text.length > MAX_REF_CHARS) return false;
+  const colon = text.indexOf(":");
+  if (colon < 0) return false;
+  const scheme = text.slice(0, colon);
+  const rest = text.slice(colon + 1);
+  if (scheme === "env") return REF_ENV_NAME.test(rest);
+  if (scheme === "file") return rest.startsWith("/") && safePath(rest);
+  if (scheme !== "vault") return false;
+  const hash = rest.indexOf("#");
+  return hash >= 0 && safePath(rest.slice(0, hash)) && safeSegment(rest.slice(hash + 1));
+}
+
+function safeSegment(segment) {
+  return REF_SEGMENT.test(segment) && segment.replace(/\./g, "") !== "";
+}
+
+function safePath(path) {
+  // At least one segment; empty ones (a//b, a leading or trailing /) are dropped, as the API does.
+  const segments = path.split("/").filter(Boolean);
+  return segments.length > 0 && segments.every(safeSegment);
 }
 
 function promptProblems(node) {
@@ -779,6 +860,13 @@ function updateRun() {
 async function run(event) {
   event.preventDefault();
   if (state.submitting) return;
+  // One run per action: the same run asked for again at once (Enter pressed twice or held, Enter
+  // right after a click) is ignored, as the second click of a double click is.
+  const key = runKey();
+  const now = Date.now();
+  const repeated = state.lastRun && state.lastRun.key === key && now - state.lastRun.at < REPEAT_MS;
+  state.lastRun = { at: now, key };
+  if (repeated) return;
   // Disabled from the click until the submits return: a double click makes one run.
   state.submitting = true;
   updateRun();
@@ -798,6 +886,11 @@ async function run(event) {
     updateRun();
     updateCancel();
   }
+}
+
+function runKey() {
+  // What a run asked for now would run: the node as written and the side-by-side controls.
+  return JSON.stringify([state.text, $("f-compare").checked, $("f-compare-model").value, $("f-compare-seed").value]);
 }
 
 function ignoreRepeatedClick(event) {
@@ -1243,8 +1336,10 @@ async function boot() {
   await openRecent(sessionStorage.getItem(TOKEN_KEY));
   showRecent();
   await refreshRecent();
-  if (state.text === null) {
-    state.node = defaultNode(); // the first load: a node to start from
+  if (state.text === null && $("node-json").value.trim() === "") {
+    // The first load, the box still empty: a node to start from. Any text the author wrote there,
+    // readable or not, is theirs and stays.
+    state.node = defaultNode();
     writeJson();
   }
   // The box as it stands (after a new token too): read, shown and validated, or, if it cannot be

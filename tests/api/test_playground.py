@@ -797,7 +797,7 @@ def test_a_node_too_large_for_the_api_names_its_size_the_limit_and_its_longest_f
         "() => document.getElementById('form-problems').textContent.includes('100,000 characters')", timeout=QUICK_MS
     )
     said = page.locator("#form-problems").inner_text()
-    assert "65536 bytes" in said and "longest field: description (100,000 characters)" in said, said
+    assert "65536 bytes" in said and "longest field: description: 100,000 bytes (100,000 characters)" in said, said
     assert page.errors == []
 
 
@@ -812,3 +812,201 @@ def test_each_checkbox_stays_beside_its_label_on_a_phone(browser: Any, start_api
         assert label["x"] >= box["x"] + box["width"], (box_id, box, label)  # to its right
         assert box["y"] <= label["y"] + 4 <= box["y"] + box["height"], (box_id, box, label)  # on its line
     _shot(page, f"phone-{width}-checkboxes")
+
+
+RAW = "AKIAIOSFODNN7EXAMPLE"
+
+
+def _bodies(page: Any) -> list[str]:
+    """The bodies of every request the page sends from now on."""
+    bodies: list[str] = []
+    page.on("request", lambda request: bodies.append(request.post_data or ""))
+    return bodies
+
+
+def _judged(page: Any) -> str:
+    """The verdict on the node just pasted (valid or invalid), once there is one."""
+    page.wait_for_function(
+        "() => ['valid', 'invalid'].includes(document.getElementById('node-form').dataset.verdict)", timeout=QUICK_MS
+    )
+    return str(page.locator("#node-form").get_attribute("data-verdict"))
+
+
+def test_without_a_catalog_a_raw_secret_is_never_sent(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    # No token yet: the catalog (which names the credential fields) is not loaded.
+    page = _page(browser, server, token=None)
+    bodies = _bodies(page)
+    page.locator("#auth").wait_for(state="visible", timeout=QUICK_MS)
+    for field in ("aws_credentials", "azure_connection_string", "gcp_credentials"):
+        _paste_node(page, _offline_node(use_cloud=True, cloud_provider="aws", **{field: f"{RAW}-{field}"}))
+        assert _judged(page) == "invalid"
+        assert f"inputs.{field}" in _all_problems(page) and "raw secret" in _all_problems(page), _all_problems(page)
+        assert page.locator("#run").is_disabled()
+    # GET /v1/models fails (with a token): still nothing with a raw secret is sent.
+    page.route("**/v1/models", lambda route: route.fulfill(status=503, json={"detail": "catalog down"}))
+    page.locator("#token").fill(TOKENS["acme"])
+    page.get_by_role("button", name="Use token").click()
+    page.wait_for_function("() => /catalog down/.test(document.getElementById('banner').textContent)", timeout=QUICK_MS)
+    _paste_node(page, _offline_node(use_cloud=True, cloud_provider="gcp", gcp_credentials=RAW))
+    assert _judged(page) == "invalid"
+    assert "inputs.gcp_credentials" in _all_problems(page) and "raw secret" in _all_problems(page)
+    page.wait_for_timeout(600)
+    assert not [body for body in bodies if RAW in body]
+    assert page.errors == []
+
+
+def test_a_credential_that_only_looks_like_a_reference_is_never_sent(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    bodies = _bodies(page)
+    _paste_node(page, _offline_node())
+    _run_enabled(page)
+    not_references = [
+        f"env:{RAW}/wJalrXUtnFEMI+K7MDENG",  # env: names a variable: no / or +
+        f"\ufeffenv:{RAW}",  # a BOM first (JavaScript's trim() would strip it)
+        f" env:{RAW}",
+        f"env:{RAW} ",
+        f"vault:secret/imagegen/{RAW}",  # vault: needs #<key>
+        f"vault:secret/../{RAW}#k",
+        f"file:relative/{RAW}",
+        f"file:/run/secrets/{RAW}?x",
+        f"ENV:{RAW}",
+    ]
+    for value in not_references:
+        _paste_node(page, _offline_node(use_cloud=True, cloud_provider="aws", aws_bucket="b", aws_credentials=value))
+        assert _judged(page) == "invalid", value
+        problem = page.locator('[data-problem-for="inputs.aws_credentials"]').inner_text()
+        assert "raw secret" in problem, (value, problem)
+    # A webhook's signing key is a reference too: in an envelope, or a "webhook" key in a bare node.
+    envelope = {"node": _offline_node(), "webhook": {"url": "https://example.com/h", "secret": f"whsec_{RAW}"}}
+    bare = {**_offline_node(), "webhook": {"url": "https://example.com/h", "secret": f"whsec_{RAW}"}}
+    for text in (envelope, bare):
+        _paste_node(page, text)
+        assert _judged(page) == "invalid"
+        assert "webhook.secret" in _all_problems(page), _all_problems(page)
+    page.wait_for_timeout(600)  # past the validation debounce
+    assert not [body for body in bodies if RAW in body]
+    # Real references are sent, for the API to judge.
+    for value in ("env:ACME_AWS", "vault:secret//imagegen/acme#aws", "file:/run/secrets/acme/aws.json"):
+        _paste_node(page, _offline_node(use_cloud=True, cloud_provider="aws", aws_bucket="b", aws_credentials=value))
+        _judged(page)
+        assert any(value in body for body in bodies), value
+    assert page.errors == []
+
+
+def test_a_token_entered_after_unreadable_text_keeps_that_text(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server, token=None)
+    page.locator("#auth").wait_for(state="visible", timeout=QUICK_MS)
+    unfinished = '{\n  "name": "my own node",\n  "type": "image_generation",\n  "inputs": {\n    "model": "'
+    _paste_node(page, unfinished)
+    page.locator("#json-problem").wait_for(state="visible", timeout=QUICK_MS)
+    page.locator("#token").fill(TOKENS["acme"])
+    page.get_by_role("button", name="Use token").click()
+    page.wait_for_function("() => document.querySelectorAll('#f-model option').length > 0", timeout=QUICK_MS)
+    page.wait_for_timeout(500)
+    assert page.locator("#node-json").input_value() == unfinished
+    assert page.locator("#form-locked").is_visible() and page.locator("#f-prompt").is_disabled()
+    assert page.errors == []
+
+
+def test_a_double_enter_submits_one_job_and_cancel_reaches_it(browser: Any, start_api: StartApi) -> None:
+    server = start_api()  # no worker: each job waits queued, so Cancel could reach it
+    page = _page(browser, server)
+    posts = _posts(page, "/v1/jobs")
+    _paste_node(page, _offline_node())
+    for gap in (300, 600):
+        _run_enabled(page)
+        page.wait_for_timeout(1000)  # a new action, not a repeat of the last one
+        before = len(posts)
+        page.locator("#f-name").focus()
+        page.keyboard.press("Enter")
+        page.wait_for_timeout(gap)
+        page.keyboard.press("Enter")
+        page.wait_for_timeout(1200)
+        assert len(posts) == before + 1, (gap, len(posts) - before)
+        assert page.locator(".run").count() == 1
+        assert page.locator(".run").get_attribute("data-job-id") == posts[-1].headers.get("idempotency-key")
+    # The run shown is the one submitted: Cancel reaches it.
+    page.get_by_role("button", name="Cancel").click()
+    page.wait_for_function("() => /cancel/.test(document.querySelector('.run .summary').textContent)", timeout=QUICK_MS)
+    job = posts[-1].headers["idempotency-key"]
+    assert server.client().get(f"/v1/jobs/{job}").json()["cancel_requested"] is True
+    assert page.errors == []
+
+
+def test_a_second_seed_that_is_not_a_number_is_named_and_blocks_the_run(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    submitted = _posts(page, "/v1/jobs")
+    _paste_node(page, _offline_node(seed=7))
+    _run_enabled(page)
+    page.locator("#f-compare").check()
+    page.locator("#f-compare-model").select_option("offline_preview")
+    page.locator("#f-compare-seed").click()
+    page.keyboard.type("12e")
+    problems = page.locator("#compare-problems")
+    problems.wait_for(state="visible", timeout=QUICK_MS)
+    assert "inputs.seed" in problems.inner_text() and "12e" in problems.inner_text(), problems.inner_text()
+    assert page.locator("#f-compare-seed").get_attribute("aria-invalid") == "true"
+    assert page.locator("#run").is_disabled()
+    page.locator("#f-seed").press("Enter")
+    page.wait_for_timeout(800)
+    assert submitted == [] and page.locator(".run").count() == 0
+    assert page.errors == []
+
+
+def test_the_authors_second_model_survives_a_new_token_and_its_note_follows_the_pick(
+    browser: Any, start_api: StartApi
+) -> None:
+    server = start_api()
+    context = browser.new_context(viewport=DESKTOP)
+
+    def unconfigured(route: Any) -> None:  # as a deployment with no AI model key reports it
+        response = route.fetch()
+        body = response.json()
+        for model in body.get("models", []):  # a 401 has none
+            if model["provider"] != "offline":
+                model["configured"] = False
+        route.fulfill(response=response, json=body)
+
+    context.route("**/v1/models", unconfigured)
+    page = _page(browser, server, context=context)
+    _paste_node(page, _offline_node())
+    _run_enabled(page)
+    page.locator("#f-compare").check()
+    note = page.locator("#compare-note")
+    assert "No other model is configured" in note.inner_text()
+    page.locator("#f-compare-model").select_option("gemini_3_1_image")
+    page.wait_for_timeout(300)
+    assert "No other model" not in note.inner_text(), note.inner_text()
+    page.get_by_role("button", name="Forget token").click()
+    page.locator("#token").fill(TOKENS["acme"])
+    page.get_by_role("button", name="Use token").click()
+    page.wait_for_function("() => !document.getElementById('auth').checkVisibility()", timeout=QUICK_MS)
+    page.wait_for_function(
+        "() => !document.getElementById('banner').textContent.includes('Enter an API token')", timeout=QUICK_MS
+    )
+    page.wait_for_timeout(500)
+    assert page.locator("#f-compare-model").input_value() == "gemini_3_1_image"
+    assert "No other model" not in note.inner_text(), note.inner_text()
+    assert page.errors == []
+
+
+def test_a_too_large_node_in_multibyte_text_names_only_fields_that_help(browser: Any, start_api: StartApi) -> None:
+    server = start_api()
+    page = _page(browser, server)
+    node = _offline_node()
+    node["description"] = "€" * 140_000  # 3 bytes each: 420,000 bytes, past the 262,144-byte body limit
+    text = json.dumps(node, indent=2, ensure_ascii=False)
+    _paste_node(page, text)
+    page.wait_for_function(
+        "() => document.getElementById('form-problems').textContent.includes('To fit')", timeout=QUICK_MS
+    )
+    said = page.locator("#form-problems").inner_text()
+    assert f"{len(text.encode()):,} bytes ({len(text):,} characters)" in said, said
+    assert "longest field: description: 420,000 bytes (140,000 characters)" in said, said
+    for field in ("type", "user_query", "name", "inputs.model"):
+        assert f"{field}:" not in said and f"{field} (" not in said, (field, said)
+    assert page.errors == []
