@@ -117,8 +117,10 @@ def test_persistent_5xx_gives_up_after_the_bounded_attempts(
     "content",
     [
         "AKIAIMAGEGEN:not-json-canary-value",
-        "[" * 100_000 + "]" * 100_000,  # json.loads raised RecursionError: an "internal error", no field named
-        '{"canary": ' * 50_000 + "1" + "}" * 50_000,
+        # Deep enough for json.loads's RecursionError (it was an "internal error", no field named),
+        # within the 64 KiB a secret value may hold.
+        "[" * 30_000 + "]" * 30_000,
+        '{"canary": ' * 5_000 + "1" + "}" * 5_000,
     ],
 )
 def test_credentials_secret_must_be_the_documented_json(
