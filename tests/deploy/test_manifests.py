@@ -161,14 +161,19 @@ def test_the_api_probes_and_ports_match_the_app() -> None:
     assert compose_api["command"] == command and "/readyz" in " ".join(compose_api["healthcheck"]["test"])
 
 
-def _pod_specs() -> dict[str, dict[str, Any]]:
-    """Each workload's pod spec by its file."""
-    specs = {}
+def _pod_templates() -> dict[str, dict[str, Any]]:
+    """Each workload's pod template (its metadata and spec) by its file."""
+    templates = {}
     for name in ("worker-deployment.yaml", "api.yaml", "flower.yaml", "redis.yaml"):
         for document in yaml.safe_load_all((K8S / name).read_text()):
             if document and document["kind"] in ("Deployment", "StatefulSet"):
-                specs[name] = document["spec"]["template"]["spec"]
-    return specs
+                templates[name] = document["spec"]["template"]
+    return templates
+
+
+def _pod_specs() -> dict[str, dict[str, Any]]:
+    """Each workload's pod spec by its file."""
+    return {name: template["spec"] for name, template in _pod_templates().items()}
 
 
 def test_every_container_is_locked_down_and_keeps_secrets_out_of_argv() -> None:
@@ -367,12 +372,7 @@ def test_only_the_services_pods_and_keda_reach_redis() -> None:
 
 def _pod_specs_labels() -> dict[str, dict[str, str]]:
     """Each workload's pod labels by its file."""
-    labels = {}
-    for name in ("worker-deployment.yaml", "api.yaml", "flower.yaml", "redis.yaml"):
-        for document in yaml.safe_load_all((K8S / name).read_text()):
-            if document and document["kind"] in ("Deployment", "StatefulSet"):
-                labels[name] = document["spec"]["template"]["metadata"]["labels"]
-    return labels
+    return {name: template["metadata"]["labels"] for name, template in _pod_templates().items()}
 
 
 def test_the_shipped_quota_covers_every_gemini_model_the_catalog_offers() -> None:
