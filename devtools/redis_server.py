@@ -110,8 +110,7 @@ def start_redis(port: int | None = None, password: str | None = None, tls: Redis
             redis_binary(),
             "--bind",
             "127.0.0.1",
-            "--port",
-            str(port),
+            *(_tls_arguments(port, tls) if tls else ["--port", str(port)]),
             "--save",
             "",
             "--appendonly",
@@ -121,15 +120,13 @@ def start_redis(port: int | None = None, password: str | None = None, tls: Redis
             "--loglevel",
             "warning",
             *(["--requirepass", password] if password else []),
-            *(_tls_arguments(port, tls) if tls else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     credentials = f":{quote(password, safe='')}@" if password else ""
-    url = f"redis://{credentials}127.0.0.1:{port}/0"
-    if tls:
-        url = f"rediss://{credentials}127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={quote(tls.ca_file)}"
+    scheme, query = ("rediss", f"?ssl_cert_reqs=required&ssl_ca_certs={quote(tls.ca_file)}") if tls else ("redis", "")
+    url = f"{scheme}://{credentials}127.0.0.1:{port}/0{query}"
     deadline = time.monotonic() + 10
     while not answers(url):
         if process.poll() is not None or time.monotonic() > deadline:
