@@ -712,32 +712,35 @@ function rawSecretProblems(text) {
   const problems = [];
   const message = "looks like a raw secret (it is not a valid secret reference); this page does not send it. " +
     "Write a reference: vault:<path>#<key>, env:<NAME> or file:</path>";
+  const values = valuesOfKeys(text, new Set([...fields, "secret"])); // one reading of the text for them all
   for (const field of fields) {
-    if (valuesOfKey(text, field).some(isRawSecret)) problems.push({ field: `inputs.${field}`, value: null, message });
+    if (values.get(field).some(isRawSecret)) problems.push({ field: `inputs.${field}`, value: null, message });
   }
-  if (valuesOfKey(text, "secret").some(isRawSecret)) problems.push({ field: "webhook.secret", value: null, message });
+  if (values.get("secret").some(isRawSecret)) problems.push({ field: "webhook.secret", value: null, message });
   return problems;
 }
 
 const NOT_A_STRING = Symbol("not a string");
 
-function valuesOfKey(text, key) {
-  // Every value `key` has in the JSON text, at any depth, each occurrence: a string as parsed, null,
-  // or NOT_A_STRING. In JSON text every quote opens or closes a string, so reading the strings in
-  // order meets each key; a key is a string followed by a colon.
+function valuesOfKeys(text, keys) {
+  // For each of `keys`, every value it has in the JSON text, at any depth, each occurrence: a string
+  // as parsed, null, or NOT_A_STRING. In JSON text every quote opens or closes a string, so reading
+  // the strings in order meets each key; a key is a string followed by a colon.
   const strings = /"[^"\\]*(?:\\.[^"\\]*)*"/g;
   const colon = /\s*:\s*/y;
-  const values = [];
+  const values = new Map([...keys].map((key) => [key, []]));
   let match;
   while ((match = strings.exec(text)) !== null) {
     colon.lastIndex = strings.lastIndex;
-    if (!colon.test(text) || JSON.parse(match[0]) !== key) continue;
+    if (!colon.test(text)) continue;
+    const found = values.get(JSON.parse(match[0]));
+    if (found === undefined) continue;
     const at = colon.lastIndex;
     if (text[at] === '"') {
       strings.lastIndex = at;
-      values.push(JSON.parse(strings.exec(text)[0]));
+      found.push(JSON.parse(strings.exec(text)[0]));
     } else {
-      values.push(text.startsWith("null", at) ? null : NOT_A_STRING);
+      found.push(text.startsWith("null", at) ? null : NOT_A_STRING);
     }
   }
   return values;
