@@ -65,16 +65,8 @@ def test_a_webhook_url_never_reaches_flower(
         time.sleep(1)  # let Flower subscribe to events before the job runs
         webhook = {"url": url, "secret": "env:WEBHOOK_FLOWER"}
         client.submit(offline_node, job_id="flower-hook-1", webhook=webhook).wait(timeout=60)
-        deadline = time.monotonic() + 30
-        while True:  # the first attempt and its retry (a retry keeps the task's id)
-            tasks = requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).json()
-            if any(t.get("name") == "imagegen.deliver_webhook" and t.get("retries") for t in tasks.values()):
-                break
-            assert time.monotonic() < deadline, "no webhook delivery retried in Flower"
-            time.sleep(0.5)
-        for task_id, task in requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).json().items():
-            info = requests.get(f"{flower.url}/api/task/info/{task_id}", auth=flower.auth, timeout=5).text
-            assert "CANARY7" not in json.dumps(task) + info, task.get("name")
+        _retried_task(flower, "imagegen.deliver_webhook", timeout_s=30)
+        _assert_shown_nowhere(flower, "CANARY7")
 
 
 def test_a_retried_variation_shows_its_label_not_its_prompt_in_flower(
@@ -91,18 +83,9 @@ def test_a_retried_variation_shows_its_label_not_its_prompt_in_flower(
     with FlowerProcess(job_env, ("ops", "s3cret-pw"), tmp_path) as flower:
         time.sleep(1)  # let Flower subscribe to events before the job runs
         assert client.submit(offline_node, job_id="flower-retry-1").wait(timeout=60).status == "succeeded"
-        deadline = time.monotonic() + 20
-        while True:  # the retried attempt (a retry keeps the task's id)
-            tasks = requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).json()
-            retried = [t for t in tasks.values() if t.get("name") == "imagegen.generate_variation" and t.get("retries")]
-            if retried and retried[0].get("state") == "SUCCESS":
-                break
-            assert time.monotonic() < deadline, "no variation retried in Flower"
-            time.sleep(0.5)
-        assert retried[0]["args"] == "(job flower-retry-1 run 1 variation 0)", retried[0]["args"]
-        for task_id, task in tasks.items():
-            info = requests.get(f"{flower.url}/api/task/info/{task_id}", auth=flower.auth, timeout=5).text
-            assert "PROMPTCANARY9" not in json.dumps(task) + info, task.get("name")
+        retried = _retried_task(flower, "imagegen.generate_variation", timeout_s=20, state="SUCCESS")
+        assert retried["args"] == "(job flower-retry-1 run 1 variation 0)", retried["args"]
+        _assert_shown_nowhere(flower, "PROMPTCANARY9")
 
 
 def test_flower_reads_no_result_and_sends_no_task(
@@ -143,3 +126,23 @@ def test_flower_reads_no_result_and_sends_no_task(
         assert raw.llen(queue) == 0  # nothing was sent to the workers
         # What operators use Flower for still works.
         assert requests.get(f"{flower.url}/api/workers", auth=flower.auth, timeout=10).status_code == 200
+
+
+def _retried_task(flower: FlowerProcess, name: str, timeout_s: float, state: str | None = None) -> dict[str, Any]:
+    """The first task ``name`` that Flower shows retried (a retry keeps the task's id), once it is
+    in ``state`` if one is given."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        tasks = requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).json()
+        retried = [t for t in tasks.values() if t.get("name") == name and t.get("retries")]
+        if retried and (state is None or retried[0].get("state") == state):
+            return dict(retried[0])
+        assert time.monotonic() < deadline, f"no {name} retried in Flower"
+        time.sleep(0.5)
+
+
+def _assert_shown_nowhere(flower: FlowerProcess, canary: str) -> None:
+    """``canary`` is in no task Flower lists, nor in any task's own page."""
+    for task_id, task in requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=5).json().items():
+        info = requests.get(f"{flower.url}/api/task/info/{task_id}", auth=flower.auth, timeout=5).text
+        assert canary not in json.dumps(task) + info, task.get("name")
