@@ -28,11 +28,11 @@ import time
 from dataclasses import dataclass
 
 from contract.errors import NodeValidationError, Problem
-from contract.job_ids import GRAMMAR, MAX_JOB_ID_CHARS, check_job_id
+from contract.job_ids import GRAMMAR, MAX_JOB_ID_CHARS, NAMESPACE_ROOT, check_caller_id
 from contract.secret_reader import SecretReadError, read_secret
 from contract.secret_refs import SecretRef, parse_secret_ref
 from contract.settings import Settings
-from contract.tenancy import NAMESPACE_ROOT, TENANT_NAME, check_env_template_tenants, first_namespace
+from contract.tenancy import TENANT_NAME, check_env_template_tenants, first_namespace
 
 log = logging.getLogger("api.tenants")
 
@@ -94,7 +94,7 @@ class Tenant:
 
     def job_id(self, caller_id: str) -> str:
         """The internal job id of the caller's ``caller_id``; NodeValidationError naming job_id when invalid."""
-        check_job_id(caller_id)
+        check_caller_id(caller_id)
         room = MAX_JOB_ID_CHARS - len(self.prefix)
         if len(caller_id) > room:
             raise _job_id_problem(caller_id, f"is {len(caller_id)} characters; at most {room} for this tenant")

@@ -15,6 +15,11 @@ Why so strict: a job id is not just a label.
   ids: ``:`` is reserved to separate Redis key kinds and ``@`` to separate a
   job from its run number (``<job id>@<run>``), so no job id can name another
   kind's key or another job's run.
+* Its ``t`` segments name tenants: the HTTP API stores tenant ``acme``'s job ``x`` as
+  ``t/acme/x`` (contract/tenancy.py), and an object key's first ``t`` segment says whose image
+  it is when it is signed. So ``t`` may only begin an id, as ``t/<tenant>/<id>``: a platform
+  job ``run-1/t/acme/x`` would otherwise write images into acme's namespace, which acme signs.
+  A tenant's own id (``check_caller_id``) may hold ``t``: it is stored after ``t/<tenant>/``.
 * It is printed in logs and terminals: a newline or other control character
   would forge log lines, and Unicode lookalikes (Cyrillic U+0430 for Latin ``a``)
   would make two different jobs read the same. ASCII only rules out both.
@@ -27,6 +32,7 @@ import re
 from contract.errors import NodeValidationError, Problem, excerpt
 
 MAX_JOB_ID_CHARS = 128
+NAMESPACE_ROOT = "t"  # t/<tenant>/<the caller's id>
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 
 GRAMMAR = (
@@ -34,6 +40,7 @@ GRAMMAR = (
     "separated by single '/' (e.g. run-42/node-7); no segment is '.' or '..', "
     "no leading, trailing or double '/'"
 )
+NAMESPACE_RULE = "a segment 't' only begins an id, as t/<tenant>/<id> (a tenant's namespace)"
 
 
 def is_job_id(value: object) -> bool:
@@ -46,15 +53,28 @@ def check_job_id(value: object) -> str:
     job_id = _plain(value)
     if job_id is not None:
         return job_id
+    rules = f"{GRAMMAR}; {NAMESPACE_RULE}"
+    raise NodeValidationError([Problem("job_id", excerpt(value), f"is not valid; {rules}")], subject="job id")
+
+
+def check_caller_id(value: object) -> str:
+    """``check_job_id`` for a tenant's own id (the HTTP API's), which is stored after its
+    namespace (``t/<tenant>/<id>``): a ``t`` segment in it stays inside that tenant's namespace."""
+    job_id = _plain(value, namespaced=True)
+    if job_id is not None:
+        return job_id
     raise NodeValidationError([Problem("job_id", excerpt(value), f"is not valid; {GRAMMAR}")], subject="job id")
 
 
-def _plain(value: object) -> str | None:
+def _plain(value: object, namespaced: bool = False) -> str | None:
     if not isinstance(value, str):
         return None
     text = str.__str__(value)  # a plain str: a subclass's own len() or split() play no part
     if not 1 <= len(text) <= MAX_JOB_ID_CHARS:
         return None
-    if all(_SEGMENT.fullmatch(segment) and segment not in (".", "..") for segment in text.split("/")):
-        return text
-    return None
+    segments = text.split("/")
+    if not all(_SEGMENT.fullmatch(segment) and segment not in (".", "..") for segment in segments):
+        return None
+    if not namespaced and NAMESPACE_ROOT in segments and (segments[0] != NAMESPACE_ROOT or len(segments) < 3):
+        return None
+    return text

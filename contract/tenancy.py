@@ -33,10 +33,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from contract.errors import MISSING, NodeValidationError, Problem
+from contract.job_ids import NAMESPACE_ROOT
 from contract.secret_refs import AllowedRef, check_allowed, parse_allowed_ref, parse_secret_ref
 from contract.settings import Settings
 
-NAMESPACE_ROOT = "t"  # t/<tenant>/<the caller's id>
 TENANT_PLACEHOLDER = "{tenant}"
 TENANT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,31}")  # one job id segment; never "." or ".."
 # Tenants that may use env: templates: without "_" in the name, "T_acme_" is no other tenant's prefix.

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 from urllib3.util import parse_url
 
+from contract.job_ids import NAMESPACE_ROOT
+
 PREFIX_MAX_CHARS = 256
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _ENDPOINT_PATH = re.compile(r"(/[A-Za-z0-9-]{1,64})?/?")
@@ -169,7 +171,9 @@ def _is_name(host: str) -> bool:
 
 
 def canonical_prefix(value: str) -> str:
-    """``/a//b/`` -> ``a/b``; TargetError on ``.``/``..`` segments or unsafe characters."""
+    """``/a//b/`` -> ``a/b``; TargetError on ``.``/``..`` segments, unsafe characters, or a
+    ``t`` segment: it starts a tenant's namespace (``t/<tenant>/...``, contract/tenancy.py), and a
+    prefix ``x/t/acme`` would put another tenant's images under acme's keys, where acme signs them."""
     if len(value) > PREFIX_MAX_CHARS:
         raise TargetError(f"is {len(value)} characters; at most {PREFIX_MAX_CHARS} are allowed")
     segments = [s for s in value.split("/") if s]
@@ -177,6 +181,11 @@ def canonical_prefix(value: str) -> str:
         if segment in (".", "..") or not _SEGMENT.fullmatch(segment):
             raise TargetError(
                 "must be path segments of letters, digits, '.', '_' and '-' separated by '/' (no '.' or '..' segments)"
+            )
+        if segment == NAMESPACE_ROOT:
+            raise TargetError(
+                f"has the segment {NAMESPACE_ROOT!r}, which is reserved: images of the HTTP API's tenants are "
+                f"stored under {NAMESPACE_ROOT}/<tenant>/ keys, and only there"
             )
     return "/".join(segments)
 

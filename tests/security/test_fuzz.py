@@ -196,7 +196,10 @@ def oracle(value: object) -> bool:
         return False
     if any(char not in SEGMENT_CHARS + "/" for char in value):
         return False
-    return all(segment not in ("", ".", "..") for segment in value.split("/"))
+    segments = value.split("/")
+    if "t" in segments and (segments[0] != "t" or len(segments) < 3):  # "t" only begins t/<tenant>/<id>
+        return False
+    return all(segment not in ("", ".", "..") for segment in segments)
 
 
 # --- properties ---------------------------------------------------------------------

@@ -383,6 +383,8 @@ INVALID_JOB_IDS = [
     "run\u200b42",  # zero-width space
     "1\u0662",  # Arabic-Indic digit
     "caf\u00e9",
+    # "t" begins a tenant's namespace, and only an id's start: these would write into acme's.
+    "run-1/t/acme/x", "t/acme", "t", "a/t",
 ]  # fmt: skip
 VALID_JOB_IDS = [
     "run-42/node-7",
@@ -392,6 +394,8 @@ VALID_JOB_IDS = [
     "a.b_c-D9",
     "...",
     "a/b/c/d",
+    "t/acme/x",  # a tenant's job (the HTTP API's ids)
+    "t/acme/t/globex/x",  # ... whose own id starts with t/: still acme's first
 ]
 
 

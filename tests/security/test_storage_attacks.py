@@ -20,8 +20,17 @@ from azure.storage.blob import BlobServiceClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract.clouds import Target, TargetError, TargetPolicy, node_target, parse_allowed_targets
+from contract.clouds import (
+    Target,
+    TargetError,
+    TargetPolicy,
+    canonical_prefix,
+    node_target,
+    parse_allowed_targets,
+    platform_target,
+)
 from contract.errors import NodeValidationError
+from contract.job_ids import is_job_id
 from contract.node import validate_node
 from contract.queue import SIGN_URL, dispatch_key, job_key, job_task_id
 from contract.settings import Settings
@@ -146,7 +155,7 @@ def test_platform_azure_uploads_cannot_leave_the_container(
 @settings(max_examples=400, deadline=None, derandomize=True)
 @given(a=JOB_ID, b=JOB_ID, run_a=st.integers(1, 99), run_b=st.integers(1, 99), i=st.integers(0, 7), j=st.integers(0, 7))
 def test_keys_of_different_jobs_and_kinds_never_collide(a: str, b: str, run_a: int, run_b: int, i: int, j: int) -> None:
-    if ".." in a.split("/") or ".." in b.split("/") or "." in a.split("/") or "." in b.split("/"):
+    if not (is_job_id(a) and is_job_id(b)):
         return
     # Redis: a job's hash is never another job's dispatch guard (the finding: "x:dispatched").
     assert job_key(a) != dispatch_key(b, run_b)
@@ -154,6 +163,51 @@ def test_keys_of_different_jobs_and_kinds_never_collide(a: str, b: str, run_a: i
     # Objects: one key per (job, run, variation), under any prefix.
     same = (a, run_a, i) == (b, run_b, j)
     assert (object_key("p", a, i, "png", run_a) == object_key("p", b, j, "png", run_b)) == same
+
+
+def test_no_key_is_written_into_another_tenants_namespace() -> None:
+    """The first ``t`` segment of a key says whose image it is when signed (check_image_key): the
+    finding was tenant globex writing ``imagegen/t/acme/t/globex/x/...`` with the prefix
+    ``imagegen/t/acme``, over acme's image of job ``t/globex/x``, which acme then signed."""
+    acme_key = object_key("imagegen", "t/acme/t/globex/x", 0, "png")
+    assert check_image_key(acme_key, "imagegen", "acme") == acme_key
+    for prefix, job_id in [
+        ("imagegen/t/acme", "t/globex/x"),  # globex's job under acme's namespace
+        ("t/acme", "x"),  # a platform job there
+        ("imagegen", "run-1/t/acme/x"),  # a platform id holding acme's namespace
+        ("imagegen", "t/acme"),  # two segments: no tenant, but names one
+    ]:
+        with pytest.raises(StorageError, match="tenant namespace"):
+            object_key(prefix, job_id, 0, "png")  # a message sent past the producer's checks
+    # ... which refuse both before anything is spent: the node's prefix and the job id.
+    with pytest.raises(TargetError, match="reserved"):
+        canonical_prefix("imagegen/t/acme")
+    assert not is_job_id("run-1/t/acme/x") and not is_job_id("t/acme")
+    # The operator's own prefixes follow the same rule, at start.
+    with pytest.raises(ValueError, match="reserved"):
+        parse_allowed_targets("s3://shared-bucket/imagegen/t")
+    with pytest.raises(TargetError, match="reserved"):
+        platform_target("s3://platform-bucket/t/images", Settings())
+
+
+def test_the_worker_refuses_a_prefix_into_a_tenants_namespace_without_the_producer(
+    start_worker: StartWorker,
+    client: ImageGenClient,
+    offline_node: dict[str, Any],
+    cloud_env: dict[str, str],
+    s3_admin: Any,
+    s3_bucket: str,
+) -> None:
+    start_worker(env={**cloud_env, "REVIEW_AWS": json.dumps({"access_key_id": "k", "secret_access_key": "s"})})
+    node = cloud(
+        offline_node, cloud_provider="aws", aws_bucket=s3_bucket, aws_region="us-east-1",
+        aws_prefix="imagegen/t/acme", aws_credentials="env:REVIEW_AWS",
+    )  # fmt: skip
+    document = send_raw_job(client, "t/globex/x", node).get(timeout=30)
+    assert document["status"] == "failed" and document["images"] == []
+    assert "inputs.aws_prefix" in document["errors"][0]["message"]
+    assert "reserved" in document["errors"][0]["message"]
+    assert s3_admin.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0
 
 
 # --- 2. the worker's identity is not lent to nodes -----------------------------------------------------
@@ -456,6 +510,10 @@ def test_aws_region_is_checked_at_submit_and_named(offline_node: dict[str, Any])
         ("gcp_project", "my-project\n"),
         ("aws_prefix", "renders\n/x"),
         ("gcp_prefix", "renders\n"),
+        # A "t" segment would put the images in a tenant's namespace (t/<tenant>/), where it signs them.
+        ("aws_prefix", "imagegen/t/acme"),
+        ("azure_prefix", "t"),
+        ("gcp_prefix", "a/t/b"),
     ],
 )
 def test_bucket_container_and_prefix_rules(offline_node: dict[str, Any], field: str, value: str) -> None:

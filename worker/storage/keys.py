@@ -13,7 +13,7 @@ import re
 from urllib.parse import urlsplit
 
 from contract.tenancy import first_namespace, tenant_of
-from worker.errors import NotStoredHere
+from worker.errors import NotStoredHere, StorageError
 from worker.storage.base import check_key
 
 _FILE = re.compile(r"variation-(?P<index>\d{1,3})(\.run(?P<run>\d{1,6}))?\.(?P<ext>[a-z0-9]{2,5})")
@@ -22,7 +22,13 @@ _FILE = re.compile(r"variation-(?P<index>\d{1,3})(\.run(?P<run>\d{1,6}))?\.(?P<e
 def object_key(prefix: str | None, job_id: str, index: int, extension: str, run: int = 1) -> str:
     parts = [p for p in (prefix or "").split("/") if p]
     suffix = "" if run == 1 else f".run{run}"
-    return check_key("/".join([*parts, job_id, f"variation-{index}{suffix}.{extension}"]))
+    key = check_key("/".join([*parts, job_id, f"variation-{index}{suffix}.{extension}"]))
+    # Whose namespace the key is in is whose job it is: signing trusts the key's first ``t``
+    # segment (check_image_key), so no prefix or id may move it (both are refused before any
+    # cost, contract/clouds/base.py and contract/job_ids.py; this holds for a message sent past them).
+    if first_namespace(key.split("/")) != tenant_of(job_id):
+        raise StorageError(f"refused the object key {key!r}: its tenant namespace is not its job's")
+    return key
 
 
 def check_image_key(key: str, prefix: str | None, tenant: str | None = None) -> str:
