@@ -85,6 +85,14 @@ class ErrorRecord(_Record):
     reason: str | None = Field(None, description="Provider reason code, e.g. IMAGE_SAFETY")
     attempts: int
     duration_ms: int
+    estimated_cost_usd: float | None = Field(
+        None,
+        description="An image the provider made and billed that could not be stored (its upload failed): "
+        "its price from the catalog; null when no image was billed or its model is unpriced",
+    )
+    metadata: GenerationMetadata | None = Field(
+        None, description="What the provider said about that billed image (usage, response id); null when none"
+    )
 
 
 class PromptStepRecord(_Record):
@@ -115,9 +123,13 @@ class JobResult(_Record):
     started_at: datetime
     finished_at: datetime
     duration_ms: int = Field(description="submitted_at to finished_at")
-    usage: Usage | None = Field(None, description="Images' tokens plus the prompt step's")
+    usage: Usage | None = Field(
+        None, description="Images' tokens (stored or billed and not stored) plus the prompt step's"
+    )
     estimated_cost_usd: float | None = Field(
-        None, description="Sum over images and the prompt step from the catalog; null when unpriced"
+        None,
+        description="Sum over images (stored, or billed and not stored) and the prompt step from the catalog; "
+        "null when unpriced",
     )
     original_prompt: str | None = Field(
         None, description="The job's prompt: user_query after templates, or the upstream task's text"

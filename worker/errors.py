@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from contract.result import GenerationMetadata
     from worker.providers.base import GeneratedText
 
 
@@ -17,9 +18,13 @@ class GenerationError(Exception):
     """Base: ``str(exc)`` must be safe to show users (no secrets).
 
     ``spent``: what a provider call that was made, and billed, reported before its answer was
-    refused (its usage and response id), so the job's cost still counts it."""
+    refused (its usage and response id), so the job's cost still counts it.
+
+    ``billed_image``: the same for an image: one that was made, and billed, before this error
+    (its upload failed), so the variation's error record and the job's cost still count it."""
 
     spent: GeneratedText | None = None
+    billed_image: GenerationMetadata | None = None
 
 
 class TransientError(GenerationError):
@@ -44,7 +49,13 @@ class BlockedError(GenerationError):
 
 
 class StorageError(GenerationError):
-    """The image was made but could not be stored (after storage retries)."""
+    """The image could not be stored (after storage retries), or the store failed its write check
+    before any image was made (worker/storage/write_check.py)."""
+
+
+class StorageUnavailable(StorageError):
+    """A store that kept answering with transient errors (refused connections, 5xx, throttling)
+    through the storage retries: a later attempt may succeed where a permanent cause cannot."""
 
 
 class NotStoredHere(StorageError):

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ import requests
 from azure.storage.blob import BlobServiceClient
 from google.cloud import storage
 
+from contract.catalog import load_catalog
 from contract.queue import SIGN_URL
 from contract.result import ImageRecord, JobResult
 from devtools.emulators import Emulator, azurite_connection_string
@@ -28,8 +30,10 @@ from devtools.flower_process import FlowerProcess
 from producer.client import ImageGenClient, SignError
 from tests.cli import imagegen
 from tests.cloud.conftest import PutSecret
+from tests.cloud.helpers import FlakyProxy
 from tests.conftest import StartWorker, wait_for
 from tests.redis_scan import redis_dump
+from worker.storage.write_check import WRITE_CHECK_NAME
 
 Read = Callable[[str], tuple[bytes, str, dict[str, str]]]  # uri -> bytes, content type, metadata
 
@@ -138,6 +142,10 @@ def test_seed_example_with_use_cloud_stores_in_that_cloud(
         assert requests.get(tampered_sas(image.url), timeout=10).status_code == 403
 
 
+# What a storage error found by the write check (worker/storage/write_check.py) ends with.
+CHECKED_FIRST = " (a test write before generating failed: no image was made)"
+
+
 def azurite_prefix() -> str:
     return "http://127.0.0.1:"
 
@@ -165,7 +173,7 @@ def test_missing_bucket_or_container_gives_a_storage_error_record(
         result = handle.wait(timeout=60)
         assert result.status == "failed" and result.images == []
         [error] = result.errors
-        assert (error.kind, error.message) == ("storage", expected[provider])
+        assert (error.kind, error.message) == ("storage", expected[provider] + CHECKED_FIRST)
 
 
 def test_denied_access_gives_a_storage_error_record(
@@ -196,7 +204,7 @@ def test_denied_access_gives_a_storage_error_record(
     ]:
         assert result.status == "failed"
         [error] = result.errors
-        assert (error.kind, error.message, error.attempts) == ("storage", message, 1)
+        assert (error.kind, error.message, error.attempts) == ("storage", message + CHECKED_FIRST, 1)
 
 
 def test_secret_values_never_reach_redis_logs_or_results(
@@ -340,3 +348,103 @@ def test_a_store_that_cannot_open_fails_before_the_model_is_paid(
         assert [e.kind for e in result.errors] == ["storage", "storage"]
         assert "no such secret" in result.errors[0].message
         assert fake.requests == []
+
+
+def test_a_missing_bucket_or_container_fails_before_any_image_is_paid_for(
+    start_worker: StartWorker,
+    client: ImageGenClient,
+    offline_node: dict[str, Any],
+    cloud_env: dict[str, str],
+    targets: Callable[[str], CloudTarget],
+) -> None:
+    """Opening a store builds a client and checks nothing: the write check finds the missing
+    bucket before the (billed) model is called, once, and every variation fails with it."""
+    missing = {
+        "aws": ("aws_bucket", "S3 bucket 'imagegen-unpaid-missing': the bucket does not exist (NoSuchBucket"),
+        "azure": ("azure_container", "Azure container 'imagegen-unpaid-missing': the container does not exist"),
+        "gcp": ("gcp_bucket", "GCS bucket 'imagegen-unpaid-missing': the bucket does not exist (NotFound"),
+    }
+    with FakeGemini(api_key="AIzaCANARY-unpaid-1") as fake:
+        start_worker(
+            env={**cloud_env, "GOOGLE_GEMINI_BASE_URL": fake.base_url, "GEMINI_API_KEY": "AIzaCANARY-unpaid-1"}
+        )
+        handles = {}
+        for provider, (bucket_field, _) in missing.items():
+            fields = {**targets(provider).fields, bucket_field: "imagegen-unpaid-missing"}
+            node = cloud_node(offline_node, provider, fields)
+            node["inputs"].update(model="gemini_3_image", variations=3)
+            handles[provider] = client.submit(node)
+        results = {provider: handle.wait(timeout=60) for provider, handle in handles.items()}
+        assert fake.requests == []  # not one generation paid for
+    for provider, result in results.items():
+        assert result.status == "failed" and result.images == [] and result.estimated_cost_usd == 0.0
+        assert [(e.kind, e.attempts) for e in result.errors] == [("storage", 1)] * 3
+        assert all(e.message.startswith(missing[provider][1]) for e in result.errors), result.errors
+        assert all(e.message.endswith(CHECKED_FIRST) and e.estimated_cost_usd is None for e in result.errors)
+
+
+def test_a_working_bucket_is_checked_once_per_worker_process_not_per_image(
+    start_worker: StartWorker,
+    client: ImageGenClient,
+    offline_node: dict[str, Any],
+    cloud_env: dict[str, str],
+    targets: Callable[[str], CloudTarget],
+    moto: Emulator,
+) -> None:
+    aws = targets("aws")
+    with FlakyProxy(moto.url, only="PUT ") as proxy:  # counts the S3 writes
+        start_worker(env={**cloud_env, "AWS_ENDPOINT_URL_S3": proxy.url})
+        node = cloud_node(offline_node, "aws", aws.fields)
+        node["inputs"]["variations"] = 3
+        results = [client.submit(node).wait(timeout=60) for _ in range(2)]
+        assert [r.status for r in results] == ["succeeded", "succeeded"], [r.errors for r in results]
+        for result in results:  # the URLs are signed for the proxy's address
+            for image in result.images:
+                assert_stored(image, aws, result)
+    markers = [line for line in proxy.requests if line.endswith(f"/{WRITE_CHECK_NAME}")]
+    assert markers == [f"PUT /{aws.bucket}/e2e/{WRITE_CHECK_NAME}"]  # one check for 6 images
+    assert len(proxy.requests) == 1 + 6
+
+
+def test_an_image_paid_for_whose_upload_fails_still_counts_its_cost(
+    start_worker: StartWorker,
+    client: ImageGenClient,
+    offline_node: dict[str, Any],
+    cloud_env: dict[str, str],
+    targets: Callable[[str], CloudTarget],
+    moto: Emulator,
+) -> None:
+    """The write check passes, then the images' own uploads are refused (403): each generation
+    was billed, so its price is on its error record and in the job's cost."""
+    aws = targets("aws")
+    job_id = f"unstored-{uuid.uuid4().hex[:8]}"
+    with (
+        FakeGemini(api_key="AIzaCANARY-unstored-1") as fake,
+        FlakyProxy(moto.url, failures=100, status=403, only=f"PUT /{aws.bucket}/e2e/{job_id}/") as proxy,
+    ):
+        start_worker(
+            env={
+                **cloud_env,
+                "AWS_ENDPOINT_URL_S3": proxy.url,
+                "GOOGLE_GEMINI_BASE_URL": fake.base_url,
+                "GEMINI_API_KEY": "AIzaCANARY-unstored-1",
+            }
+        )
+        node = cloud_node(offline_node, "aws", aws.fields)
+        node["inputs"].update(model="gemini_3_image", variations=2)
+        result = client.submit(node, job_id).wait(timeout=60)
+        assert len(fake.requests) == 2 and len(proxy.requests) == 2
+    settings = client.settings
+    entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get("gemini_3_image")
+    assert entry is not None
+    price = entry.price_for(result.size)
+    assert price is not None and price > 0
+
+    assert result.status == "failed" and result.images == []
+    assert result.estimated_cost_usd == round(2 * price, 6)  # was 0.0: only stored images counted
+    assert [(e.kind, e.message) for e in result.errors] == [
+        ("storage", f"S3 bucket '{aws.bucket}': access denied (403, HTTP 403)")
+    ] * 2
+    assert [e.estimated_cost_usd for e in result.errors] == [price, price]
+    assert all(e.metadata is not None and e.metadata.response_id and e.metadata.usage for e in result.errors)
+    assert result.usage is not None and result.usage.total_tokens > 0

@@ -29,6 +29,7 @@ from worker.storage.base import ImageStore, StoredObject, check_key
 from worker.storage.common import StoreOptions
 from worker.storage.keys import check_image_key, check_image_uri_shape, object_key
 from worker.storage.local import LocalStore
+from worker.storage.write_check import clear_write_checks, ensure_writable
 
 __all__ = [
     "ImageStore",
@@ -62,6 +63,11 @@ class Location:
         metadata: dict[str, str],
     ) -> StoredObject:
         return self.store.put(object_key(self.prefix, job_id, index, extension, run), data, content_type, metadata)
+
+    def check_writable(self, job_id: str) -> None:
+        """Before ``job_id``'s image is paid for: StorageError (or TransientError) unless this
+        location took a write recently (worker/storage/write_check.py)."""
+        ensure_writable(self.store, self.prefix, job_id)
 
     def url_for(self, uri: str, tenant: str | None = None) -> StoredObject:
         """A fresh URL for an image this service stored under this location's prefix (for one of
@@ -162,6 +168,7 @@ def clear_store_cache() -> None:
     with _lock:
         _stores.clear()
     _local_store.cache_clear()
+    clear_write_checks()
 
 
 def _build(target: Target, options: StoreOptions, settings: Settings) -> ImageStore:

@@ -13,6 +13,8 @@ from datetime import datetime
 from worker.errors import StorageError
 
 KEY_MAX_CHARS = 1024
+# What the write check leaves at its marker key (worker/storage/write_check.py).
+WRITE_CHECK_BODY = b"imagegen write check: the worker can store images here\n"
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -44,6 +46,13 @@ class ImageStore(ABC):
 
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
         return self._put(check_key(key), data, content_type, metadata)
+
+    def check_writable(self, key: str) -> None:
+        """Prove that this store takes a write at ``key`` as it takes an image: the same request
+        and permission (a write; no HeadBucket or List, which a write-only policy may deny) and
+        the same URL signing after it. StorageError as ``put`` raises it. A backend whose
+        objects can be in the way of a later image (a file where a folder must go) overrides it."""
+        self.put(key, WRITE_CHECK_BODY, "text/plain", {})
 
     def url_for(self, uri: str) -> StoredObject:
         """A fresh ``url`` for an object this store holds (re-signing)."""

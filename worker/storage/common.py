@@ -14,7 +14,7 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from contract.settings import Settings
-from worker.errors import StorageError
+from worker.errors import StorageError, StorageUnavailable
 from worker.storage.base import StoredObject
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,8 @@ class ErrorPolicy:
 
 
 def with_retries(options: StoreOptions, policy: ErrorPolicy, where: str, call: Callable[[], T]) -> T:
-    """Run ``call``; retry transient failures briefly; raise StorageError naming ``where``."""
+    """Run ``call``; retry transient failures briefly; raise StorageError naming ``where``
+    (StorageUnavailable when the last failure was still a transient one)."""
 
     def note(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -118,7 +119,7 @@ def with_retries(options: StoreOptions, policy: ErrorPolicy, where: str, call: C
     except policy.sdk_errors as exc:
         if policy.transient(exc):
             attempts = options.retry_attempts
-            raise StorageError(f"{where}: gave up after {attempts} attempt(s): {policy.cause(exc)}") from None
+            raise StorageUnavailable(f"{where}: gave up after {attempts} attempt(s): {policy.cause(exc)}") from None
         raise StorageError(f"{where}: {policy.cause(exc)}") from None
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from worker.errors import NotStoredHere, StorageError
-from worker.storage.base import ImageStore, StoredObject
+from worker.storage.base import ImageStore, StoredObject, check_key
 
 
 class LocalStore(ImageStore):
@@ -38,6 +38,21 @@ class LocalStore(ImageStore):
         except OSError as exc:
             raise StorageError(f"cannot write {key} in {self.where}: {exc.strerror}") from None
         return self._object(key)
+
+    def check_writable(self, key: str) -> None:
+        """Make ``key``'s folders and a temporary file in the last, removed at once: no marker file
+        is left, as one could take the name a later job's folder needs (a job id may be any name)."""
+        *folders, _ = check_key(key).split("/")
+        try:
+            folder = self._open_folder(folders)
+            try:
+                part = f".part-{secrets.token_hex(8)}"
+                os.close(os.open(part, _FILE_FLAGS, 0o600, dir_fd=folder))
+                os.unlink(part, dir_fd=folder)
+            finally:
+                os.close(folder)
+        except OSError as exc:
+            raise StorageError(f"cannot write {'/'.join(folders) or '.'} in {self.where}: {exc.strerror}") from None
 
     def _open_folder(self, folders: list[str]) -> int:
         """A descriptor of root/folders..., made as needed; a symbolic link on the way raises ELOOP."""

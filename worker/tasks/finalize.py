@@ -66,8 +66,8 @@ def finalize(self: Task, outcomes: list[dict[str, Any]], summary: JobSummary) ->
         started_at=summary.started_at,
         finished_at=finished_at,
         duration_ms=int((finished_at - summary.submitted_at).total_seconds() * 1000),
-        usage=_total_usage(images, summary.prompt_step),
-        estimated_cost_usd=_total_cost(images, summary.prompt_step),
+        usage=_total_usage(images, summary.prompt_step, errors),
+        estimated_cost_usd=_total_cost(images, summary.prompt_step, errors),
         original_prompt=summary.original_prompt,
         prompt_step=summary.prompt_step,
     )
@@ -158,15 +158,26 @@ def _status(images: int, errors: int) -> JobState:
     return "partial" if images else "failed"
 
 
-def _total_usage(images: list[ImageRecord], step: PromptStepRecord | None = None) -> Usage | None:
+def _billed(errors: list[ErrorRecord]) -> list[ErrorRecord]:
+    """The variations whose image was made and billed, then not stored (its upload failed)."""
+    return [e for e in errors if e.estimated_cost_usd is not None or e.metadata is not None]
+
+
+def _total_usage(
+    images: list[ImageRecord], step: PromptStepRecord | None = None, errors: list[ErrorRecord] | None = None
+) -> Usage | None:
     usages = [r.metadata.usage for r in images if r.metadata.usage is not None]
+    usages += [e.metadata.usage for e in _billed(errors or []) if e.metadata and e.metadata.usage is not None]
     if step is not None and step.usage is not None:
         usages.append(step.usage)  # the prompt step's tokens count too
     return sum(usages[1:], usages[0]) if usages else None
 
 
-def _total_cost(images: list[ImageRecord], step: PromptStepRecord | None = None) -> float | None:
+def _total_cost(
+    images: list[ImageRecord], step: PromptStepRecord | None = None, errors: list[ErrorRecord] | None = None
+) -> float | None:
     costs = [r.estimated_cost_usd for r in images]
+    costs += [e.estimated_cost_usd for e in _billed(errors or [])]  # paid for, though not stored
     if step is not None:
         costs.append(step.estimated_cost_usd)
     if any(cost is None for cost in costs):

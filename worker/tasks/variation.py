@@ -45,7 +45,7 @@ from contract.work import MAX_VARIATION_INDEX, RetryState, VariationWork
 from worker import metrics
 from worker.celery_app import app
 from worker.dispatch_lease import VARIATION_LEASE_S
-from worker.errors import BlockedError, PermanentError, StorageError, TransientError
+from worker.errors import BlockedError, GenerationError, PermanentError, StorageError, TransientError
 from worker.imaging import inspect_image
 from worker.lifecycle import publish, variation_finished
 from worker.payloads import PayloadRefused
@@ -171,7 +171,9 @@ def _attempt(task: Task, work: VariationWork, token: str) -> dict[str, Any]:
     except BlockedError as exc:
         record = _error(work.index, "blocked", str(exc), attempt, first_attempt_at, reason=exc.reason)
     except StorageError as exc:
-        record = _error(work.index, "storage", str(exc), attempt, first_attempt_at)
+        record = _with_billed_image(
+            _error(work.index, "storage", str(exc), attempt, first_attempt_at), exc, entry, work
+        )
     except PermanentError as exc:
         record = _error(work.index, "permanent", str(exc), attempt, first_attempt_at)
     except Exception:
@@ -245,22 +247,29 @@ def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entr
             raise PermanentError(f"storage credentials refused: {exc.problems[0].message}") from None
     request = GenerationRequest(work.prompt, work.model, entry, work.size, work.index, work.seed, attempt)
 
-    # The store first: a missing secret or a bad credential fails before the image is paid for.
+    # The store first: a missing secret, a bad credential, or a bucket that does not exist or takes
+    # no writes fails before the image is paid for (a test write, once per store and tenant per
+    # process: worker/storage/write_check.py).
     location = location_for(work.target, settings)
+    location.check_writable(work.job_id)
     # From its first bytes until it is stored, the answer counts against the process's memory for
     # answers (its turn waits there; the generation before it does not).
     with answer_scope(process_gate(settings.answer_memory_mb), estimated_answer_bytes(*parse_size(work.size))):
         image = provider_for(entry.provider, settings).generate(request)
         facts = inspect_image(image.data, max_pixels=2 * entry.largest_pixels)  # room for a near miss
-        stored = location.put(
-            work.job_id,
-            work.index,
-            work.run,
-            facts.extension,
-            image.data,
-            facts.mime_type,
-            {"job_id": work.job_id, "model": work.model, "model_id": entry.model_id, "variation": str(work.index)},
-        )
+        try:
+            stored = location.put(
+                work.job_id,
+                work.index,
+                work.run,
+                facts.extension,
+                image.data,
+                facts.mime_type,
+                {"job_id": work.job_id, "model": work.model, "model_id": entry.model_id, "variation": str(work.index)},
+            )
+        except StorageError as exc:
+            exc.billed_image = image.metadata  # made and paid for: the error record and the job's cost count it
+            raise
     metadata = image.metadata
     if facts.size != work.size:
         metadata = metadata.model_copy(update={"size_mismatch": SizeMismatch(requested=work.size, returned=facts.size)})
@@ -317,6 +326,16 @@ def _error(
         attempts=attempts,
         duration_ms=_ms_since(first_attempt_at),
     )
+
+
+def _with_billed_image(
+    record: ErrorRecord, exc: GenerationError, entry: ModelEntry | None, work: VariationWork
+) -> ErrorRecord:
+    """``record`` with the price and the provider's metadata of the image made, and billed, before
+    ``exc`` (an upload that failed), if one was."""
+    if exc.billed_image is None or entry is None:
+        return record
+    return record.model_copy(update={"estimated_cost_usd": entry.price_for(work.size), "metadata": exc.billed_image})
 
 
 def _ms_since(start: float) -> int:
