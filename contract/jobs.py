@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import redis
 
@@ -28,7 +28,11 @@ JobState = Literal["queued", "running", "succeeded", "partial", "failed", "cance
 FINISHED: tuple[JobState, ...] = ("succeeded", "partial", "failed", "canceled")
 RERUNNABLE: tuple[JobState, ...] = ("failed", "partial")
 
-ClaimOutcome = Literal["created", "replayed", "exists", "rerun", "conflict", "not_rerunnable"]
+ClaimOutcome = Literal["created", "replayed", "exists", "rerun", "conflict", "not_rerunnable", "missing"]
+
+# The record field that marks a chain link's job (``ImageGenClient.signature``): its prompt comes
+# from an upstream task, so while it is queued nothing of it has been sent to a worker yet.
+AWAITS_UPSTREAM = "upstream"
 
 # KEYS[1]: the job hash; KEYS[2]: the progress index (sorted set: job id -> last progress, epoch s).
 # ARGV[1]: TTL in seconds; ARGV[2]: node fingerprint; ARGV[3]: "1" to rerun a failed or partial job;
@@ -37,10 +41,13 @@ ClaimOutcome = Literal["created", "replayed", "exists", "rerun", "conflict", "no
 # Returns {outcome, run, state}. Creating, refusing and starting a rerun are one step,
 # so two producers racing on the same job id cannot both enqueue; the nonce tells a
 # client's own retry (its first reply was lost) from somebody else's resubmission.
+# A rerun of an id without a record is "missing": a rerun runs an existing job again, it never
+# quietly creates one (a typo in the id would otherwise start a new job).
 _CLAIM = """
 local run = tonumber(redis.call('HGET', KEYS[1], 'run') or '1')
 if redis.call('HGET', KEYS[1], 'claim') == ARGV[7] then return {'replayed', run, 'queued'} end
 if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[3] == '1' then return {'missing', 0, 'missing'} end
   redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], 'run', 1, 'submitted_at', ARGV[4], 'claim', ARGV[7])
   redis.call('HSET', KEYS[1], unpack(ARGV, 8))
   redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -292,23 +299,37 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 return {1, id, redis.call('HGET', KEYS[1], 'webhook') or ''}
 """
 
-# KEYS[1]: the job hash; KEYS[2]: the job's event stream (contract/events.py).
-# ARGV[1]: requested_at (ISO); ARGV[2]: the stream's MAXLEN; ARGV[3]: TTL (s).
-# Returns {changed (1/0), state, run}. A queued or running job gets its run's cancel flag
-# (``cancel_run``) and a "canceled" event, in one step: the flag is either seen by the run's
+# KEYS[1]: the job hash; KEYS[2]: the job's event stream (contract/events.py); KEYS[3]: the
+# progress index. ARGV[1]: requested_at (ISO); ARGV[2]: the stream's MAXLEN; ARGV[3]: TTL (s);
+# ARGV[4]: the job id.
+# Returns {changed (1/0), state, run, ended (1/0)}. A queued or running job gets its run's cancel
+# flag (``cancel_run``) and a "canceled" event, in one step: the flag is either seen by the run's
 # finish (the job ends "canceled") or refused because the run had finished already, and the
-# event always precedes the run's "completed".
+# event always precedes the run's "completed". A chain link's job still queued (``AWAITS_UPSTREAM``)
+# has no message at any worker that would see the flag (its upstream may never end: revoked,
+# expired), so it ends "canceled" here and now (ended 1; the caller stores its document and
+# announces "completed"); a run_job sent for it later finds the run ended (``_STALE``) and starts
+# nothing. Queued means no dispatch claim: claiming the dispatch marks the job "running".
 _CANCEL = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 'missing', 0} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 'missing', 0, 0} end
 local state = redis.call('HGET', KEYS[1], 'state') or 'queued'
 local run = redis.call('HGET', KEYS[1], 'run') or '1'
-if state ~= 'queued' and state ~= 'running' then return {0, state, tonumber(run)} end
-if redis.call('HGET', KEYS[1], 'cancel_run') == run then return {0, state, tonumber(run)} end
-redis.call('HSET', KEYS[1], 'cancel_run', run, 'cancel_requested_at', ARGV[1])
-local data = cjson.encode({requested_at = ARGV[1]})  -- job id and run: implied (contract/events.py)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', 'canceled', 'run', run, 'data', data)
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return {1, state, tonumber(run)}
+if state ~= 'queued' and state ~= 'running' then return {0, state, tonumber(run), 0} end
+local changed = 0
+if redis.call('HGET', KEYS[1], 'cancel_run') ~= run then
+  redis.call('HSET', KEYS[1], 'cancel_run', run, 'cancel_requested_at', ARGV[1])
+  local data = cjson.encode({requested_at = ARGV[1]})  -- job id and run: implied (contract/events.py)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', 'canceled', 'run', run, 'data', data)
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  changed = 1
+end
+if state == 'queued' and redis.call('HGET', KEYS[1], 'upstream') == '1' then  -- AWAITS_UPSTREAM
+  redis.call('HSET', KEYS[1], 'state', 'canceled', 'finished_at', ARGV[1], 'result_run', run)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[4])
+  return {changed, state, tonumber(run), 1}
+end
+return {changed, state, tonumber(run), 0}
 """
 
 # A variation's lease lives in the job hash: field "lease:v<index>" = "<run>:<deadline ms>:<token>"
@@ -461,6 +482,13 @@ class Claim:
         return self.outcome in ("created", "replayed", "rerun")
 
 
+class CancelRequest(NamedTuple):
+    changed: bool  # this call asked the run to stop
+    state: str  # the job's state when asked ("missing": no record)
+    run: int
+    ended: bool  # a chain link's job waiting for its upstream: ended "canceled" by this call
+
+
 @dataclass(frozen=True)
 class DispatchClaim:
     outcome: Literal["new", "again", "busy", "done", "stale"]
@@ -537,12 +565,23 @@ class JobRecords:
         rerun: bool = False,
         name: str = "",
         webhook: str | None = None,
+        awaits_upstream: bool = False,
     ) -> Claim:
         """Create the record as ``queued`` (run 1), or start a rerun; never overwrite another node's job.
-        ``webhook``: the job's webhook as JSON (contract/webhooks.py; a secret reference, no secret)."""
-        fields = {"state": "queued", "name": name, "model": model, "variations": variations, "done": 0}
+        ``webhook``: the job's webhook as JSON (contract/webhooks.py; a secret reference, no secret).
+        ``awaits_upstream``: a chain link's job, whose run waits for its upstream task (``_CANCEL``).
+        "missing": a rerun of an id without a record (nothing created)."""
+        fields: dict[str, str | int] = {
+            "state": "queued",
+            "name": name,
+            "model": model,
+            "variations": variations,
+            "done": 0,
+        }
         if webhook is not None:
             fields["webhook"] = webhook
+        if awaits_upstream:
+            fields[AWAITS_UPSTREAM] = 1
         flat = [str(item) for pair in fields.items() for item in pair]
         nonce = uuid.uuid4().hex
         outcome, run, state = self._claim(
@@ -643,14 +682,21 @@ class JobRecords:
         )
         return _text(ended), _text(now) == "new"  # type: ignore[return-value]
 
-    def request_cancel(self, job_id: str, events_max_len: int) -> tuple[bool, str, int]:
-        """Flag the current run of a queued or running job as canceled: (changed, state, run).
-        state "missing": no such record. Not changed: finished already, or canceled before."""
-        changed, state, run = self._cancel(
-            keys=[job_key(job_id), events_key(job_id)],
-            args=[utcnow().isoformat(), events_max_len, self.ttl_s],
+    def request_cancel(self, job_id: str, events_max_len: int) -> CancelRequest:
+        """Flag the current run of a queued or running job as canceled. state "missing": no such
+        record. Not changed: finished already, or canceled before. ``ended``: a chain link's job
+        still waiting for its upstream ended ``canceled`` now (``_CANCEL``); its result document
+        and "completed" event are the caller's to write."""
+        changed, state, run, ended = self._cancel(
+            keys=[job_key(job_id), events_key(job_id), progress_key()],
+            args=[utcnow().isoformat(), events_max_len, self.ttl_s, job_id],
         )
-        return bool(changed), _text(state), int(run)
+        return CancelRequest(bool(changed), _text(state), int(run), bool(ended))
+
+    def awaits_upstream(self, job_id: str) -> bool:
+        """Whether the job is a chain link's (``ImageGenClient.signature``): its prompt comes from
+        an upstream task, so only a link runs it."""
+        return self.client.hget(job_key(job_id), AWAITS_UPSTREAM) is not None
 
     def begin_variation(
         self, job_id: str, run: int, index: int, attempt: int, events_max_len: int, token: str, lease_s: float

@@ -33,15 +33,15 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from contract.clouds import node_target
 from contract.documents import load_document
 from contract.errors import ImageGenError, NodeValidationError, Problem, excerpt
-from contract.events import MAX_BLOCK_MS, JobEvent, JobEvents, check_event_id
+from contract.events import MAX_BLOCK_MS, JobEvent, JobEvents, announce, check_event_id, completed_data
 from contract.job_ids import check_job_id
-from contract.jobs import JobConflict, JobRecords, JobStatus, fingerprint, utcnow
+from contract.jobs import RERUNNABLE, Claim, JobConflict, JobRecords, JobStatus, fingerprint, utcnow
 from contract.lost_jobs import end_if_lost
 from contract.node import ImageGenerationNode, validate_node
 from contract.prompt_text import UpstreamValueError, check_prompt_path
 from contract.queue import RUN_JOB, RUN_JOB_FROM_UPSTREAM, SIGN_URL, UPSTREAM_FAILED, celery_config, job_task_id
 from contract.redis_client import redis_client, transient_retry
-from contract.result import JobResult
+from contract.result import ErrorRecord, JobResult
 from contract.result_backend import PATIENCE_SETTING, run_document
 from contract.settings import Settings, get_settings
 from contract.tenancy import check_refs_of_tenant, check_tenant_refs
@@ -66,6 +66,32 @@ class JobNotFound(ImageGenError, LookupError):
     @classmethod
     def unknown(cls, job_id: str) -> JobNotFound:
         return cls(f"no job {job_id!r} (never submitted, or its record expired)")
+
+    @classmethod
+    def to_rerun(cls, job_id: str) -> JobNotFound:
+        return cls(
+            f"rerun = true: no job {job_id!r} to run again (never submitted, or its record expired); "
+            "a rerun runs an existing failed or partial job again: submit it without rerun to create it"
+        )
+
+
+# How a failed or partial chain job runs again (submit cannot: the job's node has no prompt).
+_CHAIN_RERUN = (
+    "a chain job runs again only through a new link: client.signature(node, job_id=..., prompt_from=..., "
+    "rerun=True) (or client.chain(upstream, node, job_id=..., rerun=True)), with the same node and "
+    "prompt_from, chained after its upstream task again; or build a link with a new job id"
+)
+
+
+def check_rerun(rerun: Any, job_id: str | None, subject: str) -> None:
+    """NodeValidationError naming ``rerun`` for one that is not a bool, or for ``rerun=True``
+    without the job id of the job to run again."""
+    if not isinstance(rerun, bool):
+        rule = "must be true or false"
+        raise NodeValidationError([Problem("rerun", excerpt(rerun), rule)], subject=subject)
+    if rerun and job_id is None:
+        rule = "a rerun needs the job_id of the job to run again (a failed or partial job); no job_id was given"
+        raise NodeValidationError([Problem("rerun", excerpt(rerun), rule)], subject=subject)
 
 
 class QueueUnavailable(ImageGenError, ConnectionError):
@@ -209,9 +235,7 @@ class ImageGenClient:
         signed; it is part of the job, so the same id with another webhook is a conflict.
         ``context``: the values for ``user_query`` placeholders (``{{ llm_1.text }}``), a JSON object;
         the rendered prompt is what is validated and enqueued (contract/templates.py)."""
-        if not isinstance(rerun, bool) or (rerun and job_id is None):
-            rule = "must be true or false; a rerun needs the job_id of the failed or partial job to run again"
-            raise NodeValidationError([Problem("rerun", excerpt(rerun), rule)], subject="submit request")
+        check_rerun(rerun, job_id, "submit request")
         parsed, job_id = validate_submission(node, job_id, self.settings, context=context)
         job_id = str(uuid.uuid4()) if job_id is None else job_id
         hook = None if webhook is None else parse_webhook(webhook, self.settings, resolve=True)
@@ -230,6 +254,11 @@ class ImageGenClient:
             name=parsed.name,
             webhook=None if hook is None else webhook_json(hook),
         )
+        if claim.outcome == "missing":
+            raise JobNotFound.to_rerun(job_id)
+        if claim.outcome == "conflict" and self.records.awaits_upstream(job_id):
+            # Its fingerprint is the link's (the node without its prompt): no submit can match it.
+            raise JobConflict(job_id, f"is {claim.previous_state} and is a chain link's job; {_CHAIN_RERUN}")
         if claim.outcome == "conflict":
             raise JobConflict(job_id, "was submitted before with a different node or webhook; use a new job id")
         if claim.outcome == "not_rerunnable":
@@ -251,18 +280,31 @@ class ImageGenClient:
 
     @_reaching_the_queue
     def signature(
-        self, node: dict[str, Any] | str | bytes, job_id: str | None = None, *, prompt_from: str | None = None
+        self,
+        node: dict[str, Any] | str | bytes,
+        job_id: str | None = None,
+        *,
+        prompt_from: str | None = None,
+        rerun: bool = False,
     ) -> Signature:
         """A Celery signature to chain after an upstream task, whose return value becomes ``user_query``:
         ``chain(llm_task.s(...), client.signature(node, job_id=..., prompt_from="output.text"))``.
 
         The node is validated now (everything but the prompt) and the job id claimed, so ``status`` and
-        ``wait`` work at once (the same id and node build the link again while the job is queued, so
-        a link that was never sent can be sent later); the value is bounded, picked (``prompt_from``:
-        a dotted path into a dict or JSON text; None: the value is the prompt), cleaned and validated
-        when it arrives, and a value that
+        ``wait`` work at once (the same id and node build the link again while the job is queued and
+        not canceled, so a link that was never sent can be sent later); the value is bounded, picked
+        (``prompt_from``: a dotted path into a dict or JSON text; None: the value is the prompt),
+        cleaned and validated when it arrives, and a value that
         cannot be a prompt ends the job ``failed`` (contract/prompt_text.py). The engine's Celery app
-        must use the same broker. The id is ``signature.kwargs["order"]["job_id"]``."""
+        must use the same broker; the link and its errback travel as JSON whatever the engine's
+        ``task_serializer`` (the worker accepts JSON only). The id is ``signature.kwargs["order"]["job_id"]``.
+
+        The link is the chain's last task: nothing may be chained after it (the job's result comes
+        from ``wait``, ``events`` or a webhook; a task chained after it ends the job ``failed``).
+        ``rerun=True`` runs a failed or partial chain job again under its id (the same node and
+        ``prompt_from``), as a new run waiting for this link. A canceled job is not built again
+        (``JobConflict``): an engine that revokes the upstream task calls ``cancel``."""
+        check_rerun(rerun, job_id, "signature request")
         if prompt_from is not None:
             try:
                 check_prompt_path(prompt_from)
@@ -279,25 +321,50 @@ class ImageGenClient:
             model=parsed.inputs.model,
             variations=parsed.inputs.variations,
             submitted_at=submitted_at,
-            rerun=False,
+            rerun=rerun,
             name=parsed.name,
+            awaits_upstream=True,
         )
-        # The same node again while nothing has run (a link built but never sent, or its sending
-        # failed) builds the link again, as submit would; the dispatch guard runs a run's chord once.
-        rebuilt = claim.outcome == "exists" and claim.previous_state == "queued"
-        if claim.outcome != "created" and not rebuilt:
-            raise JobConflict(
-                job_id,
-                "was submitted before with another node, or has started; a chain link needs a new job id",
-            )
+        self._check_link_claim(job_id, claim)
         order = JobOrder(job_id=job_id, run=claim.run, node=payload, submitted_at=submitted_at)
         return self.celery.signature(
             RUN_JOB_FROM_UPSTREAM,
             kwargs={"order": order.model_dump(mode="json"), "prompt_from": prompt_from},
             queue=self.settings.queue,
+            # The engine's own task_serializer (pickle, say) would make the worker drop the link.
+            serializer="json",
             # Celery would log and show a repr of the upstream value (up to 1 KB of an LLM's answer).
             argsrepr="(<upstream value>)",
             kwargsrepr=f"{{job {job_id} run {claim.run}}}",
+        )
+
+    def _check_link_claim(self, job_id: str, claim: Claim) -> None:
+        """Raise unless ``claim`` lets a link for ``job_id`` be built: a new job, a rerun, or the
+        same link again for a run still waiting for it (queued, not canceled)."""
+        if claim.outcome in ("created", "replayed", "rerun"):
+            return
+        if claim.outcome == "missing":
+            raise JobNotFound.to_rerun(job_id)
+        if claim.outcome == "conflict":
+            raise JobConflict(
+                job_id, "was submitted before with another node or prompt_from (or by submit); use a new job id"
+            )
+        state = claim.previous_state
+        if state == "queued":
+            # The same node again while nothing has run (a link built but never sent, or its sending
+            # failed; with rerun=True, the rerun's own link) builds the link again, as submit would;
+            # the dispatch guard runs a run's chord once.
+            status = self.records.read(job_id)
+            if status is None or not status.cancel_requested:
+                return
+            state = "canceled"
+        if state == "canceled":
+            raise JobConflict(job_id, "was canceled, and a canceled job does not run again; use a new job id")
+        if state in RERUNNABLE:
+            raise JobConflict(job_id, f"is {state}; {_CHAIN_RERUN}")
+        raise JobConflict(
+            job_id,
+            f"is {state} (it has started, and only a failed or partial job can run again); use a new job id",
         )
 
     def chain(
@@ -307,12 +374,13 @@ class ImageGenClient:
         job_id: str | None = None,
         *,
         prompt_from: str | None = None,
+        rerun: bool = False,
     ) -> Signature:
         """``chain(upstream, self.signature(node, ...))`` with ``upstream_failed`` as its errback:
         if the upstream task fails, the job ends ``failed`` at once, saying so, instead of waiting
         ``queued`` until the lost-job deadline (IMAGEGEN_JOB_DEADLINE_S). ``.apply_async()`` it.
-        The id is ``chain.tasks[-1].kwargs["order"]["job_id"]``."""
-        link = self.signature(node, job_id, prompt_from=prompt_from)
+        The id is ``chain.tasks[-1].kwargs["order"]["job_id"]``. ``rerun``: as ``signature``'s."""
+        link = self.signature(node, job_id, prompt_from=prompt_from, rerun=rerun)
         return celery_chain(upstream, link).on_error(self.upstream_failed(link))
 
     def upstream_failed(self, link: Signature) -> Signature:
@@ -323,6 +391,7 @@ class ImageGenClient:
             UPSTREAM_FAILED,
             kwargs={"order": order},
             queue=self.settings.queue,
+            serializer="json",  # as the link's: the worker accepts JSON only
             kwargsrepr=f"{{job {order['job_id']} run {order['run']}}}",
             immutable=False,
         )
@@ -381,19 +450,44 @@ class ImageGenClient:
     def cancel(self, job_id: str) -> CancelOutcome:
         """Ask a queued or running job to stop: variations not started yet make no provider call,
         a retry waiting for its next attempt stops then, running ones finish; the job ends
-        ``canceled`` with the images made so far. A finished job is left as it is (``changed``
-        False, and the message says so). A canceled job cannot be rerun."""
+        ``canceled`` with the images made so far. A chain link's job still waiting for its
+        upstream task ends ``canceled`` at once (its result document is stored and announced
+        now): an engine that revokes the upstream task calls this. A finished job is left as it
+        is (``changed`` False, and the message says so). A canceled job cannot be rerun."""
         job_id = check_job_id(job_id)
-        changed, state, run = self.records.request_cancel(job_id, self.settings.events_max_len)
+        changed, state, run, ended = self.records.request_cancel(job_id, self.settings.events_max_len)
         if state == "missing":
             raise JobNotFound.unknown(job_id)
-        if changed:
+        if ended:
+            self._end_canceled_link(job_id, run)
+            message = f"job {job_id} run {run} was waiting for its upstream task; canceled (nothing had started)"
+        elif changed:
             message = f"job {job_id} run {run} was {state}; cancel requested (running variations finish)"
         elif state in ("queued", "running"):
             message = f"job {job_id} is {state}; its cancel was requested before"
         else:
             message = f"job {job_id} is already {state}; nothing to cancel"
         return CancelOutcome(job_id=job_id, state=state, changed=changed, message=message)
+
+    def _end_canceled_link(self, job_id: str, run: int) -> None:
+        """Store and announce the result document of a chain link's run that ``request_cancel``
+        just ended ``canceled``, as the worker does for a job it could not start (a waiting client
+        wakes up; followers of the event log get its "completed")."""
+        status = self.records.read(job_id)
+        if status is None:
+            return  # expired meanwhile: nobody can wait for it
+        document = canceled_link_result(status, run).model_dump(mode="json")
+        self.celery.backend.store_result(job_task_id(job_id, run), document, "SUCCESS")
+        announce(
+            self.records,
+            self.celery,
+            job_id,
+            run,
+            "completed",
+            completed_data(document),
+            self.settings.events_max_len,
+            self.settings.events_retention_s,
+        )
 
     def events(self, job_id: str, after: str | None = None, timeout: float | None = None) -> Iterator[JobEvent]:
         """The job's events in order, strictly after the event id ``after`` (None: from the first),
@@ -552,6 +646,33 @@ def check_image_uri(uri: Any) -> str:
 
 
 UPSTREAM_PROMPT = "(the upstream task's output)"  # stands in for the prompt while the node is checked
+
+
+def canceled_link_result(status: JobStatus, run: int) -> JobResult:
+    """The document of a chain link's run canceled while it waited for its upstream task: as the
+    worker's for a job canceled before it started (worker/tasks/finalize.py
+    ``_unstarted_job_result``), one ``canceled`` error, no variation run."""
+    now = utcnow()
+    submitted = datetime.fromisoformat(status.submitted_at) if status.submitted_at else now
+    message = (
+        "the job was canceled before it started, while it waited for its upstream task's output; no image was made"
+    )
+    return JobResult(
+        job_id=status.job_id,
+        name=status.name,
+        status="canceled",
+        model=status.model,
+        model_id="",
+        provider="",
+        size="",
+        variations=0,
+        images=[],
+        errors=[ErrorRecord(index=0, kind="canceled", message=message, attempts=0, duration_ms=0)],
+        submitted_at=submitted,
+        started_at=now,
+        finished_at=now,
+        duration_ms=max(0, int((now - submitted).total_seconds() * 1000)),
+    )
 
 
 def _with_placeholder_prompt(node: dict[str, Any] | str | bytes, settings: Settings) -> dict[str, Any]:

@@ -186,6 +186,10 @@ def test_a_failed_job_runs_again_with_rerun_and_a_node_with_a_node_key_is_still_
     assert rerun.status_code == 202 and rerun.json()["run"] == 2, rerun.text
     view = wait_finished(http, "flaky")
     assert view["run"] == 2 and view["result"]["status"] == "failed"
+    # A rerun of an id never submitted (a typo, an expired job) creates nothing: 404.
+    typo = http.post("/v1/jobs", json={"node": offline_node, "job_id": "flakey", "rerun": True})
+    assert typo.status_code == 404 and typo.json()["type"].endswith("job-not-found"), typo.text
+    assert http.get("/v1/jobs/flakey").status_code == 404
 
 
 def test_a_tenant_can_open_only_so_many_event_streams(start_api: Any, offline_node: dict[str, Any]) -> None:

@@ -80,13 +80,40 @@ def test_a_sign_request_nobody_waits_for_any_more_leaves_no_url_behind(
     assert any(state == "REVOKED" for state, _ in states.values()), (states, late.log()[-2000:])
 
 
-@pytest.mark.parametrize(("job_id", "rerun"), [(None, True), ("rerun-1", "no"), ("rerun-1", 1)])
+@pytest.mark.parametrize(
+    ("job_id", "rerun", "said"),
+    [
+        (None, True, "rerun = true: a rerun needs the job_id of the job to run again"),
+        ("rerun-1", "no", 'rerun = "no": must be true or false'),
+        ("rerun-1", 1, "rerun = 1: must be true or false"),
+    ],
+)
 def test_a_rerun_needs_a_job_id_and_a_boolean(
-    client: ImageGenClient, offline_node: dict[str, object], job_id: str | None, rerun: Any
+    client: ImageGenClient, offline_node: dict[str, object], job_id: str | None, rerun: Any, said: str
 ) -> None:
-    """Before, ``rerun=True`` without an id quietly created a new job, and ``rerun="no"`` reran."""
-    with pytest.raises(NodeValidationError, match=r"rerun = .*a rerun needs the job_id"):
+    """Before, ``rerun=True`` without an id quietly created a new job, and ``rerun="no"`` reran;
+    then the message for a missing id said "must be true or false" of a ``rerun`` that was true."""
+    with pytest.raises(NodeValidationError) as caught:
         client.submit(offline_node, job_id=job_id, rerun=rerun)
+    assert said in str(caught.value)
+    if rerun is True:  # a rerun that is true is not told to be true or false
+        assert "must be true or false" not in str(caught.value)
+    with pytest.raises(NodeValidationError) as caught:
+        client.signature(offline_node, job_id=job_id, rerun=rerun)
+    assert said in str(caught.value)
+
+
+def test_a_rerun_of_a_job_never_submitted_is_refused_and_creates_nothing(
+    client: ImageGenClient, offline_node: dict[str, object]
+) -> None:
+    """Before, it quietly created and enqueued a new job (a mistyped id ran a job nobody follows)."""
+    job_id = f"never-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(JobNotFound, match=rf"rerun = true: no job '{job_id}' to run again"):
+        client.submit(offline_node, job_id=job_id, rerun=True)
+    with pytest.raises(JobNotFound, match="rerun = true: no job"):
+        client.signature(offline_node, job_id=job_id, rerun=True)
+    assert client.records.read(job_id) is None
+    assert not client.records.client.exists(job_key(job_id), events_key(job_id))
 
 
 def _unsent(client: ImageGenClient, cancel_first: bool) -> Any:
