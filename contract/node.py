@@ -136,6 +136,12 @@ class NodeInputs(BaseModel):
     gcp_prefix: str | None = None
     gcp_credentials: str | None = None
 
+    @field_validator("cloud_provider", mode="before")
+    @classmethod
+    def _no_provider_chosen(cls, value: Any) -> Any:
+        # A form's empty dropdown is no choice, as a blank bucket is no bucket: required only with use_cloud.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("user_query")
     @classmethod
     def _prompt(cls, value: str, info: ValidationInfo) -> str:
@@ -462,7 +468,7 @@ def _cloud_problems(inputs: Mapping[str, Any], already: list[str], policy: Targe
             if inputs.get(name) not in (None, "") and f"inputs.{name}" not in already  # "": a form's empty field
         ]
     provider = inputs.get("cloud_provider")
-    if provider is None:
+    if provider is None or (isinstance(provider, str) and not provider.strip()):  # a form's empty dropdown
         allowed = ", ".join(SPECS)
         return [Problem("inputs.cloud_provider", MISSING, f"is required when use_cloud is true; allowed: {allowed}")]
     problems = []

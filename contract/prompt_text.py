@@ -76,8 +76,9 @@ def control_character(text: str, *, multiline: bool) -> str | None:
 
 
 def clean_llm_text(text: str) -> str:
-    """Trim, unwrap one surrounding code fence, drop one leading ``Prompt:`` label (documented above)."""
-    text = text.strip()
+    """Trim, unwrap one surrounding code fence, drop one leading ``Prompt:`` label (documented above).
+    Windows line ends become newlines: a model's CRLF is a line break, not a control character."""
+    text = text.replace("\r\n", "\n").strip()
     fenced = _FENCE.match(text)
     if fenced is not None:
         text = fenced["body"].strip()

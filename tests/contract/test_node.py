@@ -56,6 +56,9 @@ def test_cloud_fields_with_use_cloud_false_are_named_not_ignored(seed_node: dict
     validate_node(
         with_inputs(seed_node, use_cloud=False, aws_bucket="", gcp_credentials=None), Settings()
     )  # a form's blanks
+    validate_node(with_inputs(seed_node, use_cloud=False, cloud_provider=""), Settings())  # ... its empty dropdown
+    required = problems(with_inputs(seed_node, use_cloud=True, cloud_provider=" "))["inputs.cloud_provider"]
+    assert "is required when use_cloud is true; allowed: aws, azure, gcp" in required
 
 
 def test_every_problem_is_reported_at_once(seed_node: dict[str, Any]) -> None:

@@ -462,6 +462,9 @@ def test_prompt_from_must_be_a_plain_dotted_path(path: Any) -> None:
         ("A fox. Prompt: keep", "A fox. Prompt: keep"),
         ('"a red fox"', '"a red fox"'),
         ("```\nfirst\n```\n```\nsecond\n```", "```\nfirst\n```\n```\nsecond\n```"[4:-4].strip()),
+        # A model's Windows line ends are line breaks (a lone CR stays, and is refused as a control character).
+        ("```text\r\na red fox\r\nat dusk\r\n```\r\n", "a red fox\nat dusk"),
+        ("a\rb", "a\rb"),
     ],
 )
 def test_llm_output_cleaning_is_exactly_fences_and_the_label(raw: str, clean: str) -> None:
