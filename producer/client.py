@@ -380,6 +380,9 @@ class ImageGenClient:
         if the upstream task fails, the job ends ``failed`` at once, saying so, instead of waiting
         ``queued`` until the lost-job deadline (IMAGEGEN_JOB_DEADLINE_S). ``.apply_async()`` it.
         The id is ``chain.tasks[-1].kwargs["order"]["job_id"]``. ``rerun``: as ``signature``'s."""
+        if not isinstance(upstream, Signature):  # checked first: the link claims the job id
+            rule = "must be the upstream task's Celery signature (e.g. llm_task.s(...)), which the job is chained after"
+            raise NodeValidationError([Problem("upstream", excerpt(upstream), rule)], subject="chain request")
         link = self.signature(node, job_id, prompt_from=prompt_from, rerun=rerun)
         return celery_chain(upstream, link).on_error(self.upstream_failed(link))
 

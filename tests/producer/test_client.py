@@ -103,6 +103,18 @@ def test_a_rerun_needs_a_job_id_and_a_boolean(
     assert said in str(caught.value)
 
 
+def test_chain_names_an_upstream_that_is_no_signature_and_claims_nothing(
+    client: ImageGenClient, offline_node: dict[str, object]
+) -> None:
+    """Before: a raw TypeError from Celery, after the link had claimed the id (a job left queued)."""
+    job_id = f"chain-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(NodeValidationError) as caught:
+        client.chain("llm", offline_node, job_id=job_id)  # type: ignore[arg-type]
+    assert 'upstream = "llm": must be the upstream task\'s Celery signature' in str(caught.value)
+    with pytest.raises(JobNotFound):
+        client.status(job_id)
+
+
 def test_a_rerun_of_a_job_never_submitted_is_refused_and_creates_nothing(
     client: ImageGenClient, offline_node: dict[str, object]
 ) -> None:
