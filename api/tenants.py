@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 from contract.errors import NodeValidationError, Problem
-from contract.job_ids import GRAMMAR, MAX_JOB_ID_CHARS, NAMESPACE_ROOT, check_caller_id
+from contract.job_ids import GRAMMAR, MAX_JOB_ID_CHARS, NAMESPACE_ROOT, check_job_id
 from contract.secret_reader import SecretReadError, read_secret
 from contract.secret_refs import SecretRef, parse_secret_ref
 from contract.settings import Settings
@@ -94,7 +94,7 @@ class Tenant:
 
     def job_id(self, caller_id: str) -> str:
         """The internal job id of the caller's ``caller_id``; NodeValidationError naming job_id when invalid."""
-        check_caller_id(caller_id)
+        check_job_id(caller_id)  # t/<tenant>/ comes first: a 't' in the caller's id stays in its namespace
         room = MAX_JOB_ID_CHARS - len(self.prefix)
         if len(caller_id) > room:
             raise _job_id_problem(caller_id, f"is {len(caller_id)} characters; at most {room} for this tenant")

@@ -19,7 +19,8 @@ Why so strict: a job id is not just a label.
   ``t/acme/x`` (contract/tenancy.py), and an object key's first ``t`` segment says whose image
   it is when it is signed. So ``t`` may only begin an id, as ``t/<tenant>/<id>``: a platform
   job ``run-1/t/acme/x`` would otherwise write images into acme's namespace, which acme signs.
-  A tenant's own id (``check_caller_id``) may hold ``t``: it is stored after ``t/<tenant>/``.
+  The rule is checked where a job is created or started (``check_new_job_id``); a tenant's own
+  id (the HTTP API's) may hold ``t``, as it is stored after ``t/<tenant>/``.
 * It is printed in logs and terminals: a newline or other control character
   would forge log lines, and Unicode lookalikes (Cyrillic U+0430 for Latin ``a``)
   would make two different jobs read the same. ASCII only rules out both.
@@ -49,32 +50,43 @@ def is_job_id(value: object) -> bool:
 
 
 def check_job_id(value: object) -> str:
-    """``value`` as a plain str when it is a valid job id; NodeValidationError naming the grammar otherwise."""
+    """``value`` as a plain str when it is a valid job id; NodeValidationError naming the grammar
+    otherwise. For ids of jobs that may exist (reading, canceling, finishing); a new job's id is
+    checked by ``check_new_job_id``."""
     job_id = _plain(value)
-    if job_id is not None:
-        return job_id
-    rules = f"{GRAMMAR}; {NAMESPACE_RULE}"
-    raise NodeValidationError([Problem("job_id", excerpt(value), f"is not valid; {rules}")], subject="job id")
-
-
-def check_caller_id(value: object) -> str:
-    """``check_job_id`` for a tenant's own id (the HTTP API's), which is stored after its
-    namespace (``t/<tenant>/<id>``): a ``t`` segment in it stays inside that tenant's namespace."""
-    job_id = _plain(value, namespaced=True)
     if job_id is not None:
         return job_id
     raise NodeValidationError([Problem("job_id", excerpt(value), f"is not valid; {GRAMMAR}")], subject="job id")
 
 
-def _plain(value: object, namespaced: bool = False) -> str | None:
+def is_new_job_id(value: object) -> bool:
+    """Whether ``value`` may name a new job: the grammar and the namespace rule."""
+    job_id = _plain(value)
+    return job_id is not None and _in_its_namespace(job_id)
+
+
+def check_new_job_id(value: object) -> str:
+    """``check_job_id`` for an id a job is created or started under (submit, a chain link, the job
+    task): also the namespace rule, so its images cannot land in a tenant's namespace. Jobs
+    submitted before the rule stay readable and cancelable; the job task ends them before any cost."""
+    job_id = _plain(value)
+    if job_id is not None and _in_its_namespace(job_id):
+        return job_id
+    rules = f"{GRAMMAR}; {NAMESPACE_RULE}"
+    raise NodeValidationError([Problem("job_id", excerpt(value), f"is not valid; {rules}")], subject="job id")
+
+
+def _in_its_namespace(job_id: str) -> bool:
+    segments = job_id.split("/")
+    return NAMESPACE_ROOT not in segments or (segments[0] == NAMESPACE_ROOT and len(segments) >= 3)
+
+
+def _plain(value: object) -> str | None:
     if not isinstance(value, str):
         return None
     text = str.__str__(value)  # a plain str: a subclass's own len() or split() play no part
     if not 1 <= len(text) <= MAX_JOB_ID_CHARS:
         return None
-    segments = text.split("/")
-    if not all(_SEGMENT.fullmatch(segment) and segment not in (".", "..") for segment in segments):
-        return None
-    if not namespaced and NAMESPACE_ROOT in segments and (segments[0] != NAMESPACE_ROOT or len(segments) < 3):
-        return None
-    return text
+    if all(_SEGMENT.fullmatch(segment) and segment not in (".", "..") for segment in text.split("/")):
+        return text
+    return None

@@ -34,7 +34,7 @@ from contract.clouds import node_target
 from contract.documents import load_document
 from contract.errors import ImageGenError, NodeValidationError, Problem, excerpt
 from contract.events import MAX_BLOCK_MS, JobEvent, JobEvents, announce, check_event_id, completed_data
-from contract.job_ids import check_job_id
+from contract.job_ids import check_job_id, check_new_job_id
 from contract.jobs import RERUNNABLE, Claim, JobConflict, JobRecords, JobStatus, fingerprint, utcnow
 from contract.lost_jobs import end_if_lost
 from contract.node import ImageGenerationNode, validate_node
@@ -311,7 +311,7 @@ class ImageGenClient:
             except UpstreamValueError as exc:
                 raise NodeValidationError([Problem("prompt_from", excerpt(prompt_from), str(exc))]) from None
         parsed = validate_node(_with_placeholder_prompt(node, self.settings), self.settings)
-        job_id = str(uuid.uuid4()) if job_id is None else check_job_id(job_id)
+        job_id = str(uuid.uuid4()) if job_id is None else check_new_job_id(job_id)
         check_tenant_refs(job_id, parsed.credential_refs(), self.settings)
         payload = parsed.to_task_payload()
         submitted_at = utcnow()
@@ -479,7 +479,7 @@ class ImageGenClient:
         status = self.records.read(job_id)
         if status is None:
             return  # expired meanwhile: nobody can wait for it
-        document = canceled_link_result(status, run).model_dump(mode="json")
+        document = canceled_link_result(status).model_dump(mode="json")
         self.celery.backend.store_result(job_task_id(job_id, run), document, "SUCCESS")
         announce(
             self.records,
@@ -616,7 +616,7 @@ def validate_submission(
         node_problems = exc.problems
     if job_id is not None:
         try:
-            job_id = check_job_id(job_id)
+            job_id = check_new_job_id(job_id)
         except NodeValidationError as exc:
             id_problems = exc.problems
     if id_problems:
@@ -651,30 +651,19 @@ def check_image_uri(uri: Any) -> str:
 UPSTREAM_PROMPT = "(the upstream task's output)"  # stands in for the prompt while the node is checked
 
 
-def canceled_link_result(status: JobStatus, run: int) -> JobResult:
+def canceled_link_result(status: JobStatus) -> JobResult:
     """The document of a chain link's run canceled while it waited for its upstream task: as the
-    worker's for a job canceled before it started (worker/tasks/finalize.py
-    ``_unstarted_job_result``), one ``canceled`` error, no variation run."""
-    now = utcnow()
-    submitted = datetime.fromisoformat(status.submitted_at) if status.submitted_at else now
+    worker's for a job canceled before it started, one ``canceled`` error, no variation run."""
     message = (
         "the job was canceled before it started, while it waited for its upstream task's output; no image was made"
     )
-    return JobResult(
+    return JobResult.unstarted(
         job_id=status.job_id,
         name=status.name,
-        status="canceled",
         model=status.model,
-        model_id="",
-        provider="",
         size="",
-        variations=0,
-        images=[],
-        errors=[ErrorRecord(index=0, kind="canceled", message=message, attempts=0, duration_ms=0)],
-        submitted_at=submitted,
-        started_at=now,
-        finished_at=now,
-        duration_ms=max(0, int((now - submitted).total_seconds() * 1000)),
+        submitted_at=datetime.fromisoformat(status.submitted_at) if status.submitted_at else utcnow(),
+        error=ErrorRecord(index=0, kind="canceled", message=message, attempts=0, duration_ms=0),
     )
 
 

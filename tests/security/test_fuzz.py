@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contract.errors import NodeValidationError, shown
-from contract.job_ids import MAX_JOB_ID_CHARS, check_job_id, is_job_id
+from contract.job_ids import MAX_JOB_ID_CHARS, check_job_id, is_job_id, is_new_job_id
 from contract.node import ImageGenerationNode, NodeInputs, validate_node
 from contract.settings import Settings, get_settings
 from producer import cli
@@ -196,10 +196,15 @@ def oracle(value: object) -> bool:
         return False
     if any(char not in SEGMENT_CHARS + "/" for char in value):
         return False
-    segments = value.split("/")
-    if "t" in segments and (segments[0] != "t" or len(segments) < 3):  # "t" only begins t/<tenant>/<id>
+    return all(segment not in ("", ".", "..") for segment in value.split("/"))
+
+
+def new_job_oracle(value: object) -> bool:
+    """... and for a new job, "t" only begins an id, as t/<tenant>/<id>."""
+    if not oracle(value):
         return False
-    return all(segment not in ("", ".", "..") for segment in segments)
+    segments = str(value).split("/")
+    return "t" not in segments or (segments[0] == "t" and len(segments) >= 3)
 
 
 # --- properties ---------------------------------------------------------------------
@@ -383,8 +388,9 @@ def test_fuzz_job_ids_through_check_job_id_and_cli_submit(
             document = SUBMIT_DOCUMENTS[index]
             code, out, err = run_cli(["submit", "-", f"--job-id={job_id}"], document)
             assert "Traceback" not in out + err
+            assert is_new_job_id(value) == new_job_oracle(value), value
             if code == 0:
-                assert out.strip() == job_id and is_job_id(job_id)
+                assert out.strip() == job_id and is_new_job_id(job_id)
                 accepted.setdefault(job_id, document)
                 counter.add("enqueued" if "not enqueued again" not in err else "same again")
             elif code == 6:  # the id was taken by a different node: refused, nothing enqueued
@@ -392,7 +398,7 @@ def test_fuzz_job_ids_through_check_job_id_and_cli_submit(
                 counter.add("conflict")
             else:
                 assert code == 2, (code, err)
-                assert ("invalid image_generation node" if is_job_id(job_id) else "invalid job id") in err, err
+                assert ("invalid image_generation node" if is_new_job_id(job_id) else "invalid job id") in err, err
                 counter.add("refused")
 
     fuzz()

@@ -18,7 +18,7 @@ import redis
 
 from contract.documents import MAX_DEPTH
 from contract.errors import MISSING, ImageGenError, NodeValidationError, Problem, excerpt
-from contract.job_ids import MAX_JOB_ID_CHARS, check_job_id, is_job_id
+from contract.job_ids import MAX_JOB_ID_CHARS, check_job_id, check_new_job_id, is_job_id, is_new_job_id
 from contract.node import SEED_LIMIT, validate_node
 from contract.queue import GENERATE_VARIATION
 from contract.settings import Settings, get_settings
@@ -383,9 +383,9 @@ INVALID_JOB_IDS = [
     "run\u200b42",  # zero-width space
     "1\u0662",  # Arabic-Indic digit
     "caf\u00e9",
-    # "t" begins a tenant's namespace, and only an id's start: these would write into acme's.
-    "run-1/t/acme/x", "t/acme", "t", "a/t",
 ]  # fmt: skip
+# "t" begins a tenant's namespace, and only a new job's id's start: these would write into acme's.
+NOT_NEW_JOB_IDS = ["run-1/t/acme/x", "t/acme", "t", "a/t"]
 VALID_JOB_IDS = [
     "run-42/node-7",
     "1a312d65-ada8-41a8-ac78-7ef4699b0272",
@@ -410,6 +410,17 @@ def test_invalid_job_ids_are_refused(job_id: str) -> None:
 
 @pytest.mark.parametrize("job_id", VALID_JOB_IDS)
 def test_valid_job_ids_are_returned(job_id: str) -> None:
+    assert check_job_id(job_id) == job_id and is_job_id(job_id)
+    assert check_new_job_id(job_id) == job_id and is_new_job_id(job_id)
+
+
+@pytest.mark.parametrize("job_id", NOT_NEW_JOB_IDS)
+def test_no_new_job_takes_a_tenant_namespace_it_does_not_begin_with(job_id: str) -> None:
+    with pytest.raises(NodeValidationError) as caught:
+        check_new_job_id(job_id)
+    assert "a segment 't' only begins an id, as t/<tenant>/<id>" in str(caught.value)
+    assert not is_new_job_id(job_id)
+    # A job submitted before the rule is still read, canceled and ended under its id.
     assert check_job_id(job_id) == job_id and is_job_id(job_id)
 
 

@@ -30,7 +30,8 @@ from contract.clouds import (
     platform_target,
 )
 from contract.errors import NodeValidationError
-from contract.job_ids import is_job_id
+from contract.job_ids import is_new_job_id
+from contract.jobs import utcnow
 from contract.node import validate_node
 from contract.queue import SIGN_URL, dispatch_key, job_key, job_task_id
 from contract.settings import Settings
@@ -155,7 +156,7 @@ def test_platform_azure_uploads_cannot_leave_the_container(
 @settings(max_examples=400, deadline=None, derandomize=True)
 @given(a=JOB_ID, b=JOB_ID, run_a=st.integers(1, 99), run_b=st.integers(1, 99), i=st.integers(0, 7), j=st.integers(0, 7))
 def test_keys_of_different_jobs_and_kinds_never_collide(a: str, b: str, run_a: int, run_b: int, i: int, j: int) -> None:
-    if not (is_job_id(a) and is_job_id(b)):
+    if not (is_new_job_id(a) and is_new_job_id(b)):
         return
     # Redis: a job's hash is never another job's dispatch guard (the finding: "x:dispatched").
     assert job_key(a) != dispatch_key(b, run_b)
@@ -182,7 +183,7 @@ def test_no_key_is_written_into_another_tenants_namespace() -> None:
     # ... which refuse both before anything is spent: the node's prefix and the job id.
     with pytest.raises(TargetError, match="reserved"):
         canonical_prefix("imagegen/t/acme")
-    assert not is_job_id("run-1/t/acme/x") and not is_job_id("t/acme")
+    assert not is_new_job_id("run-1/t/acme/x") and not is_new_job_id("t/acme")
     # The operator's own prefixes follow the same rule, at start.
     with pytest.raises(ValueError, match="reserved"):
         parse_allowed_targets("s3://shared-bucket/imagegen/t")
@@ -208,6 +209,22 @@ def test_the_worker_refuses_a_prefix_into_a_tenants_namespace_without_the_produc
     assert "inputs.aws_prefix" in document["errors"][0]["message"]
     assert "reserved" in document["errors"][0]["message"]
     assert s3_admin.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0
+
+
+def test_a_job_id_from_before_the_namespace_rule_ends_before_any_cost_and_stays_readable(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any], settings: Settings
+) -> None:
+    """A job submitted under ``run-1/t/acme/x`` before the rule, still queued at the upgrade: the
+    job task ends it failed (its images would land in acme's namespace), and the client still
+    reads it; it did not wait for the lost-job deadline."""
+    start_worker()
+    job_id = "legacy-run/t/acme/x"
+    client.records.claim(job_id, node_fingerprint="f", model="offline_preview", variations=1, submitted_at=utcnow())
+    document = send_raw_job(client, job_id, offline_node).get(timeout=30)
+    assert document["status"] == "failed" and document["images"] == []
+    assert "a segment 't' only begins an id" in document["errors"][0]["message"]
+    assert client.status(job_id).state == "failed" and client.result(job_id) is not None
+    assert not files_under(Path(settings.storage_url))
 
 
 # --- 2. the worker's identity is not lent to nodes -----------------------------------------------------

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from contract.clouds import Target, TargetError, node_target
 from contract.errors import NodeValidationError
-from contract.job_ids import check_job_id
+from contract.job_ids import check_new_job_id
 from contract.jobs import utcnow
 from contract.node import ImageGenerationNode, validate_node
 from contract.queue import RUN_JOB, job_task_id
@@ -90,7 +90,7 @@ def run_job(self: Task, order: JobOrder) -> None:
     records = job_records()
     try:
         # Again in the worker: a message may bypass the producer, and the catalog may have changed.
-        job_id = check_job_id(order.job_id)
+        job_id = check_new_job_id(order.job_id)
         parsed = validate_node(order.node, settings)
         target = node_target(parsed.inputs.model_dump(), settings.target_policy) if parsed.inputs.use_cloud else None
         if target is not None:  # a tenant's job names only its own secrets (contract/tenancy.py)
