@@ -6,7 +6,7 @@ Only references and metadata: image bytes never enter the result backend.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -135,6 +135,30 @@ class JobResult(_Record):
         None, description="The job's prompt: user_query after templates, or the upstream task's text"
     )
     prompt_step: PromptStepRecord | None = None
+
+    @classmethod
+    def unstarted(
+        cls, *, job_id: str, name: str, model: str, size: str, submitted_at: datetime, error: ErrorRecord
+    ) -> JobResult:
+        """The document of a run that never started (refused by the worker, or canceled while a
+        chain link waited for its upstream): one error, no variation run, ended now."""
+        now = datetime.now(UTC)
+        return cls(
+            job_id=job_id,
+            name=name,
+            status="canceled" if error.kind == "canceled" else "failed",
+            model=model,
+            model_id="",
+            provider="",
+            size=size,
+            variations=0,
+            images=[],
+            errors=[error],
+            submitted_at=submitted_at,
+            started_at=now,
+            finished_at=now,
+            duration_ms=max(0, int((now - submitted_at).total_seconds() * 1000)),
+        )
 
 
 def result_json_schema() -> dict[str, object]:

@@ -117,7 +117,6 @@ def _stored_and_announced(backend: Any, result_id: str, job_id: str, run: int) -
 def _unstarted_job_result(order: JobOrder, message: str, state: JobState = "failed") -> dict[str, Any]:
     """The document of a job the worker could not even start: ``failed``, or ``canceled`` when its
     cancel was asked before (the error then says so, and why it could not have run anyway)."""
-    now = utcnow()
     raw_inputs = order.node.get("inputs")
     inputs: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
     error = ErrorRecord(index=0, kind="permanent", message=message, attempts=0, duration_ms=0)
@@ -125,21 +124,13 @@ def _unstarted_job_result(order: JobOrder, message: str, state: JobState = "fail
         error = error.model_copy(
             update={"kind": "canceled", "message": f"the job was canceled before it started; {message}"}
         )
-    result = JobResult(
+    result = JobResult.unstarted(
         job_id=order.job_id[:200],
         name=str(order.node.get("name", ""))[:200],
-        status=state,
         model=str(inputs.get("model", ""))[:200],
-        model_id="",
-        provider="",
         size=str(inputs.get("size", ""))[:32],
-        variations=0,
-        images=[],
-        errors=[error],
         submitted_at=order.submitted_at,
-        started_at=now,
-        finished_at=now,
-        duration_ms=int((now - order.submitted_at).total_seconds() * 1000),
+        error=error,
     )
     return result.model_dump(mode="json")
 
