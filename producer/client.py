@@ -438,7 +438,7 @@ class ImageGenClient:
                     # job record says when the run has finished, and the document is read directly.
                     done = self.records.read(status.job_id)
                     if done is not None and done.finished and done.result_run == status.run:
-                        document = self.result(status.job_id)
+                        document = self.result(status.job_id) or self._complete_canceled_link(status.job_id)
                         if document is not None:
                             return document
                     lost = end_if_lost(self.records, self.celery.backend, status.job_id, self.settings.job_deadline_s)
@@ -469,8 +469,21 @@ class ImageGenClient:
         elif state in ("queued", "running"):
             message = f"job {job_id} is {state}; its cancel was requested before"
         else:
+            self._complete_canceled_link(job_id)  # an earlier cancel's document, if it was not stored
             message = f"job {job_id} is already {state}; nothing to cancel"
         return CancelOutcome(job_id=job_id, state=state, changed=changed, message=message)
+
+    def _complete_canceled_link(self, job_id: str) -> JobResult | None:
+        """The document of a chain job canceled while it waited, stored now if the cancel that ended
+        it could not store it (Redis dropped, the client died): ``_CANCEL`` ends the record first and
+        the lost-job sweep passes over a finished job, so nothing else would. None: not such a job."""
+        status = self.records.read(job_id)
+        if status is None or status.state != "canceled" or status.result_run is None:
+            return None
+        if not self.records.awaits_upstream(job_id) or self.result(job_id) is not None:
+            return None
+        self._end_canceled_link(job_id, status.result_run)
+        return self.result(job_id)
 
     def _end_canceled_link(self, job_id: str, run: int) -> None:
         """Store and announce the result document of a chain link's run that ``request_cancel``

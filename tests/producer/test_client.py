@@ -210,3 +210,34 @@ def test_a_rerun_canceled_before_it_could_be_sent_stays_canceled(
         client.submit(offline_node, job_id=other, rerun=True)
     undone = client.records.read(other)
     assert undone is not None and (undone.run, undone.state) == (1, "failed")
+
+
+@pytest.mark.parametrize("repaired_by", ["cancel", "wait"])
+def test_a_canceled_chain_job_whose_document_was_not_stored_gets_it_later(
+    client: ImageGenClient, offline_node: dict[str, object], monkeypatch: pytest.MonkeyPatch, repaired_by: str
+) -> None:
+    """The cancel script ends a chain job waiting for its upstream, then the client stores its
+    document. Before, a Redis fault between the two left it without one for good: the sweep passes
+    over a finished job, a second cancel had nothing to do, and ``wait()`` never returned."""
+    job_id = f"chain-{uuid.uuid4().hex[:8]}"
+    client.signature(offline_node, job_id)  # claimed, never sent: it waits for its upstream
+    store_result = client.celery.backend.store_result
+    with monkeypatch.context() as patch:
+        patch.setattr(client.celery.backend, "store_result", _raising(redis.ConnectionError("dropped")))
+        with pytest.raises(QueueUnavailable):
+            client.cancel(job_id)
+    assert client.celery.backend.store_result == store_result
+    assert client.status(job_id).state == "canceled" and client.result(job_id) is None
+    if repaired_by == "cancel":
+        assert not client.cancel(job_id).changed
+        assert client.result(job_id) is not None
+    result = client.wait(job_id, timeout=5)
+    assert result.status == "canceled" and [e.kind for e in result.errors] == ["canceled"]
+    assert [e.event for e in client.events(job_id, timeout=5)] == ["canceled", "completed"]
+
+
+def _raising(error: Exception) -> Any:
+    def fail(*_: Any, **__: Any) -> None:
+        raise error
+
+    return fail
