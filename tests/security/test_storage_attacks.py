@@ -184,11 +184,14 @@ def test_no_key_is_written_into_another_tenants_namespace() -> None:
     with pytest.raises(TargetError, match="reserved"):
         canonical_prefix("imagegen/t/acme")
     assert not is_new_job_id("run-1/t/acme/x") and not is_new_job_id("t/acme")
-    # The operator's own prefixes follow the same rule, at start.
+    # The operator's own prefixes follow the same rule, at start (the settings refuse them).
     with pytest.raises(ValueError, match="reserved"):
         parse_allowed_targets("s3://shared-bucket/imagegen/t")
     with pytest.raises(TargetError, match="reserved"):
         platform_target("s3://platform-bucket/t/images", Settings())
+    named = "IMAGEGEN_STORAGE_URL s3://platform-bucket/imagegen/t/x: its prefix has the segment 't'"
+    with pytest.raises(ValueError, match=named):
+        Settings(storage_url="s3://platform-bucket/imagegen/t/x")
 
 
 def test_the_worker_refuses_a_prefix_into_a_tenants_namespace_without_the_producer(
