@@ -364,9 +364,16 @@ def test_a_missing_bucket_or_container_fails_before_any_image_is_paid_for(
         "azure": ("azure_container", "Azure container 'imagegen-unpaid-missing': the container does not exist"),
         "gcp": ("gcp_bucket", "GCS bucket 'imagegen-unpaid-missing': the bucket does not exist (NotFound"),
     }
+    quota_key = "imagegen:ratelimit:gemini-3-pro-image"
+    client.records.client.delete(quota_key)
     with FakeGemini(api_key="AIzaCANARY-unpaid-1") as fake:
         start_worker(
-            env={**cloud_env, "GOOGLE_GEMINI_BASE_URL": fake.base_url, "GEMINI_API_KEY": "AIzaCANARY-unpaid-1"}
+            env={
+                **cloud_env,
+                "GOOGLE_GEMINI_BASE_URL": fake.base_url,
+                "GEMINI_API_KEY": "AIzaCANARY-unpaid-1",
+                "IMAGEGEN_RATE_LIMITS": "gemini-3-pro-image=600:10",  # the project's shared quota
+            }
         )
         handles = {}
         for provider, (bucket_field, _) in missing.items():
@@ -376,6 +383,7 @@ def test_a_missing_bucket_or_container_fails_before_any_image_is_paid_for(
             handles[provider] = client.submit(node)
         results = {provider: handle.wait(timeout=60) for provider, handle in handles.items()}
         assert fake.requests == []  # not one generation paid for
+        assert not client.records.client.exists(quota_key)  # nor a slot of the quota taken from others
     for provider, result in results.items():
         assert result.status == "failed" and result.images == [] and result.estimated_cost_usd == 0.0
         assert [(e.kind, e.attempts) for e in result.errors] == [("storage", 1)] * 3

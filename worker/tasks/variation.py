@@ -126,25 +126,21 @@ def _attempt(task: Task, work: VariationWork, token: str) -> dict[str, Any]:
     settings = get_settings()
     tried = task.request.retries - state.throttled
     entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get(work.model)
-    if not state.slot_booked and entry is not None:
-        slot = rate_limiter().book(entry.model_id)
-        if not slot.booked or slot.wait_s > 0:
-            # Waiting for the shared quota is not a failure: it uses no retry.
-            countdown = slot.wait_s if slot.booked else settings.retry_max_delay_s
-            log.info(
-                "job %s variation %d: provider quota busy; next slot in %.1f s", work.job_id, work.index, countdown
-            )
-            next_state = state.model_copy(update={"throttled": state.throttled + 1, "slot_booked": slot.booked})
-            metrics.RETRIES.labels(_model_label(work.model), "quota").inc()
-            _retrying(work, tried + 1, "waiting for the shared provider quota", countdown)
-            _release(work, token)
-            raise task.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={})
-
     first_attempt_at = state.first_attempt_at or time.time()
     retries = task.request.retries - state.throttled  # retries after real failures
     attempt = retries + 1
     try:
         record: ImageRecord | ErrorRecord = _make_image(work, attempt, first_attempt_at, entry)
+    except _QuotaWait as wait:
+        # Waiting for the shared quota is not a failure: it uses no retry.
+        log.info(
+            "job %s variation %d: provider quota busy; next slot in %.1f s", work.job_id, work.index, wait.countdown
+        )
+        next_state = state.model_copy(update={"throttled": state.throttled + 1, "slot_booked": wait.booked})
+        metrics.RETRIES.labels(_model_label(work.model), "quota").inc()
+        _retrying(work, tried + 1, "waiting for the shared provider quota", wait.countdown)
+        _release(work, token)
+        raise task.retry(countdown=wait.countdown, args=(_with(work, next_state),), kwargs={}) from None
     except TransientError as exc:
         policy = RetryPolicy.from_settings(settings)
         countdown = policy.countdown(retries, exc.retry_after_s)
@@ -231,6 +227,15 @@ def _with(work: VariationWork, state: RetryState) -> dict[str, Any]:
     return work.model_copy(update={"retry": state}).model_dump(mode="json")
 
 
+class _QuotaWait(Exception):  # a signal to _attempt, not an error
+    """The project's quota has no slot now: retry in ``countdown`` s (``booked``: one is held then)."""
+
+    def __init__(self, countdown: float, booked: bool):
+        super().__init__(f"provider quota busy for {countdown:.1f} s")
+        self.countdown = countdown
+        self.booked = booked
+
+
 def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entry: ModelEntry | None) -> ImageRecord:
     if entry is None:
         raise PermanentError(f"model {excerpt(work.model)!r} is no longer in the model catalog")
@@ -252,6 +257,12 @@ def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entr
     # process: worker/storage/write_check.py).
     location = location_for(work.target, settings)
     location.check_writable(work.job_id)
+    # Then a slot of the project's shared quota (after every check: a variation that cannot be
+    # stored takes no other tenant's slot), unless an earlier attempt booked it.
+    if not work.retry.slot_booked:
+        slot = rate_limiter().book(entry.model_id)
+        if not slot.booked or slot.wait_s > 0:
+            raise _QuotaWait(slot.wait_s if slot.booked else settings.retry_max_delay_s, slot.booked)
     # From its first bytes until it is stored, the answer counts against the process's memory for
     # answers (its turn waits there; the generation before it does not).
     with answer_scope(process_gate(settings.answer_memory_mb), estimated_answer_bytes(*parse_size(work.size))):
