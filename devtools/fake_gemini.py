@@ -75,6 +75,7 @@ KINDS = (
     "mislabelled_mime",
     "text_only",
     "wrong_size",
+    "cut_short",  # the image's bytes end half way: billed, and refused by the worker's check
     "wrong_count",  # text models: a structured answer with one prompt fewer than asked
     "fenced",  # text models: the answer in a markdown code fence, after a "Prompt:" label
 )
@@ -536,7 +537,11 @@ def _response(
             body = json.dumps({**base, "candidates": [{"content": content, "finishReason": "STOP", "index": 0}]})
             head, tail = body.encode().split(_PHOTO_MARK.encode())
             return b"".join((head, _photo_base64(size), tail))
-        parts.append(_image_part(size, seed, fmt))
+        image = _image_part(size, seed, fmt)
+        if kind == "cut_short":
+            whole = base64.b64decode(image["inlineData"]["data"])
+            image["inlineData"]["data"] = base64.b64encode(whole[: len(whole) // 2]).decode()
+        parts.append(image)
     content = {"role": "model", "parts": parts}
     return {**base, "candidates": [{"content": content, "finishReason": "STOP", "index": 0}]}
 

@@ -78,5 +78,5 @@ def inspect_image(data: bytes, max_pixels: int = 8192 * 8192) -> ImageFacts:
     except PermanentError:
         raise
     except Exception as exc:  # Pillow raises several types for corrupt data
-        raise PermanentError(f"provider returned a {mime} image that is damaged or cut short: {exc}") from None
+        raise PermanentError(f"provider returned an {mime} image that is damaged or cut short: {exc}") from None
     return ImageFacts(mime, width, height, len(data), hashlib.sha256(data).hexdigest())

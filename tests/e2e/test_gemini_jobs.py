@@ -67,6 +67,21 @@ def test_mislabelled_and_wrong_size_images_are_reported_as_they_are(
     assert result.estimated_cost_usd == 2 * 0.134
 
 
+def test_an_answer_cut_short_is_refused_not_stored_and_its_price_still_counted(
+    gemini_worker: Any, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
+) -> None:
+    """The provider billed the image, whatever its bytes: its error record and the job's cost say so."""
+    fake.script("cut_short")  # whichever variation asks first gets half an image
+    result = client.submit(with_variations(seed_node, 2)).wait(timeout=WAIT_S)
+
+    assert result.status == "partial" and len(result.images) == 1
+    [error] = result.errors
+    assert error.kind == "permanent" and "damaged or cut short" in error.message
+    assert error.estimated_cost_usd == 0.134 and error.metadata is not None and error.metadata.usage is not None
+    assert result.estimated_cost_usd == 2 * 0.134
+    assert result.usage is not None and result.usage.total_tokens == 2 * 1312
+
+
 def test_one_safety_block_out_of_four_is_partial(
     gemini_worker: Any, client: ImageGenClient, seed_node: dict[str, Any], fake: FakeGemini
 ) -> None:

@@ -171,7 +171,9 @@ def _attempt(task: Task, work: VariationWork, token: str) -> dict[str, Any]:
             _error(work.index, "storage", str(exc), attempt, first_attempt_at), exc, entry, work
         )
     except PermanentError as exc:
-        record = _error(work.index, "permanent", str(exc), attempt, first_attempt_at)
+        record = _with_billed_image(
+            _error(work.index, "permanent", str(exc), attempt, first_attempt_at), exc, entry, work
+        )
     except Exception:
         # A bug, not a provider outcome: log it for operators, keep the chord alive.
         log.exception("job %s variation %d: unexpected error", work.job_id, work.index)
@@ -267,8 +269,8 @@ def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entr
     # answers (its turn waits there; the generation before it does not).
     with answer_scope(process_gate(settings.answer_memory_mb), estimated_answer_bytes(*parse_size(work.size))):
         image = provider_for(entry.provider, settings).generate(request)
-        facts = inspect_image(image.data, max_pixels=2 * entry.largest_pixels)  # room for a near miss
-        try:
+        try:  # from here the image is made and paid for: an error's record and the job's cost count it
+            facts = inspect_image(image.data, max_pixels=2 * entry.largest_pixels)  # room for a near miss
             stored = location.put(
                 work.job_id,
                 work.index,
@@ -278,8 +280,8 @@ def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entr
                 facts.mime_type,
                 {"job_id": work.job_id, "model": work.model, "model_id": entry.model_id, "variation": str(work.index)},
             )
-        except StorageError as exc:
-            exc.billed_image = image.metadata  # made and paid for: the error record and the job's cost count it
+        except GenerationError as exc:  # a damaged or cut answer, an upload that failed
+            exc.billed_image = image.metadata
             raise
     metadata = image.metadata
     if facts.size != work.size:
@@ -343,7 +345,7 @@ def _with_billed_image(
     record: ErrorRecord, exc: GenerationError, entry: ModelEntry | None, work: VariationWork
 ) -> ErrorRecord:
     """``record`` with the price and the provider's metadata of the image made, and billed, before
-    ``exc`` (an upload that failed), if one was."""
+    ``exc`` (an upload that failed, an answer the check refused), if one was."""
     if exc.billed_image is None or entry is None:
         return record
     return record.model_copy(update={"estimated_cost_usd": entry.price_for(work.size), "metadata": exc.billed_image})
