@@ -82,11 +82,13 @@ def parse_submission(
     parsed: ImageGenerationNode | None = None
     job_id: str | None = None
     webhook: Webhook | None = None
+    node_problems: list[Problem] = []
     if isinstance(node, bytes | dict):
         try:
             parsed = validate_node(node, settings, context=context)
         except NodeValidationError as exc:
-            problems.extend(exc.problems)
+            node_problems = exc.problems
+            problems.extend(node_problems)
     if caller_id is not None:
         try:
             job_id = tenant.job_id(caller_id)
@@ -106,5 +108,7 @@ def parse_submission(
         except NodeValidationError as exc:
             problems.extend(exc.problems)
     if problems or parsed is None:
-        raise NodeValidationError(problems)
+        # The detail's subject names what was wrong: the node, or the request around it (an id, a header).
+        subject = "image_generation node" if len(problems) == len(node_problems) else "request"
+        raise NodeValidationError(problems, subject=subject)
     return Submission(node, parsed, caller_id, job_id, webhook, rerun is True, context)

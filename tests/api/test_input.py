@@ -168,7 +168,12 @@ def test_envelope_and_job_id_problems_are_422(api: ApiServer, offline_node: dict
     for body, headers, field in cases:
         document = _problem(http.post("/v1/jobs", json=body, headers=headers), 422)
         assert field in [p["field"] for p in document["problems"]], (body, document)
+        # The detail names the request, not the node, which had no problem (it said "invalid image_generation node").
+        assert document["detail"].startswith("invalid request (1 problem(s))"), document["detail"]
     assert "whsec_raw" not in json.dumps(document)
+    bad_node = {**offline_node, "inputs": {**offline_node["inputs"], "variations": 99}}
+    document = _problem(http.post("/v1/jobs", json=bad_node), 422)
+    assert document["detail"].startswith("invalid image_generation node (1 problem(s))"), document["detail"]
     # A top level that is not an object; duplicate keys.
     _problem(http.post("/v1/jobs", json=[offline_node]), 422)
     duplicated = b'{"type": "image_generation", "type": "image_generation", "inputs": {}}'
