@@ -33,7 +33,7 @@ from tests.chaos.harness import (
     wait_until,
 )
 from tests.cloud.helpers import FlakyProxy
-from worker.storage.write_check import WRITE_CHECK_NAME
+from worker.storage.keys import WRITE_CHECK_NAME
 
 pytestmark = pytest.mark.chaos
 

@@ -33,7 +33,7 @@ from tests.cloud.conftest import PutSecret
 from tests.cloud.helpers import FlakyProxy
 from tests.conftest import StartWorker, wait_for
 from tests.redis_scan import redis_dump
-from worker.storage.write_check import WRITE_CHECK_NAME
+from worker.storage.keys import WRITE_CHECK_NAME
 
 Read = Callable[[str], tuple[bytes, str, dict[str, str]]]  # uri -> bytes, content type, metadata
 

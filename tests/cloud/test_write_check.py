@@ -19,8 +19,9 @@ from tests.cloud.helpers import FlakyProxy, aws_node, store_for_fields
 from worker.errors import NotStoredHere, StorageError, TransientError
 from worker.storage import check_image_key, write_check
 from worker.storage.base import WRITE_CHECK_BODY
+from worker.storage.keys import WRITE_CHECK_NAME, write_check_key
 from worker.storage.local import LocalStore
-from worker.storage.write_check import WRITE_CHECK_NAME, ensure_writable, write_check_key
+from worker.storage.write_check import ensure_writable
 
 
 @pytest.fixture

@@ -19,15 +19,31 @@ from worker.storage.base import check_key
 _FILE = re.compile(r"variation-(?P<index>\d{1,3})(\.run(?P<run>\d{1,6}))?\.(?P<ext>[a-z0-9]{2,5})")
 
 
+WRITE_CHECK_NAME = ".imagegen-write-check"  # the write check's marker (worker/storage/write_check.py)
+
+
 def object_key(prefix: str | None, job_id: str, index: int, extension: str, run: int = 1) -> str:
     parts = [p for p in (prefix or "").split("/") if p]
     suffix = "" if run == 1 else f".run{run}"
-    key = check_key("/".join([*parts, job_id, f"variation-{index}{suffix}.{extension}"]))
-    # Whose namespace the key is in is whose job it is: signing trusts the key's first ``t``
-    # segment (check_image_key), so no prefix or id may move it (both are refused before any
-    # cost, contract/clouds/base.py and contract/job_ids.py; this holds for a message sent past them).
+    return _in_jobs_namespace([*parts, job_id, f"variation-{index}{suffix}.{extension}"], job_id, "object key")
+
+
+def write_check_key(prefix: str, job_id: str) -> str:
+    """Where the write check for ``job_id``'s images under ``prefix`` writes: beside the job folders
+    of the job's tenant namespace (``t/<tenant>``), never an image's name."""
+    namespace = job_id.split("/")[:2] if tenant_of(job_id) is not None else []
+    parts = [p for p in prefix.split("/") if p]
+    return _in_jobs_namespace([*parts, *namespace, WRITE_CHECK_NAME], job_id, "write check key")
+
+
+def _in_jobs_namespace(parts: list[str], job_id: str, kind: str) -> str:
+    """The key ``parts`` join to, canonical and in ``job_id``'s tenant namespace; StorageError otherwise.
+    Whose namespace a key is in is whose job it is: signing trusts the key's first ``t`` segment
+    (check_image_key), so no prefix or id may move it (both are refused before any cost,
+    contract/clouds/base.py and contract/job_ids.py; this holds for a message sent past them)."""
+    key = check_key("/".join(parts))
     if first_namespace(key.split("/")) != tenant_of(job_id):
-        raise StorageError(f"refused the object key {key!r}: its tenant namespace is not its job's")
+        raise StorageError(f"refused the {kind} {key!r}: its tenant namespace is not its job's")
     return key
 
 

@@ -32,11 +32,10 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from contract.tenancy import first_namespace, tenant_of
 from worker.errors import StorageError, StorageUnavailable, TransientError
-from worker.storage.base import ImageStore, check_key
+from worker.storage.base import ImageStore
+from worker.storage.keys import write_check_key
 
-WRITE_CHECK_NAME = ".imagegen-write-check"
 WRITE_CHECK_TTL_S = 300.0
 FAILED_CHECK_TTL_S = 30.0
 # Marker keys remembered per store (one per tenant writing to it), least recently checked evicted.
@@ -62,19 +61,6 @@ _lock = threading.Lock()  # guards the two maps below; never held during a check
 # (rotated credentials) never finds an old one's.
 _verdicts: weakref.WeakKeyDictionary[ImageStore, OrderedDict[str, _Verdict]] = weakref.WeakKeyDictionary()
 _flights: dict[tuple[int, str], _Flight] = {}  # by (id(store), key): the store is alive while its check runs
-
-
-def write_check_key(prefix: str, job_id: str) -> str:
-    """Where the check for ``job_id``'s images under ``prefix`` writes: beside the job folders of
-    the job's tenant namespace. StorageError when the prefix would move it into another tenant's
-    namespace, as it would the images (keys.object_key)."""
-    tenant = tenant_of(job_id)
-    namespace = job_id.split("/")[:2] if tenant is not None else []  # "t/<tenant>"
-    parts = [p for p in prefix.split("/") if p]
-    key = check_key("/".join([*parts, *namespace, WRITE_CHECK_NAME]))
-    if first_namespace(key.split("/")) != tenant:
-        raise StorageError(f"refused the write check key {key!r}: its tenant namespace is not its job's")
-    return key
 
 
 def ensure_writable(store: ImageStore, prefix: str, job_id: str) -> None:
