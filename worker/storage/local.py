@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -29,30 +30,31 @@ class LocalStore(ImageStore):
 
     def _put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
         *folders, name = key.split("/")
-        try:
-            folder = self._open_folder(folders)
-            try:
-                _write_then_rename(folder, name, data)
-            finally:
-                os.close(folder)
-        except OSError as exc:
-            raise StorageError(f"cannot write {key} in {self.where}: {exc.strerror}") from None
+        with self._folder(folders, key) as folder:
+            _write_then_rename(folder, name, data)
         return self._object(key)
 
     def check_writable(self, key: str) -> None:
         """Make ``key``'s folders and a temporary file in the last, removed at once: no marker file
         is left, as one could take the name a later job's folder needs (a job id may be any name)."""
         *folders, _ = check_key(key).split("/")
+        with self._folder(folders, "/".join(folders) or ".") as folder:
+            part = _part_name()
+            os.close(os.open(part, _FILE_FLAGS, 0o600, dir_fd=folder))
+            os.unlink(part, dir_fd=folder)
+
+    @contextlib.contextmanager
+    def _folder(self, folders: list[str], what: str) -> Iterator[int]:
+        """A descriptor of root/folders... for the block, made as needed; an OSError on the way or
+        in the block is a StorageError naming ``what``."""
         try:
             folder = self._open_folder(folders)
             try:
-                part = f".part-{secrets.token_hex(8)}"
-                os.close(os.open(part, _FILE_FLAGS, 0o600, dir_fd=folder))
-                os.unlink(part, dir_fd=folder)
+                yield folder
             finally:
                 os.close(folder)
         except OSError as exc:
-            raise StorageError(f"cannot write {'/'.join(folders) or '.'} in {self.where}: {exc.strerror}") from None
+            raise StorageError(f"cannot write {what} in {self.where}: {exc.strerror}") from None
 
     def _open_folder(self, folders: list[str]) -> int:
         """A descriptor of root/folders..., made as needed; a symbolic link on the way raises ELOOP."""
@@ -103,7 +105,7 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 
 def _write_then_rename(folder: int, name: str, data: bytes) -> None:
     """Write then rename: a reader never sees half an image; rename replaces a symlink, never follows it."""
-    part = f".part-{secrets.token_hex(8)}"
+    part = _part_name()
     out = os.open(part, _FILE_FLAGS, 0o600, dir_fd=folder)
     try:
         try:
@@ -117,3 +119,8 @@ def _write_then_rename(folder: int, name: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(part, dir_fd=folder)
         raise
+
+
+def _part_name() -> str:
+    """A temporary file's name: never an image's, and no two writers' alike."""
+    return f".part-{secrets.token_hex(8)}"
