@@ -462,7 +462,9 @@ class ImageGenClient:
         if state == "missing":
             raise JobNotFound.unknown(job_id)
         if ended:
-            self._end_canceled_link(job_id, run)
+            ending = self.records.read(job_id)
+            if ending is not None:  # else expired meanwhile: nobody can wait for it
+                self._end_canceled_link(ending, run)
             message = f"job {job_id} run {run} was waiting for its upstream task; canceled (nothing had started)"
         elif changed:
             message = f"job {job_id} run {run} was {state}; cancel requested (running variations finish)"
@@ -482,28 +484,26 @@ class ImageGenClient:
             return None
         if not self.records.awaits_upstream(job_id) or self.result(job_id) is not None:
             return None
-        self._end_canceled_link(job_id, status.result_run)
-        return self.result(job_id)
+        return self._end_canceled_link(status, status.result_run)
 
-    def _end_canceled_link(self, job_id: str, run: int) -> None:
+    def _end_canceled_link(self, status: JobStatus, run: int) -> JobResult:
         """Store and announce the result document of a chain link's run that ``request_cancel``
-        just ended ``canceled``, as the worker does for a job it could not start (a waiting client
-        wakes up; followers of the event log get its "completed")."""
-        status = self.records.read(job_id)
-        if status is None:
-            return  # expired meanwhile: nobody can wait for it
-        document = canceled_link_result(status).model_dump(mode="json")
-        self.celery.backend.store_result(job_task_id(job_id, run), document, "SUCCESS")
+        ended ``canceled``, as the worker does for a job it could not start (a waiting client
+        wakes up; followers of the event log get its "completed"); the document."""
+        result = canceled_link_result(status)
+        document = result.model_dump(mode="json")
+        self.celery.backend.store_result(job_task_id(status.job_id, run), document, "SUCCESS")
         announce(
             self.records,
             self.celery,
-            job_id,
+            status.job_id,
             run,
             "completed",
             completed_data(document),
             self.settings.events_max_len,
             self.settings.events_retention_s,
         )
+        return result
 
     def events(self, job_id: str, after: str | None = None, timeout: float | None = None) -> Iterator[JobEvent]:
         """The job's events in order, strictly after the event id ``after`` (None: from the first),
