@@ -1,5 +1,5 @@
 """A job as a Celery chain's link, end to end, with a real image worker, a real engine worker
-(tests/e2e/upstream_app.py, or upstream_pickle_app.py for an engine that pickles) and real
+(tests/e2e/upstream_app.py, with JSON or, for an engine that pickles, pickle) and real
 Redis: what an engine's own serializer, a revoked upstream task, a task chained after the link
 and a rerun do to the job."""
 
@@ -20,24 +20,27 @@ from contract.queue import RUN_JOB, progress_key
 from devtools.worker_process import WorkerProcess
 from producer.client import ImageGenClient, JobConflict, JobNotFound
 from tests.conftest import StartWorker, wait_for
-from tests.e2e.upstream_pickle_app import PICKLING
+from tests.e2e.upstream_app import SERIALIZERS
 
 WAIT_S = 30
 
 
 def _engine(
-    job_env: dict[str, str], tmp_path: Path, module: str, conf: dict[str, Any], env: dict[str, str] | None = None
+    job_env: dict[str, str], tmp_path: Path, serializer: str, env: dict[str, str] | None = None
 ) -> Iterator[tuple[Celery, str]]:
-    """The workflow engine: its own Celery app (``conf``) and a real worker running ``module``."""
+    """The workflow engine: its own Celery app sending with ``serializer``, and a real worker of it."""
     queue = f"engine-{uuid.uuid4().hex[:8]}"
-    log_dir = tmp_path / f"engine-{module.rsplit('.', 1)[-1]}"
+    log_dir = tmp_path / f"engine-{serializer}"
     log_dir.mkdir()
     worker = WorkerProcess(
-        {**job_env, "ENGINE_QUEUE": queue, **(env or {})}, concurrency=2, log_dir=str(log_dir), app=module
+        {**job_env, "ENGINE_QUEUE": queue, "ENGINE_SERIALIZER": serializer, **(env or {})},
+        concurrency=2,
+        log_dir=str(log_dir),
+        app="tests.e2e.upstream_app",
     )
     worker.start()
     app = Celery("engine-test", broker=job_env["REDIS_URL"], backend=job_env["REDIS_URL"])
-    app.conf.update(conf)
+    app.conf.update(SERIALIZERS[serializer])
     try:
         yield app, queue
     finally:
@@ -47,8 +50,7 @@ def _engine(
 
 @pytest.fixture
 def engine(job_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Celery, str]]:
-    json_only = {"task_serializer": "json", "result_serializer": "json", "accept_content": ["json"]}
-    yield from _engine(job_env, tmp_path, "tests.e2e.upstream_app", json_only)
+    yield from _engine(job_env, tmp_path, "json")
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def pickling_engine(job_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[C
     # Celery refuses to run a worker that accepts pickle as root (CI containers): this one reads
     # only this test's private Redis.
     root = {"C_FORCE_ROOT": "1"} if os.geteuid() == 0 else {}
-    yield from _engine(job_env, tmp_path, "tests.e2e.upstream_pickle_app", PICKLING, root)
+    yield from _engine(job_env, tmp_path, "pickle", root)
 
 
 @pytest.fixture
@@ -90,8 +92,8 @@ def test_an_engine_that_pickles_its_messages_still_runs_the_link_and_its_errback
     until the lost-job deadline (2 h), the caller told nothing."""
     app, queue = pickling_engine
     ok, failing = _job_id("pickle-ok"), _job_id("pickle-boom")
-    client.chain(app.signature("engine_pickle.echo", args=("a lighthouse",), queue=queue), node, ok).apply_async()
-    client.chain(app.signature("engine_pickle.boom", args=("x",), queue=queue), node, failing).apply_async()
+    client.chain(app.signature("engine.echo", args=("a lighthouse",), queue=queue), node, ok).apply_async()
+    client.chain(app.signature("engine.boom", args=("x",), queue=queue), node, failing).apply_async()
 
     result = client.wait(ok, timeout=WAIT_S)
     assert result.status == "succeeded" and result.original_prompt == "a lighthouse", result.errors

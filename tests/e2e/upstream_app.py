@@ -3,7 +3,8 @@
 Run as a real worker (``celery -A tests.e2e.upstream_app worker``) on its own queue
 (``ENGINE_QUEUE``), on the same broker as imagegen (``REDIS_URL``): the engine chains
 ``client.signature(node)`` after its task, and this worker publishes that link with
-the task's return value when the task succeeds.
+the task's return value when the task succeeds. ``ENGINE_SERIALIZER=pickle`` makes it an
+engine whose app pickles its messages (the image worker accepts JSON only).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from typing import Any
 
 from celery import Celery
 
+SERIALIZERS: dict[str, dict[str, Any]] = {
+    "json": {"task_serializer": "json", "result_serializer": "json", "accept_content": ["json"]},
+    "pickle": {"task_serializer": "pickle", "result_serializer": "pickle", "accept_content": ["pickle", "json"]},
+}
+
 app = Celery("engine", broker=os.environ.get("REDIS_URL"), backend=os.environ.get("REDIS_URL"))
 app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
+    **SERIALIZERS[os.environ.get("ENGINE_SERIALIZER", "json")],
     task_default_queue=os.environ.get("ENGINE_QUEUE", "engine"),
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
