@@ -85,3 +85,19 @@ def test_pattern_is_a_well_formed_png_whatever_the_size() -> None:
 def test_prompts_that_differ_after_the_shown_part_still_differ() -> None:
     shared = "x" * 40
     assert render_pattern(shared + "a", 0, None, 256, 256) != render_pattern(shared + "b", 0, None, 256, 256)
+
+
+def test_an_image_after_the_first_of_its_size_makes_no_pillow_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each Pillow drawing call lets go of the GIL: in a worker of many threads every such call
+    # hands it to another thread. Past the size's cached pattern and glyphs, an image is bytes only.
+    render_pattern("warm", 0, 1, 1024, 1024)
+    render_pattern("a red car", 0, 1, 1024, 1024)  # its glyphs
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a Pillow call per image")
+
+    for name in ("new", "frombytes"):
+        monkeypatch.setattr(Image, name, refuse)
+    monkeypatch.setattr(Image.Image, "paste", refuse)
+    first, second = render_pattern("a red car", 1, 2, 1024, 1024), render_pattern("a red car", 2, 3, 1024, 1024)
+    assert first != second and first.startswith(b"\x89PNG")

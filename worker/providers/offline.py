@@ -14,6 +14,7 @@ import functools
 import hashlib
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
@@ -97,43 +98,44 @@ class OfflineProvider:
 
 def render_pattern(prompt: str, index: int, seed: int | None, width: int, height: int) -> bytes:
     """Deterministic PNG of exactly ``width`` x ``height``: the size's cached test pattern
-    (bands, a grid, "OFFLINE PREVIEW - NOT AI") with one band of per-variation lines drawn in.
+    (bands, a grid, "OFFLINE PREVIEW - NOT AI") with a band of per-variation lines at the bottom.
 
     A palette image (one byte a pixel; its nine colours are a test pattern's, the swatch's
-    taken from the digest). Only the label band is drawn and compressed per image: the rows
-    above and below it are compressed once per size (raw deflate, ending on a full flush) and
-    spliced around it, so an image costs well under a millisecond whatever its size
+    taken from the digest). Only the label band is made and compressed per image, from cached
+    glyph rows joined as bytes: the rows above it are compressed once per size (ending on a full
+    flush) and the band's final block is spliced after them. No Pillow call is made per image,
+    and one zlib call: in a worker of many threads each call that lets go of the GIL hands it to
+    another thread (two context switches and more), which cost more than the drawing itself
     (docs/pools.md)."""
     base = _base_pattern(width, height)
     digest = hashlib.sha256(f"{prompt}\x00{index}\x00{seed}".encode()).digest()
-    # The band's rows as PNG scanlines: column 0 is each row's filter byte (0: none), so pixel x
-    # is drawn at x + 1 and the image's bytes are the rows to compress as they are.
-    band = Image.frombytes("P", (width + 1, base.band_height), base.band_rows)
-    left, swatch = base.label_left + 1, base.band_height - 2 * base.margin  # + 1: the filter column
-    ImageDraw.Draw(band).rectangle((left, base.margin, left + swatch, base.margin + swatch), fill=_SWATCH)
-    # The first two lines repeat across a job's variations (and jobs): their masks are cached.
-    masks = (
-        _cached_line_mask(base.font, f"{width}x{height}  variation {index}  seed {seed}"),
-        _cached_line_mask(base.font, prompt[:40]),
-        _line_mask(base.font, digest.hex()[:16]),
+    lines = (
+        _cached_line_rows(base.font, f"{width}x{height}  variation {index}  seed {seed}"),
+        _cached_line_rows(base.font, prompt[:40]),
+        _line_rows(base.font, digest.hex()[:16]),
     )
-    text_left = left + swatch + base.margin
-    for number, mask in enumerate(masks):
-        band.paste(_WHITE, (text_left, base.margin + number * base.line_height), mask)
-    rows = band.tobytes()
-    deflate = zlib.compressobj(_BAND_LEVEL, zlib.DEFLATED, -15)
-    middle = deflate.compress(rows) + deflate.flush(zlib.Z_FULL_FLUSH)
-    adler = _adler32_combine(zlib.adler32(rows, base.head_adler), base.tail_adler, base.tail_raw_len)
+    band = list(base.band_rows)
+    text_width = width + 1 - base.text_left
+    for number, rows in enumerate(lines):
+        top = base.margin + number * base.line_height
+        for offset, text in enumerate(rows[: max(0, base.band_height - top)]):
+            row = band[top + offset]
+            band[top + offset] = row[: base.text_left] + text[:text_width].ljust(text_width, b"\0")
+    raw = b"".join(band)
+    middle = zlib.compress(raw, _BAND_LEVEL, wbits=-15)  # the stream's final block
+    adler = _adler32_combine(base.head_adler, _small_calls(zlib.adler32, raw, 1), len(raw))
     trailer = adler.to_bytes(4, "big")
-    crc = zlib.crc32(trailer, zlib.crc32(base.tail, zlib.crc32(middle, base.head_crc)))
-    length = len(base.head) + len(middle) + len(base.tail) + 4
-    idat = (length.to_bytes(4, "big"), b"IDAT", base.head, middle, base.tail, trailer, crc.to_bytes(4, "big"))
+    crc = zlib.crc32(trailer, _small_calls(zlib.crc32, middle, base.head_crc))
+    length = len(base.head) + len(middle) + 4
+    idat = (length.to_bytes(4, "big"), b"IDAT", base.head, middle, trailer, crc.to_bytes(4, "big"))
     palette = _chunk(b"PLTE", _PALETTE + digest[:3])
     return b"".join((base.preamble, palette, *idat, _IEND))
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _BAND_LEVEL = 1  # the band is mostly flat colour: level 1 is as small here and several times faster
+# CPython's zlib lets go of the GIL for a checksum over more than 5 KiB: smaller calls keep it.
+_GIL_KEPT_BYTES = 4096
 # The pattern's colours, by palette index; the swatch's (index 8) comes from each image's digest.
 _COLOURS = (
     (28, 34, 48),  # background
@@ -158,20 +160,26 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 _IEND = _chunk(b"IEND", b"")
 
 
+def _small_calls(checksum: Callable[[memoryview, int], int], data: bytes, start: int) -> int:
+    """``checksum(data, start)`` computed a few KiB at a time, each call holding the GIL."""
+    view = memoryview(data)
+    value = start
+    for offset in range(0, len(view), _GIL_KEPT_BYTES):
+        value = checksum(view[offset : offset + _GIL_KEPT_BYTES], value)
+    return value
+
+
 @dataclass(frozen=True)
 class _Base:
-    """One size's pattern, ready to splice: the compressed rows around the label band."""
+    """One size's pattern, ready to splice: the compressed rows above the label band, and the band's."""
 
     preamble: bytes  # PNG signature and IHDR (the palette follows, per image)
     head: bytes  # zlib header + raw deflate of the rows above the band, ending on a full flush
     head_adler: int  # adler32 of those rows (filter bytes included)
     head_crc: int  # CRC-32 of b"IDAT" + head
-    tail: bytes  # raw deflate of the rows below the band, final block
-    tail_adler: int
-    tail_raw_len: int
-    band_rows: bytes  # the band's background as scanlines (a filter byte, palette indices), drawn on per image
+    band_rows: tuple[bytes, ...]  # the band's scanlines (a filter byte, palette indices): swatch, no text
     band_height: int
-    label_left: int  # x of the title, and of the band's swatch: right of the colour bands
+    text_left: int  # where the text starts in a scanline (the filter byte counted); plain background after
     margin: int
     line_height: int
     font: ImageFont.FreeTypeFont | ImageFont.ImageFont
@@ -193,33 +201,33 @@ def _base_pattern(width: int, height: int) -> _Base:
     margin = max(4, min(width, height) // 64)
     label_left = width // 3 + 12
     draw.text((label_left, margin), "OFFLINE PREVIEW - NOT AI", fill=_WHITE, font=title)
-    top = min(height - 1, 2 * margin + _line_height(title))
-    # The per-image lines use half the title's size: the band is drawn, filtered and compressed
-    # for every image, so its height is most of an image's cost.
+    below_title = min(height - 1, 2 * margin + _line_height(title))
+    # The per-image lines use half the title's size: the band is joined and compressed for every
+    # image, so its height is most of an image's cost.
     font = ImageFont.load_default(size=max(10, min(width, height) // 56))
     line = _line_height(font)
-    band_height = max(1, min(height - top, 3 * line + 2 * margin))
+    band_height = max(1, min(height - below_title, 3 * line + 2 * margin))
+    band_top = height - band_height
+    # The band right of the colour bands is plain background (the grid stops there), with the
+    # swatch, whose colour each image's palette sets: the text is joined onto it as bytes.
+    swatch = max(1, band_height - 2 * margin)
+    draw.rectangle((label_left, band_top, width, height), fill=0)
+    draw.rectangle((label_left, band_top + margin, label_left + swatch, band_top + margin + swatch), fill=_SWATCH)
     scanlines = Image.new("P", (width + 1, height), 0)  # a zero filter byte before each row
     scanlines.paste(image, (1, 0))
     raw, stride = scanlines.tobytes(), width + 1
-    head_rows = raw[: top * stride]
-    tail_rows = raw[(top + band_height) * stride :]
+    head_rows = raw[: band_top * stride]
     deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
     head = b"\x78\x9c" + deflate.compress(head_rows) + deflate.flush(zlib.Z_FULL_FLUSH)
-    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
-    tail = deflate.compress(tail_rows) + deflate.flush(zlib.Z_FINISH)
     ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes((8, 3, 0, 0, 0))  # 8-bit palette
     return _Base(
         preamble=_PNG_SIGNATURE + _chunk(b"IHDR", ihdr),
         head=head,
         head_adler=zlib.adler32(head_rows),
         head_crc=zlib.crc32(head, zlib.crc32(b"IDAT")),
-        tail=tail,
-        tail_adler=zlib.adler32(tail_rows),
-        tail_raw_len=len(tail_rows),
-        band_rows=raw[top * stride : (top + band_height) * stride],
+        band_rows=tuple(raw[row * stride : (row + 1) * stride] for row in range(band_top, height)),
         band_height=band_height,
-        label_left=label_left,
+        text_left=min(stride, label_left + swatch + margin + 1),  # + 1: the filter byte
         margin=margin,
         line_height=line,
         font=font,
@@ -233,32 +241,25 @@ def _line_height(font: Font) -> int:
     return int(font.size * 1.25) if isinstance(font, ImageFont.FreeTypeFont) else 12
 
 
-def _line_mask(font: Font, text: str) -> Image.Image:
-    """White text's pixels for one line (a 1-bit mask: a palette image has no blending), composed
+def _line_rows(font: Font, text: str) -> tuple[bytes, ...]:
+    """One line of white text as palette rows (``line_height`` of them, on the background), joined
     from cached glyphs (rasterizing the whole line with FreeType was most of an image's cost); no
-    kerning, which a test pattern does without."""
-    glyphs = [_glyph(font, char) for char in text]
-    # Each glyph starts where the previous one's advance ends; the last one's mask is at least its advance.
-    width = max(1, sum(advance for _, advance in glyphs[:-1]) + max((g.width for g, _ in glyphs[-1:]), default=0))
-    mask = Image.new("1", (width, max((g.height for g, _ in glyphs), default=1)))
-    x = 0
-    for glyph, advance in glyphs:
-        mask.paste(255, (x, 0), glyph)
-        x += advance
-    return mask
+    kerning, and each glyph cut at its advance, which a test pattern does without."""
+    glyphs = [_glyph_rows(font, char) for char in text]
+    return tuple(b"".join(rows) for rows in zip(*glyphs, strict=True)) if glyphs else ()
 
 
-_cached_line_mask = functools.lru_cache(maxsize=512)(_line_mask)
+_cached_line_rows = functools.lru_cache(maxsize=512)(_line_rows)
 
 
 @functools.lru_cache(maxsize=2048)
-def _glyph(font: Font, char: str) -> tuple[Image.Image, int]:
-    """One character's 1-bit mask (drawn at the line's origin, so glyphs line up) and advance."""
-    _, _, right, bottom = font.getbbox(char)
+def _glyph_rows(font: Font, char: str) -> tuple[bytes, ...]:
+    """One character as ``line_height`` palette rows of its advance's width: white on background."""
     advance = max(1, round(font.getlength(char)))
-    mask = Image.new("1", (max(1, int(right), advance), max(1, int(bottom))))
+    mask = Image.new("L", (advance, _line_height(font)), 0)
     ImageDraw.Draw(mask).text((0, 0), char, fill=255, font=font)
-    return mask, advance
+    pixels = mask.point(lambda value: _WHITE if value >= 128 else 0).tobytes()
+    return tuple(pixels[row * advance : (row + 1) * advance] for row in range(mask.height))
 
 
 def _adler32_combine(adler1: int, adler2: int, len2: int) -> int:
