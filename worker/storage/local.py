@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import secrets
 from collections.abc import Iterator
@@ -72,11 +73,16 @@ class LocalStore(ImageStore):
         return fd
 
     def _enter(self, parent: int, folder: str) -> int:
-        """A descriptor of ``folder`` in ``parent``, made if missing; never through a symbolic link."""
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(folder, dir_fd=parent)
+        """A descriptor of ``folder`` in ``parent``, made if missing; never through a symbolic link.
+        Opened first and made only when missing: most writes find their folders there, and each
+        call into the kernel lets go of the GIL (another thread's turn, in a busy worker)."""
         try:
-            return os.open(folder, _FOLDER_FLAGS, dir_fd=parent)
+            try:
+                return os.open(folder, _FOLDER_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):  # another writer may make it first
+                    os.mkdir(folder, dir_fd=parent)
+                return os.open(folder, _FOLDER_FLAGS, dir_fd=parent)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symbolic link, or a file, in the way
                 raise StorageError(f"refused a path that leaves {self.where}") from None
@@ -122,5 +128,14 @@ def _write_then_rename(folder: int, name: str, data: bytes) -> None:
 
 
 def _part_name() -> str:
-    """A temporary file's name: never an image's, and no two writers' alike."""
-    return f".part-{secrets.token_hex(8)}"
+    """A temporary file's name: never an image's, and no two writers' alike (a random token per
+    process, new after a fork, and a counter: no call into the kernel per name)."""
+    global _writer
+    pid = os.getpid()
+    if _writer[0] != pid:
+        _writer = (pid, secrets.token_hex(8))
+    return f".part-{_writer[1]}-{next(_part_numbers)}"
+
+
+_writer: tuple[int, str] = (0, "")
+_part_numbers = itertools.count()
