@@ -64,7 +64,8 @@ def test_bad_failure_specs_are_refused(spec: str) -> None:
 def test_pattern_is_a_well_formed_png_whatever_the_size() -> None:
     # The label band is compressed per image and spliced into rows compressed once per size:
     # every chunk CRC and the zlib stream's own checksum must still hold.
-    for width, height in ((1024, 1024), (688, 384), (512, 512), (6336, 2688)):
+    # A catalog may name any size: narrow ones leave no room right of the colour bands.
+    for width, height in ((1024, 1024), (688, 384), (512, 512), (6336, 2688), (16, 1024), (1, 28), (5, 4000)):
         data = render_pattern("a red car", 3, 7, width, height)
         chunks, offset = {}, 8
         while offset < len(data):

@@ -211,7 +211,7 @@ def _base_pattern(width: int, height: int) -> _Base:
     # The band right of the colour bands is plain background (the grid stops there), with the
     # swatch, whose colour each image's palette sets: the text is joined onto it as bytes.
     swatch = max(1, band_height - 2 * margin)
-    draw.rectangle((label_left, band_top, width, height), fill=0)
+    draw.rectangle((min(label_left, width), band_top, width, height), fill=0)  # a narrow image has no text room
     draw.rectangle((label_left, band_top + margin, label_left + swatch, band_top + margin + swatch), fill=_SWATCH)
     scanlines = Image.new("P", (width + 1, height), 0)  # a zero filter byte before each row
     scanlines.paste(image, (1, 0))

@@ -129,7 +129,8 @@ def _write_then_rename(folder: int, name: str, data: bytes) -> None:
 
 def _part_name() -> str:
     """A temporary file's name: never an image's, and no two writers' alike (a random token per
-    process, new after a fork, and a counter: no call into the kernel per name)."""
+    process, new after a fork, and a counter: no ``getrandom`` per name, which lets go of the GIL;
+    ``getpid`` does not)."""
     global _writer
     pid = os.getpid()
     if _writer[0] != pid:
