@@ -35,9 +35,9 @@ def _value(client: redis.Redis, key: bytes) -> bytes:
     if kind == b"list":
         return b"\n".join(_readable(item) for item in client.lrange(key, 0, -1))
     if kind == b"set":
-        return b"\n".join(client.smembers(key))
-    if kind == b"zset":
-        return b"\n".join(member for member, _ in client.zrange(key, 0, -1, withscores=True))
+        return b"\n".join(_readable(member) for member in client.smembers(key))
+    if kind == b"zset":  # a chord's parts (Celery's ``.j`` key), compressed from 1 KiB
+        return b"\n".join(_readable(member) for member, _ in client.zrange(key, 0, -1, withscores=True))
     if kind == b"stream":
         return repr(client.xrange(key)).encode()
     if kind == b"none":
