@@ -19,7 +19,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.catalog import CatalogError, ModelCatalog, load_catalog
-from contract.clouds import TargetError, TargetPolicy, canonical_prefix, parse_allowed_targets
+from contract.clouds import TargetError, TargetPolicy, canonical_prefix, parse_allowed_targets, storage_url_parts
 from contract.errors import ImageGenError, excerpt
 from contract.rate_limits import RateLimit, parse_rate_limits
 
@@ -375,9 +375,10 @@ class Settings(BaseSettings):
             raise ValueError(f"IMAGEGEN_MODEL_CATALOG_FILE: {exc}") from None
         self._check_rate_limits(catalog)
         self.target_policy  # noqa: B018  # a bad IMAGEGEN_ALLOWED_TARGETS entry fails at start-up
-        if "://" in self.storage_url and not self.storage_url.startswith("file://"):
+        cloud_storage = storage_url_parts(self.storage_url)
+        if cloud_storage is not None:
             try:  # a 't' segment in the platform prefix: every image would be refused at its upload
-                canonical_prefix(urlsplit(self.storage_url).path)
+                canonical_prefix(cloud_storage.path)
             except TargetError as exc:
                 raise ValueError(f"IMAGEGEN_STORAGE_URL {excerpt(self.storage_url)}: its prefix {exc}") from None
         if self.environment != "development":
@@ -399,7 +400,7 @@ class Settings(BaseSettings):
 
     def _refuse_unsafe_defaults(self) -> None:
         problems = []
-        if "://" not in self.storage_url or self.storage_url.startswith("file://"):
+        if storage_url_parts(self.storage_url) is None:
             problems.append(
                 "IMAGEGEN_STORAGE_URL is a local directory: other pods and the next node "
                 "cannot read it; use s3://, az:// or gs://"

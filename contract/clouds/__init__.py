@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from contract.clouds.aws import S3Spec
 from contract.clouds.azure import AzureBlobSpec
@@ -35,6 +35,7 @@ __all__ = [
     "platform_target",
     "spec_for",
     "storage_problems",
+    "storage_url_parts",
 ]
 
 SPECS: dict[str, CloudSpec] = {spec.name: spec for spec in (S3Spec(), AzureBlobSpec(), GCSSpec())}
@@ -72,13 +73,18 @@ def node_target(inputs: Mapping[str, Any], policy: TargetPolicy) -> Target:
     return spec.target(inputs)
 
 
+def storage_url_parts(url: str) -> SplitResult | None:
+    """``IMAGEGEN_STORAGE_URL`` split, when it names cloud storage; None for a local directory."""
+    if url.startswith("file://") or "://" not in url:
+        return None
+    return urlsplit(url)
+
+
 def platform_target(url: str, settings: Any) -> Target | None:
     """The operator's ``IMAGEGEN_STORAGE_URL`` as a target; None for a local directory."""
-    if url.startswith("file://"):
+    parts = storage_url_parts(url)
+    if parts is None:
         return None
-    if "://" not in url:
-        return None
-    parts = urlsplit(url)
     spec = _BY_SCHEME.get(parts.scheme)
     if spec is None or len(parts.netloc) < 3:
         raise TargetError(
