@@ -140,7 +140,7 @@ class NodeInputs(BaseModel):
     @classmethod
     def _no_provider_chosen(cls, value: Any) -> Any:
         # A form's empty dropdown is no choice, as a blank bucket is no bucket: required only with use_cloud.
-        return None if isinstance(value, str) and not value.strip() else value
+        return None if _no_choice(value) else value
 
     @field_validator("user_query")
     @classmethod
@@ -447,6 +447,11 @@ def _problem_from(err: Any, data: Mapping[str, Any], hint: bool = True) -> Probl
 _BOOL = TypeAdapter(bool)
 
 
+def _no_choice(value: Any) -> bool:
+    """A cloud_provider that chooses nothing: absent, or a form's empty dropdown (blank)."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _cloud_problems(inputs: Mapping[str, Any], already: list[str], policy: TargetPolicy) -> list[Problem]:
     """The cloud's own rules (contract/clouds) for use_cloud; run even when single fields failed."""
     if "inputs.use_cloud" in already:
@@ -468,7 +473,7 @@ def _cloud_problems(inputs: Mapping[str, Any], already: list[str], policy: Targe
             if inputs.get(name) not in (None, "") and f"inputs.{name}" not in already  # "": a form's empty field
         ]
     provider = inputs.get("cloud_provider")
-    if provider is None or (isinstance(provider, str) and not provider.strip()):  # a form's empty dropdown
+    if _no_choice(provider):  # as NodeInputs reads it
         allowed = ", ".join(SPECS)
         return [Problem("inputs.cloud_provider", MISSING, f"is required when use_cloud is true; allowed: {allowed}")]
     problems = []
