@@ -39,11 +39,17 @@ def test_a_job_runs_against_a_redis_with_a_password_that_shows_nowhere(
         ):
             result = _run_job(server.url, queue, offline_node)
             assert result.status == "succeeded" and len(result.images) == 1
-            pages = [
-                requests.get(f"{flower.url}/{page}", auth=flower.auth, timeout=10).text
-                for page in ("api/workers", "broker", "workers", "api/tasks")
-            ]
-            assert any(worker.name.split("@")[0] in page for page in pages)  # Flower sees the worker
+            # Flower sees the worker (from its events: they may reach Flower a moment after the job).
+            deadline = time.monotonic() + 20
+            while True:
+                pages = [
+                    requests.get(f"{flower.url}/{page}", auth=flower.auth, timeout=10).text
+                    for page in ("api/workers", "broker", "workers", "api/tasks")
+                ]
+                if any(worker.name.split("@")[0] in page for page in pages):
+                    break
+                assert time.monotonic() < deadline, "Flower never showed the worker"
+                time.sleep(0.5)
             time.sleep(0.5)  # the last log lines
             shown = {
                 "the worker's log": worker.log(),
