@@ -16,11 +16,14 @@ job store's policy) and the chord scripts run on whichever server is master
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
 from celery.backends.base import compress_payload
-from celery.backends.redis import CHORD_PART_RETURN_LUA, RedisBackend, SentinelBackend
+from celery.backends.redis import CHORD_PART_RETURN_LUA, RedisBackend, ResultConsumer, SentinelBackend
 from celery.result import AsyncResult
 
 from contract.queue import job_task_id
@@ -40,8 +43,33 @@ def run_document(app: Any, job_id: str, run: int) -> dict[str, Any] | None:
     return outcome.result
 
 
+class WaitsNoLongerThanAsked(ResultConsumer):  # type: ignore[misc]
+    """Celery's consumer of result messages, keeping ``AsyncResult.get(timeout=...)`` to its
+    timeout. Celery's drainer waits for a message in steps of one second (``get`` does not pass
+    its ``interval`` on), and checks the timeout only between steps: ``wait(timeout=0.3)`` took
+    1.0 s, ``wait(timeout=1.5)`` 2.0 s. Here no step outlasts the time left."""
+
+    def drain_events_until(
+        self, p: Any, timeout: float | None = None, on_interval: Callable[[], Any] | None = None
+    ) -> Any:  # Celery's generator of turns
+        if timeout is None:
+            return super().drain_events_until(p, timeout=timeout, on_interval=on_interval)
+        deadline = time.monotonic() + timeout
+
+        def wait(timeout: float | None = None) -> None:  # the threads drainer calls this with its step
+            left = max(0.0, deadline - time.monotonic())
+            self.drain_events(timeout=left if timeout is None else min(timeout, left))
+
+        # Equal steps of at most 1 s that add up to the timeout: the bound for greenlet drainers,
+        # which wait on their own thread's turns instead of calling ``wait``.
+        step = timeout / max(1, math.ceil(timeout))
+        return self.drainer.drain_events_until(p, timeout=timeout, interval=step, on_interval=on_interval, wait=wait)
+
+
 class RidesOutRedisFaults:
     """The changes, for the plain and the Sentinel backend alike (a mixin: Celery picks one class)."""
+
+    ResultConsumer = WaitsNoLongerThanAsked
 
     app: Any
     connparams: dict[str, Any]

@@ -32,6 +32,32 @@ def test_a_job_nobody_runs_times_out(client: ImageGenClient, offline_node: dict[
         handle.wait(timeout=0.5)
 
 
+def test_a_wait_ends_with_its_timeout_not_at_celerys_next_second(
+    client: ImageGenClient, offline_node: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery's drainer waited for the result message in steps of one second and checked the
+    timeout only between them: ``wait(timeout=0.3)`` took 1.0 s, ``wait(timeout=1.5)`` 2.0 s."""
+    handle = client.submit(offline_node)  # no worker on this test's queue
+    consumer = client.celery.backend.result_consumer
+    drain, asked = consumer.drain_events, []
+
+    def recording(timeout: float | None = None) -> Any:
+        asked.append((time.monotonic(), timeout))
+        return drain(timeout=timeout)
+
+    monkeypatch.setattr(consumer, "drain_events", recording)
+    for timeout in (0.3, 1.5):
+        asked.clear()
+        started = time.monotonic()
+        with pytest.raises(JobTimeout, match=f"did not finish within {timeout} s"):
+            handle.wait(timeout=timeout)
+        elapsed = time.monotonic() - started
+        assert asked
+        # No wait for the result message reaches past the caller's timeout.
+        assert all(at + (wait or 0) <= started + timeout + 0.05 for at, wait in asked), asked
+        assert timeout <= elapsed < timeout + 0.45
+
+
 @pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1.0, "5", True])
 def test_a_timeout_no_clock_reaches_is_refused_before_waiting(
     client: ImageGenClient, offline_node: dict[str, object], timeout: Any
