@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 from typing import Any
 
 from celery import Celery
@@ -57,6 +58,18 @@ def job_task_id(job_id: str, run: int) -> str:
     """The Celery task id of one run of a job; its result document lives under this id.
     "@" never occurs in job ids nor in Celery's own uuids, so these ids are the jobs'."""
     return f"{job_id}@{run}"
+
+
+# A sign request's result holds a bearer URL. The client reads it at once and deletes it; what a
+# client that died in between, or a worker that signed in the moment after its caller's deadline,
+# leaves behind expires after this, not with job documents (IMAGEGEN_RESULT_TTL_S, 7 days).
+SIGN_RESULT_TTL_S = 60
+SIGN_TASK_PREFIX = "sign:"  # ":" never occurs in job ids (so in job task ids) nor in Celery's uuids
+
+
+def sign_task_id() -> str:
+    """A new sign request's Celery task id: the result backend keeps its result SIGN_RESULT_TTL_S."""
+    return f"{SIGN_TASK_PREFIX}{uuid.uuid4()}"
 
 
 def is_amqp(url: str) -> bool:

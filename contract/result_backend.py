@@ -26,7 +26,7 @@ from celery.backends.base import compress_payload
 from celery.backends.redis import CHORD_PART_RETURN_LUA, RedisBackend, ResultConsumer, SentinelBackend
 from celery.result import AsyncResult
 
-from contract.queue import job_task_id
+from contract.queue import SIGN_RESULT_TTL_S, SIGN_TASK_PREFIX, job_task_id
 from contract.redis_client import FailoverSafeRedis, SentinelConnection, is_transient, transient_retry
 
 PATIENCE_SETTING = "imagegen_redis_patience_s"  # a Celery conf key, read by the backend below
@@ -76,6 +76,7 @@ class RidesOutRedisFaults:
     client: Any
     compression: str | None
     _encode: Any
+    get_key_for_task: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -93,6 +94,15 @@ class RidesOutRedisFaults:
         if self.compression and len(payload) >= COMPRESS_FROM_BYTES:
             payload = compress_payload(payload, self.compression)
         return payload
+
+    def _set(self, key: bytes, value: Any, expires: int | None = None) -> None:
+        if expires is None and key.startswith(self._sign_key_prefix):
+            expires = SIGN_RESULT_TTL_S  # a signed URL: contract/queue.py
+        super()._set(key, value, expires)  # type: ignore[misc]
+
+    @cached_property
+    def _sign_key_prefix(self) -> bytes:
+        return bytes(self.get_key_for_task(SIGN_TASK_PREFIX))
 
     def _get_client(self) -> type[FailoverSafeRedis]:
         return FailoverSafeRedis  # its register_script survives a failover

@@ -39,7 +39,15 @@ from contract.jobs import RERUNNABLE, Claim, JobConflict, JobRecords, JobStatus,
 from contract.lost_jobs import end_if_lost
 from contract.node import ImageGenerationNode, validate_node
 from contract.prompt_text import UpstreamValueError, check_prompt_path
-from contract.queue import RUN_JOB, RUN_JOB_FROM_UPSTREAM, SIGN_URL, UPSTREAM_FAILED, celery_config, job_task_id
+from contract.queue import (
+    RUN_JOB,
+    RUN_JOB_FROM_UPSTREAM,
+    SIGN_URL,
+    UPSTREAM_FAILED,
+    celery_config,
+    job_task_id,
+    sign_task_id,
+)
 from contract.redis_client import redis_client, transient_retry
 from contract.result import ErrorRecord, JobResult
 from contract.result_backend import PATIENCE_SETTING, run_document
@@ -595,7 +603,9 @@ class ImageGenClient:
                 target = node_target(parsed.inputs.model_dump(), self.settings.target_policy)
         request = SignRequest(uri=uri, target=target, tenant=tenant)
         # Not signed after the caller stops waiting: the URL would sit in the backend unread.
-        outcome = self.celery.send_task(SIGN_URL, args=(request.model_dump(mode="json"),), expires=timeout)
+        outcome = self.celery.send_task(
+            SIGN_URL, args=(request.model_dump(mode="json"),), expires=timeout, task_id=sign_task_id()
+        )
         try:
             document = outcome.get(timeout=timeout, propagate=True)
         except CeleryTimeout:

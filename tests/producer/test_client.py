@@ -13,7 +13,8 @@ from kombu.exceptions import OperationalError
 from contract.errors import NodeValidationError
 from contract.events import events_key
 from contract.lost_jobs import end_if_lost
-from contract.queue import job_key
+from contract.queue import SIGN_RESULT_TTL_S, SIGN_URL, job_key, job_task_id, sign_task_id
+from contract.work import SignRequest
 from producer.client import ImageGenClient, JobCrashed, JobNotFound, JobTimeout, QueueUnavailable
 from tests.conftest import StartWorker
 
@@ -115,6 +116,23 @@ def test_a_sign_request_nobody_waits_for_any_more_leaves_no_url_behind(
     signed = [r for _, r in states.values() if isinstance(r, dict) and "url" in r and r.get("uri") == image.uri]
     assert signed == [], states
     assert any(state == "REVOKED" for state, _ in states.values()), (states, late.log()[-2000:])
+
+
+def test_a_signed_url_left_in_the_backend_expires_within_a_minute(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, object], redis_url: str
+) -> None:
+    """A URL the client never deletes (it died after reading it, or the worker signed in the moment
+    after its deadline) expires after SIGN_RESULT_TTL_S; job documents keep the result TTL."""
+    start_worker()
+    handle = client.submit(offline_node)
+    [image] = handle.wait(timeout=60).images
+    task_id = sign_task_id()
+    request = SignRequest(uri=image.uri).model_dump(mode="json")
+    answer = client.celery.send_task(SIGN_URL, args=(request,), task_id=task_id).get(timeout=30)
+    assert answer["url"]
+    store = redis.Redis.from_url(redis_url)
+    assert 0 < store.ttl(f"celery-task-meta-{task_id}") <= SIGN_RESULT_TTL_S
+    assert store.ttl(f"celery-task-meta-{job_task_id(handle.job_id, 1)}") > SIGN_RESULT_TTL_S * 100
 
 
 @pytest.mark.parametrize(
