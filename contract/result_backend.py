@@ -16,9 +16,9 @@ job store's policy) and the chord scripts run on whichever server is master
 
 from __future__ import annotations
 
-import math
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import Any
 
@@ -28,6 +28,8 @@ from celery.result import AsyncResult
 
 from contract.queue import SIGN_RESULT_TTL_S, SIGN_TASK_PREFIX, job_task_id
 from contract.redis_client import FailoverSafeRedis, SentinelConnection, is_transient, transient_retry
+
+log = logging.getLogger(__name__)
 
 PATIENCE_SETTING = "imagegen_redis_patience_s"  # a Celery conf key, read by the backend below
 COMPRESS_FROM_BYTES = 1024  # smaller payloads are stored as they are (a result document is larger)
@@ -45,25 +47,32 @@ def run_document(app: Any, job_id: str, run: int) -> dict[str, Any] | None:
 
 class WaitsNoLongerThanAsked(ResultConsumer):  # type: ignore[misc]
     """Celery's consumer of result messages, keeping ``AsyncResult.get(timeout=...)`` to its
-    timeout. Celery's drainer waits for a message in steps of one second (``get`` does not pass
-    its ``interval`` on), and checks the timeout only between steps: ``wait(timeout=0.3)`` took
-    1.0 s, ``wait(timeout=1.5)`` 2.0 s. Here no step outlasts the time left."""
+    timeout. Celery's drainer waits for a message in fixed steps of one second (``get`` does not
+    pass its ``interval`` on) and checks the timeout only between steps: ``wait(timeout=0.3)``
+    took 1.0 s, ``wait(timeout=1.5)`` 2.0 s. Here each step is at most the time left, with the
+    threads drainer and the greenlet ones alike."""
 
     def drain_events_until(
         self, p: Any, timeout: float | None = None, on_interval: Callable[[], Any] | None = None
-    ) -> Any:  # Celery's generator of turns
+    ) -> Iterator[Any]:
         if timeout is None:
-            return super().drain_events_until(p, timeout=timeout, on_interval=on_interval)
+            yield from super().drain_events_until(p, timeout=timeout, on_interval=on_interval)
+            return
         deadline = time.monotonic() + timeout
-
-        def wait(timeout: float | None = None) -> None:  # the threads drainer calls this with its step
-            left = max(0.0, deadline - time.monotonic())
-            self.drain_events(timeout=left if timeout is None else min(timeout, left))
-
-        # Equal steps of at most 1 s that add up to the timeout: the bound for greenlet drainers,
-        # which wait on their own thread's turns instead of calling ``wait``.
-        step = timeout / max(1, math.ceil(timeout))
-        return self.drainer.drain_events_until(p, timeout=timeout, interval=step, on_interval=on_interval, wait=wait)
+        while not p.ready:  # Celery's Drainer.drain_events_until, with the step bounded
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError()
+            step = min(1.0, left)
+            try:
+                yield self.drainer.wait_for(p, self.drain_events, timeout=step)
+            except TimeoutError:
+                pass
+            except OSError:  # as Celery: drain_events reconnects; back off instead of spinning
+                log.warning("result consumer: connection error while waiting, trying again", exc_info=True)
+                time.sleep(step)
+            if on_interval:
+                on_interval()
 
 
 class RidesOutRedisFaults:
@@ -96,8 +105,8 @@ class RidesOutRedisFaults:
         return payload
 
     def _set(self, key: bytes, value: Any, expires: int | None = None) -> None:
-        if expires is None and key.startswith(self._sign_key_prefix):
-            expires = SIGN_RESULT_TTL_S  # a signed URL: contract/queue.py
+        if key.startswith(self._sign_key_prefix):  # a signed URL (contract/queue.py), any state
+            expires = SIGN_RESULT_TTL_S if expires is None else min(expires, SIGN_RESULT_TTL_S)
         super()._set(key, value, expires)  # type: ignore[misc]
 
     @cached_property
