@@ -391,6 +391,31 @@ def test_a_missing_bucket_or_container_fails_before_any_image_is_paid_for(
         assert all(e.message.endswith(CHECKED_FIRST) and e.estimated_cost_usd is None for e in result.errors)
 
 
+def test_a_missing_bucket_fails_a_job_with_a_prompt_step_before_its_text_call(
+    start_worker: StartWorker,
+    client: ImageGenClient,
+    offline_node: dict[str, Any],
+    cloud_env: dict[str, str],
+    targets: Callable[[str], CloudTarget],
+) -> None:
+    """The prompt step's text call is paid for too: the step checks the store before making it,
+    as each variation does before its image, and the job ends with the store's error."""
+    expected = "S3 bucket 'imagegen-unpaid-step': the bucket does not exist (NoSuchBucket"
+    with FakeGemini(api_key="AIzaCANARY-unpaid-2") as fake:
+        start_worker(
+            env={**cloud_env, "GOOGLE_GEMINI_BASE_URL": fake.base_url, "GEMINI_API_KEY": "AIzaCANARY-unpaid-2"}
+        )
+        node = cloud_node(offline_node, "aws", {**targets("aws").fields, "aws_bucket": "imagegen-unpaid-step"})
+        node["inputs"].update(model="gemini_3_image", variations=2, prompt_enhancement="enhance")
+        result = client.submit(node).wait(timeout=60)
+        assert fake.requests == []  # neither the text call nor an image
+    assert result.status == "failed" and result.images == [] and result.estimated_cost_usd == 0.0
+    assert [e.kind for e in result.errors] == ["storage", "storage"]
+    assert all(e.message.startswith(expected) and e.message.endswith(CHECKED_FIRST) for e in result.errors)
+    step = result.prompt_step
+    assert step is not None and step.attempts == 0 and step.usage is None and step.estimated_cost_usd == 0.0
+
+
 def test_a_working_bucket_is_checked_once_per_worker_process_not_per_image(
     start_worker: StartWorker,
     client: ImageGenClient,

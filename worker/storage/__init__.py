@@ -22,7 +22,9 @@ from dataclasses import dataclass, replace
 
 from contract.clouds import Target, TargetError, platform_target, spec_for
 from contract.clouds.azure import PLATFORM_CONNECTION_STRING
+from contract.errors import NodeValidationError
 from contract.settings import Settings
+from contract.tenancy import check_tenant_refs
 from worker.errors import PermanentError, StorageError
 from worker.secrets import SecretError, resolve_secret
 from worker.storage.base import ImageStore, StoredObject, check_key
@@ -74,6 +76,21 @@ class Location:
         ``tenant``'s jobs, when given), and nothing else."""
         check_image_key(self.store.key_of(uri), self.prefix, tenant)
         return self.store.url_for(uri)
+
+
+def writable_location(job_id: str, target: Target | None, settings: Settings) -> Location:
+    """Where ``job_id``'s images go, checked before anything is paid for (a variation's image, the
+    prompt step's text call): the target's credentials are ones the job's tenant may name (a
+    message may bypass the job task: contract/tenancy.py), and the store takes a write
+    (worker/storage/write_check.py). PermanentError, StorageError or TransientError otherwise."""
+    if target is not None and target.credentials:
+        try:
+            check_tenant_refs(job_id, {"inputs.credentials": target.credentials}, settings)
+        except NodeValidationError as exc:
+            raise PermanentError(f"storage credentials refused: {exc.problems[0].message}") from None
+    location = location_for(target, settings)
+    location.check_writable(job_id)
+    return location
 
 
 def location_for(target: Target | None, settings: Settings) -> Location:

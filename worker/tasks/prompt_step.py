@@ -12,7 +12,8 @@ linked to it: Celery would pass the whole list of prompts to every variation.
 The step retries like a variation (backoff, the server's delay, the shared quota);
 every final failure goes to ``finalize`` as one error record per variation, so
 the job ends with a document (``blocked`` with the provider's reason, ``permanent``,
-``transient_exhausted``, ``timeout``) and no image call is made.
+``transient_exhausted``, ``timeout``) and no image call is made. Before its text call the
+step checks the job's store as a variation does (``storage``: nothing paid for).
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from contract.settings import Settings, get_settings
 from contract.work import JobSummary, RetryState, VariationWork
 from worker import metrics
 from worker.celery_app import app
-from worker.errors import BlockedError, GenerationError, PermanentError, TransientError
+from worker.errors import BlockedError, GenerationError, PermanentError, StorageError, TransientError
 from worker.lifecycle import variation_finished
 from worker.providers import GeneratedText, TextRequest, text_provider_for
 from worker.retry import RetryPolicy
 from worker.state import job_records, rate_limiter
+from worker.storage import writable_location
 from worker.tasks.dispatch import dispatch_variations
 
 log = logging.getLogger(__name__)
@@ -199,6 +201,9 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
         if entry is None:
             raise PermanentError(f"text model {work.text_model!r} is no longer in the model catalog")
         record = record.model_copy(update={"model_id": entry.model_id, "provider": entry.provider})
+        # The store first, as a variation checks it: a bucket that takes no writes fails the job
+        # before the text call is paid for (every variation would fail there).
+        writable_location(summary.job_id, work.variations[0].target, settings)
         prompts, written = write_prompts(work, entry, attempt, settings)
         record = _with_usage(record, written, entry)
     except TransientError as exc:
@@ -214,6 +219,9 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
         failure = (kind, f"gave up after {attempt} attempt(s) ({refusal}): {exc}", None)
     except SoftTimeLimitExceeded:
         failure = ("timeout", "the prompt step exceeded its time limit", None)
+    except StorageError as exc:  # no text call made on this attempt; none before it was billed
+        failure = ("storage", str(exc), None)
+        record = record.model_copy(update={"attempts": retries, "estimated_cost_usd": 0.0})
     except (BlockedError, PermanentError) as exc:
         failure = ("blocked", str(exc), exc.reason) if isinstance(exc, BlockedError) else ("permanent", str(exc), None)
         if exc.spent is not None and entry is not None:  # the call was billed, though its answer is refused
@@ -263,7 +271,8 @@ def _finish_without_images(
     """The step failed: finalize writes the document (one error per variation, no provider call for them).
     Each variation is counted and announced as if it had run (worker/tasks/variation.py)."""
     elapsed_ms = int((time.time() - first_attempt_at) * 1000)
-    why = message if kind == "canceled" else f"no image: the prompt step failed: {message}"
+    # A store that failed its check says so itself, as it would to a variation.
+    why = message if kind in ("canceled", "storage") else f"no image: the prompt step failed: {message}"
     records = [
         ErrorRecord(index=v.index, kind=kind, message=why, reason=reason, attempts=attempts, duration_ms=elapsed_ms)
         for v in work.variations

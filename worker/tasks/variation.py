@@ -34,13 +34,12 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from contract.catalog import ModelEntry, load_catalog, parse_size
-from contract.errors import NodeValidationError, excerpt
+from contract.errors import excerpt
 from contract.events import JobEvents
 from contract.prompt_text import control_character
 from contract.queue import GENERATE_VARIATION
 from contract.result import ErrorKind, ErrorRecord, ImageRecord, SizeMismatch
 from contract.settings import Settings, get_settings
-from contract.tenancy import check_tenant_refs
 from contract.work import MAX_VARIATION_INDEX, RetryState, VariationWork
 from worker import metrics
 from worker.celery_app import app
@@ -53,7 +52,7 @@ from worker.providers import GenerationRequest, provider_for
 from worker.providers.answer_gate import answer_scope, estimated_answer_bytes, process_gate
 from worker.retry import RetryPolicy
 from worker.state import job_records, rate_limiter, variation_leases
-from worker.storage import location_for
+from worker.storage import writable_location
 
 log = logging.getLogger(__name__)
 
@@ -247,18 +246,12 @@ def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entr
         )
     settings = get_settings()
     _check_prompt(work.prompt, settings)
-    if work.target is not None and work.target.credentials:
-        try:  # before any cost: a message may bypass the job task (contract/tenancy.py)
-            check_tenant_refs(work.job_id, {"inputs.credentials": work.target.credentials}, settings)
-        except NodeValidationError as exc:
-            raise PermanentError(f"storage credentials refused: {exc.problems[0].message}") from None
     request = GenerationRequest(work.prompt, work.model, entry, work.size, work.index, work.seed, attempt)
 
-    # The store first: a missing secret, a bad credential, or a bucket that does not exist or takes
-    # no writes fails before the image is paid for (a test write, once per store and tenant per
-    # process: worker/storage/write_check.py).
-    location = location_for(work.target, settings)
-    location.check_writable(work.job_id)
+    # The store first: credentials the tenant may not name, a missing secret, a bad credential, or
+    # a bucket that does not exist or takes no writes fails before the image is paid for (a test
+    # write, once per store and tenant per process: worker/storage/write_check.py).
+    location = writable_location(work.job_id, work.target, settings)
     # Then a slot of the project's shared quota (after every check: a variation that cannot be
     # stored takes no other tenant's slot), unless an earlier attempt booked it.
     if not work.retry.slot_booked:
