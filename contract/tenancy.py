@@ -11,7 +11,8 @@ with the job's tenant; a tenant's job may name only references they allow.
 Without the setting, tenants may name no reference at all outside development.
 
 Checked where a job id and its references meet: at submit (producer), when the
-job task opens the node's storage target, in each variation, before a webhook is
+job task opens the node's storage target, in the prompt step and each variation (before
+their provider calls), before a webhook is
 signed, and before an image URL is signed with a node's credentials (a message may
 bypass the producer). Jobs outside the ``t/`` namespace are the platform's own (the
 Python client of a trusted engine) and follow the global allow-list only.

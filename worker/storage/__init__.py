@@ -44,6 +44,7 @@ __all__ = [
     "clear_store_cache",
     "location_for",
     "object_key",
+    "writable_location",
 ]
 
 

@@ -3,8 +3,8 @@ an image it could not store.
 
 Opening a store only builds an SDK client, so a bucket that does not exist, keys that are
 wrong, a wrong region or a policy without PutObject were found by the upload, after the
-provider had billed the image. Before its provider call, a variation now writes a small marker
-object where its images go:
+provider had billed the image. Before its provider call, a variation (and a job's prompt step,
+before its text call) now writes a small marker object where its images go:
 
 * ``<prefix>/.imagegen-write-check`` for the platform's own jobs;
 * ``<prefix>/t/<tenant>/.imagegen-write-check`` for a tenant's job: inside the tenant's

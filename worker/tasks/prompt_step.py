@@ -13,7 +13,8 @@ The step retries like a variation (backoff, the server's delay, the shared quota
 every final failure goes to ``finalize`` as one error record per variation, so
 the job ends with a document (``blocked`` with the provider's reason, ``permanent``,
 ``transient_exhausted``, ``timeout``) and no image call is made. Before its text call the
-step checks the job's store as a variation does (``storage``: nothing paid for).
+step checks the job's store as a variation does (``storage``; when its first attempt finds
+the store broken, nothing was paid for).
 """
 
 from __future__ import annotations
@@ -219,9 +220,11 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
         failure = (kind, f"gave up after {attempt} attempt(s) ({refusal}): {exc}", None)
     except SoftTimeLimitExceeded:
         failure = ("timeout", "the prompt step exceeded its time limit", None)
-    except StorageError as exc:  # no text call made on this attempt; none before it was billed
+    except StorageError as exc:  # no text call on this attempt
         failure = ("storage", str(exc), None)
-        record = record.model_copy(update={"attempts": retries, "estimated_cost_usd": 0.0})
+        # Free when no attempt called the model; an earlier attempt's call that failed transiently
+        # (a timeout after the server did the work) may have been billed: unknown, not free.
+        record = record.model_copy(update={"attempts": retries, "estimated_cost_usd": 0.0 if retries == 0 else None})
     except (BlockedError, PermanentError) as exc:
         failure = ("blocked", str(exc), exc.reason) if isinstance(exc, BlockedError) else ("permanent", str(exc), None)
         if exc.spent is not None and entry is not None:  # the call was billed, though its answer is refused
