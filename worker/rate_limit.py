@@ -33,6 +33,15 @@ return {1, tostring(wait)}
 """
 
 
+class QuotaWait(Exception):  # a signal to the task, not an error: waiting uses no retry
+    """The project's quota has no slot now: retry in ``countdown`` s (``booked``: one is held then)."""
+
+    def __init__(self, countdown: float, booked: bool):
+        super().__init__(f"provider quota busy for {countdown:.1f} s")
+        self.countdown = countdown
+        self.booked = booked
+
+
 @dataclass(frozen=True)
 class Slot:
     booked: bool  # False: nothing booked, look again after wait_s
@@ -54,3 +63,10 @@ class SharedRateLimiter:
         key = f"{KEY_PREFIX}:ratelimit:{model_id}"
         booked, wait = self._book(keys=[key], args=[limit.interval_s, tolerance, self.max_wait_s])
         return Slot(bool(booked), float(wait))
+
+    def go_now(self, model_id: str, look_again_s: float) -> None:
+        """Return if a call to ``model_id`` may go now; else QuotaWait until its booked slot, or
+        ``look_again_s`` when none was near enough to book."""
+        slot = self.book(model_id)
+        if not slot.booked or slot.wait_s > 0:
+            raise QuotaWait(slot.wait_s if slot.booked else look_again_s, slot.booked)

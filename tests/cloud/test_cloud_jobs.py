@@ -401,14 +401,22 @@ def test_a_missing_bucket_fails_a_job_with_a_prompt_step_before_its_text_call(
     """The prompt step's text call is paid for too: the step checks the store before making it,
     as each variation does before its image, and the job ends with the store's error."""
     expected = "S3 bucket 'imagegen-unpaid-step': the bucket does not exist (NoSuchBucket"
+    quota_key = "imagegen:ratelimit:gemini-2.5-flash"  # the text model's
+    client.records.client.delete(quota_key)
     with FakeGemini(api_key="AIzaCANARY-unpaid-2") as fake:
         start_worker(
-            env={**cloud_env, "GOOGLE_GEMINI_BASE_URL": fake.base_url, "GEMINI_API_KEY": "AIzaCANARY-unpaid-2"}
+            env={
+                **cloud_env,
+                "GOOGLE_GEMINI_BASE_URL": fake.base_url,
+                "GEMINI_API_KEY": "AIzaCANARY-unpaid-2",
+                "IMAGEGEN_RATE_LIMITS": "gemini-2.5-flash=600:10",  # the project's shared quota
+            }
         )
         node = cloud_node(offline_node, "aws", {**targets("aws").fields, "aws_bucket": "imagegen-unpaid-step"})
         node["inputs"].update(model="gemini_3_image", variations=2, prompt_enhancement="enhance")
         result = client.submit(node).wait(timeout=60)
         assert fake.requests == []  # neither the text call nor an image
+        assert not client.records.client.exists(quota_key)  # nor a slot of the quota taken from others
     assert result.status == "failed" and result.images == [] and result.estimated_cost_usd == 0.0
     assert [e.kind for e in result.errors] == ["storage", "storage"]
     assert all(e.message.startswith(expected) and e.message.endswith(CHECKED_FIRST) for e in result.errors)

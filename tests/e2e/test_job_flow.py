@@ -354,6 +354,23 @@ def test_a_quota_shared_by_two_workers_spaces_the_calls(
     assert not any("another delivery is generating it" in w.log() for w in workers)  # a quota wait released it
 
 
+def test_the_prompt_step_waits_for_its_text_models_quota_without_failing(
+    start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
+) -> None:
+    # 60 text calls a minute, no burst: three jobs' prompt steps need at least 2 s; each step
+    # waits for its slot (after its store check), and waiting is not a failed attempt.
+    worker = start_worker({"IMAGEGEN_RATE_LIMITS": "offline-prompt-1=60:1"})
+    offline_node["inputs"]["prompt_enhancement"] = "enhance"
+    started = time.monotonic()
+    handles = [client.submit(offline_node) for _ in range(3)]
+    results = [handle.wait(timeout=60) for handle in handles]
+
+    assert [r.status for r in results] == ["succeeded"] * 3, [r.errors for r in results]
+    assert all(r.prompt_step is not None and r.prompt_step.attempts == 1 for r in results)
+    assert time.monotonic() - started >= 2.0
+    assert "prompt step: provider quota busy" in worker.log()
+
+
 def test_a_redelivered_variation_that_finished_is_skipped(
     start_worker: StartWorker, client: ImageGenClient, offline_node: dict[str, Any]
 ) -> None:

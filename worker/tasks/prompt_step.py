@@ -39,6 +39,7 @@ from worker.celery_app import app
 from worker.errors import BlockedError, GenerationError, PermanentError, StorageError, TransientError
 from worker.lifecycle import variation_finished
 from worker.providers import GeneratedText, TextRequest, text_provider_for
+from worker.rate_limit import QuotaWait
 from worker.retry import RetryPolicy
 from worker.state import job_records, rate_limiter
 from worker.storage import writable_location
@@ -184,15 +185,6 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
         _finish_without_images(work, summary, "canceled", message, None, tried, state.first_attempt_at or time.time())
         return None
     entry = load_catalog(settings.model_catalog_file, settings.model_catalog_replace).get_text(work.text_model)
-    if entry is not None and not state.slot_booked:
-        slot = rate_limiter().book(entry.model_id)
-        if not slot.booked or slot.wait_s > 0:
-            countdown = slot.wait_s if slot.booked else settings.retry_max_delay_s
-            log.info("job %s prompt step: provider quota busy; next slot in %.1f s", summary.job_id, countdown)
-            next_state = state.model_copy(update={"throttled": state.throttled + 1, "slot_booked": slot.booked})
-            metrics.PROMPT_STEP_RETRIES.labels(work.text_model, "quota").inc()
-            raise self.retry(countdown=countdown, args=(_with(work, next_state),), kwargs={})
-
     first_attempt_at = state.first_attempt_at or time.time()
     retries = self.request.retries - state.throttled
     attempt = retries + 1
@@ -205,8 +197,16 @@ def prompt_step(self: Task, work: PromptStepWork) -> None:
         # The store first, as a variation checks it: a bucket that takes no writes fails the job
         # before the text call is paid for (every variation would fail there).
         writable_location(summary.job_id, work.variations[0].target, settings)
+        # Then a slot of the project's shared quota, unless an earlier attempt booked it.
+        if not state.slot_booked:
+            rate_limiter().go_now(entry.model_id, settings.retry_max_delay_s)
         prompts, written = write_prompts(work, entry, attempt, settings)
         record = _with_usage(record, written, entry)
+    except QuotaWait as wait:
+        log.info("job %s prompt step: provider quota busy; next slot in %.1f s", summary.job_id, wait.countdown)
+        next_state = state.model_copy(update={"throttled": state.throttled + 1, "slot_booked": wait.booked})
+        metrics.PROMPT_STEP_RETRIES.labels(work.text_model, "quota").inc()
+        raise self.retry(countdown=wait.countdown, args=(_with(work, next_state),), kwargs={}) from None
     except TransientError as exc:
         policy = RetryPolicy.from_settings(settings)
         countdown = policy.countdown(retries, exc.retry_after_s)

@@ -50,6 +50,7 @@ from worker.lifecycle import publish, variation_finished
 from worker.payloads import PayloadRefused
 from worker.providers import GenerationRequest, provider_for
 from worker.providers.answer_gate import answer_scope, estimated_answer_bytes, process_gate
+from worker.rate_limit import QuotaWait
 from worker.retry import RetryPolicy
 from worker.state import job_records, rate_limiter, variation_leases
 from worker.storage import writable_location
@@ -130,7 +131,7 @@ def _attempt(task: Task, work: VariationWork, token: str) -> dict[str, Any]:
     attempt = retries + 1
     try:
         record: ImageRecord | ErrorRecord = _make_image(work, attempt, first_attempt_at, entry)
-    except _QuotaWait as wait:
+    except QuotaWait as wait:
         # Waiting for the shared quota is not a failure: it uses no retry.
         log.info(
             "job %s variation %d: provider quota busy; next slot in %.1f s", work.job_id, work.index, wait.countdown
@@ -228,15 +229,6 @@ def _with(work: VariationWork, state: RetryState) -> dict[str, Any]:
     return work.model_copy(update={"retry": state}).model_dump(mode="json")
 
 
-class _QuotaWait(Exception):  # a signal to _attempt, not an error
-    """The project's quota has no slot now: retry in ``countdown`` s (``booked``: one is held then)."""
-
-    def __init__(self, countdown: float, booked: bool):
-        super().__init__(f"provider quota busy for {countdown:.1f} s")
-        self.countdown = countdown
-        self.booked = booked
-
-
 def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entry: ModelEntry | None) -> ImageRecord:
     if entry is None:
         raise PermanentError(f"model {excerpt(work.model)!r} is no longer in the model catalog")
@@ -255,9 +247,7 @@ def _make_image(work: VariationWork, attempt: int, first_attempt_at: float, entr
     # Then a slot of the project's shared quota (after every check: a variation that cannot be
     # stored takes no other tenant's slot), unless an earlier attempt booked it.
     if not work.retry.slot_booked:
-        slot = rate_limiter().book(entry.model_id)
-        if not slot.booked or slot.wait_s > 0:
-            raise _QuotaWait(slot.wait_s if slot.booked else settings.retry_max_delay_s, slot.booked)
+        rate_limiter().go_now(entry.model_id, settings.retry_max_delay_s)
     # From its first bytes until it is stored, the answer counts against the process's memory for
     # answers (its turn waits there; the generation before it does not).
     with answer_scope(process_gate(settings.answer_memory_mb), estimated_answer_bytes(*parse_size(work.size))):
