@@ -9,7 +9,8 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -350,6 +351,28 @@ def test_a_store_that_cannot_open_fails_before_the_model_is_paid(
         assert fake.requests == []
 
 
+@contextmanager
+def nothing_paid_for(
+    start_worker: StartWorker, client: ImageGenClient, cloud_env: dict[str, str], quota_model_id: str
+) -> Iterator[None]:
+    """A worker calling FakeGemini, with ``quota_model_id`` under the project's shared quota; the
+    jobs run in the block must make no model call and take no slot of that quota."""
+    quota_key = f"imagegen:ratelimit:{quota_model_id}"
+    client.records.client.delete(quota_key)
+    with FakeGemini(api_key="AIzaCANARY-unpaid-1") as fake:
+        start_worker(
+            env={
+                **cloud_env,
+                "GOOGLE_GEMINI_BASE_URL": fake.base_url,
+                "GEMINI_API_KEY": "AIzaCANARY-unpaid-1",
+                "IMAGEGEN_RATE_LIMITS": f"{quota_model_id}=600:10",
+            }
+        )
+        yield
+        assert fake.requests == []  # not one call paid for
+        assert not client.records.client.exists(quota_key)  # nor a slot of the quota taken from others
+
+
 def test_a_missing_bucket_or_container_fails_before_any_image_is_paid_for(
     start_worker: StartWorker,
     client: ImageGenClient,
@@ -364,17 +387,7 @@ def test_a_missing_bucket_or_container_fails_before_any_image_is_paid_for(
         "azure": ("azure_container", "Azure container 'imagegen-unpaid-missing': the container does not exist"),
         "gcp": ("gcp_bucket", "GCS bucket 'imagegen-unpaid-missing': the bucket does not exist (NotFound"),
     }
-    quota_key = "imagegen:ratelimit:gemini-3-pro-image"
-    client.records.client.delete(quota_key)
-    with FakeGemini(api_key="AIzaCANARY-unpaid-1") as fake:
-        start_worker(
-            env={
-                **cloud_env,
-                "GOOGLE_GEMINI_BASE_URL": fake.base_url,
-                "GEMINI_API_KEY": "AIzaCANARY-unpaid-1",
-                "IMAGEGEN_RATE_LIMITS": "gemini-3-pro-image=600:10",  # the project's shared quota
-            }
-        )
+    with nothing_paid_for(start_worker, client, cloud_env, "gemini-3-pro-image"):
         handles = {}
         for provider, (bucket_field, _) in missing.items():
             fields = {**targets(provider).fields, bucket_field: "imagegen-unpaid-missing"}
@@ -382,8 +395,6 @@ def test_a_missing_bucket_or_container_fails_before_any_image_is_paid_for(
             node["inputs"].update(model="gemini_3_image", variations=3)
             handles[provider] = client.submit(node)
         results = {provider: handle.wait(timeout=60) for provider, handle in handles.items()}
-        assert fake.requests == []  # not one generation paid for
-        assert not client.records.client.exists(quota_key)  # nor a slot of the quota taken from others
     for provider, result in results.items():
         assert result.status == "failed" and result.images == [] and result.estimated_cost_usd == 0.0
         assert [(e.kind, e.attempts) for e in result.errors] == [("storage", 1)] * 3
@@ -401,22 +412,10 @@ def test_a_missing_bucket_fails_a_job_with_a_prompt_step_before_its_text_call(
     """The prompt step's text call is paid for too: the step checks the store before making it,
     as each variation does before its image, and the job ends with the store's error."""
     expected = "S3 bucket 'imagegen-unpaid-step': the bucket does not exist (NoSuchBucket"
-    quota_key = "imagegen:ratelimit:gemini-2.5-flash"  # the text model's
-    client.records.client.delete(quota_key)
-    with FakeGemini(api_key="AIzaCANARY-unpaid-2") as fake:
-        start_worker(
-            env={
-                **cloud_env,
-                "GOOGLE_GEMINI_BASE_URL": fake.base_url,
-                "GEMINI_API_KEY": "AIzaCANARY-unpaid-2",
-                "IMAGEGEN_RATE_LIMITS": "gemini-2.5-flash=600:10",  # the project's shared quota
-            }
-        )
+    with nothing_paid_for(start_worker, client, cloud_env, "gemini-2.5-flash"):  # the text model
         node = cloud_node(offline_node, "aws", {**targets("aws").fields, "aws_bucket": "imagegen-unpaid-step"})
         node["inputs"].update(model="gemini_3_image", variations=2, prompt_enhancement="enhance")
         result = client.submit(node).wait(timeout=60)
-        assert fake.requests == []  # neither the text call nor an image
-        assert not client.records.client.exists(quota_key)  # nor a slot of the quota taken from others
     assert result.status == "failed" and result.images == [] and result.estimated_cost_usd == 0.0
     assert [e.kind for e in result.errors] == ["storage", "storage"]
     assert all(e.message.startswith(expected) and e.message.endswith(CHECKED_FIRST) for e in result.errors)
