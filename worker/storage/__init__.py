@@ -24,7 +24,7 @@ from contract.clouds import Target, TargetError, platform_target, spec_for
 from contract.clouds.azure import PLATFORM_CONNECTION_STRING
 from contract.errors import NodeValidationError
 from contract.settings import Settings
-from contract.tenancy import check_tenant_refs
+from contract.tenancy import check_refs_of_tenant, tenant_of
 from worker.errors import PermanentError, StorageError
 from worker.secrets import SecretError, resolve_secret
 from worker.storage.base import ImageStore, StoredObject, check_key
@@ -38,6 +38,7 @@ __all__ = [
     "Location",
     "StoredObject",
     "Target",
+    "check_credentials_of",
     "check_image_key",
     "check_image_uri_shape",
     "check_key",
@@ -79,16 +80,23 @@ class Location:
         return self.store.url_for(uri)
 
 
-def writable_location(job_id: str, target: Target | None, settings: Settings) -> Location:
-    """Where ``job_id``'s images go, checked before anything is paid for (a variation's image, the
-    prompt step's text call): the target's credentials are ones the job's tenant may name (a
-    message may bypass the job task: contract/tenancy.py), and the store takes a write
-    (worker/storage/write_check.py). PermanentError, StorageError or TransientError otherwise."""
+def check_credentials_of(tenant: str | None, target: Target | None, settings: Settings) -> None:
+    """PermanentError unless ``target``'s credentials are ones ``tenant`` may name (None: the
+    platform's own), checked before they are read: a message may not come from our producer
+    (contract/tenancy.py)."""
     if target is not None and target.credentials:
         try:
-            check_tenant_refs(job_id, {"inputs.credentials": target.credentials}, settings)
+            check_refs_of_tenant(tenant, {"inputs.credentials": target.credentials}, settings)
         except NodeValidationError as exc:
             raise PermanentError(f"storage credentials refused: {exc.problems[0].message}") from None
+
+
+def writable_location(job_id: str, target: Target | None, settings: Settings) -> Location:
+    """Where ``job_id``'s images go, checked before anything is paid for (a variation's image, the
+    prompt step's text call): the target's credentials are ones the job's tenant may name, and
+    the store takes a write (worker/storage/write_check.py). PermanentError, StorageError or
+    TransientError otherwise."""
+    check_credentials_of(tenant_of(job_id), target, settings)
     location = location_for(target, settings)
     location.check_writable(job_id)
     return location

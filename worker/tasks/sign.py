@@ -26,15 +26,14 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from contract.errors import NodeValidationError, printable
+from contract.errors import printable
 from contract.queue import SIGN_URL
 from contract.settings import get_settings
-from contract.tenancy import check_refs_of_tenant
 from contract.work import SignRequest
 from worker.celery_app import app
-from worker.errors import GenerationError, NotStoredHere, PermanentError, StorageError, TransientError
+from worker.errors import GenerationError, NotStoredHere, StorageError, TransientError
 from worker.payloads import PayloadRefused
-from worker.storage import check_image_uri_shape, location_for
+from worker.storage import check_credentials_of, check_image_uri_shape, location_for
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +51,7 @@ def sign_url(self: Task, request: SignRequest) -> dict[str, Any]:
     settings = get_settings()
     try:
         check_image_uri_shape(request.uri)  # before a store is opened or a credential read
-        if request.target is not None and request.target.credentials:
-            try:  # before the credentials are read: the request may not come from our producer
-                check_refs_of_tenant(request.tenant, {"inputs.credentials": request.target.credentials}, settings)
-            except NodeValidationError as exc:
-                raise PermanentError(f"storage credentials refused: {exc.problems[0].message}") from None
+        check_credentials_of(request.tenant, request.target, settings)
         stored = location_for(request.target, settings).url_for(request.uri, request.tenant)
     except NotStoredHere as exc:  # the caller learns only that there is no such image, not where we looked
         log.info("sign %s refused: %s", _printed(request.uri), printable(str(exc)))
