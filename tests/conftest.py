@@ -100,7 +100,8 @@ def request_keys(client: redis.Redis) -> set[bytes]:
     workers and jobs (their in-flight lists and owner keys, worker/reliable_fetch.py; Celery's
     chord bookkeeping, ``celery-taskset-meta-<group>.*``, written when any chord finishes; the
     providers each worker reports, contract/providers.py): what a request that must write nothing
-    is checked against."""
+    is checked against, as "no key that was not there before" (``not request_keys(c) - before``):
+    other tests' keys may expire meanwhile."""
     housekeeping = (b"imagegen:inflight", b"celery-taskset-meta-", b"imagegen:providers:")
     return {key for key in client.keys("*") if not key.startswith(housekeeping)}
 

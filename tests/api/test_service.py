@@ -167,4 +167,4 @@ def test_production_refuses_a_loopback_webhook(
         response = http.post("/v1/jobs", json={"node": offline_node, "webhook": webhook})
         assert response.status_code == 422, response.text
         assert [p["field"] for p in response.json()["problems"]] == ["webhook.url"]
-    assert request_keys(store) == before and store.llen(job_env["IMAGEGEN_QUEUE"]) == 0
+    assert not request_keys(store) - before and store.llen(job_env["IMAGEGEN_QUEUE"]) == 0

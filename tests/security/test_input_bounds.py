@@ -447,7 +447,7 @@ def test_the_client_checks_job_ids_before_anything_is_stored(
         for method in (client.status, client.result, client.wait):
             with pytest.raises(NodeValidationError, match="job_id"):
                 method(job_id)  # type: ignore[operator]
-    assert request_keys(store) == before and store.llen(client.settings.queue) == 0
+    assert not request_keys(store) - before and store.llen(client.settings.queue) == 0
     job_id = f"run-{uuid.uuid4().hex[:8]}/node-7"
     handle = client.submit(node, job_id=job_id)
     assert handle.job_id == job_id and client.status(job_id).state == "queued"
