@@ -24,7 +24,7 @@ import importlib
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ from types import ModuleType
 from typing import Any
 
 from worker.providers.answer_gate import answer_arriving, request_sent
+from worker.providers.tls_reads import coalescing_tls_stream, is_coalescing
 
 
 class ResponseTooLarge(Exception):
@@ -78,7 +79,8 @@ def install_budget(client: Any) -> Any:
         if getattr(pool, "_connections", None):
             raise RuntimeError("install the HTTP budget before the client makes its first connection")
         if not isinstance(backend, _BudgetedBackend):
-            pool._network_backend = _BudgetedBackend(backend, core)
+            # A proxy's pool keeps httpcore's TLS: a tunnel's TLS runs inside the proxy's.
+            pool._network_backend = _BudgetedBackend(backend, core, coalesce_tls=type(pool) is core.ConnectionPool)
     return client
 
 
@@ -105,17 +107,24 @@ _MAX_SLACK_S = 1.0
 class _BudgetedStream:
     """httpcore's stream, bounded by the call's budget.
 
-    Reads of a plain socket stream skip httpcore's ``settimeout`` before every ``recv`` while the
-    socket's timeout is still right to within a small slack: CPython's ``settimeout`` always
-    makes an ``ioctl`` with the GIL released, one for each TLS record of an answer (about 140 for
-    a 1.65 MB image), and each release lets another thread take the GIL. Other streams (TLS
-    inside a proxy's TLS) are read through httpcore as they are."""
+    Reads of a plain socket and of our TLS stream (tls_reads.py, which TLS over a direct
+    connection starts) skip httpcore's ``settimeout`` before every read while the socket's
+    timeout is still right to within a small slack: CPython's ``settimeout`` always makes an
+    ``ioctl`` with the GIL released, and each release lets another thread take the GIL. Other
+    streams (httpcore's TLS, which a proxy's pool keeps) are read through httpcore as they are."""
 
-    def __init__(self, stream: Any, core: ModuleType):
+    def __init__(self, stream: Any, core: ModuleType, coalesce_tls: bool = False):
         self._stream = stream
         self._core = core
-        plain = type(stream).__name__ == "SyncStream"
-        self._socket: socket.socket | None = stream.get_extra_info("socket") if plain else None
+        self._coalesce_tls = coalesce_tls
+        self._plain = type(stream).__name__ == "SyncStream"
+        # What reads with the socket's timeout as it is: a plain socket's recv, or our TLS stream's.
+        self._read_now: Callable[[int], bytes] | None = None
+        if self._plain:
+            self._read_now = stream.get_extra_info("socket").recv
+        elif is_coalescing(stream):
+            self._read_now = stream.read_now
+        self._socket: socket.socket | None = stream.get_extra_info("socket") if self._read_now else None
         self._timeout_known = False  # whether _timeout_set is the socket's timeout now
         self._timeout_set: float | None = None
 
@@ -138,11 +147,12 @@ class _BudgetedStream:
 
     def _recv(self, sock: socket.socket, max_bytes: int, wanted: float | None) -> bytes:
         """httpcore's ``SyncStream.read``, with the timeout set only when it has to change."""
+        assert self._read_now is not None
         if not self._timeout_close_enough(wanted):
             sock.settimeout(wanted)
             self._timeout_known, self._timeout_set = True, wanted
         try:
-            return sock.recv(max_bytes)
+            return self._read_now(max_bytes)
         except TimeoutError as exc:  # socket.timeout; the same mapping as httpcore's
             raise self._core.ReadTimeout(exc) from exc
         except OSError as exc:
@@ -170,16 +180,21 @@ class _BudgetedStream:
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> _BudgetedStream:
         timeout = _remaining(self._core, self._core.ConnectTimeout, timeout)
-        return _BudgetedStream(self._stream.start_tls(ssl_context, server_hostname, timeout), self._core)
+        if self._plain and self._coalesce_tls and self._socket is not None:  # TLS straight over TCP
+            tls = coalescing_tls_stream(self._core, self._socket, ssl_context, server_hostname, timeout)
+        else:
+            tls = self._stream.start_tls(ssl_context, server_hostname, timeout)
+        return _BudgetedStream(tls, self._core)
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)
 
 
 class _BudgetedBackend:
-    def __init__(self, backend: Any, core: ModuleType):
+    def __init__(self, backend: Any, core: ModuleType, coalesce_tls: bool):
         self._backend = backend
         self._core = core
+        self._coalesce_tls = coalesce_tls
 
     def connect_tcp(
         self,
@@ -191,7 +206,7 @@ class _BudgetedBackend:
     ) -> _BudgetedStream:
         timeout = _remaining(self._core, self._core.ConnectTimeout, timeout)
         stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _BudgetedStream(stream, self._core)
+        return _BudgetedStream(stream, self._core, self._coalesce_tls)
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None

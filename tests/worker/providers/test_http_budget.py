@@ -1,8 +1,9 @@
 """The budget's socket reads (worker/providers/http_budget.py): a timeout set once per answer,
 not once per TLS record, and set again whenever the call's deadline needs it.
 
-Sockets here count their ``settimeout`` and ``recv`` calls (a subclass, and for TLS the
-context's ``sslsocket_class``), through a real httpx client and FakeGemini over HTTPS."""
+Sockets here count their ``settimeout`` and ``recv`` calls (a subclass: the TCP socket under
+the budget's TLS stream, worker/providers/tls_reads.py, and for httpcore's own TLS the context's
+``sslsocket_class``), through a real httpx client and FakeGemini over HTTPS."""
 
 from __future__ import annotations
 
@@ -63,18 +64,47 @@ def post(client: httpx2.Client, fake: FakeGemini) -> bytes:
     return answer.content
 
 
-def test_a_large_answer_over_tls_sets_the_timeout_once_not_per_record(
-    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+class CountingTCPSocket(socket.socket):
+    """The TCP socket under the budget's own TLS stream (worker/providers/tls_reads.py)."""
+
+    counts = Counts()
+
+    def settimeout(self, value: float | None) -> None:
+        self.counts.settimeout += 1
+        super().settimeout(value)
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        self.counts.recv += 1
+        return super().recv(buflen, flags)
+
+
+def counting_connection(address: Any, timeout: Any = None, source_address: Any = None) -> socket.socket:
+    plain = socket_create_connection(address, timeout, source_address=source_address)
+    sock = CountingTCPSocket(plain.family, plain.type, fileno=plain.detach())
+    sock.settimeout(timeout)
+    return sock
+
+
+socket_create_connection = socket.create_connection
+
+
+def test_a_large_answer_over_tls_takes_a_few_socket_reads_and_sets_the_timeout_once(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server, client_context = tls
+    monkeypatch.setattr(socket, "create_connection", counting_connection)  # httpcore's connect_tcp
+    CountingTCPSocket.counts = Counts()
     with FakeGemini(api_key=KEY, image_kind="photo", tls=server) as fake:
         client = install_budget(httpx2.Client(verify=client_context))
         with client, call_budget(30.0, 64 * 2**20):
             body = post(client, fake)
-    counts = CountingSSLSocket.counts
+    counts = CountingTCPSocket.counts
     assert len(body) > 2_000_000  # a 1.65 MB PNG as base64 in JSON: well over a hundred TLS records
-    assert counts.recv > 100
-    assert counts.settimeout <= 6  # the handshake's, the request's writes and the first read's
+    assert 0 < counts.recv <= 40  # 256 KiB a socket read (httpcore's own TLS: two per record, below)
+    # A handful (the connect, the handshake, the request's write, the first read, and a read that
+    # waits for the rest of a record: measured 7), not one per record as httpcore's (below).
+    assert counts.settimeout <= 12
+    assert CountingSSLSocket.counts.recv == 0  # no SSLSocket at all: the budget's own TLS stream
 
 
 def test_without_the_budget_httpcore_sets_it_before_every_read(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
@@ -205,3 +235,14 @@ def test_the_deadline_still_ends_a_read_that_waits(pair: tuple[_BudgetedStream, 
         read_one(stream, peer)
         stream.read(1)  # nothing more comes: ends at the call's deadline, within the slack
     assert 0.4 < time.monotonic() - started < 3  # not early; and without the deadline it would wait forever
+
+
+def test_a_proxys_pool_keeps_httpcores_tls_for_the_tunnel_inside_it() -> None:
+    """The budget's TLS stream cannot carry TLS inside it (an https:// proxy's tunnel), so only
+    direct connections get it; a proxy's pool keeps httpcore's own TLS, still under the budget."""
+    client = install_budget(httpx2.Client(proxy="https://127.0.0.1:9"))
+    with client:
+        direct = client._transport._pool._network_backend
+        [proxied] = [t._pool._network_backend for t in client._mounts.values() if t is not None]
+    assert type(direct).__name__ == type(proxied).__name__ == "_BudgetedBackend"
+    assert direct._coalesce_tls and not proxied._coalesce_tls

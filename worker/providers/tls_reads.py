@@ -1,0 +1,157 @@
+"""TLS for the provider SDK's connections, read many records at a time.
+
+httpcore's own TLS stream is an ``ssl.SSLSocket``, whose ``recv`` returns at most one TLS record
+(16 KiB) and makes two socket reads for it (the record's header, then its body), releasing the
+GIL around each. A 1.65 MB image arrives as about 140 records, so every answer cost ~140 turns
+of httpcore's and h11's read loop and ~280 system calls (benchmarks/figures.py, "over HTTPS").
+
+This stream is httpcore's own ``TLSinTLSStream`` (TLS over ``ssl.MemoryBIO``: the same
+handshake, certificate and hostname checks, from the same ``SSLContext``), changed so that:
+
+* the socket is read ``RAW_READ_BYTES`` at a time, so one system call brings many records, and
+  nothing is sent when TLS has nothing to send (the base class made an empty send each turn);
+* a read returns every whole record already received, up to ``max_bytes``, not just the first
+  (a 1.65 MB answer: ~35 reads and ~13 socket reads; benchmarks/figures.py for the CPU);
+* one operation (a handshake, a read, a write) takes at most the socket's timeout in all, as on
+  an ``SSLSocket``, however many socket reads it needs (the base class gives each read the
+  whole timeout again: a server dripping a record's bytes would never time out);
+* bytes received after an answer that are not a whole record make the connection readable, so
+  httpcore does not reuse it as idle (an ``SSLSocket`` leaves them in the socket, which says so).
+
+A clean close (close_notify) reads as ``b""``, as on an ``SSLSocket``; a connection cut without
+one is a ``ReadError`` (a network failure, retried as any other; worker/providers/gemini.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+RAW_READ_BYTES = 256 * 1024  # what one socket read may bring: about 16 records
+
+
+def coalescing_tls_stream(
+    core: ModuleType,
+    sock: socket.socket,
+    ssl_context: ssl.SSLContext,
+    server_hostname: str | None,
+    timeout: float | None,
+) -> Any:
+    """A TLS stream over ``sock`` for ``core`` (httpcore or httpcore2), its handshake done;
+    failures mapped, and the socket closed, as httpcore's own ``start_tls`` does."""
+    try:
+        return _stream_class(core)(sock, ssl_context, server_hostname, timeout)
+    except Exception as exc:
+        sock.close()
+        if isinstance(exc, TimeoutError):  # socket.timeout
+            raise core.ConnectTimeout(exc) from exc
+        if isinstance(exc, OSError):  # ssl.SSLError, a refused certificate included
+            raise core.ConnectError(exc) from exc
+        raise
+
+
+def is_coalescing(stream: object) -> bool:
+    """Whether ``stream`` is one of these streams."""
+    return isinstance(stream, _Coalescing)
+
+
+_classes: dict[str, type] = {}
+
+
+def _stream_class(core: ModuleType) -> type:
+    """The stream class built on ``core``'s ``TLSinTLSStream``, one per module."""
+    if core.__name__ not in _classes:
+        _classes[core.__name__] = type(
+            "CoalescingTLSStream", (_Coalescing, core._backends.sync.TLSinTLSStream), {"_core": core}
+        )
+    return _classes[core.__name__]
+
+
+class _Coalescing:
+    """The changes, mixed into httpcore's ``TLSinTLSStream`` (which owns the attributes below)."""
+
+    _core: ModuleType
+    _sock: socket.socket
+    _incoming: ssl.MemoryBIO
+    _outgoing: ssl.MemoryBIO
+    ssl_obj: ssl.SSLObject
+    _left_over = False  # the last read stopped at bytes that were not a whole record
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        """httpcore's read: ``timeout`` for this read, then ``read_now``."""
+        try:
+            self._sock.settimeout(timeout)
+        except OSError as exc:
+            raise self._core.ReadError(exc) from exc
+        return self.read_now(max_bytes)
+
+    def read_now(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of the answer: one record, waited for within the socket's timeout
+        as it is now, and every other whole record already received."""
+        try:
+            data: bytes = self._perform_io(functools.partial(self.ssl_obj.read, max_bytes))
+            self._left_over = False
+            if not data or len(data) >= max_bytes:
+                return data
+            chunks, size = [data], len(data)
+            while size < max_bytes and self._incoming.pending:
+                try:
+                    more = self.ssl_obj.read(max_bytes - size)
+                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                    # Part of a record (TLS keeps it, the memory is empty), or the server closed:
+                    # the next read says which; an idle connection is not reused meanwhile.
+                    self._left_over = True
+                    break
+                if not more:
+                    break
+                chunks.append(more)
+                size += len(more)
+            return b"".join(chunks)
+        except TimeoutError as exc:  # socket.timeout; the same mapping as httpcore's
+            raise self._core.ReadTimeout(exc) from exc
+        except OSError as exc:  # ssl.SSLError included
+            raise self._core.ReadError(exc) from exc
+
+    def _perform_io(self, func: Callable[[], Any]) -> Any:
+        """Run ``func``, send what TLS wrote, read more when it asks, until it is done; all
+        within the socket's timeout as it is on entry, which it has again on return."""
+        timeout = self._sock.gettimeout()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        first_read, shortened = True, False
+        try:
+            while True:
+                wants_read = False
+                try:
+                    result = func()
+                except ssl.SSLWantReadError:
+                    wants_read = True
+                outgoing = self._outgoing.read()
+                if outgoing:  # no send call for nothing (the base class made one on every turn)
+                    self._sock.sendall(outgoing)
+                if not wants_read:
+                    return result
+                if deadline is not None and not first_read:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("the TLS operation timed out")
+                    self._sock.settimeout(left)
+                    shortened = True
+                first_read = False
+                data = self._sock.recv(RAW_READ_BYTES)
+                if data:
+                    self._incoming.write(data)
+                else:
+                    self._incoming.write_eof()
+        finally:
+            if shortened:  # the caller (the budget) knows the socket's timeout as it set it
+                self._sock.settimeout(timeout)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable" and (self._left_over or self._incoming.pending):
+            return True  # bytes after an answer (an alert, a close): the connection is not idle
+        return super().get_extra_info(info)  # type: ignore[misc]
