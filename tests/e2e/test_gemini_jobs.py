@@ -3,11 +3,17 @@ real google-genai SDK -> FakeGemini, and back as a result document."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import ssl
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from devtools.fake_gemini import Behaviour, FakeGemini
+import pytest
+import trustme
+
+from devtools.fake_gemini import Behaviour, FakeGemini, render_photo
 from devtools.redis_server import free_port
 from devtools.worker_process import WorkerProcess
 from producer.client import ImageGenClient
@@ -199,3 +205,40 @@ def test_with_no_answer_memory_limit_the_gate_is_off(
     assert client.submit(with_variations(seed_node, 2)).wait(timeout=WAIT_S).status == "succeeded"
     found = metric_samples(f"http://127.0.0.1:{port}/metrics")
     assert not [name for name, _ in found if name.startswith("imagegen_answer_memory")]
+
+
+@pytest.mark.parametrize("pool", ["threads", "gevent"])
+def test_photo_answers_over_https_arrive_whole_on_either_pool(
+    pool: str, start_worker: StartWorker, client: ImageGenClient, seed_node: dict[str, Any], tmp_path: Path
+) -> None:
+    """The real API's transport: TLS, which the worker reads many records at a time
+    (worker/providers/tls_reads.py), certificate checked against a private CA as a deployment
+    adds one. Every stored image is the server's, byte for byte."""
+    if pool == "gevent" and importlib.util.find_spec("gevent") is None:
+        pytest.skip("gevent is not installed (pip install '.[bench]')")
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    with FakeGemini(api_key=GEMINI_KEY, image_kind="photo", tls=server_context) as secure:
+        start_worker(
+            env={
+                "GOOGLE_GEMINI_BASE_URL": secure.base_url,
+                "SSL_CERT_FILE": str(bundle),
+                "GEMINI_API_KEY": GEMINI_KEY,
+                "GOOGLE_API_KEY": "",
+                "GOOGLE_GENAI_USE_VERTEXAI": "false",
+                "IMAGEGEN_GEMINI_TIMEOUT_S": "20",
+            },
+            pool=pool,
+            concurrency=8,
+        )
+        results = [client.submit(with_variations(seed_node, 4)).wait(timeout=60) for _ in range(3)]
+    assert [r.status for r in results] == ["succeeded"] * 3, [r.errors for r in results]
+    sent = render_photo((1024, 1024))  # what the server sends for each image, every time
+    for result in results:
+        for image in result.images:
+            stored = stored_path(image.uri).read_bytes()
+            assert len(stored) > 1_000_000 and stored == sent  # a 1.65 MB PNG, whole
+            assert image.sha256 == hashlib.sha256(sent).hexdigest()
