@@ -36,16 +36,24 @@ class Counts:
     recv = 0
 
 
-class CountingSSLSocket(ssl.SSLSocket):
+class Counting:
+    """Counts a socket's ``settimeout`` and ``recv`` calls in its class's ``counts``."""
+
     counts = Counts()
 
     def settimeout(self, value: float | None) -> None:
         self.counts.settimeout += 1
-        super().settimeout(value)
+        super().settimeout(value)  # type: ignore[misc]
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         self.counts.recv += 1
-        return super().recv(buflen, flags)
+        return super().recv(buflen, flags)  # type: ignore[misc,no-any-return]
+
+
+class CountingSSLSocket(Counting, ssl.SSLSocket):
+    """httpcore's own TLS (the context's ``sslsocket_class``)."""
+
+    counts = Counts()
 
 
 @pytest.fixture
@@ -64,18 +72,10 @@ def post(client: httpx2.Client, fake: FakeGemini) -> bytes:
     return answer.content
 
 
-class CountingTCPSocket(socket.socket):
+class CountingTCPSocket(Counting, socket.socket):
     """The TCP socket under the budget's own TLS stream (worker/providers/tls_reads.py)."""
 
     counts = Counts()
-
-    def settimeout(self, value: float | None) -> None:
-        self.counts.settimeout += 1
-        super().settimeout(value)
-
-    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        self.counts.recv += 1
-        return super().recv(buflen, flags)
 
 
 def counting_connection(address: Any, timeout: Any = None, source_address: Any = None) -> socket.socket:

@@ -10,7 +10,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import httpcore2
@@ -22,12 +22,24 @@ RECORD = 16384  # TLS's largest record: what one SSLSocket.recv returns at most
 
 
 @contextmanager
-def tls_peer(server: ssl.SSLContext, behave: Callable[[ssl.SSLSocket], None]) -> Iterator[socket.socket]:
-    """A connected client socket; the server side completes the handshake and runs ``behave``."""
+def _peer(serve: Callable[[socket.socket], None]) -> Iterator[socket.socket]:
+    """A client socket connected to a local listener whose one connection ``serve`` handles."""
     listener = socket.create_server(("127.0.0.1", 0))
+    thread = threading.Thread(target=lambda: serve(listener.accept()[0]), daemon=True)
+    thread.start()
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    try:
+        yield client
+    finally:
+        client.close()
+        thread.join(timeout=15)
+        listener.close()
 
-    def serve() -> None:
-        conn, _ = listener.accept()
+
+def tls_peer(server: ssl.SSLContext, behave: Callable[[ssl.SSLSocket], None]) -> AbstractContextManager[socket.socket]:
+    """The server side completes the handshake and runs ``behave``."""
+
+    def serve(conn: socket.socket) -> None:
         try:
             tls = server.wrap_socket(conn, server_side=True)
         except OSError:
@@ -35,27 +47,16 @@ def tls_peer(server: ssl.SSLContext, behave: Callable[[ssl.SSLSocket], None]) ->
             return
         behave(tls)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    client = socket.create_connection(listener.getsockname(), timeout=5)
-    try:
-        yield client
-    finally:
-        client.close()
-        thread.join(timeout=10)
-        listener.close()
+    return _peer(serve)
 
 
-@contextmanager
 def raw_tls_peer(
     server: ssl.SSLContext, behave: Callable[[socket.socket, ssl.SSLObject, ssl.MemoryBIO], None]
-) -> Iterator[socket.socket]:
+) -> AbstractContextManager[socket.socket]:
     """As ``tls_peer``, but the server is TLS over memory: ``behave`` gets the raw socket, the
     TLS object and its outgoing ciphertext, to send the bytes of records as it likes."""
-    listener = socket.create_server(("127.0.0.1", 0))
 
-    def serve() -> None:
-        conn, _ = listener.accept()
+    def serve(conn: socket.socket) -> None:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         tls = server.wrap_bio(incoming, outgoing, server_side=True)
         with conn:
@@ -69,15 +70,7 @@ def raw_tls_peer(
             conn.sendall(outgoing.read())
             behave(conn, tls, outgoing)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    client = socket.create_connection(listener.getsockname(), timeout=5)
-    try:
-        yield client
-    finally:
-        client.close()
-        thread.join(timeout=15)
-        listener.close()
+    return _peer(serve)
 
 
 def client_context() -> ssl.SSLContext:
