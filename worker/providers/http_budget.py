@@ -79,9 +79,14 @@ def install_budget(client: Any) -> Any:
         if getattr(pool, "_connections", None):
             raise RuntimeError("install the HTTP budget before the client makes its first connection")
         if not isinstance(backend, _BudgetedBackend):
-            # A proxy's pool keeps httpcore's TLS: a tunnel's TLS runs inside the proxy's.
-            pool._network_backend = _BudgetedBackend(backend, core, coalesce_tls=type(pool) is core.ConnectionPool)
+            pool._network_backend = _BudgetedBackend(backend, core, coalesce_tls=_direct_http11(pool, core))
     return client
+
+
+def _direct_http11(pool: Any, core: ModuleType) -> bool:
+    """Whether ``pool``'s TLS may be our stream (tls_reads.py): not a proxy's pool (a tunnel's TLS
+    runs inside the proxy's), nor an HTTP/2 one (it reads and writes from two threads at once)."""
+    return type(pool) is core.ConnectionPool and not pool._http2
 
 
 def _remaining(core: ModuleType, error: type[Exception], timeout: float | None) -> float | None:

@@ -15,8 +15,12 @@ handshake, certificate and hostname checks, from the same ``SSLContext``), chang
 * one operation (a handshake, a read, a write) takes at most the socket's timeout in all, as on
   an ``SSLSocket``, however many socket reads it needs (the base class gives each read the
   whole timeout again: a server dripping a record's bytes would never time out);
-* bytes received after an answer that are not a whole record make the connection readable, so
-  httpcore does not reuse it as idle (an ``SSLSocket`` leaves them in the socket, which says so).
+* a close_notify, or bytes that are not a whole data record, received with an answer make the
+  connection readable, so httpcore does not reuse it as idle (an ``SSLSocket`` leaves them in
+  the socket, which says so; its FIN may come later).
+
+Only for HTTP/1.1 (the SDK's client does not ask for HTTP/2): an HTTP/2 connection reads and
+writes from two threads at once, which this stream's shared buffers do not allow.
 
 A clean close (close_notify) reads as ``b""``, as on an ``SSLSocket``; a connection cut without
 one is a ``ReadError`` (a network failure, retried as any other; worker/providers/gemini.py).
@@ -80,7 +84,8 @@ class _Coalescing:
     _incoming: ssl.MemoryBIO
     _outgoing: ssl.MemoryBIO
     ssl_obj: ssl.SSLObject
-    _left_over = False  # the last read stopped at bytes that were not a whole record
+    _left_over = False  # the last read stopped at bytes that were not a whole data record
+    _closed = False  # the server's close_notify was read (the socket may not say so yet)
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         """httpcore's read: ``timeout`` for this read, then ``read_now``."""
@@ -96,18 +101,20 @@ class _Coalescing:
         try:
             data: bytes = self._perform_io(functools.partial(self.ssl_obj.read, max_bytes))
             self._left_over = False
-            if not data or len(data) >= max_bytes:
+            if not data:
+                self._closed = True  # close_notify: b"", as an SSLSocket reads it
                 return data
             chunks, size = [data], len(data)
             while size < max_bytes and self._incoming.pending:
                 try:
                     more = self.ssl_obj.read(max_bytes - size)
-                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
-                    # Part of a record (TLS keeps it, the memory is empty), or the server closed:
-                    # the next read says which; an idle connection is not reused meanwhile.
+                except ssl.SSLWantReadError:
+                    # Part of a record (TLS keeps it, the memory is empty), or a record that was
+                    # not data: the next read says which; meanwhile the connection is not idle.
                     self._left_over = True
                     break
-                if not more:
+                if not more:  # the server closed (close_notify) right after these bytes
+                    self._closed = True
                     break
                 chunks.append(more)
                 size += len(more)
@@ -152,6 +159,6 @@ class _Coalescing:
                 self._sock.settimeout(timeout)
 
     def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable" and (self._left_over or self._incoming.pending):
-            return True  # bytes after an answer (an alert, a close): the connection is not idle
+        if info == "is_readable" and (self._closed or self._left_over or self._incoming.pending):
+            return True  # closed, or bytes after an answer: the connection is not idle
         return super().get_extra_info(info)  # type: ignore[misc]

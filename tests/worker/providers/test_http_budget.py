@@ -19,7 +19,7 @@ import httpx2
 import pytest
 
 from devtools.fake_gemini import FakeGemini
-from worker.providers.http_budget import _BudgetedStream, call_budget, install_budget
+from worker.providers.http_budget import _BudgetedStream, _direct_http11, call_budget, install_budget
 
 KEY = "AIzaBUDGET-canary-0d15ea5e"
 BODY = {
@@ -237,12 +237,16 @@ def test_the_deadline_still_ends_a_read_that_waits(pair: tuple[_BudgetedStream, 
     assert 0.4 < time.monotonic() - started < 3  # not early; and without the deadline it would wait forever
 
 
-def test_a_proxys_pool_keeps_httpcores_tls_for_the_tunnel_inside_it() -> None:
-    """The budget's TLS stream cannot carry TLS inside it (an https:// proxy's tunnel), so only
-    direct connections get it; a proxy's pool keeps httpcore's own TLS, still under the budget."""
+def test_a_proxys_pool_and_an_http2_pool_keep_httpcores_tls() -> None:
+    """The budget's TLS stream cannot carry TLS inside it (an https:// proxy's tunnel) nor serve
+    two threads at once (HTTP/2), so only direct HTTP/1.1 connections get it; the others keep
+    httpcore's own TLS, still under the budget."""
     client = install_budget(httpx2.Client(proxy="https://127.0.0.1:9"))
     with client:
         direct = client._transport._pool._network_backend
         [proxied] = [t._pool._network_backend for t in client._mounts.values() if t is not None]
     assert type(direct).__name__ == type(proxied).__name__ == "_BudgetedBackend"
     assert direct._coalesce_tls and not proxied._coalesce_tls
+    # HTTP/2 (two threads on one connection) needs the h2 package, which the worker does not install.
+    assert _direct_http11(httpcore2.ConnectionPool(), httpcore2)
+    assert not _direct_http11(httpcore2.ConnectionPool(http2=True), httpcore2)

@@ -248,3 +248,24 @@ def test_a_read_that_waits_for_the_rest_of_a_record_leaves_the_sockets_timeout_a
         stream = open_stream(sock)
         assert stream.read(65536, timeout=5.0) == b"y" * RECORD
         assert sock.gettimeout() == 5.0
+
+
+def test_a_close_read_with_the_answer_makes_the_connection_not_idle(tls_server_context: ssl.SSLContext) -> None:
+    """The server closes (close_notify) in the same segment as its answer and its FIN comes
+    later: httpcore must not reuse the connection for the next request."""
+    done = threading.Event()
+
+    def answer_then_close(conn: socket.socket, tls: ssl.SSLObject, outgoing: ssl.MemoryBIO) -> None:
+        tls.write(b"answer")
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.unwrap()  # writes close_notify, then would wait for ours
+        conn.sendall(outgoing.read())  # the answer and the close, together
+        done.wait(10)  # the TCP connection stays open meanwhile
+
+    with raw_tls_peer(tls_server_context, answer_then_close) as sock:
+        stream = open_stream(sock)
+        time.sleep(0.2)
+        assert stream.read(65536, timeout=5) == b"answer"
+        assert not httpcore2._utils.is_socket_readable(sock)
+        assert stream.get_extra_info("is_readable") is True
+        done.set()
