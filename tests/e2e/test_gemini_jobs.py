@@ -211,9 +211,9 @@ def test_with_no_answer_memory_limit_the_gate_is_off(
 def test_photo_answers_over_https_arrive_whole_on_either_pool(
     pool: str, start_worker: StartWorker, client: ImageGenClient, seed_node: dict[str, Any], tmp_path: Path
 ) -> None:
-    """The real API's transport: TLS, which the worker reads many records at a time
-    (worker/providers/tls_reads.py), certificate checked against a private CA as a deployment
-    adds one. Every stored image is the server's, byte for byte."""
+    """The real API's transport: TLS (the worker's own stream, worker/providers/tls_reads.py,
+    whose reads the provider tests count), the certificate checked against a private CA as a
+    deployment adds one. Every stored image is the server's, byte for byte."""
     if pool == "gevent" and importlib.util.find_spec("gevent") is None:
         pytest.skip("gevent is not installed (pip install '.[bench]')")
     authority = trustme.CA()
