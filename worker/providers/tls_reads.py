@@ -28,6 +28,7 @@ one is a ``ReadError`` (a network failure, retried as any other; worker/provider
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 import ssl
@@ -156,7 +157,8 @@ class _Coalescing:
                     self._incoming.write_eof()
         finally:
             if shortened:  # the caller (the budget) knows the socket's timeout as it set it
-                self._sock.settimeout(timeout)
+                with contextlib.suppress(OSError):  # closed meanwhile: the error raised says why
+                    self._sock.settimeout(timeout)
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable" and (self._closed or self._left_over or self._incoming.pending):
