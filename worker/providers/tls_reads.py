@@ -8,13 +8,14 @@ of httpcore's and h11's read loop and ~280 system calls (benchmarks/figures.py, 
 This stream is httpcore's own ``TLSinTLSStream`` (TLS over ``ssl.MemoryBIO``: the same
 handshake, certificate and hostname checks, from the same ``SSLContext``), changed so that:
 
-* the socket is read ``RAW_READ_BYTES`` at a time, so one system call brings many records, and
-  nothing is sent when TLS has nothing to send (the base class made an empty send each turn);
+* the socket is read ``RAW_READ_BYTES`` at a time while an answer streams in, so one system call
+  brings many records (``WAITING_READ_BYTES`` for the read that waits for it), and nothing is
+  sent when TLS has nothing to send (the base class made an empty send each turn);
 * a read returns every whole record already received, up to ``max_bytes``, not just the first
   (a 1.65 MB answer: ~35 reads and ~13 socket reads; benchmarks/figures.py for the CPU);
-* one operation (a handshake, a read, a write) takes at most the socket's timeout in all, as on
-  an ``SSLSocket``, however many socket reads it needs (the base class gives each read the
-  whole timeout again: a server dripping a record's bytes would never time out);
+* one operation (a handshake, a read, a write) takes at most the socket's timeout in all (plus a
+  small slack), as on an ``SSLSocket``, however many socket reads it needs (the base class gives
+  each read the whole timeout again: a server dripping a record's bytes would never time out);
 * a close_notify, or bytes that are not a whole data record, received with an answer make the
   connection readable, so httpcore does not reuse it as idle (an ``SSLSocket`` leaves them in
   the socket, which says so; its FIN may come later).
@@ -37,7 +38,11 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-RAW_READ_BYTES = 256 * 1024  # what one socket read may bring: about 16 records
+RAW_READ_BYTES = 256 * 1024  # what one socket read may bring while an answer streams in: ~16 records
+# The read that waits for an answer (after a request, up to the whole generation) asks for less:
+# CPython allocates a read's whole buffer before it waits, so each of 256 calls in flight would
+# hold 256 KiB for nothing. 64 KiB is what httpcore's own TLS read allocated.
+WAITING_READ_BYTES = 64 * 1024
 
 
 def coalescing_tls_stream(
@@ -58,6 +63,13 @@ def coalescing_tls_stream(
         if isinstance(exc, OSError):  # ssl.SSLError, a refused certificate included
             raise core.ConnectError(exc) from exc
         raise
+
+
+def _slack(timeout: float) -> float:
+    """How long an operation may run past its timeout at most: a second socket read for the rest of
+    a record gets the socket's timeout unchanged (no ``settimeout`` call, which releases the GIL)
+    until the operation has taken this long; 1 % of the timeout, at most 1 s (http_budget.py's)."""
+    return min(1.0, timeout * 0.01)
 
 
 def is_coalescing(stream: object) -> bool:
@@ -86,6 +98,7 @@ class _Coalescing:
     _outgoing: ssl.MemoryBIO
     ssl_obj: ssl.SSLObject
     _left_over = False  # the last read stopped at bytes that were not a whole data record
+    _waiting = True  # nothing received since the last request: the next socket read may wait long
     _closed = False  # the server's close_notify was read (the socket may not say so yet)
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
@@ -143,15 +156,17 @@ class _Coalescing:
                     self._sock.sendall(outgoing)
                 if not wants_read:
                     return result
-                if deadline is not None and not first_read:
+                if timeout is not None and deadline is not None and not first_read:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise TimeoutError("the TLS operation timed out")
-                    self._sock.settimeout(left)
-                    shortened = True
+                    if timeout - left > _slack(timeout):  # the rest of a record is late: cut
+                        self._sock.settimeout(left)
+                        shortened = True
                 first_read = False
-                data = self._sock.recv(RAW_READ_BYTES)
+                data = self._sock.recv(WAITING_READ_BYTES if self._waiting else RAW_READ_BYTES)
                 if data:
+                    self._waiting = False  # bytes are coming: the next read need not wait
                     self._incoming.write(data)
                 else:
                     self._incoming.write_eof()
@@ -159,6 +174,10 @@ class _Coalescing:
             if shortened:  # the caller (the budget) knows the socket's timeout as it set it
                 with contextlib.suppress(OSError):  # closed meanwhile: the error raised says why
                     self._sock.settimeout(timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._waiting = True  # a request: its answer's first read waits for the server
+        super().write(buffer, timeout)  # type: ignore[misc]
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable" and (self._closed or self._left_over or self._incoming.pending):

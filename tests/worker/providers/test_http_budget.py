@@ -88,7 +88,7 @@ def counting_connection(address: Any, timeout: Any = None, source_address: Any =
 socket_create_connection = socket.create_connection
 
 
-def test_a_large_answer_over_tls_takes_a_few_socket_reads_and_sets_the_timeout_once(
+def test_a_large_answer_over_tls_is_read_by_the_budgets_stream_setting_the_timeout_once(
     tls: tuple[ssl.SSLContext, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server, client_context = tls
@@ -100,10 +100,12 @@ def test_a_large_answer_over_tls_takes_a_few_socket_reads_and_sets_the_timeout_o
             body = post(client, fake)
     counts = CountingTCPSocket.counts
     assert len(body) > 2_000_000  # a 1.65 MB PNG as base64 in JSON: well over a hundred TLS records
-    assert 0 < counts.recv <= 40  # 256 KiB a socket read (httpcore's own TLS: two per record, below)
-    # A handful (the connect, the handshake, the request's write, the first read, and a read that
-    # waits for the rest of a record: measured 7), not one per record as httpcore's (below).
-    assert counts.settimeout <= 12
+    # At most one socket read a record, and many records a read when they wait in the socket: how
+    # many depends on how fast this in-process server writes (13 to 68 seen); test_tls_reads.py
+    # counts it where it does not. The timeout: a handful (the connect, the handshake, the
+    # request's write, the first read), not one per record as httpcore's (below).
+    assert 0 < counts.recv <= 150
+    assert counts.settimeout <= 8
     assert CountingSSLSocket.counts.recv == 0  # no SSLSocket at all: the budget's own TLS stream
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpcore2
 import pytest
 
-from worker.providers.tls_reads import coalescing_tls_stream
+from worker.providers.tls_reads import RAW_READ_BYTES, WAITING_READ_BYTES, coalescing_tls_stream
 
 RECORD = 16384  # TLS's largest record: what one SSLSocket.recv returns at most
 
@@ -131,9 +131,11 @@ def test_a_read_never_returns_more_than_asked(tls_server_context: ssl.SSLContext
     with tls_peer(tls_server_context, send_then_wait(PAYLOAD, hold)) as sock:
         stream = open_stream(sock)
         time.sleep(0.3)
-        sizes = [len(stream.read(n, timeout=5)) for n in (100, RECORD + 1, 3 * RECORD)]
+        sizes = [len(stream.read(n, timeout=5)) for n in (100, RECORD + 1, 3 * RECORD, 3 * RECORD)]
         hold.set()
-    assert sizes == [100, RECORD + 1, 3 * RECORD]
+    # The first socket read was a small one (it could have waited); later ones bring more.
+    assert sizes[:2] == [100, RECORD + 1] and all(0 < size <= 3 * RECORD for size in sizes[2:])
+    assert max(sizes[2:]) > RECORD + 1  # several records at once
 
 
 def test_a_record_dripped_byte_by_byte_times_out_within_the_reads_timeout(tls_server_context: ssl.SSLContext) -> None:
@@ -269,3 +271,40 @@ def test_a_close_read_with_the_answer_makes_the_connection_not_idle(tls_server_c
         assert not httpcore2._utils.is_socket_readable(sock)
         assert stream.get_extra_info("is_readable") is True
         done.set()
+
+
+class RecordingSocket(socket.socket):
+    """Records the size each ``recv`` asks for (CPython allocates it before the call waits)."""
+
+    asked: list[int]
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        self.asked.append(buflen)
+        return super().recv(buflen, flags)
+
+
+def test_the_read_that_waits_for_an_answer_holds_a_small_buffer(tls_server_context: ssl.SSLContext) -> None:
+    """A call in flight waits in a socket read for the whole generation: that read asks for
+    64 KiB, as httpcore's own TLS did; the answer then streams in 256 KiB at a time."""
+    done = threading.Event()
+
+    def answer_after_the_request(tls: ssl.SSLSocket) -> None:
+        tls.recv(100)
+        time.sleep(0.2)  # the generation
+        tls.sendall(PAYLOAD)
+        done.wait(10)
+        tls.close()
+
+    with tls_peer(tls_server_context, answer_after_the_request) as plain:
+        sock = RecordingSocket(plain.family, plain.type, fileno=plain.detach())
+        sock.settimeout(5)
+        sock.asked = []
+        stream = open_stream(sock)
+        sock.asked = []  # the handshake's left out
+        stream.write(b"request", timeout=5)
+        data, _ = read_all(lambda n: stream.read(n, timeout=5), len(PAYLOAD))
+        done.set()
+        sock.close()
+    assert data == PAYLOAD
+    assert sock.asked[0] == WAITING_READ_BYTES == 64 * 1024
+    assert set(sock.asked[1:]) == {RAW_READ_BYTES}, sock.asked
