@@ -12,7 +12,8 @@ handshake, certificate and hostname checks, from the same ``SSLContext``), chang
   brings many records (``WAITING_READ_BYTES`` for the read that waits for it), and nothing is
   sent when TLS has nothing to send (the base class made an empty send each turn);
 * a read returns every whole record already received, up to ``max_bytes``, not just the first
-  (a 1.65 MB answer: ~35 reads and ~13 socket reads; benchmarks/figures.py for the CPU);
+  (at most one socket read per record, and many per read when they wait in the socket: the
+  SDK call's CPU fell by about a quarter; docs/pools.md);
 * one operation (a handshake, a read, a write) takes at most the socket's timeout in all (plus a
   small slack), as on an ``SSLSocket``, however many socket reads it needs (the base class gives
   each read the whole timeout again: a server dripping a record's bytes would never time out);
