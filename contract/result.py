@@ -116,7 +116,7 @@ class JobResult(_Record):
     model_id: str = Field(description="The provider's model id from the catalog")
     provider: str
     size: str
-    variations: int
+    variations: int = Field(description="Variations run: the node's count; 0 when the run never started")
     images: list[ImageRecord]
     errors: list[ErrorRecord]
     submitted_at: datetime
