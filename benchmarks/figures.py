@@ -155,19 +155,30 @@ def run_jobs(client: ImageGenClient, document: dict[str, Any], jobs: int, timeou
 
 
 # --- 1. generations in flight per worker process (Gemini SDK path) -------------------------------
-def in_flight(bench: Bench, pool: str, concurrency: int, latency_s: float, duration_s: float) -> None:
+def in_flight(
+    bench: Bench,
+    pool: str,
+    concurrency: int,
+    latency_s: float,
+    duration_s: float,
+    fake: FakeGemini | FakeGeminiProcess | None = None,
+    label: str = "",
+    **extra_env: str,
+) -> None:
     """A steady stream: jobs of 8 arrive evenly, 25 % faster than ``concurrency`` slots of
     ``latency_s`` can take them, for ``duration_s``; the broker holds the rest. Images/min
     is the rate generations start at once the first ones have finished (the fake server
-    sees each start), so it is the worker's capacity, not the arrival rate."""
-    env = bench.env()
-    bench.fake.latency_s = 0.0
+    sees each start), so it is the worker's capacity, not the arrival rate. ``fake``: another
+    server than the bench's (with ``extra_env`` pointing the worker at it)."""
+    server = fake if fake is not None else bench.fake
+    env = bench.env(**extra_env)
+    server.latency_s = 0.0
     arrivals_per_s = 1.25 * concurrency / latency_s
     jobs = max(1, round(arrivals_per_s * duration_s / 8))
     with bench.worker(env, pool, concurrency) as worker, closing(bench.client(env)) as client:
         run_jobs(client, node("gemini_3_image", 8), 2, 60)  # warm-up
-        bench.fake.latency_s = latency_s
-        bench.fake.reset()
+        server.latency_s = latency_s
+        server.reset()
         started, cpu0 = time.perf_counter(), cpu_s(worker.pid)
         handles = []
         for number in range(jobs):
@@ -178,19 +189,39 @@ def in_flight(bench: Bench, pool: str, concurrency: int, latency_s: float, durat
         cpu = cpu_s(worker.pid) - cpu0
         rss = peak_rss_mib(worker.pid)
         marks = {mark: worker.log().count(mark) for mark in CRASH_MARKS}
+    server.latency_s = 0.0
     begun = time.time() - (time.perf_counter() - started)  # the run's start on the fake's clock
-    starts = [request.timestamp - begun for request in bench.fake.requests]
+    starts = [request.timestamp - begun for request in server.requests]
     window = (latency_s, duration_s)  # the first generations are done; arrivals still outpace the slots
     in_window = sum(window[0] <= start < window[1] for start in starts)
     walls = [image.duration_ms / 1000 for result in results for image in result.images]
     errors = sum(len(result.errors) for result in results)
     bench.say(
-        f"  {pool}x{concurrency}: {bench.fake.max_in_flight} in flight (max), "
+        f"  {pool}x{concurrency}{label}: {server.max_in_flight} in flight (max), "
         f"{in_window / (window[1] - window[0]) * 60:.0f} images/min, p95 image wall "
         f"{percentile(walls, 95) / latency_s:.2f}xL, worker CPU {cpu / wall:.2f} cores, peak RSS {rss:.0f} MiB; "
         f"{len(walls)}/{jobs * 8} images, {errors} error records, "
         f"log: {', '.join(f'{k} {v}' for k, v in marks.items() if v) or 'clean'}"
     )
+
+
+def in_flight_over_https(bench: Bench, pool: str, concurrency: int, latency_s: float, duration_s: float) -> None:
+    """``in_flight`` through the real API's transport: the worker's TLS stream
+    (worker/providers/tls_reads.py) on every connection in flight. The TLS fake serves from
+    this process, tiny PNGs as the plain one does."""
+    with secure_fake(bench) as (secure, trust):
+        secure.image_kind = "solid"
+        in_flight(
+            bench,
+            pool,
+            concurrency,
+            latency_s,
+            duration_s,
+            fake=secure,
+            label=" over HTTPS",
+            GOOGLE_GEMINI_BASE_URL=secure.base_url,
+            SSL_CERT_FILE=str(trust),
+        )
 
 
 # --- 2. every allowed concurrency works (offline model) -------------------------------------------
@@ -793,6 +824,7 @@ def main() -> None:
                     bench.say(f"generations in flight per worker process, Gemini SDK path, L={latency:g} s [{load()}]")
                     for candidate_pool, candidate_concurrency in candidates:
                         in_flight(bench, candidate_pool, candidate_concurrency, latency, 3 * latency)
+                    in_flight_over_https(bench, pool, concurrency, latency, 3 * latency)
                 if "burst" in sections:
                     top = Settings.model_fields["worker_concurrency"].metadata
                     ceiling = next((int(m.le) for m in top if getattr(m, "le", None)), 512)
