@@ -32,7 +32,7 @@ from types import ModuleType
 from typing import Any
 
 from worker.providers.answer_gate import answer_arriving, request_sent
-from worker.providers.tls_reads import coalescing_tls_stream, is_coalescing
+from worker.providers.tls_reads import coalescing_tls_stream, is_coalescing, slack_for
 
 
 class ResponseTooLarge(Exception):
@@ -102,11 +102,7 @@ def _remaining(core: ModuleType, error: type[Exception], timeout: float | None) 
 
 def _timeout_slack(budget: _Budget | None) -> float:
     """How far a socket's timeout may run past what is left of the call before it is set again."""
-    return 0.0 if budget is None else min(_MAX_SLACK_S, budget.timeout_s * _SLACK_SHARE)
-
-
-_SLACK_SHARE = 0.01  # of the call's budget: a 120 s call ends at most 1 s late, a 1 s call 10 ms
-_MAX_SLACK_S = 1.0
+    return 0.0 if budget is None else slack_for(budget.timeout_s)
 
 
 class _BudgetedStream:
@@ -123,13 +119,12 @@ class _BudgetedStream:
         self._core = core
         self._coalesce_tls = coalesce_tls
         self._plain = type(stream).__name__ == "SyncStream"
-        # What reads with the socket's timeout as it is: a plain socket's recv, or our TLS stream's.
+        # A plain socket, or our TLS stream over one: read here, with the socket's timeout as set.
+        self._socket: socket.socket | None = None
         self._read_now: Callable[[int], bytes] | None = None
-        if self._plain:
-            self._read_now = stream.get_extra_info("socket").recv
-        elif is_coalescing(stream):
-            self._read_now = stream.read_now
-        self._socket: socket.socket | None = stream.get_extra_info("socket") if self._read_now else None
+        if self._plain or is_coalescing(stream):
+            sock: socket.socket = stream.get_extra_info("socket")
+            self._socket, self._read_now = sock, sock.recv if self._plain else stream.read_now
         self._timeout_known = False  # whether _timeout_set is the socket's timeout now
         self._timeout_set: float | None = None
 

@@ -66,11 +66,15 @@ def coalescing_tls_stream(
         raise
 
 
-def _slack(timeout: float) -> float:
-    """How long an operation may run past its timeout at most: a second socket read for the rest of
-    a record gets the socket's timeout unchanged (no ``settimeout`` call, which releases the GIL)
-    until the operation has taken this long; 1 % of the timeout, at most 1 s (http_budget.py's)."""
-    return min(1.0, timeout * 0.01)
+SLACK_SHARE = 0.01  # of a timeout: a 120 s one may end at most 1 s late, a 1 s one 10 ms
+MAX_SLACK_S = 1.0
+
+
+def slack_for(timeout_s: float) -> float:
+    """How far past ``timeout_s`` a wait may end, so that a socket's timeout need not be set again
+    (``settimeout`` releases the GIL) for every small step: here, a second socket read for the rest
+    of a record; in http_budget.py, a read against what is left of the whole call."""
+    return min(MAX_SLACK_S, timeout_s * SLACK_SHARE)
 
 
 def is_coalescing(stream: object) -> bool:
@@ -143,7 +147,7 @@ class _Coalescing:
         """Run ``func``, send what TLS wrote, read more when it asks, until it is done; all
         within the socket's timeout as it is on entry, which it has again on return."""
         timeout = self._sock.gettimeout()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
         first_read, shortened = True, False
         try:
             while True:
@@ -157,12 +161,12 @@ class _Coalescing:
                     self._sock.sendall(outgoing)
                 if not wants_read:
                     return result
-                if timeout is not None and deadline is not None and not first_read:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
+                if timeout is not None and not first_read:
+                    elapsed = time.monotonic() - started
+                    if elapsed >= timeout:
                         raise TimeoutError("the TLS operation timed out")
-                    if timeout - left > _slack(timeout):  # the rest of a record is late: cut
-                        self._sock.settimeout(left)
+                    if elapsed > slack_for(timeout):  # the rest of a record is late: cut
+                        self._sock.settimeout(timeout - elapsed)
                         shortened = True
                 first_read = False
                 data = self._sock.recv(WAITING_READ_BYTES if self._waiting else RAW_READ_BYTES)
