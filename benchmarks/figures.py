@@ -189,7 +189,6 @@ def in_flight(
         cpu = cpu_s(worker.pid) - cpu0
         rss = peak_rss_mib(worker.pid)
         marks = {mark: worker.log().count(mark) for mark in CRASH_MARKS}
-    server.latency_s = 0.0
     begun = time.time() - (time.perf_counter() - started)  # the run's start on the fake's clock
     starts = [request.timestamp - begun for request in server.requests]
     window = (latency_s, duration_s)  # the first generations are done; arrivals still outpace the slots

@@ -4,6 +4,7 @@ producer client, each test on its own queue and storage directory."""
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 import requests
+import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from contract.settings import Settings
@@ -104,6 +106,17 @@ def request_keys(client: redis.Redis) -> set[bytes]:
     other tests' keys may expire meanwhile."""
     housekeeping = (b"imagegen:inflight", b"celery-taskset-meta-", b"imagegen:providers:")
     return {key for key in client.keys("*") if not key.startswith(housekeeping)}
+
+
+def throwaway_ca_server(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context with a certificate for 127.0.0.1 from a throwaway CA, and the CA's file
+    (in ``directory``) for a client's ``SSL_CERT_FILE``, as a deployment adds a private CA."""
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = directory / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    return context, bundle
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:

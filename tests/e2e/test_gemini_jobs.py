@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import ssl
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pytest
-import trustme
 
 from devtools.fake_gemini import Behaviour, FakeGemini, render_photo
 from devtools.redis_server import free_port
 from devtools.worker_process import WorkerProcess
 from producer.client import ImageGenClient
-from tests.conftest import StartWorker, metric_samples
+from tests.conftest import StartWorker, metric_samples, throwaway_ca_server
 from tests.e2e.conftest import GEMINI_KEY
 from tests.redis_scan import all_redis_entries
 from worker.providers.answer_gate import estimated_answer_bytes
@@ -216,11 +214,7 @@ def test_photo_answers_over_https_arrive_whole_on_either_pool(
     deployment adds one. Every stored image is the server's, byte for byte."""
     if pool == "gevent" and importlib.util.find_spec("gevent") is None:
         pytest.skip("gevent is not installed (pip install '.[bench]')")
-    authority = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("127.0.0.1").configure_cert(server_context)
-    bundle = tmp_path / "ca.pem"
-    authority.cert_pem.write_to_path(str(bundle))
+    server_context, bundle = throwaway_ca_server(tmp_path)
     with FakeGemini(api_key=GEMINI_KEY, image_kind="photo", tls=server_context) as secure:
         start_worker(
             env={

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ssl
 
 import pytest
-import trustme
+
+from tests.conftest import throwaway_ca_server
 
 # Settings and the SDK both read these: the machine's own must not leak into a provider test.
 GEMINI_ENV = (
@@ -29,10 +30,6 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def tls_server_context(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
     """A server certificate for 127.0.0.1 from a throwaway CA that the SDK's HTTP client trusts
     (through ``SSL_CERT_FILE``, as a deployment adds a private CA): the API's own transport."""
-    authority = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("127.0.0.1").configure_cert(context)
-    bundle = tmp_path_factory.mktemp("ca") / "ca.pem"
-    authority.cert_pem.write_to_path(str(bundle))
+    context, bundle = throwaway_ca_server(tmp_path_factory.mktemp("ca"))
     monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
     return context
