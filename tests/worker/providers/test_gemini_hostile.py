@@ -169,13 +169,22 @@ def test_the_deadline_is_per_call_on_a_kept_alive_connection(serve: Callable[[An
         time.sleep(0.4)
 
 
-def test_an_answer_over_the_byte_cap_is_refused_naming_the_setting(serve: Callable[[Answer], RawServer]) -> None:
+@pytest.mark.parametrize("over_tls", [False, True])
+def test_an_answer_over_the_byte_cap_is_refused_naming_the_setting(
+    over_tls: bool, tls_server_context: ssl.SSLContext
+) -> None:
+    """Over TLS the answer is read by the worker's own stream (worker/providers/tls_reads.py),
+    several records a read: the cap counts them all the same."""
     data = base64.b64encode(b"\0" * (3 * 2**20)).decode()
     part = {"inlineData": {"mimeType": "image/png", "data": data}}
     body = json.dumps({"candidates": [{"content": {"parts": [part]}, "finishReason": "STOP"}]}).encode()
-    provider = provider_for(serve(reply("200 OK", body)), max_mb=1)
-    with pytest.raises(PermanentError) as caught:
-        provider.generate(request())
+    server = RawServer(reply("200 OK", body), tls=tls_server_context if over_tls else None)
+    try:
+        provider = provider_for(server, max_mb=1)
+        with pytest.raises(PermanentError) as caught:
+            provider.generate(request())
+    finally:
+        server.close()
     assert "1 MiB cap" in str(caught.value) and "IMAGEGEN_GEMINI_MAX_RESPONSE_MB" in str(caught.value)
 
 
